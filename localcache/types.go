@@ -1,0 +1,120 @@
+package localcache
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Key names one state: governor › state.
+type Key struct {
+	Governor string
+	State    string
+}
+
+func (k Key) String() string { return k.Governor + "/" + k.State }
+
+// Change is the metadata of one change: who, why and when (Unix nanoseconds).
+type Change struct {
+	Actor  string
+	Reason string
+	Time   int64
+}
+
+// Clock is the causal metadata of a change. Lamport and HLC order events;
+// Vector records, per node id, how many changes of that node a state has seen.
+type Clock struct {
+	Lamport uint64
+	// HLC is a hybrid logical clock: Unix milliseconds << 16 | logical counter.
+	HLC    uint64
+	Vector map[string]uint64
+}
+
+// Record is a state as stored. A deleted state is kept as a tombstone
+// (Deleted set, Value nil) so versions keep growing across delete and re-create.
+type Record struct {
+	Key
+	Value     []byte // the app's msgpack document, verbatim
+	Version   uint64 // 1 for the first write, +1 for each change
+	Deleted   bool
+	UpdatedAt int64 // Unix nanoseconds
+	Change    Change
+	Origin    string // node id that made this version
+	OpID      string // op id of the change that made this version
+	Clock     Clock
+	// Pending is true while a journal entry for this key is not yet acked by
+	// the syncer. It is computed on read, not stored.
+	Pending bool
+}
+
+// Write is one put or delete. IfVersion, when set, requires the current
+// version to equal it (0 means "must not exist"); IfAbsent requires that the
+// state does not exist (a tombstone counts as absent).
+type Write struct {
+	Key
+	Delete    bool
+	Value     []byte
+	IfVersion *uint64
+	IfAbsent  bool
+	Actor     string
+	Reason    string
+}
+
+// Event is the immutable audit record of one change.
+type Event struct {
+	Key
+	Action      string // "put" or "delete"
+	FromVersion uint64
+	ToVersion   uint64
+	Value       []byte
+	Change      Change
+	Origin      string
+	OpID        string
+	Clock       Clock
+}
+
+// JournalEntry is one change waiting to be pushed to the shared store.
+// Entries are ordered by Seq; entries written by one atomic batch share a
+// BatchID (and are pushed together).
+type JournalEntry struct {
+	Seq         uint64
+	OpID        string
+	BatchID     string
+	Key         Key
+	BaseVersion uint64 // the version the change was made on
+	Version     uint64 // the version it produced
+	Time        int64
+}
+
+// Errors. Write errors for one key are *KeyError values wrapping these.
+var (
+	ErrNotFound        = errors.New("state not found")
+	ErrVersionConflict = errors.New("version conflict")
+	ErrTooLarge        = errors.New("too large")
+	ErrInvalid         = errors.New("invalid write")
+	ErrClosed          = errors.New("store closed")
+)
+
+// VersionConflictError says a precondition failed: the request expected
+// Expected (0: absent) and the store holds Actual (0: absent).
+type VersionConflictError struct {
+	Key      Key
+	Expected uint64
+	Actual   uint64
+}
+
+func (e *VersionConflictError) Error() string {
+	return fmt.Sprintf("%s: version conflict: expected %d, actual %d", e.Key, e.Expected, e.Actual)
+}
+
+// Unwrap makes errors.Is(err, ErrVersionConflict) hold.
+func (e *VersionConflictError) Unwrap() error { return ErrVersionConflict }
+
+// KeyError is an error about one key, for example ErrNotFound.
+type KeyError struct {
+	Op  string
+	Key Key
+	Err error
+}
+
+func (e *KeyError) Error() string { return e.Op + " " + e.Key.String() + ": " + e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }

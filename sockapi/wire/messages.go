@@ -1,0 +1,166 @@
+package wire
+
+// ProtocolVersion is the protocol version this package speaks. A connection
+// starts with a hello that agrees on it.
+const ProtocolVersion = 1
+
+// Ops. Every request names one; an unknown op gets an UnknownOp error.
+const (
+	OpHello    = "hello"
+	OpPing     = "ping"
+	OpGet      = "get"
+	OpPut      = "put"
+	OpDelete   = "delete"
+	OpBatchGet = "batch_get"
+	OpBatchPut = "batch_put"
+	OpList     = "list"
+	OpStats    = "stats"
+)
+
+// Limits every sidecar enforces. The values a sidecar actually uses are
+// announced in its hello reply.
+const (
+	// MaxValueSize is the largest app value, in encoded bytes: Firestore's
+	// 1 MiB document limit less room for the name and metadata.
+	MaxValueSize = 1_000_000
+	// MaxBatch is the most items in one batch_get or batch_put (Firestore's
+	// limit on writes in one commit).
+	MaxBatch = 500
+	// MaxListLimit is the most records one list reply returns.
+	MaxListLimit = 1000
+	// DefaultListLimit applies when a list request sets no limit.
+	DefaultListLimit = 100
+	// MaxNameSize is the longest governor or state name, in bytes.
+	MaxNameSize = 1500
+	// MaxMetaSize is the longest actor or reason, in bytes.
+	MaxMetaSize = 1024
+)
+
+// Request is every request frame's body. Which fields matter depends on Op;
+// docs/protocol.md lists them per op. Unknown fields are ignored.
+type Request struct {
+	ID uint64 `codec:"id"`
+	Op string `codec:"op"`
+
+	// hello
+	Versions []uint32 `codec:"versions,omitempty"`
+	Client   string   `codec:"client,omitempty"`
+
+	// get, put, delete, list
+	Governor string `codec:"governor,omitempty"`
+	State    string `codec:"state,omitempty"`
+
+	// put, delete: value and preconditions
+	Value     Raw     `codec:"value,omitempty"`
+	IfVersion *uint64 `codec:"if_version,omitempty"`
+	IfAbsent  bool    `codec:"if_absent,omitempty"`
+
+	// change metadata on every write
+	Actor  string `codec:"actor,omitempty"`
+	Reason string `codec:"reason,omitempty"`
+
+	// get, batch_get, list: "local" (the only level until sync lands).
+	Consistency string `codec:"consistency,omitempty"`
+
+	// batch_get
+	Keys []Key `codec:"keys,omitempty"`
+	// batch_put
+	Items []Item `codec:"items,omitempty"`
+
+	// list
+	Prefix string `codec:"prefix,omitempty"`
+	Limit  int    `codec:"limit,omitempty"`
+	Cursor string `codec:"cursor,omitempty"`
+
+	// W3C trace context, optional on every request.
+	Traceparent string `codec:"traceparent,omitempty"`
+}
+
+// Key names one state.
+type Key struct {
+	Governor string `codec:"governor"`
+	State    string `codec:"state"`
+}
+
+// Item is one write in a batch_put: a put, or a delete when Delete is set.
+type Item struct {
+	Governor  string  `codec:"governor"`
+	State     string  `codec:"state"`
+	Value     Raw     `codec:"value,omitempty"`
+	Delete    bool    `codec:"delete,omitempty"`
+	IfVersion *uint64 `codec:"if_version,omitempty"`
+	IfAbsent  bool    `codec:"if_absent,omitempty"`
+}
+
+// Response is every reply frame's body. ID echoes the request's; Error is set
+// on failure, and then no other field is.
+type Response struct {
+	ID    uint64 `codec:"id"`
+	Error *Error `codec:"error,omitempty"`
+
+	// hello
+	Hello *Hello `codec:"hello,omitempty"`
+
+	// get, put, delete
+	Record *Record `codec:"record,omitempty"`
+	// batch_get (nil entries for missing states), batch_put, list
+	Records []*Record `codec:"records,omitempty"`
+	// list: pass back to continue; empty when the listing is complete.
+	Cursor string `codec:"cursor,omitempty"`
+
+	// stats
+	Stats *Stats `codec:"stats,omitempty"`
+}
+
+// Hello is the hello reply: what was agreed and the server's limits.
+type Hello struct {
+	Version  uint32 `codec:"version"`
+	Server   string `codec:"server"`
+	NodeID   string `codec:"node_id"`
+	MaxFrame int    `codec:"max_frame"`
+	MaxValue int    `codec:"max_value"`
+	MaxBatch int    `codec:"max_batch"`
+}
+
+// Change is the metadata of a change: who made it, why, and when (Unix
+// nanoseconds, the sidecar's clock).
+type Change struct {
+	Actor  string `codec:"actor,omitempty"`
+	Reason string `codec:"reason,omitempty"`
+	Time   int64  `codec:"time"`
+}
+
+// Record is a state as a reply carries it. Write replies leave Value out.
+type Record struct {
+	Governor  string `codec:"governor"`
+	State     string `codec:"state"`
+	Value     Raw    `codec:"value,omitempty"`
+	Version   uint64 `codec:"version"`
+	Deleted   bool   `codec:"deleted,omitempty"`
+	UpdatedAt int64  `codec:"updated_at"`
+	Change    Change `codec:"change"`
+	Origin    string `codec:"origin,omitempty"`
+	// FromCache: served from this sidecar's local store.
+	FromCache bool `codec:"from_cache"`
+	// Pending: a local change to this state is not yet in the shared store.
+	Pending bool `codec:"pending"`
+}
+
+// Stats is the stats reply.
+type Stats struct {
+	NodeID        string            `codec:"node_id"`
+	Server        string            `codec:"server"`
+	UptimeSeconds float64           `codec:"uptime_seconds"`
+	Connections   int64             `codec:"connections"`
+	Requests      map[string]uint64 `codec:"requests"`
+	Errors        map[string]uint64 `codec:"errors"`
+	States        int64             `codec:"states"`
+	JournalDepth  int64             `codec:"journal_depth"`
+	Commits       uint64            `codec:"commits"`
+	CommitWrites  uint64            `codec:"commit_writes"`
+	CacheHits     uint64            `codec:"cache_hits"`
+	CacheMisses   uint64            `codec:"cache_misses"`
+	CacheBytes    int64             `codec:"cache_bytes"`
+	LSMBytes      int64             `codec:"lsm_bytes"`
+	VlogBytes     int64             `codec:"vlog_bytes"`
+}

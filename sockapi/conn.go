@@ -1,0 +1,451 @@
+package sockapi
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Buffer sizes of a connection.
+const (
+	readBufferSize = 16 << 10
+	// keepBuffer is the largest frame or output buffer a connection keeps
+	// between requests; larger ones are dropped after use so that idle
+	// connections stay small.
+	keepBuffer = 64 << 10
+	// outHighWater is how many reply bytes may wait for the peer before the
+	// reader stops reading requests (backpressure on a peer that does not
+	// read its replies).
+	outHighWater = 1 << 20
+)
+
+// conn is one client connection. One goroutine, the reader, runs serve: it
+// reads frames, checks and decodes them, answers reads inline and starts a
+// goroutine per write (at most MaxInflight at once). Replies go through out.
+type conn struct {
+	s   *Server
+	nc  net.Conn
+	ctx context.Context
+	log *slog.Logger
+	id  uint64
+
+	// Reader state: only the reader goroutine touches these.
+	br     *bufio.Reader
+	rbuf   []byte
+	req    wire.Request
+	resp   wire.Response // inline replies
+	rec    wire.Record
+	recs   []wire.Record
+	precs  []*wire.Record
+	keys   []localcache.Key
+	hello  bool
+	closed bool // a fatal reply was sent: stop reading
+
+	stopping atomic.Bool   // Shutdown: stop reading at the next frame
+	sem      chan struct{} // one slot per running write
+	order    order         // per-state arrival order of writes and reads
+	writes   sync.WaitGroup
+	out      outbox
+}
+
+func newConn(ctx context.Context, s *Server, nc net.Conn, id uint64) *conn {
+	c := &conn{
+		s:   s,
+		nc:  nc,
+		ctx: ctx,
+		id:  id,
+		log: s.log.With("conn", id),
+		br:  bufio.NewReaderSize(nc, readBufferSize),
+		sem: make(chan struct{}, s.opts.MaxInflight),
+	}
+	c.out.init(c)
+	return c
+}
+
+// stopReading makes the reader stop at the next frame boundary. Safe to
+// call from any goroutine.
+func (c *conn) stopReading() {
+	c.stopping.Store(true)
+	c.nc.SetReadDeadline(time.Unix(1, 0))
+}
+
+// serve runs the reader until the peer closes, a fatal protocol error, the
+// idle timeout or Shutdown; then it waits for the running writes, flushes
+// their replies and closes the connection.
+func (c *conn) serve() {
+	s := c.s
+	s.counters.conns.Add(1)
+	c.log.Debug("connection opened")
+	panicked := false
+	defer func() {
+		if v := recover(); v != nil {
+			// Last resort: a bug must cost one connection, not the daemon.
+			panicked = true
+			c.recovered(v)
+		}
+		if panicked {
+			c.nc.Close()
+		}
+		c.writes.Wait()
+		if !panicked {
+			c.out.flushWait()
+		}
+		c.nc.Close()
+		s.removeConn(c)
+		s.counters.conns.Add(-1)
+		c.log.Debug("connection closed")
+		s.connWG.Done()
+	}()
+	c.readLoop()
+}
+
+func (c *conn) recovered(v any) {
+	c.log.Error("panic serving connection; closing it", "panic", v, "stack", string(debug.Stack()))
+	if c.s.onPanic != nil {
+		c.s.onPanic(v)
+	}
+}
+
+func (c *conn) readLoop() {
+	maxFrame := c.s.opts.MaxFrame
+	for !c.closed && !c.stopping.Load() {
+		if !c.frameBuffered() {
+			// The next read may block: send what is waiting first.
+			if !c.out.flush() {
+				return
+			}
+			if t := c.s.opts.IdleTimeout; t > 0 {
+				c.nc.SetReadDeadline(time.Now().Add(t))
+				if c.stopping.Load() {
+					// Shutdown set its deadline before ours: restore it.
+					c.nc.SetReadDeadline(time.Unix(1, 0))
+				}
+			}
+		}
+		body, owned, err := readFrame(c.br, c.rbuf, maxFrame)
+		if err != nil {
+			c.readError(err)
+			return
+		}
+		if owned {
+			if cap(body) <= keepBuffer {
+				c.rbuf = body[:0]
+			} else {
+				c.rbuf = nil
+			}
+		}
+		c.handle(body) // body is not used after this: see readFrame
+		if !c.out.waitBelow(outHighWater) {
+			return
+		}
+	}
+}
+
+// readFrame reads one frame like wire.ReadFrame (same limits, same errors)
+// without copying when it can: a body that fits in br's buffer is returned
+// in place (owned false) and stays valid only until the next call on br,
+// so it must be fully used (parseRequest copies what it keeps) before the
+// next frame is read. A larger body is read into buf, grown if needed
+// (owned true).
+func readFrame(br *bufio.Reader, buf []byte, max int) (body []byte, owned bool, err error) {
+	hdr, err := br.Peek(wire.HeaderSize)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, false, err
+	}
+	n := binary.BigEndian.Uint32(hdr)
+	if n == 0 {
+		return nil, false, wire.ErrEmptyFrame
+	}
+	if uint64(n) > uint64(max) {
+		return nil, false, fmt.Errorf("%w: %d bytes announced, limit %d", wire.ErrFrameTooLarge, n, max)
+	}
+	br.Discard(wire.HeaderSize)
+	if int(n) <= br.Size() {
+		body, err = br.Peek(int(n))
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, false, err
+		}
+		br.Discard(int(n)) // the bytes stay in place until br next fills
+		return body, false, nil
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(br, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, false, err
+	}
+	return buf, true, nil
+}
+
+// frameBuffered reports whether a whole frame is already buffered, so that
+// reading it cannot block.
+func (c *conn) frameBuffered() bool {
+	n := c.br.Buffered()
+	if n < wire.HeaderSize {
+		return false
+	}
+	hdr, err := c.br.Peek(wire.HeaderSize)
+	if err != nil {
+		return false
+	}
+	return uint64(n) >= wire.HeaderSize+uint64(binary.BigEndian.Uint32(hdr))
+}
+
+// readError ends the read loop. A frame over MaxFrame or an empty frame
+// means framing is lost: the peer gets an error with id 0 before the
+// connection closes. End of stream, a truncated frame, the idle timeout or
+// Shutdown close quietly.
+func (c *conn) readError(err error) {
+	switch {
+	case errors.Is(err, wire.ErrFrameTooLarge):
+		e := wire.Errorf(wire.CodeTooLarge, "%v", err)
+		e.Limit = int64(c.s.opts.MaxFrame)
+		c.replyError(0, e)
+	case errors.Is(err, wire.ErrEmptyFrame):
+		c.replyError(0, wire.Errorf(wire.CodeProtocol, "empty frame"))
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+	case c.stopping.Load():
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		c.log.Debug("closing idle connection")
+	default:
+		c.log.Debug("read failed", "err", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// replyError sends an error reply.
+func (c *conn) replyError(id uint64, e *wire.Error) {
+	c.s.counters.countError(e.Code)
+	c.out.put(&wire.Response{ID: id, Error: e}, "")
+}
+
+// outbox collects encoded replies and writes them to the connection. Any
+// goroutine may add a reply; the one that flushes writes everything queued,
+// including replies added while it writes, so concurrent replies share
+// write calls and the socket is written by one goroutine at a time.
+//
+// Flushing rules: the reader flushes before it might block on a read (so
+// replies to a pipelined burst go out together) and when it has to wait
+// for a write slot; a finished write flushes unless another finished write
+// is about to add its reply (that one flushes instead).
+type outbox struct {
+	c       *conn
+	mu      sync.Mutex
+	cond    sync.Cond // signalled when a write completes
+	enc     *wire.Codec
+	buf     []byte
+	spare   []byte
+	writing bool
+	err     error
+	queued  atomic.Int32 // finished writes about to add their reply
+}
+
+func (o *outbox) init(c *conn) {
+	o.c = c
+	o.cond.L = &o.mu
+	o.enc = wire.NewCodec()
+}
+
+// put encodes and queues resp. A reply over MaxFrame is replaced by a
+// TooLarge error (naming field, when given), so the peer never receives a
+// frame it may refuse.
+func (o *outbox) put(resp *wire.Response, field string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.appendLocked(resp, field)
+}
+
+// putAsync queues the reply of a finished write and flushes unless another
+// finished write is queued behind it.
+func (o *outbox) putAsync(resp *wire.Response) {
+	o.queued.Add(1)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.appendLocked(resp, "")
+	if o.queued.Add(-1) == 0 {
+		o.flushLocked()
+	}
+}
+
+func (o *outbox) appendLocked(resp *wire.Response, field string) {
+	if o.err != nil {
+		return
+	}
+	n := len(o.buf)
+	buf, ok := appendResponseFrame(o.buf, resp)
+	var err error
+	if !ok {
+		buf, err = o.enc.AppendFrame(o.buf, resp)
+	}
+	if err == nil && len(buf)-n-wire.HeaderSize > o.c.s.opts.MaxFrame {
+		size := len(buf) - n - wire.HeaderSize
+		e := wire.Errorf(wire.CodeTooLarge, "reply would be %d bytes, over max_frame %d", size, o.c.s.opts.MaxFrame)
+		e.Field, e.Limit = field, int64(o.c.s.opts.MaxFrame)
+		o.c.s.counters.countError(e.Code)
+		buf, _ = appendResponseFrame(buf[:n], &wire.Response{ID: resp.ID, Error: e})
+	}
+	if err != nil {
+		// Our own types always encode; if not, fail this request only.
+		o.c.log.Error("encoding reply failed", "id", resp.ID, "err", err)
+		e := wire.Errorf(wire.CodeInternal, "internal error")
+		o.c.s.counters.countError(e.Code)
+		buf, _ = appendResponseFrame(buf[:n], &wire.Response{ID: resp.ID, Error: e})
+	}
+	o.buf = buf
+}
+
+// flush writes the queued replies unless another goroutine is writing
+// (then that one writes them). It returns false once a write has failed.
+func (o *outbox) flush() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.flushLocked()
+	return o.err == nil
+}
+
+// flushLocked writes until nothing is queued. It releases o.mu while
+// writing.
+func (o *outbox) flushLocked() {
+	if o.writing || len(o.buf) == 0 {
+		return
+	}
+	o.writing = true
+	defer func() {
+		o.writing = false
+		o.cond.Broadcast()
+	}()
+	idle := o.c.s.opts.IdleTimeout
+	for len(o.buf) > 0 && o.err == nil {
+		b := o.buf
+		o.buf, o.spare = o.spare[:0], nil
+		o.mu.Unlock()
+		if idle > 0 {
+			o.c.nc.SetWriteDeadline(time.Now().Add(idle))
+		}
+		_, err := o.c.nc.Write(b)
+		o.mu.Lock()
+		if err != nil {
+			o.err = err
+			o.buf = nil
+			if !errors.Is(err, net.ErrClosed) {
+				o.c.log.Debug("write failed", "err", err)
+			}
+			return
+		}
+		if cap(b) <= keepBuffer {
+			o.spare = b[:0]
+		}
+	}
+}
+
+// flushWait waits for a running write to finish, then flushes.
+func (o *outbox) flushWait() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for o.writing {
+		o.cond.Wait()
+	}
+	o.flushLocked()
+}
+
+// waitBelow blocks while more than limit bytes wait for the peer, writing
+// them itself when no other goroutine is. It returns false once a write has
+// failed.
+func (o *outbox) waitBelow(limit int) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for len(o.buf) > limit && o.err == nil {
+		if o.writing {
+			o.cond.Wait()
+		} else {
+			o.flushLocked()
+		}
+	}
+	return o.err == nil
+}
+
+// goWrite runs fn, a write, on its own goroutine and queues its reply. It
+// blocks while MaxInflight writes are running (backpressure: the reader
+// stops reading), flushing first so the peer sees the replies it waits
+// for.
+//
+// keys are the states fn writes: fn starts only after the connection's
+// earlier writes to them have been applied (see order).
+func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Response) {
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		c.out.flush()
+		c.sem <- struct{}{}
+	}
+	wait, done := c.order.enter(keys)
+	c.writes.Add(1)
+	go func() {
+		defer c.writes.Done()
+		defer func() { <-c.sem }()
+		defer func() {
+			if v := recover(); v != nil {
+				c.recovered(v)
+				c.nc.Close() // the reader sees it and ends the connection
+			}
+		}()
+		left := false
+		defer func() {
+			if !left {
+				c.order.leave(keys, done)
+			}
+		}()
+		for _, ch := range wait {
+			<-ch
+		}
+		resp := fn()
+		c.order.leave(keys, done)
+		left = true
+		resp.ID = id
+		c.out.putAsync(resp)
+	}()
+}
+
+// awaitWrites blocks the reader until the connection's writes to keys that
+// arrived before the current request (with all: every such write) have been
+// applied, so that a pipelined read sees them. Replies already queued are
+// flushed first: the peer may be waiting for them.
+func (c *conn) awaitWrites(keys []localcache.Key, all bool) {
+	if c.order.inflight.Load() == 0 {
+		return
+	}
+	wait := c.order.before(keys, all)
+	if len(wait) == 0 {
+		return
+	}
+	c.out.flush()
+	for _, ch := range wait {
+		<-ch
+	}
+}

@@ -1,0 +1,249 @@
+package sockapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// fakeStore is an in-memory Store with localcache's semantics, for tests.
+// It records every write it receives and checks it against the rules the
+// server must enforce first; a write that breaks one is recorded in
+// violations (the server let invalid input through).
+type fakeStore struct {
+	node string
+
+	mu      sync.Mutex
+	recs    map[localcache.Key]localcache.Record
+	clock   int64
+	pending map[localcache.Key]bool
+
+	writes     atomic.Int64 // Write and WriteBatch calls
+	violations []string     // guarded by mu
+
+	// gate, when set, makes writes wait until it is closed (or ctx ends);
+	// entered receives a value as each write starts waiting.
+	gate    chan struct{}
+	entered chan struct{}
+	// fail, when set, is returned by every call.
+	fail error
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{
+		node:    "node-test",
+		recs:    make(map[localcache.Key]localcache.Record),
+		pending: make(map[localcache.Key]bool),
+	}
+}
+
+func (f *fakeStore) NodeID() string { return f.node }
+
+func (f *fakeStore) Get(ctx context.Context, k localcache.Key) (localcache.Record, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return localcache.Record{}, f.fail
+	}
+	r, ok := f.recs[k]
+	if !ok || r.Deleted {
+		return localcache.Record{}, &localcache.KeyError{Op: "get", Key: k, Err: localcache.ErrNotFound}
+	}
+	r.Pending = f.pending[k]
+	return r, nil
+}
+
+func (f *fakeStore) GetMany(ctx context.Context, keys []localcache.Key) ([]*localcache.Record, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	out := make([]*localcache.Record, len(keys))
+	for i, k := range keys {
+		if r, ok := f.recs[k]; ok && !r.Deleted {
+			r.Pending = f.pending[k]
+			out[i] = &r
+		}
+	}
+	return out, nil
+}
+
+// validate applies the rules the server must have enforced.
+func (f *fakeStore) validate(w localcache.Write) error {
+	if err := wire.ValidateName("governor", w.Governor); err != nil {
+		return err
+	}
+	if err := wire.ValidateName("state", w.State); err != nil {
+		return err
+	}
+	switch {
+	case w.Delete && w.Value != nil:
+		return errors.New("delete with a value")
+	case !w.Delete && len(w.Value) == 0:
+		return errors.New("put without a value")
+	case len(w.Value) > wire.MaxValueSize:
+		return errors.New("value too large")
+	case len(w.Actor) > wire.MaxMetaSize || len(w.Reason) > wire.MaxMetaSize:
+		return errors.New("actor or reason too large")
+	case w.IfVersion != nil && w.IfAbsent && *w.IfVersion != 0:
+		return errors.New("if_version contradicts if_absent")
+	}
+	if !w.Delete {
+		// Exactly one msgpack object (checked structurally: app values are
+		// opaque, and some valid ones do not decode into an any).
+		var raw wire.Raw
+		if err := wire.Unmarshal(w.Value, &raw); err != nil || !bytes.Equal(raw, w.Value) {
+			return fmt.Errorf("value is not one msgpack object: %v", err)
+		}
+	}
+	return nil
+}
+
+func (f *fakeStore) wait(ctx context.Context) error {
+	if f.gate == nil {
+		return nil
+	}
+	if f.entered != nil {
+		f.entered <- struct{}{}
+	}
+	select {
+	case <-f.gate:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (f *fakeStore) Write(ctx context.Context, w localcache.Write) (localcache.Record, error) {
+	rs, err := f.WriteBatch(ctx, []localcache.Write{w})
+	if err != nil {
+		return localcache.Record{}, err
+	}
+	return rs[0], nil
+}
+
+func (f *fakeStore) WriteBatch(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
+	f.writes.Add(1)
+	for _, w := range ws {
+		if err := f.validate(w); err != nil {
+			f.mu.Lock()
+			f.violations = append(f.violations, fmt.Sprintf("%s/%s: %v", w.Governor, w.State, err))
+			f.mu.Unlock()
+			return nil, fmt.Errorf("%w: %v", localcache.ErrInvalid, err)
+		}
+	}
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	for _, w := range ws {
+		cur, ok := f.recs[w.Key]
+		live := ok && !cur.Deleted
+		var actual uint64
+		if live {
+			actual = cur.Version
+		}
+		if w.IfVersion != nil && *w.IfVersion != actual {
+			return nil, &localcache.VersionConflictError{Key: w.Key, Expected: *w.IfVersion, Actual: actual}
+		}
+		if w.IfAbsent && live {
+			return nil, &localcache.VersionConflictError{Key: w.Key, Expected: 0, Actual: actual}
+		}
+		if w.Delete && !live {
+			return nil, &localcache.KeyError{Op: "delete", Key: w.Key, Err: localcache.ErrNotFound}
+		}
+	}
+	out := make([]localcache.Record, len(ws))
+	for i, w := range ws {
+		f.clock++
+		cur := f.recs[w.Key]
+		r := localcache.Record{
+			Key:       w.Key,
+			Value:     w.Value,
+			Version:   cur.Version + 1,
+			Deleted:   w.Delete,
+			UpdatedAt: f.clock,
+			Change:    localcache.Change{Actor: w.Actor, Reason: w.Reason, Time: f.clock},
+			Origin:    f.node,
+			Pending:   true,
+		}
+		f.recs[w.Key] = r
+		f.pending[w.Key] = true
+		r.Value = nil
+		out[i] = r
+	}
+	return out, nil
+}
+
+func (f *fakeStore) List(ctx context.Context, governor, prefix, cursor string, limit, maxBytes int) ([]localcache.Record, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return nil, "", f.fail
+	}
+	var names []string
+	for k, r := range f.recs {
+		if k.Governor == governor && !r.Deleted && strings.HasPrefix(k.State, prefix) && k.State > cursor {
+			names = append(names, k.State)
+		}
+	}
+	sort.Strings(names)
+	var out []localcache.Record
+	bytes := 0
+	for i, n := range names {
+		r := f.recs[localcache.Key{Governor: governor, State: n}]
+		if len(out) == limit || (len(out) > 0 && bytes+len(r.Value) > maxBytes) {
+			return out, names[i-1], nil
+		}
+		bytes += len(r.Value)
+		r.Pending = f.pending[r.Key]
+		out = append(out, r)
+	}
+	return out, "", nil
+}
+
+func (f *fakeStore) Stats() localcache.Stats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var live int64
+	for _, r := range f.recs {
+		if !r.Deleted {
+			live++
+		}
+	}
+	return localcache.Stats{States: live, Commits: uint64(f.writes.Load())}
+}
+
+// put stores a record directly (test setup).
+func (f *fakeStore) put(gov, state string, value any) {
+	b, err := wire.Marshal(value)
+	if err != nil {
+		panic(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := localcache.Key{Governor: gov, State: state}
+	f.clock++
+	cur := f.recs[k]
+	f.recs[k] = localcache.Record{Key: k, Value: b, Version: cur.Version + 1, UpdatedAt: f.clock,
+		Change: localcache.Change{Time: f.clock}, Origin: f.node}
+}
+
+func (f *fakeStore) violationsList() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.violations...)
+}

@@ -1,0 +1,443 @@
+package sockapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Store is what the server needs from the local store; *localcache.Store
+// implements it. It must be safe for concurrent use: the server calls it
+// from every connection at once.
+//
+// Every method must honour ctx: Shutdown cancels it when its own deadline
+// passes and then waits for the calls to return. Errors are read with
+// errors.Is / errors.As against localcache's sentinels and types:
+// ErrNotFound (Get, and Write/WriteBatch deleting a missing state),
+// *VersionConflictError, ErrTooLarge, ErrInvalid and ErrClosed. Anything else
+// is reported to the client as Internal, and logged.
+type Store interface {
+	NodeID() string
+	// Get returns a live state; a missing state or a tombstone is an error
+	// wrapping localcache.ErrNotFound.
+	Get(ctx context.Context, k localcache.Key) (localcache.Record, error)
+	// GetMany returns one entry per key, nil for missing states.
+	GetMany(ctx context.Context, keys []localcache.Key) ([]*localcache.Record, error)
+	// Write applies one put or delete durably and returns the new record
+	// (without its value).
+	Write(ctx context.Context, w localcache.Write) (localcache.Record, error)
+	// WriteBatch applies all writes or none.
+	WriteBatch(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error)
+	// List returns live states of governor whose names start with prefix,
+	// in name order after cursor, at most limit of them, stopping before
+	// maxBytes of values; next is "" when the listing is complete.
+	List(ctx context.Context, governor, prefix, cursor string, limit, maxBytes int) ([]localcache.Record, string, error)
+	Stats() localcache.Stats
+}
+
+// Options configures a Server. The zero value of each field selects its
+// default.
+type Options struct {
+	// Logger receives connection errors and internal failures. Default:
+	// discard.
+	Logger *slog.Logger
+	// ServerName is announced in the hello reply and in stats, e.g.
+	// "tai-sidecar/0.1.0". Default "tai-sidecar".
+	ServerName string
+	// MaxFrame caps a frame body in both directions. Default
+	// wire.DefaultMaxFrame; at least minMaxFrame.
+	MaxFrame int
+	// MaxValue caps an app value, in encoded bytes. Default and upper bound
+	// wire.MaxValueSize; it is lowered so that a record with the largest
+	// value still fits in one frame (MaxFrame - frameReserve).
+	MaxValue int
+	// MaxInflight caps the writes running at once for one connection; when
+	// that many are running the server stops reading from the connection
+	// until one finishes. Default 128.
+	MaxInflight int
+	// MaxConns caps open connections. A connection over the cap gets an
+	// Unavailable error frame with id 0 and is closed. Default 1024.
+	MaxConns int
+	// IdleTimeout closes a connection on which no complete request arrived
+	// for that long, or whose peer did not take a reply for that long. 0
+	// means no timeout.
+	IdleTimeout time.Duration
+}
+
+// Defaults and bounds of Options.
+const (
+	defaultServerName  = "tai-sidecar"
+	defaultMaxInflight = 128
+	defaultMaxConns    = 1024
+	// frameReserve is the room a frame keeps beside a value: two names of
+	// wire.MaxNameSize, actor and reason of wire.MaxMetaSize, the origin
+	// node id and the record's fixed fields, with margin.
+	frameReserve = 8 << 10
+	// minMaxFrame is the smallest accepted MaxFrame.
+	minMaxFrame = 2 * frameReserve
+)
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.ServerName == "" {
+		o.ServerName = defaultServerName
+	}
+	if o.MaxFrame <= 0 {
+		o.MaxFrame = wire.DefaultMaxFrame
+	}
+	if o.MaxFrame < minMaxFrame {
+		o.MaxFrame = minMaxFrame
+	}
+	if o.MaxFrame > 1<<31-1 {
+		o.MaxFrame = 1<<31 - 1
+	}
+	if o.MaxValue <= 0 || o.MaxValue > wire.MaxValueSize {
+		o.MaxValue = wire.MaxValueSize
+	}
+	if o.MaxValue > o.MaxFrame-frameReserve {
+		o.MaxValue = o.MaxFrame - frameReserve
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = defaultMaxInflight
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = defaultMaxConns
+	}
+	if o.IdleTimeout < 0 {
+		o.IdleTimeout = 0
+	}
+	return o
+}
+
+// ErrServing is returned by a second call to Serve.
+var ErrServing = errors.New("sockapi: server is already serving")
+
+// Server serves the wire protocol on a listener. Create it with NewServer,
+// run it with Serve and stop it with Shutdown (graceful) or by cancelling
+// Serve's context (immediate).
+type Server struct {
+	store Store
+	opts  Options
+	log   *slog.Logger
+	start time.Time
+
+	counters counters
+
+	mu       sync.Mutex
+	serving  bool
+	closing  bool
+	ln       net.Listener
+	lnClosed bool
+	cancel   context.CancelFunc // cancels connection contexts: hard stop
+	conns    map[*conn]struct{}
+	connWG   sync.WaitGroup
+	done     chan struct{} // closed when Serve returns
+	nextConn uint64
+
+	// onPanic, when set, is called with every recovered panic (tests).
+	onPanic func(v any)
+}
+
+// NewServer returns a server for store. It starts nothing.
+func NewServer(store Store, opts Options) *Server {
+	opts = opts.withDefaults()
+	return &Server{
+		store: store,
+		opts:  opts,
+		log:   opts.Logger,
+		start: time.Now(),
+		conns: make(map[*conn]struct{}),
+		done:  make(chan struct{}),
+	}
+}
+
+// Serve accepts connections on ln and serves them until Shutdown is called
+// or ctx is done; it closes ln. It returns nil after Shutdown or ctx, once
+// every connection goroutine has exited, or the listener's error if
+// accepting fails for good (after closing every connection).
+//
+// Cancelling ctx is a hard stop: in-flight store calls are cancelled and
+// connections closed at once. Use Shutdown to drain. Serve may be called
+// once; a second call returns ErrServing.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.serving {
+		s.mu.Unlock()
+		return ErrServing
+	}
+	s.serving = true
+	if s.closing {
+		// Shutdown came first.
+		s.mu.Unlock()
+		ln.Close()
+		close(s.done)
+		return nil
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	s.ln, s.cancel = ln, cancel
+	s.mu.Unlock()
+
+	stop := context.AfterFunc(ctx, s.hardStop)
+	err := s.acceptLoop(cctx, ln)
+	if err != nil {
+		s.hardStop()
+	}
+	stop()
+	s.connWG.Wait()
+	cancel()
+	close(s.done)
+	return err
+}
+
+// acceptLoop accepts until the listener is closed. It returns nil when it
+// was closed by Shutdown or a hard stop.
+func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) error {
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return nil
+			}
+			if !temporaryAcceptError(err) {
+				return fmt.Errorf("sockapi: accept: %w", err)
+			}
+			// Out of file descriptors and the like: wait and retry, as
+			// net/http does.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff *= 2; backoff > time.Second {
+				backoff = time.Second
+			}
+			s.log.Warn("accept failed; retrying", "err", err, "backoff", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+			continue
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			continue // the next Accept fails: the listener is closed
+		}
+		if len(s.conns) >= s.opts.MaxConns {
+			s.mu.Unlock()
+			s.reject(nc)
+			continue
+		}
+		s.nextConn++
+		c := newConn(ctx, s, nc, s.nextConn)
+		s.conns[c] = struct{}{}
+		s.connWG.Add(1)
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+func temporaryAcceptError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// reject tells a connection over MaxConns why it is closed.
+func (s *Server) reject(nc net.Conn) {
+	defer nc.Close()
+	e := wire.Errorf(wire.CodeUnavailable, "too many connections (limit %d)", s.opts.MaxConns)
+	s.counters.countError(e.Code)
+	frame, err := wire.NewCodec().AppendFrame(nil, &wire.Response{Error: e})
+	if err != nil {
+		return
+	}
+	// A new socket's send buffer is empty: this does not block, but bound
+	// it anyway.
+	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	nc.Write(frame)
+	s.log.Warn("connection rejected: too many connections", "limit", s.opts.MaxConns)
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// closeListenerLocked closes the listener once. s.mu must be held.
+func (s *Server) closeListenerLocked() {
+	if s.ln != nil && !s.lnClosed {
+		s.lnClosed = true
+		s.ln.Close()
+	}
+}
+
+// hardStop stops everything now: no more accepts, store calls cancelled,
+// connections closed.
+func (s *Server) hardStop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	s.closeListenerLocked()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+}
+
+// Shutdown stops the server gracefully: it closes the listener, stops
+// reading new requests (a request whose frame was not read yet gets no
+// reply), lets in-flight requests finish and their replies be written, then
+// closes the connections, and returns once Serve has returned.
+//
+// If ctx ends first, Shutdown cancels the in-flight store calls, closes
+// every connection, waits for Serve to return and returns ctx's error.
+// Calling Shutdown before Serve makes a later Serve return nil at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	serving := s.serving
+	s.closeListenerLocked()
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+	if !serving {
+		return nil
+	}
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		s.hardStop()
+		<-s.done
+		return ctx.Err()
+	}
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Stats returns the number of open connections, and the requests served per
+// op and the error replies sent per code since NewServer. Requests that are
+// not one of the known ops (unknown op, or a body that could not be read as a
+// request) count under "other". The maps are fresh copies.
+func (s *Server) Stats() (conns int64, requests, errors map[string]uint64) {
+	requests, errors = s.counters.snapshot()
+	return s.counters.conns.Load(), requests, errors
+}
+
+// counters are the server's request, error and connection counts.
+type counters struct {
+	conns    atomic.Int64
+	requests [numOps]atomic.Uint64
+	errors   [len(errorCodes)]atomic.Uint64
+}
+
+// Ops by index, for counting. opOther counts anything else.
+const (
+	opHello = iota
+	opPing
+	opGet
+	opPut
+	opDelete
+	opBatchGet
+	opBatchPut
+	opList
+	opStats
+	opOther
+	numOps
+)
+
+var opNames = [numOps]string{
+	opHello: wire.OpHello, opPing: wire.OpPing, opGet: wire.OpGet, opPut: wire.OpPut,
+	opDelete: wire.OpDelete, opBatchGet: wire.OpBatchGet, opBatchPut: wire.OpBatchPut,
+	opList: wire.OpList, opStats: wire.OpStats, opOther: "other",
+}
+
+func opIndex(op string) int {
+	switch op {
+	case wire.OpHello:
+		return opHello
+	case wire.OpPing:
+		return opPing
+	case wire.OpGet:
+		return opGet
+	case wire.OpPut:
+		return opPut
+	case wire.OpDelete:
+		return opDelete
+	case wire.OpBatchGet:
+		return opBatchGet
+	case wire.OpBatchPut:
+		return opBatchPut
+	case wire.OpList:
+		return opList
+	case wire.OpStats:
+		return opStats
+	}
+	return opOther
+}
+
+// errorCodes lists the codes the server counts; the last slot counts any
+// other code.
+var errorCodes = [...]wire.Code{
+	wire.CodeNotFound, wire.CodeVersionConflict, wire.CodeFenceRejected, wire.CodeLockHeld,
+	wire.CodeDeadlockDetected, wire.CodeUnavailable, wire.CodeInvalidArgument, wire.CodeUnknownOp,
+	wire.CodeTooLarge, wire.CodeTimeout, wire.CodeProtocol, wire.CodeInternal, "other",
+}
+
+func (c *counters) countRequest(op int) { c.requests[op].Add(1) }
+
+func (c *counters) countError(code wire.Code) {
+	for i, k := range errorCodes[:len(errorCodes)-1] {
+		if k == code {
+			c.errors[i].Add(1)
+			return
+		}
+	}
+	c.errors[len(errorCodes)-1].Add(1)
+}
+
+// snapshot copies the non-zero counts into maps.
+func (c *counters) snapshot() (requests, errors map[string]uint64) {
+	requests = make(map[string]uint64)
+	for i := range c.requests {
+		if n := c.requests[i].Load(); n > 0 {
+			requests[opNames[i]] = n
+		}
+	}
+	errors = make(map[string]uint64)
+	for i := range c.errors {
+		if n := c.errors[i].Load(); n > 0 {
+			errors[string(errorCodes[i])] = n
+		}
+	}
+	return requests, errors
+}

@@ -1,0 +1,325 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Call states. A call is queued until the writer takes it; a waiter that
+// leaves while its call is still queued marks it abandoned, and the writer
+// then skips it, so the request never reaches the sidecar.
+const (
+	callQueued uint32 = iota
+	callSent
+	callAbandoned
+)
+
+// call is one request waiting for its reply.
+type call struct {
+	id    uint64
+	frame []byte // the encoded request frame, header included
+	state atomic.Uint32
+	done  chan struct{} // closed once resp or err is set
+	resp  *wire.Response
+	err   error
+}
+
+// ioBufSize is the size of each connection's read buffer.
+const ioBufSize = 64 << 10
+
+// conn is one connection to the sidecar. Callers queue encoded requests
+// under mu; its writer goroutine takes the whole queue each time it wakes
+// and writes it with one vectored write, so requests queued while a write is
+// in progress share the next one. Its reader goroutine hands each reply to
+// the call waiting for its id. Both stop when the connection fails or is
+// closed.
+type conn struct {
+	nc     net.Conn
+	socket string
+	hello  wire.Hello // as announced, with zero limits replaced by defaults
+
+	dead     atomic.Bool  // set by fail
+	inflight atomic.Int64 // calls in pending
+
+	mu      sync.Mutex
+	pending map[uint64]*call // queued or sent, awaiting a reply
+	queue   []*call          // not yet taken by the writer
+	err     error            // why the connection failed
+
+	wake    chan struct{} // capacity 1: the queue is not empty
+	closing chan struct{} // closed by fail
+	wg      sync.WaitGroup
+}
+
+// aLongTimeAgo is a deadline in the past: setting it interrupts blocked I/O.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// handshake sends hello on nc and reads the reply. ctx bounds it.
+func handshake(ctx context.Context, nc net.Conn, br *bufio.Reader, id uint64, name string) (h wire.Hello, err error) {
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(aLongTimeAgo) })
+	defer func() {
+		if !stop() {
+			// ctx ended during the handshake: its I/O may have been cut short.
+			if err == nil {
+				err = ctx.Err()
+			}
+			return
+		}
+		nc.SetDeadline(time.Time{})
+	}()
+
+	cd := wire.NewCodec()
+	frame, err := cd.AppendFrame(nil, &wire.Request{
+		ID:       id,
+		Op:       wire.OpHello,
+		Versions: []uint32{wire.ProtocolVersion},
+		Client:   name,
+	})
+	if err != nil {
+		return h, err
+	}
+	if _, err := nc.Write(frame); err != nil {
+		return h, err
+	}
+	body, err := wire.ReadFrame(br, nil, wire.DefaultMaxFrame)
+	if err != nil {
+		return h, err
+	}
+	var resp wire.Response
+	if err := cd.Decode(body, &resp); err != nil {
+		return h, protocolErrorf("decode hello reply: %v", err)
+	}
+	switch {
+	case resp.Error != nil:
+		return h, resp.Error
+	case resp.Hello == nil:
+		return h, protocolErrorf("hello reply carries no hello")
+	case resp.Hello.Version != wire.ProtocolVersion:
+		return h, protocolErrorf("sidecar chose protocol version %d; this client speaks %d",
+			resp.Hello.Version, wire.ProtocolVersion)
+	}
+	h = *resp.Hello
+	if h.MaxFrame <= 0 {
+		h.MaxFrame = wire.DefaultMaxFrame
+	}
+	if h.MaxValue <= 0 {
+		h.MaxValue = wire.MaxValueSize
+	}
+	if h.MaxBatch <= 0 {
+		h.MaxBatch = wire.MaxBatch
+	}
+	return h, nil
+}
+
+// newConn starts the reader and writer of a connection whose handshake is
+// done. br holds whatever was read past the hello reply.
+func newConn(nc net.Conn, br *bufio.Reader, socket string, h wire.Hello) *conn {
+	c := &conn{
+		nc:      nc,
+		socket:  socket,
+		hello:   h,
+		pending: make(map[uint64]*call),
+		wake:    make(chan struct{}, 1),
+		closing: make(chan struct{}),
+	}
+	maxFrame := max(h.MaxFrame, wire.DefaultMaxFrame)
+	c.wg.Add(2)
+	go c.readLoop(br, maxFrame)
+	go c.writeLoop()
+	return c
+}
+
+// send queues cl for the writer. It fails, without sending, when the
+// connection has already failed.
+func (c *conn) send(cl *call) error {
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.errFor(false)
+		c.mu.Unlock()
+		return err
+	}
+	c.pending[cl.id] = cl
+	c.inflight.Add(1)
+	c.queue = append(c.queue, cl)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default: // the writer is already due to run
+	}
+	return nil
+}
+
+// wait waits for cl's reply or for ctx to end. A waiter that leaves drops
+// its call: a reply that arrives later is discarded, and a call the writer
+// has not taken yet is never sent.
+func (c *conn) wait(ctx context.Context, cl *call) (*wire.Response, error) {
+	select {
+	case <-cl.done:
+		return cl.resp, cl.err
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	_, waiting := c.pending[cl.id]
+	if waiting {
+		delete(c.pending, cl.id)
+		c.inflight.Add(-1)
+	}
+	c.mu.Unlock()
+	if !waiting {
+		// Answered (or failed) while ctx ended: the outcome is known, use it.
+		<-cl.done
+		return cl.resp, cl.err
+	}
+	cl.state.CompareAndSwap(callQueued, callAbandoned)
+	return nil, ctx.Err()
+}
+
+// writeLoop writes queued calls. Everything queued when it wakes goes out
+// in one vectored write, so requests queued while a write is in progress
+// share the next one.
+func (c *conn) writeLoop() {
+	defer c.wg.Done()
+	var (
+		batch []*call
+		sent  []*call
+		bufs  net.Buffers
+	)
+	for {
+		select {
+		case <-c.wake:
+		case <-c.closing:
+			return
+		}
+		c.mu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		c.mu.Unlock()
+
+		sent, bufs = sent[:0], bufs[:0]
+		for i, cl := range batch {
+			batch[i] = nil
+			if cl.state.CompareAndSwap(callQueued, callSent) {
+				sent = append(sent, cl)
+				bufs = append(bufs, cl.frame)
+			}
+		}
+		if len(sent) == 0 {
+			continue
+		}
+		todo := bufs // WriteTo consumes its receiver
+		n, err := todo.WriteTo(c.nc)
+		if err != nil {
+			// Calls none of whose bytes left were not sent: fail them as
+			// such, so that they are retried on a new connection.
+			var off int64
+			for _, cl := range sent {
+				if off >= n {
+					cl.state.CompareAndSwap(callSent, callQueued)
+				}
+				off += int64(len(cl.frame))
+			}
+			c.fail(&ConnError{Op: "write", Socket: c.socket, Err: err})
+			return
+		}
+		clear(sent)
+		clear(bufs)
+	}
+}
+
+// readLoop reads replies and hands each to its call.
+func (c *conn) readLoop(br *bufio.Reader, maxFrame int) {
+	defer c.wg.Done()
+	cd := wire.NewCodec()
+	var buf []byte
+	for {
+		body, err := wire.ReadFrame(br, buf, maxFrame)
+		if err != nil {
+			c.fail(&ConnError{Op: "read", Socket: c.socket, Err: err})
+			return
+		}
+		if cap(body) <= ioBufSize {
+			buf = body // reuse: decoding copies what it keeps
+		} else {
+			buf = nil // do not pin a rare large buffer
+		}
+		resp := new(wire.Response)
+		if err := cd.Decode(body, resp); err != nil {
+			c.fail(&ConnError{Op: "read", Socket: c.socket, Err: protocolErrorf("decode reply: %v", err)})
+			return
+		}
+		if resp.ID == 0 {
+			// An error about the connection itself: the sidecar closes it next.
+			var cause error = protocolErrorf("reply without request id")
+			if resp.Error != nil {
+				cause = resp.Error
+			}
+			c.fail(&ConnError{Op: "read", Socket: c.socket, Err: cause})
+			return
+		}
+		c.mu.Lock()
+		cl := c.pending[resp.ID]
+		if cl != nil {
+			delete(c.pending, resp.ID)
+			c.inflight.Add(-1)
+		}
+		c.mu.Unlock()
+		if cl == nil {
+			continue // its waiter left
+		}
+		cl.resp = resp
+		close(cl.done)
+	}
+}
+
+// errFor returns the error for a call on the failed connection. c.mu must be
+// held.
+func (c *conn) errFor(sent bool) error {
+	ce, ok := c.err.(*ConnError)
+	if !ok {
+		return c.err
+	}
+	e := *ce
+	e.Sent = sent
+	return &e
+}
+
+// fail marks the connection failed with cause, closes it and fails every
+// waiting call. Only the first cause counts.
+func (c *conn) fail(cause error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = cause
+	c.dead.Store(true)
+	pending := c.pending
+	c.pending = nil
+	c.queue = nil
+	close(c.closing)
+	errs := make(map[*call]error, len(pending))
+	for _, cl := range pending {
+		// A call the writer has not taken will never be sent.
+		sent := !cl.state.CompareAndSwap(callQueued, callAbandoned)
+		errs[cl] = c.errFor(sent)
+	}
+	c.inflight.Add(-int64(len(pending)))
+	c.mu.Unlock()
+
+	c.nc.Close()
+	for cl, err := range errs {
+		cl.err = err
+		close(cl.done)
+	}
+}
+
+// close fails the connection with cause and waits for its goroutines.
+func (c *conn) close(cause error) {
+	c.fail(cause)
+	c.wg.Wait()
+}

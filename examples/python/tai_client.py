@@ -1,0 +1,553 @@
+"""A small client for tai-sidecar's wire protocol (docs/protocol.md).
+
+It needs only the standard library and msgpack (Debian: python3-msgpack).
+
+    from tai_client import TaiClient, NotFound, VersionConflict
+
+    with TaiClient("/run/tai/tai.sock") as tai:
+        rec = tai.put("shop", "cart-42", {"items": 3}, actor="web", reason="add item")
+        rec = tai.get("shop", "cart-42")          # rec.value == {"items": 3}
+        tai.put("shop", "cart-42", {"items": 4}, if_version=rec.version)
+
+        with tai.pipeline() as p:                  # many requests in flight
+            calls = [p.get("shop", f"cart-{i}") for i in range(100)]
+        values = [c.result().value for c in calls]
+
+A TaiClient owns one connection and is not safe for use by several threads at
+once; open one client per thread.
+"""
+
+import dataclasses
+import itertools
+import select
+import socket
+import struct
+
+import msgpack
+
+__all__ = [
+    "TaiClient",
+    "Pipeline",
+    "Call",
+    "Record",
+    "TaiError",
+    "NotFound",
+    "VersionConflict",
+    "InvalidArgument",
+    "TooLarge",
+    "UnknownOp",
+    "ProtocolError",
+    "Unavailable",
+    "put_item",
+    "delete_item",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 4 << 20
+_HEADER = struct.Struct(">I")
+_READ_SIZE = 1 << 16
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+class TaiError(Exception):
+    """An error reply from the sidecar.
+
+    code is the protocol's error code ("NotFound", "VersionConflict", ...),
+    retryable says whether sending the same request again may succeed, and
+    details holds the other fields of the error object (governor, state,
+    expected, actual, field, limit) when the sidecar set them.
+    """
+
+    def __init__(self, code, message="", retryable=False, details=None):
+        self.code = code
+        self.message = message
+        self.retryable = bool(retryable)
+        self.details = dict(details or {})
+        super().__init__(f"{code}: {message}" if message else code)
+
+    @property
+    def governor(self):
+        return self.details.get("governor")
+
+    @property
+    def state(self):
+        return self.details.get("state")
+
+
+class NotFound(TaiError):
+    """The state does not exist (or was deleted)."""
+
+
+class VersionConflict(TaiError):
+    """A precondition failed. expected is the version the request required,
+    actual the version found; 0 means "does not exist"."""
+
+    @property
+    def expected(self):
+        return self.details.get("expected")
+
+    @property
+    def actual(self):
+        return self.details.get("actual")
+
+
+class InvalidArgument(TaiError):
+    """The request is malformed: a bad name, a missing or wrongly typed field.
+    details["field"] names the field when known."""
+
+
+class TooLarge(TaiError):
+    """A value, name, batch or frame is over its limit (details["limit"])."""
+
+
+class UnknownOp(TaiError):
+    """The sidecar does not know the requested op."""
+
+
+class ProtocolError(TaiError):
+    """The connection broke the protocol (bad hello, lost framing); the
+    sidecar closes the connection after sending it."""
+
+
+class Unavailable(TaiError):
+    """The sidecar cannot serve the request right now; retry later."""
+
+
+_ERRORS = {
+    cls.__name__: cls
+    for cls in (NotFound, VersionConflict, InvalidArgument, TooLarge, UnknownOp, Unavailable)
+}
+_ERRORS["ProtocolError"] = ProtocolError
+
+
+def _error_from_wire(err):
+    details = {k: v for k, v in err.items() if k not in ("code", "message", "retryable")}
+    code = err.get("code", "Internal")
+    cls = _ERRORS.get(code, TaiError)
+    return cls(code, err.get("message", ""), err.get("retryable", False), details)
+
+
+# ---------------------------------------------------------------------------
+# Records
+
+
+@dataclasses.dataclass
+class Record:
+    """A state as the sidecar returns it. Write replies carry no value."""
+
+    governor: str
+    state: str
+    version: int
+    value: object = None
+    deleted: bool = False
+    updated_at: int = 0  # Unix nanoseconds
+    change: dict = dataclasses.field(default_factory=dict)  # actor, reason, time
+    origin: str = ""
+    from_cache: bool = False
+    pending: bool = False
+
+    @classmethod
+    def from_wire(cls, m):
+        if m is None:
+            return None
+        return cls(
+            governor=m["governor"],
+            state=m["state"],
+            version=m["version"],
+            value=m.get("value"),
+            deleted=m.get("deleted", False),
+            updated_at=m.get("updated_at", 0),
+            change=m.get("change") or {},
+            origin=m.get("origin", ""),
+            from_cache=m.get("from_cache", False),
+            pending=m.get("pending", False),
+        )
+
+
+def put_item(governor, state, value, if_version=None, if_absent=False):
+    """One put in a batch_put."""
+    item = {"governor": governor, "state": state, "value": value}
+    if if_version is not None:
+        item["if_version"] = if_version
+    if if_absent:
+        item["if_absent"] = True
+    return item
+
+
+def delete_item(governor, state, if_version=None):
+    """One delete in a batch_put."""
+    item = {"governor": governor, "state": state, "delete": True}
+    if if_version is not None:
+        item["if_version"] = if_version
+    return item
+
+
+def _meta(fields, actor, reason):
+    if actor:
+        fields["actor"] = actor
+    if reason:
+        fields["reason"] = reason
+    return fields
+
+
+def _record(reply):
+    return Record.from_wire(reply.get("record"))
+
+
+def _records(reply):
+    return [Record.from_wire(r) for r in reply.get("records") or []]
+
+
+def _page(reply):
+    return _records(reply), reply.get("cursor", "")
+
+
+def _nothing(reply):
+    return None
+
+
+# Request builders shared by TaiClient and Pipeline: each returns
+# (op, fields, convert) where convert turns a successful reply into a result.
+
+
+def _get(governor, state, consistency=None):
+    fields = {"governor": governor, "state": state}
+    if consistency:
+        fields["consistency"] = consistency
+    return "get", fields, _record
+
+
+def _put(governor, state, value, if_version=None, if_absent=False, actor=None, reason=None):
+    fields = {"governor": governor, "state": state, "value": value}
+    if if_version is not None:
+        fields["if_version"] = if_version
+    if if_absent:
+        fields["if_absent"] = True
+    return "put", _meta(fields, actor, reason), _record
+
+
+def _delete(governor, state, if_version=None, actor=None, reason=None):
+    fields = {"governor": governor, "state": state}
+    if if_version is not None:
+        fields["if_version"] = if_version
+    return "delete", _meta(fields, actor, reason), _record
+
+
+def _batch_get(keys, consistency=None):
+    fields = {"keys": [{"governor": g, "state": s} for g, s in keys]}
+    if consistency:
+        fields["consistency"] = consistency
+    return "batch_get", fields, _records
+
+
+def _batch_put(items, actor=None, reason=None):
+    return "batch_put", _meta({"items": list(items)}, actor, reason), _records
+
+
+def _list(governor, prefix="", limit=None, cursor="", consistency=None):
+    fields = {"governor": governor}
+    if prefix:
+        fields["prefix"] = prefix
+    if limit:
+        fields["limit"] = limit
+    if cursor:
+        fields["cursor"] = cursor
+    if consistency:
+        fields["consistency"] = consistency
+    return "list", fields, _page
+
+
+def _stats():
+    return "stats", {}, lambda reply: reply.get("stats") or {}
+
+
+def _ping():
+    return "ping", {}, _nothing
+
+
+# ---------------------------------------------------------------------------
+# Client
+
+
+class TaiClient:
+    """One connection to a sidecar. Connecting sends hello; the reply's
+    limits are in self.server (version, server, node_id, max_frame,
+    max_value, max_batch)."""
+
+    def __init__(self, socket_path, client_name="tai-python/0.1", timeout=30.0):
+        self.timeout = timeout
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._rbuf = bytearray()
+        self._replies = {}  # id -> reply, received but not yet collected
+        self._ids = itertools.count(1)
+        self._max_frame = DEFAULT_MAX_FRAME
+        self._broken = None  # the error that ended the connection
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(socket_path)
+            self.server = self._call(
+                "hello",
+                {"versions": [PROTOCOL_VERSION], "client": client_name},
+                lambda reply: reply["hello"],
+            )
+        except BaseException:
+            self._sock.close()
+            raise
+        self._max_frame = self.server.get("max_frame", DEFAULT_MAX_FRAME)
+
+    def close(self):
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- operations ----------------------------------------------------------
+
+    def get(self, governor, state, consistency=None):
+        """The state's Record; raises NotFound."""
+        return self._call(*_get(governor, state, consistency))
+
+    def put(self, governor, state, value, if_version=None, if_absent=False, actor=None, reason=None):
+        """Stores value (any msgpack-able object) and returns the new Record
+        (without value). if_version=N requires the current version to be N
+        (0: must not exist); if_absent requires that the state does not exist.
+        A failed precondition raises VersionConflict."""
+        return self._call(*_put(governor, state, value, if_version, if_absent, actor, reason))
+
+    def delete(self, governor, state, if_version=None, actor=None, reason=None):
+        """Deletes the state and returns its tombstone Record; raises NotFound."""
+        return self._call(*_delete(governor, state, if_version, actor, reason))
+
+    def batch_get(self, keys, consistency=None):
+        """Records for (governor, state) pairs, in order; None for a missing state."""
+        return self._call(*_batch_get(keys, consistency))
+
+    def batch_put(self, items, actor=None, reason=None):
+        """Applies put_item/delete_item items atomically: all or none.
+        Returns one Record per item, in order."""
+        return self._call(*_batch_put(items, actor, reason))
+
+    def list(self, governor, prefix="", limit=None, cursor="", consistency=None):
+        """One page of live states in name order: (records, cursor). Pass
+        cursor back for the next page; it is "" when the listing is complete."""
+        return self._call(*_list(governor, prefix, limit, cursor, consistency))
+
+    def list_all(self, governor, prefix="", page_size=None):
+        """Every live state under governor (and prefix), paging as needed."""
+        cursor = ""
+        while True:
+            records, cursor = self.list(governor, prefix, page_size, cursor)
+            yield from records
+            if not cursor:
+                return
+
+    def stats(self):
+        """The sidecar's statistics as a dict."""
+        return self._call(*_stats())
+
+    def ping(self):
+        self._call(*_ping())
+
+    def pipeline(self):
+        """A context in which requests are sent at once and their replies
+        collected when it exits. See Pipeline."""
+        return Pipeline(self)
+
+    # -- raw requests --------------------------------------------------------
+
+    def send(self, op, fields=None):
+        """Sends a request without waiting and returns its id: either
+        send("get", {"governor": g, "state": s}) or send({"op": "get", ...}).
+        The client sets "id". Collect the reply with recv(id) or
+        recv_all(ids)."""
+        if isinstance(op, dict):
+            op, fields = op["op"], op
+        rid = next(self._ids)
+        req = dict(fields or {})
+        req["id"] = rid
+        req["op"] = op
+        body = msgpack.packb(req, use_bin_type=True)
+        if len(body) > self._max_frame:
+            raise TooLarge(
+                "TooLarge",
+                f"request is {len(body)} bytes, the sidecar accepts at most {self._max_frame}",
+                False,
+                {"limit": self._max_frame},
+            )
+        self._write(_HEADER.pack(len(body)) + body)
+        return rid
+
+    def recv(self, rid):
+        """The reply to request rid as a dict; raises its error as TaiError."""
+        reply = self._wait(rid)
+        if "error" in reply:
+            raise _error_from_wire(reply["error"])
+        return reply
+
+    def recv_all(self, ids):
+        """Replies to several requests, in the order of ids. An error reply
+        is returned as a TaiError instance rather than raised."""
+        out = []
+        for rid in ids:
+            reply = self._wait(rid)
+            out.append(_error_from_wire(reply["error"]) if "error" in reply else reply)
+        return out
+
+    # -- internals -----------------------------------------------------------
+
+    def _call(self, op, fields, convert):
+        return convert(self.recv(self.send(op, fields)))
+
+    def _check(self):
+        if self._broken is not None:
+            raise self._broken
+
+    def _write(self, data):
+        """Writes data while reading replies, so that a long pipeline cannot
+        deadlock with a sidecar blocked on writing its replies to us."""
+        self._check()
+        view = memoryview(data)
+        while view:
+            readable, writable, _ = select.select([self._sock], [self._sock], [], self.timeout)
+            if not readable and not writable:
+                raise TimeoutError("timed out writing to the sidecar")
+            if readable:
+                self._read(block=False)
+            if writable:
+                try:
+                    n = self._sock.send(view, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    self._broken = ConnectionError(f"writing to the sidecar: {e}")
+                    raise self._broken from e
+                view = view[n:]
+
+    def _wait(self, rid):
+        while rid not in self._replies:
+            self._check()
+            self._read(block=True)
+        return self._replies.pop(rid)
+
+    def _read(self, block):
+        """Reads what the socket has and files every complete reply by id."""
+        try:
+            chunk = self._sock.recv(_READ_SIZE, 0 if block else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except socket.timeout:
+            raise TimeoutError("timed out waiting for the sidecar") from None
+        if not chunk:
+            self._broken = ConnectionError("the sidecar closed the connection")
+            raise self._broken
+        self._rbuf += chunk
+        while len(self._rbuf) >= _HEADER.size:
+            (n,) = _HEADER.unpack_from(self._rbuf)
+            if n == 0 or n > self._max_frame:
+                self._broken = ProtocolError("ProtocolError", f"reply frame of {n} bytes")
+                raise self._broken
+            if len(self._rbuf) < _HEADER.size + n:
+                break
+            body = bytes(self._rbuf[_HEADER.size : _HEADER.size + n])
+            del self._rbuf[: _HEADER.size + n]
+            reply = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            rid = reply.get("id", 0)
+            if rid == 0:
+                # An error about the connection itself: the sidecar closes it.
+                err = reply.get("error") or {"code": "ProtocolError", "message": "reply without id"}
+                self._broken = _error_from_wire(err)
+                raise self._broken
+            self._replies[rid] = reply
+
+
+# ---------------------------------------------------------------------------
+# Pipelining
+
+
+class Call:
+    """The future result of a request sent in a Pipeline."""
+
+    def __init__(self, rid, convert):
+        self.id = rid
+        self._convert = convert
+        self._done = False
+        self._value = None
+        self._error = None
+
+    def _resolve(self, reply):
+        self._done = True
+        if isinstance(reply, TaiError):
+            self._error = reply
+        else:
+            self._value = self._convert(reply)
+
+    def result(self):
+        """The call's result; raises its TaiError if it failed."""
+        if not self._done:
+            raise RuntimeError("result() called before the pipeline finished")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def error(self):
+        """The call's TaiError, or None."""
+        return self._error
+
+
+class Pipeline:
+    """Sends each request as it is made and collects every reply when the
+    with-block ends (or on finish()). Methods mirror TaiClient's and return
+    Call objects."""
+
+    def __init__(self, client):
+        self._client = client
+        self.calls = []
+
+    def _add(self, op, fields, convert):
+        call = Call(self._client.send(op, fields), convert)
+        self.calls.append(call)
+        return call
+
+    def get(self, governor, state, consistency=None):
+        return self._add(*_get(governor, state, consistency))
+
+    def put(self, governor, state, value, if_version=None, if_absent=False, actor=None, reason=None):
+        return self._add(*_put(governor, state, value, if_version, if_absent, actor, reason))
+
+    def delete(self, governor, state, if_version=None, actor=None, reason=None):
+        return self._add(*_delete(governor, state, if_version, actor, reason))
+
+    def batch_get(self, keys, consistency=None):
+        return self._add(*_batch_get(keys, consistency))
+
+    def batch_put(self, items, actor=None, reason=None):
+        return self._add(*_batch_put(items, actor, reason))
+
+    def list(self, governor, prefix="", limit=None, cursor="", consistency=None):
+        return self._add(*_list(governor, prefix, limit, cursor, consistency))
+
+    def stats(self):
+        return self._add(*_stats())
+
+    def ping(self):
+        return self._add(*_ping())
+
+    def finish(self):
+        """Waits for every outstanding reply."""
+        pending = [c for c in self.calls if not c._done]
+        for call, reply in zip(pending, self._client.recv_all([c.id for c in pending])):
+            call._resolve(reply)
+        return self.calls
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.finish()

@@ -29,8 +29,24 @@ type Clock struct {
 	Vector map[string]uint64
 }
 
+// Clone returns c with its own copy of Vector.
+func (c Clock) Clone() Clock {
+	if c.Vector != nil {
+		v := make(map[string]uint64, len(c.Vector))
+		for n, x := range c.Vector {
+			v[n] = x
+		}
+		c.Vector = v
+	}
+	return c
+}
+
 // Record is a state as stored. A deleted state is kept as a tombstone
 // (Deleted set, Value nil) so versions keep growing across delete and re-create.
+//
+// Records returned by a Store share Value and Clock.Vector with the store's
+// read cache: treat them as read-only (the store itself never modifies them).
+// Use Clock.Clone before changing a vector.
 type Record struct {
 	Key
 	Value     []byte // the app's msgpack document, verbatim
@@ -41,8 +57,11 @@ type Record struct {
 	Origin    string // node id that made this version
 	OpID      string // op id of the change that made this version
 	Clock     Clock
+	// SyncedVersion is the highest version of this state known to be in the
+	// shared store (0: none yet). It is stored with the record.
+	SyncedVersion uint64
 	// Pending is true while a journal entry for this key is not yet acked by
-	// the syncer. It is computed on read, not stored.
+	// the syncer: Version > SyncedVersion. It is computed on read, not stored.
 	Pending bool
 }
 
@@ -58,6 +77,12 @@ type Write struct {
 	Actor     string
 	Reason    string
 }
+
+// Event actions.
+const (
+	ActionPut    = "put"
+	ActionDelete = "delete"
+)
 
 // Event is the immutable audit record of one change.
 type Event struct {
@@ -109,6 +134,20 @@ func (e *VersionConflictError) Error() string {
 // Unwrap makes errors.Is(err, ErrVersionConflict) hold.
 func (e *VersionConflictError) Unwrap() error { return ErrVersionConflict }
 
+// FieldError says one field of a request is invalid or too large. Err wraps
+// ErrInvalid or ErrTooLarge (so errors.Is works on either); Limit is the limit
+// that was passed, for ErrTooLarge.
+type FieldError struct {
+	Field string // "governor", "state", "value", "actor", "reason", "if_version", "batch"
+	Limit int64
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns the cause, which wraps ErrInvalid or ErrTooLarge.
+func (e *FieldError) Unwrap() error { return e.Err }
+
 // KeyError is an error about one key, for example ErrNotFound.
 type KeyError struct {
 	Op  string
@@ -118,3 +157,16 @@ type KeyError struct {
 
 func (e *KeyError) Error() string { return e.Op + " " + e.Key.String() + ": " + e.Err.Error() }
 func (e *KeyError) Unwrap() error { return e.Err }
+
+// Stats is a snapshot of a Store's counters.
+type Stats struct {
+	States       int64  // live states (tombstones are not counted)
+	JournalDepth int64  // journal entries not yet acked by the syncer
+	Commits      uint64 // Badger transactions committed (each one fsync)
+	CommitWrites uint64 // writes in those transactions: > Commits when group commit batches
+	CacheHits    uint64
+	CacheMisses  uint64
+	CacheBytes   int64 // bytes held by the read cache (estimate)
+	LSMBytes     int64 // size of the LSM tree files on disk (0 in memory)
+	VlogBytes    int64 // size of the value log files on disk (0 in memory)
+}

@@ -1,0 +1,85 @@
+package localcache
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// BenchmarkGetHot reads a few hot keys, each overwritten many times, from an
+// on-disk store: with the cache these are served without Badger.
+func BenchmarkGetHot(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		cache int64
+	}{{"cache", 0}, {"nocache", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := openDisk(b, b.TempDir(), func(o *Options) { o.CacheBytes = bc.cache })
+			defer closeStore(b, s)
+			ctx := context.Background()
+			value := []byte(strings.Repeat("v", 256))
+			const hot = 16
+			keys := make([]Key, hot)
+			for i := range keys {
+				keys[i] = key("bench", "hot-"+itoa(i))
+			}
+			for range 50 { // many overwrites: many versions below the latest
+				ws := make([]Write, hot)
+				for i, k := range keys {
+					ws[i] = Write{Key: k, Value: value}
+				}
+				if _, err := s.WriteBatch(ctx, ws); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var n atomic.Uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(n.Add(1))
+				for pb.Next() {
+					i++
+					if _, err := s.Get(ctx, keys[i%hot]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkWriteParallel measures acknowledged (fsync'd) writes of 256-byte
+// values from many goroutines on disk. writes/commit shows how many writers
+// share each fsync.
+func BenchmarkWriteParallel(b *testing.B) {
+	for _, par := range []int{1, 8, 64} {
+		b.Run("writers="+itoa(par*2)+"x", func(b *testing.B) {
+			s := openDisk(b, b.TempDir())
+			defer closeStore(b, s)
+			ctx := context.Background()
+			value := []byte(strings.Repeat("v", 256))
+			var g atomic.Uint64
+			b.SetParallelism(par)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				prefix := "w" + itoa(int(g.Add(1))) + "-"
+				i := 0
+				for pb.Next() {
+					i++
+					if _, err := s.Write(ctx, Write{Key: key("bench", prefix+itoa(i%1000)), Value: value}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			st := s.Stats()
+			if st.Commits > 0 {
+				b.ReportMetric(float64(st.CommitWrites)/float64(st.Commits), "writes/commit")
+			}
+		})
+	}
+}

@@ -1,0 +1,474 @@
+package localcache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Group commit.
+//
+// Write and WriteBatch validate their input, then hand one request to the
+// committer goroutine and wait. The committer takes everything queued (up to
+// maxGroupWrites writes or maxGroupBytes of values), evaluates each
+// request's preconditions in order against a view staged over the group (so
+// two writes to one key in a group see each other), answers failing requests
+// at once, and stores the survivors in one Badger transaction: per write the
+// new state record, its event and its journal entry, plus the meta counters.
+// Badger fsyncs the commit (SyncWrites), so every writer in the group shares
+// one sync. Only then does the committer update the read cache and reply.
+//
+// A group larger than Badger's transaction limit is committed in several
+// transactions, split between requests (a WriteBatch is never split).
+const (
+	maxGroupWrites = 2048
+	maxGroupBytes  = 16 << 20
+)
+
+// request is one Write or WriteBatch on its way to the committer.
+type request struct {
+	ctx    context.Context
+	writes []Write // validated; values are the store's copies
+	bytes  int
+	done   chan reply // buffered: the committer never blocks on a reply
+}
+
+type reply struct {
+	recs []Record
+	err  error
+}
+
+// staged is a request whose preconditions held: what to store for it.
+type staged struct {
+	req     *request
+	records []*Record
+	entries []*badger.Entry
+	meta    meta // the counters after this request
+}
+
+// Write stores one put or delete and returns the new record (without its
+// Value) once it is durable.
+//
+// Errors: a failed precondition is a *VersionConflictError (errors.Is
+// ErrVersionConflict); a delete of a missing or deleted state is a *KeyError
+// wrapping ErrNotFound; invalid input is a *KeyError wrapping a *FieldError
+// that wraps ErrInvalid or ErrTooLarge; ErrClosed once Close has begun. If
+// ctx ends while the write waits for its commit, Write returns an error
+// wrapping ctx.Err(): the write may or may not have been applied.
+//
+// The returned Clock.Vector is shared with the read cache: do not modify it.
+func (s *Store) Write(ctx context.Context, w Write) (Record, error) {
+	w, err := s.prepare(w)
+	if err != nil {
+		return Record{}, err
+	}
+	recs, err := s.submit(ctx, []Write{w}, len(w.Value))
+	if err != nil {
+		return Record{}, err
+	}
+	return recs[0], nil
+}
+
+// WriteBatch stores ws atomically: all of them or none (no record, event or
+// journal entry of a failed batch is written). It returns the new records, in
+// order, without their Values. Errors are those of Write, for the first
+// failing item; besides, more than wire.MaxBatch items is a *FieldError
+// wrapping ErrTooLarge, and one key twice is a *KeyError wrapping ErrInvalid.
+// The journal entries of one batch share a BatchID. An empty batch does
+// nothing.
+func (s *Store) WriteBatch(ctx context.Context, ws []Write) ([]Record, error) {
+	if len(ws) == 0 {
+		return []Record{}, nil
+	}
+	if len(ws) > wire.MaxBatch {
+		return nil, &FieldError{Field: "batch", Limit: wire.MaxBatch,
+			Err: fmt.Errorf("%w: %d writes in one batch, limit %d", ErrTooLarge, len(ws), wire.MaxBatch)}
+	}
+	prepared := make([]Write, len(ws))
+	seen := make(map[Key]struct{}, len(ws))
+	size := 0
+	for i, w := range ws {
+		w, err := s.prepare(w)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := seen[w.Key]; dup {
+			return nil, &KeyError{Op: "batch", Key: w.Key,
+				Err: &FieldError{Field: "state", Err: fmt.Errorf("%w: key appears twice in one batch", ErrInvalid)}}
+		}
+		seen[w.Key] = struct{}{}
+		prepared[i] = w
+		size += len(w.Value)
+	}
+	return s.submit(ctx, prepared, size)
+}
+
+// prepare validates w and returns it with a private copy of its value and
+// precondition, which the cache may then share with readers.
+func (s *Store) prepare(w Write) (Write, error) {
+	op := "put"
+	if w.Delete {
+		op = "delete"
+	}
+	if err := validateKey(op, w.Key); err != nil {
+		return w, err
+	}
+	fail := func(field string, limit int, sentinel error, format string, args ...any) error {
+		return &KeyError{Op: op, Key: w.Key, Err: &FieldError{Field: field, Limit: int64(limit),
+			Err: fmt.Errorf("%w: "+format, append([]any{sentinel}, args...)...)}}
+	}
+	switch {
+	case w.Delete && len(w.Value) > 0:
+		return w, fail("value", 0, ErrInvalid, "a delete carries no value")
+	case !w.Delete && len(w.Value) == 0:
+		return w, fail("value", 0, ErrInvalid, "a put needs a value")
+	case len(w.Value) > s.opts.MaxValueSize:
+		return w, fail("value", s.opts.MaxValueSize, ErrTooLarge, "value is %d bytes, limit %d", len(w.Value), s.opts.MaxValueSize)
+	case len(w.Actor) > wire.MaxMetaSize:
+		return w, fail("actor", wire.MaxMetaSize, ErrTooLarge, "actor is %d bytes, limit %d", len(w.Actor), wire.MaxMetaSize)
+	case len(w.Reason) > wire.MaxMetaSize:
+		return w, fail("reason", wire.MaxMetaSize, ErrTooLarge, "reason is %d bytes, limit %d", len(w.Reason), wire.MaxMetaSize)
+	case w.IfAbsent && w.IfVersion != nil && *w.IfVersion != 0:
+		return w, fail("if_version", 0, ErrInvalid, "if_version %d contradicts if_absent", *w.IfVersion)
+	}
+	if w.Delete {
+		w.Value = nil
+	} else {
+		w.Value = bytes.Clone(w.Value)
+	}
+	if w.IfVersion != nil {
+		v := *w.IfVersion
+		w.IfVersion = &v
+	}
+	return w, nil
+}
+
+// errNotAcked wraps ctx.Err() when a writer stops waiting for its commit.
+type errNotAcked struct{ err error }
+
+func (e errNotAcked) Error() string {
+	return "localcache: write not acknowledged (it may still be applied): " + e.err.Error()
+}
+func (e errNotAcked) Unwrap() error { return e.err }
+
+func (s *Store) submit(ctx context.Context, ws []Write, size int) ([]Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r := &request{ctx: ctx, writes: ws, bytes: size, done: make(chan reply, 1)}
+	s.closeMu.RLock()
+	if s.closing {
+		s.closeMu.RUnlock()
+		return nil, ErrClosed
+	}
+	select {
+	case s.reqs <- r:
+		s.closeMu.RUnlock()
+	case <-ctx.Done():
+		s.closeMu.RUnlock()
+		return nil, ctx.Err() // never queued: not applied
+	}
+	select {
+	case rep := <-r.done:
+		return rep.recs, rep.err
+	case <-ctx.Done():
+		return nil, errNotAcked{ctx.Err()}
+	}
+}
+
+// committer is the single goroutine that writes. It runs until Close closes
+// reqs and it has drained them.
+func (s *Store) committer() {
+	defer close(s.committerDone)
+	var group []*request
+	for {
+		if s.opts.hookGroup != nil {
+			s.opts.hookGroup()
+		}
+		r, ok := <-s.reqs
+		if !ok {
+			return
+		}
+		group = append(group[:0], r)
+		n, size := len(r.writes), r.bytes
+	gather:
+		for n < maxGroupWrites && size < maxGroupBytes {
+			select {
+			case r, ok = <-s.reqs:
+				if !ok {
+					break gather
+				}
+				group = append(group, r)
+				n += len(r.writes)
+				size += r.bytes
+			default:
+				break gather
+			}
+		}
+		s.commitGroup(group)
+		clear(group)
+		if !ok {
+			return
+		}
+	}
+}
+
+// commitGroup stages and commits one group, and answers every request in it.
+func (s *Store) commitGroup(group []*request) {
+	select {
+	case <-s.abort:
+		for _, r := range group {
+			r.done <- reply{err: ErrClosed}
+		}
+		return
+	default:
+	}
+	now := s.opts.Now()
+	m := s.meta
+	view := make(map[Key]*Record)
+	rtxn := s.db.NewTransaction(false)
+	defer rtxn.Discard()
+	lookup := func(k Key) (*Record, error) {
+		if rec, ok := view[k]; ok {
+			return rec, nil
+		}
+		if rec := s.cache.peek(k); rec != nil {
+			return rec, nil
+		}
+		return readRecord(rtxn, k)
+	}
+	accepted := make([]*staged, 0, len(group))
+	for _, r := range group {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- reply{err: err}
+			continue
+		}
+		st, err := s.stage(r, &m, now, lookup)
+		if err != nil {
+			r.done <- reply{err: err}
+			continue
+		}
+		for _, rec := range st.records {
+			view[rec.Key] = rec
+		}
+		accepted = append(accepted, st)
+	}
+	s.commitStaged(accepted)
+}
+
+// stage checks r's preconditions against lookup and builds what to store.
+// On success it advances *m; on failure *m is unchanged.
+func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Record, error)) (*staged, error) {
+	mm := *m
+	st := &staged{req: r, records: make([]*Record, 0, len(r.writes)), entries: make([]*badger.Entry, 0, 3*len(r.writes))}
+	nanos := now.UnixNano()
+	var batchID string
+	for i, w := range r.writes {
+		cur, err := lookup(w.Key)
+		if err != nil {
+			return nil, fmt.Errorf("localcache: write %s: read current: %w", w.Key, err)
+		}
+		live := cur != nil && !cur.Deleted
+		var actual, base, synced uint64
+		var prevVector map[string]uint64
+		if cur != nil {
+			base, synced, prevVector = cur.Version, cur.SyncedVersion, cur.Clock.Vector
+		}
+		if live {
+			actual = cur.Version
+		}
+		switch {
+		case w.IfAbsent && live:
+			return nil, &VersionConflictError{Key: w.Key, Expected: 0, Actual: actual}
+		case w.IfVersion != nil && *w.IfVersion != actual:
+			return nil, &VersionConflictError{Key: w.Key, Expected: *w.IfVersion, Actual: actual}
+		case w.Delete && !live:
+			return nil, &KeyError{Op: "delete", Key: w.Key, Err: ErrNotFound}
+		}
+
+		mm.seq++
+		mm.lamport = lamportNext(mm.lamport)
+		mm.hlc = hlcNext(mm.hlc, now)
+		mm.journal++
+		switch {
+		case w.Delete:
+			mm.states--
+		case !live:
+			mm.states++
+		}
+		opID := s.nodeID + "-" + strconv.FormatUint(mm.seq, 10)
+		if i == 0 {
+			batchID = opID
+		}
+		change := Change{Actor: w.Actor, Reason: w.Reason, Time: nanos}
+		clock := Clock{Lamport: mm.lamport, HLC: mm.hlc, Vector: vectorTick(prevVector, s.nodeID)}
+		rec := &Record{
+			Key:           w.Key,
+			Value:         w.Value,
+			Version:       base + 1,
+			Deleted:       w.Delete,
+			UpdatedAt:     nanos,
+			Change:        change,
+			Origin:        s.nodeID,
+			OpID:          opID,
+			Clock:         clock,
+			SyncedVersion: synced,
+		}
+		rec.Pending = rec.Version > rec.SyncedVersion
+		action := ActionPut
+		var userMeta byte
+		if w.Delete {
+			action = ActionDelete
+			userMeta = userMetaTombstone
+		}
+		ev := Event{Key: w.Key, Action: action, FromVersion: base, ToVersion: rec.Version, Value: w.Value,
+			Change: change, Origin: s.nodeID, OpID: opID, Clock: clock}
+		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
+			BaseVersion: base, Version: rec.Version, Time: nanos}
+		st.records = append(st.records, rec)
+		st.entries = append(st.entries,
+			badger.NewEntry(stateKey(w.Key), encodeRecord(rec)).WithMeta(userMeta),
+			badger.NewEntry(eventKey(w.Key, rec.Version), encodeEvent(&ev)),
+			badger.NewEntry(journalKey(mm.seq), encodeJournal(&j)),
+		)
+	}
+	st.meta = mm
+	*m = mm
+	return st, nil
+}
+
+// commitStaged commits acc in as few transactions as fit, then publishes and
+// answers. If a transaction fails, its requests get the error and the
+// requests after it are staged again from the committed state (they may
+// have depended on the failed ones).
+func (s *Store) commitStaged(acc []*staged) {
+	for lo := 0; lo < len(acc); {
+		n := len(acc) - lo
+		var txn *badger.Txn
+		var err error
+		for {
+			var fitted int
+			txn, fitted, err = s.build(acc[lo : lo+n])
+			if !errors.Is(err, badger.ErrTxnTooBig) || n == 1 {
+				break
+			}
+			n = max(1, min(n-1, fitted))
+		}
+		if err == nil {
+			err = txn.Commit()
+		}
+		if txn != nil {
+			txn.Discard()
+		}
+		part := acc[lo : lo+n]
+		if err != nil {
+			s.failed(part, err)
+			if rest := acc[lo+n:]; len(rest) > 0 {
+				reqs := make([]*request, len(rest))
+				for i, st := range rest {
+					reqs[i] = st.req
+				}
+				s.commitGroup(reqs)
+			}
+			return
+		}
+		s.published(part)
+		lo += n
+	}
+}
+
+// build returns a write transaction holding part's entries and the meta
+// after its last request. On ErrTxnTooBig, fitted is how many requests fit
+// whole.
+func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
+	txn = s.db.NewTransaction(true)
+	for _, st := range part {
+		for _, e := range st.entries {
+			if err := txn.SetEntry(e); err != nil {
+				txn.Discard()
+				return nil, fitted, err
+			}
+		}
+		fitted++
+	}
+	if err := txn.SetEntry(badger.NewEntry(metaCounters, encodeMeta(part[len(part)-1].meta))); err != nil {
+		txn.Discard()
+		return nil, fitted - 1, err
+	}
+	return txn, fitted, nil
+}
+
+// published makes a committed part visible: meta, cache, counters, replies.
+func (s *Store) published(part []*staged) {
+	s.meta = part[len(part)-1].meta
+	s.metaStates.Store(s.meta.states)
+	s.metaJournal.Store(s.meta.journal)
+	writes := 0
+	for _, st := range part {
+		for _, rec := range st.records {
+			s.cache.set(rec.Key, rec)
+		}
+		writes += len(st.records)
+	}
+	s.commits.Add(1)
+	s.commitWrites.Add(uint64(writes))
+	for _, st := range part {
+		recs := make([]Record, len(st.records))
+		for i, rec := range st.records {
+			recs[i] = *rec
+			recs[i].Value = nil
+		}
+		st.req.done <- reply{recs: recs}
+	}
+}
+
+// failed answers part with err after its transaction could not be built or
+// committed.
+func (s *Store) failed(part []*staged, err error) {
+	if errors.Is(err, badger.ErrTxnTooBig) {
+		// Only a single request that alone exceeds a transaction gets here.
+		err = &FieldError{Field: "batch", Err: fmt.Errorf("%w: the writes exceed one transaction", ErrTooLarge)}
+		part[0].req.done <- reply{err: err}
+		return
+	}
+	// The commit's outcome is unknown: drop the keys from the cache, and
+	// reload the counters from Badger. Sequence numbers and clocks only move
+	// forward, so no op id or clock value is ever issued twice.
+	s.log.Error("commit failed", "err", err, "requests", len(part))
+	for _, st := range part {
+		for _, rec := range st.records {
+			s.cache.invalidate(rec.Key)
+		}
+	}
+	last := part[len(part)-1].meta
+	var reloaded meta
+	rerr := s.db.View(func(txn *badger.Txn) error {
+		v, err := getValue(txn, metaCounters)
+		if err != nil || v == nil {
+			return err
+		}
+		reloaded, err = decodeMeta(v)
+		return err
+	})
+	if rerr == nil {
+		s.meta = reloaded
+	} else {
+		s.log.Error("reload counters after failed commit", "err", rerr)
+	}
+	s.meta.seq = max(s.meta.seq, last.seq)
+	s.meta.lamport = max(s.meta.lamport, last.lamport)
+	s.meta.hlc = max(s.meta.hlc, last.hlc)
+	s.metaStates.Store(s.meta.states)
+	s.metaJournal.Store(s.meta.journal)
+	err = fmt.Errorf("localcache: commit: %w", err)
+	for _, st := range part {
+		st.req.done <- reply{err: err}
+	}
+}

@@ -1,0 +1,23 @@
+// Package localcache is the sidecar's local, durable state store, on Badger.
+//
+// It keeps, per state (governor › state), the latest record (or a tombstone
+// after a delete, so versions keep growing across delete and re-create), an
+// immutable event per change, and a journal of changes waiting to be pushed
+// to the shared store. One Badger transaction stores all three for every
+// write, and a write is acknowledged only once that transaction is fsync'd.
+//
+// Writes go through a single committer goroutine that groups concurrent
+// requests, checks their preconditions in order, and commits the group in one
+// transaction, so concurrent writers share one fsync (see commit.go). A
+// bounded, sharded read cache in front of Badger serves hot keys without a
+// Badger lookup (see cache.go).
+//
+// Every change carries clocks: a Lamport time and a hybrid logical clock
+// (Unix milliseconds << 16 | logical counter), both never going backwards,
+// also across restarts, and a per-state vector clock.
+//
+// Records returned by the store share their Value and Clock.Vector with its
+// cache: callers must treat them as read-only.
+//
+// On-disk layout: keys.go; value encoding: codec.go.
+package localcache

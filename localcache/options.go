@@ -1,0 +1,177 @@
+package localcache
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Options configure a Store. The zero value is not usable: set Dir or
+// InMemory.
+type Options struct {
+	// Dir is the Badger directory. Created if missing.
+	Dir string
+	// InMemory keeps everything in memory (for tests); Dir must be empty.
+	InMemory bool
+	// NodeID names this sidecar in op ids, origins and vector clocks. Empty:
+	// the id stored in the database, or a new random one (then stored).
+	NodeID string
+	// Logger receives the store's and Badger's logs. Nil: discarded.
+	Logger *slog.Logger
+	// CacheBytes is the read cache's budget. 0: DefaultCacheBytes; negative:
+	// no cache.
+	CacheBytes int64
+	// MaxValueSize is the largest value accepted. 0: wire.MaxValueSize.
+	MaxValueSize int
+	// Now is the wall clock. Nil: time.Now.
+	Now func() time.Time
+	// GCInterval is how often the value log is garbage collected. 0:
+	// DefaultGCInterval; negative: never (and never in memory).
+	GCInterval time.Duration
+
+	// memTableSize overrides the Badger memtable size (tests use a small one
+	// to exercise transaction splitting).
+	memTableSize int64
+	// hookGroup, when set, is called by the committer before it gathers a
+	// group (tests block it to make requests queue up).
+	hookGroup func()
+}
+
+// Defaults.
+const (
+	DefaultCacheBytes = 32 << 20
+	DefaultGCInterval = 10 * time.Minute
+)
+
+// Badger tuning for a sidecar that shares the pod's memory with the app.
+//
+// Anonymous memory Badger holds: numMemtables skiplist arenas of about
+// 1.3 × memTableSize, the block and index caches (the index cache also holds
+// bloom filters, so table metadata stays bounded however large the LSM
+// grows), and, while compactions run, table builders of about twice the
+// table size each. Small memtables and tables keep those builders small;
+// compression is off because a compressing builder holds every block twice
+// and runs extra goroutines (and the bulky part of the data, values, lives in
+// the uncompressed value log anyway). Tables and value log files are mmapped:
+// their pages count as file-backed resident memory, which the kernel
+// reclaims under pressure.
+//
+// valueThreshold: encoded records, events and journal entries below it are
+// stored inside the LSM tree; larger ones go to the value log, with a 12-byte
+// pointer in the tree. With a low threshold the LSM tree holds little more
+// than keys, so compactions (the main cost of a write-heavy LSM, in CPU and
+// in builder memory) move a fraction of the data, and a 1 MB value counts as
+// a pointer towards Badger's per-transaction limit, so large writes do not
+// split commit groups. A state read that misses the cache pays one extra
+// mmapped read; events, written once and rarely read, are exactly what a
+// value log is for. Tiny states (counters, flags) and journal entries stay
+// inline, so hot small keys leave no value log garbage. Overwritten states
+// do leave garbage in the value log: collectGarbage reclaims it.
+const (
+	memTableSize     = 8 << 20
+	numMemtables     = 2
+	baseTableSize    = 2 << 20
+	blockCacheSize   = 8 << 20
+	indexCacheSize   = 8 << 20
+	valueLogFileSize = 64 << 20
+	valueThreshold   = 256
+	numCompactors    = 2
+
+	// In memory there is no value log: values must fit the tree, and so
+	// must a transaction holding a 1 MB state and its event.
+	inMemoryMemTableSize = 16 << 20
+	inMemoryThreshold    = 1 << 20
+)
+
+func (o Options) withDefaults() (Options, error) {
+	if o.InMemory && o.Dir != "" {
+		return o, fmt.Errorf("localcache: options: Dir and InMemory are exclusive")
+	}
+	if !o.InMemory && o.Dir == "" {
+		return o, fmt.Errorf("localcache: options: Dir is required unless InMemory")
+	}
+	if o.NodeID != "" {
+		if err := wire.ValidateName("node id", o.NodeID); err != nil {
+			return o, fmt.Errorf("localcache: options: %w", err)
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CacheBytes == 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
+	if o.MaxValueSize <= 0 {
+		o.MaxValueSize = wire.MaxValueSize
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.GCInterval == 0 {
+		o.GCInterval = DefaultGCInterval
+	}
+	if o.memTableSize == 0 {
+		o.memTableSize = memTableSize
+		if o.InMemory {
+			o.memTableSize = inMemoryMemTableSize
+		}
+	}
+	return o, nil
+}
+
+func (o Options) badgerOptions() badger.Options {
+	var bo badger.Options
+	threshold := int64(valueThreshold)
+	if o.InMemory {
+		// No value log in memory: every value must be below the threshold.
+		bo = badger.DefaultOptions("").WithInMemory(true)
+		threshold = inMemoryThreshold
+	} else {
+		bo = badger.DefaultOptions(o.Dir)
+	}
+	// Badger requires the threshold to fit one transaction.
+	threshold = min(threshold, o.memTableSize*15/100)
+	return bo.
+		WithLogger(badgerLogger{o.Logger.With("component", "badger")}).
+		WithSyncWrites(true).
+		WithDetectConflicts(false).
+		WithMetricsEnabled(false). // expvar is process-global; Stats reads sizes itself
+		WithMemTableSize(o.memTableSize).
+		WithNumMemtables(numMemtables).
+		WithNumLevelZeroTables(numMemtables + 1).
+		WithNumLevelZeroTablesStall(8).
+		WithBlockCacheSize(blockCacheSize).
+		WithIndexCacheSize(indexCacheSize).
+		WithValueLogFileSize(valueLogFileSize).
+		WithValueThreshold(threshold).
+		WithNumCompactors(numCompactors).
+		WithNumGoroutines(2).
+		WithBaseTableSize(baseTableSize).
+		WithCompression(options.None)
+}
+
+// badgerLogger adapts a *slog.Logger to badger.Logger. Badger's info
+// messages (table opens, compactions) are routine, so they go out at Debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) log(level slog.Level, format string, args []any) {
+	ctx := context.Background()
+	if !b.l.Enabled(ctx, level) {
+		return
+	}
+	b.l.Log(ctx, level, strings.TrimSpace(fmt.Sprintf(format, args...)))
+}
+
+func (b badgerLogger) Errorf(format string, args ...any) { b.log(slog.LevelError, format, args) }
+func (b badgerLogger) Warningf(format string, args ...any) {
+	b.log(slog.LevelWarn, format, args)
+}
+func (b badgerLogger) Infof(format string, args ...any)  { b.log(slog.LevelDebug, format, args) }
+func (b badgerLogger) Debugf(format string, args ...any) { b.log(slog.LevelDebug-4, format, args) }

@@ -1,0 +1,583 @@
+package localcache
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Store is the local state store. All methods are safe for concurrent use.
+// Open starts its goroutines (the group committer and the value log
+// collector); Close stops them.
+type Store struct {
+	opts   Options
+	log    *slog.Logger
+	db     *badger.DB
+	cache  *cache
+	nodeID string
+
+	// reqs carries write requests to the committer. Senders hold closeMu
+	// for reading, and Close closes reqs holding it for writing, so no send
+	// races the close.
+	reqs    chan *request
+	closeMu sync.RWMutex
+	closing bool
+	// closed is set once Close has begun: reads fail fast with ErrClosed.
+	closed atomic.Bool
+	// dbMu guards Badger against Close on the read path of cache misses
+	// (cache hits never touch it).
+	dbMu sync.RWMutex
+
+	abort         chan struct{} // closed when Close gives up draining
+	committerDone chan struct{}
+	gcCancel      context.CancelFunc
+	gcDone        chan struct{}
+	closeOnce     sync.Once
+	closeErr      error
+
+	// meta is owned by the committer: the counters and clocks as of the last
+	// successful commit. metaStates and metaJournal mirror two of them for
+	// Stats.
+	meta         meta
+	metaStates   atomic.Int64
+	metaJournal  atomic.Int64
+	commits      atomic.Uint64
+	commitWrites atomic.Uint64
+}
+
+// Open opens (or creates) the store and starts its group committer.
+func Open(opts Options) (*Store, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if !opts.InMemory {
+		if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+			return nil, fmt.Errorf("localcache: open: %w", err)
+		}
+	}
+	db, err := badger.Open(opts.badgerOptions())
+	if err != nil {
+		return nil, fmt.Errorf("localcache: open badger: %w", err)
+	}
+	s := &Store{
+		opts:          opts,
+		log:           opts.Logger,
+		db:            db,
+		cache:         newCache(opts.CacheBytes),
+		reqs:          make(chan *request, 4096),
+		abort:         make(chan struct{}),
+		committerDone: make(chan struct{}),
+		gcDone:        make(chan struct{}),
+	}
+	if err := s.load(); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("localcache: open: %w", err)
+	}
+	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID,
+		"states", s.meta.states, "journal_depth", s.meta.journal)
+	go s.committer()
+	gcCtx, cancel := context.WithCancel(context.Background())
+	s.gcCancel = cancel
+	go s.collectGarbage(gcCtx)
+	return s, nil
+}
+
+// load reads the meta keys (checking the layout version) and settles the
+// node id, writing what a fresh database lacks.
+func (s *Store) load() error {
+	var stored string
+	err := s.db.View(func(txn *badger.Txn) error {
+		if v, err := getValue(txn, metaFormat); err != nil {
+			return err
+		} else if v != nil && (len(v) != 1 || v[0] != layoutVersion) {
+			return fmt.Errorf("%w: layout version %v, this build reads %d", errCorrupt, v, layoutVersion)
+		}
+		v, err := getValue(txn, metaCounters)
+		if err != nil {
+			return err
+		}
+		if v != nil {
+			if s.meta, err = decodeMeta(v); err != nil {
+				return err
+			}
+		}
+		v, err = getValue(txn, metaNode)
+		stored = string(v)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.nodeID = s.opts.NodeID
+	if s.nodeID == "" {
+		s.nodeID = stored
+	}
+	if s.nodeID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		s.nodeID = hex.EncodeToString(b[:])
+	}
+	if stored != "" && stored != s.nodeID {
+		s.log.Warn("node id changed", "stored", stored, "node_id", s.nodeID)
+	}
+	s.metaStates.Store(s.meta.states)
+	s.metaJournal.Store(s.meta.journal)
+	if stored == s.nodeID {
+		return nil
+	}
+	return s.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(metaFormat, []byte{layoutVersion}); err != nil {
+			return err
+		}
+		return txn.Set(metaNode, []byte(s.nodeID))
+	})
+}
+
+// getValue returns a copy of key's value, or nil when it is missing.
+func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
+	item, err := txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return item.ValueCopy(nil)
+}
+
+// Close stops accepting writes (they fail with ErrClosed), lets the
+// committer finish every write already queued, then closes Badger. If ctx
+// ends first, queued writes not yet committing fail with ErrClosed and Close
+// returns ctx's error once Badger is closed. Calling Close again returns the
+// first call's result.
+func (s *Store) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() { s.closeErr = s.close(ctx) })
+	return s.closeErr
+}
+
+func (s *Store) close(ctx context.Context) error {
+	s.closed.Store(true)
+	s.closeMu.Lock()
+	s.closing = true
+	close(s.reqs)
+	s.closeMu.Unlock()
+
+	var errs []error
+	select {
+	case <-s.committerDone:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("localcache: close: draining writes: %w", ctx.Err()))
+		close(s.abort)
+		<-s.committerDone
+	}
+	s.gcCancel()
+	<-s.gcDone
+
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
+	if err := s.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("localcache: close badger: %w", err))
+	}
+	s.log.Info("local store closed")
+	return errors.Join(errs...)
+}
+
+// NodeID returns this store's node id.
+func (s *Store) NodeID() string { return s.nodeID }
+
+// view runs fn in a Badger read transaction, failing with ErrClosed once the
+// store is closing.
+func (s *Store) view(fn func(txn *badger.Txn) error) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.db.View(fn)
+}
+
+func validateKey(op string, k Key) error {
+	if err := wire.ValidateName("governor", k.Governor); err != nil {
+		return &KeyError{Op: op, Key: k, Err: &FieldError{Field: "governor", Err: fmt.Errorf("%w: %w", ErrInvalid, err)}}
+	}
+	if err := wire.ValidateName("state", k.State); err != nil {
+		return &KeyError{Op: op, Key: k, Err: &FieldError{Field: "state", Err: fmt.Errorf("%w: %w", ErrInvalid, err)}}
+	}
+	return nil
+}
+
+// Get returns the state k. A missing or deleted state is a *KeyError
+// wrapping ErrNotFound. The record's Value and Clock.Vector are shared with
+// the read cache: do not modify them.
+func (s *Store) Get(ctx context.Context, k Key) (Record, error) {
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
+	if s.closed.Load() {
+		return Record{}, ErrClosed
+	}
+	if err := validateKey("get", k); err != nil {
+		return Record{}, err
+	}
+	rec := s.cache.get(k)
+	if rec == nil {
+		epoch := s.cache.epoch(k)
+		err := s.view(func(txn *badger.Txn) error {
+			var err error
+			rec, err = readRecord(txn, k)
+			return err
+		})
+		if err != nil {
+			return Record{}, fmt.Errorf("localcache: get %s: %w", k, err)
+		}
+		if rec != nil {
+			s.cache.fill(k, rec, epoch)
+		}
+	}
+	if rec == nil || rec.Deleted {
+		return Record{}, &KeyError{Op: "get", Key: k, Err: ErrNotFound}
+	}
+	return *rec, nil
+}
+
+// readRecord returns the stored record of k (possibly a tombstone), or nil.
+func readRecord(txn *badger.Txn, k Key) (*Record, error) {
+	item, err := txn.Get(stateKey(k))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, err
+	}
+	return decodeRecord(k, v)
+}
+
+// GetMany returns the states keys, in order, with nil entries for missing or
+// deleted states. The records share Value and Clock.Vector with the read
+// cache: do not modify them.
+func (s *Store) GetMany(ctx context.Context, keys []Key) ([]*Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	for _, k := range keys {
+		if err := validateKey("get", k); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]*Record, len(keys))
+	var missed []int
+	for i, k := range keys {
+		if rec := s.cache.get(k); rec != nil {
+			out[i] = rec
+		} else {
+			missed = append(missed, i)
+		}
+	}
+	if len(missed) > 0 {
+		epochs := make([]uint64, len(missed))
+		for j, i := range missed {
+			epochs[j] = s.cache.epoch(keys[i])
+		}
+		err := s.view(func(txn *badger.Txn) error {
+			for j, i := range missed {
+				rec, err := readRecord(txn, keys[i])
+				if err != nil {
+					return fmt.Errorf("%s: %w", keys[i], err)
+				}
+				if rec != nil {
+					s.cache.fill(keys[i], rec, epochs[j])
+				}
+				out[i] = rec
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("localcache: get many: %w", err)
+		}
+	}
+	for i, rec := range out {
+		if rec != nil && rec.Deleted {
+			out[i] = nil
+		} else if rec != nil {
+			c := *rec
+			out[i] = &c // callers may change the Record itself
+		}
+	}
+	return out, nil
+}
+
+// List returns up to limit live states of governor whose names start with
+// prefix and sort after cursor, in name order. It stops before the values
+// would pass maxBytes (but always returns at least one record when there is
+// one); maxBytes <= 0 means no byte limit. limit <= 0 means
+// wire.DefaultListLimit; it is capped at wire.MaxListLimit. next is the
+// cursor for the following page, "" when the listing is complete. The records
+// are read from Badger, not the cache; their Values are the caller's.
+func (s *Store) List(ctx context.Context, governor, prefix, cursor string, limit, maxBytes int) (recs []Record, next string, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", err
+	}
+	if err := wire.ValidateName("governor", governor); err != nil {
+		return nil, "", &FieldError{Field: "governor", Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
+	}
+	if limit <= 0 {
+		limit = wire.DefaultListLimit
+	}
+	limit = min(limit, wire.MaxListLimit)
+	pfx := statePrefix(governor, prefix)
+	seek := pfx
+	var skip []byte // the cursor's own key, when the scan starts there
+	if cursor != "" && cursor >= prefix {
+		seek = statePrefix(governor, cursor)
+		skip = seek
+	}
+	err = s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
+		defer it.Close()
+		size := 0
+		for it.Seek(seek); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			item := it.Item()
+			if item.UserMeta()&userMetaTombstone != 0 {
+				continue
+			}
+			if skip != nil && bytes.Equal(item.Key(), skip) {
+				continue
+			}
+			if len(recs) == limit {
+				next = recs[len(recs)-1].State
+				return nil
+			}
+			k, err := parseStateKey(item.Key()) // copies the names
+			if err != nil {
+				return err
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			rec, err := decodeRecord(k, v)
+			if err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+			if maxBytes > 0 && len(recs) > 0 && size+len(rec.Value) > maxBytes {
+				next = recs[len(recs)-1].State
+				return nil
+			}
+			size += len(rec.Value)
+			recs = append(recs, *rec)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("localcache: list %s: %w", governor, err)
+	}
+	return recs, next, nil
+}
+
+// Events returns the audit trail of state k, oldest first (empty when the
+// state never existed).
+func (s *Store) Events(ctx context.Context, k Key) ([]Event, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := validateKey("events", k); err != nil {
+		return nil, err
+	}
+	pfx := eventPrefix(k)
+	var events []Event
+	err := s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx, PrefetchValues: true, PrefetchSize: 16})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			e, err := readEvent(it.Item(), k)
+			if err != nil {
+				return err
+			}
+			events = append(events, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("localcache: events %s: %w", k, err)
+	}
+	return events, nil
+}
+
+// EventAt returns the event that made version of state k (a journal entry's
+// Key and Version name one). A missing event is a *KeyError wrapping
+// ErrNotFound.
+func (s *Store) EventAt(ctx context.Context, k Key, version uint64) (Event, error) {
+	if err := ctx.Err(); err != nil {
+		return Event{}, err
+	}
+	if err := validateKey("event", k); err != nil {
+		return Event{}, err
+	}
+	var e Event
+	err := s.view(func(txn *badger.Txn) error {
+		item, err := txn.Get(eventKey(k, version))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return &KeyError{Op: "event", Key: k, Err: ErrNotFound}
+		}
+		if err != nil {
+			return err
+		}
+		e, err = readEvent(item, k)
+		return err
+	})
+	var ke *KeyError
+	if errors.As(err, &ke) {
+		return Event{}, err
+	}
+	if err != nil {
+		return Event{}, fmt.Errorf("localcache: event %s v%d: %w", k, version, err)
+	}
+	return e, nil
+}
+
+func readEvent(item *badger.Item, k Key) (Event, error) {
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return Event{}, err
+	}
+	e, err := decodeEvent(k, v)
+	if err != nil {
+		return Event{}, fmt.Errorf("event %x: %w", item.Key(), err)
+	}
+	return e, nil
+}
+
+// DefaultJournalLimit is how many entries Journal returns when limit <= 0.
+const DefaultJournalLimit = 1000
+
+// Journal returns up to limit journal entries with Seq > afterSeq, in Seq
+// order. limit <= 0 means DefaultJournalLimit.
+func (s *Store) Journal(ctx context.Context, afterSeq uint64, limit int) ([]JournalEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = DefaultJournalLimit
+	}
+	if afterSeq == math.MaxUint64 {
+		return nil, nil
+	}
+	var out []JournalEntry
+	err := s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
+		defer it.Close()
+		for it.Seek(journalKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {
+			item := it.Item()
+			seq, err := parseJournalKey(item.Key())
+			if err != nil {
+				return fmt.Errorf("journal key %x: %w", item.Key(), err)
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			j, err := decodeJournal(seq, v)
+			if err != nil {
+				return fmt.Errorf("journal %d: %w", seq, err)
+			}
+			out = append(out, j)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("localcache: journal: %w", err)
+	}
+	return out, nil
+}
+
+// Stats returns the store's counters. It reads file sizes from Dir, so call
+// it for reporting, not on a hot path.
+func (s *Store) Stats() Stats {
+	st := Stats{
+		States:       s.metaStates.Load(),
+		JournalDepth: s.metaJournal.Load(),
+		Commits:      s.commits.Load(),
+		CommitWrites: s.commitWrites.Load(),
+	}
+	st.CacheHits, st.CacheMisses, st.CacheBytes = s.cache.stats()
+	if !s.opts.InMemory {
+		st.LSMBytes, st.VlogBytes = dirSizes(s.opts.Dir)
+	}
+	return st
+}
+
+func dirSizes(dir string) (lsm, vlog int64) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		switch filepath.Ext(e.Name()) {
+		case ".sst":
+			lsm += info.Size()
+		case ".vlog":
+			vlog += info.Size()
+		}
+	}
+	return lsm, vlog
+}
+
+// collectGarbage runs Badger's value log GC every GCInterval until ctx ends.
+func (s *Store) collectGarbage(ctx context.Context) {
+	defer close(s.gcDone)
+	if s.opts.InMemory || s.opts.GCInterval < 0 {
+		return
+	}
+	t := time.NewTicker(s.opts.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for ctx.Err() == nil {
+			err := s.db.RunValueLogGC(0.5)
+			if err != nil {
+				if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
+					s.log.Warn("value log gc", "err", err)
+				}
+				break
+			}
+		}
+	}
+}

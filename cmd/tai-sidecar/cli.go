@@ -1,0 +1,772 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+
+	"github.com/tai-state/tai-state/client"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// cliCommand is one client subcommand.
+type cliCommand struct {
+	args  string // positional arguments, for usage
+	nargs int    // how many positionals it takes
+	help  string
+	// flags declares the subcommand's flags on fs and returns the function
+	// that runs it with its positional arguments.
+	flags func(fs *flag.FlagSet) func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error
+}
+
+// cliCommands returns the client subcommands by name.
+func cliCommands() map[string]cliCommand {
+	return map[string]cliCommand{
+		"get":    {args: "GOV STATE", nargs: 2, help: "print a state as JSON", flags: getFlags},
+		"put":    {args: "GOV STATE VALUE", nargs: 3, help: "store VALUE, a JSON document, as msgpack", flags: putFlags},
+		"delete": {args: "GOV STATE", nargs: 2, help: "delete a state", flags: deleteFlags},
+		"list":   {args: "GOV", nargs: 1, help: "print a governor's states as JSON lines", flags: listFlags},
+		"stats":  {nargs: 0, help: "print the sidecar's statistics as JSON", flags: statsFlags},
+		"ping":   {nargs: 0, help: "check that the sidecar answers", flags: pingFlags},
+	}
+}
+
+// runCLI runs one client subcommand against the sidecar at socket.
+//
+// args[0] names the subcommand; flags may come before, between or after its
+// positional arguments. Results are printed to stdout as JSON (one object,
+// or one object per line for list). The returned error is one line: a
+// *usageError for a bad command line, otherwise a description of what went
+// wrong that still matches the client's errors with errors.Is and errors.As.
+func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return &usageError{"no command given"}
+	}
+	name := args[0]
+	cmd, ok := cliCommands()[name]
+	if !ok {
+		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, stats, ping or serve; see tai-sidecar help)", name)}
+	}
+	fs := flag.NewFlagSet("tai-sidecar "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	run := cmd.flags(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: tai-sidecar %s %s [flags]\n  %s\n", name, cmd.args, cmd.help)
+		fs.PrintDefaults()
+	}
+	pos, err := parseArgs(fs, args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{name + ": " + err.Error()}
+	}
+	if len(pos) != cmd.nargs {
+		return &usageError{strings.TrimSpace(fmt.Sprintf("usage: tai-sidecar %s %s", name, cmd.args)) +
+			fmt.Sprintf(" (got %d arguments, want %d)", len(pos), cmd.nargs)}
+	}
+
+	c := &client.Client{Socket: socket, Conns: 1, Name: "tai-sidecar-cli/" + version}
+	defer c.Close()
+	out := json.NewEncoder(stdout)
+	out.SetEscapeHTML(false)
+	if err := run(ctx, c, pos, out); err != nil {
+		return describeError(err, socket)
+	}
+	return nil
+}
+
+// parseArgs parses fs's flags wherever they appear in args and returns the
+// positional arguments in order. "--" ends the flags. A negative number
+// ("-5", "-1.5e3") is a positional argument, not a flag, so that it can be
+// a VALUE.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			pos = append(pos, args[i+1:]...)
+			i = len(args)
+		case len(a) < 2 || a[0] != '-' || json.Valid([]byte(a)):
+			pos = append(pos, a)
+		default:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if strings.Contains(name, "=") {
+				continue
+			}
+			f := fs.Lookup(name)
+			if f == nil {
+				continue // fs.Parse reports it
+			}
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				continue
+			}
+			if i+1 < len(args) {
+				i++
+				flags = append(flags, args[i])
+			}
+		}
+	}
+	if err := fs.Parse(flags); err != nil {
+		return nil, err
+	}
+	return append(pos, fs.Args()...), nil
+}
+
+// optUint64 is a flag that records whether it was set.
+type optUint64 struct {
+	v   uint64
+	set bool
+}
+
+func (o *optUint64) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.FormatUint(o.v, 10)
+}
+
+func (o *optUint64) Set(s string) error {
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return errors.New("not a version number")
+	}
+	o.v, o.set = v, true
+	return nil
+}
+
+// writeFlags declares the flags every write takes and returns a function
+// that builds its options.
+func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
+	ifVersion := new(optUint64)
+	fs.Var(ifVersion, "if-version", "write only if the state's current version is `N` (0: only if it does not exist)")
+	var ifAbsent *bool
+	if absent {
+		ifAbsent = fs.Bool("if-absent", false, "write only if the state does not exist")
+	}
+	actor := fs.String("actor", "", "who makes the change")
+	reason := fs.String("reason", "", "why the change is made")
+	return func() []client.WriteOption {
+		var opts []client.WriteOption
+		if ifVersion.set {
+			opts = append(opts, client.IfVersion(ifVersion.v))
+		}
+		if ifAbsent != nil && *ifAbsent {
+			opts = append(opts, client.IfAbsent())
+		}
+		if *actor != "" {
+			opts = append(opts, client.Actor(*actor))
+		}
+		if *reason != "" {
+			opts = append(opts, client.Reason(*reason))
+		}
+		return opts
+	}
+}
+
+func getFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		rec, err := c.Get(ctx, pos[0], pos[1])
+		if err != nil {
+			return err
+		}
+		return printRecord(out, rec)
+	}
+}
+
+func putFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	opts := writeFlags(fs, true)
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		value, err := jsonToMsgpack([]byte(pos[2]))
+		if err != nil {
+			msg := "put: VALUE: " + err.Error()
+			if v := strings.TrimSpace(pos[2]); v != "" && !json.Valid([]byte(v)) && !strings.ContainsRune(`{["-0123456789`, rune(v[0])) {
+				msg += ` (VALUE is JSON: quote text, as in '"text"')`
+			}
+			return &usageError{msg}
+		}
+		rec, err := c.PutRaw(ctx, pos[0], pos[1], value, opts()...)
+		if err != nil {
+			return err
+		}
+		return printRecord(out, rec)
+	}
+}
+
+func deleteFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	opts := writeFlags(fs, false)
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		rec, err := c.Delete(ctx, pos[0], pos[1], opts()...)
+		if err != nil {
+			return err
+		}
+		return printRecord(out, rec)
+	}
+}
+
+func listFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	prefix := fs.String("prefix", "", "list only states whose name starts with `P`")
+	limit := fs.Int("limit", 0, "print at most `N` states (0: all)")
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		if *limit < 0 {
+			return &usageError{"list: --limit must not be negative"}
+		}
+		page := wire.MaxListLimit
+		if *limit > 0 {
+			page = min(*limit, page)
+		}
+		n := 0
+		for rec, err := range c.ListAll(ctx, pos[0], client.ListOptions{Prefix: *prefix, Limit: page}) {
+			if err != nil {
+				return err
+			}
+			if err := printRecord(out, rec); err != nil {
+				return err
+			}
+			if n++; n == *limit {
+				break
+			}
+		}
+		return nil
+	}
+}
+
+func statsFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		// Render through msgpack so the JSON keys are the protocol's field
+		// names, new fields included; canonical order keeps output stable.
+		h := wire.NewHandle()
+		h.Canonical = true
+		var b []byte
+		if err := codec.NewEncoderBytes(&b, h).Encode(st); err != nil {
+			return err
+		}
+		j, err := msgpackToJSON(b)
+		if err != nil {
+			return err
+		}
+		return out.Encode(json.RawMessage(j))
+	}
+}
+
+func pingFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
+		h, err := c.Hello(ctx) // connect first, so the round trip excludes the dial
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := c.Ping(ctx); err != nil {
+			return err
+		}
+		rtt := time.Since(start)
+		return out.Encode(struct {
+			OK       bool    `json:"ok"`
+			RTTMs    float64 `json:"rtt_ms"`
+			Server   string  `json:"server"`
+			NodeID   string  `json:"node_id"`
+			Protocol uint32  `json:"protocol"`
+		}{true, float64(rtt.Microseconds()) / 1000, h.Server, h.NodeID, h.Version})
+	}
+}
+
+// recordJSON is how the CLI prints a record.
+type recordJSON struct {
+	Governor  string          `json:"governor"`
+	State     string          `json:"state"`
+	Value     json.RawMessage `json:"value,omitempty"`
+	Version   uint64          `json:"version"`
+	Deleted   bool            `json:"deleted,omitempty"`
+	UpdatedAt string          `json:"updated_at"`
+	Change    changeJSON      `json:"change"`
+	FromCache bool            `json:"from_cache"`
+	Pending   bool            `json:"pending"`
+}
+
+type changeJSON struct {
+	Actor  string `json:"actor"`
+	Reason string `json:"reason"`
+	Time   string `json:"time"`
+}
+
+func printRecord(out *json.Encoder, rec *client.Record) error {
+	r := recordJSON{
+		Governor:  rec.Governor,
+		State:     rec.State,
+		Version:   rec.Version,
+		Deleted:   rec.Deleted,
+		UpdatedAt: formatNanos(rec.UpdatedAt),
+		Change: changeJSON{
+			Actor:  rec.Change.Actor,
+			Reason: rec.Change.Reason,
+			Time:   formatNanos(rec.Change.Time),
+		},
+		FromCache: rec.FromCache,
+		Pending:   rec.Pending,
+	}
+	if len(rec.Value) > 0 {
+		v, err := msgpackToJSON(rec.Value)
+		if err != nil {
+			return fmt.Errorf("render value of %s/%s: %w", rec.Governor, rec.State, err)
+		}
+		r.Value = v
+	}
+	return out.Encode(r)
+}
+
+func formatNanos(ns int64) string {
+	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+}
+
+// cliError is a one-line description of a failed command that keeps the
+// underlying error for errors.Is and errors.As.
+type cliError struct {
+	msg string
+	err error
+}
+
+func (e *cliError) Error() string { return e.msg }
+func (e *cliError) Unwrap() error { return e.err }
+
+// describeError turns a client error into one line for the terminal.
+func describeError(err error, socket string) error {
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return err
+	}
+	var msg string
+	var ce *client.ConnError
+	var we *client.Error
+	switch {
+	case errors.As(err, &ce):
+		cause := ce.Err
+		var oe *net.OpError
+		if errors.As(cause, &oe) && oe.Err != nil {
+			cause = oe.Err
+		}
+		if ce.Op == "dial" {
+			msg = fmt.Sprintf("no sidecar at %s: %v", socket, cause)
+		} else {
+			msg = fmt.Sprintf("lost the connection to the sidecar at %s (%s): %v", socket, ce.Op, cause)
+		}
+	case errors.As(err, &we):
+		key := we.Governor + "/" + we.State
+		switch we.Code {
+		case wire.CodeNotFound:
+			msg = "not found: " + key
+		case wire.CodeVersionConflict:
+			want, got := "expected no state", "found none"
+			if we.Expected != nil && *we.Expected != 0 {
+				want = fmt.Sprintf("expected version %d", *we.Expected)
+			}
+			if we.Actual != nil && *we.Actual != 0 {
+				got = fmt.Sprintf("actual %d", *we.Actual)
+			}
+			msg = fmt.Sprintf("version conflict on %s: %s, %s", key, want, got)
+		default:
+			msg = we.Error()
+		}
+	default:
+		msg = err.Error()
+	}
+	return &cliError{msg: strings.Join(strings.Fields(msg), " "), err: err}
+}
+
+// maxValueNesting is how many maps and arrays a put value may nest: the
+// protocol's depth limit less the request map and the value's last level.
+const maxValueNesting = wire.MaxDepth - 2
+
+// jsonToMsgpack converts one JSON document to the equivalent msgpack
+// document: objects become maps (keeping their key order), arrays arrays,
+// strings str, booleans and null themselves. A number written as an integer
+// becomes a msgpack integer when it fits in int64 or uint64; every other
+// number becomes a float64.
+func jsonToMsgpack(data []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	v, err := readJSON(dec, 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("invalid JSON: more than one value")
+	}
+	if v == nil {
+		return nil, errors.New("null is not a storable value")
+	}
+	return wire.Marshal(v)
+}
+
+// orderedMap is a JSON object as alternating keys and values; the codec
+// writes it as a msgpack map in that order.
+type orderedMap []any
+
+// MapBySlice marks orderedMap for the codec.
+func (orderedMap) MapBySlice() {}
+
+func readJSON(dec *json.Decoder, depth int) (any, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		if err == io.EOF {
+			err = errors.New("empty document")
+		}
+		return nil, fmt.Errorf("invalid JSON: %w", err)
+	}
+	switch t := tok.(type) {
+	case json.Delim:
+		if depth == maxValueNesting {
+			return nil, fmt.Errorf("nests more than %d objects and arrays", maxValueNesting)
+		}
+		if t == '[' {
+			arr := []any{}
+			for dec.More() {
+				v, err := readJSON(dec, depth+1)
+				if err != nil {
+					return nil, err
+				}
+				arr = append(arr, v)
+			}
+			_, err := dec.Token() // ']'
+			return arr, err
+		}
+		m := orderedMap{}
+		seen := make(map[string]bool)
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return nil, fmt.Errorf("invalid JSON: %w", err)
+			}
+			k := kt.(string) // the decoder only yields string keys here
+			if seen[k] {
+				return nil, fmt.Errorf("duplicate key %q", k)
+			}
+			seen[k] = true
+			v, err := readJSON(dec, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			m = append(m, k, v)
+		}
+		_, err := dec.Token() // '}'
+		return m, err
+	case json.Number:
+		return jsonNumber(t)
+	default: // string, bool, nil
+		return t, nil
+	}
+}
+
+// jsonNumber converts a JSON number: integers to int64 (or uint64 when only
+// that fits), anything else to float64.
+func jsonNumber(n json.Number) (any, error) {
+	s := string(n)
+	if !strings.ContainsAny(s, ".eE") {
+		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return i, nil
+		}
+		if u, err := strconv.ParseUint(s, 10, 64); err == nil {
+			return u, nil
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return nil, fmt.Errorf("number %s is out of range", s)
+	}
+	return f, nil
+}
+
+// msgpackToJSON renders one msgpack document as JSON, keeping map order.
+// JSON has no counterpart for some msgpack values, so:
+//   - bin is a base64 string (standard alphabet, padded);
+//   - a map key that is not a str is its JSON rendering as a string (1 ->
+//     "1", true -> "true", [1,2] -> "[1,2]");
+//   - a float with an integral value keeps a ".0" (2.0), so that putting the
+//     output back stores a float again; NaN and infinities are the strings
+//     "NaN", "+Inf" and "-Inf";
+//   - the msgpack timestamp extension (type -1) is an RFC 3339 string in UTC;
+//     any other extension is {"ext": TYPE, "data": BASE64}.
+func msgpackToJSON(b []byte) ([]byte, error) {
+	r := &mpReader{b: b}
+	var out bytes.Buffer
+	if err := r.value(&out, 0); err != nil {
+		return nil, err
+	}
+	if r.off != len(b) {
+		return nil, fmt.Errorf("msgpack: %d bytes after the document", len(b)-r.off)
+	}
+	return out.Bytes(), nil
+}
+
+// mpReader walks a msgpack document.
+type mpReader struct {
+	b   []byte
+	off int
+}
+
+var errTruncated = errors.New("msgpack: truncated document")
+
+func (r *mpReader) next(n int) ([]byte, error) {
+	if n < 0 || len(r.b)-r.off < n {
+		return nil, errTruncated
+	}
+	p := r.b[r.off : r.off+n]
+	r.off += n
+	return p, nil
+}
+
+// uint reads an n-byte big-endian unsigned integer.
+func (r *mpReader) uint(n int) (uint64, error) {
+	p, err := r.next(n)
+	if err != nil {
+		return 0, err
+	}
+	var v uint64
+	for _, c := range p {
+		v = v<<8 | uint64(c)
+	}
+	return v, nil
+}
+
+// length reads an n-byte length.
+func (r *mpReader) length(n int) (int, error) {
+	v, err := r.uint(n)
+	if err != nil {
+		return 0, err
+	}
+	if v > uint64(len(r.b)) {
+		return 0, errTruncated // no length can exceed the document
+	}
+	return int(v), nil
+}
+
+func (r *mpReader) value(out *bytes.Buffer, depth int) error {
+	if depth > wire.MaxDepth {
+		return fmt.Errorf("msgpack: nested deeper than %d", wire.MaxDepth)
+	}
+	p, err := r.next(1)
+	if err != nil {
+		return err
+	}
+	c := p[0]
+	switch {
+	case c <= 0x7f:
+		out.WriteString(strconv.Itoa(int(c)))
+		return nil
+	case c >= 0xe0:
+		out.WriteString(strconv.Itoa(int(int8(c))))
+		return nil
+	case c >= 0x80 && c <= 0x8f:
+		return r.mapBody(out, int(c&0x0f), depth)
+	case c >= 0x90 && c <= 0x9f:
+		return r.arrayBody(out, int(c&0x0f), depth)
+	case c >= 0xa0 && c <= 0xbf:
+		return r.str(out, int(c&0x1f))
+	}
+	switch c {
+	case 0xc0:
+		out.WriteString("null")
+	case 0xc2:
+		out.WriteString("false")
+	case 0xc3:
+		out.WriteString("true")
+	case 0xc4, 0xc5, 0xc6: // bin 8/16/32
+		n, err := r.length(1 << (c - 0xc4))
+		if err != nil {
+			return err
+		}
+		data, err := r.next(n)
+		if err != nil {
+			return err
+		}
+		writeJSONString(out, base64.StdEncoding.EncodeToString(data))
+	case 0xc7, 0xc8, 0xc9: // ext 8/16/32
+		n, err := r.length(1 << (c - 0xc7))
+		if err != nil {
+			return err
+		}
+		return r.ext(out, n)
+	case 0xca:
+		v, err := r.uint(4)
+		if err != nil {
+			return err
+		}
+		writeFloat(out, float64(math.Float32frombits(uint32(v))), 32)
+	case 0xcb:
+		v, err := r.uint(8)
+		if err != nil {
+			return err
+		}
+		writeFloat(out, math.Float64frombits(v), 64)
+	case 0xcc, 0xcd, 0xce, 0xcf: // uint 8/16/32/64
+		v, err := r.uint(1 << (c - 0xcc))
+		if err != nil {
+			return err
+		}
+		out.WriteString(strconv.FormatUint(v, 10))
+	case 0xd0, 0xd1, 0xd2, 0xd3: // int 8/16/32/64
+		n := 1 << (c - 0xd0)
+		v, err := r.uint(n)
+		if err != nil {
+			return err
+		}
+		shift := 64 - 8*n // sign-extend
+		out.WriteString(strconv.FormatInt(int64(v<<shift)>>shift, 10))
+	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1/2/4/8/16
+		return r.ext(out, 1<<(c-0xd4))
+	case 0xd9, 0xda, 0xdb: // str 8/16/32
+		n, err := r.length(1 << (c - 0xd9))
+		if err != nil {
+			return err
+		}
+		return r.str(out, n)
+	case 0xdc, 0xdd: // array 16/32
+		n, err := r.length(2 << (c - 0xdc))
+		if err != nil {
+			return err
+		}
+		return r.arrayBody(out, n, depth)
+	case 0xde, 0xdf: // map 16/32
+		n, err := r.length(2 << (c - 0xde))
+		if err != nil {
+			return err
+		}
+		return r.mapBody(out, n, depth)
+	default: // 0xc1 is never used
+		return fmt.Errorf("msgpack: invalid type byte 0x%02x", c)
+	}
+	return nil
+}
+
+func (r *mpReader) str(out *bytes.Buffer, n int) error {
+	p, err := r.next(n)
+	if err != nil {
+		return err
+	}
+	writeJSONString(out, string(p))
+	return nil
+}
+
+func (r *mpReader) arrayBody(out *bytes.Buffer, n, depth int) error {
+	out.WriteByte('[')
+	for i := range n {
+		if i > 0 {
+			out.WriteByte(',')
+		}
+		if err := r.value(out, depth+1); err != nil {
+			return err
+		}
+	}
+	out.WriteByte(']')
+	return nil
+}
+
+func (r *mpReader) mapBody(out *bytes.Buffer, n, depth int) error {
+	out.WriteByte('{')
+	var key bytes.Buffer
+	for i := range n {
+		if i > 0 {
+			out.WriteByte(',')
+		}
+		if r.off >= len(r.b) {
+			return errTruncated
+		}
+		if c := r.b[r.off]; c >= 0xa0 && c <= 0xbf || c >= 0xd9 && c <= 0xdb {
+			if err := r.value(out, depth+1); err != nil { // a str key
+				return err
+			}
+		} else {
+			key.Reset()
+			if err := r.value(&key, depth+1); err != nil {
+				return err
+			}
+			if k := key.Bytes(); k[0] == '"' {
+				out.Write(k) // rendered as a string already (bin, timestamp)
+			} else {
+				writeJSONString(out, key.String())
+			}
+		}
+		out.WriteByte(':')
+		if err := r.value(out, depth+1); err != nil {
+			return err
+		}
+	}
+	out.WriteByte('}')
+	return nil
+}
+
+func (r *mpReader) ext(out *bytes.Buffer, n int) error {
+	p, err := r.next(1 + n)
+	if err != nil {
+		return err
+	}
+	typ, data := int8(p[0]), p[1:]
+	if typ == -1 {
+		if t, ok := msgpackTimestamp(data); ok {
+			writeJSONString(out, t.UTC().Format(time.RFC3339Nano))
+			return nil
+		}
+	}
+	fmt.Fprintf(out, `{"ext":%d,"data":`, typ)
+	writeJSONString(out, base64.StdEncoding.EncodeToString(data))
+	out.WriteByte('}')
+	return nil
+}
+
+// msgpackTimestamp decodes the body of a timestamp extension.
+func msgpackTimestamp(d []byte) (time.Time, bool) {
+	switch len(d) {
+	case 4:
+		return time.Unix(int64(binary.BigEndian.Uint32(d)), 0), true
+	case 8:
+		v := binary.BigEndian.Uint64(d)
+		return time.Unix(int64(v&(1<<34-1)), int64(v>>34)), true
+	case 12:
+		return time.Unix(int64(binary.BigEndian.Uint64(d[4:])), int64(binary.BigEndian.Uint32(d[:4]))), true
+	}
+	return time.Time{}, false
+}
+
+func writeFloat(out *bytes.Buffer, f float64, bits int) {
+	switch {
+	case math.IsNaN(f):
+		out.WriteString(`"NaN"`)
+	case math.IsInf(f, 1):
+		out.WriteString(`"+Inf"`)
+	case math.IsInf(f, -1):
+		out.WriteString(`"-Inf"`)
+	default:
+		s := strconv.FormatFloat(f, 'g', -1, bits)
+		out.WriteString(s)
+		if !strings.ContainsAny(s, ".eE") {
+			out.WriteString(".0")
+		}
+	}
+}
+
+// writeJSONString writes s as a JSON string, without escaping HTML
+// characters. Invalid UTF-8 becomes U+FFFD.
+func writeJSONString(out *bytes.Buffer, s string) {
+	enc := json.NewEncoder(out)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s)               // a string always encodes
+	out.Truncate(out.Len() - 1) // Encode's newline
+}

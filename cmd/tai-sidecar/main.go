@@ -1,0 +1,99 @@
+// Command tai-sidecar is the tai-state daemon and its command-line client.
+//
+//	tai-sidecar serve [flags]          run the sidecar
+//	tai-sidecar [--socket S] get GOV STATE
+//	tai-sidecar [--socket S] put GOV STATE VALUE [--if-version N] [--actor A --reason R]
+//	tai-sidecar [--socket S] delete|list|stats|ping ...
+//
+// Run `tai-sidecar help` for the full list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is the sidecar's release, set with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+const usage = `tai-sidecar: durable, versioned state for apps in any language.
+
+Usage:
+  tai-sidecar serve [flags]                 run the sidecar (see tai-sidecar serve -h)
+  tai-sidecar [--socket S] COMMAND [args]   talk to a running sidecar
+
+Commands:
+  get GOV STATE                             print a state as JSON
+  put GOV STATE VALUE [--if-version N] [--if-absent] [--actor A] [--reason R]
+                                            store VALUE (JSON) as a msgpack document
+  delete GOV STATE [--if-version N]         delete a state
+  list GOV [--prefix P] [--limit N]         list states as JSON lines
+  stats                                     print the sidecar's statistics
+  ping                                      check that the sidecar answers
+  version                                   print the version
+
+Global flags:
+  --socket S    the sidecar's socket (env TAI_SOCKET, default ./tai.sock)
+`
+
+func main() {
+	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "tai-sidecar:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// usageError is an error in how the command was called (exit status 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func exitCode(err error) int {
+	var ue *usageError
+	if errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	return 1
+}
+
+// run is the whole program: it parses args, then serves or runs one client
+// command. getenv supplies TAI_* settings, so tests control the environment.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("tai-sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	socket := fs.String("socket", envOr(getenv, "TAI_SOCKET", "./tai.sock"), "the sidecar's socket")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return &usageError{"no command given"}
+	}
+	switch rest[0] {
+	case "serve":
+		return serve(ctx, rest[1:], *socket, stdout, stderr, getenv)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "version":
+		fmt.Fprintln(stdout, "tai-sidecar", version)
+		return nil
+	}
+	return runCLI(ctx, *socket, rest, stdout, stderr)
+}
+
+func envOr(getenv func(string) string, key, def string) string {
+	if v := getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what the tests need, then vet, unit and
+# end-to-end tests with the race detector, and a short run of every fuzz target.
+#
+#   scripts/test.sh            everything
+#   FUZZTIME=30s scripts/test.sh   longer fuzz runs (default 10s per target)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME="${FUZZTIME:-10s}"
+
+need_apt=()
+/usr/bin/python3 -c 'import msgpack' 2>/dev/null || need_apt+=(python3-msgpack)
+if ((${#need_apt[@]})); then
+	echo "==> installing ${need_apt[*]}"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "scripts/test.sh: need ${need_apt[*]} (Debian packages); run as root or install them first" >&2
+		exit 1
+	fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "==> go vet"
+go vet ./...
+
+echo "==> go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+echo "==> fuzz (${FUZZTIME} per target)"
+# Every Fuzz* function in the module, run one at a time as go test requires.
+for file in $(grep -rl --include='*_test.go' '^func Fuzz' .); do
+	pkg="./$(dirname "${file#./}")"
+	for fn in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$file" | cut -d' ' -f2); do
+		echo "--> $pkg $fn"
+		go test -run='^$' -fuzz="^${fn}\$" -fuzztime="$FUZZTIME" "$pkg"
+	done
+done
+echo "==> all tests passed"

@@ -118,8 +118,8 @@ type gate struct {
 
 func newGate() *gate { return &gate{ch: make(chan struct{})} }
 
-func (g *gate) hook()  { <-g.ch }
-func (g *gate) open()  { g.once.Do(func() { close(g.ch) }) }
+func (g *gate) hook()          { <-g.ch }
+func (g *gate) open()          { g.once.Do(func() { close(g.ch) }) }
 func (g *gate) opt(o *Options) { o.hookGroup = g.hook }
 
 // waitFor polls cond until it holds or the deadline passes.

@@ -33,6 +33,7 @@ type Config struct {
 	LogLevel        string
 	LogFormat       string
 	CacheBytes      int64
+	MemoryLimit     int64 // Go heap soft limit; 0: GOMEMLIMIT, else a share of the cgroup limit
 	MaxFrame        int
 	ShutdownTimeout time.Duration
 }
@@ -46,6 +47,8 @@ func (c *Config) Validate() error {
 		return errors.New("--data-dir must not be empty")
 	case c.CacheBytes < 0:
 		return errors.New("--cache-bytes must not be negative")
+	case c.MemoryLimit != 0 && c.MemoryLimit < 32<<20:
+		return fmt.Errorf("--memory-limit %d is below 32 MiB: too little for the store", c.MemoryLimit)
 	case c.MaxFrame < 64<<10 || c.MaxFrame > 64<<20:
 		return fmt.Errorf("--max-frame %d out of range [64 KiB, 64 MiB]", c.MaxFrame)
 	case c.ShutdownTimeout <= 0:
@@ -81,6 +84,11 @@ func parseServe(args []string, socket string, stderr io.Writer, getenv func(stri
 		return nil, err
 	}
 	fs.Int64Var(&c.CacheBytes, "cache-bytes", cache, "memory for the hot read cache (env TAI_CACHE_BYTES)")
+	memLimit := getenv("TAI_MEMORY_LIMIT")
+	fs.Func("memory-limit", "soft limit of the Go heap, e.g. 128MiB (env TAI_MEMORY_LIMIT; default: GOMEMLIMIT, else 70% of the container's memory limit)", func(s string) error {
+		memLimit = s
+		return nil
+	})
 	maxFrame, err := envInt(getenv, "TAI_MAX_FRAME", wire.DefaultMaxFrame)
 	if err != nil {
 		return nil, err
@@ -92,6 +100,13 @@ func parseServe(args []string, socket string, stderr io.Writer, getenv func(stri
 	}
 	if fs.NArg() > 0 {
 		return nil, &usageError{fmt.Sprintf("serve: unexpected argument %q", fs.Arg(0))}
+	}
+	if memLimit != "" {
+		n, err := parseBytes(memLimit)
+		if err != nil {
+			return nil, &usageError{"serve: --memory-limit: " + err.Error()}
+		}
+		c.MemoryLimit = n
 	}
 	if err := c.Validate(); err != nil {
 		return nil, &usageError{"serve: " + err.Error()}
@@ -138,6 +153,11 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		return err
 	}
 	log := newLogger(c, stderr)
+	if limit, from, err := applyMemoryLimit(c.MemoryLimit, getenv, cgroupMemoryMax); err != nil {
+		log.Warn("reading the container memory limit", "err", err)
+	} else if limit > 0 {
+		log.Info("memory limit", "bytes", limit, "from", from)
+	}
 
 	if err := os.MkdirAll(c.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need, then vet, unit and
 # end-to-end tests with the race detector, and a short run of every fuzz target.
+# The tests run against a Firestore emulator that this script starts and stops
+# (scripts/emulator.sh; it needs the Debian package
+# google-cloud-cli-firestore-emulator).
 #
 #   scripts/test.sh            everything
 #   FUZZTIME=30s scripts/test.sh   longer fuzz runs (default 10s per target)
@@ -20,6 +23,13 @@ if ((${#need_apt[@]})); then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# shellcheck source=scripts/emulator.sh
+source scripts/emulator.sh
+echo "==> starting the Firestore emulator"
+emulator_start
+trap emulator_stop EXIT
+echo "    FIRESTORE_EMULATOR_HOST=$FIRESTORE_EMULATOR_HOST"
 
 echo "==> go vet"
 go vet ./...

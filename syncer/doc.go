@@ -1,0 +1,34 @@
+// Package syncer moves changes between the sidecar's local store and the
+// shared remote store that every sidecar of a deployment uses (Firestore).
+//
+// This package defines the remote in its own terms: Remote is a small
+// interface over records, versions, clocks and op ids, with a documented
+// error contract (ErrNotFound, ErrConflict, ErrUnavailable, ErrPermanent,
+// ErrTooLarge). Backends live in their own packages: syncer/memremote (in
+// memory, with fault injection, for fast tests) and syncer/firestore (Google
+// Cloud Firestore). syncer/remotetest is the conformance suite that every
+// backend passes.
+//
+// The Remote is shaped for the loops built on it:
+//
+//   - push: the journal is drained in order per key, several journal entries
+//     of one key are coalesced into one Change (the newest record plus one
+//     Event per entry), and Changes are sent in batches with Commit. Commit is
+//     idempotent: a Change whose op the remote record already covers (its
+//     vector clock entry for the change's origin node, or its last op id) is
+//     reported AlreadyApplied, so a crash between a remote commit and the local
+//     journal ack never applies a change twice. A Change made on a base version
+//     that the remote has moved past is reported as a Conflict together with
+//     the remote record, for a resolver to settle. Transient failures are
+//     ErrUnavailable (retry with backoff), everything else is permanent.
+//   - pull: Changes (poll) and the optional Watcher (listener) report the
+//     records of a governor committed after a Cursor; the puller applies a
+//     record when it is newer than the local one and no local write is
+//     pending, and keeps the Cursor to resume from.
+//   - strong and sync writes, multi-key transactions: Commit with Atomic set is
+//     all or nothing, and each Change's BaseVersion is a compare-and-set
+//     precondition checked inside the remote's transaction (CheckOnly changes
+//     assert a version without writing).
+//
+// See docs/decisions/0005-remote-interface.md.
+package syncer

@@ -1,0 +1,519 @@
+// Package firestore is the syncer.Remote backend on Google Cloud Firestore.
+//
+// Layout, under an optional root document path (for example
+// "deployments/prod", so that several deployments and every test can share
+// one project):
+//
+//	{root}/governors/{governor}/states/{state}   one document per state
+//	{root}/governors/{governor}/events/{op id}   one document per event
+//
+// A state document holds the app's value as bytes (a Blob) and the metadata
+// as typed fields; sync_time is the commit's server timestamp and orders the
+// change stream (Changes, Watch). Commit runs in a Firestore transaction
+// that reads every target document, decides each change with syncer.Decide
+// (op already covered, base-version conflict, or apply), and writes the
+// applied states and their events: retried commits are no-ops, and a
+// conflict is detected inside the transaction. Firestore's limits (500
+// writes per commit, 1 MiB per document) are checked before sending.
+//
+// gRPC and Firestore errors are translated into syncer's errors here and
+// nowhere else. The client library honours FIRESTORE_EMULATOR_HOST.
+//
+// Events asks for a composite index on the events collection group
+// (state ascending, to_version ascending) in a real project; the emulator
+// needs none.
+package firestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"cloud.google.com/go/firestore"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tai-state/tai-state/syncer"
+)
+
+// Config says which Firestore database to use and where in it.
+type Config struct {
+	// ProjectID is the Google Cloud project (required; with the emulator,
+	// any id).
+	ProjectID string
+	// DatabaseID is the Firestore database ("" means "(default)").
+	DatabaseID string
+	// Root is a document path under which everything is stored, e.g.
+	// "deployments/prod": an even number of '/'-separated names ("" for the
+	// database root).
+	Root string
+	// MaxAttempts is how many times a Commit transaction is tried when
+	// Firestore aborts it for contention (default 20, more than the
+	// client's 5: the emulator and busy keys abort often).
+	MaxAttempts int
+	// ClientOptions are passed to the client (credentials and so on); by
+	// default the standard Google application default credentials are used.
+	ClientOptions []option.ClientOption
+}
+
+// Validate checks c.
+func (c Config) Validate() error {
+	if c.ProjectID == "" {
+		return errors.New("firestore: project id is required")
+	}
+	if c.Root != "" {
+		parts := strings.Split(c.Root, "/")
+		if len(parts)%2 != 0 {
+			return fmt.Errorf("firestore: root %q is not a document path (collection/document/...)", c.Root)
+		}
+		for _, p := range parts {
+			if err := syncer.ValidateName("root", p); err != nil {
+				return fmt.Errorf("firestore: %w", err)
+			}
+		}
+	}
+	if c.MaxAttempts < 0 {
+		return errors.New("firestore: negative MaxAttempts")
+	}
+	return nil
+}
+
+// Remote is a syncer.Remote and syncer.Watcher on Firestore. It is safe for
+// concurrent use.
+type Remote struct {
+	client      *firestore.Client
+	ownClient   bool
+	root        string
+	maxAttempts int
+}
+
+// Open connects to the database cfg names. Close the Remote when done.
+func Open(ctx context.Context, cfg Config) (*Remote, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	db := cfg.DatabaseID
+	if db == "" {
+		db = firestore.DefaultDatabaseID
+	}
+	client, err := firestore.NewClientWithDatabase(ctx, cfg.ProjectID, db, cfg.ClientOptions...)
+	if err != nil {
+		return nil, fmt.Errorf("firestore: open project %s database %s: %w", cfg.ProjectID, db, err)
+	}
+	r := New(client, cfg)
+	r.ownClient = true
+	return r, nil
+}
+
+// New returns a Remote on an existing client (cfg's ProjectID, DatabaseID
+// and ClientOptions are not used). Close does not close a client passed in.
+func New(client *firestore.Client, cfg Config) *Remote {
+	n := cfg.MaxAttempts
+	if n == 0 {
+		n = 20
+	}
+	return &Remote{client: client, root: cfg.Root, maxAttempts: n}
+}
+
+// Close closes the client if Open made it.
+func (r *Remote) Close() error {
+	if r.ownClient {
+		return r.client.Close()
+	}
+	return nil
+}
+
+func (r *Remote) governor(gov string) *firestore.DocumentRef {
+	path := "governors/" + gov
+	if r.root != "" {
+		path = r.root + "/" + path
+	}
+	return r.client.Doc(path)
+}
+
+func (r *Remote) stateRef(k syncer.Key) *firestore.DocumentRef {
+	return r.governor(k.Governor).Collection("states").Doc(k.State)
+}
+
+func (r *Remote) eventRef(gov, opID string) *firestore.DocumentRef {
+	return r.governor(gov).Collection("events").Doc(opID)
+}
+
+// stateDoc is a state document. Numbers are int64 (Firestore's integers);
+// syncer.Change.Validate keeps them in range.
+type stateDoc struct {
+	Governor   string           `firestore:"governor"`
+	State      string           `firestore:"state"`
+	Value      []byte           `firestore:"value"`
+	Version    int64            `firestore:"version"`
+	Deleted    bool             `firestore:"deleted"`
+	UpdatedAt  int64            `firestore:"updated_at"`
+	Actor      string           `firestore:"actor"`
+	Reason     string           `firestore:"reason"`
+	ChangeTime int64            `firestore:"change_time"`
+	Origin     string           `firestore:"origin"`
+	OpID       string           `firestore:"op_id"`
+	Lamport    int64            `firestore:"lamport"`
+	HLC        int64            `firestore:"hlc"`
+	Vector     map[string]int64 `firestore:"vector"`
+	SyncTime   time.Time        `firestore:"sync_time,serverTimestamp"`
+}
+
+// eventDoc is an event document.
+type eventDoc struct {
+	State       string           `firestore:"state"`
+	Action      string           `firestore:"action"`
+	FromVersion int64            `firestore:"from_version"`
+	ToVersion   int64            `firestore:"to_version"`
+	Value       []byte           `firestore:"value"`
+	Actor       string           `firestore:"actor"`
+	Reason      string           `firestore:"reason"`
+	ChangeTime  int64            `firestore:"change_time"`
+	Origin      string           `firestore:"origin"`
+	OpID        string           `firestore:"op_id"`
+	Lamport     int64            `firestore:"lamport"`
+	HLC         int64            `firestore:"hlc"`
+	Vector      map[string]int64 `firestore:"vector"`
+	SyncTime    time.Time        `firestore:"sync_time,serverTimestamp"`
+}
+
+func toVector(v map[string]uint64) map[string]int64 {
+	if len(v) == 0 {
+		return nil
+	}
+	out := make(map[string]int64, len(v))
+	for n, x := range v {
+		out[n] = int64(x)
+	}
+	return out
+}
+
+func fromVector(v map[string]int64) map[string]uint64 {
+	if len(v) == 0 {
+		return nil
+	}
+	out := make(map[string]uint64, len(v))
+	for n, x := range v {
+		out[n] = uint64(x)
+	}
+	return out
+}
+
+func toStateDoc(rec syncer.Record) stateDoc {
+	d := stateDoc{Governor: rec.Governor, State: rec.State, Value: rec.Value, Version: int64(rec.Version),
+		Deleted: rec.Deleted, UpdatedAt: rec.UpdatedAt, Actor: rec.Change.Actor, Reason: rec.Change.Reason,
+		ChangeTime: rec.Change.Time, Origin: rec.Origin, OpID: rec.OpID, Lamport: int64(rec.Clock.Lamport),
+		HLC: int64(rec.Clock.HLC), Vector: toVector(rec.Clock.Vector)}
+	if rec.Deleted {
+		d.Value = nil
+	}
+	return d
+}
+
+func fromStateDoc(key syncer.Key, d stateDoc) syncer.Record {
+	rec := syncer.Record{Key: key, Value: d.Value, Version: uint64(d.Version), Deleted: d.Deleted,
+		UpdatedAt: d.UpdatedAt, Change: syncer.ChangeMeta{Actor: d.Actor, Reason: d.Reason, Time: d.ChangeTime},
+		Origin: d.Origin, OpID: d.OpID, RemoteTime: d.SyncTime,
+		Clock: syncer.Clock{Lamport: uint64(d.Lamport), HLC: uint64(d.HLC), Vector: fromVector(d.Vector)}}
+	if rec.Deleted || len(rec.Value) == 0 {
+		rec.Value = nil // an empty value and null read back alike
+	}
+	return rec
+}
+
+func toEventDoc(e syncer.Event) eventDoc {
+	return eventDoc{State: e.State, Action: e.Action, FromVersion: int64(e.FromVersion), ToVersion: int64(e.ToVersion),
+		Value: e.Value, Actor: e.Change.Actor, Reason: e.Change.Reason, ChangeTime: e.Change.Time, Origin: e.Origin,
+		OpID: e.OpID, Lamport: int64(e.Clock.Lamport), HLC: int64(e.Clock.HLC), Vector: toVector(e.Clock.Vector)}
+}
+
+func fromEventDoc(gov string, d eventDoc) syncer.Event {
+	if len(d.Value) == 0 {
+		d.Value = nil
+	}
+	return syncer.Event{Key: syncer.Key{Governor: gov, State: d.State}, Action: d.Action,
+		FromVersion: uint64(d.FromVersion), ToVersion: uint64(d.ToVersion), Value: d.Value,
+		Change: syncer.ChangeMeta{Actor: d.Actor, Reason: d.Reason, Time: d.ChangeTime}, Origin: d.Origin, OpID: d.OpID,
+		Clock: syncer.Clock{Lamport: uint64(d.Lamport), HLC: uint64(d.HLC), Vector: fromVector(d.Vector)}}
+}
+
+// decodeState reads a state snapshot (which must exist).
+func decodeState(op string, key syncer.Key, snap *firestore.DocumentSnapshot) (syncer.Record, error) {
+	var d stateDoc
+	if err := snap.DataTo(&d); err != nil {
+		return syncer.Record{}, &syncer.Error{Op: op, Key: key, Kind: syncer.ErrPermanent,
+			Err: fmt.Errorf("decode %s: %w", snap.Ref.Path, err)}
+	}
+	return fromStateDoc(key, d), nil
+}
+
+// Get implements syncer.Remote.
+func (r *Remote) Get(ctx context.Context, key syncer.Key) (syncer.Record, error) {
+	if err := syncer.ValidateKey(key); err != nil {
+		return syncer.Record{}, &syncer.Error{Op: "get", Key: key, Kind: syncer.ErrPermanent, Err: err}
+	}
+	snap, err := r.stateRef(key).Get(ctx)
+	if err != nil {
+		return syncer.Record{}, translate(ctx, "get", key, err)
+	}
+	return decodeState("get", key, snap)
+}
+
+// Commit implements syncer.Remote.
+func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	if err := syncer.CheckBatch(b, r.Limits()); err != nil {
+		return nil, err
+	}
+	if len(b.Changes) == 0 {
+		return []syncer.Result{}, nil
+	}
+	refs := make([]*firestore.DocumentRef, len(b.Changes))
+	for i, c := range b.Changes {
+		refs[i] = r.stateRef(c.Key)
+	}
+	var results []syncer.Result
+	var conflict error
+	errDecode := errors.New("decode")
+	var decodeErr error
+	err := r.client.RunTransaction(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
+		snaps, err := tx.GetAll(refs)
+		if err != nil {
+			return err
+		}
+		current := make(map[syncer.Key]syncer.Record, len(snaps))
+		for i, snap := range snaps {
+			if !snap.Exists() {
+				continue
+			}
+			rec, err := decodeState("commit", b.Changes[i].Key, snap)
+			if err != nil {
+				decodeErr = err
+				return errDecode
+			}
+			current[b.Changes[i].Key] = rec
+		}
+		results, conflict = syncer.Decide(b, func(k syncer.Key) (syncer.Record, bool) {
+			rec, ok := current[k]
+			return rec, ok
+		})
+		if conflict != nil && b.Atomic {
+			return conflict // rolls back; not retried
+		}
+		for i, c := range b.Changes {
+			if !syncer.Writable(b, results, i) {
+				continue
+			}
+			if err := tx.Set(refs[i], toStateDoc(results[i].Remote)); err != nil {
+				return err
+			}
+			for _, e := range c.Events {
+				e.Key = c.Key
+				if err := tx.Set(r.eventRef(c.Key.Governor, e.OpID), toEventDoc(e)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}, firestore.MaxAttempts(r.maxAttempts))
+	switch {
+	case err == nil:
+		return results, conflict
+	case errors.Is(err, errDecode):
+		return nil, decodeErr
+	case conflict != nil && errors.Is(err, syncer.ErrConflict):
+		return results, conflict
+	}
+	return nil, translate(ctx, "commit", b.Changes[0].Key, err)
+}
+
+// cursor is a position in a governor's change stream: after the state
+// document named state committed at time t.
+type cursor struct {
+	t     time.Time
+	state string
+}
+
+func parseCursor(c syncer.Cursor) (cursor, error) {
+	if c == "" {
+		return cursor{}, nil
+	}
+	n, state, ok := strings.Cut(string(c), " ")
+	ns, err := strconv.ParseInt(n, 10, 64)
+	if !ok || err != nil {
+		return cursor{}, fmt.Errorf("bad cursor %q", c)
+	}
+	return cursor{time.Unix(0, ns).UTC(), state}, nil
+}
+
+func (c cursor) String() syncer.Cursor {
+	if c.t.IsZero() {
+		return ""
+	}
+	return syncer.Cursor(strconv.FormatInt(c.t.UnixNano(), 10) + " " + c.state)
+}
+
+// changesQuery returns the states of gov committed after c, in commit order.
+func (r *Remote) changesQuery(gov string, c cursor) firestore.Query {
+	q := r.governor(gov).Collection("states").OrderBy("sync_time", firestore.Asc).OrderBy(firestore.DocumentID, firestore.Asc)
+	if !c.t.IsZero() {
+		q = q.StartAfter(c.t, c.state)
+	}
+	return q
+}
+
+// Changes implements syncer.Remote. Its cursor is the commit time (sync_time)
+// and name of the last state returned; it relies on Firestore's commit
+// timestamps, which a query sees in order.
+func (r *Remote) Changes(ctx context.Context, governor string, since syncer.Cursor, limit int) ([]syncer.Record, syncer.Cursor, error) {
+	key := syncer.Key{Governor: governor}
+	c, err := parseCursor(since)
+	if err == nil {
+		err = syncer.ValidateName("governor", governor)
+	}
+	if err != nil {
+		return nil, since, &syncer.Error{Op: "changes", Key: key, Kind: syncer.ErrPermanent, Err: err}
+	}
+	if limit <= 0 {
+		limit = 1000
+	}
+	snaps, err := r.changesQuery(governor, c).Limit(limit).Documents(ctx).GetAll()
+	if err != nil {
+		return nil, since, translate(ctx, "changes", key, err)
+	}
+	recs := make([]syncer.Record, 0, len(snaps))
+	for _, snap := range snaps {
+		rec, err := decodeState("changes", syncer.Key{Governor: governor, State: snap.Ref.ID}, snap)
+		if err != nil {
+			return nil, since, err
+		}
+		recs = append(recs, rec)
+		c = cursor{rec.RemoteTime, snap.Ref.ID}
+	}
+	return recs, c.String(), nil
+}
+
+// Watch implements syncer.Watcher with a Firestore snapshot listener.
+func (r *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+	key := syncer.Key{Governor: governor}
+	c, err := parseCursor(since)
+	if err == nil {
+		err = syncer.ValidateName("governor", governor)
+	}
+	if err != nil {
+		return &syncer.Error{Op: "watch", Key: key, Kind: syncer.ErrPermanent, Err: err}
+	}
+	it := r.changesQuery(governor, c).Snapshots(ctx)
+	defer it.Stop()
+	for {
+		qs, err := it.Next()
+		if err != nil {
+			return translate(ctx, "watch", key, err)
+		}
+		var recs []syncer.Record
+		for _, ch := range qs.Changes {
+			if ch.Kind == firestore.DocumentRemoved {
+				continue // states are never removed from the query's range
+			}
+			rec, err := decodeState("watch", syncer.Key{Governor: governor, State: ch.Doc.Ref.ID}, ch.Doc)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, rec)
+		}
+		slices.SortFunc(recs, func(a, b syncer.Record) int {
+			if n := a.RemoteTime.Compare(b.RemoteTime); n != 0 {
+				return n
+			}
+			return strings.Compare(a.State, b.State)
+		})
+		if n := len(recs); n > 0 {
+			last := cursor{recs[n-1].RemoteTime, recs[n-1].State}
+			if last.t.After(c.t) || last.t.Equal(c.t) && last.state > c.state {
+				c = last
+			}
+		}
+		if err := fn(recs, c.String()); err != nil {
+			return err
+		}
+	}
+}
+
+// Events implements syncer.Remote.
+func (r *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64, limit int) ([]syncer.Event, error) {
+	if err := syncer.ValidateKey(key); err != nil {
+		return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrPermanent, Err: err}
+	}
+	if afterVersion > math.MaxInt64 {
+		return nil, syncer.Errorf("events", key, syncer.ErrPermanent, "version %d out of range", afterVersion)
+	}
+	if limit <= 0 {
+		limit = 1000
+	}
+	q := r.governor(key.Governor).Collection("events").Where("state", "==", key.State).
+		Where("to_version", ">", int64(afterVersion)).OrderBy("to_version", firestore.Asc).Limit(limit)
+	snaps, err := q.Documents(ctx).GetAll()
+	if err != nil {
+		return nil, translate(ctx, "events", key, err)
+	}
+	evs := make([]syncer.Event, 0, len(snaps))
+	for _, snap := range snaps {
+		var d eventDoc
+		if err := snap.DataTo(&d); err != nil {
+			return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrPermanent,
+				Err: fmt.Errorf("decode %s: %w", snap.Ref.Path, err)}
+		}
+		evs = append(evs, fromEventDoc(key.Governor, d))
+	}
+	return evs, nil
+}
+
+// Limits implements syncer.Remote: Firestore's.
+func (r *Remote) Limits() syncer.Limits { return syncer.FirestoreLimits() }
+
+// translate maps an error of the client library to syncer's errors.
+func translate(ctx context.Context, op string, key syncer.Key, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		return &syncer.Error{Op: op, Key: key, Kind: syncer.ErrUnavailable, Err: err}
+	}
+	return &syncer.Error{Op: op, Key: key, Kind: Kind(err), Err: err}
+}
+
+// Kind returns the syncer error kind for an error of the Firestore client:
+// ErrNotFound, ErrUnavailable for what may succeed later (Unavailable,
+// DeadlineExceeded, Aborted: transaction contention, ResourceExhausted:
+// quota, Canceled, Internal, Unknown), ErrTooLarge for a request over
+// Firestore's size limits, ErrPermanent otherwise (InvalidArgument,
+// PermissionDenied, Unauthenticated, FailedPrecondition: a missing index,
+// AlreadyExists, OutOfRange, Unimplemented).
+func Kind(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return syncer.ErrUnavailable // a transport error outside gRPC
+	}
+	switch st.Code() {
+	case codes.NotFound:
+		return syncer.ErrNotFound
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted,
+		codes.Canceled, codes.Internal, codes.Unknown:
+		return syncer.ErrUnavailable
+	case codes.InvalidArgument:
+		msg := strings.ToLower(st.Message())
+		if strings.Contains(msg, "exceeds the maximum") || strings.Contains(msg, "too big") ||
+			strings.Contains(msg, "too large") || strings.Contains(msg, "too many") {
+			return syncer.ErrTooLarge
+		}
+		return syncer.ErrPermanent
+	}
+	return syncer.ErrPermanent
+}
+
+var (
+	_ syncer.Remote  = (*Remote)(nil)
+	_ syncer.Watcher = (*Remote)(nil)
+)

@@ -1,0 +1,115 @@
+package firestore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/firestore"
+	"github.com/tai-state/tai-state/syncer/remotetest"
+)
+
+const project = "tai-state-test"
+
+// open returns a Remote on the emulator under a fresh random root, so tests
+// never see each other's data. Without an emulator the test fails: these
+// tests are part of the suite, not optional.
+func open(t *testing.T) *firestore.Remote {
+	t.Helper()
+	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
+		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: these tests need the Firestore emulator. " +
+			"Run them through scripts/test.sh, or with `scripts/emulator.sh run go test ./syncer/firestore/`, " +
+			"which start one (it needs the Debian package google-cloud-cli-firestore-emulator)")
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := firestore.Open(ctx, firestore.Config{ProjectID: project, Root: "tests/" + hex.EncodeToString(b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func TestConformance(t *testing.T) {
+	remotetest.RunWith(t, remotetest.Options{Concurrency: 8, Rounds: 5},
+		func(t *testing.T) syncer.Remote { return open(t) })
+}
+
+func TestConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  firestore.Config
+		ok   bool
+	}{
+		{"minimal", firestore.Config{ProjectID: "p"}, true},
+		{"root", firestore.Config{ProjectID: "p", Root: "deployments/prod"}, true},
+		{"nested root", firestore.Config{ProjectID: "p", Root: "a/b/c/d"}, true},
+		{"no project", firestore.Config{}, false},
+		{"collection root", firestore.Config{ProjectID: "p", Root: "deployments"}, false},
+		{"empty segment", firestore.Config{ProjectID: "p", Root: "a//b/c"}, false},
+		{"negative attempts", firestore.Config{ProjectID: "p", MaxAttempts: -1}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+				t.Fatalf("Validate: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestKind(t *testing.T) {
+	tests := []struct {
+		err  error
+		want error
+	}{
+		{status.Error(codes.NotFound, "x"), syncer.ErrNotFound},
+		{status.Error(codes.Unavailable, "x"), syncer.ErrUnavailable},
+		{status.Error(codes.DeadlineExceeded, "x"), syncer.ErrUnavailable},
+		{status.Error(codes.Aborted, "contention"), syncer.ErrUnavailable},
+		{status.Error(codes.ResourceExhausted, "quota"), syncer.ErrUnavailable},
+		{status.Error(codes.FailedPrecondition, "needs an index"), syncer.ErrPermanent},
+		{status.Error(codes.PermissionDenied, "x"), syncer.ErrPermanent},
+		{status.Error(codes.Unauthenticated, "x"), syncer.ErrPermanent},
+		{status.Error(codes.InvalidArgument, "bad"), syncer.ErrPermanent},
+		{status.Error(codes.InvalidArgument, "Document exceeds the maximum size"), syncer.ErrTooLarge},
+		{errors.New("connection reset"), syncer.ErrUnavailable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			if got := firestore.Kind(tc.err); got != tc.want {
+				t.Fatalf("Kind = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRootsAreSeparate checks that two roots in one project do not see each
+// other's states.
+func TestRootsAreSeparate(t *testing.T) {
+	ctx := context.Background()
+	a, b := open(t), open(t)
+	key := syncer.Key{Governor: "g", State: "s"}
+	c := syncer.Change{Key: key, Record: syncer.Record{Value: []byte("v"), Version: 1, Origin: "n", OpID: "n-1",
+		Clock: syncer.Clock{Vector: map[string]uint64{"n": 1}}}}
+	if _, err := a.Commit(ctx, syncer.Batch{Changes: []syncer.Change{c}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, key); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("root b sees root a's state: %v", err)
+	}
+	if recs, _, err := b.Changes(ctx, "g", "", 0); err != nil || len(recs) != 0 {
+		t.Fatalf("root b's changes: %v %v", err, recs)
+	}
+}

@@ -22,8 +22,10 @@ import (
 // two writes to one key in a group see each other), answers failing requests
 // at once, and stores the survivors in one Badger transaction: per write the
 // new state record, its event and its journal entry, plus the meta counters.
-// Badger fsyncs the commit (SyncWrites), so every writer in the group shares
-// one sync. Only then does the committer update the read cache and reply.
+// On disk the group is first appended to the write-ahead log with one
+// fdatasync, shared by every writer in the group, and then applied to Badger
+// (which does not sync). Only then does the committer update the read cache
+// and reply.
 //
 // A group larger than Badger's transaction limit is committed in several
 // transactions, split between requests (a WriteBatch is never split).
@@ -185,6 +187,13 @@ func (s *Store) submit(ctx context.Context, ws []Write, size int) ([]Record, err
 
 // committer is the single goroutine that writes. It runs until Close closes
 // reqs and it has drained them.
+//
+// On disk it gathers a little longer than what is queued: the writers it
+// just answered usually send their next write within a fraction of a log
+// sync, and a group that waits for them shares one sync among all writers
+// instead of settling into two alternating halves. It waits until as many
+// requests arrived as it answered last time (plus those that were already
+// queued then), and at most half a recent sync time after answering.
 func (s *Store) committer() {
 	defer close(s.committerDone)
 	var group []*request
@@ -198,6 +207,11 @@ func (s *Store) committer() {
 		}
 		group = append(group[:0], r)
 		n, size := len(r.writes), r.bytes
+		take := func(r *request) {
+			group = append(group, r)
+			n += len(r.writes)
+			size += r.bytes
+		}
 	gather:
 		for n < maxGroupWrites && size < maxGroupBytes {
 			select {
@@ -205,14 +219,31 @@ func (s *Store) committer() {
 				if !ok {
 					break gather
 				}
-				group = append(group, r)
-				n += len(r.writes)
-				size += r.bytes
+				take(r)
 			default:
 				break gather
 			}
 		}
+		if target := s.backlog + s.lastGroup; ok && s.wal != nil && len(group) < target {
+			if wait := s.syncEWMA/2 - time.Since(s.repliedAt); wait > 0 {
+				timer := time.NewTimer(min(wait, maxGatherWait))
+			wait:
+				for len(group) < target && n < maxGroupWrites && size < maxGroupBytes {
+					select {
+					case r, ok = <-s.reqs:
+						if !ok {
+							break wait
+						}
+						take(r)
+					case <-timer.C:
+						break wait
+					}
+				}
+				timer.Stop()
+			}
+		}
 		s.commitGroup(group)
+		s.lastGroup, s.backlog, s.repliedAt = len(group), len(s.reqs), time.Now()
 		clear(group)
 		if !ok {
 			return
@@ -229,6 +260,12 @@ func (s *Store) commitGroup(group []*request) {
 		}
 		return
 	default:
+	}
+	if err := s.failedErr(); err != nil {
+		for _, r := range group {
+			r.done <- reply{err: err}
+		}
+		return
 	}
 	now := s.opts.Now()
 	m := s.meta
@@ -344,11 +381,19 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 	return st, nil
 }
 
-// commitStaged commits acc in as few transactions as fit, then publishes and
-// answers. If a transaction fails, its requests get the error and the
-// requests after it are staged again from the committed state (they may
-// have depended on the failed ones).
+// part is the requests of one Badger transaction, built and not committed.
+type part struct {
+	txn *badger.Txn
+	sts []*staged
+}
+
+// commitStaged commits acc in as few transactions as fit (one
+// write-ahead log record for all of them), then publishes and answers. A
+// request too large for any transaction gets ErrTooLarge, and the requests
+// after it are staged again from the committed state (they may have
+// depended on it).
 func (s *Store) commitStaged(acc []*staged) {
+	var parts []part
 	for lo := 0; lo < len(acc); {
 		n := len(acc) - lo
 		var txn *badger.Txn
@@ -361,27 +406,137 @@ func (s *Store) commitStaged(acc []*staged) {
 			}
 			n = max(1, min(n-1, fitted))
 		}
-		if err == nil {
-			err = txn.Commit()
-		}
-		if txn != nil {
-			txn.Discard()
-		}
-		part := acc[lo : lo+n]
 		if err != nil {
-			s.failed(part, err)
-			if rest := acc[lo+n:]; len(rest) > 0 {
-				reqs := make([]*request, len(rest))
-				for i, st := range rest {
-					reqs[i] = st.req
-				}
-				s.commitGroup(reqs)
-			}
+			s.commitParts(parts)
+			s.failed(acc[lo:lo+n], err)
+			s.restage(acc[lo+n:])
 			return
 		}
-		s.published(part)
+		parts = append(parts, part{txn: txn, sts: acc[lo : lo+n]})
 		lo += n
 	}
+	s.commitParts(parts)
+}
+
+// restage stages and commits rest again.
+func (s *Store) restage(rest []*staged) {
+	if len(rest) == 0 {
+		return
+	}
+	reqs := make([]*request, len(rest))
+	for i, st := range rest {
+		reqs[i] = st.req
+	}
+	s.commitGroup(reqs)
+}
+
+// commitParts makes parts durable in the write-ahead log with one sync
+// (on disk), commits their transactions, publishes and answers.
+//
+// Once a group is in the log its outcome is decided: it is applied to
+// Badger now or, if that fails, when the store is next opened. So a failure
+// after the log was written fails the store (later writes get ErrFailed)
+// and answers the group's writes with an error saying they may be applied.
+// A failure to write the log does the same: whether the record reached the
+// disk is unknown.
+func (s *Store) commitParts(parts []part) {
+	if len(parts) == 0 {
+		return
+	}
+	var seq uint64
+	if s.wal != nil {
+		seq = s.wal.nextSeq()
+		s.walBuf = encodeWALGroup(s.walBuf[:0], seq, parts)
+		start := time.Now()
+		err := s.wal.append(s.walBuf)
+		s.noteSync(time.Since(start))
+		if err == nil && s.opts.hookAfterWAL != nil {
+			err = s.opts.hookAfterWAL()
+		}
+		if cap(s.walBuf) > 4<<20 {
+			s.walBuf = nil
+		}
+		if err != nil {
+			s.unknown(parts, err)
+			return
+		}
+		s.noteWALAppend(len(s.walBuf))
+	}
+	for i, p := range parts {
+		err := p.txn.Commit()
+		p.txn.Discard()
+		if err == nil {
+			s.published(p.sts)
+			continue
+		}
+		if s.wal != nil {
+			s.unknown(parts[i:], fmt.Errorf("apply group %d: %w", seq, err))
+			return
+		}
+		// In memory: nothing was applied; the parts after it are staged
+		// again.
+		var rest []*staged
+		for _, q := range parts[i+1:] {
+			q.txn.Discard()
+			rest = append(rest, q.sts...)
+		}
+		s.failed(p.sts, err)
+		s.restage(rest)
+		return
+	}
+	if s.wal != nil {
+		s.applied.Store(seq)
+	}
+}
+
+// unknown fails the store with cause and answers parts (whose transactions
+// are not committed) with an error saying their outcome is unknown.
+func (s *Store) unknown(parts []part, cause error) {
+	err := errNotAcked{s.fail(cause)}
+	for _, p := range parts {
+		p.txn.Discard()
+		for _, st := range p.sts {
+			for _, rec := range st.records {
+				s.cache.invalidate(rec.Key)
+			}
+			st.req.done <- reply{err: err}
+		}
+	}
+}
+
+// noteSync updates the recent log sync time (a moving average).
+func (s *Store) noteSync(d time.Duration) {
+	if s.syncEWMA == 0 {
+		s.syncEWMA = d
+		return
+	}
+	s.syncEWMA += (d - s.syncEWMA) / 8
+}
+
+// maxGatherWait caps the committer's wait for more writers.
+const maxGatherWait = 2 * time.Millisecond
+
+// encodeWALGroup appends the write-ahead log payload of parts (group seq) to
+// b: every entry of their transactions, in order, with the meta counters
+// each transaction stores.
+func encodeWALGroup(b []byte, seq uint64, parts []part) []byte {
+	ops := 0
+	for _, p := range parts {
+		for _, st := range p.sts {
+			ops += len(st.entries)
+		}
+		ops++ // meta
+	}
+	b = appendWALGroupHeader(b, seq, ops)
+	for _, p := range parts {
+		for _, st := range p.sts {
+			for _, e := range st.entries {
+				b = appendWALOp(b, walOpSet, e.UserMeta, e.Key, e.Value)
+			}
+		}
+		b = appendWALOp(b, walOpSet, 0, metaCounters, encodeMeta(p.sts[len(p.sts)-1].meta))
+	}
+	return b
 }
 
 // build returns a write transaction holding part's entries and the meta

@@ -4,11 +4,13 @@
 // after a delete, so versions keep growing across delete and re-create), an
 // immutable event per change, and a journal of changes waiting to be pushed
 // to the shared store. One Badger transaction stores all three for every
-// write, and a write is acknowledged only once that transaction is fsync'd.
+// write, and a write is acknowledged only once its group is durable in the
+// store's write-ahead log (wal.go, checkpoint.go): Badger runs without
+// syncing, and Open replays the log after a crash.
 //
 // Writes go through a single committer goroutine that groups concurrent
 // requests, checks their preconditions in order, and commits the group in one
-// transaction, so concurrent writers share one fsync (see commit.go). A
+// transaction, so concurrent writers share one log sync (see commit.go). A
 // bounded, sharded read cache in front of Badger serves hot keys without a
 // Badger lookup (see cache.go).
 //

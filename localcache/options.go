@@ -16,7 +16,8 @@ import (
 // Options configure a Store. The zero value is not usable: set Dir or
 // InMemory.
 type Options struct {
-	// Dir is the Badger directory. Created if missing.
+	// Dir is the Badger directory. Created if missing. The write-ahead log
+	// lives in its subdirectory wal.
 	Dir string
 	// InMemory keeps everything in memory (for tests); Dir must be empty.
 	InMemory bool
@@ -35,6 +36,10 @@ type Options struct {
 	// GCInterval is how often the value log is garbage collected. 0:
 	// DefaultGCInterval; negative: never (and never in memory).
 	GCInterval time.Duration
+	// CheckpointInterval is how often Badger's files are synced so that the
+	// write-ahead log can drop what they hold (also done when the log has
+	// grown by checkpointBytes, and by Close). 0: DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
 
 	// memTableSize overrides the Badger memtable size (tests use a small one
 	// to exercise transaction splitting).
@@ -42,12 +47,24 @@ type Options struct {
 	// hookGroup, when set, is called by the committer before it gathers a
 	// group (tests block it to make requests queue up).
 	hookGroup func()
+	// hookAfterWAL, when set, is called by the committer after a group is
+	// durable in the write-ahead log and before it is applied to Badger; an
+	// error stands for a crash there (tests).
+	hookAfterWAL func() error
+	// noCheckpoint keeps every write-ahead log segment, at Close too, so the
+	// next Open replays groups Badger already holds (tests).
+	noCheckpoint bool
 }
 
 // Defaults.
 const (
 	DefaultCacheBytes = 32 << 20
 	DefaultGCInterval = 10 * time.Minute
+	// DefaultCheckpointInterval bounds how much of the write-ahead log Open
+	// replays after a crash, at the price of syncing Badger's files.
+	DefaultCheckpointInterval = 2 * time.Second
+	// checkpointBytes of log written since the last checkpoint start one.
+	checkpointBytes = 32 << 20
 )
 
 // Badger tuning for a sidecar that shares the pod's memory with the app.
@@ -117,6 +134,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.GCInterval == 0 {
 		o.GCInterval = DefaultGCInterval
 	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = DefaultCheckpointInterval
+	}
 	if o.memTableSize == 0 {
 		o.memTableSize = memTableSize
 		if o.InMemory {
@@ -140,7 +160,9 @@ func (o Options) badgerOptions() badger.Options {
 	threshold = min(threshold, o.memTableSize*15/100)
 	return bo.
 		WithLogger(badgerLogger{o.Logger.With("component", "badger")}).
-		WithSyncWrites(true).
+		// Durability comes from the write-ahead log (wal.go): Badger's own
+		// logs are synced only by checkpoints.
+		WithSyncWrites(false).
 		WithDetectConflicts(false).
 		WithMetricsEnabled(false). // expvar is process-global; Stats reads sizes itself
 		WithMemTableSize(o.memTableSize).

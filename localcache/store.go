@@ -46,6 +46,8 @@ type Store struct {
 	committerDone chan struct{}
 	gcCancel      context.CancelFunc
 	gcDone        chan struct{}
+	ckCancel      context.CancelFunc
+	ckDone        chan struct{}
 	closeOnce     sync.Once
 	closeErr      error
 
@@ -57,6 +59,31 @@ type Store struct {
 	metaJournal  atomic.Int64
 	commits      atomic.Uint64
 	commitWrites atomic.Uint64
+
+	// wal is the write-ahead log (nil in memory). The committer appends to
+	// it; applied is the last group it applied to Badger.
+	wal     *wal
+	applied atomic.Uint64
+	// walBytes counts bytes appended to the log; ckBytes is its value when
+	// the last checkpoint began. ckNotify wakes the checkpoint loop.
+	walBytes atomic.Int64
+	ckBytes  atomic.Int64
+	ckNotify chan struct{}
+	// ckMu serializes syncs of Badger's files (checkpoints, value log GC,
+	// Close); it guards ckApplied and vlogSynced.
+	ckMu       sync.Mutex
+	ckApplied  uint64 // groups up to it are durable in Badger's files
+	vlogSynced uint64 // value log files below this id were synced and are no longer written
+	// failure is set when a group's outcome became unknown: writes then
+	// fail with ErrFailed.
+	failure atomic.Pointer[error]
+
+	// Owned by the committer.
+	walBuf    []byte
+	syncEWMA  time.Duration // recent write-ahead log append+sync time
+	lastGroup int           // requests answered by the last group
+	backlog   int           // requests queued when it answered them
+	repliedAt time.Time
 }
 
 // Open opens (or creates) the store and starts its group committer.
@@ -83,10 +110,29 @@ func Open(opts Options) (*Store, error) {
 		abort:         make(chan struct{}),
 		committerDone: make(chan struct{}),
 		gcDone:        make(chan struct{}),
+		ckDone:        make(chan struct{}),
+		ckNotify:      make(chan struct{}, 1),
+	}
+	if !opts.InMemory {
+		if err := s.openWAL(); err != nil {
+			if s.wal != nil {
+				_ = s.wal.close()
+			}
+			_ = db.Close()
+			return nil, fmt.Errorf("localcache: open: %w", err)
+		}
 	}
 	if err := s.load(); err != nil {
-		_ = db.Close()
+		s.abandon()
 		return nil, fmt.Errorf("localcache: open: %w", err)
+	}
+	if s.wal != nil && !opts.noCheckpoint {
+		// Make the replayed groups and load's writes durable in Badger, and
+		// drop the log they came from.
+		if err := s.checkpoint(false); err != nil {
+			s.abandon()
+			return nil, fmt.Errorf("localcache: open: %w", err)
+		}
 	}
 	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID,
 		"states", s.meta.states, "journal_depth", s.meta.journal)
@@ -94,7 +140,19 @@ func Open(opts Options) (*Store, error) {
 	gcCtx, cancel := context.WithCancel(context.Background())
 	s.gcCancel = cancel
 	go s.collectGarbage(gcCtx)
+	ckCtx, cancel := context.WithCancel(context.Background())
+	s.ckCancel = cancel
+	go s.checkpointLoop(ckCtx)
 	return s, nil
+}
+
+// abandon closes what Open opened after a failure. The write-ahead log is
+// kept: the next Open replays it.
+func (s *Store) abandon() {
+	if s.wal != nil {
+		_ = s.wal.close()
+	}
+	_ = s.db.Close()
 }
 
 // load reads the meta keys (checking the layout version) and settles the
@@ -189,11 +247,26 @@ func (s *Store) close(ctx context.Context) error {
 	}
 	s.gcCancel()
 	<-s.gcDone
+	s.ckCancel()
+	<-s.ckDone
 
 	s.dbMu.Lock()
 	defer s.dbMu.Unlock()
-	if err := s.db.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("localcache: close badger: %w", err))
+	dbErr := s.db.Close()
+	if dbErr != nil {
+		errs = append(errs, fmt.Errorf("localcache: close badger: %w", dbErr))
+	}
+	if s.wal != nil {
+		// The final checkpoint: with Badger's files synced, the log is no
+		// longer needed. After a failure it stays, for the next Open.
+		if dbErr == nil && s.failure.Load() == nil && !s.opts.noCheckpoint {
+			if err := s.checkpoint(true); err != nil {
+				errs = append(errs, fmt.Errorf("localcache: close: %w", err))
+			}
+		}
+		if err := s.wal.close(); err != nil {
+			errs = append(errs, fmt.Errorf("localcache: close write-ahead log: %w", err))
+		}
 	}
 	s.log.Info("local store closed")
 	return errors.Join(errs...)
@@ -532,6 +605,7 @@ func (s *Store) Stats() Stats {
 	st.CacheHits, st.CacheMisses, st.CacheBytes = s.cache.stats()
 	if !s.opts.InMemory {
 		st.LSMBytes, st.VlogBytes = dirSizes(s.opts.Dir)
+		st.WALBytes = s.wal.size()
 	}
 	return st
 }
@@ -571,7 +645,7 @@ func (s *Store) collectGarbage(ctx context.Context) {
 		case <-t.C:
 		}
 		for ctx.Err() == nil {
-			err := s.db.RunValueLogGC(0.5)
+			err := s.gcOnce()
 			if err != nil {
 				if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 					s.log.Warn("value log gc", "err", err)
@@ -580,4 +654,29 @@ func (s *Store) collectGarbage(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// gcOnce runs one pass of Badger's value log GC. A pass moves the live
+// values of one value log file to the current one and then deletes the old
+// file. Badger does not sync the moved values (SyncWrites is off), so the
+// old file must outlive a sync of Badger's files: an open iterator makes
+// Badger defer the deletion until the iterator closes, after that sync.
+func (s *Store) gcOnce() error {
+	txn := s.db.NewTransaction(false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{})
+	defer it.Close()
+	if err := s.db.RunValueLogGC(0.5); err != nil {
+		return err
+	}
+	if s.wal == nil {
+		return nil
+	}
+	s.ckMu.Lock()
+	defer s.ckMu.Unlock()
+	if err := s.syncBadgerFiles(); err != nil {
+		s.fail(fmt.Errorf("sync after value log gc: %w", err))
+		return err
+	}
+	return nil
 }

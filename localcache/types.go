@@ -117,6 +117,10 @@ var (
 	ErrTooLarge        = errors.New("too large")
 	ErrInvalid         = errors.New("invalid write")
 	ErrClosed          = errors.New("store closed")
+	// ErrFailed: the store stopped taking writes because the outcome of one
+	// became unknown (its write-ahead log or Badger failed). Reads still
+	// work; reopening the store replays the log.
+	ErrFailed = errors.New("store failed")
 )
 
 // VersionConflictError says a precondition failed: the request expected
@@ -162,11 +166,12 @@ func (e *KeyError) Unwrap() error { return e.Err }
 type Stats struct {
 	States       int64  // live states (tombstones are not counted)
 	JournalDepth int64  // journal entries not yet acked by the syncer
-	Commits      uint64 // Badger transactions committed (each one fsync)
+	Commits      uint64 // Badger transactions committed (on disk, one write-ahead log sync each, but for groups too large for one transaction)
 	CommitWrites uint64 // writes in those transactions: > Commits when group commit batches
 	CacheHits    uint64
 	CacheMisses  uint64
 	CacheBytes   int64 // bytes held by the read cache (estimate)
 	LSMBytes     int64 // size of the LSM tree files on disk (0 in memory)
 	VlogBytes    int64 // size of the value log files on disk (0 in memory)
+	WALBytes     int64 // records in the write-ahead log, not yet checkpointed (0 in memory)
 }

@@ -1,0 +1,551 @@
+package localcache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func sampleWALOps() []walOp {
+	return []walOp{
+		{kind: walOpSet, userMeta: 1, key: []byte("s\x00\x01gstate"), value: []byte("record")},
+		{kind: walOpSet, key: []byte("j\x00\x00\x00\x00\x00\x00\x00\x07"), value: []byte{}},
+		{kind: walOpDelete, key: []byte("e-old")},
+		{kind: walOpSet, key: metaCounters, value: bytes.Repeat([]byte{0xff}, 300)},
+	}
+}
+
+func encodeSampleGroup(seq uint64, ops []walOp) []byte {
+	p := appendWALGroupHeader(nil, seq, len(ops))
+	for _, op := range ops {
+		p = appendWALOp(p, op.kind, op.userMeta, op.key, op.value)
+	}
+	return p
+}
+
+func TestWALCodec(t *testing.T) {
+	ops := sampleWALOps()
+	for _, tc := range []struct {
+		name string
+		seq  uint64
+		ops  []walOp
+	}{
+		{"one set", 1, ops[:1]},
+		{"mixed", 1<<40 + 3, ops},
+		{"empty", 7, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			payload := encodeSampleGroup(tc.seq, tc.ops)
+			rec := appendWALRecord(nil, payload)
+			if len(rec)%8 != 0 {
+				t.Fatalf("record of %d bytes is not 8-byte aligned", len(rec))
+			}
+			// Followed by the zeros of a preallocated segment.
+			buf := append(append([]byte(nil), rec...), make([]byte, 64)...)
+			got, n, err := decodeWALRecord(buf)
+			if err != nil || n != len(rec) || !bytes.Equal(got, payload) {
+				t.Fatalf("decode record = %d bytes, n %d, %v; want %d bytes, n %d", len(got), n, err, len(payload), len(rec))
+			}
+			if _, n, err := decodeWALRecord(buf[n:]); n != 0 || err != nil {
+				t.Fatalf("after the record: n %d, %v; want the end marker", n, err)
+			}
+			seq, dec, err := decodeWALGroup(got)
+			if err != nil || seq != tc.seq || len(dec) != len(tc.ops) {
+				t.Fatalf("decode group = %d, %d ops, %v", seq, len(dec), err)
+			}
+			for i := range dec {
+				w := tc.ops[i]
+				if w.kind == walOpDelete {
+					w.value = nil
+				}
+				if !reflect.DeepEqual(dec[i], w) {
+					t.Fatalf("op %d = %+v, want %+v", i, dec[i], w)
+				}
+			}
+		})
+	}
+	t.Run("damage", func(t *testing.T) {
+		payload := encodeSampleGroup(5, ops)
+		rec := appendWALRecord(nil, payload)
+		body := walHeaderSize + len(payload) // the padding after it is not checked
+		for i := range body {
+			bad := append([]byte(nil), rec...)
+			bad[i] ^= 0x40
+			if _, n, err := decodeWALRecord(bad); err == nil && n != 0 {
+				t.Fatalf("flipped byte %d: decoded", i)
+			}
+		}
+		for cut := 1; cut < body; cut++ {
+			if _, n, err := decodeWALRecord(rec[:cut]); err == nil && n != 0 {
+				t.Fatalf("cut at %d: decoded", cut)
+			}
+		}
+	})
+}
+
+// FuzzWALRecord feeds arbitrary bytes to the record and group decoders:
+// they must not panic, and whatever decodes must encode back to the same
+// bytes.
+func FuzzWALRecord(f *testing.F) {
+	f.Add(appendWALRecord(nil, encodeSampleGroup(1, sampleWALOps())))
+	f.Add(appendWALRecord(nil, encodeSampleGroup(2, nil)))
+	f.Add([]byte{})
+	f.Add(make([]byte, 16))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		payload, n, err := decodeWALRecord(b)
+		if err != nil || n == 0 {
+			return
+		}
+		if again := appendWALRecord(nil, payload); !bytes.Equal(again[:walHeaderSize+len(payload)], b[:walHeaderSize+len(payload)]) {
+			t.Fatalf("record re-encodes differently")
+		}
+		seq, ops, err := decodeWALGroup(payload)
+		if err != nil {
+			return
+		}
+		seq2, ops2, err := decodeWALGroup(encodeSampleGroup(seq, ops))
+		if err != nil || seq2 != seq || len(ops2) != len(ops) {
+			t.Fatalf("group re-decodes as %d, %d ops, %v; want %d, %d ops", seq2, len(ops2), err, seq, len(ops))
+		}
+		for i := range ops {
+			if ops[i].kind != ops2[i].kind || ops[i].userMeta != ops2[i].userMeta ||
+				!bytes.Equal(ops[i].key, ops2[i].key) || !bytes.Equal(ops[i].value, ops2[i].value) {
+				t.Fatalf("op %d re-decodes as %+v, want %+v", i, ops2[i], ops[i])
+			}
+		}
+	})
+}
+
+// walLog builds a log of n groups in dir with the wal type alone and
+// returns the offsets of the records in its only segment.
+func walLog(t *testing.T, dir string, n int) (segment string, offsets []int64) {
+	t.Helper()
+	w, err := openWAL(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.replay(func(uint64, []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		offsets = append(offsets, w.current().sizeOrZero())
+		seq := w.nextSeq()
+		if err := w.append(encodeSampleGroup(seq, sampleWALOps()[:1+i%4])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offsets = append(offsets, w.current().size)
+	segment = w.current().path
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	return segment, offsets
+}
+
+func (s *walSegment) sizeOrZero() int64 {
+	if s == nil {
+		return 0
+	}
+	return s.size
+}
+
+func replayAll(t *testing.T, dir string) ([]uint64, error) {
+	t.Helper()
+	w, err := openWAL(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	var seqs []uint64
+	_, err = w.replay(func(seq uint64, p []byte) error {
+		if _, _, err := decodeWALGroup(p); err != nil {
+			return err
+		}
+		seqs = append(seqs, seq)
+		return nil
+	})
+	return seqs, err
+}
+
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(to, rel), 0o750)
+		}
+		if d.Name() == "LOCK" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(to, rel), b, 0o640)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWALTornTail cuts the last record at every byte, both by truncating
+// the file and by zeroing the rest (as a preallocated segment would read):
+// replay must end at the group before it and drop the torn bytes.
+func TestWALTornTail(t *testing.T) {
+	src := t.TempDir()
+	seg, offsets := walLog(t, src, 4)
+	lastStart, end := offsets[3], offsets[4]
+	orig, err := os.ReadFile(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig = orig[:end+4096] // the preallocated rest is zeros too
+	body := lastStart + walHeaderSize + int64(len(encodeSampleGroup(4, sampleWALOps()[:4])))
+	for _, mode := range []string{"truncate", "zero"} {
+		t.Run(mode, func(t *testing.T) {
+			for cut := lastStart; cut <= end; cut++ {
+				dir := t.TempDir()
+				path := filepath.Join(dir, filepath.Base(seg))
+				b := append([]byte(nil), orig...)
+				if mode == "truncate" {
+					b = b[:cut]
+				} else {
+					clear(b[cut:])
+				}
+				if err := os.WriteFile(path, b, 0o640); err != nil {
+					t.Fatal(err)
+				}
+				seqs, err := replayAll(t, dir)
+				if err != nil {
+					t.Fatalf("cut at %d: %v", cut, err)
+				}
+				want := 3
+				if cut >= body {
+					want = 4 // only padding is missing
+				}
+				if len(seqs) != want || seqs[len(seqs)-1] != uint64(want) {
+					t.Fatalf("cut at %d: replayed %v, want 1..%d", cut, seqs, want)
+				}
+				if info, _ := os.Stat(path); cut < body && mode == "truncate" && info.Size() != lastStart {
+					t.Fatalf("cut at %d: torn tail left, file is %d bytes, want %d", cut, info.Size(), lastStart)
+				}
+			}
+		})
+	}
+}
+
+// TestWALCorruption damages a record with intact records after it: replay
+// must refuse, in the last segment and in an earlier one.
+func TestWALCorruption(t *testing.T) {
+	t.Run("last segment", func(t *testing.T) {
+		dir := t.TempDir()
+		seg, offsets := walLog(t, dir, 4)
+		b, _ := os.ReadFile(seg)
+		b[offsets[1]+walHeaderSize+9] ^= 1 // inside the second group
+		if err := os.WriteFile(seg, b, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		_, err := replayAll(t, dir)
+		if !errors.Is(err, errWALCorrupt) || !strings.Contains(err.Error(), "acknowledged groups follow") {
+			t.Fatalf("replay = %v, want corruption", err)
+		}
+	})
+	t.Run("earlier segment", func(t *testing.T) {
+		dir := t.TempDir()
+		seg, offsets := walLog(t, dir, 3)
+		b, _ := os.ReadFile(seg)
+		// A later segment continues the log.
+		next := appendWALRecord(nil, encodeSampleGroup(4, sampleWALOps()))
+		if err := os.WriteFile(filepath.Join(dir, "0000000000000004.wal"), next, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		b[offsets[2]+walHeaderSize+1] ^= 1 // the earlier segment's last group
+		if err := os.WriteFile(seg, b, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := replayAll(t, dir); !errors.Is(err, errWALCorrupt) {
+			t.Fatalf("replay = %v, want corruption", err)
+		}
+	})
+	t.Run("missing groups", func(t *testing.T) {
+		dir := t.TempDir()
+		walLog(t, dir, 2)
+		next := appendWALRecord(nil, encodeSampleGroup(9, nil))
+		if err := os.WriteFile(filepath.Join(dir, "0000000000000009.wal"), next, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := replayAll(t, dir); !errors.Is(err, errWALCorrupt) {
+			t.Fatalf("replay = %v, want corruption", err)
+		}
+	})
+	t.Run("store refuses to open", func(t *testing.T) {
+		dir := t.TempDir()
+		s := openDisk(t, dir, func(o *Options) { o.noCheckpoint = true })
+		for i := range 5 {
+			mustPut(t, s, key("g", "k"+itoa(i)), "v")
+		}
+		closeStore(t, s)
+		segs := walSegments(t, dir)
+		b, _ := os.ReadFile(segs[len(segs)-1])
+		b[walHeaderSize+3] ^= 1 // the first group
+		if err := os.WriteFile(segs[len(segs)-1], b, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(Options{Dir: dir, NodeID: "n1", GCInterval: -1})
+		if !errors.Is(err, errWALCorrupt) || !strings.Contains(err.Error(), "write-ahead log") {
+			t.Fatalf("open = %v, want corruption", err)
+		}
+	})
+}
+
+func walSegments(t testing.TB, dir string) []string {
+	t.Helper()
+	segs, err := filepath.Glob(filepath.Join(dir, walDirName, "*"+walSegmentExt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(segs)
+	return segs
+}
+
+// checkExactlyOnce checks that the store holds, per key, version want[k]
+// with one event per version, and one journal entry per version overall.
+func checkExactlyOnce(t *testing.T, s *Store, want map[Key]uint64) {
+	t.Helper()
+	ctx := context.Background()
+	var total uint64
+	for k, v := range want {
+		rec, err := s.Get(ctx, k)
+		if err != nil || rec.Version != v || string(rec.Value) != k.State+"@"+itoa(int(v)) {
+			t.Fatalf("%s = v%d %q, %v; want v%d", k, rec.Version, rec.Value, err, v)
+		}
+		evs := mustEvents(t, s, k)
+		if uint64(len(evs)) != v {
+			t.Fatalf("%s: %d events, want %d", k, len(evs), v)
+		}
+		for i, e := range evs {
+			if e.ToVersion != uint64(i+1) || string(e.Value) != k.State+"@"+itoa(i+1) {
+				t.Fatalf("%s event %d = v%d %q", k, i, e.ToVersion, e.Value)
+			}
+		}
+		total += v
+	}
+	js := mustJournal(t, s)
+	if uint64(len(js)) != total {
+		t.Fatalf("%d journal entries, want %d", len(js), total)
+	}
+	for i, j := range js {
+		if j.Seq != uint64(i+1) {
+			t.Fatalf("journal entry %d has seq %d", i, j.Seq)
+		}
+	}
+	if st := s.Stats(); st.States != int64(len(want)) || st.JournalDepth != int64(total) {
+		t.Fatalf("stats %+v, want %d states, %d journal entries", st, len(want), total)
+	}
+}
+
+func putVersion(t *testing.T, s *Store, k Key, v uint64) {
+	t.Helper()
+	rec, err := s.Write(context.Background(), Write{Key: k, Value: []byte(k.State + "@" + itoa(int(v))), IfVersion: u64(v - 1)})
+	if err != nil || rec.Version != v {
+		t.Fatalf("put %s v%d: %+v, %v", k, v, rec, err)
+	}
+}
+
+// TestCrashBetweenLogAndApply fails a group after it is durable in the log
+// and before Badger has it: its writers hear that the outcome is unknown,
+// the store refuses writes, and the next Open applies the group exactly
+// once.
+func TestCrashBetweenLogAndApply(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	var crash atomic.Bool
+	s := openDisk(t, dir, func(o *Options) {
+		o.hookAfterWAL = func() error {
+			if crash.Load() {
+				return errors.New("simulated crash")
+			}
+			return nil
+		}
+	})
+	want := map[Key]uint64{}
+	for i := range 4 {
+		k := key("g", "k"+itoa(i))
+		for v := uint64(1); v <= 3; v++ {
+			putVersion(t, s, k, v)
+		}
+		want[k] = 3
+	}
+	crash.Store(true)
+	k0, kb := key("g", "k0"), key("g", "batch")
+	_, err := s.WriteBatch(ctx, []Write{
+		{Key: k0, Value: []byte("k0@4"), IfVersion: u64(3)},
+		{Key: kb, Value: []byte("batch@1")},
+	})
+	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "may still be applied") {
+		t.Fatalf("write in the crashed group: %v", err)
+	}
+	if _, err := s.Write(ctx, Write{Key: key("g", "after"), Value: []byte("x")}); !errors.Is(err, ErrFailed) {
+		t.Fatalf("write after the failure: %v", err)
+	}
+	if rec, err := s.Get(ctx, k0); err != nil || rec.Version != 3 {
+		t.Fatalf("read after the failure: %+v, %v", rec, err)
+	}
+	closeStore(t, s)
+
+	want[k0], want[kb] = 4, 1
+	for range 2 { // the second Open has nothing left to replay
+		s = openDisk(t, dir)
+		checkExactlyOnce(t, s, want)
+		closeStore(t, s)
+	}
+	s = openDisk(t, dir)
+	defer closeStore(t, s)
+	putVersion(t, s, k0, 5)
+	want[k0] = 5
+	checkExactlyOnce(t, s, want)
+	if got := mustJournal(t, s); got[len(got)-1].OpID != "n1-"+itoa(len(got)) {
+		t.Fatalf("op id after replay: %+v", got[len(got)-1])
+	}
+}
+
+// TestReplayIdempotent keeps the whole log, so every Open replays groups
+// Badger already holds: nothing may be applied twice.
+func TestReplayIdempotent(t *testing.T) {
+	dir := t.TempDir()
+	keep := func(o *Options) { o.noCheckpoint = true }
+	want := map[Key]uint64{}
+	for round := range 3 {
+		s := openDisk(t, dir, keep)
+		for i := range 5 {
+			k := key("g", "k"+itoa(i))
+			putVersion(t, s, k, want[k]+1)
+			want[k]++
+		}
+		checkExactlyOnce(t, s, want)
+		closeStore(t, s)
+		if n := len(walSegments(t, dir)); n != round+1 {
+			t.Fatalf("round %d: %d segments, want %d (one per open)", round, n, round+1)
+		}
+	}
+	s := openDisk(t, dir) // replays everything, then checkpoints
+	checkExactlyOnce(t, s, want)
+	if n := len(walSegments(t, dir)); n != 0 {
+		t.Fatalf("%d segments after the checkpoint at open", n)
+	}
+	closeStore(t, s)
+}
+
+// TestTornTailStore crashes before the last group reached Badger, then cuts
+// its record at a few places: Open must succeed with the state as of the
+// group before (or with the group, when the record is whole).
+func TestTornTailStore(t *testing.T) {
+	tmpl := t.TempDir()
+	var crash atomic.Bool
+	s := openDisk(t, tmpl, func(o *Options) {
+		o.hookAfterWAL = func() error {
+			if crash.Load() {
+				return errors.New("simulated crash")
+			}
+			return nil
+		}
+	})
+	k := key("g", "k")
+	putVersion(t, s, k, 1)
+	putVersion(t, s, k, 2)
+	crash.Store(true)
+	if _, err := s.Write(context.Background(), Write{Key: k, Value: []byte("k@3"), IfVersion: u64(2)}); !errors.Is(err, ErrFailed) {
+		t.Fatalf("crashed write: %v", err)
+	}
+	closeStore(t, s)
+	segs := walSegments(t, tmpl)
+	seg := segs[len(segs)-1]
+	b, _ := os.ReadFile(seg)
+	var offs []int
+	for off := 0; ; {
+		_, n, err := decodeWALRecord(b[off:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		offs = append(offs, off)
+		off += n
+	}
+	start := offs[len(offs)-1]
+	_, n, _ := decodeWALRecord(b[start:])
+	end := start + n
+	for _, cut := range []int{start, start + 1, start + walHeaderSize, start + walHeaderSize + 20, end - 9, end} {
+		dir := t.TempDir()
+		copyDir(t, tmpl, dir)
+		path := filepath.Join(dir, walDirName, filepath.Base(seg))
+		if err := os.Truncate(path, int64(cut)); err != nil {
+			t.Fatal(err)
+		}
+		s := openDisk(t, dir)
+		want := uint64(2)
+		if cut == end {
+			want = 3
+		}
+		checkExactlyOnce(t, s, map[Key]uint64{k: want})
+		putVersion(t, s, k, want+1) // the log goes on
+		closeStore(t, s)
+	}
+}
+
+// TestCheckpointDropsSegments writes enough for several segments with a
+// short checkpoint interval: old segments go, and everything survives a
+// reopen.
+func TestCheckpointDropsSegments(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir, func(o *Options) { o.CheckpointInterval = 20 * time.Millisecond })
+	value := strings.Repeat("x", 4000)
+	want := map[Key]uint64{}
+	seen := map[string]bool{}
+	for i := range 1200 { // about 10 MiB of log: rotations at checkpoints
+		k := key("g", "k"+itoa(i%50))
+		v := want[k] + 1
+		if _, err := s.Write(context.Background(), Write{Key: k, Value: []byte(k.State + "@" + itoa(int(v)) + value)}); err != nil {
+			t.Fatal(err)
+		}
+		want[k] = v
+		for _, p := range walSegments(t, dir) {
+			seen[p] = true
+		}
+	}
+	waitFor(t, "old segments deleted", func() bool {
+		return len(walSegments(t, dir)) == 1
+	})
+	if len(seen) < 3 {
+		t.Fatalf("only %d segments were ever written", len(seen))
+	}
+	closeStore(t, s)
+	if segs := walSegments(t, dir); len(segs) != 0 {
+		t.Fatalf("segments after close: %v", segs)
+	}
+	s = openDisk(t, dir)
+	defer closeStore(t, s)
+	ctx := context.Background()
+	for k, v := range want {
+		rec, err := s.Get(ctx, k)
+		if err != nil || rec.Version != v || !strings.HasPrefix(string(rec.Value), k.State+"@"+itoa(int(v))+"x") {
+			t.Fatalf("%s = v%d, %v; want v%d", k, rec.Version, err, v)
+		}
+	}
+	if st := s.Stats(); st.JournalDepth != 1200 || st.States != 50 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -30,5 +30,9 @@
 //     precondition checked inside the remote's transaction (CheckOnly changes
 //     assert a version without writing).
 //
+// The push loop is Syncer (New, SyncOnce, Run, Flush): it drains a Journal,
+// the local outbox that the local store implements (MemJournal in memory),
+// into a Remote. See docs/decisions/0006-push-loop.md.
+//
 // See docs/decisions/0005-remote-interface.md.
 package syncer

@@ -1,0 +1,947 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Options configure a Syncer. The zero value is usable.
+type Options struct {
+	// Logger receives conflicts, parked entries and failures (nil: none).
+	Logger *slog.Logger
+	// Interval is how often Run makes a pass when nothing wakes it
+	// (default 1s).
+	Interval time.Duration
+	// Backoff is the wait after failed passes (default 100ms to 30s).
+	Backoff Backoff
+	// PageSize is how many journal entries one pass reads (default 1000).
+	// A pass reads more to complete an atomic batch cut by the page.
+	PageSize int
+	// Concurrency is how many Commits a pass runs at once (default 4).
+	Concurrency int
+	// CommitTimeout bounds one Commit (default 30s).
+	CommitTimeout time.Duration
+	// MaxRetries is how many times a pass re-commits a change that met a
+	// conflict it won before leaving it to the next pass (default 3).
+	MaxRetries int
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Interval <= 0 {
+		o.Interval = time.Second
+	}
+	if o.Backoff.Min <= 0 {
+		o.Backoff.Min = 100 * time.Millisecond
+	}
+	if o.Backoff.Max < o.Backoff.Min {
+		o.Backoff.Max = max(30*time.Second, o.Backoff.Min)
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 1000
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.CommitTimeout <= 0 {
+		o.CommitTimeout = 30 * time.Second
+	}
+	if o.MaxRetries <= 0 {
+		o.MaxRetries = 3
+	}
+	return o
+}
+
+// Syncer pushes the journal to the remote. New starts nothing: call SyncOnce
+// for one pass, or Run for the background loop. It is safe for concurrent
+// use; passes never overlap.
+type Syncer struct {
+	journal Journal
+	remote  Remote
+	opts    Options
+	log     *slog.Logger
+
+	pass sync.Mutex // held for a whole pass
+	// suspects are keys whose commit failed transiently while others
+	// succeeded: they are committed alone until they succeed, so that one
+	// key the remote keeps failing does not hold back the keys batched
+	// with it. Guarded by pass.
+	suspects map[Key]bool
+
+	mu     sync.Mutex // guards stats and oldest
+	stats  Stats
+	oldest time.Time // journal time of the oldest pending entry seen (zero: none)
+}
+
+// New returns a Syncer that drains journal into remote.
+func New(journal Journal, remote Remote, opts Options) *Syncer {
+	opts = opts.withDefaults()
+	return &Syncer{journal: journal, remote: remote, opts: opts, log: opts.Logger, suspects: make(map[Key]bool)}
+}
+
+// Stats are the push loop's counters, for the sidecar's stats and metrics.
+type Stats struct {
+	QueueDepth     int64         // journal entries pending (as of the last pass, or live with JournalDepth)
+	OldestPending  time.Duration // age of the oldest pending entry (0: none)
+	Passes         uint64        // SyncOnce calls
+	Commits        uint64        // remote commits that returned results
+	RemoteCalls    uint64        // remote calls made, failed ones included
+	EntriesPushed  uint64        // entries acked as pushed or already applied
+	AlreadyApplied uint64        // of those, entries the remote already had
+	Conflicts      uint64        // conflicts met (rebases onto the syncer's own writes excluded)
+	Superseded     uint64        // entries that lost a conflict
+	Parked         uint64        // entries parked in the failed list
+	LastError      string        // the last failure ("" : none since start)
+	LastErrorTime  time.Time
+	LastSuccess    time.Time // end of the last pass that failed nothing
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Syncer) Stats() Stats {
+	s.mu.Lock()
+	st := s.stats
+	if !s.oldest.IsZero() {
+		st.OldestPending = time.Since(s.oldest)
+	}
+	s.mu.Unlock()
+	if d, ok := s.journal.(JournalDepth); ok {
+		st.QueueDepth = d.Depth()
+		if st.QueueDepth == 0 {
+			st.OldestPending = 0
+		}
+	}
+	return st
+}
+
+// Report is what one pass did.
+type Report struct {
+	Entries        int  // pending entries read
+	Commits        int  // remote commits that returned results
+	Pushed         int  // entries acked as pushed
+	AlreadyApplied int  // entries acked as already in the remote
+	Superseded     int  // entries that lost a conflict (acked; the remote record was adopted)
+	Conflicts      int  // conflicts met
+	Parked         int  // entries parked for good
+	Blocked        int  // entries left pending after transient failures
+	More           bool // the page was full: more entries wait
+}
+
+// Done is how many entries left the journal in the pass.
+func (r Report) Done() int { return r.Pushed + r.AlreadyApplied + r.Superseded + r.Parked }
+
+// Run pushes until ctx is done: a pass when the journal signals new entries,
+// at least every Options.Interval, at once again while a pass leaves more
+// entries, and after a failed pass a capped exponential backoff with jitter
+// (new entries do not cut it short). It returns nil when ctx is done.
+func (s *Syncer) Run(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-s.journal.Notify():
+		}
+		rep, err := s.SyncOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var wait time.Duration
+		switch {
+		case err != nil || rep.Blocked > 0:
+			failures++
+			wait = s.opts.Backoff.Delay(failures)
+			if err != nil {
+				s.log.Warn("push pass failed", "err", err, "failures", failures, "retry_in", wait)
+			}
+		case rep.More:
+			failures = 0
+			wait = 0
+		default:
+			failures = 0
+			wait = s.opts.Interval
+		}
+		timer.Reset(wait) // timers of Go 1.23+: no stale tick survives Reset
+		if failures > 0 {
+			// Back off: new entries do not wake the loop early.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-timer.C:
+			}
+			timer.Reset(0)
+		}
+	}
+}
+
+// Flush makes passes until one finds nothing more to push, or fails, or ctx
+// is done: the final flush at shutdown. It returns the last pass's error, or
+// ctx's.
+func (s *Syncer) Flush(ctx context.Context) error {
+	for {
+		rep, err := s.SyncOnce(ctx)
+		if err != nil {
+			return err
+		}
+		if rep.Blocked > 0 {
+			return fmt.Errorf("push: %d entries left pending", rep.Blocked)
+		}
+		if !rep.More {
+			return nil
+		}
+	}
+}
+
+// part is one key's share of a unit: consecutive journal entries of the key,
+// coalesced into one Change.
+type part struct {
+	key     Key
+	entries []Entry
+	// base is the remote version to commit on and rebased says the
+	// entries are renumbered on top of it (after a conflict the change won,
+	// or a remote version moved by this syncer's own earlier resolution).
+	base    uint64
+	rebased bool
+	remote  Record // the remote record rebased onto
+}
+
+// unit is what must be committed together: one part (a run of one key's
+// entries), or one part per key of an atomic local batch.
+type unit struct {
+	atomic   bool
+	parts    []*part
+	attempts int
+	solo     bool // commit alone (a batch it was in was rejected without naming a key)
+	tag      int  // nonzero: commit only with the units of the same tag (half of a failed batch)
+	done     bool
+}
+
+func (u *unit) keys() []Key {
+	ks := make([]Key, len(u.parts))
+	for i, p := range u.parts {
+		ks[i] = p.key
+	}
+	return ks
+}
+
+func (u *unit) seqs() int {
+	n := 0
+	for _, p := range u.parts {
+		n += len(p.entries)
+	}
+	return n
+}
+
+// change builds p's Change: the newest record and one event per entry;
+// rebased, the events are renumbered from base and the clocks merged with
+// the remote record's.
+func (p *part) change() Change {
+	last := p.entries[len(p.entries)-1]
+	rec := last.Record.Clone()
+	rec.Key = p.key
+	evs := make([]Event, len(p.entries))
+	for i, e := range p.entries {
+		evs[i] = e.Event.Clone()
+		evs[i].Key = p.key
+	}
+	if p.rebased {
+		v := p.base
+		for i := range evs {
+			evs[i].FromVersion = v
+			v++
+			evs[i].ToVersion = v
+		}
+		rec.Version = v
+		rec.Clock.Lamport = max(rec.Clock.Lamport, p.remote.Clock.Lamport+1)
+		if rec.Clock.Vector == nil {
+			rec.Clock.Vector = make(map[string]uint64)
+		}
+		for n, x := range p.remote.Clock.Vector {
+			if x > rec.Clock.Vector[n] {
+				rec.Clock.Vector[n] = x
+			}
+		}
+	}
+	return Change{Key: p.key, BaseVersion: p.base, Record: rec, Events: evs}
+}
+
+func seqsOf(es []Entry) []uint64 {
+	out := make([]uint64, len(es))
+	for i, e := range es {
+		out[i] = e.Seq
+	}
+	return out
+}
+
+// passState is one pass's bookkeeping.
+type passState struct {
+	rep     Report
+	queues  map[Key][]*unit
+	order   []*unit
+	blocked map[Key]bool
+	acks    []Ack
+	parked  []Parked
+	errs    []error
+	// transient is the last transient commit error: the pass's error if
+	// entries stay blocked.
+	transient error
+	tags      int // for splitting failed batches
+}
+
+// SyncOnce makes one push pass: it reads a page of pending entries, plans
+// them into changes (coalescing each key's consecutive entries, keeping
+// atomic local batches whole), and commits them in rounds (each round
+// commits every key's next change, batched within the remote's Limits and
+// several commits at once), acking or parking the entries after each round.
+//
+// The error is non-nil when the journal failed, or when commits failed
+// transiently (the entries concerned stay pending; their keys were blocked
+// for the rest of the pass, other keys went on). Entries rejected for good
+// are parked, not errors.
+func (s *Syncer) SyncOnce(ctx context.Context) (Report, error) {
+	s.pass.Lock()
+	defer s.pass.Unlock()
+	s.mu.Lock()
+	s.stats.Passes++
+	s.mu.Unlock()
+
+	entries, more, err := s.read(ctx)
+	if err != nil {
+		s.noteError(err)
+		return Report{}, err
+	}
+	ps := &passState{queues: make(map[Key][]*unit), blocked: make(map[Key]bool)}
+	ps.rep.Entries = len(entries)
+	ps.rep.More = more
+	s.plan(ps, entries)
+
+	for ctx.Err() == nil {
+		ready := s.ready(ps)
+		if len(ready) == 0 {
+			break
+		}
+		batches := s.pack(ready)
+		outs := s.commitAll(ctx, batches)
+		allTransient := true
+		for _, o := range outs {
+			if !IsTransient(o.err) {
+				allTransient = false
+			}
+		}
+		// Several commits and every one failed: the remote is down, not
+		// one key. A lone failed commit is split in two to tell.
+		outage := allTransient && len(batches) > 1
+		before := ps.rep
+		for i, b := range batches {
+			s.settle(ps, b, outs[i], outage)
+		}
+		if err := s.flushAcks(ctx, ps); err != nil {
+			// Not acked: the entries stay pending (the next pass finds the
+			// pushed ones already applied).
+			ps.rep.Blocked += ps.rep.Done() - before.Done()
+			ps.rep.Pushed, ps.rep.AlreadyApplied = before.Pushed, before.AlreadyApplied
+			ps.rep.Superseded, ps.rep.Parked = before.Superseded, before.Parked
+			ps.errs = append(ps.errs, err)
+			break
+		}
+		if outage {
+			break // leave the rest to the next pass
+		}
+	}
+	// Everything not settled stays pending.
+	for _, u := range ps.order {
+		if !u.done {
+			ps.rep.Blocked += u.seqs()
+		}
+	}
+	if ps.rep.Blocked > 0 && ps.transient != nil {
+		ps.errs = append(ps.errs, ps.transient)
+	}
+	if err := ctx.Err(); err != nil && ps.rep.Blocked > 0 {
+		ps.errs = append(ps.errs, err)
+	}
+	s.finish(ps, entries)
+	if len(ps.errs) > 0 {
+		err := fmt.Errorf("push: %w", errors.Join(ps.errs...))
+		s.noteError(err)
+		return ps.rep, err
+	}
+	return ps.rep, nil
+}
+
+// read returns a page of pending entries, completed so that the last atomic
+// batch in it is whole, and whether more may wait.
+func (s *Syncer) read(ctx context.Context) ([]Entry, bool, error) {
+	es, err := s.journal.Pending(ctx, 0, s.opts.PageSize)
+	if err != nil {
+		return nil, false, fmt.Errorf("read journal: %w", err)
+	}
+	more := len(es) == s.opts.PageSize
+	for more && len(es) > 0 {
+		last := es[len(es)-1]
+		const step = 64
+		next, err := s.journal.Pending(ctx, last.Seq, step)
+		if err != nil {
+			return nil, false, fmt.Errorf("read journal: %w", err)
+		}
+		k := 0
+		for k < len(next) && groupID(next[k]) == groupID(last) {
+			k++
+		}
+		es = append(es, next[:k]...)
+		if k < len(next) {
+			break
+		}
+		if len(next) < step {
+			more = false
+		}
+	}
+	return es, more, nil
+}
+
+func groupID(e Entry) string {
+	if e.BatchID == "" {
+		return "#" + strconv.FormatUint(e.Seq, 10)
+	}
+	return e.BatchID
+}
+
+// plan turns entries into units, queued per key in journal order.
+func (s *Syncer) plan(ps *passState, entries []Entry) {
+	lim := s.remote.Limits()
+	open := make(map[Key]*unit) // each key's run that may still grow
+	add := func(u *unit) {
+		ps.order = append(ps.order, u)
+		for _, k := range u.keys() {
+			ps.queues[k] = append(ps.queues[k], u)
+		}
+	}
+	for i := 0; i < len(entries); {
+		j := i + 1
+		for j < len(entries) && groupID(entries[j]) == groupID(entries[i]) {
+			j++
+		}
+		group := entries[i:j]
+		i = j
+		keys := make(map[Key]*part)
+		var parts []*part
+		for _, e := range group {
+			p := keys[e.Key()]
+			if p == nil || !contiguous(p, e) {
+				p = &part{key: e.Key(), base: e.BaseVersion}
+				keys[e.Key()] = p
+				parts = append(parts, p)
+			}
+			p.entries = append(p.entries, e)
+		}
+		if len(parts) > 1 {
+			// An atomic local batch: one unit, ending every run it touches.
+			for _, p := range parts {
+				delete(open, p.key)
+			}
+			add(&unit{atomic: true, parts: parts})
+			continue
+		}
+		p := parts[0]
+		if u := open[p.key]; u != nil && canJoin(u.parts[0], p, lim) {
+			u.parts[0].entries = append(u.parts[0].entries, p.entries...)
+			continue
+		}
+		u := &unit{parts: []*part{p}}
+		open[p.key] = u
+		add(u)
+	}
+}
+
+func contiguous(p *part, e Entry) bool {
+	return p.entries[len(p.entries)-1].Record.Version == e.BaseVersion
+}
+
+// canJoin says whether run q can be coalesced after run p within lim.
+func canJoin(p, q *part, lim Limits) bool {
+	if !contiguous(p, q.entries[0]) {
+		return false
+	}
+	if lim.MaxWrites > 0 && 1+len(p.entries)+len(q.entries) > lim.MaxWrites {
+		return false
+	}
+	if lim.MaxBatchBytes > 0 {
+		joined := &part{key: p.key, base: p.base, entries: append(p.entries[:len(p.entries):len(p.entries)], q.entries...)}
+		if BatchSize(Batch{Changes: []Change{joined.change()}}) > lim.MaxBatchBytes {
+			return false
+		}
+	}
+	return true
+}
+
+// ready returns the units at the head of every queue they are in, whose
+// keys are not blocked, in journal order.
+func (s *Syncer) ready(ps *passState) []*unit {
+	var out []*unit
+	for _, u := range ps.order {
+		if u.done {
+			continue
+		}
+		ok := true
+		for _, k := range u.keys() {
+			q := ps.queues[k]
+			if ps.blocked[k] || len(q) == 0 || q[0] != u {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// batch is one Commit: units and their changes, in order.
+type batch struct {
+	units   []*unit
+	changes []Change
+	owner   []*part // owner[i] made changes[i]
+	atomic  bool
+}
+
+// pack groups ready units into commits: an atomic unit alone, suspects and
+// solo units alone, the rest together up to the remote's Limits.
+func (s *Syncer) pack(ready []*unit) []*batch {
+	lim := s.remote.Limits()
+	var out []*batch
+	var cur *batch
+	tagged := make(map[int]*batch)
+	for _, u := range ready {
+		b := &batch{units: []*unit{u}, atomic: u.atomic}
+		for _, p := range u.parts {
+			b.changes = append(b.changes, p.change())
+			b.owner = append(b.owner, p)
+		}
+		alone := u.atomic || u.solo
+		for _, k := range u.keys() {
+			alone = alone || s.suspects[k]
+		}
+		if alone {
+			out = append(out, b)
+			continue
+		}
+		if u.tag != 0 {
+			if t := tagged[u.tag]; t != nil {
+				t.units = append(t.units, u)
+				t.changes = append(t.changes, b.changes...)
+				t.owner = append(t.owner, b.owner...)
+				continue
+			}
+			tagged[u.tag] = b
+			out = append(out, b)
+			continue
+		}
+		if cur != nil {
+			joined := Batch{Changes: append(cur.changes[:len(cur.changes):len(cur.changes)], b.changes...)}
+			if (lim.MaxWrites <= 0 || Writes(joined) <= lim.MaxWrites) &&
+				(lim.MaxBatchBytes <= 0 || BatchSize(joined) <= lim.MaxBatchBytes) {
+				cur.units = append(cur.units, u)
+				cur.changes = joined.Changes
+				cur.owner = append(cur.owner, b.owner...)
+				continue
+			}
+		}
+		cur = b
+		out = append(out, b)
+	}
+	return out
+}
+
+type outcome struct {
+	results []Result
+	err     error
+}
+
+// commitAll commits the batches, Options.Concurrency at a time, and waits
+// for all of them.
+func (s *Syncer) commitAll(ctx context.Context, batches []*batch) []outcome {
+	outs := make([]outcome, len(batches))
+	sem := make(chan struct{}, s.opts.Concurrency)
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+			defer cancel()
+			res, err := s.remote.Commit(cctx, Batch{Changes: b.changes, Atomic: b.atomic})
+			outs[i] = outcome{res, err}
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	s.stats.RemoteCalls += uint64(len(batches))
+	for _, o := range outs {
+		if o.err == nil || errors.Is(o.err, ErrConflict) {
+			s.stats.Commits++
+		}
+	}
+	s.mu.Unlock()
+	return outs
+}
+
+// settle handles the outcome of one commit of ps's round. outage says that
+// every commit of the round failed transiently.
+func (s *Syncer) settle(ps *passState, b *batch, out outcome, outage bool) {
+	err := out.err
+	var conflict *ConflictError
+	if (err == nil || errors.As(err, &conflict)) && len(out.results) != len(b.changes) {
+		err = Errorf("commit", Key{}, ErrPermanent, "remote returned %d results for %d changes", len(out.results), len(b.changes))
+	}
+	switch {
+	case err == nil || errors.As(err, &conflict):
+		ps.rep.Commits++
+		if b.atomic {
+			s.settleAtomic(ps, b.units[0], b, out.results)
+			return
+		}
+		for i, res := range out.results {
+			p := b.owner[i]
+			u := b.units[unitIndex(b, p)]
+			switch res.Status {
+			case Applied, AlreadyApplied:
+				s.ackPart(ps, p, res)
+				s.finishUnit(ps, u)
+			case Conflict:
+				s.resolve(ps, u, []*part{p}, []Result{res})
+			default: // Skipped: not without Atomic; leave it to the next pass
+				for _, k := range u.keys() {
+					ps.blocked[k] = true
+				}
+			}
+		}
+	case IsTransient(err):
+		ps.transient = err
+		if !outage && len(b.units) > 1 {
+			// Maybe one key fails the whole batch: split it in two and
+			// try the halves next round (a bisection), unless the
+			// remote turns out to be down.
+			ps.tags += 2
+			for i, u := range b.units {
+				u.tag = ps.tags - 1
+				if i >= len(b.units)/2 {
+					u.tag = ps.tags
+				}
+			}
+			s.log.Debug("push commit failed, splitting it", "changes", len(b.changes), "err", err)
+			return
+		}
+		for _, u := range b.units {
+			for _, k := range u.keys() {
+				ps.blocked[k] = true
+				if !outage {
+					// Failing alone while others got through: commit it
+					// alone until it succeeds.
+					s.suspects[k] = true
+				}
+			}
+		}
+		s.log.Debug("push commit failed, will retry", "changes", len(b.changes), "err", err)
+	default:
+		// Permanent (or a malformed reply): find the culprit.
+		var re *Error
+		culprit := -1
+		if errors.As(err, &re) && re.Key != (Key{}) {
+			for _, p := range b.owner {
+				if p.key == re.Key {
+					culprit = unitIndex(b, p)
+					break
+				}
+			}
+		}
+		switch {
+		case culprit >= 0:
+			s.park(ps, b.units[culprit], err)
+		case len(b.units) == 1:
+			s.park(ps, b.units[0], err)
+		default:
+			for _, u := range b.units {
+				u.solo = true // isolate the culprit next round
+			}
+		}
+	}
+}
+
+func unitIndex(b *batch, p *part) int {
+	for i, u := range b.units {
+		for _, q := range u.parts {
+			if q == p {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// ackPart acks p's entries after res (Applied or AlreadyApplied).
+func (s *Syncer) ackPart(ps *passState, p *part, res Result) {
+	outcome, n := OutcomePushed, &ps.rep.Pushed
+	if res.Status == AlreadyApplied {
+		outcome, n = OutcomeAlreadyApplied, &ps.rep.AlreadyApplied
+	}
+	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote})
+	*n += len(p.entries)
+}
+
+// finishUnit removes u from the head of its keys' queues.
+func (s *Syncer) finishUnit(ps *passState, u *unit) {
+	u.done = true
+	for _, k := range u.keys() {
+		if q := ps.queues[k]; len(q) > 0 && q[0] == u {
+			ps.queues[k] = q[1:]
+		}
+		delete(s.suspects, k)
+	}
+}
+
+// verdict is how a conflict is settled.
+type verdict uint8
+
+const (
+	rebase verdict = iota + 1 // the remote holds nothing this change has not seen: commit on top of it
+	win                       // a true conflict the local change wins (last write wins)
+	lose                      // a true conflict the local change loses
+)
+
+// judge settles a conflict of p against the remote record. It first drops
+// (and acks as already applied) p's leading entries that the remote already
+// has.
+func (s *Syncer) judge(ps *passState, p *part, remote Record, exists bool) verdict {
+	if !exists {
+		return rebase
+	}
+	covered := 0
+	for covered < len(p.entries) {
+		e := p.entries[covered]
+		c := Change{Record: e.Record}
+		if !Covers(remote, c) {
+			break
+		}
+		covered++
+	}
+	if covered > 0 {
+		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries[:covered]), Outcome: OutcomeAlreadyApplied, Remote: remote})
+		ps.rep.AlreadyApplied += covered
+		p.entries = p.entries[covered:]
+	}
+	first := p.entries[0].Record
+	local := p.entries[len(p.entries)-1].Record
+	if dominates(first.Clock.Vector, remote.Clock.Vector) {
+		return rebase
+	}
+	if remote.Origin == first.Origin && remote.Clock.Vector[first.Origin]+1 >= first.Clock.Vector[first.Origin] {
+		// The remote's last version is this node's, made with every earlier
+		// op of this node: whatever else it holds was settled then.
+		return rebase
+	}
+	if lwwWins(local, remote) {
+		return win
+	}
+	return lose
+}
+
+// dominates reports whether vector a has seen everything b has.
+func dominates(a, b map[string]uint64) bool {
+	for n, x := range b {
+		if a[n] < x {
+			return false
+		}
+	}
+	return true
+}
+
+// lwwWins is last-write-wins: the later hybrid logical clock wins, the
+// greater origin node id breaks a tie. Every node decides the same way.
+func lwwWins(local, remote Record) bool {
+	if local.Clock.HLC != remote.Clock.HLC {
+		return local.Clock.HLC > remote.Clock.HLC
+	}
+	return local.Origin > remote.Origin
+}
+
+// resolve settles conflicting parts of unit u (all its parts when atomic)
+// against the results for them.
+func (s *Syncer) resolve(ps *passState, u *unit, parts []*part, results []Result) {
+	lost := false
+	verdicts := make([]verdict, len(parts))
+	for i, p := range parts {
+		res := results[i]
+		if res.Status != Conflict {
+			continue
+		}
+		v := s.judge(ps, p, res.Remote, res.Exists)
+		verdicts[i] = v
+		if v == rebase {
+			s.log.Debug("push rebased on the remote version", "key", p.key, "local_base", p.entries[0].BaseVersion,
+				"remote_version", res.Remote.Version)
+			continue
+		}
+		ps.rep.Conflicts++
+		local := p.entries[len(p.entries)-1].Record
+		winner := "local"
+		if v == lose {
+			winner = "remote"
+			lost = true
+		}
+		s.log.Info("push conflict resolved by last write wins", "key", p.key.String(), "winner", winner,
+			"local_op", local.OpID, "local_origin", local.Origin, "local_base", p.entries[0].BaseVersion,
+			"local_version", local.Version, "local_hlc", local.Clock.HLC, "local_vector", local.Clock.Vector,
+			"remote_op", res.Remote.OpID, "remote_origin", res.Remote.Origin, "remote_version", res.Remote.Version,
+			"remote_hlc", res.Remote.Clock.HLC, "remote_vector", res.Remote.Clock.Vector, "entries", len(p.entries))
+	}
+	if lost {
+		// The change (the whole atomic batch) gives way: every entry is
+		// superseded and the local side adopts the remote records.
+		for i, p := range parts {
+			if results[i].Status == AlreadyApplied {
+				s.ackPart(ps, p, results[i])
+				continue
+			}
+			remote := results[i].Remote
+			if !results[i].Exists {
+				remote = Record{Key: p.key}
+			}
+			ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomeSuperseded, Remote: remote})
+			ps.rep.Superseded += len(p.entries)
+		}
+		s.finishUnit(ps, u)
+		return
+	}
+	for i, p := range parts {
+		if results[i].Status == Conflict {
+			p.base = 0
+			if results[i].Exists {
+				p.base = results[i].Remote.Version
+			}
+			p.rebased = true
+			p.remote = results[i].Remote
+		}
+	}
+	u.attempts++
+	if u.attempts > s.opts.MaxRetries {
+		for _, k := range u.keys() {
+			ps.blocked[k] = true
+		}
+	}
+}
+
+// settleAtomic handles the results of an atomic unit's commit.
+func (s *Syncer) settleAtomic(ps *passState, u *unit, b *batch, results []Result) {
+	conflict := false
+	for _, r := range results {
+		if r.Status == Conflict {
+			conflict = true
+		}
+	}
+	if !conflict {
+		for i, p := range b.owner {
+			s.ackPart(ps, p, results[i])
+		}
+		s.finishUnit(ps, u)
+		return
+	}
+	s.resolve(ps, u, b.owner, results)
+}
+
+// park moves u's entries to the failed list.
+func (s *Syncer) park(ps *passState, u *unit, err error) {
+	now := time.Now()
+	reason := err.Error()
+	for _, p := range u.parts {
+		for _, e := range p.entries {
+			ps.parked = append(ps.parked, Parked{Seq: e.Seq, Key: p.key, OpID: e.OpID(), Reason: reason, Time: now})
+		}
+		s.log.Error("push rejected for good: entries parked", "key", p.key.String(), "entries", len(p.entries),
+			"first_op", p.entries[0].OpID(), "err", err)
+	}
+	ps.rep.Parked += u.seqs()
+	s.finishUnit(ps, u)
+}
+
+// flushAcks hands the round's acks and parked entries to the journal.
+func (s *Syncer) flushAcks(ctx context.Context, ps *passState) error {
+	if len(ps.acks) > 0 {
+		if err := s.journal.Ack(ctx, ps.acks); err != nil {
+			// The remote has these changes; the next pass finds them
+			// already applied.
+			for _, a := range ps.acks {
+				ps.blocked[a.Key] = true
+			}
+			ps.acks = nil
+			return fmt.Errorf("ack journal: %w", err)
+		}
+		ps.acks = nil
+	}
+	if len(ps.parked) > 0 {
+		if err := s.journal.Park(ctx, ps.parked); err != nil {
+			ps.parked = nil
+			return fmt.Errorf("park journal entries: %w", err)
+		}
+		ps.parked = nil
+	}
+	return nil
+}
+
+// finish updates the stats after a pass.
+func (s *Syncer) finish(ps *passState, entries []Entry) {
+	now := time.Now()
+	r := ps.rep
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &s.stats
+	st.EntriesPushed += uint64(r.Pushed + r.AlreadyApplied)
+	st.AlreadyApplied += uint64(r.AlreadyApplied)
+	st.Conflicts += uint64(r.Conflicts)
+	st.Superseded += uint64(r.Superseded)
+	st.Parked += uint64(r.Parked)
+	left := make(map[uint64]bool)
+	for _, u := range ps.order {
+		if !u.done {
+			for _, p := range u.parts {
+				for _, e := range p.entries {
+					left[e.Seq] = true
+				}
+			}
+		}
+	}
+	st.QueueDepth = int64(len(left))
+	s.oldest = time.Time{}
+	for _, e := range entries {
+		if left[e.Seq] {
+			s.oldest = time.Unix(0, e.Time)
+			break
+		}
+	}
+	if s.oldest.IsZero() && r.More && len(entries) > 0 {
+		// Only entries after this page are left: the page's last one is a
+		// lower bound of their age.
+		s.oldest = time.Unix(0, entries[len(entries)-1].Time)
+	}
+	if len(ps.errs) == 0 && r.Blocked == 0 {
+		st.LastSuccess = now
+	}
+}
+
+func (s *Syncer) noteError(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.LastError = err.Error()
+	s.stats.LastErrorTime = time.Now()
+}

@@ -1,0 +1,909 @@
+package syncer_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/firestore"
+	"github.com/tai-state/tai-state/syncer/memremote"
+)
+
+// faulty wraps a Remote with faults that any backend can have, and records
+// the batches committed. It lets one scenario table run against memremote
+// and the Firestore emulator alike.
+type faulty struct {
+	syncer.Remote
+	mu          sync.Mutex
+	failNext    int
+	loseReplies int
+	offline     bool
+	reject      map[syncer.Key]bool // commits holding these keys fail permanently
+	batches     []syncer.Batch
+}
+
+func (f *faulty) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	f.mu.Lock()
+	f.batches = append(f.batches, b)
+	var first syncer.Key
+	if len(b.Changes) > 0 {
+		first = b.Changes[0].Key
+	}
+	if f.offline {
+		f.mu.Unlock()
+		return nil, syncer.Errorf("commit", first, syncer.ErrUnavailable, "offline (injected)")
+	}
+	if f.failNext > 0 {
+		f.failNext--
+		f.mu.Unlock()
+		return nil, syncer.Errorf("commit", first, syncer.ErrUnavailable, "injected failure")
+	}
+	for _, c := range b.Changes {
+		if f.reject[c.Key] {
+			f.mu.Unlock()
+			return nil, syncer.Errorf("commit", c.Key, syncer.ErrPermanent, "denied (injected)")
+		}
+	}
+	lose := f.loseReplies > 0
+	if lose {
+		f.loseReplies--
+	}
+	f.mu.Unlock()
+	res, err := f.Remote.Commit(ctx, b)
+	if lose && (err == nil || errors.Is(err, syncer.ErrConflict)) {
+		return nil, syncer.Errorf("commit", first, syncer.ErrUnavailable, "reply lost (injected)")
+	}
+	return res, err
+}
+
+func (f *faulty) set(fn func(f *faulty)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *faulty) recorded() []syncer.Batch {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]syncer.Batch(nil), f.batches...)
+}
+
+const project = "tai-state-test"
+
+// backends are the remotes every scenario runs against.
+var backends = []struct {
+	name string
+	open func(t *testing.T) syncer.Remote
+}{
+	{"memremote", func(t *testing.T) syncer.Remote { return memremote.New() }},
+	{"firestore", openFirestore},
+}
+
+// openFirestore returns a Remote on the emulator under a fresh random root.
+// Without an emulator the test fails: these tests are part of the suite.
+func openFirestore(t *testing.T) syncer.Remote {
+	t.Helper()
+	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
+		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: these tests need the Firestore emulator. " +
+			"Run them through scripts/test.sh, or with `scripts/emulator.sh run go test ./syncer/`, " +
+			"which start one (it needs the Debian package google-cloud-cli-firestore-emulator)")
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := firestore.Open(ctx, firestore.Config{ProjectID: project, Root: "tests/" + hex.EncodeToString(b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func key(s string) syncer.Key { return syncer.Key{Governor: "g", State: s} }
+
+func put(t *testing.T, j *syncer.MemJournal, k syncer.Key, value string) syncer.Entry {
+	t.Helper()
+	es, err := j.Append(syncer.MemWrite{Key: k, Value: []byte(value), Actor: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return es[0]
+}
+
+func syncOnce(t *testing.T, ctx context.Context, s *syncer.Syncer) syncer.Report {
+	t.Helper()
+	rep, err := s.SyncOnce(ctx)
+	if err != nil {
+		t.Fatalf("SyncOnce: %v (report %+v)", err, rep)
+	}
+	return rep
+}
+
+func remoteRecord(t *testing.T, ctx context.Context, r syncer.Remote, k syncer.Key) syncer.Record {
+	t.Helper()
+	rec, err := r.Get(ctx, k)
+	if err != nil {
+		t.Fatalf("Get %s: %v", k, err)
+	}
+	return rec
+}
+
+// checkEvents checks that the remote has exactly one event per version
+// 1..n of k, in order, and returns them.
+func checkEvents(t *testing.T, ctx context.Context, r syncer.Remote, k syncer.Key, n int) []syncer.Event {
+	t.Helper()
+	evs, err := r.Events(ctx, k, 0, 0)
+	if err != nil {
+		t.Fatalf("Events %s: %v", k, err)
+	}
+	if len(evs) != n {
+		t.Fatalf("%s: %d remote events, want %d", k, len(evs), n)
+	}
+	seen := make(map[string]bool)
+	for i, e := range evs {
+		if e.FromVersion != uint64(i) || e.ToVersion != uint64(i+1) {
+			t.Fatalf("%s: event %d goes %d→%d", k, i, e.FromVersion, e.ToVersion)
+		}
+		if seen[e.OpID] {
+			t.Fatalf("%s: op %s appended twice", k, e.OpID)
+		}
+		seen[e.OpID] = true
+	}
+	return evs
+}
+
+// checkSynced checks that the local record of k is the remote's and
+// nothing is pending.
+func checkSynced(t *testing.T, ctx context.Context, j *syncer.MemJournal, r syncer.Remote, k syncer.Key) syncer.Record {
+	t.Helper()
+	rem := remoteRecord(t, ctx, r, k)
+	loc, ok := j.Record(k)
+	if !ok {
+		t.Fatalf("%s: no local record", k)
+	}
+	if loc.Version != rem.Version || !bytes.Equal(loc.Value, rem.Value) || loc.OpID != rem.OpID || loc.Deleted != rem.Deleted {
+		t.Fatalf("%s: local v%d %q op %s, remote v%d %q op %s", k, loc.Version, loc.Value, loc.OpID,
+			rem.Version, rem.Value, rem.OpID)
+	}
+	if j.Synced(k) != rem.Version {
+		t.Fatalf("%s: synced version %d, remote %d", k, j.Synced(k), rem.Version)
+	}
+	return rem
+}
+
+type env struct {
+	ctx    context.Context
+	remote *faulty
+	a, b   *syncer.MemJournal // two nodes sharing the remote
+	sa, sb *syncer.Syncer
+}
+
+func newEnv(t *testing.T, ctx context.Context, r syncer.Remote) *env {
+	f := &faulty{Remote: r, reject: make(map[syncer.Key]bool)}
+	e := &env{ctx: ctx, remote: f, a: syncer.NewMemJournal("node-a"), b: syncer.NewMemJournal("node-b")}
+	opts := syncer.Options{Backoff: syncer.Backoff{Min: time.Millisecond, Max: 20 * time.Millisecond},
+		Interval: 10 * time.Millisecond}
+	e.sa = syncer.New(e.a, f, opts)
+	e.sb = syncer.New(e.b, f, opts)
+	return e
+}
+
+// TestPush runs the push scenarios against every backend.
+func TestPush(t *testing.T) {
+	scenarios := []struct {
+		name string
+		fn   func(t *testing.T, e *env)
+	}{
+		{"HappyPath", testHappyPath},
+		{"Coalescing", testCoalescing},
+		{"AtomicBatch", testAtomicBatch},
+		{"AtomicBatchLoses", testAtomicBatchLoses},
+		{"OutageThenRecovery", testOutage},
+		{"PermanentParksOnlyThatKey", testPermanent},
+		{"LostReplyAppliesOnce", testLostReply},
+		{"CrashBeforeAck", testCrashBeforeAck},
+		{"ConflictLocalWins", testConflictLocalWins},
+		{"ConflictLocalLoses", testConflictLocalLoses},
+		{"Load", testLoad},
+	}
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			for _, sc := range scenarios {
+				t.Run(sc.name, func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					defer cancel()
+					sc.fn(t, newEnv(t, ctx, be.open(t)))
+				})
+			}
+		})
+	}
+}
+
+func testHappyPath(t *testing.T, e *env) {
+	ctx := e.ctx
+	put(t, e.a, key("x"), "x1")
+	put(t, e.a, key("y"), "y1")
+	put(t, e.a, key("z"), "z1")
+	if _, err := e.a.Append(syncer.MemWrite{Key: key("z"), Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	rep := syncOnce(t, ctx, e.sa)
+	if rep.Entries != 4 || rep.Pushed != 4 || rep.Commits != 1 || rep.Blocked != 0 || rep.More {
+		t.Fatalf("report %+v", rep)
+	}
+	if d := e.a.Depth(); d != 0 {
+		t.Fatalf("journal depth %d after push", d)
+	}
+	for _, k := range []string{"x", "y"} {
+		rem := checkSynced(t, ctx, e.a, e.remote, key(k))
+		if rem.Version != 1 || string(rem.Value) != k+"1" || rem.RemoteTime.IsZero() {
+			t.Fatalf("%s: remote %+v", k, rem)
+		}
+		checkEvents(t, ctx, e.remote, key(k), 1)
+	}
+	z := checkSynced(t, ctx, e.a, e.remote, key("z"))
+	if !z.Deleted || z.Version != 2 {
+		t.Fatalf("z: %+v, want a tombstone at version 2", z)
+	}
+	evs := checkEvents(t, ctx, e.remote, key("z"), 2)
+	if evs[1].Action != syncer.ActionDelete {
+		t.Fatalf("z: second event %q", evs[1].Action)
+	}
+	// Nothing left: a second pass does nothing.
+	if rep := syncOnce(t, ctx, e.sa); rep.Entries != 0 || rep.Commits != 0 {
+		t.Fatalf("second pass %+v", rep)
+	}
+	st := e.sa.Stats()
+	if st.EntriesPushed != 4 || st.QueueDepth != 0 || st.LastSuccess.IsZero() || st.Commits != 1 || st.RemoteCalls != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func testCoalescing(t *testing.T, e *env) {
+	ctx := e.ctx
+	k := key("c")
+	for i := 1; i <= 5; i++ {
+		put(t, e.a, k, fmt.Sprintf("v%d", i))
+	}
+	put(t, e.a, key("other"), "o")
+	rep := syncOnce(t, ctx, e.sa)
+	if rep.Pushed != 6 || rep.Commits != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	bs := e.remote.recorded()
+	if len(bs) != 1 || len(bs[0].Changes) != 2 {
+		t.Fatalf("want one commit of two changes, got %d batches", len(bs))
+	}
+	if c := bs[0].Changes[0]; c.Key != k || c.BaseVersion != 0 || c.Record.Version != 5 || len(c.Events) != 5 {
+		t.Fatalf("coalesced change: base %d version %d, %d events", c.BaseVersion, c.Record.Version, len(c.Events))
+	}
+	rem := checkSynced(t, ctx, e.a, e.remote, k)
+	if string(rem.Value) != "v5" || rem.Version != 5 {
+		t.Fatalf("remote %+v", rem)
+	}
+	evs := checkEvents(t, ctx, e.remote, k, 5)
+	for i, ev := range evs {
+		if want := fmt.Sprintf("v%d", i+1); string(ev.Value) != want {
+			t.Fatalf("event %d value %q, want %q", i, ev.Value, want)
+		}
+	}
+}
+
+func testAtomicBatch(t *testing.T, e *env) {
+	ctx := e.ctx
+	put(t, e.a, key("p"), "p1") // before the batch: may coalesce only up to it
+	if _, err := e.a.Append(
+		syncer.MemWrite{Key: key("p"), Value: []byte("p2")},
+		syncer.MemWrite{Key: key("q"), Value: []byte("q1")},
+		syncer.MemWrite{Key: key("r"), Value: []byte("r1")},
+	); err != nil {
+		t.Fatal(err)
+	}
+	put(t, e.a, key("p"), "p3") // after the batch
+	put(t, e.a, key("s"), "s1")
+	rep := syncOnce(t, ctx, e.sa)
+	if rep.Pushed != 6 || rep.Blocked != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	var atomic []syncer.Batch
+	for _, b := range e.remote.recorded() {
+		if b.Atomic {
+			atomic = append(atomic, b)
+		}
+		for _, c := range b.Changes {
+			if c.Key == key("p") && len(c.Events) > 1 {
+				t.Fatalf("p coalesced across the atomic batch: %d events", len(c.Events))
+			}
+		}
+	}
+	if len(atomic) != 1 || len(atomic[0].Changes) != 3 {
+		t.Fatalf("want the batch in one atomic commit of 3 changes, got %d atomic commits", len(atomic))
+	}
+	for _, c := range atomic[0].Changes {
+		if c.Key == key("p") && (c.BaseVersion != 1 || c.Record.Version != 2) {
+			t.Fatalf("p in the batch: base %d version %d", c.BaseVersion, c.Record.Version)
+		}
+	}
+	p := checkSynced(t, ctx, e.a, e.remote, key("p"))
+	if string(p.Value) != "p3" || p.Version != 3 {
+		t.Fatalf("p: %+v", p)
+	}
+	checkEvents(t, ctx, e.remote, key("p"), 3)
+	for _, k := range []string{"q", "r", "s"} {
+		checkSynced(t, ctx, e.a, e.remote, key(k))
+	}
+}
+
+// testAtomicBatchLoses: another node wrote one key of an atomic batch later;
+// the whole batch gives way, and nothing of it reaches the remote.
+func testAtomicBatchLoses(t *testing.T, e *env) {
+	ctx := e.ctx
+	t0 := time.Now()
+	e.a.SetClock(func() time.Time { return t0 })
+	e.b.SetClock(func() time.Time { return t0.Add(time.Second) })
+	if _, err := e.a.Append(
+		syncer.MemWrite{Key: key("m"), Value: []byte("a")},
+		syncer.MemWrite{Key: key("n"), Value: []byte("a")},
+	); err != nil {
+		t.Fatal(err)
+	}
+	put(t, e.b, key("n"), "b")
+	syncOnce(t, ctx, e.sb)
+	rep := syncOnce(t, ctx, e.sa)
+	if rep.Superseded != 2 || rep.Conflicts != 1 || rep.Pushed != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	if _, err := e.remote.Get(ctx, key("m")); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("m reached the remote although its batch lost: %v", err)
+	}
+	if _, ok := e.a.Record(key("m")); ok {
+		t.Fatal("m still exists locally after its batch lost")
+	}
+	n := checkSynced(t, ctx, e.a, e.remote, key("n"))
+	if string(n.Value) != "b" || n.Origin != "node-b" {
+		t.Fatalf("n: %+v", n)
+	}
+	checkEvents(t, ctx, e.remote, key("n"), 1)
+}
+
+func testOutage(t *testing.T, e *env) {
+	ctx := e.ctx
+	for i := range 10 {
+		put(t, e.a, key(fmt.Sprintf("k%d", i)), "v")
+	}
+	e.remote.set(func(f *faulty) { f.offline = true })
+	rep, err := e.sa.SyncOnce(ctx)
+	if !syncer.IsTransient(err) {
+		t.Fatalf("offline pass: %v, want a transient error", err)
+	}
+	if rep.Blocked != 10 || rep.Done() != 0 {
+		t.Fatalf("offline report %+v", rep)
+	}
+	if st := e.sa.Stats(); st.LastError == "" || st.QueueDepth != 10 || st.OldestPending <= 0 {
+		t.Fatalf("stats during the outage %+v", st)
+	}
+	e.remote.set(func(f *faulty) { f.offline = false })
+	rep = syncOnce(t, ctx, e.sa)
+	if rep.Pushed != 10 {
+		t.Fatalf("recovered report %+v", rep)
+	}
+	for i := range 10 {
+		checkSynced(t, ctx, e.a, e.remote, key(fmt.Sprintf("k%d", i)))
+	}
+	// Run backs off through an outage and recovers by itself.
+	e.remote.set(func(f *faulty) { f.failNext = 5 })
+	put(t, e.a, key("k0"), "v2")
+	runUntilDrained(t, ctx, e.sa, e.a)
+	if rem := checkSynced(t, ctx, e.a, e.remote, key("k0")); string(rem.Value) != "v2" {
+		t.Fatalf("k0 after recovery: %q", rem.Value)
+	}
+}
+
+func testPermanent(t *testing.T, e *env) {
+	ctx := e.ctx
+	bad := key("bad")
+	e.remote.set(func(f *faulty) { f.reject[bad] = true })
+	put(t, e.a, key("before"), "v")
+	put(t, e.a, bad, "b1")
+	put(t, e.a, bad, "b2")
+	for i := range 5 {
+		put(t, e.a, key(fmt.Sprintf("ok%d", i)), "v")
+	}
+	rep, err := e.sa.SyncOnce(ctx)
+	if err != nil {
+		t.Fatalf("SyncOnce: %v (a permanent rejection is parked, not an error)", err)
+	}
+	if rep.Parked != 2 || rep.Pushed != 6 || rep.Blocked != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	parked := e.a.ParkedEntries()
+	if len(parked) != 2 || parked[0].Key != bad || parked[0].Reason == "" || parked[0].OpID == "" {
+		t.Fatalf("parked %+v", parked)
+	}
+	if e.a.Depth() != 0 {
+		t.Fatalf("journal depth %d", e.a.Depth())
+	}
+	for i := range 5 {
+		checkSynced(t, ctx, e.a, e.remote, key(fmt.Sprintf("ok%d", i)))
+	}
+	if _, err := e.remote.Get(ctx, bad); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("bad: %v", err)
+	}
+	if st := e.sa.Stats(); st.Parked != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func testLostReply(t *testing.T, e *env) {
+	ctx := e.ctx
+	// Two keys, one commit, its reply lost: the pass retries (in halves)
+	// and finds both applied.
+	put(t, e.a, key("l1"), "v1")
+	put(t, e.a, key("l2"), "v1")
+	e.remote.set(func(f *faulty) { f.loseReplies = 1 })
+	rep := syncOnce(t, ctx, e.sa)
+	if rep.AlreadyApplied != 2 || rep.Pushed != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	checkEvents(t, ctx, e.remote, key("l1"), 1)
+	checkEvents(t, ctx, e.remote, key("l2"), 1)
+	checkSynced(t, ctx, e.a, e.remote, key("l2"))
+
+	// One key, its reply lost: left pending for the next pass.
+	put(t, e.a, key("l1"), "v2")
+	e.remote.set(func(f *faulty) { f.loseReplies = 1 })
+	if _, err := e.sa.SyncOnce(ctx); !syncer.IsTransient(err) {
+		t.Fatalf("lost reply: %v", err)
+	}
+	if e.a.Depth() != 1 {
+		t.Fatalf("entry acked although the reply was lost: depth %d", e.a.Depth())
+	}
+	// Meanwhile l1 changes again: the retry coalesces the applied op with a
+	// new one; the first is recognised, the second applied on top.
+	put(t, e.a, key("l1"), "v3")
+	rep = syncOnce(t, ctx, e.sa)
+	if rep.AlreadyApplied != 1 || rep.Pushed != 1 || rep.Conflicts != 0 {
+		t.Fatalf("retry report %+v", rep)
+	}
+	evs := checkEvents(t, ctx, e.remote, key("l1"), 3)
+	if string(evs[2].Value) != "v3" {
+		t.Fatalf("last event %q", evs[2].Value)
+	}
+	if rem := checkSynced(t, ctx, e.a, e.remote, key("l1")); string(rem.Value) != "v3" || rem.Version != 3 {
+		t.Fatalf("l1: %+v", rem)
+	}
+}
+
+// testCrashBeforeAck: the remote commit succeeds but the local ack does not
+// happen (a crash); a new Syncer on the same journal pushes nothing twice.
+func testCrashBeforeAck(t *testing.T, e *env) {
+	ctx := e.ctx
+	put(t, e.a, key("c1"), "v1")
+	put(t, e.a, key("c1"), "v2")
+	e.a.FailAcks(1)
+	if _, err := e.sa.SyncOnce(ctx); !errors.Is(err, syncer.ErrMemJournal) {
+		t.Fatalf("failed ack: %v", err)
+	}
+	restarted := syncer.New(e.a, e.remote, syncer.Options{})
+	rep := syncOnce(t, ctx, restarted)
+	if rep.AlreadyApplied != 2 || rep.Pushed != 0 {
+		t.Fatalf("after restart %+v", rep)
+	}
+	checkEvents(t, ctx, e.remote, key("c1"), 2)
+	checkSynced(t, ctx, e.a, e.remote, key("c1"))
+}
+
+func testConflictLocalWins(t *testing.T, e *env) {
+	ctx := e.ctx
+	k := key("w")
+	t0 := time.Now()
+	e.a.SetClock(func() time.Time { return t0 })
+	e.b.SetClock(func() time.Time { return t0.Add(time.Second) }) // b writes later
+	put(t, e.a, k, "a")
+	put(t, e.b, k, "b1")
+	put(t, e.b, k, "b2")
+	syncOnce(t, ctx, e.sa)
+	rep := syncOnce(t, ctx, e.sb)
+	if rep.Conflicts != 1 || rep.Pushed != 2 || rep.Superseded != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	rem := checkSynced(t, ctx, e.b, e.remote, k)
+	if string(rem.Value) != "b2" || rem.Version != 3 || rem.Clock.Vector["node-a"] != 1 || rem.Clock.Vector["node-b"] != 2 {
+		t.Fatalf("remote after b won: %+v", rem)
+	}
+	evs := checkEvents(t, ctx, e.remote, k, 3)
+	if evs[0].Origin != "node-a" || evs[2].Origin != "node-b" {
+		t.Fatalf("events %+v", evs)
+	}
+	// b's next write is made on the adopted version: no new conflict.
+	put(t, e.b, k, "b3")
+	if rep := syncOnce(t, ctx, e.sb); rep.Conflicts != 0 || rep.Pushed != 1 {
+		t.Fatalf("next write %+v", rep)
+	}
+	checkEvents(t, ctx, e.remote, k, 4)
+	if st := e.sb.Stats(); st.Conflicts != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func testConflictLocalLoses(t *testing.T, e *env) {
+	ctx := e.ctx
+	k := key("l")
+	t0 := time.Now()
+	e.a.SetClock(func() time.Time { return t0.Add(time.Second) }) // a writes later
+	e.b.SetClock(func() time.Time { return t0 })
+	put(t, e.a, k, "a")
+	put(t, e.b, k, "b")
+	syncOnce(t, ctx, e.sa)
+	rep := syncOnce(t, ctx, e.sb)
+	if rep.Conflicts != 1 || rep.Superseded != 1 || rep.Pushed != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	rem := checkSynced(t, ctx, e.b, e.remote, k) // b adopted a's record
+	if string(rem.Value) != "a" || rem.Origin != "node-a" || rem.Version != 1 {
+		t.Fatalf("remote %+v", rem)
+	}
+	checkEvents(t, ctx, e.remote, k, 1)
+	if st := e.sb.Stats(); st.Superseded != 1 || st.Conflicts != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// b writes on the adopted record: a clean push.
+	e.b.SetClock(time.Now)
+	put(t, e.b, k, "b2")
+	if rep := syncOnce(t, ctx, e.sb); rep.Conflicts != 0 || rep.Pushed != 1 {
+		t.Fatalf("next write %+v", rep)
+	}
+	checkEvents(t, ctx, e.remote, k, 2)
+}
+
+// runUntilDrained runs s until j is empty.
+func runUntilDrained(t *testing.T, ctx context.Context, s *syncer.Syncer, j *syncer.MemJournal) {
+	t.Helper()
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx) }()
+	waitFor(t, 60*time.Second, func() bool { return j.Depth() == 0 }, "journal drained by Run")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool, what string) {
+	t.Helper()
+	if !poll(timeout, cond) {
+		t.Fatalf("timed out waiting for: %s", what)
+	}
+}
+
+// poll reports whether cond became true within timeout, checking it every
+// 2ms. It may be called from any goroutine.
+func poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
+}
+
+// testLoad: 1000 writes over 50 keys, appended by several goroutines while
+// Run pushes, with lost replies and failures along the way.
+func testLoad(t *testing.T, e *env) {
+	ctx := e.ctx
+	const writers, perWriter, keys = 4, 250, 50
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- e.sa.Run(rctx) }()
+
+	var wg sync.WaitGroup
+	counts := make([]map[syncer.Key]int, writers)
+	for w := range writers {
+		counts[w] = make(map[syncer.Key]int)
+		wg.Go(func() {
+			for i := range perWriter {
+				k := key(fmt.Sprintf("load-%d", (w*perWriter+i)%keys))
+				if _, err := e.a.Append(syncer.MemWrite{Key: k, Value: []byte(fmt.Sprintf("w%d-%d", w, i))}); err != nil {
+					t.Error(err)
+					return
+				}
+				counts[w][k]++
+				if i%50 == 49 {
+					// Let a pass run between bursts, so appends and pushes interleave.
+					seen := e.sa.Stats().Passes
+					if !poll(30*time.Second, func() bool { return e.sa.Stats().Passes > seen }) {
+						t.Error("no pass ran within 30s")
+						return
+					}
+				}
+				if i == perWriter/2 && w == 0 {
+					e.remote.set(func(f *faulty) { f.loseReplies, f.failNext = 1, 1 })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, 90*time.Second, func() bool { return e.a.Depth() == 0 }, "1000 entries pushed")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	total := make(map[syncer.Key]int)
+	for _, c := range counts {
+		for k, n := range c {
+			total[k] += n
+		}
+	}
+	if len(total) != keys {
+		t.Fatalf("%d keys written", len(total))
+	}
+	for k, n := range total {
+		rem := checkSynced(t, ctx, e.a, e.remote, k)
+		if rem.Version != uint64(n) {
+			t.Fatalf("%s: remote version %d after %d writes", k, rem.Version, n)
+		}
+		checkEvents(t, ctx, e.remote, k, n)
+	}
+	st := e.sa.Stats()
+	if st.EntriesPushed != writers*perWriter || st.Conflicts != 0 || st.Parked != 0 || st.QueueDepth != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	t.Logf("%d entries in %d commits (%d remote calls), %d already applied", st.EntriesPushed, st.Commits,
+		st.RemoteCalls, st.AlreadyApplied)
+}
+
+// The tests below need no shared backend: memremote only.
+
+func TestBatchesWithinLimits(t *testing.T) {
+	ctx := context.Background()
+	m := memremote.New()
+	lim := syncer.Limits{MaxWrites: 10, MaxRecordBytes: 1 << 20, MaxBatchBytes: 9 << 20}
+	m.SetLimits(lim)
+	f := &faulty{Remote: m}
+	j := syncer.NewMemJournal("n")
+	for i := range 30 {
+		put(t, j, key(fmt.Sprintf("k%d", i%6)), fmt.Sprintf("v%d", i)) // 5 writes per key
+	}
+	for i := range 12 {
+		put(t, j, key("hot"), fmt.Sprintf("h%d", i)) // one key past MaxWrites
+	}
+	s := syncer.New(j, f, syncer.Options{})
+	rep := syncOnce(t, ctx, s)
+	if rep.Pushed != 42 || rep.Blocked != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	bs := f.recorded()
+	for _, b := range bs {
+		if err := syncer.CheckBatch(b, lim); err != nil {
+			t.Fatalf("batch over limits sent: %v", err)
+		}
+	}
+	if len(bs) < 5 {
+		t.Fatalf("%d commits: not split", len(bs))
+	}
+	for i := range 6 {
+		checkSynced(t, ctx, j, m, key(fmt.Sprintf("k%d", i)))
+		checkEvents(t, ctx, m, key(fmt.Sprintf("k%d", i)), 5)
+	}
+	checkSynced(t, ctx, j, m, key("hot"))
+	checkEvents(t, ctx, m, key("hot"), 12)
+}
+
+// TestLostReplyMemremote uses memremote's own "applied, reply lost" fault.
+func TestLostReplyMemremote(t *testing.T) {
+	ctx := context.Background()
+	m := memremote.New()
+	j := syncer.NewMemJournal("n")
+	for i := range 3 {
+		put(t, j, key("k"), fmt.Sprintf("v%d", i))
+	}
+	s := syncer.New(j, m, syncer.Options{})
+	m.LoseNextReplies(1)
+	if _, err := s.SyncOnce(ctx); !syncer.IsTransient(err) {
+		t.Fatalf("lost reply: %v", err)
+	}
+	rep := syncOnce(t, ctx, s)
+	if rep.AlreadyApplied != 3 || rep.Pushed != 0 {
+		t.Fatalf("retry %+v", rep)
+	}
+	checkEvents(t, ctx, m, key("k"), 3)
+	checkSynced(t, ctx, j, m, key("k"))
+	if n := m.Calls("commit"); n != 2 {
+		t.Fatalf("%d commits", n)
+	}
+}
+
+// TestTransientKeyIsIsolated: a key the remote keeps failing transiently
+// blocks only itself once it has been seen failing.
+func TestTransientKeyIsIsolated(t *testing.T) {
+	ctx := context.Background()
+	m := memremote.New()
+	sick := key("sick")
+	m.SetHook(func(op string, k syncer.Key) error {
+		if op == "commit" && k == sick {
+			return syncer.Errorf(op, k, syncer.ErrUnavailable, "contention (injected)")
+		}
+		return nil
+	})
+	j := syncer.NewMemJournal("n")
+	put(t, j, sick, "s") // first in the journal: every batch holding it fails
+	for i := range 10 {
+		put(t, j, key(fmt.Sprintf("k%d", i)), "v")
+	}
+	put(t, j, sick, "s2")
+	s := syncer.New(j, m, syncer.Options{})
+	for pass := 0; j.Depth() > 2 && pass < 5; pass++ {
+		if _, err := s.SyncOnce(ctx); !syncer.IsTransient(err) {
+			t.Fatalf("pass %d: %v", pass, err)
+		}
+		// A healthy key is put after sick in every pass: it must still go through.
+		put(t, j, key("late"), fmt.Sprintf("l%d", pass))
+	}
+	if d := j.Depth(); d != 3 { // sick's two entries and the latest "late"
+		t.Fatalf("depth %d: healthy keys held back", d)
+	}
+	for i := range 10 {
+		checkSynced(t, ctx, j, m, key(fmt.Sprintf("k%d", i)))
+	}
+	if _, err := m.Get(ctx, sick); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("sick: %v", err)
+	}
+}
+
+// TestPermanentWithoutKey: a batch rejected without naming a key is split
+// so that only the culprit is parked.
+func TestPermanentWithoutKey(t *testing.T) {
+	ctx := context.Background()
+	m := memremote.New()
+	bad := key("bad")
+	f := &faultyNoKey{Remote: m, bad: bad}
+	j := syncer.NewMemJournal("n")
+	for i := range 4 {
+		put(t, j, key(fmt.Sprintf("k%d", i)), "v")
+	}
+	put(t, j, bad, "x")
+	s := syncer.New(j, f, syncer.Options{})
+	rep := syncOnce(t, ctx, s)
+	if rep.Parked != 1 || rep.Pushed != 4 {
+		t.Fatalf("report %+v", rep)
+	}
+	if p := j.ParkedEntries(); len(p) != 1 || p[0].Key != bad {
+		t.Fatalf("parked %+v", p)
+	}
+}
+
+// faultyNoKey rejects any batch holding bad with a permanent error that
+// names no key.
+type faultyNoKey struct {
+	syncer.Remote
+	bad syncer.Key
+}
+
+func (f *faultyNoKey) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	for _, c := range b.Changes {
+		if c.Key == f.bad {
+			return nil, syncer.Errorf("commit", syncer.Key{}, syncer.ErrPermanent, "rejected (injected)")
+		}
+	}
+	return f.Remote.Commit(ctx, b)
+}
+
+// TestRunWakesOnNotify: with a long interval, a new entry is pushed at once.
+func TestRunWakesOnNotify(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := memremote.New()
+	j := syncer.NewMemJournal("n")
+	s := syncer.New(j, m, syncer.Options{Interval: time.Hour})
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, 10*time.Second, func() bool { return s.Stats().Passes >= 1 }, "first pass")
+	put(t, j, key("k"), "v")
+	waitFor(t, 10*time.Second, func() bool { return j.Depth() == 0 }, "entry pushed after Notify")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop when its ctx ended")
+	}
+}
+
+func TestFlush(t *testing.T) {
+	ctx := context.Background()
+	m := memremote.New()
+	j := syncer.NewMemJournal("n")
+	for i := range 25 {
+		put(t, j, key(fmt.Sprintf("k%d", i)), "v")
+	}
+	s := syncer.New(j, m, syncer.Options{PageSize: 10})
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j.Depth() != 0 {
+		t.Fatalf("depth %d after Flush", j.Depth())
+	}
+	m.SetOffline(true)
+	put(t, j, key("k0"), "v2")
+	fctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := s.Flush(fctx); !syncer.IsTransient(err) {
+		t.Fatalf("Flush offline: %v", err)
+	}
+}
+
+// TestPageCutsNoAtomicBatch: a page boundary inside an atomic batch does not
+// split it.
+func TestPageCutsNoAtomicBatch(t *testing.T) {
+	ctx := context.Background()
+	m := memremote.New()
+	f := &faulty{Remote: m}
+	j := syncer.NewMemJournal("n")
+	put(t, j, key("a"), "v")
+	ws := make([]syncer.MemWrite, 5)
+	for i := range ws {
+		ws[i] = syncer.MemWrite{Key: key(fmt.Sprintf("b%d", i)), Value: []byte("v")}
+	}
+	if _, err := j.Append(ws...); err != nil {
+		t.Fatal(err)
+	}
+	put(t, j, key("c"), "v")
+	s := syncer.New(j, f, syncer.Options{PageSize: 3})
+	rep := syncOnce(t, ctx, s)
+	if rep.Entries != 6 || rep.Pushed != 6 || !rep.More {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, b := range f.recorded() {
+		if b.Atomic && len(b.Changes) != 5 {
+			t.Fatalf("atomic batch split: %d changes", len(b.Changes))
+		}
+	}
+	syncOnce(t, ctx, s)
+	if j.Depth() != 0 {
+		t.Fatalf("depth %d", j.Depth())
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := syncer.Backoff{Min: 10 * time.Millisecond, Max: time.Second}
+	tests := []struct {
+		n      int
+		lo, hi time.Duration
+	}{
+		{0, 0, 0},
+		{1, 5 * time.Millisecond, 10 * time.Millisecond},
+		{2, 10 * time.Millisecond, 20 * time.Millisecond},
+		{4, 40 * time.Millisecond, 80 * time.Millisecond},
+		{20, 500 * time.Millisecond, time.Second},
+		{1000, 500 * time.Millisecond, time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint(tc.n), func(t *testing.T) {
+			seen := make(map[time.Duration]bool)
+			for range 200 {
+				d := b.Delay(tc.n)
+				if d < tc.lo || d > tc.hi {
+					t.Fatalf("Delay(%d) = %v, want in [%v, %v]", tc.n, d, tc.lo, tc.hi)
+				}
+				seen[d] = true
+			}
+			if tc.n > 0 && len(seen) < 10 {
+				t.Fatalf("Delay(%d): only %d distinct values: no jitter", tc.n, len(seen))
+			}
+		})
+	}
+}

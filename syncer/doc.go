@@ -34,5 +34,11 @@
 // the local outbox that the local store implements (MemJournal in memory),
 // into a Remote. See docs/decisions/0006-push-loop.md.
 //
+// The pull loop is Puller (NewPuller, PullOnce, Run, Fetch): it applies the
+// remote changes of the served governors, and single keys on a cache miss, to
+// an Applier, the local store as the puller sees it (MemJournal in memory).
+// DecideApply says when a remote record replaces the local one. See
+// docs/decisions/0007-pull-loop.md.
+//
 // See docs/decisions/0005-remote-interface.md.
 package syncer

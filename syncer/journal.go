@@ -37,6 +37,10 @@ type Journal interface {
 	//     that created the state lost): the local state is removed;
 	//   - otherwise the local record is kept (a later local write is still to
 	//     be pushed) and only the remote version is recorded.
+	// A local store that is also the puller's Applier adopts, instead of
+	// Ack.Remote, the remote record ApplyRemote kept aside for the key while
+	// it was pending, when that one is newer (DecideApply says ApplyNewer):
+	// a pull may deliver a remote change between a push's commit and its ack.
 	// Acking an entry that is no longer pending is not an error.
 	Ack(ctx context.Context, acks []Ack) error
 
@@ -162,6 +166,10 @@ type MemJournal struct {
 	failAcks int
 	acks     int
 	notify   chan struct{}
+	// pull side (pull.go)
+	cursors     map[string]Cursor // per governor
+	aside       map[Key]Record    // remote records seen while a local write was pending
+	failApplies int
 }
 
 // NewMemJournal returns an empty journal for node.
@@ -317,6 +325,14 @@ func (j *MemJournal) Ack(ctx context.Context, acks []Ack) error {
 	for k, remote := range last {
 		j.synced[k] = remote.Version
 		if !j.hasPending(k) {
+			if seen, ok := j.aside[k]; ok {
+				// A remote record pulled while the key was pending: adopt it
+				// if it is newer than the one the push saw.
+				delete(j.aside, k)
+				if DecideApply(remote, remote.Version != 0, false, seen) == ApplyNewer {
+					remote = seen
+				}
+			}
 			if remote.Version == 0 { // the remote never had it: the local write is undone
 				delete(j.records, k)
 				continue
@@ -324,6 +340,7 @@ func (j *MemJournal) Ack(ctx context.Context, acks []Ack) error {
 			r := remote.Clone()
 			r.Key = k
 			j.records[k] = r
+			j.synced[k] = r.Version
 			j.lamport = max(j.lamport, r.Clock.Lamport)
 			j.hlc = max(j.hlc, r.Clock.HLC)
 		}

@@ -1,0 +1,611 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Applier is the local store as the pull loop sees it. The local store
+// (localcache) implements it; MemJournal is an in-memory one for tests.
+//
+// Methods must be safe for concurrent use with each other and with local
+// writes. Errors are local failures: the pull of the governor concerned is
+// retried with backoff from its stored cursor. A cancelled ctx returns an
+// error wrapping ctx.Err().
+type Applier interface {
+	// ApplyRemote decides every record of b against the local store, in
+	// order, with DecideApply, inside one local transaction:
+	//   - ApplyNewer, ApplyDiverged: the record replaces the local one
+	//     (value, version, tombstone, clocks, metadata), the remote version
+	//     is recorded as synced, and the node's Lamport clock and HLC move
+	//     past the record's;
+	//   - ApplyPending: the local record stays (a local write of the key is
+	//     still to be pushed, and the push settles the key), but the remote
+	//     record is kept aside: when the key's last pending entry is acked,
+	//     the local store adopts this record instead of Ack.Remote if it is
+	//     newer (DecideApply says ApplyNewer);
+	//   - ApplyStale: nothing changes.
+	// When b.Governor is set, b.Cursor is stored as the governor's change
+	// cursor in the same transaction: a cursor is never stored ahead of the
+	// records it covers. It returns one status per record, in order.
+	ApplyRemote(ctx context.Context, b RemoteBatch) (ApplyResult, error)
+
+	// Cursor returns the change cursor stored for governor (the zero
+	// Cursor when none is: pull from the beginning).
+	Cursor(ctx context.Context, governor string) (Cursor, error)
+}
+
+// RemoteBatch is what one ApplyRemote call applies.
+type RemoteBatch struct {
+	// Records are remote records (RemoteTime set), at most one per key.
+	Records []Record
+	// Governor, when set, names the governor whose change cursor becomes
+	// Cursor in the same transaction; every record is then of that
+	// governor. A read-repair (Fetch) leaves it empty.
+	Governor string
+	Cursor   Cursor
+}
+
+// ApplyStatus is what ApplyRemote did with one remote record.
+type ApplyStatus uint8
+
+// Apply statuses; see DecideApply.
+const (
+	// ApplyNewer: stored; the local store had no record of the key, or the
+	// remote record has seen everything the local one has, and more.
+	ApplyNewer ApplyStatus = iota + 1
+	// ApplyDiverged: stored over a local record that is concurrent with it
+	// (each has changes the other has not) although no local write of the
+	// key is pending: the local changes can never be pushed any more (they
+	// were parked, or predate the journal), so the remote, shared by every
+	// node, wins.
+	ApplyDiverged
+	// ApplyPending: not stored, a local write of the key is pending.
+	ApplyPending
+	// ApplyStale: not stored, the local record has everything the remote
+	// one has (a re-delivery, or a remote record older than a local one).
+	ApplyStale
+)
+
+func (s ApplyStatus) String() string {
+	switch s {
+	case ApplyNewer:
+		return "newer"
+	case ApplyDiverged:
+		return "diverged"
+	case ApplyPending:
+		return "pending"
+	case ApplyStale:
+		return "stale"
+	}
+	return "unknown"
+}
+
+// Applied reports whether the record was stored.
+func (s ApplyStatus) Applied() bool { return s == ApplyNewer || s == ApplyDiverged }
+
+// ApplyResult is the outcome of one ApplyRemote call.
+type ApplyResult struct {
+	Statuses []ApplyStatus // one per record, in order
+}
+
+// Count returns how many records got status s.
+func (r ApplyResult) Count(s ApplyStatus) int {
+	n := 0
+	for _, x := range r.Statuses {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
+
+// DecideApply decides what the local store does with an incoming remote
+// record, as every Applier does (inside its transaction): local is the
+// local record of the key when exists, pending says a local write of the
+// key waits in the journal.
+//
+//  1. A pending local write: ApplyPending. The push of that write meets the
+//     remote version and settles the key (rebase, last write wins), and the
+//     local store adopts the outcome on Ack; the remote record kept aside by
+//     ApplyRemote covers the window between a push's commit and its ack.
+//  2. No local record: ApplyNewer (a tombstone too, so its version stays
+//     known).
+//  3. Otherwise the vector clocks decide. The remote record is newer when its
+//     vector dominates the local one (every entry >=) and differs from it, or
+//     equals it with a higher version (a version number moved by a rebase):
+//     ApplyNewer. When the local vector dominates (equal vectors and a
+//     version not below the remote's included): ApplyStale. Concurrent
+//     vectors: ApplyDiverged (see its doc).
+func DecideApply(local Record, exists, pending bool, remote Record) ApplyStatus {
+	if pending {
+		return ApplyPending
+	}
+	if !exists {
+		return ApplyNewer
+	}
+	rl := dominates(remote.Clock.Vector, local.Clock.Vector)
+	lr := dominates(local.Clock.Vector, remote.Clock.Vector)
+	switch {
+	case rl && lr: // equal vectors
+		if remote.Version > local.Version {
+			return ApplyNewer
+		}
+		return ApplyStale
+	case rl:
+		return ApplyNewer
+	case lr:
+		return ApplyStale
+	}
+	return ApplyDiverged
+}
+
+// PullOptions configure a Puller. The zero value pulls no governor.
+type PullOptions struct {
+	// Governors are the governors this sidecar serves.
+	Governors []string
+	// ListGovernors, when set, replaces Governors: it is called at the start
+	// of every PullOnce and every Interval by Run, so the served set may
+	// change while Run runs.
+	ListGovernors func() []string
+	// Logger receives failures and diverged records (nil: none).
+	Logger *slog.Logger
+	// Interval is the poll interval without a Watcher, and how often Run
+	// refreshes the governor list (default 1s).
+	Interval time.Duration
+	// Backoff is the wait after failures (default 100ms to 30s).
+	Backoff Backoff
+	// PageSize is how many records one Changes call asks for (default 1000).
+	PageSize int
+	// CallTimeout bounds one Changes or Get call (default 30s).
+	CallTimeout time.Duration
+}
+
+func (o PullOptions) withDefaults() PullOptions {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Interval <= 0 {
+		o.Interval = time.Second
+	}
+	if o.Backoff.Min <= 0 {
+		o.Backoff.Min = 100 * time.Millisecond
+	}
+	if o.Backoff.Max < o.Backoff.Min {
+		o.Backoff.Max = max(30*time.Second, o.Backoff.Min)
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 1000
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = 30 * time.Second
+	}
+	return o
+}
+
+// Puller brings remote changes into the local store. NewPuller starts
+// nothing: PullOnce makes one pass, Run is the background loop, Fetch reads
+// one key through (a cache miss, a read-repair). It is safe for concurrent
+// use; the pulls of one governor never overlap.
+type Puller struct {
+	applier Applier
+	remote  Remote
+	opts    PullOptions
+	log     *slog.Logger
+
+	mu    sync.Mutex // guards locks and stats
+	locks map[string]*sync.Mutex
+	stats PullStats
+}
+
+// NewPuller returns a Puller that applies remote's changes to applier.
+func NewPuller(applier Applier, remote Remote, opts PullOptions) *Puller {
+	opts = opts.withDefaults()
+	return &Puller{applier: applier, remote: remote, opts: opts, log: opts.Logger, locks: make(map[string]*sync.Mutex)}
+}
+
+// PullReport is what a pull did.
+type PullReport struct {
+	Governors int // governors pulled
+	Calls     int // Changes calls (pages) that returned
+	Records   int // remote records received
+	Applied   int // stored: ApplyNewer
+	Diverged  int // stored: ApplyDiverged
+	Pending   int // not stored: a local write is pending
+	Stale     int // not stored: the local store had them
+}
+
+func (r *PullReport) add(res ApplyResult) {
+	r.Records += len(res.Statuses)
+	r.Applied += res.Count(ApplyNewer)
+	r.Diverged += res.Count(ApplyDiverged)
+	r.Pending += res.Count(ApplyPending)
+	r.Stale += res.Count(ApplyStale)
+}
+
+// PullStats are the pull loop's counters.
+type PullStats struct {
+	Passes        uint64 // PullOnce calls
+	Deliveries    uint64 // record groups applied (pages and watch deliveries)
+	Records       uint64 // remote records received
+	Applied       uint64 // records stored (newer or diverged)
+	Diverged      uint64 // of those, stored over a diverged local record
+	Pending       uint64 // records skipped because a local write was pending
+	Stale         uint64 // records the local store had already
+	Fetches       uint64 // Fetch calls
+	WatchRestarts uint64 // watches restarted after they broke
+	LastError     string
+	LastErrorTime time.Time
+	LastDelivery  time.Time // when remote changes were last applied
+}
+
+// Stats returns a snapshot of the counters.
+func (p *Puller) Stats() PullStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+func (p *Puller) governors() []string {
+	var gs []string
+	if p.opts.ListGovernors != nil {
+		gs = p.opts.ListGovernors()
+	} else {
+		gs = p.opts.Governors
+	}
+	gs = slices.Clone(gs)
+	slices.Sort(gs)
+	return slices.Compact(gs)
+}
+
+func (p *Puller) lock(governor string) *sync.Mutex {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.locks[governor]
+	if l == nil {
+		l = new(sync.Mutex)
+		p.locks[governor] = l
+	}
+	return l
+}
+
+// apply hands one group of remote records to the applier and counts it.
+func (p *Puller) apply(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	res, err := p.applier.ApplyRemote(ctx, b)
+	if err != nil {
+		return res, fmt.Errorf("apply remote records: %w", err)
+	}
+	if len(res.Statuses) != len(b.Records) {
+		return res, fmt.Errorf("apply remote records: %d statuses for %d records", len(res.Statuses), len(b.Records))
+	}
+	var rep PullReport
+	rep.add(res)
+	for i, s := range res.Statuses {
+		if s == ApplyDiverged {
+			r := b.Records[i]
+			p.log.Warn("pull replaced a diverged local record with no pending write", "key", r.Key.String(),
+				"remote_op", r.OpID, "remote_origin", r.Origin, "remote_version", r.Version, "remote_vector", r.Clock.Vector)
+		}
+	}
+	p.mu.Lock()
+	st := &p.stats
+	st.Deliveries++
+	st.Records += uint64(rep.Records)
+	st.Applied += uint64(rep.Applied + rep.Diverged)
+	st.Diverged += uint64(rep.Diverged)
+	st.Pending += uint64(rep.Pending)
+	st.Stale += uint64(rep.Stale)
+	if len(b.Records) > 0 {
+		st.LastDelivery = time.Now()
+	}
+	p.mu.Unlock()
+	return res, nil
+}
+
+func (p *Puller) noteError(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stats.LastError = err.Error()
+	p.stats.LastErrorTime = time.Now()
+}
+
+// PullOnce pulls every served governor once: from its stored cursor, page
+// by page with Changes, until a page comes back short; each page is applied
+// with its cursor in one ApplyRemote. A failing governor does not stop the
+// others: the error joins every governor's failure.
+func (p *Puller) PullOnce(ctx context.Context) (PullReport, error) {
+	p.mu.Lock()
+	p.stats.Passes++
+	p.mu.Unlock()
+	var rep PullReport
+	var errs []error
+	for _, g := range p.governors() {
+		if err := p.pullGovernor(ctx, g, &rep); err != nil {
+			errs = append(errs, fmt.Errorf("pull governor %s: %w", g, err))
+		}
+		rep.Governors++
+	}
+	if len(errs) > 0 {
+		err := errors.Join(errs...)
+		p.noteError(err)
+		return rep, err
+	}
+	return rep, nil
+}
+
+// pullGovernor pages through governor's changes since its stored cursor.
+func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullReport) error {
+	l := p.lock(governor)
+	l.Lock()
+	defer l.Unlock()
+	cur, err := p.applier.Cursor(ctx, governor)
+	if err != nil {
+		return fmt.Errorf("read cursor: %w", err)
+	}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+		recs, next, err := p.remote.Changes(cctx, governor, cur, p.opts.PageSize)
+		cancel()
+		if err != nil {
+			return err
+		}
+		rep.Calls++
+		if len(recs) == 0 && next == cur {
+			return nil
+		}
+		res, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next})
+		if err != nil {
+			return err
+		}
+		rep.add(res)
+		if len(recs) < p.opts.PageSize {
+			return nil
+		}
+		cur = next
+	}
+}
+
+// Fetch reads key from the remote and applies it locally (a cache miss or a
+// read-repair), returning the remote record and what the local store did
+// with it (a pending local write, for one, keeps the local record). A key
+// the remote never had is an error wrapping ErrNotFound; a deleted one is
+// its tombstone.
+func (p *Puller) Fetch(ctx context.Context, key Key) (Record, ApplyStatus, error) {
+	p.mu.Lock()
+	p.stats.Fetches++
+	p.mu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+	rec, err := p.remote.Get(cctx, key)
+	cancel()
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("fetch %s: %w", key, err)
+	}
+	rec.Key = key
+	res, err := p.apply(ctx, RemoteBatch{Records: []Record{rec}})
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("fetch %s: %w", key, err)
+	}
+	return rec, res.Statuses[0], nil
+}
+
+// Run pulls until ctx is done and returns nil then. Each served governor
+// gets a goroutine: with a Watcher remote it watches from the stored cursor
+// and applies each delivery with its cursor, restarting from the last stored
+// cursor after a break (capped exponential backoff with jitter, reset by
+// the next delivery); a remote without a Watcher, or a watch the remote
+// rejects for good (ErrPermanent), is polled every Interval. The governor
+// list is refreshed every Interval: new governors start, dropped ones stop.
+func (p *Puller) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	running := make(map[string]context.CancelFunc)
+	defer func() {
+		for _, cancel := range running {
+			cancel()
+		}
+		wg.Wait()
+	}()
+	ticker := time.NewTicker(p.opts.Interval)
+	defer ticker.Stop()
+	for {
+		want := make(map[string]bool)
+		for _, g := range p.governors() {
+			want[g] = true
+			if running[g] != nil {
+				continue
+			}
+			gctx, cancel := context.WithCancel(ctx)
+			running[g] = cancel
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.runGovernor(gctx, g)
+			}()
+		}
+		for g, cancel := range running {
+			if !want[g] {
+				cancel()
+				delete(running, g)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+// runGovernor keeps governor pulled until ctx is done.
+func (p *Puller) runGovernor(ctx context.Context, governor string) {
+	w, watch := p.remote.(Watcher)
+	var failures atomic.Int64
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for ctx.Err() == nil {
+		var err error
+		if watch {
+			err = p.watch(ctx, w, governor, &failures)
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, ErrPermanent) {
+				p.log.Error("pull watch rejected, polling instead", "governor", governor, "err", err)
+				watch = false
+			}
+			p.mu.Lock()
+			p.stats.WatchRestarts++
+			p.mu.Unlock()
+		} else {
+			var rep PullReport
+			err = p.pullGovernor(ctx, governor, &rep)
+			if err == nil {
+				failures.Store(0)
+				timer.Reset(p.opts.Interval)
+				select {
+				case <-ctx.Done():
+					return
+				case <-timer.C:
+				}
+				continue
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		n := failures.Add(1)
+		wait := p.opts.Backoff.Delay(int(n))
+		err = fmt.Errorf("pull governor %s: %w", governor, err)
+		p.noteError(err)
+		p.log.Warn("pull failed, will retry", "governor", governor, "err", err, "failures", n, "retry_in", wait)
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+	}
+}
+
+// watch runs one Watch of governor from its stored cursor; it returns when
+// the watch ends (always with an error).
+func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures *atomic.Int64) error {
+	cur, err := p.applier.Cursor(ctx, governor)
+	if err != nil {
+		return fmt.Errorf("read cursor: %w", err)
+	}
+	l := p.lock(governor)
+	return w.Watch(ctx, governor, cur, func(recs []Record, next Cursor) error {
+		if len(recs) == 0 && next == cur {
+			failures.Store(0) // the watch is up
+			return nil
+		}
+		l.Lock()
+		defer l.Unlock()
+		if _, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
+			return err
+		}
+		cur = next
+		failures.Store(0)
+		return nil
+	})
+}
+
+// ApplyRemote implements Applier: the records kept aside for pending keys
+// are adopted by Ack when newer than the acked remote record.
+func (j *MemJournal) ApplyRemote(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	if err := ctx.Err(); err != nil {
+		return ApplyResult{}, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.failApplies > 0 {
+		j.failApplies--
+		return ApplyResult{}, ErrMemJournal
+	}
+	res := ApplyResult{Statuses: make([]ApplyStatus, len(b.Records))}
+	for i, r := range b.Records {
+		if b.Governor != "" && r.Governor != b.Governor {
+			return ApplyResult{}, fmt.Errorf("memjournal: record %s is not of governor %s", r.Key, b.Governor)
+		}
+		local, exists := j.records[r.Key]
+		pending := j.hasPending(r.Key)
+		s := DecideApply(local, exists, pending, r)
+		res.Statuses[i] = s
+		switch {
+		case s.Applied():
+			j.adopt(r)
+		case s == ApplyPending:
+			if j.aside == nil {
+				j.aside = make(map[Key]Record)
+			}
+			if prev, ok := j.aside[r.Key]; !ok || DecideApply(prev, true, false, r) == ApplyNewer {
+				j.aside[r.Key] = r.Clone()
+			}
+		}
+	}
+	if b.Governor != "" {
+		if j.cursors == nil {
+			j.cursors = make(map[string]Cursor)
+		}
+		j.cursors[b.Governor] = b.Cursor
+	}
+	return res, nil
+}
+
+// adopt makes r the local record of its key. j.mu must be held.
+func (j *MemJournal) adopt(r Record) {
+	r = r.Clone()
+	j.records[r.Key] = r
+	j.synced[r.Key] = r.Version
+	j.lamport = max(j.lamport, r.Clock.Lamport)
+	j.hlc = max(j.hlc, r.Clock.HLC)
+}
+
+// Cursor implements Applier.
+func (j *MemJournal) Cursor(ctx context.Context, governor string) (Cursor, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.cursors[governor], nil
+}
+
+// FailApplies makes the next n ApplyRemote calls fail with ErrMemJournal
+// without changing anything.
+func (j *MemJournal) FailApplies(n int) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.failApplies = n
+}
+
+// Keys returns the keys of the local records of governor, sorted.
+func (j *MemJournal) Keys(governor string) []Key {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []Key
+	for k := range j.records {
+		if k.Governor == governor {
+			out = append(out, k)
+		}
+	}
+	slices.SortFunc(out, func(a, b Key) int {
+		if a.State < b.State {
+			return -1
+		}
+		if a.State > b.State {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+var _ Applier = (*MemJournal)(nil)

@@ -23,9 +23,10 @@ import (
 // at once, and stores the survivors in one Badger transaction: per write the
 // new state record, its event and its journal entry, plus the meta counters.
 // On disk the group is first appended to the write-ahead log with one
-// fdatasync, shared by every writer in the group, and then applied to Badger
-// (which does not sync). Only then does the committer update the read cache
-// and reply.
+// fdatasync, shared by every writer in the group, and then handed to the
+// applier goroutine, which applies it to Badger (which does not sync),
+// updates the read cache and replies, while the committer goes on with the
+// next group (see Pipeline below).
 //
 // A group larger than Badger's transaction limit is committed in several
 // transactions, split between requests (a WriteBatch is never split).
@@ -196,6 +197,7 @@ func (s *Store) submit(ctx context.Context, ws []Write, size int) ([]Record, err
 // queued then), and at most half a recent sync time after answering.
 func (s *Store) committer() {
 	defer close(s.committerDone)
+	defer close(s.applyQ)
 	var group []*request
 	for {
 		if s.opts.hookGroup != nil {
@@ -225,7 +227,7 @@ func (s *Store) committer() {
 			}
 		}
 		if target := s.backlog + s.lastGroup; ok && s.wal != nil && len(group) < target {
-			if wait := s.syncEWMA/2 - time.Since(s.repliedAt); wait > 0 {
+			if wait := s.syncEWMA/2 - time.Since(time.Unix(0, s.repliedAt.Load())); wait > 0 {
 				timer := time.NewTimer(min(wait, maxGatherWait))
 			wait:
 				for len(group) < target && n < maxGroupWrites && size < maxGroupBytes {
@@ -243,7 +245,7 @@ func (s *Store) committer() {
 			}
 		}
 		s.commitGroup(group)
-		s.lastGroup, s.backlog, s.repliedAt = len(group), len(s.reqs), time.Now()
+		s.lastGroup, s.backlog = len(group), len(s.reqs)
 		clear(group)
 		if !ok {
 			return
@@ -270,11 +272,17 @@ func (s *Store) commitGroup(group []*request) {
 	now := s.opts.Now()
 	m := s.meta
 	view := make(map[Key]*Record)
+	// Prune before the read transaction begins: its snapshot then holds
+	// every group the pruned entries came from.
+	s.pruneOverlay()
 	rtxn := s.db.NewTransaction(false)
 	defer rtxn.Discard()
 	lookup := func(k Key) (*Record, error) {
 		if rec, ok := view[k]; ok {
 			return rec, nil
+		}
+		if e, ok := s.overlay[k]; ok {
+			return e.rec, nil
 		}
 		if rec := s.cache.peek(k); rec != nil {
 			return rec, nil
@@ -431,50 +439,75 @@ func (s *Store) restage(rest []*staged) {
 }
 
 // commitParts makes parts durable in the write-ahead log with one sync
-// (on disk), commits their transactions, publishes and answers.
+// and hands them to the applier (on disk), or commits, publishes and
+// answers them (in memory).
 //
 // Once a group is in the log its outcome is decided: it is applied to
-// Badger now or, if that fails, when the store is next opened. So a failure
-// after the log was written fails the store (later writes get ErrFailed)
-// and answers the group's writes with an error saying they may be applied.
-// A failure to write the log does the same: whether the record reached the
-// disk is unknown.
+// Badger by the applier or, if that fails, when the store is next opened.
+// So a failure after the log was written fails the store (later writes get
+// ErrFailed) and answers the group's writes with an error saying they may be
+// applied. A failure to write the log does the same: whether the record
+// reached the disk is unknown.
 func (s *Store) commitParts(parts []part) {
 	if len(parts) == 0 {
 		return
 	}
-	var seq uint64
-	if s.wal != nil {
-		seq = s.wal.nextSeq()
-		s.walBuf = encodeWALGroup(s.walBuf[:0], seq, parts)
-		start := time.Now()
-		err := s.wal.append(s.walBuf)
-		s.noteSync(time.Since(start))
-		if err == nil && s.opts.hookAfterWAL != nil {
-			err = s.opts.hookAfterWAL()
-		}
-		if cap(s.walBuf) > 4<<20 {
-			s.walBuf = nil
-		}
-		if err != nil {
-			s.unknown(parts, err)
-			return
-		}
-		s.noteWALAppend(len(s.walBuf))
+	if s.wal == nil {
+		s.commitMemory(parts)
+		return
 	}
+	seq := s.wal.nextSeq()
+	s.walBuf = encodeWALGroup(s.walBuf[:0], seq, parts)
+	start := time.Now()
+	err := s.wal.append(s.walBuf)
+	s.noteSync(time.Since(start))
+	n := len(s.walBuf)
+	if cap(s.walBuf) > 4<<20 {
+		s.walBuf = nil
+	}
+	if err != nil {
+		s.unknown(parts, err)
+		return
+	}
+	s.noteWALAppend(n)
+	// From here on, staging sees the group through the overlay until the
+	// applier has it in Badger and the cache.
+	last := parts[len(parts)-1].sts
+	s.meta = last[len(last)-1].meta
+	keys := make([]Key, 0, len(parts))
+	for _, p := range parts {
+		for _, st := range p.sts {
+			for _, rec := range st.records {
+				s.overlay[rec.Key] = overlayEntry{rec: rec, seq: seq}
+				keys = append(keys, rec.Key)
+			}
+		}
+	}
+	s.overlayGroups = append(s.overlayGroups, overlayGroup{seq: seq, keys: keys})
+	job := applyJob{seq: seq, parts: parts}
+	if s.inflight.Load() == 0 && len(s.reqs) == 0 && !s.opts.handOffAlways {
+		// Nothing to overlap with: apply here and spare the hand-off.
+		s.apply(job)
+		return
+	}
+	s.inflight.Add(1)
+	s.applyQ <- job
+	// The group's writers come back once it is applied: the next group
+	// waits for them as if they had been answered now (see committer).
+	s.repliedAt.Store(time.Now().UnixNano())
+}
+
+// commitMemory commits parts in memory, publishes and answers them.
+func (s *Store) commitMemory(parts []part) {
 	for i, p := range parts {
 		err := p.txn.Commit()
 		p.txn.Discard()
 		if err == nil {
+			s.meta = p.sts[len(p.sts)-1].meta
 			s.published(p.sts)
 			continue
 		}
-		if s.wal != nil {
-			s.unknown(parts[i:], fmt.Errorf("apply group %d: %w", seq, err))
-			return
-		}
-		// In memory: nothing was applied; the parts after it are staged
-		// again.
+		// Nothing was applied; the parts after it are staged again.
 		var rest []*staged
 		for _, q := range parts[i+1:] {
 			q.txn.Discard()
@@ -484,9 +517,109 @@ func (s *Store) commitParts(parts []part) {
 		s.restage(rest)
 		return
 	}
-	if s.wal != nil {
-		s.applied.Store(seq)
+}
+
+// Pipeline.
+//
+// On disk, a group's Badger apply overlaps the next group's log append and
+// sync: the committer (stage 1) gathers, stages, builds the transactions and
+// appends the group to the log, then hands it to the applier (stage 2),
+// which commits the transactions in Badger, updates the cache and replies.
+// Replies still wait for the apply, so an acknowledged write is visible to
+// every later read.
+//
+// Staging must see groups that are in the log but not yet in Badger: the
+// committer keeps them in an overlay (key -> latest record logged, with its
+// group's sequence number) consulted before the cache and Badger. The
+// applier publishes s.applied after a group is in Badger and the cache; the
+// committer then drops the group's overlay entries that no later group
+// superseded, before it opens the read transaction it stages against. The
+// meta counters are the committer's (s.meta, as of the last logged group);
+// the applier only mirrors them for Stats.
+//
+// The hand-off channel is unbuffered: at most two groups are in the log and
+// not yet applied (one being applied, one waiting to be), which bounds the
+// overlay and the memory held by built transactions. When no request is
+// waiting and the applier is idle there is nothing to overlap: the
+// committer applies the group itself, in log order all the same (the
+// applier has finished every group before it).
+
+// applyJob is a group in the log, to be applied to Badger.
+type applyJob struct {
+	seq   uint64
+	parts []part
+}
+
+// overlayEntry is the latest record of a key in a group not yet applied.
+type overlayEntry struct {
+	rec *Record
+	seq uint64
+}
+
+// overlayGroup lists the keys a logged group put in the overlay.
+type overlayGroup struct {
+	seq  uint64
+	keys []Key
+}
+
+// pruneOverlay drops the overlay entries of groups the applier has applied
+// (unless a later group superseded them). Committer only.
+func (s *Store) pruneOverlay() {
+	applied := s.applied.Load()
+	i := 0
+	for ; i < len(s.overlayGroups) && s.overlayGroups[i].seq <= applied; i++ {
+		g := s.overlayGroups[i]
+		for _, k := range g.keys {
+			if e, ok := s.overlay[k]; ok && e.seq == g.seq {
+				delete(s.overlay, k)
+			}
+		}
 	}
+	if i > 0 {
+		n := copy(s.overlayGroups, s.overlayGroups[i:])
+		clear(s.overlayGroups[n:])
+		s.overlayGroups = s.overlayGroups[:n]
+	}
+}
+
+// applier is the goroutine that applies logged groups to Badger, in log
+// order, and answers their writers. It runs until the committer closes
+// applyQ, and applies every group queued before that.
+func (s *Store) applier() {
+	defer close(s.applierDone)
+	for job := range s.applyQ {
+		s.apply(job)
+		s.inflight.Add(-1)
+	}
+}
+
+// apply commits job's transactions, publishes and answers them. After any
+// failure (this group's or an earlier one) the group is left to the replay
+// at the next Open, and its writers hear that the outcome is unknown.
+func (s *Store) apply(job applyJob) {
+	if s.opts.hookApply != nil {
+		s.opts.hookApply(job.seq)
+	}
+	var err error
+	if s.opts.hookAfterWAL != nil {
+		err = s.opts.hookAfterWAL()
+	}
+	if err == nil {
+		err = s.failedErr()
+	}
+	if err != nil {
+		s.unknown(job.parts, err)
+		return
+	}
+	for i, p := range job.parts {
+		if err := p.txn.Commit(); err != nil {
+			s.unknown(job.parts[i:], fmt.Errorf("apply group %d: %w", job.seq, err))
+			return
+		}
+		p.txn.Discard()
+		s.published(p.sts)
+	}
+	s.applied.Store(job.seq)
 }
 
 // unknown fails the store with cause and answers parts (whose transactions
@@ -561,10 +694,11 @@ func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
 }
 
 // published makes a committed part visible: meta, cache, counters, replies.
+// On disk it runs on the applier and leaves s.meta to the committer.
 func (s *Store) published(part []*staged) {
-	s.meta = part[len(part)-1].meta
-	s.metaStates.Store(s.meta.states)
-	s.metaJournal.Store(s.meta.journal)
+	m := part[len(part)-1].meta
+	s.metaStates.Store(m.states)
+	s.metaJournal.Store(m.journal)
 	writes := 0
 	for _, st := range part {
 		for _, rec := range st.records {
@@ -574,6 +708,7 @@ func (s *Store) published(part []*staged) {
 	}
 	s.commits.Add(1)
 	s.commitWrites.Add(uint64(writes))
+	s.repliedAt.Store(time.Now().UnixNano())
 	for _, st := range part {
 		recs := make([]Record, len(st.records))
 		for i, rec := range st.records {
@@ -603,25 +738,31 @@ func (s *Store) failed(part []*staged, err error) {
 		}
 	}
 	last := part[len(part)-1].meta
-	var reloaded meta
-	rerr := s.db.View(func(txn *badger.Txn) error {
-		v, err := getValue(txn, metaCounters)
-		if err != nil || v == nil {
+	if s.wal == nil {
+		var reloaded meta
+		rerr := s.db.View(func(txn *badger.Txn) error {
+			v, err := getValue(txn, metaCounters)
+			if err != nil || v == nil {
+				return err
+			}
+			reloaded, err = decodeMeta(v)
 			return err
+		})
+		if rerr == nil {
+			s.meta = reloaded
+		} else {
+			s.log.Error("reload counters after failed commit", "err", rerr)
 		}
-		reloaded, err = decodeMeta(v)
-		return err
-	})
-	if rerr == nil {
-		s.meta = reloaded
-	} else {
-		s.log.Error("reload counters after failed commit", "err", rerr)
 	}
+	// On disk nothing of part was logged, and s.meta is as of the last
+	// logged group, which Badger may not have yet: it stays.
 	s.meta.seq = max(s.meta.seq, last.seq)
 	s.meta.lamport = max(s.meta.lamport, last.lamport)
 	s.meta.hlc = max(s.meta.hlc, last.hlc)
-	s.metaStates.Store(s.meta.states)
-	s.metaJournal.Store(s.meta.journal)
+	if s.wal == nil {
+		s.metaStates.Store(s.meta.states)
+		s.metaJournal.Store(s.meta.journal)
+	}
 	err = fmt.Errorf("localcache: commit: %w", err)
 	for _, st := range part {
 		st.req.done <- reply{err: err}

@@ -47,10 +47,17 @@ type Options struct {
 	// hookGroup, when set, is called by the committer before it gathers a
 	// group (tests block it to make requests queue up).
 	hookGroup func()
-	// hookAfterWAL, when set, is called by the committer after a group is
+	// hookAfterWAL, when set, is called by the applier after a group is
 	// durable in the write-ahead log and before it is applied to Badger; an
 	// error stands for a crash there (tests).
 	hookAfterWAL func() error
+	// hookApply, when set, is called by the applier with a group's sequence
+	// number before it applies the group (tests delay the apply with it).
+	hookApply func(seq uint64)
+	// handOffAlways makes the committer hand every group to the applier,
+	// even when it could apply it itself (tests that need groups to
+	// overlap).
+	handOffAlways bool
 	// noCheckpoint keeps every write-ahead log segment, at Close too, so the
 	// next Open replays groups Badger already holds (tests).
 	noCheckpoint bool

@@ -44,15 +44,22 @@ type Store struct {
 
 	abort         chan struct{} // closed when Close gives up draining
 	committerDone chan struct{}
-	gcCancel      context.CancelFunc
-	gcDone        chan struct{}
-	ckCancel      context.CancelFunc
-	ckDone        chan struct{}
-	closeOnce     sync.Once
-	closeErr      error
+	// applyQ carries logged groups from the committer to the applier (on
+	// disk); the committer closes it when it returns.
+	applyQ      chan applyJob
+	applierDone chan struct{}
+	// inflight counts groups handed to the applier and not yet applied.
+	inflight  atomic.Int64
+	gcCancel  context.CancelFunc
+	gcDone    chan struct{}
+	ckCancel  context.CancelFunc
+	ckDone    chan struct{}
+	closeOnce sync.Once
+	closeErr  error
 
 	// meta is owned by the committer: the counters and clocks as of the last
-	// successful commit. metaStates and metaJournal mirror two of them for
+	// group logged (on disk) or committed (in memory). metaStates and
+	// metaJournal mirror two of them, as of the last group applied, for
 	// Stats.
 	meta         meta
 	metaStates   atomic.Int64
@@ -61,7 +68,8 @@ type Store struct {
 	commitWrites atomic.Uint64
 
 	// wal is the write-ahead log (nil in memory). The committer appends to
-	// it; applied is the last group it applied to Badger.
+	// it; applied is the last group the applier applied to Badger and the
+	// cache.
 	wal     *wal
 	applied atomic.Uint64
 	// walBytes counts bytes appended to the log; ckBytes is its value when
@@ -78,15 +86,23 @@ type Store struct {
 	// fail with ErrFailed.
 	failure atomic.Pointer[error]
 
+	// repliedAt is when writers were last answered, or their group handed
+	// to the applier (unix nanoseconds).
+	repliedAt atomic.Int64
+
 	// Owned by the committer.
 	walBuf    []byte
 	syncEWMA  time.Duration // recent write-ahead log append+sync time
-	lastGroup int           // requests answered by the last group
-	backlog   int           // requests queued when it answered them
-	repliedAt time.Time
+	lastGroup int           // requests in the last group
+	backlog   int           // requests queued when it was handed on
+	// overlay holds the records of groups logged and not yet applied, and
+	// overlayGroups their keys, oldest group first (see Pipeline).
+	overlay       map[Key]overlayEntry
+	overlayGroups []overlayGroup
 }
 
-// Open opens (or creates) the store and starts its group committer.
+// Open opens (or creates) the store and starts its group committer (and,
+// on disk, its applier).
 func Open(opts Options) (*Store, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -109,6 +125,9 @@ func Open(opts Options) (*Store, error) {
 		reqs:          make(chan *request, 4096),
 		abort:         make(chan struct{}),
 		committerDone: make(chan struct{}),
+		applyQ:        make(chan applyJob),
+		applierDone:   make(chan struct{}),
+		overlay:       make(map[Key]overlayEntry),
 		gcDone:        make(chan struct{}),
 		ckDone:        make(chan struct{}),
 		ckNotify:      make(chan struct{}, 1),
@@ -137,6 +156,11 @@ func Open(opts Options) (*Store, error) {
 	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID,
 		"states", s.meta.states, "journal_depth", s.meta.journal)
 	go s.committer()
+	if s.wal != nil {
+		go s.applier()
+	} else {
+		close(s.applierDone)
+	}
 	gcCtx, cancel := context.WithCancel(context.Background())
 	s.gcCancel = cancel
 	go s.collectGarbage(gcCtx)
@@ -245,6 +269,9 @@ func (s *Store) close(ctx context.Context) error {
 		close(s.abort)
 		<-s.committerDone
 	}
+	// Groups in the log are applied and answered even after ctx ended: the
+	// applier needs no more than the Badger commits.
+	<-s.applierDone
 	s.gcCancel()
 	<-s.gcDone
 	s.ckCancel()

@@ -26,8 +26,9 @@ import (
 // shard has a write epoch that the committer bumps (under the shard lock)
 // each time it stores a committed record; a reader notes the epoch before it
 // reads Badger and fills only if the epoch is unchanged, and only over a
-// lower version. Since the committer updates the cache after the Badger
-// commit and before it acks the writers, a read that starts after an ack
+// lower version. The applier updates the cache after the Badger commit;
+// until then point reads find the acknowledged record in the store's
+// overlay (see Pipeline in commit.go), so a read that starts after an ack
 // always sees that version or a later one.
 //
 // Eviction: CLOCK per shard by byte budget. A hit sets the entry's reference

@@ -23,10 +23,10 @@ import (
 // at once, and stores the survivors in one Badger transaction: per write the
 // new state record, its event and its journal entry, plus the meta counters.
 // On disk the group is first appended to the write-ahead log with one
-// fdatasync, shared by every writer in the group, and then handed to the
-// applier goroutine, which applies it to Badger (which does not sync),
-// updates the read cache and replies, while the committer goes on with the
-// next group (see Pipeline below).
+// fdatasync, shared by every writer in the group; the writers are answered
+// then, and the group is handed to the applier goroutine, which applies it
+// to Badger (which does not sync) and updates the read cache, while the
+// committer goes on with the next group (see Pipeline below).
 //
 // A group larger than Badger's transaction limit is committed in several
 // transactions, split between requests (a WriteBatch is never split).
@@ -281,7 +281,7 @@ func (s *Store) commitGroup(group []*request) {
 		if rec, ok := view[k]; ok {
 			return rec, nil
 		}
-		if e, ok := s.overlay[k]; ok {
+		if e, ok := s.overlay[k]; ok { // the committer's own map: no lock
 			return e.rec, nil
 		}
 		if rec := s.cache.peek(k); rec != nil {
@@ -438,16 +438,16 @@ func (s *Store) restage(rest []*staged) {
 	s.commitGroup(reqs)
 }
 
-// commitParts makes parts durable in the write-ahead log with one sync
-// and hands them to the applier (on disk), or commits, publishes and
-// answers them (in memory).
+// commitParts makes parts durable in the write-ahead log with one sync,
+// answers them and hands them to the applier (on disk), or commits,
+// publishes and answers them (in memory).
 //
-// Once a group is in the log its outcome is decided: it is applied to
-// Badger by the applier or, if that fails, when the store is next opened.
-// So a failure after the log was written fails the store (later writes get
-// ErrFailed) and answers the group's writes with an error saying they may be
-// applied. A failure to write the log does the same: whether the record
-// reached the disk is unknown.
+// Once a group is in the log its outcome is decided, and its writers are
+// told it succeeded: it is applied to Badger by the applier or, if that
+// fails, when the store is next opened (the store fails meanwhile; see
+// applyFailed). A failure to write the log fails the store and answers the
+// group's writes with an error saying they may be applied: whether the
+// record reached the disk is unknown.
 func (s *Store) commitParts(parts []part) {
 	if len(parts) == 0 {
 		return
@@ -470,11 +470,13 @@ func (s *Store) commitParts(parts []part) {
 		return
 	}
 	s.noteWALAppend(n)
-	// From here on, staging sees the group through the overlay until the
-	// applier has it in Badger and the cache.
+	// The group is durable: from here on, staging and point reads see it
+	// through the overlay until the applier has it in Badger and the cache,
+	// and scans wait for its apply (see Pipeline).
 	last := parts[len(parts)-1].sts
 	s.meta = last[len(last)-1].meta
 	keys := make([]Key, 0, len(parts))
+	s.ovMu.Lock()
 	for _, p := range parts {
 		for _, st := range p.sts {
 			for _, rec := range st.records {
@@ -483,18 +485,15 @@ func (s *Store) commitParts(parts []part) {
 			}
 		}
 	}
+	s.ovMu.Unlock()
 	s.overlayGroups = append(s.overlayGroups, overlayGroup{seq: seq, keys: keys})
-	job := applyJob{seq: seq, parts: parts}
-	if s.inflight.Load() == 0 && len(s.reqs) == 0 && !s.opts.handOffAlways {
-		// Nothing to overlap with: apply here and spare the hand-off.
-		s.apply(job)
-		return
+	s.unapplied.Add(1)
+	s.logged.Store(seq)
+	for _, p := range parts {
+		s.answer(p.sts)
 	}
 	s.inflight.Add(1)
-	s.applyQ <- job
-	// The group's writers come back once it is applied: the next group
-	// waits for them as if they had been answered now (see committer).
-	s.repliedAt.Store(time.Now().UnixNano())
+	s.applyQ <- applyJob{seq: seq, parts: parts}
 }
 
 // commitMemory commits parts in memory, publishes and answers them.
@@ -524,9 +523,16 @@ func (s *Store) commitMemory(parts []part) {
 // On disk, a group's Badger apply overlaps the next group's log append and
 // sync: the committer (stage 1) gathers, stages, builds the transactions and
 // appends the group to the log, then hands it to the applier (stage 2),
-// which commits the transactions in Badger, updates the cache and replies.
-// Replies still wait for the apply, so an acknowledged write is visible to
-// every later read.
+// which commits the transactions in Badger and updates the cache. The
+// committer answers the group's writers as soon as the group is durable in
+// the log, before it hands it on: the apply is off the writers' path.
+//
+// An acknowledged write stays visible to every later read all the same:
+// point reads (Get, GetMany) consult the overlay below before the cache and
+// Badger whenever a group is logged and not applied (s.unapplied > 0), and
+// every read that goes to Badger for more than one key's record (scans,
+// events, the journal) first waits until the groups logged when it began
+// are applied (Store.barrier).
 //
 // Staging must see groups that are in the log but not yet in Badger: the
 // committer keeps them in an overlay (key -> latest record logged, with its
@@ -539,10 +545,12 @@ func (s *Store) commitMemory(parts []part) {
 //
 // The hand-off channel is unbuffered: at most two groups are in the log and
 // not yet applied (one being applied, one waiting to be), which bounds the
-// overlay and the memory held by built transactions. When no request is
-// waiting and the applier is idle there is nothing to overlap: the
-// committer applies the group itself, in log order all the same (the
-// applier has finished every group before it).
+// overlay and the memory held by built transactions.
+//
+// A failed apply cannot be reported to the group's writers: they were
+// answered when the group reached the log. The store fails instead (writes
+// get ErrFailed, scans that would miss the group get ErrFailed, point reads
+// still see it in the overlay), and the next Open replays the log.
 
 // applyJob is a group in the log, to be applied to Badger.
 type applyJob struct {
@@ -566,6 +574,10 @@ type overlayGroup struct {
 // (unless a later group superseded them). Committer only.
 func (s *Store) pruneOverlay() {
 	applied := s.applied.Load()
+	if len(s.overlayGroups) == 0 || s.overlayGroups[0].seq > applied {
+		return
+	}
+	s.ovMu.Lock()
 	i := 0
 	for ; i < len(s.overlayGroups) && s.overlayGroups[i].seq <= applied; i++ {
 		g := s.overlayGroups[i]
@@ -575,6 +587,7 @@ func (s *Store) pruneOverlay() {
 			}
 		}
 	}
+	s.ovMu.Unlock()
 	if i > 0 {
 		n := copy(s.overlayGroups, s.overlayGroups[i:])
 		clear(s.overlayGroups[n:])
@@ -583,8 +596,8 @@ func (s *Store) pruneOverlay() {
 }
 
 // applier is the goroutine that applies logged groups to Badger, in log
-// order, and answers their writers. It runs until the committer closes
-// applyQ, and applies every group queued before that.
+// order. It runs until the committer closes applyQ, and applies every group
+// queued before that.
 func (s *Store) applier() {
 	defer close(s.applierDone)
 	for job := range s.applyQ {
@@ -593,9 +606,9 @@ func (s *Store) applier() {
 	}
 }
 
-// apply commits job's transactions, publishes and answers them. After any
-// failure (this group's or an earlier one) the group is left to the replay
-// at the next Open, and its writers hear that the outcome is unknown.
+// apply commits job's transactions and updates the cache. After any failure
+// (this group's or an earlier one) the group is left to the replay at the
+// next Open, and the store is failed: its writers were answered already.
 func (s *Store) apply(job applyJob) {
 	if s.opts.hookApply != nil {
 		s.opts.hookApply(job.seq)
@@ -608,18 +621,85 @@ func (s *Store) apply(job applyJob) {
 		err = s.failedErr()
 	}
 	if err != nil {
-		s.unknown(job.parts, err)
+		s.applyFailed(job.parts, fmt.Errorf("apply group %d: %w", job.seq, err))
 		return
 	}
 	for i, p := range job.parts {
 		if err := p.txn.Commit(); err != nil {
-			s.unknown(job.parts[i:], fmt.Errorf("apply group %d: %w", job.seq, err))
+			s.applyFailed(job.parts[i:], fmt.Errorf("apply group %d: %w", job.seq, err))
 			return
 		}
 		p.txn.Discard()
-		s.published(p.sts)
+		for _, st := range p.sts {
+			for _, rec := range st.records {
+				s.cache.set(rec.Key, rec)
+			}
+		}
 	}
+	// Order matters to point reads: the cache holds the group before
+	// unapplied drops (a read that sees it drop finds the group in the cache
+	// or Badger), and the overlay entries stay until the committer prunes
+	// them after applied moves.
 	s.applied.Store(job.seq)
+	s.unapplied.Add(-1)
+	s.wakeBarrier()
+}
+
+// applyFailed fails the store after a logged and acknowledged group could
+// not be applied. Its records stay in the overlay (unapplied never drops
+// back to zero), so point reads still see them; scans that would miss them
+// get the failure.
+func (s *Store) applyFailed(parts []part, cause error) {
+	for _, p := range parts {
+		p.txn.Discard()
+	}
+	err := s.fail(cause)
+	s.log.Error("acknowledged writes are in the write-ahead log but not in the store: refusing writes and scans until it is reopened",
+		"err", err, "writes", countWrites(parts))
+	s.wakeBarrier()
+}
+
+func countWrites(parts []part) int {
+	n := 0
+	for _, p := range parts {
+		for _, st := range p.sts {
+			n += len(st.records)
+		}
+	}
+	return n
+}
+
+// barrier waits until every group logged when it is called is applied to
+// Badger. Reads that go to Badger other than for one key's record call it
+// first (see the package comment). It returns at once when nothing is
+// pending; otherwise it waits for at most the applies of two groups.
+func (s *Store) barrier(ctx context.Context) error {
+	target := s.logged.Load()
+	for s.applied.Load() < target {
+		s.barrierMu.Lock()
+		ch := s.barrierCh
+		s.barrierMu.Unlock()
+		if s.applied.Load() >= target {
+			return nil
+		}
+		if err := s.failedErr(); err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// wakeBarrier wakes the reads waiting in barrier.
+func (s *Store) wakeBarrier() {
+	s.barrierMu.Lock()
+	close(s.barrierCh)
+	s.barrierCh = make(chan struct{})
+	s.barrierMu.Unlock()
 }
 
 // unknown fails the store with cause and answers parts (whose transactions
@@ -693,17 +773,25 @@ func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
 	return txn, fitted, nil
 }
 
-// published makes a committed part visible: meta, cache, counters, replies.
-// On disk it runs on the applier and leaves s.meta to the committer.
+// published makes a part committed in memory visible: cache, counters,
+// replies.
 func (s *Store) published(part []*staged) {
+	for _, st := range part {
+		for _, rec := range st.records {
+			s.cache.set(rec.Key, rec)
+		}
+	}
+	s.answer(part)
+}
+
+// answer updates the counters for a part that is durable (in the log, or
+// committed in memory) and replies to its writers.
+func (s *Store) answer(part []*staged) {
 	m := part[len(part)-1].meta
 	s.metaStates.Store(m.states)
 	s.metaJournal.Store(m.journal)
 	writes := 0
 	for _, st := range part {
-		for _, rec := range st.records {
-			s.cache.set(rec.Key, rec)
-		}
 		writes += len(st.records)
 	}
 	s.commits.Add(1)

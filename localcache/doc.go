@@ -21,5 +21,20 @@
 // Records returned by the store share their Value and Clock.Vector with its
 // cache: callers must treat them as read-only.
 //
+// Reads and the apply. On disk a write is acknowledged once its group is in
+// the log, before the applier has put it in Badger and the cache (see
+// Pipeline in commit.go). Every acknowledged write must still be visible to
+// every later read, so a read path must do one of two things:
+//
+//   - a point read of one key's state record consults the overlay of logged,
+//     unapplied records first, then the cache, then Badger (Store.pending;
+//     it costs one atomic load when nothing is pending);
+//   - anything else that reads Badger (iterators, events, the journal, any
+//     read of keys a write group stores besides the state record) first
+//     calls Store.barrier, or goes through Store.scan, which waits until the
+//     groups logged when the call began are applied (at once when nothing is
+//     pending, otherwise at most two applies). After a failed apply barrier
+//     returns ErrFailed: the read would miss acknowledged writes.
+//
 // On-disk layout: keys.go; value encoding: codec.go.
 package localcache

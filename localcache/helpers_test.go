@@ -134,6 +134,12 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// waitApplied waits until every group in the log is applied to Badger.
+func waitApplied(t testing.TB, s *Store) {
+	t.Helper()
+	waitFor(t, "logged groups applied", func() bool { return s.applied.Load() == s.logged.Load() })
+}
+
 func wantConflict(t testing.TB, err error, expected, actual uint64) {
 	t.Helper()
 	var vc *VersionConflictError

@@ -54,10 +54,6 @@ type Options struct {
 	// hookApply, when set, is called by the applier with a group's sequence
 	// number before it applies the group (tests delay the apply with it).
 	hookApply func(seq uint64)
-	// handOffAlways makes the committer hand every group to the applier,
-	// even when it could apply it itself (tests that need groups to
-	// overlap).
-	handOffAlways bool
 	// noCheckpoint keeps every write-ahead log segment, at Close too, so the
 	// next Open replays groups Badger already holds (tests).
 	noCheckpoint bool

@@ -3,6 +3,7 @@ package localcache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -152,8 +153,9 @@ func TestPipelineOverlapSeesLoggedGroups(t *testing.T) {
 }
 
 // TestPipelineApplyFailure fails the apply of one group while the next is
-// already logged: both groups' writers hear the outcome is unknown, the
-// store refuses writes, and the next Open applies both from the log.
+// already logged: both groups' writers were acknowledged (the groups are in
+// the log), point reads see them, the store refuses writes, and the next
+// Open applies both from the log.
 func TestPipelineApplyFailure(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -163,7 +165,6 @@ func TestPipelineApplyFailure(t *testing.T) {
 	release := make(chan struct{})
 	s := openDisk(t, dir, func(o *Options) {
 		holdApply(&sp, &overlapped)(o)
-		o.handOffAlways = true
 		hold := o.hookApply
 		o.hookApply = func(seq uint64) {
 			if seq == crashAt.Load() {
@@ -200,9 +201,13 @@ func TestPipelineApplyFailure(t *testing.T) {
 	waitFor(t, "second group logged", func() bool { return s.wal.nextSeq() > crashAt.Load()+1 })
 	close(release)
 	for _, ch := range []chan error{first, second} {
-		if err := <-ch; !errors.Is(err, ErrFailed) {
-			t.Fatalf("write in a failed group: %v", err)
+		if err := <-ch; err != nil {
+			t.Fatalf("write in a logged group: %v", err)
 		}
+	}
+	waitFor(t, "store failed", func() bool { return s.failedErr() != nil })
+	if rec, err := s.Get(ctx, k); err != nil || rec.Version != 4 {
+		t.Fatalf("read after the failure: %+v, %v", rec, err)
 	}
 	if _, err := s.Write(ctx, Write{Key: key("g", "after"), Value: []byte("x")}); !errors.Is(err, ErrFailed) {
 		t.Fatalf("write after the failure: %v", err)
@@ -212,4 +217,170 @@ func TestPipelineApplyFailure(t *testing.T) {
 	s = openDisk(t, dir)
 	defer closeStore(t, s)
 	checkExactlyOnce(t, s, map[Key]uint64{k: 4})
+}
+
+// TestAckBeforeApply holds the apply of two acknowledged groups: point reads
+// see them at once, and List and Events wait until the applies are let go.
+func TestAckBeforeApply(t *testing.T) {
+	ctx := context.Background()
+	var holding atomic.Bool
+	held := make(chan uint64, 4)
+	release := make(chan struct{})
+	s := openDisk(t, t.TempDir(), func(o *Options) {
+		o.hookApply = func(seq uint64) {
+			if holding.Load() {
+				held <- seq
+				<-release
+			}
+		}
+	})
+	defer closeStore(t, s)
+	ka, kb := key("g", "a"), key("g", "b")
+	putVersion(t, s, ka, 1)
+	waitApplied(t, s)
+	holding.Store(true)
+
+	if _, err := s.Write(ctx, Write{Key: ka, Value: []byte("a@2"), IfVersion: u64(1)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the apply of the first group never started")
+	}
+	// The applier is held: this group is logged, acknowledged and queued.
+	if _, err := s.Write(ctx, Write{Key: kb, Value: []byte("b@1")}); err != nil {
+		t.Fatal(err)
+	}
+	if s.applied.Load() >= s.logged.Load() {
+		t.Fatalf("applied %d, logged %d: the apply was not held", s.applied.Load(), s.logged.Load())
+	}
+
+	if rec, err := s.Get(ctx, ka); err != nil || rec.Version != 2 || string(rec.Value) != "a@2" {
+		t.Fatalf("get %s: %+v, %v", ka, rec, err)
+	}
+	if rec, err := s.Get(ctx, kb); err != nil || rec.Version != 1 || string(rec.Value) != "b@1" {
+		t.Fatalf("get %s: %+v, %v", kb, rec, err)
+	}
+	recs, err := s.GetMany(ctx, []Key{ka, kb, key("g", "missing")})
+	if err != nil || recs[0] == nil || recs[0].Version != 2 || recs[1] == nil || recs[1].Version != 1 || recs[2] != nil {
+		t.Fatalf("get many: %v, %v", recs, err)
+	}
+
+	type listed struct {
+		recs []Record
+		err  error
+	}
+	listDone := make(chan listed, 1)
+	go func() {
+		recs, _, err := s.List(ctx, "g", "", "", 0, 0)
+		listDone <- listed{recs, err}
+	}()
+	type evented struct {
+		evs []Event
+		err error
+	}
+	eventsDone := make(chan evented, 2)
+	for _, k := range []Key{ka, kb} {
+		go func() {
+			evs, err := s.Events(ctx, k)
+			eventsDone <- evented{evs, err}
+		}()
+	}
+	// While the applies are held, the scans must not return (they would miss
+	// acknowledged writes). Checked for a bounded time.
+	select {
+	case l := <-listDone:
+		t.Fatalf("list returned before the apply: %+v, %v", l.recs, l.err)
+	case e := <-eventsDone:
+		t.Fatalf("events returned before the apply: %+v, %v", e.evs, e.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	holding.Store(false)
+	close(release)
+
+	deadline := time.After(10 * time.Second)
+	select {
+	case l := <-listDone:
+		if l.err != nil || len(l.recs) != 2 || l.recs[0].Version != 2 || l.recs[1].Version != 1 {
+			t.Fatalf("list after the apply: %+v, %v", l.recs, l.err)
+		}
+	case <-deadline:
+		t.Fatal("list still waiting after the apply")
+	}
+	total := 0
+	for range 2 {
+		select {
+		case e := <-eventsDone:
+			if e.err != nil {
+				t.Fatal(e.err)
+			}
+			total += len(e.evs)
+		case <-deadline:
+			t.Fatal("events still waiting after the apply")
+		}
+	}
+	if total != 3 {
+		t.Fatalf("%d events, want 3", total)
+	}
+	waitApplied(t, s)
+}
+
+// TestReadYourWritesUnderPipeline has many writers read back each write at
+// once, by Get, GetMany, List and Events, while applies lag behind the log.
+func TestReadYourWritesUnderPipeline(t *testing.T) {
+	var sp atomic.Pointer[Store]
+	var overlapped atomic.Int64
+	s := openDisk(t, t.TempDir(), holdApply(&sp, &overlapped))
+	sp.Store(s)
+	defer closeStore(t, s)
+	ctx := context.Background()
+	const writers, rounds = 16, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k := key("g", "w"+itoa(w))
+			for v := uint64(1); v <= rounds; v++ {
+				var ifv *uint64
+				if v > 1 {
+					ifv = u64(v - 1)
+				}
+				if _, err := s.Write(ctx, Write{Key: k, Value: []byte(itoa(int(v))), IfVersion: ifv}); err != nil {
+					errs <- err
+					return
+				}
+				if rec, err := s.Get(ctx, k); err != nil || rec.Version != v {
+					errs <- fmt.Errorf("get %s after v%d: %+v, %v", k, v, rec, err)
+					return
+				}
+				if recs, err := s.GetMany(ctx, []Key{k}); err != nil || recs[0] == nil || recs[0].Version != v {
+					errs <- fmt.Errorf("get many %s after v%d: %v", k, v, err)
+					return
+				}
+				if v%5 == 0 {
+					recs, _, err := s.List(ctx, "g", k.State, "", 1, 0)
+					if err != nil || len(recs) != 1 || recs[0].Version != v {
+						errs <- fmt.Errorf("list %s after v%d: %+v, %v", k, v, recs, err)
+						return
+					}
+					evs, err := s.Events(ctx, k)
+					if err != nil || len(evs) != int(v) {
+						errs <- fmt.Errorf("events %s after v%d: %d, %v", k, v, len(evs), err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if overlapped.Load() == 0 {
+		t.Log("no group overlapped the next one's log sync")
+	}
 }

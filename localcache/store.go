@@ -72,6 +72,15 @@ type Store struct {
 	// cache.
 	wal     *wal
 	applied atomic.Uint64
+	// logged is the last group in the log, set by the committer before it
+	// answers the group's writers; unapplied counts groups logged and not
+	// yet applied (it never drops back after a failed apply). barrierCh is
+	// closed and replaced, under barrierMu, when a group is applied or an
+	// apply fails (see barrier).
+	logged    atomic.Uint64
+	unapplied atomic.Int64
+	barrierMu sync.Mutex
+	barrierCh chan struct{}
 	// walBytes counts bytes appended to the log; ckBytes is its value when
 	// the last checkpoint began. ckNotify wakes the checkpoint loop.
 	walBytes atomic.Int64
@@ -86,8 +95,7 @@ type Store struct {
 	// fail with ErrFailed.
 	failure atomic.Pointer[error]
 
-	// repliedAt is when writers were last answered, or their group handed
-	// to the applier (unix nanoseconds).
+	// repliedAt is when writers were last answered (unix nanoseconds).
 	repliedAt atomic.Int64
 
 	// Owned by the committer.
@@ -96,7 +104,10 @@ type Store struct {
 	lastGroup int           // requests in the last group
 	backlog   int           // requests queued when it was handed on
 	// overlay holds the records of groups logged and not yet applied, and
-	// overlayGroups their keys, oldest group first (see Pipeline).
+	// overlayGroups their keys, oldest group first (see Pipeline). The
+	// committer writes overlay holding ovMu; point reads read it holding
+	// ovMu for reading.
+	ovMu          sync.RWMutex
 	overlay       map[Key]overlayEntry
 	overlayGroups []overlayGroup
 }
@@ -131,6 +142,7 @@ func Open(opts Options) (*Store, error) {
 		gcDone:        make(chan struct{}),
 		ckDone:        make(chan struct{}),
 		ckNotify:      make(chan struct{}, 1),
+		barrierCh:     make(chan struct{}),
 	}
 	if !opts.InMemory {
 		if err := s.openWAL(); err != nil {
@@ -141,6 +153,7 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("localcache: open: %w", err)
 		}
 	}
+	s.logged.Store(s.applied.Load())
 	if err := s.load(); err != nil {
 		s.abandon()
 		return nil, fmt.Errorf("localcache: open: %w", err)
@@ -313,6 +326,27 @@ func (s *Store) view(fn func(txn *badger.Txn) error) error {
 	return s.db.View(fn)
 }
 
+// scan is view for reads that may touch the records of more than one
+// write: it first waits until every group logged before the call is
+// applied to Badger (see barrier).
+func (s *Store) scan(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	if err := s.barrier(ctx); err != nil {
+		return err
+	}
+	return s.view(fn)
+}
+
+// pending returns the logged and not yet applied record of k, if any.
+func (s *Store) pending(k Key) (*Record, bool) {
+	if s.unapplied.Load() == 0 {
+		return nil, false
+	}
+	s.ovMu.RLock()
+	e, ok := s.overlay[k]
+	s.ovMu.RUnlock()
+	return e.rec, ok
+}
+
 func validateKey(op string, k Key) error {
 	if err := wire.ValidateName("governor", k.Governor); err != nil {
 		return &KeyError{Op: op, Key: k, Err: &FieldError{Field: "governor", Err: fmt.Errorf("%w: %w", ErrInvalid, err)}}
@@ -336,8 +370,11 @@ func (s *Store) Get(ctx context.Context, k Key) (Record, error) {
 	if err := validateKey("get", k); err != nil {
 		return Record{}, err
 	}
-	rec := s.cache.get(k)
-	if rec == nil {
+	rec, ok := s.pending(k)
+	if !ok {
+		rec = s.cache.get(k)
+	}
+	if rec == nil && !ok {
 		epoch := s.cache.epoch(k)
 		err := s.view(func(txn *badger.Txn) error {
 			var err error
@@ -390,12 +427,25 @@ func (s *Store) GetMany(ctx context.Context, keys []Key) ([]*Record, error) {
 	}
 	out := make([]*Record, len(keys))
 	var missed []int
+	pending := s.unapplied.Load() > 0
+	if pending {
+		s.ovMu.RLock()
+	}
 	for i, k := range keys {
+		if pending {
+			if e, ok := s.overlay[k]; ok {
+				out[i] = e.rec
+				continue
+			}
+		}
 		if rec := s.cache.get(k); rec != nil {
 			out[i] = rec
 		} else {
 			missed = append(missed, i)
 		}
+	}
+	if pending {
+		s.ovMu.RUnlock()
 	}
 	if len(missed) > 0 {
 		epochs := make([]uint64, len(missed))
@@ -455,7 +505,7 @@ func (s *Store) List(ctx context.Context, governor, prefix, cursor string, limit
 		seek = statePrefix(governor, cursor)
 		skip = seek
 	}
-	err = s.view(func(txn *badger.Txn) error {
+	err = s.scan(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
 		defer it.Close()
 		size := 0
@@ -512,7 +562,7 @@ func (s *Store) Events(ctx context.Context, k Key) ([]Event, error) {
 	}
 	pfx := eventPrefix(k)
 	var events []Event
-	err := s.view(func(txn *badger.Txn) error {
+	err := s.scan(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx, PrefetchValues: true, PrefetchSize: 16})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
@@ -544,7 +594,7 @@ func (s *Store) EventAt(ctx context.Context, k Key, version uint64) (Event, erro
 		return Event{}, err
 	}
 	var e Event
-	err := s.view(func(txn *badger.Txn) error {
+	err := s.scan(ctx, func(txn *badger.Txn) error {
 		item, err := txn.Get(eventKey(k, version))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return &KeyError{Op: "event", Key: k, Err: ErrNotFound}
@@ -593,7 +643,7 @@ func (s *Store) Journal(ctx context.Context, afterSeq uint64, limit int) ([]Jour
 		return nil, nil
 	}
 	var out []JournalEntry
-	err := s.view(func(txn *badger.Txn) error {
+	err := s.scan(ctx, func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
 		defer it.Close()
 		for it.Seek(journalKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {

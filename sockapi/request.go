@@ -624,78 +624,69 @@ func inEntry(fe *fieldError, field string, i int) *fieldError {
 // entryLevel is the nesting level of the maps in keys and items.
 const entryLevel = 3
 
-func (s *scanner) decodeKeys(req *wire.Request) (*fieldError, error) {
-	n, fe, err := s.listHead("keys")
+// decodeList decodes field, an array of maps, into a new []T. (Entry fields
+// are decoded by a direct call, not a func value: passing the scanner to an
+// indirect call would move it to the heap on every request.)
+func decodeList[T wire.Key | wire.Item](s *scanner, field string) ([]T, *fieldError, error) {
+	n, fe, err := s.listHead(field)
 	if fe != nil || err != nil || n < 0 {
-		return fe, err
+		return nil, fe, err
 	}
-	keys := make([]wire.Key, n)
-	for i := range keys {
-		m, fe, err := s.entryHead("keys", i)
+	list := make([]T, n)
+	for i := range list {
+		m, fe, err := s.entryHead(field, i)
 		if fe != nil || err != nil {
-			return fe, err
+			return nil, fe, err
 		}
-		k := &keys[i]
 		for range m {
-			key, fe, err := s.entryKey("keys", i)
+			key, fe, err := s.entryKey(field, i)
 			if fe != nil || err != nil {
-				return fe, err
+				return nil, fe, err
 			}
-			switch string(key) {
-			case "governor":
-				fe, err = s.strField("governor", &k.Governor)
-			case "state":
-				fe, err = s.strField("state", &k.State)
-			default:
-				err = s.skip(entryLevel)
-			}
-			if fe != nil || err != nil {
-				return inEntry(fe, "keys", i), err
+			if fe, err := decodeEntryField(s, string(key), &list[i]); fe != nil || err != nil {
+				return nil, inEntry(fe, field, i), err
 			}
 		}
 	}
-	req.Keys = keys
-	return nil, nil
+	return list, nil, nil
 }
 
-func (s *scanner) decodeItems(req *wire.Request) (*fieldError, error) {
-	n, fe, err := s.listHead("items")
-	if fe != nil || err != nil || n < 0 {
-		return fe, err
-	}
-	items := make([]wire.Item, n)
-	for i := range items {
-		m, fe, err := s.entryHead("items", i)
-		if fe != nil || err != nil {
-			return fe, err
+// decodeEntryField decodes the field named key of a keys or items entry,
+// skipping fields it does not know.
+func decodeEntryField[T wire.Key | wire.Item](s *scanner, key string, e *T) (*fieldError, error) {
+	switch e := any(e).(type) {
+	case *wire.Key:
+		switch key {
+		case "governor":
+			return s.strField("governor", &e.Governor)
+		case "state":
+			return s.strField("state", &e.State)
 		}
-		it := &items[i]
-		for range m {
-			key, fe, err := s.entryKey("items", i)
-			if fe != nil || err != nil {
-				return fe, err
-			}
-			switch string(key) {
-			case "governor":
-				fe, err = s.strField("governor", &it.Governor)
-			case "state":
-				fe, err = s.strField("state", &it.State)
-			case "value":
-				fe, err = s.valueField(&it.Value)
-			case "delete":
-				fe, err = s.boolField("delete", &it.Delete)
-			case "if_version":
-				fe, err = s.uintPtrField("if_version", &it.IfVersion)
-			case "if_absent":
-				fe, err = s.boolField("if_absent", &it.IfAbsent)
-			default:
-				err = s.skip(entryLevel)
-			}
-			if fe != nil || err != nil {
-				return inEntry(fe, "items", i), err
-			}
+	case *wire.Item:
+		switch key {
+		case "governor":
+			return s.strField("governor", &e.Governor)
+		case "state":
+			return s.strField("state", &e.State)
+		case "value":
+			return s.valueField(&e.Value)
+		case "delete":
+			return s.boolField("delete", &e.Delete)
+		case "if_version":
+			return s.uintPtrField("if_version", &e.IfVersion)
+		case "if_absent":
+			return s.boolField("if_absent", &e.IfAbsent)
 		}
 	}
-	req.Items = items
-	return nil, nil
+	return nil, s.skip(entryLevel)
+}
+
+func (s *scanner) decodeKeys(req *wire.Request) (fe *fieldError, err error) {
+	req.Keys, fe, err = decodeList[wire.Key](s, "keys")
+	return fe, err
+}
+
+func (s *scanner) decodeItems(req *wire.Request) (fe *fieldError, err error) {
+	req.Items, fe, err = decodeList[wire.Item](s, "items")
+	return fe, err
 }

@@ -3,9 +3,7 @@ package sockapi
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -37,21 +35,25 @@ const (
 type conn struct {
 	s   *Server
 	nc  net.Conn
+	raw *rawSockIO // nc's raw I/O; nil: nc's own Read and Write
+	w   io.Writer  // raw or nc; deadlines and Close always go to nc
 	ctx context.Context
 	log *slog.Logger
 	id  uint64
 
 	// Reader state: only the reader goroutine touches these.
-	br     *bufio.Reader
-	rbuf   []byte
-	req    wire.Request
-	resp   wire.Response // inline replies
-	rec    wire.Record
-	recs   []wire.Record
-	precs  []*wire.Record
-	keys   []localcache.Key
-	hello  bool
-	closed bool // a fatal reply was sent: stop reading
+	fr      frameReader
+	armed   bool      // the idle deadline of the next frame is set
+	idleAt  time.Time // that deadline; zero without IdleTimeout
+	probing bool      // the read deadline is a probe (see probeDelay)
+	req     wire.Request
+	resp    wire.Response // inline replies
+	rec     wire.Record
+	recs    []wire.Record
+	precs   []*wire.Record
+	keys    []localcache.Key
+	hello   bool
+	closed  bool // a fatal reply was sent: stop reading
 
 	stopping atomic.Bool   // Shutdown: stop reading at the next frame
 	sem      chan struct{} // one slot per running write
@@ -64,12 +66,18 @@ func newConn(ctx context.Context, s *Server, nc net.Conn, id uint64) *conn {
 	c := &conn{
 		s:   s,
 		nc:  nc,
+		raw: newRawSockIO(nc),
 		ctx: ctx,
 		id:  id,
 		log: s.log.With("conn", id),
-		br:  bufio.NewReaderSize(nc, readBufferSize),
 		sem: make(chan struct{}, s.opts.MaxInflight),
 	}
+	var r io.Reader = nc
+	c.w = nc
+	if c.raw != nil {
+		r, c.w = c.raw, c.raw
+	}
+	c.fr = frameReader{br: bufio.NewReaderSize(r, readBufferSize), max: s.opts.MaxFrame}
 	c.out.init(c)
 	return c
 }
@@ -118,99 +126,114 @@ func (c *conn) recovered(v any) {
 	}
 }
 
+// probeDelay bounds a wait that rawSockIO started without a read that
+// failed with EAGAIN (because a short read showed the socket empty): if
+// nothing wakes the reader within it, the reader reads once more. This
+// catches an end of stream or an error that arrived together with the last
+// bytes read, whose poller event was used up by that read's wake-up. A
+// connection that is idle for longer pays one wake-up per idle period.
+const probeDelay = 20 * time.Millisecond
+
+// readLoop serves the connection's requests until it must stop. On a socket
+// with raw I/O (see rawSockIO) the whole loop runs inside poller-driven
+// reads, so that waiting for the next request usually costs no system call:
+// pump runs whenever the socket may be readable and returns false when it
+// has read everything there is.
 func (c *conn) readLoop() {
-	maxFrame := c.s.opts.MaxFrame
-	for !c.closed && !c.stopping.Load() {
-		if !c.frameBuffered() {
-			// The next read may block: send what is waiting first.
-			if !c.out.flush() {
-				return
-			}
-			if t := c.s.opts.IdleTimeout; t > 0 {
-				c.nc.SetReadDeadline(time.Now().Add(t))
-				if c.stopping.Load() {
-					// Shutdown set its deadline before ours: restore it.
-					c.nc.SetReadDeadline(time.Unix(1, 0))
-				}
-			}
+	if c.raw == nil {
+		c.pump() // blocking reads: pump returns only to stop
+		return
+	}
+	for {
+		err := c.raw.serve(c.pump)
+		if err == nil {
+			return
 		}
-		body, owned, err := readFrame(c.br, c.rbuf, maxFrame)
-		if err != nil {
+		if !c.probeExpired(err) {
 			c.readError(err)
 			return
 		}
-		if owned {
-			if cap(body) <= keepBuffer {
-				c.rbuf = body[:0]
-			} else {
-				c.rbuf = nil
-			}
-		}
-		c.handle(body) // body is not used after this: see readFrame
-		if !c.out.waitBelow(outHighWater) {
-			return
-		}
+		// serve starts with a read: the end of stream is seen now.
 	}
 }
 
-// readFrame reads one frame like wire.ReadFrame (same limits, same errors)
-// without copying when it can: a body that fits in br's buffer is returned
-// in place (owned false) and stays valid only until the next call on br,
-// so it must be fully used (parseRequest copies what it keeps) before the
-// next frame is read. A larger body is read into buf, grown if needed
-// (owned true).
-func readFrame(br *bufio.Reader, buf []byte, max int) (body []byte, owned bool, err error) {
-	hdr, err := br.Peek(wire.HeaderSize)
-	if err != nil {
-		if err == io.EOF && len(hdr) > 0 {
-			err = io.ErrUnexpectedEOF
+// probeExpired reports whether err is the expiry of a probe deadline (not
+// the idle timeout, not Shutdown), and if so restores the idle deadline.
+func (c *conn) probeExpired(err error) bool {
+	if !c.probing || !isTimeout(err) || c.stopping.Load() {
+		return false
+	}
+	if !c.idleAt.IsZero() && !time.Now().Before(c.idleAt) {
+		return false
+	}
+	c.probing = false
+	c.setReadDeadline(c.idleAt)
+	return true
+}
+
+// setReadDeadline sets the read deadline (zero: none) unless Shutdown has
+// asked the reader to stop, whose deadline in the past it keeps.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.nc.SetReadDeadline(t)
+	if c.stopping.Load() {
+		// Shutdown set its deadline before ours: restore it.
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// pump reads and serves requests. It returns true when the connection must
+// stop (end of stream, fatal error, Shutdown), and false when the source
+// would block: the socket must become readable before pump is called again,
+// which resumes where it stopped.
+func (c *conn) pump() bool {
+	for !c.closed && !c.stopping.Load() {
+		if !c.fr.buffered() {
+			// The next read may block: send what is waiting first.
+			if !c.out.flush() {
+				return true
+			}
+			if t := c.s.opts.IdleTimeout; t > 0 && !c.armed {
+				// Once per frame: a peer trickling one frame's bytes
+				// does not keep an idle connection open.
+				c.armed = true
+				c.idleAt = time.Now().Add(t)
+				c.probing = false // replaced by the idle deadline
+				c.setReadDeadline(c.idleAt)
+			}
 		}
-		return nil, false, err
-	}
-	n := binary.BigEndian.Uint32(hdr)
-	if n == 0 {
-		return nil, false, wire.ErrEmptyFrame
-	}
-	if uint64(n) > uint64(max) {
-		return nil, false, fmt.Errorf("%w: %d bytes announced, limit %d", wire.ErrFrameTooLarge, n, max)
-	}
-	br.Discard(wire.HeaderSize)
-	if int(n) <= br.Size() {
-		body, err = br.Peek(int(n))
+		body, err := c.fr.next()
+		if err == errWouldBlock {
+			c.beforeWait()
+			return false
+		}
 		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, false, err
+			c.readError(err)
+			return true
 		}
-		br.Discard(int(n)) // the bytes stay in place until br next fills
-		return body, false, nil
-	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(br, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+		c.armed = false
+		c.handle(body) // body is not used after this: see frameReader
+		if !c.out.waitBelow(outHighWater) {
+			return true
 		}
-		return nil, false, err
 	}
-	return buf, true, nil
+	return true
 }
 
-// frameBuffered reports whether a whole frame is already buffered, so that
-// reading it cannot block.
-func (c *conn) frameBuffered() bool {
-	n := c.br.Buffered()
-	if n < wire.HeaderSize {
-		return false
+// beforeWait arms a probe (see probeDelay) when the wait pump is about to
+// return to rests on a short read and no probe is armed yet. An armed probe
+// is left alone, also for a wait that follows EAGAIN: it fires at most once
+// per probeDelay and costs one more read, while moving the deadline for
+// every request would cost a timer update per request.
+func (c *conn) beforeWait() {
+	if c.probing || !c.raw.guessed() {
+		return
 	}
-	hdr, err := c.br.Peek(wire.HeaderSize)
-	if err != nil {
-		return false
+	d := time.Now().Add(probeDelay)
+	if !c.idleAt.IsZero() && c.idleAt.Before(d) {
+		d = c.idleAt
 	}
-	return uint64(n) >= wire.HeaderSize+uint64(binary.BigEndian.Uint32(hdr))
+	c.probing = true
+	c.setReadDeadline(d)
 }
 
 // readError ends the read loop. A frame over MaxFrame or an empty frame
@@ -348,7 +371,7 @@ func (o *outbox) flushLocked() {
 		if idle > 0 {
 			o.c.nc.SetWriteDeadline(time.Now().Add(idle))
 		}
-		_, err := o.c.nc.Write(b)
+		_, err := o.c.w.Write(b)
 		o.mu.Lock()
 		if err != nil {
 			o.err = err
@@ -408,13 +431,18 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 	c.writes.Add(1)
 	go func() {
 		defer c.writes.Done()
-		defer func() { <-c.sem }()
 		defer func() {
 			if v := recover(); v != nil {
 				c.recovered(v)
-				c.nc.Close() // the reader sees it and ends the connection
+				// End the connection. Close waits for a reader inside
+				// its poller callback (see rawSockIO) to leave it, so
+				// the reader must be able to: the write slot is
+				// released first, and stopReading makes it stop.
+				c.stopReading()
+				c.nc.Close()
 			}
 		}()
+		defer func() { <-c.sem }()
 		left := false
 		defer func() {
 			if !left {

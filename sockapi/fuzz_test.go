@@ -204,20 +204,33 @@ func FuzzServeConn(f *testing.F) {
 	})
 }
 
-// FuzzFrameReader checks that the server's in-place frame reader agrees
-// with wire.ReadFrame on any stream: same bodies, same errors.
+// FuzzFrameReader checks that the server's in-place, resumable frame reader
+// agrees with wire.ReadFrame on any stream: same bodies, same errors, also
+// when the source delivers the stream in pieces with errWouldBlock between
+// them (as a non-blocking socket does).
 func FuzzFrameReader(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 1, 0x80}, uint16(100), uint16(16))
-	f.Add([]byte{0, 0, 0, 0}, uint16(100), uint16(16))
-	f.Add([]byte{0, 0, 0, 40, 1, 2, 3}, uint16(100), uint16(16))
-	f.Add(bytes.Repeat([]byte{0, 0, 0, 3, 1, 2, 3}, 10), uint16(3), uint16(16))
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff}, uint16(100), uint16(16))
-	f.Fuzz(func(t *testing.T, data []byte, max, bufSize uint16) {
+	f.Add([]byte{0, 0, 0, 1, 0x80}, uint16(100), uint16(16), uint8(0))
+	f.Add([]byte{0, 0, 0, 0}, uint16(100), uint16(16), uint8(1))
+	f.Add([]byte{0, 0, 0, 40, 1, 2, 3}, uint16(100), uint16(16), uint8(3))
+	f.Add(bytes.Repeat([]byte{0, 0, 0, 3, 1, 2, 3}, 10), uint16(3), uint16(16), uint8(5))
+	f.Add(append([]byte{0, 0, 0, 30}, bytes.Repeat([]byte{7}, 30)...), uint16(100), uint16(16), uint8(7))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff}, uint16(100), uint16(16), uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, max, bufSize uint16, chunk uint8) {
 		want := bytes.NewReader(data)
-		br := bufio.NewReaderSize(bytes.NewReader(data), int(bufSize))
+		src := io.Reader(bytes.NewReader(data))
+		if chunk > 0 {
+			src = &choppyReader{data: data, chunk: int(chunk)}
+		}
+		fr := frameReader{br: bufio.NewReaderSize(src, int(bufSize)), max: int(max)}
 		for {
 			wb, werr := wire.ReadFrame(want, nil, int(max))
-			gb, _, gerr := readFrame(br, nil, int(max))
+			gb, gerr := fr.next()
+			for blocked := 0; gerr == errWouldBlock; blocked++ {
+				if blocked > len(data)+1 {
+					t.Fatal("errWouldBlock forever")
+				}
+				gb, gerr = fr.next()
+			}
 			if (werr == nil) != (gerr == nil) || (werr != nil && werr.Error() != gerr.Error()) {
 				t.Fatalf("errors differ: wire %v, server %v", werr, gerr)
 			}
@@ -229,6 +242,29 @@ func FuzzFrameReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// choppyReader hands out data at most chunk bytes at a time, with
+// errWouldBlock before every piece, like a non-blocking socket that the peer
+// writes in small pieces.
+type choppyReader struct {
+	data    []byte
+	chunk   int
+	blocked bool
+}
+
+func (r *choppyReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	if !r.blocked {
+		r.blocked = true
+		return 0, errWouldBlock
+	}
+	r.blocked = false
+	n := copy(p, r.data[:min(len(r.data), r.chunk)])
+	r.data = r.data[n:]
+	return n, nil
 }
 
 var updateCorpus = flag.Bool("update-corpus", false, "write the fuzz seed corpus files in testdata/fuzz")

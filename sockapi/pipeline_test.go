@@ -308,20 +308,20 @@ func TestSlowReader(t *testing.T) {
 		_, err := c.nc.Write(frames)
 		werr <- err
 	}()
-	// Let the server fill its buffers before reading anything.
+	// Let the server fill the socket before reading anything. A few replies
+	// (200 KiB each) are more than the socket holds, so once the server has
+	// served that many gets it is stuck writing to us: this state is stable
+	// until we read, so polling for it does not depend on timing.
+	const stuckAfter = 4
 	waitFor(t, "the server to block on the slow reader", func() bool {
-		ts.srv.mu.Lock()
-		defer ts.srv.mu.Unlock()
-		for sc := range ts.srv.conns {
-			sc.out.mu.Lock()
-			n := len(sc.out.buf)
-			sc.out.mu.Unlock()
-			if n > 0 {
-				return true
-			}
-		}
-		return false
+		_, reqs, _ := ts.srv.Stats()
+		return reqs[wire.OpGet] >= stuckAfter && serverWriting(ts.srv)
 	})
+	// Backpressure: while nothing is read, the server stops reading
+	// requests long before the last one.
+	if _, reqs, _ := ts.srv.Stats(); reqs[wire.OpGet] >= n {
+		t.Fatalf("the server read all %d requests while its replies were not read", n)
+	}
 	want := mustMarshal(t, big)
 	for i := range n {
 		r := c.recv()
@@ -332,6 +332,22 @@ func TestSlowReader(t *testing.T) {
 	if err := <-werr; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// serverWriting reports whether a connection of srv has replies waiting for
+// the peer: queued, or in a write that has not returned.
+func serverWriting(srv *Server) bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for sc := range srv.conns {
+		sc.out.mu.Lock()
+		w := sc.out.writing || len(sc.out.buf) > 0
+		sc.out.mu.Unlock()
+		if w {
+			return true
+		}
+	}
+	return false
 }
 
 // TestHalfClose: a client that sends writes and closes its write side gets
@@ -482,21 +498,36 @@ func TestShutdownBeforeServe(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	ts := startServer(t, newFakeStore(), Options{IdleTimeout: 100 * time.Millisecond})
-	c := ts.hello()
+	const timeout = 100 * time.Millisecond
+	ts := startServer(t, newFakeStore(), Options{IdleTimeout: timeout})
+	// The server's last deadline is set after it answered the hello, so
+	// the connection cannot close sooner than timeout after this.
 	start := time.Now()
+	c := ts.hello()
 	if got := c.expectClosed(); len(got) != 0 {
 		t.Fatalf("got %+v", got)
 	}
-	if d := time.Since(start); d < 50*time.Millisecond {
-		t.Fatalf("closed after %v", d)
+	if d := time.Since(start); d < timeout {
+		t.Fatalf("closed after %v, before the idle timeout %v", d, timeout)
 	}
-	// A busy connection is not idle.
-	c = ts.hello()
-	for range 5 {
+}
+
+// TestIdleTimeoutBusy: a connection that keeps sending requests is not idle,
+// however long it lives. The timeout is generous against a slow machine:
+// only a stall of a whole second between two pings would close it.
+func TestIdleTimeoutBusy(t *testing.T) {
+	const timeout = time.Second
+	ts := startServer(t, newFakeStore(), Options{IdleTimeout: timeout})
+	c := ts.hello()
+	// A ping every timeout/20 (pacing, not a wait) for 2.5 timeouts.
+	tick := time.NewTicker(timeout / 20)
+	defer tick.Stop()
+	start := time.Now()
+	for time.Since(start) < 2*timeout+timeout/2 {
 		if r := c.call(wire.Request{Op: wire.OpPing}); r.Error != nil {
 			t.Fatal(r.Error)
 		}
+		<-tick.C
 	}
 }
 
@@ -595,4 +626,42 @@ func TestNoGoroutinesAfterShutdown(t *testing.T) {
 	}
 	ts.stop()
 	waitFor(t, "server goroutines to exit", func() bool { return !serverGoroutines() })
+}
+
+// TestEndOfStreamWithLastRequest: a peer that sends its last request and
+// closes at once (both often reach the server together) gets its reply, and
+// the server notices the end of the stream and releases the connection.
+func TestEndOfStreamWithLastRequest(t *testing.T) {
+	store := newFakeStore()
+	store.put("g", "s", "v")
+	ts := startServer(t, store, Options{})
+	get := func(c *client) []byte {
+		f, err := c.enc.AppendFrame(nil, &wire.Request{ID: 5, Op: wire.OpGet, Governor: "g", State: "s"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	t.Run("half close", func(t *testing.T) {
+		for range 20 {
+			c := ts.hello()
+			c.writeRaw(get(c))
+			c.nc.(*net.UnixConn).CloseWrite()
+			got := c.expectClosed()
+			if len(got) != 1 || got[0].ID != 5 || got[0].Error != nil {
+				t.Fatalf("got %+v", got)
+			}
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		for range 20 {
+			c := ts.hello()
+			c.writeRaw(get(c))
+			c.nc.Close()
+		}
+		waitFor(t, "the server to release closed connections", func() bool {
+			n, _, _ := ts.srv.Stats()
+			return n == 0
+		})
+	})
 }

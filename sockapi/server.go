@@ -297,13 +297,21 @@ func (s *Server) closeListenerLocked() {
 // connections closed.
 func (s *Server) hardStop() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closing = true
 	s.closeListenerLocked()
 	if s.cancel != nil {
 		s.cancel()
 	}
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
+		c.stopping.Store(true)
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	// Not under s.mu: Close waits for a reader that is busy inside its
+	// poller callback (see rawSockIO) to leave it, and connections that end
+	// meanwhile take s.mu to remove themselves.
+	for _, c := range conns {
 		c.nc.Close()
 	}
 }

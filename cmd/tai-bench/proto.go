@@ -143,6 +143,9 @@ func peekReply(b []byte) (id uint64, hasErr, ok bool) {
 		return 0, false, false
 	}
 	n := int(b[0] & 0x0f)
+	if n == 0 {
+		return 0, false, false // an empty map: the bytes after it are not its keys
+	}
 	p := 5
 	switch t := b[4]; {
 	case t < 0x80:

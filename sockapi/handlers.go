@@ -506,6 +506,15 @@ func (c *conn) storeError(op string, k localcache.Key, err error) *wire.Error {
 		}
 	case errors.Is(err, localcache.ErrClosed):
 		e = wire.Errorf(wire.CodeUnavailable, "the store is closed")
+	case errors.Is(err, localcache.ErrFailed):
+		// Acknowledged writes are safe in the store's log; it refuses
+		// requests until a restart replays it. Retrying here cannot help.
+		c.log.Error("store has failed", "op", op, "err", err)
+		e = wire.Errorf(wire.CodeUnavailable, "the local store stopped after a failure; restart the sidecar")
+		e.Retryable = false
+		if write {
+			e.Message += "; the write may or may not have been applied"
+		}
 	case errors.Is(err, context.Canceled):
 		e = wire.Errorf(wire.CodeUnavailable, "the server is shutting down")
 		if write {

@@ -561,6 +561,7 @@ func TestStoreErrors(t *testing.T) {
 		code wire.Code
 	}{
 		{localcache.ErrClosed, wire.CodeUnavailable},
+		{fmt.Errorf("apply: %w", localcache.ErrFailed), wire.CodeUnavailable},
 		{fmt.Errorf("put: %w", localcache.ErrTooLarge), wire.CodeTooLarge},
 		{context.DeadlineExceeded, wire.CodeTimeout},
 		{errors.New("disk on fire at /var/lib/secret"), wire.CodeInternal},
@@ -583,6 +584,9 @@ func TestStoreErrors(t *testing.T) {
 				r := c.call(req)
 				if r.Error == nil || r.Error.Code != tc.code {
 					t.Fatalf("%s: got %+v, want %s", req.Op, r.Error, tc.code)
+				}
+				if errors.Is(tc.err, localcache.ErrFailed) && r.Error.Retryable {
+					t.Fatalf("%s: a failed store's error is marked retryable", req.Op)
 				}
 				if bytes.Contains([]byte(r.Error.Message), []byte("secret")) {
 					t.Fatalf("%s: internal detail leaked: %q", req.Op, r.Error.Message)

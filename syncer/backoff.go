@@ -13,6 +13,18 @@ type Backoff struct {
 	Min, Max time.Duration
 }
 
+// withDefaults fills in the defaults both loops use: 100 ms doubling up to
+// 30 s (or Min, when that is larger).
+func (b Backoff) withDefaults() Backoff {
+	if b.Min <= 0 {
+		b.Min = 100 * time.Millisecond
+	}
+	if b.Max < b.Min {
+		b.Max = max(30*time.Second, b.Min)
+	}
+	return b
+}
+
 // Delay returns the wait after the n-th consecutive failure (0 for n <= 0).
 func (b Backoff) Delay(n int) time.Duration {
 	if n <= 0 || b.Min <= 0 {

@@ -38,12 +38,7 @@ func (o Options) withDefaults() Options {
 	if o.Interval <= 0 {
 		o.Interval = time.Second
 	}
-	if o.Backoff.Min <= 0 {
-		o.Backoff.Min = 100 * time.Millisecond
-	}
-	if o.Backoff.Max < o.Backoff.Min {
-		o.Backoff.Max = max(30*time.Second, o.Backoff.Min)
-	}
+	o.Backoff = o.Backoff.withDefaults()
 	if o.PageSize <= 0 {
 		o.PageSize = 1000
 	}

@@ -3,17 +3,14 @@ package syncer_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tai-state/tai-state/syncer"
-	"github.com/tai-state/tai-state/syncer/firestore"
+	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
 	"github.com/tai-state/tai-state/syncer/memremote"
 )
 
@@ -76,36 +73,13 @@ func (f *faulty) recorded() []syncer.Batch {
 	return append([]syncer.Batch(nil), f.batches...)
 }
 
-const project = "tai-state-test"
-
 // backends are the remotes every scenario runs against.
 var backends = []struct {
 	name string
 	open func(t *testing.T) syncer.Remote
 }{
 	{"memremote", func(t *testing.T) syncer.Remote { return memremote.New() }},
-	{"firestore", openFirestore},
-}
-
-// openFirestore returns a Remote on the emulator under a fresh random root.
-// Without an emulator the test fails: these tests are part of the suite.
-func openFirestore(t *testing.T) syncer.Remote {
-	t.Helper()
-	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
-		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: these tests need the Firestore emulator. " +
-			"Run them through scripts/test.sh, or with `scripts/emulator.sh run go test ./syncer/`, " +
-			"which start one (it needs the Debian package google-cloud-cli-firestore-emulator)")
-	}
-	b := make([]byte, 8)
-	rand.Read(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r, err := firestore.Open(ctx, firestore.Config{ProjectID: project, Root: "tests/" + hex.EncodeToString(b)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
+	{"firestore", func(t *testing.T) syncer.Remote { return firestoretest.Open(t) }},
 }
 
 func key(s string) syncer.Key { return syncer.Key{Governor: "g", State: s} }

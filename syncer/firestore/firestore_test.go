@@ -2,48 +2,21 @@ package firestore_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore"
+	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
 	"github.com/tai-state/tai-state/syncer/remotetest"
 )
 
-const project = "tai-state-test"
-
-// open returns a Remote on the emulator under a fresh random root, so tests
-// never see each other's data. Without an emulator the test fails: these
-// tests are part of the suite, not optional.
-func open(t *testing.T) *firestore.Remote {
-	t.Helper()
-	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
-		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: these tests need the Firestore emulator. " +
-			"Run them through scripts/test.sh, or with `scripts/emulator.sh run go test ./syncer/firestore/`, " +
-			"which start one (it needs the Debian package google-cloud-cli-firestore-emulator)")
-	}
-	b := make([]byte, 8)
-	rand.Read(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r, err := firestore.Open(ctx, firestore.Config{ProjectID: project, Root: "tests/" + hex.EncodeToString(b)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
-}
-
 func TestConformance(t *testing.T) {
 	remotetest.RunWith(t, remotetest.Options{Concurrency: 8, Rounds: 5},
-		func(t *testing.T) syncer.Remote { return open(t) })
+		func(t *testing.T) syncer.Remote { return firestoretest.Open(t) })
 }
 
 func TestConfig(t *testing.T) {
@@ -99,7 +72,7 @@ func TestKind(t *testing.T) {
 // other's states.
 func TestRootsAreSeparate(t *testing.T) {
 	ctx := context.Background()
-	a, b := open(t), open(t)
+	a, b := firestoretest.Open(t), firestoretest.Open(t)
 	key := syncer.Key{Governor: "g", State: "s"}
 	c := syncer.Change{Key: key, Record: syncer.Record{Value: []byte("v"), Version: 1, Origin: "n", OpID: "n-1",
 		Clock: syncer.Clock{Vector: map[string]uint64{"n": 1}}}}

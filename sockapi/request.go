@@ -41,6 +41,7 @@ import (
 var (
 	errTruncated   = errors.New("truncated msgpack data")
 	errInvalidByte = errors.New("invalid msgpack byte 0xc1")
+	errTimestamp   = errors.New("invalid msgpack timestamp: extension type -1 must hold 4, 8 or 12 bytes")
 	errTooDeep     = fmt.Errorf("maps and arrays nested %d levels deep or more", wire.MaxDepth)
 	errValueDeep   = fmt.Errorf("the value nests maps and arrays more than %d levels deep", maxValueDepth)
 )
@@ -97,6 +98,20 @@ func (s *scanner) uintN(n int) (uint64, error) {
 	return v, nil
 }
 
+// ext consumes an extension's type byte and its n payload bytes. The one
+// type the msgpack spec defines, -1 (timestamp), must have a valid length:
+// decoders refuse others, so a value holding one could be stored but never
+// read back.
+func (s *scanner) ext(n uint64) error {
+	if !s.avail(1) {
+		return errTruncated
+	}
+	if int8(s.b[s.off]) == -1 && n != 4 && n != 8 && n != 12 {
+		return errTimestamp
+	}
+	return s.skipBytes(n + 1)
+}
+
 // skipBytes consumes n payload bytes.
 func (s *scanner) skipBytes(n uint64) error {
 	if !s.avail(n) {
@@ -148,7 +163,7 @@ func (s *scanner) head() (t mtype, n, u uint64, err error) {
 		if n, err = s.uintN(1 << (c - 0xc7)); err != nil {
 			return 0, 0, 0, err
 		}
-		return tExt, n, 0, s.skipBytes(n + 1)
+		return tExt, n, 0, s.ext(n)
 	case 0xca:
 		return tFloat, 0, 0, s.skipBytes(4)
 	case 0xcb:
@@ -170,7 +185,7 @@ func (s *scanner) head() (t mtype, n, u uint64, err error) {
 		return tUint, 0, uint64(v), nil
 	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1/2/4/8/16: type byte, payload
 		n = 1 << (c - 0xd4)
-		return tExt, n, 0, s.skipBytes(n + 1)
+		return tExt, n, 0, s.ext(n)
 	case 0xd9, 0xda, 0xdb: // str 8/16/32
 		if n, err = s.uintN(1 << (c - 0xd9)); err != nil {
 			return 0, 0, 0, err

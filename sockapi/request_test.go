@@ -86,3 +86,27 @@ func TestParseRequestAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per get request, want at most 2", allocs)
 	}
 }
+
+// TestParseRequestTimestampExt: a msgpack timestamp (extension type -1) is
+// accepted in a value at its three valid sizes and refused at any other, as
+// the decoders that would read the value back refuse it.
+func TestParseRequestTimestampExt(t *testing.T) {
+	for _, tc := range []struct {
+		ext []byte
+		ok  bool
+	}{
+		{append([]byte{0xd6, 0xff}, make([]byte, 4)...), true},
+		{append([]byte{0xd7, 0xff}, make([]byte, 8)...), true},
+		{append([]byte{0xc7, 12, 0xff}, make([]byte, 12)...), true},
+		{[]byte{0xd4, 0xff, 0}, false},
+		{append([]byte{0xd8, 0xff}, make([]byte, 16)...), false},
+		{[]byte{0xd4, 0x05, 0}, true}, // other ext types are opaque
+	} {
+		body := append([]byte("\x83\xa2id\x01\xa2op\xa3put\xa5value"), tc.ext...)
+		var req wire.Request
+		_, werr := parseRequest(body, &req)
+		if (werr == nil) != tc.ok {
+			t.Errorf("ext %x: error %v, want ok=%v", tc.ext, werr, tc.ok)
+		}
+	}
+}

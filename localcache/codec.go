@@ -23,18 +23,30 @@ import (
 //
 // Layout (uvarint u, varint i, s = uvarint length + bytes):
 //
-//	record:  format=1, flags(bit0 deleted), u version, u syncedVersion,
-//	         i updatedAt, change, s origin, s opID, clock, s value
+//	record:  format=2, flags(bit0 deleted), u version, u syncedVersion,
+//	         i syncedAt, u journaled, i updatedAt, change, s origin, s opID,
+//	         clock, s value
+//	         (format 1, still read: no syncedAt and journaled; a record is
+//	         then taken as journaled once when version > syncedVersion)
 //	event:   format=1, action(1 put, 2 delete), u from, u to,
 //	         change, s origin, s opID, clock, s value
 //	journal: format=1, s opID, s batchID, s governor, s state,
 //	         u baseVersion, u version, i time
+//	parked:  journal entry as above, then s reason, i parkedAt
+//	meta:    format=2, u seq, u lamport, u hlc, i states, i journal,
+//	         i parked   (format 1, still read: no parked)
 //	change:  s actor, s reason, i time
 //	clock:   u lamport, u hlc, u n, n × (s node, u count)   (nodes sorted)
 //
 // Governor and State of records and events are not stored in the value: they
 // are in the Badger key.
-const formatV1 = 1
+const (
+	formatV1 = 1
+	// formatRecordV2 added syncedAt and the journaled count to records.
+	formatRecordV2 = 2
+	// formatMetaV2 added the parked count to the meta counters.
+	formatMetaV2 = 2
+)
 
 const (
 	actionPut    = 1
@@ -95,9 +107,11 @@ func encodeRecord(r *Record) []byte {
 	if r.Deleted {
 		flags |= 1
 	}
-	b = append(b, formatV1, flags)
+	b = append(b, formatRecordV2, flags)
 	b = binary.AppendUvarint(b, r.Version)
 	b = binary.AppendUvarint(b, r.SyncedVersion)
+	b = binary.AppendVarint(b, r.SyncedAt)
+	b = binary.AppendUvarint(b, uint64(r.journaled))
 	b = binary.AppendVarint(b, r.UpdatedAt)
 	b = appendChange(b, r.Change)
 	b = appendString(b, r.Origin)
@@ -125,8 +139,13 @@ func encodeEvent(e *Event) []byte {
 }
 
 func encodeJournal(j *JournalEntry) []byte {
-	n := 1 + 8*binary.MaxVarintLen64 + len(j.OpID) + len(j.BatchID) + len(j.Key.Governor) + len(j.Key.State)
-	b := make([]byte, 0, n)
+	return appendJournal(nil, j)
+}
+
+func appendJournal(b []byte, j *JournalEntry) []byte {
+	if b == nil {
+		b = make([]byte, 0, 1+8*binary.MaxVarintLen64+len(j.OpID)+len(j.BatchID)+len(j.Key.Governor)+len(j.Key.State))
+	}
 	b = append(b, formatV1)
 	b = appendString(b, j.OpID)
 	b = appendString(b, j.BatchID)
@@ -246,14 +265,25 @@ func (d *decoder) done(what string) error {
 // decodeRecord decodes a record of key k from b, which it aliases.
 func decodeRecord(k Key, b []byte) (*Record, error) {
 	d := decoder{b: b}
-	if err := d.format("record"); err != nil {
-		return nil, err
+	f := d.byte()
+	if d.err == nil && f != formatV1 && f != formatRecordV2 {
+		return nil, fmt.Errorf("%w: record format %d", errCorrupt, f)
 	}
 	r := &Record{Key: k}
 	flags := d.byte()
 	r.Deleted = flags&1 != 0
 	r.Version = d.uvarint()
 	r.SyncedVersion = d.uvarint()
+	if f == formatRecordV2 {
+		r.SyncedAt = d.varint()
+		n := d.uvarint()
+		if n > math.MaxUint32 {
+			d.fail()
+		}
+		r.journaled = uint32(n)
+	} else if r.Version > r.SyncedVersion {
+		r.journaled = 1
+	}
 	r.UpdatedAt = d.varint()
 	r.Change = d.change()
 	r.Origin = d.string()
@@ -265,7 +295,7 @@ func decodeRecord(k Key, b []byte) (*Record, error) {
 	if err := d.done("record"); err != nil {
 		return nil, err
 	}
-	r.Pending = r.Version > r.SyncedVersion
+	r.Pending = r.journaled > 0
 	return r, nil
 }
 
@@ -302,6 +332,12 @@ func decodeJournal(seq uint64, b []byte) (JournalEntry, error) {
 	if err := d.format("journal entry"); err != nil {
 		return JournalEntry{}, err
 	}
+	j := d.journal(seq)
+	return j, d.done("journal entry")
+}
+
+// journal reads a journal entry's fields (after its format byte).
+func (d *decoder) journal(seq uint64) JournalEntry {
 	j := JournalEntry{Seq: seq}
 	j.OpID = d.string()
 	j.BatchID = d.string()
@@ -310,7 +346,24 @@ func decodeJournal(seq uint64, b []byte) (JournalEntry, error) {
 	j.BaseVersion = d.uvarint()
 	j.Version = d.uvarint()
 	j.Time = d.varint()
-	return j, d.done("journal entry")
+	return j
+}
+
+func encodeParked(p *ParkedEntry) []byte {
+	b := appendJournal(make([]byte, 0, 64+len(p.OpID)+len(p.BatchID)+len(p.Key.Governor)+len(p.Key.State)+len(p.Reason)), &p.JournalEntry)
+	b = appendString(b, p.Reason)
+	return binary.AppendVarint(b, p.ParkedAt)
+}
+
+func decodeParked(seq uint64, b []byte) (ParkedEntry, error) {
+	d := decoder{b: b}
+	if err := d.format("parked entry"); err != nil {
+		return ParkedEntry{}, err
+	}
+	p := ParkedEntry{JournalEntry: d.journal(seq)}
+	p.Reason = d.string()
+	p.ParkedAt = d.varint()
+	return p, d.done("parked entry")
 }
 
 // meta is the state persisted under metaCounters in every commit, so Open
@@ -321,23 +374,29 @@ type meta struct {
 	hlc     uint64 // last hybrid logical clock value issued
 	states  int64  // live states
 	journal int64  // journal entries not yet acked
+	parked  int64  // journal entries parked (rejected by the shared store)
 }
 
 func encodeMeta(m meta) []byte {
-	b := make([]byte, 0, 1+5*binary.MaxVarintLen64)
-	b = append(b, formatV1)
+	b := make([]byte, 0, 1+6*binary.MaxVarintLen64)
+	b = append(b, formatMetaV2)
 	b = binary.AppendUvarint(b, m.seq)
 	b = binary.AppendUvarint(b, m.lamport)
 	b = binary.AppendUvarint(b, m.hlc)
 	b = binary.AppendVarint(b, m.states)
-	return binary.AppendVarint(b, m.journal)
+	b = binary.AppendVarint(b, m.journal)
+	return binary.AppendVarint(b, m.parked)
 }
 
 func decodeMeta(b []byte) (meta, error) {
 	d := decoder{b: b}
-	if err := d.format("meta"); err != nil {
-		return meta{}, err
+	f := d.byte()
+	if d.err == nil && f != formatV1 && f != formatMetaV2 {
+		return meta{}, fmt.Errorf("%w: meta format %d", errCorrupt, f)
 	}
 	m := meta{seq: d.uvarint(), lamport: d.uvarint(), hlc: d.uvarint(), states: d.varint(), journal: d.varint()}
+	if f == formatMetaV2 {
+		m.parked = d.varint()
+	}
 	return m, d.done("meta")
 }

@@ -2,6 +2,7 @@ package localcache
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"testing"
@@ -19,7 +20,9 @@ func sampleRecord() *Record {
 		OpID:          "node-a-42",
 		Clock:         Clock{Lamport: 99, HLC: 123 << 16, Vector: map[string]uint64{"node-a": 5, "node-b": 2, "c": 1}},
 		SyncedVersion: 5,
+		SyncedAt:      1_899_999_999_000_000_000,
 		Pending:       true,
+		journaled:     2,
 	}
 }
 
@@ -27,7 +30,7 @@ func TestCodecRoundTrip(t *testing.T) {
 	t.Run("record", func(t *testing.T) {
 		for _, r := range []*Record{
 			sampleRecord(),
-			{Key: key("g", "s"), Version: 3, Deleted: true, Clock: Clock{Vector: map[string]uint64{"n": 3}}, Pending: true},
+			{Key: key("g", "s"), Version: 3, Deleted: true, Clock: Clock{Vector: map[string]uint64{"n": 3}}, Pending: true, journaled: 1},
 			{Key: key("g", "s"), Version: 1, Value: []byte("x"), SyncedVersion: 1, UpdatedAt: -5},
 		} {
 			got, err := decodeRecord(r.Key, encodeRecord(r))
@@ -61,8 +64,16 @@ func TestCodecRoundTrip(t *testing.T) {
 			t.Fatalf("decoded %+v, %v; want %+v", got, err, j)
 		}
 	})
+	t.Run("parked", func(t *testing.T) {
+		p := ParkedEntry{JournalEntry: JournalEntry{Seq: 12, OpID: "n-12", BatchID: "n-12", Key: key("g", "s"), BaseVersion: 4, Version: 5, Time: 77},
+			Reason: "permission denied", ParkedAt: 99}
+		got, err := decodeParked(12, encodeParked(&p))
+		if err != nil || got != p {
+			t.Fatalf("decoded %+v, %v; want %+v", got, err, p)
+		}
+	})
 	t.Run("meta", func(t *testing.T) {
-		m := meta{seq: 1 << 40, lamport: 3, hlc: 1 << 60, states: -1, journal: 1 << 33}
+		m := meta{seq: 1 << 40, lamport: 3, hlc: 1 << 60, states: -1, journal: 1 << 33, parked: 5}
 		got, err := decodeMeta(encodeMeta(m))
 		if err != nil || got != m {
 			t.Fatalf("decoded %+v, %v; want %+v", got, err, m)
@@ -80,6 +91,7 @@ func TestCodecCorrupt(t *testing.T) {
 		"record":  encodeRecord(r),
 		"event":   encodeEvent(&e),
 		"journal": encodeJournal(&j),
+		"parked":  encodeParked(&ParkedEntry{JournalEntry: j, Reason: "r", ParkedAt: 3}),
 		"meta":    encodeMeta(meta{seq: 1}),
 	}
 	decode := func(kind string, b []byte) error {
@@ -91,6 +103,8 @@ func TestCodecCorrupt(t *testing.T) {
 			_, err = decodeEvent(r.Key, b)
 		case "journal":
 			_, err = decodeJournal(1, b)
+		case "parked":
+			_, err = decodeParked(1, b)
 		case "meta":
 			_, err = decodeMeta(b)
 		}
@@ -247,4 +261,37 @@ func TestClocks(t *testing.T) {
 			t.Fatal("Clone shares the vector")
 		}
 	})
+}
+
+// TestCodecFormat1: records and meta counters written before format 2 still
+// decode; a record is then taken as pending once when its version is ahead of
+// the synced one.
+func TestCodecFormat1(t *testing.T) {
+	v1 := []byte{formatV1, 0}
+	v1 = binary.AppendUvarint(v1, 7) // version
+	v1 = binary.AppendUvarint(v1, 5) // synced version
+	v1 = binary.AppendVarint(v1, 11) // updated at
+	v1 = appendChange(v1, Change{Actor: "a"})
+	v1 = appendString(v1, "node-a")
+	v1 = appendString(v1, "node-a-7")
+	v1 = appendClock(v1, Clock{Lamport: 1, Vector: map[string]uint64{"node-a": 7}})
+	v1 = appendBytes(v1, []byte{0xc0})
+	r, err := decodeRecord(key("g", "s"), v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Version != 7 || r.SyncedVersion != 5 || r.SyncedAt != 0 || !r.Pending || r.journaled != 1 || r.OpID != "node-a-7" || r.UpdatedAt != 11 {
+		t.Fatalf("decoded %+v", r)
+	}
+
+	m1 := []byte{formatV1}
+	for _, x := range []uint64{9, 8, 7} {
+		m1 = binary.AppendUvarint(m1, x)
+	}
+	m1 = binary.AppendVarint(m1, 3)
+	m1 = binary.AppendVarint(m1, 2)
+	m, err := decodeMeta(m1)
+	if err != nil || m != (meta{seq: 9, lamport: 8, hlc: 7, states: 3, journal: 2}) {
+		t.Fatalf("decoded %+v, %v", m, err)
+	}
 }

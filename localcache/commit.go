@@ -35,25 +35,37 @@ const (
 	maxGroupBytes  = 16 << 20
 )
 
-// request is one Write or WriteBatch on its way to the committer.
+// request is one Write or WriteBatch, or one mutation of the sync side, on
+// its way to the committer.
 type request struct {
 	ctx    context.Context
 	writes []Write // validated; values are the store's copies
+	mut    mutation
 	bytes  int
 	done   chan reply // buffered: the committer never blocks on a reply
 }
 
 type reply struct {
 	recs []Record
+	val  any // a mutation's result
 	err  error
 }
 
 // staged is a request whose preconditions held: what to store for it.
 type staged struct {
 	req     *request
-	records []*Record
-	entries []*badger.Entry
-	meta    meta // the counters after this request
+	records []*Record // new state records
+	removed []Key     // state records deleted (a mutation's)
+	ops     []kv      // every Badger operation, in order
+	result  any       // a mutation's result
+	meta    meta      // the counters after this request
+}
+
+// kv is one Badger operation of a staged request: a set, or a delete.
+type kv struct {
+	key, value []byte
+	userMeta   byte
+	del        bool
 }
 
 // Write stores one put or delete and returns the new record (without its
@@ -162,27 +174,32 @@ func (e errNotAcked) Error() string {
 func (e errNotAcked) Unwrap() error { return e.err }
 
 func (s *Store) submit(ctx context.Context, ws []Write, size int) ([]Record, error) {
+	rep := s.send(ctx, &request{ctx: ctx, writes: ws, bytes: size, done: make(chan reply, 1)})
+	return rep.recs, rep.err
+}
+
+// send hands r to the committer and waits for its reply.
+func (s *Store) send(ctx context.Context, r *request) reply {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return reply{err: err}
 	}
-	r := &request{ctx: ctx, writes: ws, bytes: size, done: make(chan reply, 1)}
 	s.closeMu.RLock()
 	if s.closing {
 		s.closeMu.RUnlock()
-		return nil, ErrClosed
+		return reply{err: ErrClosed}
 	}
 	select {
 	case s.reqs <- r:
 		s.closeMu.RUnlock()
 	case <-ctx.Done():
 		s.closeMu.RUnlock()
-		return nil, ctx.Err() // never queued: not applied
+		return reply{err: ctx.Err()} // never queued: not applied
 	}
 	select {
 	case rep := <-r.done:
-		return rep.recs, rep.err
+		return rep
 	case <-ctx.Done():
-		return nil, errNotAcked{ctx.Err()}
+		return reply{err: errNotAcked{ctx.Err()}}
 	}
 }
 
@@ -271,48 +288,113 @@ func (s *Store) commitGroup(group []*request) {
 	}
 	now := s.opts.Now()
 	m := s.meta
-	view := make(map[Key]*Record)
 	// Prune before the read transaction begins: its snapshot then holds
 	// every group the pruned entries came from.
 	s.pruneOverlay()
-	rtxn := s.db.NewTransaction(false)
-	defer rtxn.Discard()
-	lookup := func(k Key) (*Record, error) {
-		if rec, ok := view[k]; ok {
-			return rec, nil
-		}
-		if e, ok := s.overlay[k]; ok { // the committer's own map: no lock
-			return e.rec, nil
-		}
-		if rec := s.cache.peek(k); rec != nil {
-			return rec, nil
-		}
-		return readRecord(rtxn, k)
-	}
+	g := &groupView{s: s, recs: make(map[Key]*Record), rtxn: s.db.NewTransaction(false)}
+	defer g.discard()
 	accepted := make([]*staged, 0, len(group))
 	for _, r := range group {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- reply{err: err}
 			continue
 		}
-		st, err := s.stage(r, &m, now, lookup)
+		var st *staged
+		var err error
+		if r.mut != nil {
+			st, err = s.stageMutation(r, &m, g)
+		} else {
+			st, err = s.stage(r, &m, now, g.record)
+		}
 		if err != nil {
 			r.done <- reply{err: err}
 			continue
 		}
-		for _, rec := range st.records {
-			view[rec.Key] = rec
-		}
+		g.add(st)
 		accepted = append(accepted, st)
 	}
 	s.commitStaged(accepted)
+}
+
+// groupView is what the requests of one group are staged against: the
+// records and other keys staged by earlier requests of the group, over the
+// overlay, the cache and Badger. Committer only.
+type groupView struct {
+	s    *Store
+	recs map[Key]*Record // nil: removed
+	raw  map[string]kv
+	rtxn *badger.Txn
+	// fresh is a read transaction opened, after every logged group was
+	// applied, for reads of keys other than state records (mutations).
+	fresh *badger.Txn
+}
+
+// record returns the current record of k (possibly a tombstone), or nil.
+func (g *groupView) record(k Key) (*Record, error) {
+	if rec, ok := g.recs[k]; ok {
+		return rec, nil
+	}
+	if e, ok := g.s.overlay[k]; ok { // the committer's own map: no lock
+		return e.rec, nil
+	}
+	if rec := g.s.cache.peek(k); rec != nil {
+		return rec, nil
+	}
+	return readRecord(g.rtxn, k)
+}
+
+// get returns the current value of a key that is not a state record (nil:
+// absent). The overlay holds state records only, so the first such read of
+// a group waits until the groups in the log are applied to Badger.
+func (g *groupView) get(key []byte) ([]byte, error) {
+	if op, ok := g.raw[string(key)]; ok {
+		if op.del {
+			return nil, nil
+		}
+		return op.value, nil
+	}
+	if g.fresh == nil {
+		if err := g.s.barrier(context.Background()); err != nil {
+			return nil, err
+		}
+		g.fresh = g.s.db.NewTransaction(false)
+	}
+	return getValue(g.fresh, key)
+}
+
+// add makes st's changes visible to the requests staged after it.
+func (g *groupView) add(st *staged) {
+	for _, rec := range st.records {
+		g.recs[rec.Key] = rec
+	}
+	for _, k := range st.removed {
+		g.recs[k] = nil
+	}
+	if st.req.mut == nil {
+		return // a write's other keys (event, journal entry) are never read back in a group
+	}
+	if g.raw == nil {
+		g.raw = make(map[string]kv)
+	}
+	for _, op := range st.ops {
+		if op.key[0] != kindState {
+			g.raw[string(op.key)] = op
+		}
+	}
+}
+
+func (g *groupView) discard() {
+	g.rtxn.Discard()
+	if g.fresh != nil {
+		g.fresh.Discard()
+	}
 }
 
 // stage checks r's preconditions against lookup and builds what to store.
 // On success it advances *m; on failure *m is unchanged.
 func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Record, error)) (*staged, error) {
 	mm := *m
-	st := &staged{req: r, records: make([]*Record, 0, len(r.writes)), entries: make([]*badger.Entry, 0, 3*len(r.writes))}
+	st := &staged{req: r, records: make([]*Record, 0, len(r.writes)), ops: make([]kv, 0, 3*len(r.writes))}
 	nanos := now.UnixNano()
 	var batchID string
 	for i, w := range r.writes {
@@ -321,10 +403,10 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 			return nil, fmt.Errorf("localcache: write %s: read current: %w", w.Key, err)
 		}
 		live := cur != nil && !cur.Deleted
-		var actual, base, synced uint64
-		var prevVector map[string]uint64
+		var actual, base uint64
+		var prev Record
 		if cur != nil {
-			base, synced, prevVector = cur.Version, cur.SyncedVersion, cur.Clock.Vector
+			base, prev = cur.Version, *cur
 		}
 		if live {
 			actual = cur.Version
@@ -353,7 +435,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 			batchID = opID
 		}
 		change := Change{Actor: w.Actor, Reason: w.Reason, Time: nanos}
-		clock := Clock{Lamport: mm.lamport, HLC: mm.hlc, Vector: vectorTick(prevVector, s.nodeID)}
+		clock := Clock{Lamport: mm.lamport, HLC: mm.hlc, Vector: vectorTick(prev.Clock.Vector, s.nodeID)}
 		rec := &Record{
 			Key:           w.Key,
 			Value:         w.Value,
@@ -364,9 +446,11 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 			Origin:        s.nodeID,
 			OpID:          opID,
 			Clock:         clock,
-			SyncedVersion: synced,
+			SyncedVersion: prev.SyncedVersion,
+			SyncedAt:      prev.SyncedAt,
+			Pending:       true,
+			journaled:     prev.journaled + 1,
 		}
-		rec.Pending = rec.Version > rec.SyncedVersion
 		action := ActionPut
 		var userMeta byte
 		if w.Delete {
@@ -378,10 +462,10 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
 			BaseVersion: base, Version: rec.Version, Time: nanos}
 		st.records = append(st.records, rec)
-		st.entries = append(st.entries,
-			badger.NewEntry(stateKey(w.Key), encodeRecord(rec)).WithMeta(userMeta),
-			badger.NewEntry(eventKey(w.Key, rec.Version), encodeEvent(&ev)),
-			badger.NewEntry(journalKey(mm.seq), encodeJournal(&j)),
+		st.ops = append(st.ops,
+			kv{key: stateKey(w.Key), value: encodeRecord(rec), userMeta: userMeta},
+			kv{key: eventKey(w.Key, rec.Version), value: encodeEvent(&ev)},
+			kv{key: journalKey(mm.seq), value: encodeJournal(&j)},
 		)
 	}
 	st.meta = mm
@@ -476,6 +560,7 @@ func (s *Store) commitParts(parts []part) {
 	last := parts[len(parts)-1].sts
 	s.meta = last[len(last)-1].meta
 	keys := make([]Key, 0, len(parts))
+	journaled := false
 	s.ovMu.Lock()
 	for _, p := range parts {
 		for _, st := range p.sts {
@@ -483,6 +568,11 @@ func (s *Store) commitParts(parts []part) {
 				s.overlay[rec.Key] = overlayEntry{rec: rec, seq: seq}
 				keys = append(keys, rec.Key)
 			}
+			for _, k := range st.removed {
+				s.overlay[k] = overlayEntry{seq: seq}
+				keys = append(keys, k)
+			}
+			journaled = journaled || st.req.mut == nil
 		}
 	}
 	s.ovMu.Unlock()
@@ -491,6 +581,9 @@ func (s *Store) commitParts(parts []part) {
 	s.logged.Store(seq)
 	for _, p := range parts {
 		s.answer(p.sts)
+	}
+	if journaled {
+		s.notifyJournal()
 	}
 	s.inflight.Add(1)
 	s.applyQ <- applyJob{seq: seq, parts: parts}
@@ -504,6 +597,12 @@ func (s *Store) commitMemory(parts []part) {
 		if err == nil {
 			s.meta = p.sts[len(p.sts)-1].meta
 			s.published(p.sts)
+			for _, st := range p.sts {
+				if st.req.mut == nil {
+					s.notifyJournal()
+					break
+				}
+			}
 			continue
 		}
 		// Nothing was applied; the parts after it are staged again.
@@ -631,9 +730,7 @@ func (s *Store) apply(job applyJob) {
 		}
 		p.txn.Discard()
 		for _, st := range p.sts {
-			for _, rec := range st.records {
-				s.cache.set(rec.Key, rec)
-			}
+			s.cacheStaged(st)
 		}
 	}
 	// Order matters to point reads: the cache holds the group before
@@ -709,11 +806,30 @@ func (s *Store) unknown(parts []part, cause error) {
 	for _, p := range parts {
 		p.txn.Discard()
 		for _, st := range p.sts {
-			for _, rec := range st.records {
-				s.cache.invalidate(rec.Key)
-			}
+			s.uncacheStaged(st)
 			st.req.done <- reply{err: err}
 		}
+	}
+}
+
+// cacheStaged puts st's committed records in the read cache.
+func (s *Store) cacheStaged(st *staged) {
+	for _, rec := range st.records {
+		s.cache.set(rec.Key, rec)
+	}
+	for _, k := range st.removed {
+		s.cache.invalidate(k)
+	}
+}
+
+// uncacheStaged drops the keys of st, whose outcome is unknown, from the
+// read cache.
+func (s *Store) uncacheStaged(st *staged) {
+	for _, rec := range st.records {
+		s.cache.invalidate(rec.Key)
+	}
+	for _, k := range st.removed {
+		s.cache.invalidate(k)
 	}
 }
 
@@ -736,15 +852,19 @@ func encodeWALGroup(b []byte, seq uint64, parts []part) []byte {
 	ops := 0
 	for _, p := range parts {
 		for _, st := range p.sts {
-			ops += len(st.entries)
+			ops += len(st.ops)
 		}
 		ops++ // meta
 	}
 	b = appendWALGroupHeader(b, seq, ops)
 	for _, p := range parts {
 		for _, st := range p.sts {
-			for _, e := range st.entries {
-				b = appendWALOp(b, walOpSet, e.UserMeta, e.Key, e.Value)
+			for _, op := range st.ops {
+				if op.del {
+					b = appendWALOp(b, walOpDelete, 0, op.key, nil)
+				} else {
+					b = appendWALOp(b, walOpSet, op.userMeta, op.key, op.value)
+				}
 			}
 		}
 		b = appendWALOp(b, walOpSet, 0, metaCounters, encodeMeta(p.sts[len(p.sts)-1].meta))
@@ -758,8 +878,14 @@ func encodeWALGroup(b []byte, seq uint64, parts []part) []byte {
 func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
 	txn = s.db.NewTransaction(true)
 	for _, st := range part {
-		for _, e := range st.entries {
-			if err := txn.SetEntry(e); err != nil {
+		for _, op := range st.ops {
+			var err error
+			if op.del {
+				err = txn.Delete(op.key)
+			} else {
+				err = txn.SetEntry(badger.NewEntry(op.key, op.value).WithMeta(op.userMeta))
+			}
+			if err != nil {
 				txn.Discard()
 				return nil, fitted, err
 			}
@@ -777,9 +903,7 @@ func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
 // replies.
 func (s *Store) published(part []*staged) {
 	for _, st := range part {
-		for _, rec := range st.records {
-			s.cache.set(rec.Key, rec)
-		}
+		s.cacheStaged(st)
 	}
 	s.answer(part)
 }
@@ -790,14 +914,21 @@ func (s *Store) answer(part []*staged) {
 	m := part[len(part)-1].meta
 	s.metaStates.Store(m.states)
 	s.metaJournal.Store(m.journal)
+	s.metaParked.Store(m.parked)
 	writes := 0
 	for _, st := range part {
-		writes += len(st.records)
+		if st.req.mut == nil {
+			writes += len(st.records)
+		}
 	}
 	s.commits.Add(1)
 	s.commitWrites.Add(uint64(writes))
 	s.repliedAt.Store(time.Now().UnixNano())
 	for _, st := range part {
+		if st.req.mut != nil {
+			st.req.done <- reply{val: st.result}
+			continue
+		}
 		recs := make([]Record, len(st.records))
 		for i, rec := range st.records {
 			recs[i] = *rec
@@ -821,9 +952,7 @@ func (s *Store) failed(part []*staged, err error) {
 	// forward, so no op id or clock value is ever issued twice.
 	s.log.Error("commit failed", "err", err, "requests", len(part))
 	for _, st := range part {
-		for _, rec := range st.records {
-			s.cache.invalidate(rec.Key)
-		}
+		s.uncacheStaged(st)
 	}
 	last := part[len(part)-1].meta
 	if s.wal == nil {
@@ -850,6 +979,7 @@ func (s *Store) failed(part []*staged, err error) {
 	if s.wal == nil {
 		s.metaStates.Store(s.meta.states)
 		s.metaJournal.Store(s.meta.journal)
+		s.metaParked.Store(s.meta.parked)
 	}
 	err = fmt.Errorf("localcache: commit: %w", err)
 	for _, st := range part {

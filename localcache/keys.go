@@ -10,6 +10,9 @@ import (
 //	s + enc(key)                         state record (latest version, or tombstone)
 //	e + u16 len(gov) gov u16 len(st) st + BE u64 version   event (immutable)
 //	j + BE u64 seq                       journal entry
+//	f + BE u64 seq                       parked journal entry (the failed list)
+//	r + enc(key)                         remote record kept aside while a local write of key is pending
+//	c + governor                         change cursor of governor (where pulling resumes)
 //	m + name                             meta (counters, node id, format)
 //
 // enc(key) is BE u16 len(governor) + governor + state: the length prefix
@@ -23,6 +26,9 @@ const (
 	kindState   = 's'
 	kindEvent   = 'e'
 	kindJournal = 'j'
+	kindParked  = 'f'
+	kindAside   = 'r'
+	kindCursor  = 'c'
 	kindMeta    = 'm'
 )
 
@@ -90,4 +96,18 @@ func parseJournalKey(b []byte) (uint64, error) {
 		return 0, errBadKey
 	}
 	return binary.BigEndian.Uint64(b[1:]), nil
+}
+
+func parkedKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{kindParked}, seq)
+}
+
+func asideKey(k Key) []byte {
+	b := stateKey(k)
+	b[0] = kindAside
+	return b
+}
+
+func cursorKey(governor string) []byte {
+	return append([]byte{kindCursor}, governor...)
 }

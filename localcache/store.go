@@ -58,12 +58,13 @@ type Store struct {
 	closeErr  error
 
 	// meta is owned by the committer: the counters and clocks as of the last
-	// group logged (on disk) or committed (in memory). metaStates and
-	// metaJournal mirror two of them, as of the last group applied, for
-	// Stats.
+	// group logged (on disk) or committed (in memory). metaStates,
+	// metaJournal and metaParked mirror three of them, as of the last group
+	// acknowledged, for Stats.
 	meta         meta
 	metaStates   atomic.Int64
 	metaJournal  atomic.Int64
+	metaParked   atomic.Int64
 	commits      atomic.Uint64
 	commitWrites atomic.Uint64
 
@@ -97,6 +98,10 @@ type Store struct {
 
 	// repliedAt is when writers were last answered (unix nanoseconds).
 	repliedAt atomic.Int64
+
+	// journalCh wakes the syncer after new journal entries are
+	// acknowledged (see Notify).
+	journalCh chan struct{}
 
 	// Owned by the committer.
 	walBuf    []byte
@@ -143,6 +148,7 @@ func Open(opts Options) (*Store, error) {
 		ckDone:        make(chan struct{}),
 		ckNotify:      make(chan struct{}, 1),
 		barrierCh:     make(chan struct{}),
+		journalCh:     make(chan struct{}, 1),
 	}
 	if !opts.InMemory {
 		if err := s.openWAL(); err != nil {
@@ -234,6 +240,7 @@ func (s *Store) load() error {
 	}
 	s.metaStates.Store(s.meta.states)
 	s.metaJournal.Store(s.meta.journal)
+	s.metaParked.Store(s.meta.parked)
 	if stored == s.nodeID {
 		return nil
 	}
@@ -676,6 +683,7 @@ func (s *Store) Stats() Stats {
 	st := Stats{
 		States:       s.metaStates.Load(),
 		JournalDepth: s.metaJournal.Load(),
+		Parked:       s.metaParked.Load(),
 		Commits:      s.commits.Load(),
 		CommitWrites: s.commitWrites.Load(),
 	}

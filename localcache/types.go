@@ -57,12 +57,19 @@ type Record struct {
 	Origin    string // node id that made this version
 	OpID      string // op id of the change that made this version
 	Clock     Clock
-	// SyncedVersion is the highest version of this state known to be in the
-	// shared store (0: none yet). It is stored with the record.
+	// SyncedVersion is the version of this state the shared store held when
+	// this node last heard from it (0: never), and SyncedAt when the shared
+	// store committed that version (Unix nanoseconds, 0: unknown). Both are
+	// stored with the record.
 	SyncedVersion uint64
-	// Pending is true while a journal entry for this key is not yet acked by
-	// the syncer: Version > SyncedVersion. It is computed on read, not stored.
+	SyncedAt      int64
+	// Pending is true while a local change of this state waits in the
+	// journal (not yet acked by the syncer, nor parked).
 	Pending bool
+
+	// journaled counts the journal entries of this state still pending; it
+	// is stored with the record and Pending is derived from it.
+	journaled uint32
 }
 
 // Write is one put or delete. IfVersion, when set, requires the current
@@ -166,6 +173,7 @@ func (e *KeyError) Unwrap() error { return e.Err }
 type Stats struct {
 	States       int64  // live states (tombstones are not counted)
 	JournalDepth int64  // journal entries not yet acked by the syncer
+	Parked       int64  // journal entries the shared store rejected for good (see Failed)
 	Commits      uint64 // Badger transactions committed (on disk, one write-ahead log sync each, but for groups too large for one transaction)
 	CommitWrites uint64 // writes in those transactions: > Commits when group commit batches
 	CacheHits    uint64

@@ -137,7 +137,9 @@ type Record struct {
 	OpID      string // op id of the (last) change that made this version
 	Clock     Clock
 	// RemoteTime is when the remote committed this version. It is set by the
-	// remote and ignored in a Change.
+	// remote and ignored in a Change. In the Result of a change just
+	// Applied, a backend that cannot learn its commit time reports when the
+	// commit returned.
 	RemoteTime time.Time
 }
 

@@ -323,6 +323,15 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 	}, firestore.MaxAttempts(r.maxAttempts))
 	switch {
 	case err == nil:
+		// A transaction does not report its commit time, which becomes the
+		// written documents' sync_time: the records written get the time
+		// the commit returned, which is at most a round trip later.
+		now := time.Now()
+		for i := range results {
+			if results[i].Status == syncer.Applied && results[i].Remote.RemoteTime.IsZero() {
+				results[i].Remote.RemoteTime = now
+			}
+		}
 		return results, conflict
 	case errors.Is(err, errDecode):
 		return nil, decodeErr

@@ -175,6 +175,9 @@ func testCommitAndGet(t *testing.T, ctx context.Context, r syncer.Remote) {
 		t.Fatal("Applied result without the record")
 	}
 	sameRecord(t, res[0].Remote, c.Record)
+	if d := time.Since(res[0].Remote.RemoteTime); d < -time.Minute || d > time.Minute {
+		t.Fatalf("Commit: RemoteTime %v of an applied change is not set or far from now", res[0].Remote.RemoteTime)
+	}
 	got := get(t, ctx, r, key)
 	sameRecord(t, got, c.Record)
 	if got.RemoteTime.IsZero() {

@@ -1,0 +1,587 @@
+package localcache
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/syncer"
+)
+
+// The sync side. The store is the push loop's Journal (its outbox) and the
+// pull loop's Applier (syncer.Journal, syncer.Applier). What they change in
+// Badger (acks, parked entries, remote records, change cursors) is a
+// mutation: it goes through the committer and the write-ahead log exactly
+// like a write, staged in order with the writes of its group, so a replay
+// redoes it and a write staged after it sees it (docs/decisions/0004, 0008).
+//
+// Per state the record counts its journal entries still pending
+// (Record.Pending); a remote record that arrives while some are is kept
+// aside (kindAside) and settled when the last of them is acked or parked.
+
+var (
+	_ syncer.Journal      = (*Store)(nil)
+	_ syncer.JournalDepth = (*Store)(nil)
+	_ syncer.Applier      = (*Store)(nil)
+)
+
+// mutation is a change of the sync side, run by the committer. It reads
+// and writes through tx and returns the value its caller gets back; on error
+// nothing it wrote is kept.
+type mutation func(tx *mutTx) (any, error)
+
+// mutTx is what a mutation stages against and into. Committer only.
+type mutTx struct {
+	g     *groupView
+	m     meta // the counters, changed in place
+	recs  map[Key]*Record
+	order []Key // keys of recs, in first-touch order
+	raw   map[string]kv
+	ops   []kv
+}
+
+// record returns the current record of k (possibly a tombstone), or nil.
+func (tx *mutTx) record(k Key) (*Record, error) {
+	if rec, ok := tx.recs[k]; ok {
+		return rec, nil
+	}
+	return tx.g.record(k)
+}
+
+// get returns the value of a key that is not a state record, or nil.
+func (tx *mutTx) get(key []byte) ([]byte, error) {
+	if op, ok := tx.raw[string(key)]; ok {
+		if op.del {
+			return nil, nil
+		}
+		return op.value, nil
+	}
+	return tx.g.get(key)
+}
+
+func (tx *mutTx) set(key, value []byte) {
+	op := kv{key: key, value: value}
+	tx.raw[string(key)] = op
+	tx.ops = append(tx.ops, op)
+}
+
+func (tx *mutTx) del(key []byte) {
+	op := kv{key: key, del: true}
+	tx.raw[string(key)] = op
+	tx.ops = append(tx.ops, op)
+}
+
+func (tx *mutTx) touch(k Key) {
+	if _, ok := tx.recs[k]; !ok {
+		tx.order = append(tx.order, k)
+	}
+}
+
+// putRecord stores rec as the record of its key, counting a state that
+// comes to life or dies against prev (the record it replaces, or nil), and
+// moves the node's clocks past rec's.
+func (tx *mutTx) putRecord(prev, rec *Record) {
+	tx.touch(rec.Key)
+	tx.recs[rec.Key] = rec
+	var userMeta byte
+	if rec.Deleted {
+		userMeta = userMetaTombstone
+	}
+	tx.ops = append(tx.ops, kv{key: stateKey(rec.Key), value: encodeRecord(rec), userMeta: userMeta})
+	tx.m.states += liveDelta(prev, rec)
+	tx.m.lamport = max(tx.m.lamport, rec.Clock.Lamport)
+	tx.m.hlc = max(tx.m.hlc, rec.Clock.HLC)
+}
+
+// removeRecord deletes the record of k (prev, which may be nil).
+func (tx *mutTx) removeRecord(prev *Record, k Key) {
+	tx.touch(k)
+	tx.recs[k] = nil
+	tx.ops = append(tx.ops, kv{key: stateKey(k), del: true})
+	tx.m.states += liveDelta(prev, nil)
+}
+
+func liveDelta(prev, next *Record) int64 {
+	live := func(r *Record) int64 {
+		if r != nil && !r.Deleted {
+			return 1
+		}
+		return 0
+	}
+	return live(next) - live(prev)
+}
+
+// stageMutation runs r's mutation against g. On success it advances *m.
+func (s *Store) stageMutation(r *request, m *meta, g *groupView) (*staged, error) {
+	tx := &mutTx{g: g, m: *m, recs: make(map[Key]*Record), raw: make(map[string]kv)}
+	res, err := r.mut(tx)
+	if err != nil {
+		return nil, err
+	}
+	st := &staged{req: r, ops: tx.ops, result: res, meta: tx.m}
+	for _, k := range tx.order {
+		if rec := tx.recs[k]; rec != nil {
+			st.records = append(st.records, rec)
+		} else {
+			st.removed = append(st.removed, k)
+		}
+	}
+	*m = tx.m
+	return st, nil
+}
+
+// mutate runs mut in the committer and returns its result once it is
+// durable (like a write).
+func (s *Store) mutate(ctx context.Context, mut mutation) (any, error) {
+	rep := s.send(ctx, &request{ctx: ctx, mut: mut, done: make(chan reply, 1)})
+	return rep.val, rep.err
+}
+
+// notifyJournal wakes the syncer (see Notify).
+func (s *Store) notifyJournal() {
+	select {
+	case s.journalCh <- struct{}{}:
+	default:
+	}
+}
+
+// Notify returns the channel that receives a value after new journal
+// entries are acknowledged to their writers (syncer.Journal).
+func (s *Store) Notify() <-chan struct{} { return s.journalCh }
+
+// Depth returns the number of journal entries pending (syncer.JournalDepth).
+func (s *Store) Depth() int64 { return s.metaJournal.Load() }
+
+// Pending returns up to limit journal entries with Seq > afterSeq, in
+// journal order, each with the record and event its change produced
+// (syncer.Journal). limit <= 0 means DefaultJournalLimit.
+func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]syncer.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = DefaultJournalLimit
+	}
+	if afterSeq == math.MaxUint64 {
+		return nil, nil
+	}
+	var out []syncer.Entry
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
+		defer it.Close()
+		for it.Seek(journalKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {
+			item := it.Item()
+			seq, err := parseJournalKey(item.Key())
+			if err != nil {
+				return fmt.Errorf("journal key %x: %w", item.Key(), err)
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			j, err := decodeJournal(seq, v)
+			if err != nil {
+				return fmt.Errorf("journal %d: %w", seq, err)
+			}
+			evItem, err := txn.Get(eventKey(j.Key, j.Version))
+			if err != nil {
+				return fmt.Errorf("journal %d: event %s v%d: %w", seq, j.Key, j.Version, err)
+			}
+			ev, err := readEvent(evItem, j.Key)
+			if err != nil {
+				return fmt.Errorf("journal %d: %w", seq, err)
+			}
+			if ev.OpID != j.OpID {
+				return fmt.Errorf("journal %d: %w: event %s v%d is op %s, not %s", seq, errCorrupt, j.Key, j.Version, ev.OpID, j.OpID)
+			}
+			out = append(out, syncer.Entry{
+				Seq:         seq,
+				BatchID:     j.BatchID,
+				BaseVersion: j.BaseVersion,
+				Record:      eventRecord(ev),
+				Event:       toSyncEvent(ev),
+				Time:        j.Time,
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("localcache: pending: %w", err)
+	}
+	return out, nil
+}
+
+// Ack removes pushed entries from the journal and settles their keys
+// (syncer.Journal): a key with no entry left adopts the remote record (or
+// the one kept aside, when newer); otherwise only the remote version is
+// recorded. Acking entries that are no longer pending changes nothing.
+func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
+	if len(acks) == 0 {
+		return nil
+	}
+	remotes := make([]*Record, len(acks))
+	for i, a := range acks {
+		if a.Remote.Version > 0 {
+			remotes[i] = fromSyncRecord(a.Remote)
+		}
+	}
+	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		last := make(map[Key]int, len(acks))
+		for i, a := range acks {
+			last[Key(a.Key)] = i
+		}
+		for i, a := range acks {
+			k := Key(a.Key)
+			removed := uint32(0)
+			for _, seq := range a.Seqs {
+				v, err := tx.get(journalKey(seq))
+				if err != nil {
+					return nil, err
+				}
+				if v == nil {
+					continue // acked before
+				}
+				j, err := decodeJournal(seq, v)
+				if err != nil {
+					return nil, fmt.Errorf("journal %d: %w", seq, err)
+				}
+				if j.Key != k {
+					return nil, fmt.Errorf("ack of journal entry %d under %s: the entry is of %s", seq, k, j.Key)
+				}
+				tx.del(journalKey(seq))
+				removed++
+			}
+			if removed == 0 {
+				continue
+			}
+			tx.m.journal -= int64(removed)
+			cur, err := tx.record(k)
+			if err != nil {
+				return nil, err
+			}
+			if cur == nil {
+				return nil, fmt.Errorf("%w: %s has journal entries and no record", errCorrupt, k)
+			}
+			rec := *cur
+			rec.journaled -= min(rec.journaled, removed)
+			if rec.journaled > 0 || last[k] != i {
+				// A later write of k is still to be pushed (or acked
+				// later in this call): keep the local record.
+				rec.Pending = rec.journaled > 0
+				rec.SyncedVersion = a.Remote.Version
+				rec.SyncedAt = remoteTime(a.Remote)
+				tx.putRecord(cur, &rec)
+				continue
+			}
+			if err := tx.settle(cur, k, remotes[i]); err != nil {
+				return nil, err
+			}
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("localcache: ack: %w", err)
+	}
+	return nil
+}
+
+// settle makes the record of k, whose last journal entry just left the
+// journal, the newer of remote (nil: the remote has no record) and the
+// record kept aside for k, and drops the one kept aside.
+func (tx *mutTx) settle(cur *Record, k Key, remote *Record) error {
+	next := remote
+	aside, err := tx.aside(k)
+	if err != nil {
+		return err
+	}
+	if aside != nil {
+		tx.del(asideKey(k))
+		var base syncer.Record
+		if next != nil {
+			base = toSyncRecord(next)
+		}
+		if syncer.DecideApply(base, next != nil, false, toSyncRecord(aside)) == syncer.ApplyNewer {
+			next = aside
+		}
+	}
+	if next == nil {
+		tx.removeRecord(cur, k)
+		return nil
+	}
+	tx.putRecord(cur, next)
+	return nil
+}
+
+// aside returns the remote record kept aside for k, or nil.
+func (tx *mutTx) aside(k Key) (*Record, error) {
+	v, err := tx.get(asideKey(k))
+	if err != nil || v == nil {
+		return nil, err
+	}
+	rec, err := decodeRecord(k, v)
+	if err != nil {
+		return nil, fmt.Errorf("remote record of %s kept aside: %w", k, err)
+	}
+	rec.journaled, rec.Pending = 0, false
+	return rec, nil
+}
+
+// Park moves entries the shared store rejected for good from the journal to
+// the failed list, with their reason (syncer.Journal). The local record
+// keeps its value; when its last pending entry is parked, a remote record
+// kept aside for it is applied as ApplyRemote would now.
+func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
+	if len(parked) == 0 {
+		return nil
+	}
+	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		for _, p := range parked {
+			v, err := tx.get(journalKey(p.Seq))
+			if err != nil {
+				return nil, err
+			}
+			if v == nil {
+				continue
+			}
+			j, err := decodeJournal(p.Seq, v)
+			if err != nil {
+				return nil, fmt.Errorf("journal %d: %w", p.Seq, err)
+			}
+			tx.del(journalKey(p.Seq))
+			tx.set(parkedKey(p.Seq), encodeParked(&ParkedEntry{JournalEntry: j, Reason: p.Reason, ParkedAt: p.Time.UnixNano()}))
+			tx.m.journal--
+			tx.m.parked++
+			cur, err := tx.record(j.Key)
+			if err != nil {
+				return nil, err
+			}
+			if cur == nil {
+				return nil, fmt.Errorf("%w: %s has journal entries and no record", errCorrupt, j.Key)
+			}
+			rec := *cur
+			rec.journaled -= min(rec.journaled, 1)
+			rec.Pending = rec.journaled > 0
+			if rec.journaled == 0 {
+				aside, err := tx.aside(j.Key)
+				if err != nil {
+					return nil, err
+				}
+				if aside != nil {
+					tx.del(asideKey(j.Key))
+					if syncer.DecideApply(toSyncRecord(&rec), true, false, toSyncRecord(aside)).Applied() {
+						tx.putRecord(cur, aside)
+						continue
+					}
+				}
+			}
+			tx.putRecord(cur, &rec)
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("localcache: park: %w", err)
+	}
+	return nil
+}
+
+// ParkedEntry is a journal entry the shared store rejected for good, in the
+// failed list.
+type ParkedEntry struct {
+	JournalEntry
+	Reason   string
+	ParkedAt int64 // Unix nanoseconds
+}
+
+// Failed returns up to limit parked entries with Seq > afterSeq, in journal
+// order. limit <= 0 means DefaultJournalLimit.
+func (s *Store) Failed(ctx context.Context, afterSeq uint64, limit int) ([]ParkedEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = DefaultJournalLimit
+	}
+	if afterSeq == math.MaxUint64 {
+		return nil, nil
+	}
+	var out []ParkedEntry
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindParked}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
+		defer it.Close()
+		for it.Seek(parkedKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {
+			item := it.Item()
+			k := item.Key()
+			if len(k) != 9 {
+				return fmt.Errorf("parked key %x: %w", k, errBadKey)
+			}
+			seq := binary.BigEndian.Uint64(k[1:])
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			p, err := decodeParked(seq, v)
+			if err != nil {
+				return fmt.Errorf("parked %d: %w", seq, err)
+			}
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("localcache: failed list: %w", err)
+	}
+	return out, nil
+}
+
+// ApplyRemote applies remote records (syncer.Applier): each is decided with
+// syncer.DecideApply against the local record, in one durable local change
+// together with the governor's change cursor.
+func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.ApplyResult, error) {
+	recs := make([]*Record, len(b.Records))
+	for i, r := range b.Records {
+		if b.Governor != "" && r.Key.Governor != b.Governor {
+			return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: record %s in a batch of governor %q", r.Key, b.Governor)
+		}
+		if err := validateKey("apply", Key(r.Key)); err != nil {
+			return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
+		}
+		recs[i] = fromSyncRecord(r)
+	}
+	if b.Governor != "" {
+		if err := validateKey("apply", Key{Governor: b.Governor, State: "x"}); err != nil {
+			return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
+		}
+	}
+	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		statuses := make([]syncer.ApplyStatus, len(recs))
+		for i, r := range recs {
+			cur, err := tx.record(r.Key)
+			if err != nil {
+				return nil, err
+			}
+			var local syncer.Record
+			if cur != nil {
+				local = toSyncRecord(cur)
+			}
+			st := syncer.DecideApply(local, cur != nil, cur != nil && cur.journaled > 0, b.Records[i])
+			statuses[i] = st
+			switch {
+			case st.Applied():
+				tx.putRecord(cur, r)
+			case st == syncer.ApplyPending:
+				aside, err := tx.aside(r.Key)
+				if err != nil {
+					return nil, err
+				}
+				if aside == nil || syncer.DecideApply(toSyncRecord(aside), true, false, b.Records[i]) == syncer.ApplyNewer {
+					tx.set(asideKey(r.Key), encodeRecord(r))
+				}
+			}
+		}
+		if b.Governor != "" {
+			tx.set(cursorKey(b.Governor), []byte(b.Cursor))
+		}
+		return syncer.ApplyResult{Statuses: statuses}, nil
+	})
+	if err != nil {
+		return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
+	}
+	return res.(syncer.ApplyResult), nil
+}
+
+// Cursor returns the change cursor stored for governor (syncer.Applier).
+func (s *Store) Cursor(ctx context.Context, governor string) (syncer.Cursor, error) {
+	var c syncer.Cursor
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		v, err := getValue(txn, cursorKey(governor))
+		c = syncer.Cursor(v)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("localcache: cursor %q: %w", governor, err)
+	}
+	return c, nil
+}
+
+// --- conversions between the store's records and the syncer's ---
+
+// eventRecord is the record a local change produced, rebuilt from its event.
+func eventRecord(ev Event) syncer.Record {
+	return syncer.Record{
+		Key:       syncer.Key(ev.Key),
+		Value:     ev.Value,
+		Version:   ev.ToVersion,
+		Deleted:   ev.Action == ActionDelete,
+		UpdatedAt: ev.Change.Time,
+		Change:    syncer.ChangeMeta(ev.Change),
+		Origin:    ev.Origin,
+		OpID:      ev.OpID,
+		Clock:     syncer.Clock(ev.Clock),
+	}
+}
+
+func toSyncEvent(ev Event) syncer.Event {
+	return syncer.Event{
+		Key:         syncer.Key(ev.Key),
+		Action:      ev.Action,
+		FromVersion: ev.FromVersion,
+		ToVersion:   ev.ToVersion,
+		Value:       ev.Value,
+		Change:      syncer.ChangeMeta(ev.Change),
+		Origin:      ev.Origin,
+		OpID:        ev.OpID,
+		Clock:       syncer.Clock(ev.Clock),
+	}
+}
+
+// toSyncRecord is r as the syncer sees it; it shares Value and the vector.
+func toSyncRecord(r *Record) syncer.Record {
+	out := syncer.Record{
+		Key:       syncer.Key(r.Key),
+		Value:     r.Value,
+		Version:   r.Version,
+		Deleted:   r.Deleted,
+		UpdatedAt: r.UpdatedAt,
+		Change:    syncer.ChangeMeta(r.Change),
+		Origin:    r.Origin,
+		OpID:      r.OpID,
+		Clock:     syncer.Clock(r.Clock),
+	}
+	if r.SyncedAt != 0 {
+		out.RemoteTime = time.Unix(0, r.SyncedAt)
+	}
+	return out
+}
+
+// fromSyncRecord is the local record of a remote record, with its own
+// copies of Value and the vector (it is stored and cached).
+func fromSyncRecord(r syncer.Record) *Record {
+	r = r.Clone()
+	if r.Deleted || len(r.Value) == 0 {
+		r.Value = nil
+	}
+	return &Record{
+		Key:           Key(r.Key),
+		Value:         r.Value,
+		Version:       r.Version,
+		Deleted:       r.Deleted,
+		UpdatedAt:     r.UpdatedAt,
+		Change:        Change(r.Change),
+		Origin:        r.Origin,
+		OpID:          r.OpID,
+		Clock:         Clock(r.Clock),
+		SyncedVersion: r.Version,
+		SyncedAt:      remoteTime(r),
+	}
+}
+
+func remoteTime(r syncer.Record) int64 {
+	if r.RemoteTime.IsZero() {
+		return 0
+	}
+	return r.RemoteTime.UnixNano()
+}

@@ -1,0 +1,527 @@
+package localcache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
+	"github.com/tai-state/tai-state/syncer/memremote"
+)
+
+// The store as the syncer's Journal and the puller's Applier, exercised with
+// the real push and pull loops over the in-memory remote. The same loops run
+// against the Firestore emulator in e2e.
+
+// forRemotes runs test against the in-memory remote and against Firestore
+// on the emulator.
+func forRemotes(t *testing.T, test func(t *testing.T, newRemote func() syncer.Remote)) {
+	t.Run("memremote", func(t *testing.T) {
+		test(t, func() syncer.Remote { return memremote.New() })
+	})
+	t.Run("firestore", func(t *testing.T) {
+		test(t, func() syncer.Remote { return firestoretest.Open(t) })
+	})
+}
+
+type syncNode struct {
+	t      *testing.T
+	dir    string
+	node   string
+	store  *Store
+	remote syncer.Remote
+	push   *syncer.Syncer
+	pull   *syncer.Puller
+}
+
+func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string) *syncNode {
+	t.Helper()
+	n := &syncNode{t: t, dir: t.TempDir(), node: node, remote: remote}
+	n.open(govs...)
+	t.Cleanup(func() {
+		if n.store != nil {
+			_ = n.store.Close(context.Background())
+		}
+	})
+	return n
+}
+
+func (n *syncNode) open(govs ...string) {
+	n.t.Helper()
+	n.store = openDisk(n.t, n.dir, func(o *Options) { o.NodeID = n.node })
+	n.push = syncer.New(n.store, n.remote, syncer.Options{Backoff: syncer.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond}})
+	n.pull = syncer.NewPuller(n.store, n.remote, syncer.PullOptions{Governors: govs})
+}
+
+func (n *syncNode) restart(govs ...string) {
+	n.t.Helper()
+	closeStore(n.t, n.store)
+	n.open(govs...)
+}
+
+func (n *syncNode) put(k Key, v string) Record {
+	n.t.Helper()
+	return mustPut(n.t, n.store, k, v)
+}
+
+func (n *syncNode) pushAll() syncer.Report {
+	n.t.Helper()
+	rep, err := n.push.SyncOnce(context.Background())
+	if err != nil {
+		n.t.Fatalf("%s: push: %v", n.node, err)
+	}
+	return rep
+}
+
+func (n *syncNode) pullAll() syncer.PullReport {
+	n.t.Helper()
+	rep, err := n.pull.PullOnce(context.Background())
+	if err != nil {
+		n.t.Fatalf("%s: pull: %v", n.node, err)
+	}
+	return rep
+}
+
+func (n *syncNode) get(k Key) Record {
+	n.t.Helper()
+	rec, err := n.store.Get(context.Background(), k)
+	if err != nil {
+		n.t.Fatalf("%s: get %s: %v", n.node, k, err)
+	}
+	return rec
+}
+
+func remoteGet(t *testing.T, r syncer.Remote, k Key) syncer.Record {
+	t.Helper()
+	rec, err := r.Get(context.Background(), syncer.Key(k))
+	if err != nil {
+		t.Fatalf("remote get %s: %v", k, err)
+	}
+	return rec
+}
+
+func TestSyncPushDrainsJournal(t *testing.T) { forRemotes(t, testSyncPushDrainsJournal) }
+
+func testSyncPushDrainsJournal(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote)
+	k1, k2 := key("g", "one"), key("g", "two")
+	a.put(k1, "v1")
+	a.put(k1, "v2")
+	a.put(k2, "x")
+	if _, err := a.store.WriteBatch(context.Background(), []Write{{Key: key("g", "b1"), Value: []byte("p")}, {Key: key("g", "b2"), Value: []byte("q")}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := a.store.Depth(); d != 5 {
+		t.Fatalf("depth %d, want 5", d)
+	}
+	if rec := a.get(k1); !rec.Pending || rec.SyncedVersion != 0 {
+		t.Fatalf("before push: %+v", rec)
+	}
+	entries, err := a.store.Pending(context.Background(), 0, 0)
+	if err != nil || len(entries) != 5 {
+		t.Fatalf("pending: %d entries, %v", len(entries), err)
+	}
+	if e := entries[3]; e.BatchID != entries[4].BatchID || e.Record.Key != syncer.Key(key("g", "b1")) || string(e.Record.Value) != "p" || e.Event.OpID != e.Record.OpID {
+		t.Fatalf("batch entry %+v", e)
+	}
+
+	rep := a.pushAll()
+	if rep.Pushed != 5 || rep.Parked != 0 {
+		t.Fatalf("push report %+v", rep)
+	}
+	if d := a.store.Depth(); d != 0 {
+		t.Fatalf("depth after push %d", d)
+	}
+	if entries, _ := a.store.Pending(context.Background(), 0, 0); len(entries) != 0 {
+		t.Fatalf("pending after push: %v", entries)
+	}
+	rec := a.get(k1)
+	r := remoteGet(t, remote, k1)
+	if rec.Pending || rec.SyncedVersion != 2 || rec.Version != 2 || string(rec.Value) != "v2" || rec.SyncedAt == 0 || time.Duration(rec.SyncedAt-r.RemoteTime.UnixNano()).Abs() > time.Second {
+		t.Fatalf("after push: local v%d synced v%d at %d pending %v %q; remote v%d at %d %q", rec.Version, rec.SyncedVersion, rec.SyncedAt, rec.Pending, rec.Value, r.Version, r.RemoteTime.UnixNano(), r.Value)
+	}
+	if string(r.Value) != "v2" || r.Version != 2 {
+		t.Fatalf("remote %+v", r)
+	}
+	evs, err := remote.Events(context.Background(), syncer.Key(k1), 0, 0)
+	if err != nil || len(evs) != 2 || string(evs[0].Value) != "v1" {
+		t.Fatalf("remote events %+v, %v", evs, err)
+	}
+
+	// The acks are durable: a restart finds nothing to push and the synced
+	// record.
+	a.restart()
+	if rep := a.pushAll(); rep.Done() != 0 {
+		t.Fatalf("push after restart: %+v", rep)
+	}
+	if rec := a.get(k1); rec.Pending || rec.SyncedVersion != 2 {
+		t.Fatalf("after restart: %+v", rec)
+	}
+	if st := a.store.Stats(); st.JournalDepth != 0 || st.States != 4 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestSyncPullBringsRemoteChanges(t *testing.T) { forRemotes(t, testSyncPullBringsRemoteChanges) }
+
+func testSyncPullBringsRemoteChanges(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	k := key("g", "k")
+	a.put(k, "from-a")
+	a.put(key("g", "gone"), "x")
+	if _, err := a.store.Write(context.Background(), Write{Key: key("g", "gone"), Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	a.pushAll()
+
+	rep := b.pullAll()
+	if rep.Applied == 0 {
+		t.Fatalf("pull report %+v", rep)
+	}
+	rec := b.get(k)
+	if string(rec.Value) != "from-a" || rec.Version != 1 || rec.Pending || rec.Origin != "a" || rec.SyncedVersion != 1 {
+		t.Fatalf("b's record %+v", rec)
+	}
+	if _, err := b.store.Get(context.Background(), key("g", "gone")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted state on b: %v", err)
+	}
+	// b writes on top of a's version; a pulls it back.
+	if rec := b.put(k, "from-b"); rec.Version != 2 || rec.Clock.Vector["a"] != 1 || rec.Clock.Vector["b"] != 1 {
+		t.Fatalf("b's write %+v", rec)
+	}
+	if rep := b.pushAll(); rep.Pushed != 1 {
+		t.Fatalf("b push %+v", rep)
+	}
+	a.pullAll()
+	if rec := a.get(k); string(rec.Value) != "from-b" || rec.Version != 2 || rec.Pending {
+		t.Fatalf("a after pull %+v", rec)
+	}
+	// Clocks moved past the remote record's.
+	if rec := a.put(key("g", "later"), "x"); rec.Clock.Lamport <= b.get(k).Clock.Lamport {
+		t.Fatalf("a's Lamport clock %d did not move past %d", rec.Clock.Lamport, b.get(k).Clock.Lamport)
+	}
+
+	// The cursor is stored with the records: a restart pulls nothing again,
+	// and an empty disk pulls everything.
+	cur, err := b.store.Cursor(context.Background(), "g")
+	if err != nil || cur == "" {
+		t.Fatalf("cursor %q, %v", cur, err)
+	}
+	b.restart("g")
+	if c2, _ := b.store.Cursor(context.Background(), "g"); c2 != cur {
+		t.Fatalf("cursor after restart %q, want %q", c2, cur)
+	}
+	fresh := newSyncNode(t, "c", remote, "g")
+	fresh.pullAll()
+	if rec := fresh.get(k); string(rec.Value) != "from-b" {
+		t.Fatalf("fresh node %+v", rec)
+	}
+	if st := fresh.store.Stats(); st.States != 1 || st.JournalDepth != 0 { // "gone" is a tombstone; a's "later" is not pushed
+		t.Fatalf("fresh node stats %+v", st)
+	}
+}
+
+// TestSyncRemoteWhilePending: a remote change that arrives while a local
+// write of the key waits is kept aside; the push settles the key and both
+// nodes end with the same record.
+func TestSyncRemoteWhilePending(t *testing.T) { forRemotes(t, testSyncRemoteWhilePending) }
+
+func testSyncRemoteWhilePending(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	k := key("g", "k")
+	a.put(k, "base")
+	a.pushAll()
+	b.pullAll()
+
+	b.put(k, "b-wins?")
+	b.pushAll()
+	a.put(k, "a-offline") // concurrent with b's write
+	rep := a.pullAll()
+	if rep.Pending != 1 {
+		t.Fatalf("pull report %+v, want one pending", rep)
+	}
+	if rec := a.get(k); string(rec.Value) != "a-offline" || !rec.Pending {
+		t.Fatalf("a keeps its pending write: %+v", rec)
+	}
+	a.pushAll()
+	b.pullAll()
+	ra, rb, rr := a.get(k), b.get(k), remoteGet(t, remote, k)
+	if ra.Pending || rb.Pending || !bytes.Equal(ra.Value, rr.Value) || !bytes.Equal(rb.Value, rr.Value) ||
+		ra.Version != rr.Version || rb.Version != rr.Version {
+		t.Fatalf("not converged:\n a %+v\n b %+v\n remote %+v", ra, rb, rr)
+	}
+	if a.store.Depth() != 0 {
+		t.Fatalf("a depth %d", a.store.Depth())
+	}
+}
+
+// TestSyncPark: a change the remote rejects for good is parked in the failed
+// list with its reason; other keys go on, and the parked key is no longer
+// pending.
+func TestSyncPark(t *testing.T) {
+	remote := memremote.New()
+	bad := key("g", "bad")
+	remote.SetHook(func(op string, k syncer.Key) error {
+		if op == "commit" && k == syncer.Key(bad) {
+			return fmt.Errorf("%w: denied for this key", syncer.ErrPermanent)
+		}
+		return nil
+	})
+	a := newSyncNode(t, "a", remote)
+	a.put(bad, "x")
+	a.put(key("g", "good"), "y")
+	rep := a.pushAll()
+	if rep.Parked != 1 || rep.Pushed != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	failed, err := a.store.Failed(context.Background(), 0, 0)
+	if err != nil || len(failed) != 1 || failed[0].Key != bad || failed[0].Reason == "" || failed[0].ParkedAt == 0 {
+		t.Fatalf("failed list %+v, %v", failed, err)
+	}
+	if rec := a.get(bad); rec.Pending || string(rec.Value) != "x" {
+		t.Fatalf("parked key's record %+v", rec)
+	}
+	if st := a.store.Stats(); st.Parked != 1 || st.JournalDepth != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	a.restart()
+	if st := a.store.Stats(); st.Parked != 1 || st.JournalDepth != 0 {
+		t.Fatalf("stats after restart %+v", st)
+	}
+	if failed, _ := a.store.Failed(context.Background(), 0, 0); len(failed) != 1 {
+		t.Fatalf("failed list after restart %+v", failed)
+	}
+}
+
+// crashAfterCommit is a remote whose Commit applies the batch and then
+// reports a failure, as a process killed between the remote commit and the
+// local ack would see it.
+type crashAfterCommit struct {
+	syncer.Remote
+	mu    sync.Mutex
+	crash bool
+}
+
+func (c *crashAfterCommit) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	res, err := c.Remote.Commit(ctx, b)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.crash && err == nil {
+		return nil, fmt.Errorf("%w: crashed before the ack", syncer.ErrUnavailable)
+	}
+	return res, err
+}
+
+// TestSyncCrashBetweenCommitAndAck: the change is in the remote but not
+// acked; after a restart it is pushed again and recognised, never applied
+// twice.
+func TestSyncCrashBetweenCommitAndAck(t *testing.T) { forRemotes(t, testSyncCrashBetweenCommitAndAck) }
+
+func testSyncCrashBetweenCommitAndAck(t *testing.T, newRemote func() syncer.Remote) {
+	mem := newRemote()
+	remote := &crashAfterCommit{Remote: mem, crash: true}
+	a := newSyncNode(t, "a", remote)
+	k := key("g", "k")
+	a.put(k, "1")
+	a.put(k, "2")
+	if rep, _ := a.push.SyncOnce(context.Background()); rep.Done() != 0 {
+		t.Fatalf("push settled entries without an answer from the remote: %+v", rep)
+	}
+	if r := remoteGet(t, mem, k); r.Version != 2 {
+		t.Fatalf("remote %+v: the commit should have happened", r)
+	}
+	if a.store.Depth() != 2 {
+		t.Fatalf("depth %d, want the 2 unacked entries", a.store.Depth())
+	}
+	a.restart()
+	remote.mu.Lock()
+	remote.crash = false
+	remote.mu.Unlock()
+	rep := a.pushAll()
+	if rep.AlreadyApplied != 2 || rep.Pushed != 0 {
+		t.Fatalf("report %+v, want 2 already applied", rep)
+	}
+	evs, err := mem.Events(context.Background(), syncer.Key(k), 0, 0)
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("remote events %+v, %v: want each change once", evs, err)
+	}
+	if r := remoteGet(t, mem, k); r.Version != 2 || string(r.Value) != "2" {
+		t.Fatalf("remote %+v", r)
+	}
+	if rec := a.get(k); rec.Pending || rec.SyncedVersion != 2 {
+		t.Fatalf("local %+v", rec)
+	}
+}
+
+// TestSyncConcurrentWritersConverge: three nodes write the same keys at
+// random while pushing and pulling concurrently; after quiescence every node
+// holds the remote's record of every key.
+func TestSyncConcurrentWritersConverge(t *testing.T) { forRemotes(t, testSyncConcurrentWritersConverge) }
+
+func testSyncConcurrentWritersConverge(t *testing.T, newRemote func() syncer.Remote) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	remote := newRemote()
+	nodes := []*syncNode{
+		newSyncNode(t, "a", remote, "g"),
+		newSyncNode(t, "b", remote, "g"),
+		newSyncNode(t, "c", remote, "g"),
+	}
+	keys := []Key{key("g", "k0"), key("g", "k1"), key("g", "k2"), key("g", "k3")}
+	ctx, cancel := context.WithCancel(context.Background())
+	var loops sync.WaitGroup
+	for _, n := range nodes {
+		loops.Add(2)
+		go func() { defer loops.Done(); _ = n.push.Run(ctx) }()
+		go func() { defer loops.Done(); _ = n.pull.Run(ctx) }()
+	}
+	var writers sync.WaitGroup
+	for i, n := range nodes {
+		for w := range 3 {
+			writers.Add(1)
+			go func() {
+				defer writers.Done()
+				rng := rand.New(rand.NewPCG(seed, uint64(i*10+w)))
+				for j := range 60 {
+					k := keys[rng.IntN(len(keys))]
+					if rng.IntN(8) == 0 {
+						_, err := n.store.Write(ctx, Write{Key: k, Delete: true})
+						if err != nil && !errors.Is(err, ErrNotFound) {
+							t.Errorf("seed %d: delete: %v", seed, err)
+						}
+						continue
+					}
+					if _, err := n.store.Write(ctx, Write{Key: k, Value: fmt.Appendf(nil, "%s-%d-%d", n.node, w, j)}); err != nil {
+						t.Errorf("seed %d: put: %v", seed, err)
+					}
+				}
+			}()
+		}
+	}
+	writers.Wait()
+	// Quiesce: flush every journal, then pull until nothing changes.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, n := range nodes {
+			if err := n.push.Flush(ctx); err != nil {
+				t.Fatalf("seed %d: flush %s: %v", seed, n.node, err)
+			}
+		}
+		for _, n := range nodes {
+			if _, err := n.pull.PullOnce(ctx); err != nil {
+				t.Fatalf("seed %d: pull %s: %v", seed, n.node, err)
+			}
+		}
+		if converged(t, remote, nodes, keys) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("seed %d: not converged: %s", seed, converged(t, remote, nodes, keys))
+		}
+	}
+	cancel()
+	loops.Wait()
+	for _, n := range nodes {
+		if d := n.store.Depth(); d != 0 {
+			t.Errorf("seed %d: %s depth %d", seed, n.node, d)
+		}
+	}
+}
+
+// converged returns "" when every node holds the remote record of every key
+// (value, version, tombstone) and has nothing pending, else what differs.
+func converged(t *testing.T, remote syncer.Remote, nodes []*syncNode, keys []Key) string {
+	for _, k := range keys {
+		r, err := remote.Get(context.Background(), syncer.Key(k))
+		if err != nil {
+			return fmt.Sprintf("remote %s: %v", k, err)
+		}
+		for _, n := range nodes {
+			recs, err := n.store.GetMany(context.Background(), []Key{k})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := recs[0]
+			switch {
+			case r.Deleted && l != nil:
+				return fmt.Sprintf("%s: %s holds %q v%d, remote deleted v%d", k, n.node, l.Value, l.Version, r.Version)
+			case !r.Deleted && (l == nil || !bytes.Equal(l.Value, r.Value) || l.Version != r.Version || l.Pending):
+				return fmt.Sprintf("%s: %s holds %+v, remote %q v%d", k, n.node, l, r.Value, r.Version)
+			}
+		}
+	}
+	return ""
+}
+
+// TestSyncMutationsReplay: acks and remote records are durable once
+// acknowledged, like writes: when the apply of their group to Badger fails,
+// the next Open replays them from the write-ahead log.
+func TestSyncMutationsReplay(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	remote := memremote.New()
+	var crash atomic.Bool
+	s := openDisk(t, dir, func(o *Options) {
+		o.NodeID = "a"
+		o.hookAfterWAL = func() error {
+			if crash.Load() {
+				return errors.New("simulated crash")
+			}
+			return nil
+		}
+	})
+	k, kr := key("g", "k"), key("g", "from-b")
+	mustPut(t, s, k, "1")
+	waitApplied(t, s)
+	b := newSyncNode(t, "b", remote, "g")
+	b.put(kr, "remote")
+	b.pushAll()
+
+	crash.Store(true)
+	if rep, err := syncer.New(s, remote, syncer.Options{}).SyncOnce(ctx); err != nil || rep.Pushed != 1 {
+		t.Fatalf("push: %+v, %v", rep, err)
+	}
+	waitFor(t, "store failed", func() bool { return s.failedErr() != nil })
+	// The ack's group is in the log: point reads see it.
+	if rec, err := s.Get(ctx, k); err != nil || rec.Pending || rec.SyncedVersion != 1 {
+		t.Fatalf("after the failed apply: %+v, %v", rec, err)
+	}
+	closeStore(t, s)
+
+	s = openDisk(t, dir, func(o *Options) { o.NodeID = "a" })
+	if d := s.Depth(); d != 0 {
+		t.Fatalf("depth after replay %d", d)
+	}
+	if rec, err := s.Get(ctx, k); err != nil || rec.Pending || rec.SyncedVersion != 1 {
+		t.Fatalf("after replay: %+v, %v", rec, err)
+	}
+	// Remote records and the cursor stored with them survive a restart.
+	if _, err := syncer.NewPuller(s, remote, syncer.PullOptions{Governors: []string{"g"}}).PullOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := s.Cursor(ctx, "g")
+	if err != nil || cur == "" {
+		t.Fatalf("cursor %q, %v", cur, err)
+	}
+	closeStore(t, s)
+	s3 := openDisk(t, dir, func(o *Options) { o.NodeID = "a" })
+	defer closeStore(t, s3)
+	if rec, err := s3.Get(ctx, kr); err != nil || string(rec.Value) != "remote" || rec.Origin != "b" {
+		t.Fatalf("remote record after reopen: %+v, %v", rec, err)
+	}
+	if c, _ := s3.Cursor(ctx, "g"); c != cur {
+		t.Fatalf("cursor after reopen %q, want %q", c, cur)
+	}
+}

@@ -52,6 +52,8 @@ type sidecar struct {
 	Socket  string
 	DataDir string
 	args    []string
+	// Env is added to the test's environment at each Start.
+	Env []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -65,12 +67,19 @@ type sidecar struct {
 // test.
 func startSidecar(t testing.TB, extra ...string) *sidecar {
 	t.Helper()
+	return startSidecarEnv(t, nil, extra...)
+}
+
+// startSidecarEnv is startSidecar with env added to the process environment.
+func startSidecarEnv(t testing.TB, env []string, extra ...string) *sidecar {
+	t.Helper()
 	dir := shortTempDir(t)
 	s := &sidecar{
 		t:       t,
 		Socket:  filepath.Join(dir, "tai.sock"),
 		DataDir: filepath.Join(dir, "data"),
 		args:    extra,
+		Env:     env,
 	}
 	s.Start()
 	t.Cleanup(func() {
@@ -100,6 +109,7 @@ func (s *sidecar) Start() {
 	s.mu.Lock()
 	args := append([]string{"serve", "--socket", s.Socket, "--data-dir", s.DataDir, "--log-level", "debug"}, s.args...)
 	cmd := exec.Command(sidecarBin, args...)
+	cmd.Env = append(os.Environ(), s.Env...)
 	if s.logs == nil {
 		s.logs = &syncBuffer{}
 	}
@@ -142,6 +152,23 @@ func (s *sidecar) waitReady(timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Wait waits up to timeout for the process to exit by itself and returns
+// its exit error.
+func (s *sidecar) Wait(timeout time.Duration) error {
+	s.t.Helper()
+	s.mu.Lock()
+	done := s.done
+	s.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.t.Fatalf("sidecar still running after %v", timeout)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
 }
 
 // Kill sends SIGKILL and waits for the process to go.

@@ -920,6 +920,9 @@ func (s *Store) answer(part []*staged) {
 		if st.req.mut == nil {
 			writes += len(st.records)
 		}
+		for _, rec := range st.records {
+			s.noteGovernor(rec.Key.Governor)
+		}
 	}
 	s.commits.Add(1)
 	s.commitWrites.Add(uint64(writes))

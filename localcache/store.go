@@ -102,6 +102,8 @@ type Store struct {
 	// journalCh wakes the syncer after new journal entries are
 	// acknowledged (see Notify).
 	journalCh chan struct{}
+	// governors holds every governor with a stored record (see Governors).
+	governors sync.Map // string -> struct{}
 
 	// Owned by the committer.
 	walBuf    []byte
@@ -241,6 +243,9 @@ func (s *Store) load() error {
 	s.metaStates.Store(s.meta.states)
 	s.metaJournal.Store(s.meta.journal)
 	s.metaParked.Store(s.meta.parked)
+	if err := s.loadGovernors(); err != nil {
+		return err
+	}
 	if stored == s.nodeID {
 		return nil
 	}
@@ -764,4 +769,40 @@ func (s *Store) gcOnce() error {
 		return err
 	}
 	return nil
+}
+
+// Governors returns, in no particular order, every governor this store holds
+// a record of (tombstones included): the governors this node serves.
+func (s *Store) Governors() []string {
+	var out []string
+	s.governors.Range(func(k, _ any) bool {
+		out = append(out, k.(string))
+		return true
+	})
+	return out
+}
+
+// noteGovernor adds governor to the set Governors returns.
+func (s *Store) noteGovernor(governor string) {
+	if _, ok := s.governors.Load(governor); !ok {
+		s.governors.Store(governor, struct{}{})
+	}
+}
+
+// loadGovernors fills the governor set at Open, seeking from one governor's
+// records to the next (names are UTF-8: no state name holds a 0xff byte).
+func (s *Store) loadGovernors() error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindState}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); {
+			k, err := parseStateKey(it.Item().Key())
+			if err != nil {
+				return fmt.Errorf("state key %x: %w", it.Item().Key(), err)
+			}
+			s.noteGovernor(k.Governor)
+			it.Seek(append(statePrefix(k.Governor, ""), 0xff))
+		}
+		return nil
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -523,5 +524,33 @@ func TestSyncMutationsReplay(t *testing.T) {
 	}
 	if c, _ := s3.Cursor(ctx, "g"); c != cur {
 		t.Fatalf("cursor after reopen %q, want %q", c, cur)
+	}
+}
+
+func TestGovernors(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir)
+	for _, g := range []string{"b", "a", "a\u00e9", "c"} {
+		mustPut(t, s, key(g, "x"), "1")
+		mustPut(t, s, key(g, "y\u00ff"), "1")
+	}
+	if _, err := s.ApplyRemote(context.Background(), syncer.RemoteBatch{Records: []syncer.Record{{
+		Key: syncer.Key{Governor: "remote", State: "s"}, Value: []byte{1}, Version: 1, Origin: "n2", OpID: "n2-1",
+		Clock: syncer.Clock{Vector: map[string]uint64{"n2": 1}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"a", "a\u00e9", "b", "c", "remote"}
+	got := s.Governors()
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("governors %q, want %q", got, want)
+	}
+	closeStore(t, s)
+	s = openDisk(t, dir)
+	defer closeStore(t, s)
+	got = s.Governors()
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("governors after reopen %q, want %q", got, want)
 	}
 }

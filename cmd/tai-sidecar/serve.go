@@ -36,6 +36,7 @@ type Config struct {
 	MemoryLimit     int64 // Go heap soft limit; 0: GOMEMLIMIT, else a share of the cgroup limit
 	MaxFrame        int
 	ShutdownTimeout time.Duration
+	Sync            SyncConfig // the shared store: sync.go
 }
 
 // Validate reports the first setting that cannot work.
@@ -65,7 +66,7 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
 	}
-	return nil
+	return c.Sync.validate()
 }
 
 // parseServe reads serve's flags; each has a TAI_* environment variable that
@@ -95,6 +96,7 @@ func parseServe(args []string, socket string, stderr io.Writer, getenv func(stri
 	}
 	fs.IntVar(&c.MaxFrame, "max-frame", int(maxFrame), "largest accepted frame in bytes (env TAI_MAX_FRAME)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
+	addSyncFlags(fs, getenv, &c.Sync)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -185,6 +187,14 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		}
 	}()
 
+	loops, err := openSync(ctx, &c.Sync, store, log)
+	if err != nil {
+		return err
+	}
+	if loops != nil {
+		defer loops.close(log)
+	}
+
 	ln, err := sockapi.Listen(c.Socket)
 	if err != nil {
 		return err
@@ -230,7 +240,18 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 			}
 		})
 	}
-	if err := g.Run(); err != nil && !errors.Is(err, context.Canceled) {
+	if loops != nil {
+		for _, run := range []func(context.Context) error{loops.push.Run, loops.pull.Run} {
+			ctx, cancel := context.WithCancel(ctx)
+			g.Add(func() error { return run(ctx) }, func(error) { cancel() })
+		}
+	}
+	err = g.Run()
+	if loops != nil {
+		// The server has stopped: no write can join the journal any more.
+		loops.flush(c.Sync.FlushTimeout, log)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	log.Info("stopped")

@@ -1,0 +1,321 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tai-state/tai-state/client"
+	"github.com/tai-state/tai-state/sockapi/wire"
+	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/firestore"
+	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
+)
+
+// Several real sidecars syncing through Firestore (Google's emulator, started
+// by scripts/test.sh).
+
+// shared is one test's Firestore root, with a direct handle on it to check
+// what the sidecars stored.
+type shared struct {
+	t      *testing.T
+	root   string
+	remote *firestore.Remote
+}
+
+func newShared(t *testing.T) *shared {
+	t.Helper()
+	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
+		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: run the suite through scripts/test.sh, which starts the Firestore emulator")
+	}
+	root := "e2e/" + rand.Text()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := firestore.Open(ctx, firestore.Config{ProjectID: firestoretest.Project, Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return &shared{t: t, root: root, remote: r}
+}
+
+// args are the serve flags of a sidecar syncing through s.
+func (s *shared) args(node string, governors ...string) []string {
+	a := []string{"--firestore-project", firestoretest.Project, "--root", s.root, "--node-id", node}
+	if len(governors) > 0 {
+		a = append(a, "--governors", strings.Join(governors, ","))
+	}
+	return a
+}
+
+// get reads a state from Firestore itself.
+func (s *shared) get(gov, state string) (syncer.Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return s.remote.Get(ctx, syncer.Key{Governor: gov, State: state})
+}
+
+func (s *shared) events(gov, state string) []syncer.Event {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	evs, err := s.remote.Events(ctx, syncer.Key{Governor: gov, State: state}, 0, 0)
+	if err != nil {
+		s.t.Fatalf("events %s/%s: %v", gov, state, err)
+	}
+	return evs
+}
+
+// eventually calls check until it returns "" or timeout passes, then fails
+// with check's last answer.
+func eventually(t *testing.T, timeout time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func journalDepth(c *client.Client) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.Stats(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.JournalDepth, nil
+}
+
+// TestSyncTwoSidecars: a write on one sidecar reaches Firestore and the other
+// sidecar, both ways, and a sidecar with an empty disk serves what Firestore
+// holds.
+func TestSyncTwoSidecars(t *testing.T) {
+	fs := newShared(t)
+	a := startSidecar(t, fs.args("node-a", "g")...)
+	b := startSidecar(t, fs.args("node-b", "g")...)
+	ca, cb := a.Client(), b.Client()
+	ctx := context.Background()
+
+	for i := range 20 {
+		if _, err := ca.Put(ctx, "g", fmt.Sprintf("s%02d", i), map[string]int{"i": i}, client.Actor("tester")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, func() string {
+		for i := range 20 {
+			rec, err := cb.Get(ctx, "g", fmt.Sprintf("s%02d", i))
+			if err != nil {
+				return fmt.Sprintf("b: get s%02d: %v", i, err)
+			}
+			var v map[string]int
+			if err := rec.Decode(&v); err != nil || v["i"] != i || rec.Origin != "node-a" || rec.Pending {
+				return fmt.Sprintf("b: s%02d = %+v (%v)", i, v, err)
+			}
+		}
+		return ""
+	})
+	eventually(t, 30*time.Second, func() string {
+		rec, err := ca.Get(ctx, "g", "s00")
+		if err != nil || rec.Pending {
+			return fmt.Sprintf("a: s00 still pending: %+v, %v", rec, err)
+		}
+		return ""
+	})
+	r, err := fs.get("g", "s07")
+	if err != nil || r.Version != 1 || r.Origin != "node-a" || r.Change.Actor != "tester" {
+		t.Fatalf("firestore s07: %+v, %v", r, err)
+	}
+
+	// b changes one and deletes another; a sees both.
+	if _, err := cb.Put(ctx, "g", "s01", map[string]int{"i": 100}, client.IfVersion(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cb.Delete(ctx, "g", "s02"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() string {
+		rec, err := ca.Get(ctx, "g", "s01")
+		if err != nil || rec.Version != 2 || rec.Origin != "node-b" {
+			return fmt.Sprintf("a: s01 = %+v, %v", rec, err)
+		}
+		if _, err := ca.Get(ctx, "g", "s02"); !errors.Is(err, client.ErrNotFound) {
+			return fmt.Sprintf("a: s02 not deleted: %v", err)
+		}
+		return ""
+	})
+
+	// A new sidecar with an empty disk serves the governor from Firestore.
+	d := startSidecar(t, fs.args("node-d", "g")...)
+	cd := d.Client()
+	eventually(t, 30*time.Second, func() string {
+		n := 0
+		for rec, err := range cd.ListAll(ctx, "g", client.ListOptions{}) {
+			if err != nil {
+				return err.Error()
+			}
+			n++
+			if rec.State == "s01" && rec.Version != 2 {
+				return fmt.Sprintf("d: s01 version %d", rec.Version)
+			}
+		}
+		if n != 19 {
+			return fmt.Sprintf("d lists %d states, want 19", n)
+		}
+		return ""
+	})
+}
+
+// TestSyncKill9BetweenCommitAndAck kills the real process right after
+// Firestore applied its push and before the journal ack; after a restart the
+// change is pushed again and recognised: it is in Firestore exactly once.
+func TestSyncKill9BetweenCommitAndAck(t *testing.T) {
+	fs := newShared(t)
+	a := startSidecarEnv(t, []string{"TAI_FAULT=kill-after-remote-commit"}, fs.args("node-a")...)
+	c := client.New(a.Socket)
+	ctx := context.Background()
+	// One atomic batch: one push, and the process kills itself once
+	// Firestore has applied it. (The reply races the kill: the batch is
+	// durable locally either way, which the restart checks.)
+	_, err := c.BatchPut(ctx, []wire.Item{
+		{Governor: "g", State: "k", Value: mustMsgpack(t, map[string]int{"n": 0})},
+		{Governor: "g", State: "other", Value: mustMsgpack(t, "x")},
+	})
+	var ce *client.ConnError
+	if err != nil && !errors.As(err, &ce) {
+		t.Fatalf("batch put: %v", err)
+	}
+	c.Close()
+	_ = a.Wait(30 * time.Second) // killed by its own fault, after the commit
+	if !strings.Contains(a.Logs(), "fault injection") {
+		t.Fatalf("the fault was not armed:\n%s", a.Logs())
+	}
+	r, err := fs.get("g", "k")
+	if err != nil || r.Version != 1 {
+		t.Fatalf("firestore k after the commit: %+v, %v", r, err)
+	}
+
+	a.Env = nil
+	a.Start()
+	ca := a.Client()
+	for i := 1; i < 5; i++ {
+		if _, err := ca.Put(ctx, "g", "k", map[string]int{"n": i}, client.IfVersion(uint64(i))); err != nil {
+			t.Fatalf("put %d after the restart: %v", i, err)
+		}
+	}
+	eventually(t, 30*time.Second, func() string {
+		if d, err := journalDepth(ca); err != nil || d != 0 {
+			return fmt.Sprintf("journal depth %d, %v", d, err)
+		}
+		return ""
+	})
+	r, err = fs.get("g", "k")
+	if err != nil || r.Version != 5 {
+		t.Fatalf("firestore k: %+v, %v; want version 5", r, err)
+	}
+	if o, err := fs.get("g", "other"); err != nil || o.Version != 1 {
+		t.Fatalf("firestore other: %+v, %v", o, err)
+	}
+	evs := fs.events("g", "k")
+	if len(evs) != 5 {
+		t.Fatalf("firestore holds %d events of k, want 5 (one per write)", len(evs))
+	}
+	seen := map[string]bool{}
+	for i, e := range evs {
+		if seen[e.OpID] || e.ToVersion != uint64(i+1) {
+			t.Fatalf("event %d: %+v (op seen before: %v)", i, e, seen[e.OpID])
+		}
+		seen[e.OpID] = true
+	}
+	if rec, err := ca.Get(ctx, "g", "k"); err != nil || rec.Pending || rec.Version != 5 {
+		t.Fatalf("local k after restart: %+v, %v", rec, err)
+	}
+}
+
+// TestSyncConvergence: three sidecars, several clients each writing and
+// deleting the same keys at random; after quiescence every sidecar and
+// Firestore hold the same value and version of every key.
+func TestSyncConvergence(t *testing.T) {
+	fs := newShared(t)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	var nodes []*sidecar
+	for _, n := range []string{"a", "b", "c"} {
+		nodes = append(nodes, startSidecar(t, fs.args("node-"+n, "conv")...))
+	}
+	keys := []string{"k0", "k1", "k2", "k3", "k4"}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		c := n.Client()
+		for w := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := mrand.New(mrand.NewPCG(seed, uint64(10*i+w)))
+				for j := range 40 {
+					k := keys[rng.IntN(len(keys))]
+					if rng.IntN(6) == 0 {
+						if _, err := c.Delete(ctx, "conv", k); err != nil && !errors.Is(err, client.ErrNotFound) {
+							t.Errorf("seed %d: delete: %v", seed, err)
+						}
+						continue
+					}
+					if _, err := c.Put(ctx, "conv", k, fmt.Sprintf("%d/%d/%d", i, w, j)); err != nil {
+						t.Errorf("seed %d: put: %v", seed, err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	eventually(t, 60*time.Second, func() string {
+		for _, n := range nodes {
+			if d, err := journalDepth(n.Client()); err != nil || d != 0 {
+				return fmt.Sprintf("seed %d: journal depth %d, %v", seed, d, err)
+			}
+		}
+		for _, k := range keys {
+			r, err := fs.get("conv", k)
+			if err != nil {
+				return fmt.Sprintf("seed %d: firestore %s: %v", seed, k, err)
+			}
+			for i, n := range nodes {
+				rec, err := n.Client().Get(ctx, "conv", k)
+				switch {
+				case r.Deleted && !errors.Is(err, client.ErrNotFound):
+					return fmt.Sprintf("seed %d: node %d holds %s (%v), firestore deleted it", seed, i, k, err)
+				case r.Deleted:
+				case err != nil:
+					return fmt.Sprintf("seed %d: node %d: %s: %v", seed, i, k, err)
+				case !bytes.Equal(rec.Value, r.Value) || rec.Version != r.Version || rec.Pending:
+					return fmt.Sprintf("seed %d: node %d holds %s v%d %x pending=%v, firestore v%d %x", seed, i, k, rec.Version, rec.Value, rec.Pending, r.Version, r.Value)
+				}
+			}
+		}
+		return ""
+	})
+}
+
+func mustMsgpack(t *testing.T, v any) wire.Raw {
+	t.Helper()
+	b, err := wire.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

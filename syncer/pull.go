@@ -194,9 +194,43 @@ type Puller struct {
 	opts    PullOptions
 	log     *slog.Logger
 
-	mu    sync.Mutex // guards locks and stats
+	mu    sync.Mutex // guards locks, fresh and stats
 	locks map[string]*sync.Mutex
+	fresh map[string]freshness
 	stats PullStats
+}
+
+// freshness is how current the local copy of a governor is known to be.
+type freshness struct {
+	live bool      // a watch is up: every remote change arrives as it is committed
+	at   time.Time // otherwise: the local copy held every change committed before at
+}
+
+// FreshAt returns the time before which every remote change of governor is
+// known to be in the local store: now while a watch of the governor is up,
+// the start of the last complete poll otherwise, or the moment the last
+// watch broke. ok is false when the governor was never pulled (since the
+// Puller was made).
+func (p *Puller) FreshAt(governor string) (t time.Time, ok bool) {
+	p.mu.Lock()
+	f, ok := p.fresh[governor]
+	p.mu.Unlock()
+	if !ok {
+		return time.Time{}, false
+	}
+	if f.live {
+		return time.Now(), true
+	}
+	return f.at, true
+}
+
+func (p *Puller) setFresh(governor string, f freshness) {
+	p.mu.Lock()
+	if p.fresh == nil {
+		p.fresh = make(map[string]freshness)
+	}
+	p.fresh[governor] = f
+	p.mu.Unlock()
 }
 
 // NewPuller returns a Puller that applies remote's changes to applier.
@@ -339,6 +373,7 @@ func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullRep
 	l := p.lock(governor)
 	l.Lock()
 	defer l.Unlock()
+	start := time.Now()
 	cur, err := p.applier.Cursor(ctx, governor)
 	if err != nil {
 		return fmt.Errorf("read cursor: %w", err)
@@ -352,6 +387,7 @@ func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullRep
 		}
 		rep.Calls++
 		if len(recs) == 0 && next == cur {
+			p.setFresh(governor, freshness{at: start})
 			return nil
 		}
 		res, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next})
@@ -360,6 +396,7 @@ func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullRep
 		}
 		rep.add(res)
 		if len(recs) < p.opts.PageSize {
+			p.setFresh(governor, freshness{at: start})
 			return nil
 		}
 		cur = next
@@ -496,20 +533,27 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 		return fmt.Errorf("read cursor: %w", err)
 	}
 	l := p.lock(governor)
-	return w.Watch(ctx, governor, cur, func(recs []Record, next Cursor) error {
-		if len(recs) == 0 && next == cur {
-			failures.Store(0) // the watch is up
-			return nil
+	live := false
+	err = w.Watch(ctx, governor, cur, func(recs []Record, next Cursor) error {
+		if len(recs) > 0 || next != cur {
+			l.Lock()
+			defer l.Unlock()
+			if _, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
+				return err
+			}
+			cur = next
 		}
-		l.Lock()
-		defer l.Unlock()
-		if _, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
-			return err
+		failures.Store(0) // the watch is up
+		if !live {
+			live = true
+			p.setFresh(governor, freshness{live: true})
 		}
-		cur = next
-		failures.Store(0)
 		return nil
 	})
+	if live {
+		p.setFresh(governor, freshness{at: time.Now()})
+	}
+	return err
 }
 
 // ApplyRemote implements Applier: the records kept aside for pending keys

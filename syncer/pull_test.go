@@ -442,6 +442,10 @@ func testPullWatchDelivers(t *testing.T, ctx context.Context, r syncer.Remote) {
 	t.Logf("push-to-local-apply latency through the watch: worst of 5 %v", worst)
 	// The stats count a delivery once its ApplyRemote returned.
 	waitFor(t, 5*time.Second, func() bool { return c.p.Stats().Applied >= 5 }, "stats count the deliveries")
+	// While the watch is up the governor is fresh as of now.
+	if at, ok := c.p.FreshAt(key("w0").Governor); !ok || time.Since(at) > time.Second {
+		t.Fatalf("FreshAt with the watch up: %v, %v", at, ok)
+	}
 	if st := c.p.Stats(); st.Passes != 0 {
 		t.Fatalf("polled with a watcher: %+v", st)
 	}
@@ -465,6 +469,13 @@ func testPullWatchBreaks(t *testing.T, ctx context.Context, r syncer.Remote) {
 	put(t, a.j, key("first"), "v2")
 	syncOnce(t, ctx, a.s)
 	waitFor(t, 10*time.Second, func() bool { return c.p.Stats().WatchRestarts >= 2 }, "watch retried while offline")
+	// Offline, the governor is fresh only as of the break: FreshAt stops
+	// moving.
+	at1, ok := c.p.FreshAt(key("first").Governor)
+	time.Sleep(100 * time.Millisecond)
+	if at2, _ := c.p.FreshAt(key("first").Governor); !ok || !at2.Equal(at1) || time.Since(at2) < 100*time.Millisecond {
+		t.Fatalf("FreshAt while offline moved or is recent: %v then %v (%v)", at1, at2, ok)
+	}
 	c.r.setOffline(false)
 	start := time.Now()
 	waitFor(t, 20*time.Second, func() bool {

@@ -34,8 +34,21 @@ echo "    FIRESTORE_EMULATOR_HOST=$FIRESTORE_EMULATOR_HOST"
 echo "==> go vet"
 go vet ./...
 
+echo "==> staticcheck"
+# Pinned; built from the Go module proxy into the Go bin directory once.
+STATICCHECK_VERSION=v0.8.2
+staticcheck="$(go env GOPATH)/bin/staticcheck"
+if ! "$staticcheck" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+	go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+fi
+"$staticcheck" ./...
+
 echo "==> go test -race"
 go test -race -count=1 -timeout 20m ./...
+
+echo "==> packaging (systemd unit, container image, Kubernetes manifests, .deb)"
+# A module of its own: its libraries stay out of the main module.
+(cd packaging && go vet ./... && go test -count=1 ./...)
 
 echo "==> fuzz (${FUZZTIME} per target)"
 # Every Fuzz* function in the module, run one at a time as go test requires.

@@ -41,6 +41,8 @@ type conn struct {
 	log *slog.Logger
 	id  uint64
 
+	peer Peer // the peer's credentials; set before serve runs
+
 	// Reader state: only the reader goroutine touches these.
 	fr      frameReader
 	armed   bool      // the idle deadline of the next frame is set

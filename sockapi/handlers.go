@@ -35,7 +35,8 @@ const maxOpEcho = 64
 // Order of checks: decoding (shape and field types, see parseRequest), the
 // hello rule (any op but hello before hello: ProtocolError, then the
 // connection is closed), the id (must be non-zero: id 0 is reserved for
-// errors that are not about a request), then the op's own checks. Nothing
+// errors that are not about a request), the access policy (authorize:
+// PermissionDenied), then the op's own checks. Nothing
 // reaches the store before every check of the request has passed.
 func (c *conn) handle(body []byte) {
 	req := &c.req
@@ -54,6 +55,10 @@ func (c *conn) handle(body []byte) {
 	}
 	if req.ID == 0 {
 		c.replyError(0, invalid("id", "id is required and must not be 0"))
+		return
+	}
+	if e := c.authorize(op, req); e != nil { // access policy: see access.go
+		c.replyError(req.ID, e)
 		return
 	}
 	switch op {

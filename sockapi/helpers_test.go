@@ -31,19 +31,6 @@ func socketDir(t testing.TB) string {
 	return dir
 }
 
-// testLogger writes the server's log to the test log.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
 // testServer is a running server on a temporary socket.
 type testServer struct {
 	t     testing.TB
@@ -190,17 +177,6 @@ func (c *client) call(req wire.Request) wire.Response {
 		c.t.Fatalf("reply id %d, want %d (%+v)", r.ID, req.ID, r.Error)
 	}
 	return r
-}
-
-// callMap sends a request given as a map, with the next id unless the map
-// has one, and returns the reply.
-func (c *client) callMap(m map[string]any) wire.Response {
-	c.t.Helper()
-	if _, ok := m["id"]; !ok {
-		m["id"] = c.id()
-	}
-	c.send(m)
-	return c.recv()
 }
 
 // expectClosed checks that the server closes the connection (after any

@@ -67,6 +67,14 @@ type Options struct {
 	// MaxConns caps open connections. A connection over the cap gets an
 	// Unavailable error frame with id 0 and is closed. Default 1024.
 	MaxConns int
+	// MaxConnsPerUID caps the open connections of one peer uid, refused
+	// like those over MaxConns, so that one uid cannot take every
+	// connection. Peers whose credentials are unknown are not counted.
+	// Default 256.
+	MaxConnsPerUID int
+	// Access is the access policy by peer uid and gid (see Access). The
+	// zero value allows every peer every op.
+	Access Access
 	// IdleTimeout closes a connection on which no complete request arrived
 	// for that long, or whose peer did not take a reply for that long. 0
 	// means no timeout.
@@ -78,6 +86,7 @@ const (
 	defaultServerName  = "tai-sidecar"
 	defaultMaxInflight = 128
 	defaultMaxConns    = 1024
+	defaultMaxPerUID   = 256
 	// frameReserve is the room a frame keeps beside a value: two names of
 	// wire.MaxNameSize, actor and reason of wire.MaxMetaSize, the origin
 	// node id and the record's fixed fields, with margin.
@@ -114,6 +123,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxConns <= 0 {
 		o.MaxConns = defaultMaxConns
 	}
+	if o.MaxConnsPerUID <= 0 {
+		o.MaxConnsPerUID = defaultMaxPerUID
+	}
 	if o.IdleTimeout < 0 {
 		o.IdleTimeout = 0
 	}
@@ -133,6 +145,7 @@ type Server struct {
 	start time.Time
 
 	counters counters
+	denied   deniedLog
 
 	mu       sync.Mutex
 	serving  bool
@@ -141,6 +154,7 @@ type Server struct {
 	lnClosed bool
 	cancel   context.CancelFunc // cancels connection contexts: hard stop
 	conns    map[*conn]struct{}
+	uidConns map[uint32]int // open connections per known peer uid
 	connWG   sync.WaitGroup
 	done     chan struct{} // closed when Serve returns
 	nextConn uint64
@@ -153,12 +167,13 @@ type Server struct {
 func NewServer(store Store, opts Options) *Server {
 	opts = opts.withDefaults()
 	return &Server{
-		store: store,
-		opts:  opts,
-		log:   opts.Logger,
-		start: time.Now(),
-		conns: make(map[*conn]struct{}),
-		done:  make(chan struct{}),
+		store:    store,
+		opts:     opts,
+		log:      opts.Logger,
+		start:    time.Now(),
+		conns:    make(map[*conn]struct{}),
+		uidConns: make(map[uint32]int),
+		done:     make(chan struct{}),
 	}
 }
 
@@ -230,6 +245,10 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		peer, ok := s.admit(nc)
+		if !ok {
+			continue
+		}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -238,11 +257,22 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) error {
 		}
 		if len(s.conns) >= s.opts.MaxConns {
 			s.mu.Unlock()
-			s.reject(nc)
+			s.reject(nc, wire.Errorf(wire.CodeUnavailable, "too many connections (limit %d)", s.opts.MaxConns))
+			s.log.Warn("connection rejected: too many connections", "limit", s.opts.MaxConns)
+			continue
+		}
+		if peer.Known && s.uidConns[peer.UID] >= s.opts.MaxConnsPerUID {
+			s.mu.Unlock()
+			s.reject(nc, wire.Errorf(wire.CodeUnavailable, "too many connections from uid %d (limit %d)", peer.UID, s.opts.MaxConnsPerUID))
+			s.log.Warn("connection rejected: too many connections from one uid", "uid", peer.UID, "limit", s.opts.MaxConnsPerUID)
 			continue
 		}
 		s.nextConn++
 		c := newConn(ctx, s, nc, s.nextConn)
+		c.peer = peer
+		if peer.Known {
+			s.uidConns[peer.UID]++
+		}
 		s.conns[c] = struct{}{}
 		s.connWG.Add(1)
 		s.mu.Unlock()
@@ -263,10 +293,33 @@ func temporaryAcceptError(err error) bool {
 	return false
 }
 
-// reject tells a connection over MaxConns why it is closed.
-func (s *Server) reject(nc net.Conn) {
+// admit reads the peer's credentials and checks them against the
+// allowlist. A refused connection gets a PermissionDenied frame with id 0
+// and is closed; ok is false.
+func (s *Server) admit(nc net.Conn) (p Peer, ok bool) {
+	p, err := peerOf(nc)
+	if err != nil {
+		// The peer may have gone already; without credentials it is
+		// unknown, which an allowlist refuses.
+		s.log.Debug("reading peer credentials failed", "err", err)
+	}
+	a := &s.opts.Access
+	if a.AllowsPeer(p) {
+		return p, true
+	}
+	msg := fmt.Sprintf("uid %d gid %d may not connect", p.UID, p.GID)
+	if !p.Known {
+		msg = "peer credentials unknown: may not connect"
+	}
+	s.reject(nc, wire.Errorf(wire.CodePermissionDenied, "%s", msg))
+	s.logDenied(p, "connection refused: peer not allowed")
+	return p, false
+}
+
+// reject tells a refused connection why it is closed, with e in a frame
+// with id 0, and closes it.
+func (s *Server) reject(nc net.Conn, e *wire.Error) {
 	defer nc.Close()
-	e := wire.Errorf(wire.CodeUnavailable, "too many connections (limit %d)", s.opts.MaxConns)
 	s.counters.countError(e.Code)
 	frame, err := wire.NewCodec().AppendFrame(nil, &wire.Response{Error: e})
 	if err != nil {
@@ -276,7 +329,6 @@ func (s *Server) reject(nc net.Conn) {
 	// it anyway.
 	nc.SetWriteDeadline(time.Now().Add(time.Second))
 	nc.Write(frame)
-	s.log.Warn("connection rejected: too many connections", "limit", s.opts.MaxConns)
 }
 
 func (s *Server) isClosing() bool {
@@ -349,6 +401,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) removeConn(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.peer.Known {
+		if s.uidConns[c.peer.UID]--; s.uidConns[c.peer.UID] <= 0 {
+			delete(s.uidConns, c.peer.UID)
+		}
+	}
 	s.mu.Unlock()
 }
 
@@ -418,7 +475,7 @@ func opIndex(op string) int {
 var errorCodes = [...]wire.Code{
 	wire.CodeNotFound, wire.CodeVersionConflict, wire.CodeFenceRejected, wire.CodeLockHeld,
 	wire.CodeDeadlockDetected, wire.CodeUnavailable, wire.CodeInvalidArgument, wire.CodeUnknownOp,
-	wire.CodeTooLarge, wire.CodeTimeout, wire.CodeProtocol, wire.CodeInternal, "other",
+	wire.CodeTooLarge, wire.CodeTimeout, wire.CodeProtocol, wire.CodeInternal, wire.CodePermissionDenied, "other",
 }
 
 func (c *counters) countRequest(op int) { c.requests[op].Add(1) }

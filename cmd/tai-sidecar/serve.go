@@ -36,7 +36,8 @@ type Config struct {
 	MemoryLimit     int64 // Go heap soft limit; 0: GOMEMLIMIT, else a share of the cgroup limit
 	MaxFrame        int
 	ShutdownTimeout time.Duration
-	Sync            SyncConfig // the shared store: sync.go
+	Security        SecurityConfig // access policy and connection limits: security.go
+	Sync            SyncConfig     // the shared store: sync.go
 }
 
 // Validate reports the first setting that cannot work.
@@ -96,12 +97,16 @@ func parseServe(args []string, socket string, stderr io.Writer, getenv func(stri
 	}
 	fs.IntVar(&c.MaxFrame, "max-frame", int(maxFrame), "largest accepted frame in bytes (env TAI_MAX_FRAME)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
+	sec := addSecurityFlags(fs, getenv)
 	addSyncFlags(fs, getenv, &c.Sync)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, &usageError{fmt.Sprintf("serve: unexpected argument %q", fs.Arg(0))}
+	}
+	if c.Security, err = sec.config(); err != nil {
+		return nil, err
 	}
 	if memLimit != "" {
 		n, err := parseBytes(memLimit)
@@ -199,11 +204,11 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 	if err != nil {
 		return err
 	}
-	srv := sockapi.NewServer(store, sockapi.Options{
+	srv := sockapi.NewServer(store, c.Security.serverOptions(sockapi.Options{
 		Logger:     log.With("component", "sockapi"),
 		ServerName: "tai-sidecar/" + version,
 		MaxFrame:   c.MaxFrame,
-	})
+	}))
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)

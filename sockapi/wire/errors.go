@@ -19,6 +19,9 @@ const (
 	CodeTimeout          Code = "Timeout"
 	CodeProtocol         Code = "ProtocolError"
 	CodeInternal         Code = "Internal"
+	// CodePermissionDenied: the peer's uid or gid may not connect, or may
+	// not run this op on this governor (sockapi.Access).
+	CodePermissionDenied Code = "PermissionDenied"
 )
 
 // Retryable reports whether a request that failed with c may succeed if sent
@@ -92,4 +95,5 @@ var (
 	ErrTimeout          = &Error{Code: CodeTimeout}
 	ErrProtocol         = &Error{Code: CodeProtocol}
 	ErrInternal         = &Error{Code: CodeInternal}
+	ErrPermissionDenied = &Error{Code: CodePermissionDenied}
 )

@@ -56,6 +56,8 @@ type staged struct {
 	req     *request
 	records []*Record // new state records
 	removed []Key     // state records deleted (a mutation's)
+	changes []*Record // the changes subscribers get (see feed.go)
+	seqs    []uint64  // a write's journal sequence numbers, one per record
 	ops     []kv      // every Badger operation, in order
 	result  any       // a mutation's result
 	meta    meta      // the counters after this request
@@ -462,6 +464,8 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
 			BaseVersion: base, Version: rec.Version, Time: nanos}
 		st.records = append(st.records, rec)
+		st.seqs = append(st.seqs, mm.seq)
+		st.changes = append(st.changes, rec)
 		st.ops = append(st.ops,
 			kv{key: stateKey(w.Key), value: encodeRecord(rec), userMeta: userMeta},
 			kv{key: eventKey(w.Key, rec.Version), value: encodeEvent(&ev)},
@@ -581,6 +585,7 @@ func (s *Store) commitParts(parts []part) {
 	s.logged.Store(seq)
 	for _, p := range parts {
 		s.answer(p.sts)
+		s.publish(p.sts)
 	}
 	if journaled {
 		s.notifyJournal()
@@ -597,6 +602,7 @@ func (s *Store) commitMemory(parts []part) {
 		if err == nil {
 			s.meta = p.sts[len(p.sts)-1].meta
 			s.published(p.sts)
+			s.publish(p.sts)
 			for _, st := range p.sts {
 				if st.req.mut == nil {
 					s.notifyJournal()
@@ -927,8 +933,15 @@ func (s *Store) answer(part []*staged) {
 	s.commits.Add(1)
 	s.commitWrites.Add(uint64(writes))
 	s.repliedAt.Store(time.Now().UnixNano())
+	mutated := false
+	defer func() {
+		if mutated {
+			s.ackDone()
+		}
+	}()
 	for _, st := range part {
 		if st.req.mut != nil {
+			mutated = true
 			st.req.done <- reply{val: st.result}
 			continue
 		}
@@ -936,6 +949,7 @@ func (s *Store) answer(part []*staged) {
 		for i, rec := range st.records {
 			recs[i] = *rec
 			recs[i].Value = nil
+			recs[i].Seq = st.seqs[i]
 		}
 		st.req.done <- reply{recs: recs}
 	}

@@ -104,6 +104,12 @@ type Store struct {
 	journalCh chan struct{}
 	// governors holds every governor with a stored record (see Governors).
 	governors sync.Map // string -> struct{}
+	// feed holds the change subscriptions (feed.go); ackCh is closed and
+	// replaced, under ackMu, after each durable sync-side mutation
+	// (WaitSynced).
+	feed  feed
+	ackMu sync.Mutex
+	ackCh chan struct{}
 
 	// Owned by the committer.
 	walBuf    []byte
@@ -151,6 +157,7 @@ func Open(opts Options) (*Store, error) {
 		ckNotify:      make(chan struct{}, 1),
 		barrierCh:     make(chan struct{}),
 		journalCh:     make(chan struct{}, 1),
+		ackCh:         make(chan struct{}),
 	}
 	if !opts.InMemory {
 		if err := s.openWAL(); err != nil {
@@ -320,6 +327,7 @@ func (s *Store) close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("localcache: close write-ahead log: %w", err))
 		}
 	}
+	s.endFeed()
 	s.log.Info("local store closed")
 	return errors.Join(errs...)
 }

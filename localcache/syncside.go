@@ -40,8 +40,9 @@ type mutTx struct {
 	m     meta // the counters, changed in place
 	recs  map[Key]*Record
 	order []Key // keys of recs, in first-touch order
-	raw   map[string]kv
-	ops   []kv
+	raw     map[string]kv
+	ops     []kv
+	changes []*Record // see staged.changes
 }
 
 // record returns the current record of k (possibly a tombstone), or nil.
@@ -92,6 +93,9 @@ func (tx *mutTx) putRecord(prev, rec *Record) {
 		userMeta = userMetaTombstone
 	}
 	tx.ops = append(tx.ops, kv{key: stateKey(rec.Key), value: encodeRecord(rec), userMeta: userMeta})
+	if prev == nil || prev.OpID != rec.OpID || prev.Version != rec.Version || prev.Deleted != rec.Deleted {
+		tx.changes = append(tx.changes, rec)
+	}
 	tx.m.states += liveDelta(prev, rec)
 	tx.m.lamport = max(tx.m.lamport, rec.Clock.Lamport)
 	tx.m.hlc = max(tx.m.hlc, rec.Clock.HLC)
@@ -102,6 +106,9 @@ func (tx *mutTx) removeRecord(prev *Record, k Key) {
 	tx.touch(k)
 	tx.recs[k] = nil
 	tx.ops = append(tx.ops, kv{key: stateKey(k), del: true})
+	if prev != nil {
+		tx.changes = append(tx.changes, &Record{Key: k, Deleted: true})
+	}
 	tx.m.states += liveDelta(prev, nil)
 }
 
@@ -122,7 +129,7 @@ func (s *Store) stageMutation(r *request, m *meta, g *groupView) (*staged, error
 	if err != nil {
 		return nil, err
 	}
-	st := &staged{req: r, ops: tx.ops, result: res, meta: tx.m}
+	st := &staged{req: r, ops: tx.ops, changes: tx.changes, result: res, meta: tx.m}
 	for _, k := range tx.order {
 		if rec := tx.recs[k]; rec != nil {
 			st.records = append(st.records, rec)

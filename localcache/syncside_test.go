@@ -554,3 +554,126 @@ func TestGovernors(t *testing.T) {
 		t.Fatalf("governors after reopen %q, want %q", got, want)
 	}
 }
+
+func TestSubscribe(t *testing.T) {
+	ctx := context.Background()
+	remote := memremote.New()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	sub, err := a.store.Subscribe("g", "k", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := a.store.Subscribe("other", "", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.put(key("g", "k1"), "1")
+	a.put(key("g", "x"), "not matched")
+	a.put(key("g", "k1"), "2")
+	if _, err := a.store.Write(ctx, Write{Key: key("g", "k1"), Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	a.pushAll() // acks are bookkeeping: no change
+	b.put(key("g", "k2"), "from b")
+	b.pushAll()
+	a.pullAll()
+
+	type seen struct {
+		state   string
+		value   string
+		version uint64
+		deleted bool
+		remote  bool
+	}
+	want := []seen{{"k1", "1", 1, false, false}, {"k1", "2", 2, false, false}, {"k1", "", 3, true, false}, {"k2", "from b", 1, false, true}}
+	for i, w := range want {
+		select {
+		case ch := <-sub.C:
+			got := seen{ch.Record.State, string(ch.Record.Value), ch.Record.Version, ch.Record.Deleted, ch.Remote}
+			if got != w {
+				t.Fatalf("change %d: %+v, want %+v", i, got, w)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("change %d not delivered", i)
+		}
+	}
+	select {
+	case ch := <-sub.C:
+		t.Fatalf("unexpected change %+v", ch)
+	case ch := <-other.C:
+		t.Fatalf("other governor got %+v", ch)
+	default:
+	}
+
+	// A subscriber that does not read falls behind and is ended.
+	slow, err := a.store.Subscribe("g", "", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		a.put(key("g", fmt.Sprint("s", i)), "v")
+	}
+	// A change is published just after its writer is answered.
+	waitFor(t, "the slow subscriber ended", func() bool { return slow.Err() != nil })
+	n := 0
+	for range slow.C {
+		n++
+	}
+	if n != 2 || !errors.Is(slow.Err(), ErrLagged) {
+		t.Fatalf("slow subscriber: %d changes, err %v", n, slow.Err())
+	}
+	sub.Close()
+	sub.Close()
+	if _, ok := <-sub.C; ok || sub.Err() != nil {
+		t.Fatalf("closed subscription: err %v", sub.Err())
+	}
+	a.store.Close(ctx)
+	if _, ok := <-other.C; ok || !errors.Is(other.Err(), ErrClosed) {
+		t.Fatalf("after store close: %v", other.Err())
+	}
+	a.store = nil
+}
+
+func TestWaitSynced(t *testing.T) {
+	ctx := context.Background()
+	remote := memremote.New()
+	bad := key("g", "bad")
+	remote.SetHook(func(op string, k syncer.Key) error {
+		if op == "commit" && k == syncer.Key(bad) {
+			return fmt.Errorf("%w: denied", syncer.ErrPermanent)
+		}
+		return nil
+	})
+	a := newSyncNode(t, "a", remote)
+	rec := a.put(key("g", "k"), "v")
+	if rec.Seq == 0 {
+		t.Fatal("write reply without its journal sequence number")
+	}
+	if got := a.get(key("g", "k")); got.Seq != 0 {
+		t.Fatalf("read carries a journal sequence number: %d", got.Seq)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := a.store.WaitSynced(short, rec.Seq); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("before any push: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.store.WaitSynced(ctx, rec.Seq) }()
+	time.Sleep(20 * time.Millisecond)
+	a.pushAll()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitSynced did not return after the ack")
+	}
+	badRec := a.put(bad, "x")
+	a.pushAll()
+	var pe *ParkedError
+	if err := a.store.WaitSynced(ctx, rec.Seq, badRec.Seq); !errors.As(err, &pe) || pe.Key != bad || pe.Reason == "" {
+		t.Fatalf("parked change: %v", err)
+	}
+}

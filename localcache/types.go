@@ -66,6 +66,9 @@ type Record struct {
 	// Pending is true while a local change of this state waits in the
 	// journal (not yet acked by the syncer, nor parked).
 	Pending bool
+	// Seq is the journal sequence number of the change, in the record a
+	// Write returns (0 elsewhere): pass it to WaitSynced.
+	Seq uint64
 
 	// journaled counts the journal entries of this state still pending; it
 	// is stored with the record and Pending is derived from it.

@@ -1,0 +1,248 @@
+package localcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// The change feed: every change of a state, local or remote, delivered to
+// subscribers in the order the committer made the changes durable (so in
+// version order per state), as soon as it is acknowledged.
+//
+// The committer never waits for a subscriber: each has a bounded buffer,
+// and one that falls behind by more is ended with ErrLagged (it then
+// resubscribes and reads what it missed with List or Events). Bookkeeping of
+// the sync side (acks that only record the synced version, records kept
+// aside) is not a change and is not delivered.
+
+// ErrLagged ends a subscription whose buffer filled up.
+var ErrLagged = errors.New("subscriber fell behind the changes")
+
+// FeedChange is one change of a state, as a subscription delivers it.
+type FeedChange struct {
+	// Record is the state after the change, with its value; a delete is a
+	// tombstone (Deleted set). A state removed because the shared store has
+	// no record of it (its creation lost a conflict) is a tombstone of
+	// version 0.
+	Record Record
+	// Remote is set for a change that came from the shared store.
+	Remote bool
+}
+
+// Subscription is a running subscription. Read changes from C until it is
+// closed, then Err says why it ended.
+type Subscription struct {
+	C <-chan FeedChange
+
+	c        chan FeedChange
+	governor string
+	prefix   string
+	feed     *feed
+	mu       sync.Mutex // guards c's closing and err
+	done     bool
+	err      error
+}
+
+// Err returns why the subscription ended: nil after Close, ErrLagged,
+// or ErrClosed when the store closed. It is nil while C is open.
+func (sub *Subscription) Err() error {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.err
+}
+
+// Close ends the subscription; C is closed. It is safe to call more than
+// once and concurrently with deliveries.
+func (sub *Subscription) Close() {
+	sub.feed.remove(sub)
+	sub.end(nil)
+}
+
+func (sub *Subscription) end(err error) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.done {
+		return
+	}
+	sub.done, sub.err = true, err
+	close(sub.c)
+}
+
+// offer delivers ch without blocking; a full buffer ends the subscription.
+func (sub *Subscription) offer(ch FeedChange) bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.done {
+		return false
+	}
+	select {
+	case sub.c <- ch:
+		return true
+	default:
+		sub.done, sub.err = true, ErrLagged
+		close(sub.c)
+		return false
+	}
+}
+
+func (sub *Subscription) matches(k Key) bool {
+	return k.Governor == sub.governor && strings.HasPrefix(k.State, sub.prefix)
+}
+
+// feed holds the subscriptions of a store.
+type feed struct {
+	n    atomic.Int32 // len(subs), read without the lock on the commit path
+	mu   sync.Mutex
+	subs map[*Subscription]struct{}
+}
+
+func (f *feed) remove(sub *Subscription) {
+	f.mu.Lock()
+	if _, ok := f.subs[sub]; ok {
+		delete(f.subs, sub)
+		f.n.Add(-1)
+	}
+	f.mu.Unlock()
+}
+
+// DefaultSubscribeBuffer is the buffer of a subscription when Subscribe is
+// given none.
+const DefaultSubscribeBuffer = 1024
+
+// Subscribe delivers every change of the states of governor whose names
+// start with prefix, made from now on, until sub.Close, ErrLagged (more
+// than buffer changes not yet received) or the store's Close. buffer <= 0
+// means DefaultSubscribeBuffer.
+func (s *Store) Subscribe(governor, prefix string, buffer int) (*Subscription, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	if err := validateKey("subscribe", Key{Governor: governor, State: "x"}); err != nil {
+		return nil, err
+	}
+	if prefix != "" {
+		if err := validateKey("subscribe", Key{Governor: governor, State: prefix}); err != nil {
+			return nil, err
+		}
+	}
+	if buffer <= 0 {
+		buffer = DefaultSubscribeBuffer
+	}
+	c := make(chan FeedChange, buffer)
+	sub := &Subscription{C: c, c: c, governor: governor, prefix: prefix, feed: &s.feed}
+	s.feed.mu.Lock()
+	if s.feed.subs == nil {
+		s.feed.subs = make(map[*Subscription]struct{})
+	}
+	s.feed.subs[sub] = struct{}{}
+	s.feed.n.Add(1)
+	s.feed.mu.Unlock()
+	return sub, nil
+}
+
+// publish delivers the changes of durable requests. Committer only.
+func (s *Store) publish(sts []*staged) {
+	if s.feed.n.Load() == 0 {
+		return
+	}
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	for _, st := range sts {
+		remote := st.req.mut != nil
+		for _, rec := range st.changes {
+			for sub := range s.feed.subs {
+				if !sub.matches(rec.Key) {
+					continue
+				}
+				if !sub.offer(FeedChange{Record: *rec, Remote: remote}) {
+					delete(s.feed.subs, sub)
+					s.feed.n.Add(-1)
+				}
+			}
+		}
+	}
+}
+
+// endFeed ends every subscription with ErrClosed (Close).
+func (s *Store) endFeed() {
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	for sub := range s.feed.subs {
+		sub.end(ErrClosed)
+		delete(s.feed.subs, sub)
+	}
+	s.feed.n.Store(0)
+}
+
+// --- waiting for the shared store ---
+
+// ParkedError says a change was parked: the shared store rejected it for
+// good (see Failed).
+type ParkedError struct {
+	Seq    uint64
+	Key    Key
+	Reason string
+}
+
+func (e *ParkedError) Error() string {
+	return fmt.Sprintf("change %d of %s was rejected by the shared store: %s", e.Seq, e.Key, e.Reason)
+}
+
+// WaitSynced waits until the journal entries seqs (Record.Seq of writes)
+// are acked by the syncer: the shared store has them. An entry that was
+// parked instead is a *ParkedError. It returns ctx's error when ctx ends
+// first (the changes stay in the journal and sync later).
+func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
+	for {
+		s.ackMu.Lock()
+		ch := s.ackCh
+		s.ackMu.Unlock()
+		var pending bool
+		err := s.scan(ctx, func(txn *badger.Txn) error {
+			pending = false
+			for _, seq := range seqs {
+				if v, err := getValue(txn, journalKey(seq)); err != nil {
+					return err
+				} else if v != nil {
+					pending = true
+					return nil
+				}
+				v, err := getValue(txn, parkedKey(seq))
+				if err != nil {
+					return err
+				}
+				if v == nil {
+					continue // acked
+				}
+				p, err := decodeParked(seq, v)
+				if err != nil {
+					return fmt.Errorf("parked %d: %w", seq, err)
+				}
+				return &ParkedError{Seq: seq, Key: p.Key, Reason: p.Reason}
+			}
+			return nil
+		})
+		if err != nil || !pending {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// ackDone wakes WaitSynced after a mutation is durable. Committer only.
+func (s *Store) ackDone() {
+	s.ackMu.Lock()
+	close(s.ackCh)
+	s.ackCh = make(chan struct{})
+	s.ackMu.Unlock()
+}

@@ -921,6 +921,7 @@ func (s *Store) answer(part []*staged) {
 	s.metaStates.Store(m.states)
 	s.metaJournal.Store(m.journal)
 	s.metaParked.Store(m.parked)
+	s.lastSeq.Store(m.seq)
 	writes := 0
 	for _, st := range part {
 		if st.req.mut == nil {

@@ -246,3 +246,43 @@ func (s *Store) ackDone() {
 	s.ackCh = make(chan struct{})
 	s.ackMu.Unlock()
 }
+
+// LastSeq returns the journal sequence number of the last change
+// acknowledged (0: none yet): pass it to WaitFlushed to wait for everything
+// written so far.
+func (s *Store) LastSeq() uint64 { return s.lastSeq.Load() }
+
+// WaitFlushed waits until no journal entry with Seq <= upTo is pending: the
+// push loop got every change made up to then to the shared store, or parked
+// it (see Failed). It returns ctx's error when ctx ends first.
+func (s *Store) WaitFlushed(ctx context.Context, upTo uint64) error {
+	for {
+		s.ackMu.Lock()
+		ch := s.ackCh
+		s.ackMu.Unlock()
+		var pending bool
+		err := s.scan(ctx, func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}})
+			defer it.Close()
+			it.Rewind()
+			if !it.Valid() {
+				pending = false
+				return nil
+			}
+			seq, err := parseJournalKey(it.Item().Key())
+			if err != nil {
+				return fmt.Errorf("journal key %x: %w", it.Item().Key(), err)
+			}
+			pending = seq <= upTo
+			return nil
+		})
+		if err != nil || !pending {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

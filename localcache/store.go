@@ -110,6 +110,8 @@ type Store struct {
 	feed  feed
 	ackMu sync.Mutex
 	ackCh chan struct{}
+	// lastSeq is the journal sequence number of the last acknowledged change.
+	lastSeq atomic.Uint64
 
 	// Owned by the committer.
 	walBuf    []byte
@@ -250,6 +252,7 @@ func (s *Store) load() error {
 	s.metaStates.Store(s.meta.states)
 	s.metaJournal.Store(s.meta.journal)
 	s.metaParked.Store(s.meta.parked)
+	s.lastSeq.Store(s.meta.seq)
 	if err := s.loadGovernors(); err != nil {
 		return err
 	}

@@ -670,6 +670,27 @@ func TestWaitSynced(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("WaitSynced did not return after the ack")
 	}
+	// WaitFlushed: everything written up to now.
+	for i := range 3 {
+		a.put(key("g", fmt.Sprint("f", i)), "v")
+	}
+	upTo := a.store.LastSeq()
+	short2, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel2()
+	if err := a.store.WaitFlushed(short2, upTo); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("flush before any push: %v", err)
+	}
+	flushed := make(chan error, 1)
+	go func() { flushed <- a.store.WaitFlushed(ctx, upTo) }()
+	a.pushAll()
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	a.put(key("g", "later"), "not waited for")
+	if err := a.store.WaitFlushed(ctx, upTo); err != nil {
+		t.Fatalf("a later write held up the flush: %v", err)
+	}
+	a.pushAll()
 	badRec := a.put(bad, "x")
 	a.pushAll()
 	var pe *ParkedError

@@ -30,8 +30,9 @@ import (
 //	         then taken as journaled once when version > syncedVersion)
 //	event:   format=1, action(1 put, 2 delete), u from, u to,
 //	         change, s origin, s opID, clock, s value
-//	journal: format=1, s opID, s batchID, s governor, s state,
-//	         u baseVersion, u version, i time
+//	journal: format=2, flags(bit0 strict), s opID, s batchID, s governor,
+//	         s state, u baseVersion, u version, i time
+//	         (format 1, still read: no flags)
 //	parked:  journal entry as above, then s reason, i parkedAt
 //	meta:    format=2, u seq, u lamport, u hlc, i states, i journal,
 //	         i parked   (format 1, still read: no parked)
@@ -46,6 +47,8 @@ const (
 	formatRecordV2 = 2
 	// formatMetaV2 added the parked count to the meta counters.
 	formatMetaV2 = 2
+	// formatJournalV2 added a flags byte (bit 0: strict) to journal entries.
+	formatJournalV2 = 2
 )
 
 const (
@@ -146,7 +149,11 @@ func appendJournal(b []byte, j *JournalEntry) []byte {
 	if b == nil {
 		b = make([]byte, 0, 1+8*binary.MaxVarintLen64+len(j.OpID)+len(j.BatchID)+len(j.Key.Governor)+len(j.Key.State))
 	}
-	b = append(b, formatV1)
+	var flags byte
+	if j.Strict {
+		flags |= 1
+	}
+	b = append(b, formatJournalV2, flags)
 	b = appendString(b, j.OpID)
 	b = appendString(b, j.BatchID)
 	b = appendString(b, j.Key.Governor)
@@ -329,16 +336,23 @@ func decodeEvent(k Key, b []byte) (Event, error) {
 // decodeJournal decodes the journal entry seq from b, which it aliases.
 func decodeJournal(seq uint64, b []byte) (JournalEntry, error) {
 	d := decoder{b: b}
-	if err := d.format("journal entry"); err != nil {
+	j, err := d.journal(seq, "journal entry")
+	if err != nil {
 		return JournalEntry{}, err
 	}
-	j := d.journal(seq)
 	return j, d.done("journal entry")
 }
 
-// journal reads a journal entry's fields (after its format byte).
-func (d *decoder) journal(seq uint64) JournalEntry {
+// journal reads a journal entry (format 1 or 2).
+func (d *decoder) journal(seq uint64, what string) (JournalEntry, error) {
+	f := d.byte()
+	if d.err == nil && f != formatV1 && f != formatJournalV2 {
+		return JournalEntry{}, fmt.Errorf("%w: %s format %d", errCorrupt, what, f)
+	}
 	j := JournalEntry{Seq: seq}
+	if f == formatJournalV2 {
+		j.Strict = d.byte()&1 != 0
+	}
 	j.OpID = d.string()
 	j.BatchID = d.string()
 	j.Key.Governor = d.string()
@@ -346,7 +360,7 @@ func (d *decoder) journal(seq uint64) JournalEntry {
 	j.BaseVersion = d.uvarint()
 	j.Version = d.uvarint()
 	j.Time = d.varint()
-	return j
+	return j, nil
 }
 
 func encodeParked(p *ParkedEntry) []byte {
@@ -357,10 +371,11 @@ func encodeParked(p *ParkedEntry) []byte {
 
 func decodeParked(seq uint64, b []byte) (ParkedEntry, error) {
 	d := decoder{b: b}
-	if err := d.format("parked entry"); err != nil {
+	j, err := d.journal(seq, "parked entry")
+	if err != nil {
 		return ParkedEntry{}, err
 	}
-	p := ParkedEntry{JournalEntry: d.journal(seq)}
+	p := ParkedEntry{JournalEntry: j}
 	p.Reason = d.string()
 	p.ParkedAt = d.varint()
 	return p, d.done("parked entry")

@@ -58,6 +58,7 @@ type staged struct {
 	removed []Key     // state records deleted (a mutation's)
 	changes []*Record // the changes subscribers get (see feed.go)
 	seqs    []uint64  // a write's journal sequence numbers, one per record
+	after   []func()  // a mutation's, run once it is durable
 	ops     []kv      // every Badger operation, in order
 	result  any       // a mutation's result
 	meta    meta      // the counters after this request
@@ -462,7 +463,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 		ev := Event{Key: w.Key, Action: action, FromVersion: base, ToVersion: rec.Version, Value: w.Value,
 			Change: change, Origin: s.nodeID, OpID: opID, Clock: clock}
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
-			BaseVersion: base, Version: rec.Version, Time: nanos}
+			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict}
 		st.records = append(st.records, rec)
 		st.seqs = append(st.seqs, mm.seq)
 		st.changes = append(st.changes, rec)
@@ -943,6 +944,9 @@ func (s *Store) answer(part []*staged) {
 	for _, st := range part {
 		if st.req.mut != nil {
 			mutated = true
+			for _, fn := range st.after {
+				fn()
+			}
 			st.req.done <- reply{val: st.result}
 			continue
 		}

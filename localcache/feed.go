@@ -213,6 +213,9 @@ func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
 					pending = true
 					return nil
 				}
+				if l, ok := s.takeLost(seq); ok {
+					return &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion}
+				}
 				v, err := getValue(txn, parkedKey(seq))
 				if err != nil {
 					return err
@@ -285,4 +288,53 @@ func (s *Store) WaitFlushed(ctx context.Context, upTo uint64) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// ConflictLostError says a strict change (Write.Strict) met a change it had
+// not seen in the shared store and lost: the local store adopted the shared
+// store's record, at RemoteVersion.
+type ConflictLostError struct {
+	Seq           uint64
+	Key           Key
+	RemoteVersion uint64
+}
+
+func (e *ConflictLostError) Error() string {
+	return fmt.Sprintf("change %d of %s lost to a concurrent change: the shared store holds version %d", e.Seq, e.Key, e.RemoteVersion)
+}
+
+// Unwrap makes errors.Is(err, ErrVersionConflict) hold.
+func (e *ConflictLostError) Unwrap() error { return ErrVersionConflict }
+
+// lostChange is a strict change that lost a conflict.
+type lostChange struct {
+	key           Key
+	remoteVersion uint64
+}
+
+// maxLost bounds the lost changes remembered for WaitSynced: a strong write
+// asks within seconds of its push.
+const maxLost = 4096
+
+func (s *Store) noteLost(seq uint64, l lostChange) {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	if s.lost == nil {
+		s.lost = make(map[uint64]lostChange)
+	}
+	if len(s.lost) >= maxLost {
+		for old := range s.lost {
+			delete(s.lost, old)
+			break
+		}
+	}
+	s.lost[seq] = l
+}
+
+func (s *Store) takeLost(seq uint64) (lostChange, bool) {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	l, ok := s.lost[seq]
+	delete(s.lost, seq)
+	return l, ok
 }

@@ -112,6 +112,9 @@ type Store struct {
 	ackCh chan struct{}
 	// lastSeq is the journal sequence number of the last acknowledged change.
 	lastSeq atomic.Uint64
+	// lost holds strict changes that lost a conflict, for WaitSynced (under
+	// ackMu; bounded).
+	lost map[uint64]lostChange
 
 	// Owned by the committer.
 	walBuf    []byte

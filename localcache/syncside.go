@@ -43,6 +43,7 @@ type mutTx struct {
 	raw     map[string]kv
 	ops     []kv
 	changes []*Record // see staged.changes
+	after   []func()  // see staged.after
 }
 
 // record returns the current record of k (possibly a tombstone), or nil.
@@ -129,7 +130,7 @@ func (s *Store) stageMutation(r *request, m *meta, g *groupView) (*staged, error
 	if err != nil {
 		return nil, err
 	}
-	st := &staged{req: r, ops: tx.ops, changes: tx.changes, result: res, meta: tx.m}
+	st := &staged{req: r, ops: tx.ops, changes: tx.changes, after: tx.after, result: res, meta: tx.m}
 	for _, k := range tx.order {
 		if rec := tx.recs[k]; rec != nil {
 			st.records = append(st.records, rec)
@@ -212,6 +213,7 @@ func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]sync
 				Record:      eventRecord(ev),
 				Event:       toSyncEvent(ev),
 				Time:        j.Time,
+				Strict:      j.Strict,
 			})
 		}
 		return nil
@@ -261,6 +263,10 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				}
 				tx.del(journalKey(seq))
 				removed++
+				if j.Strict && a.Outcome == syncer.OutcomeSuperseded {
+					lost := lostChange{key: k, remoteVersion: a.Remote.Version}
+					tx.after = append(tx.after, func() { s.noteLost(seq, lost) })
+				}
 			}
 			if removed == 0 {
 				continue

@@ -698,3 +698,95 @@ func TestWaitSynced(t *testing.T) {
 		t.Fatalf("parked change: %v", err)
 	}
 }
+
+// hookFetcher runs before after each Fetch: a concurrent writer slipping in
+// between a strong write's read and its push.
+type hookFetcher struct {
+	*syncer.Puller
+	after func()
+}
+
+func (h hookFetcher) Fetch(ctx context.Context, k syncer.Key) (syncer.Record, syncer.ApplyStatus, error) {
+	rec, st, err := h.Puller.Fetch(ctx, k)
+	if h.after != nil {
+		h.after()
+	}
+	return rec, st, err
+}
+
+func TestWriteStrong(t *testing.T) { forRemotes(t, testWriteStrong) }
+
+func testWriteStrong(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	for _, n := range []*syncNode{a, b} {
+		loopCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = n.push.Run(loopCtx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	k := key("g", "k")
+	rec := a.put(k, "1")
+	if err := a.store.WaitSynced(ctx, rec.Seq); err != nil {
+		t.Fatal(err)
+	}
+
+	// b has never seen k: the strong write reads it first, so the
+	// precondition holds against the shared store.
+	recs, err := b.store.WriteStrong(ctx, b.pull, []Write{{Key: k, Value: []byte("2"), IfVersion: u64(1)}})
+	if err != nil || recs[0].Version != 2 {
+		t.Fatalf("strong put on b: %+v, %v", recs, err)
+	}
+	if r := remoteGet(t, remote, k); r.Version != 2 || string(r.Value) != "2" {
+		t.Fatalf("remote after the strong put %+v", r)
+	}
+	// a is behind: its precondition fails against the shared store, and
+	// nothing is written.
+	depth := a.store.Depth()
+	_, err = a.store.WriteStrong(ctx, a.pull, []Write{{Key: k, Value: []byte("stale"), IfVersion: u64(1)}})
+	var vc *VersionConflictError
+	if !errors.As(err, &vc) || vc.Expected != 1 || vc.Actual != 2 {
+		t.Fatalf("stale strong put on a: %v", err)
+	}
+	if a.store.Depth() != depth || string(a.get(k).Value) != "2" {
+		t.Fatalf("a failed strong write changed the store: depth %d, %q", a.store.Depth(), a.get(k).Value)
+	}
+
+	// A concurrent write reaches the shared store between the read and the
+	// push: the strong write loses though its clock is later.
+	slip := hookFetcher{Puller: a.pull, after: func() {
+		r := b.put(k, "b-slipped-in")
+		if err := b.store.WaitSynced(ctx, r.Seq); err != nil {
+			t.Error(err)
+		}
+	}}
+	_, err = a.store.WriteStrong(ctx, slip, []Write{{Key: k, Value: []byte("a-strong"), IfVersion: u64(2)}})
+	if !errors.As(err, &vc) || vc.Expected != 2 || vc.Actual != 3 {
+		t.Fatalf("strong put that met a concurrent change: %v", err)
+	}
+	if r := remoteGet(t, remote, k); string(r.Value) != "b-slipped-in" {
+		t.Fatalf("remote %q: the strong write overwrote the concurrent change", r.Value)
+	}
+	if got := a.get(k); string(got.Value) != "b-slipped-in" || got.Pending {
+		t.Fatalf("a after losing: %q pending=%v", got.Value, got.Pending)
+	}
+
+	// Unreachable: it fails before writing anything.
+	off := hookFetcher{Puller: syncer.NewPuller(a.store, unreachable{}, syncer.PullOptions{})}
+	depth = a.store.Depth()
+	if _, err := a.store.WriteStrong(ctx, off, []Write{{Key: k, Value: []byte("x")}}); !errors.Is(err, syncer.ErrUnavailable) {
+		t.Fatalf("offline strong write: %v", err)
+	}
+	if a.store.Depth() != depth {
+		t.Fatal("an offline strong write was journaled")
+	}
+}
+
+// unreachable is a remote that is never reachable.
+type unreachable struct{ syncer.Remote }
+
+func (unreachable) Get(context.Context, syncer.Key) (syncer.Record, error) {
+	return syncer.Record{}, fmt.Errorf("%w: no route", syncer.ErrUnavailable)
+}

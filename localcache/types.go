@@ -86,6 +86,10 @@ type Write struct {
 	IfAbsent  bool
 	Actor     string
 	Reason    string
+	// Strict marks a write whose precondition was checked against the
+	// shared store's record (a strong write): its push loses any conflict
+	// instead of overwriting a change it has not seen.
+	Strict bool
 }
 
 // Event actions.
@@ -118,6 +122,7 @@ type JournalEntry struct {
 	BaseVersion uint64 // the version the change was made on
 	Version     uint64 // the version it produced
 	Time        int64
+	Strict      bool // a strong write: loses any conflict (syncer.Entry.Strict)
 }
 
 // Errors. Write errors for one key are *KeyError values wrapping these.

@@ -80,6 +80,11 @@ type Entry struct {
 	Event Event
 	// Time is when the change was journaled (Unix nanoseconds).
 	Time int64
+	// Strict marks a compare-and-set made against the remote (a strong
+	// write): on a true conflict it loses whatever the clocks say, so it
+	// never overwrites a change it has not seen. Strict entries are not
+	// coalesced with others.
+	Strict bool
 }
 
 // Key returns the entry's key.
@@ -142,6 +147,7 @@ type MemWrite struct {
 	Delete bool
 	Actor  string
 	Reason string
+	Strict bool // see Entry.Strict
 }
 
 // ErrMemJournal is returned by a MemJournal whose Ack or Park was made to
@@ -236,7 +242,7 @@ func (j *MemJournal) Append(ws ...MemWrite) ([]Entry, error) {
 		}
 		ev := Event{Key: w.Key, Action: action, FromVersion: cur.Version, ToVersion: rec.Version,
 			Value: rec.Value, Change: meta, Origin: j.node, OpID: op, Clock: clock.Clone()}
-		e := Entry{Seq: j.seq, BaseVersion: cur.Version, Record: rec, Event: ev, Time: now.UnixNano()}
+		e := Entry{Seq: j.seq, BaseVersion: cur.Version, Record: rec, Event: ev, Time: now.UnixNano(), Strict: w.Strict}
 		if len(out) > 0 {
 			e.BatchID = out[0].BatchID
 		} else {

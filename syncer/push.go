@@ -29,6 +29,10 @@ type Options struct {
 	// MaxRetries is how many times a pass re-commits a change that met a
 	// conflict it won before leaving it to the next pass (default 3).
 	MaxRetries int
+	// OnPass, when set, is called at the start of every pass (tracing and
+	// metrics): the pass runs with the context it returns, and end is
+	// called with the pass's report and error when it is over.
+	OnPass func(ctx context.Context) (passCtx context.Context, end func(Report, error))
 }
 
 func (o Options) withDefaults() Options {
@@ -303,6 +307,16 @@ type passState struct {
 // for the rest of the pass, other keys went on). Entries rejected for good
 // are parked, not errors.
 func (s *Syncer) SyncOnce(ctx context.Context) (Report, error) {
+	if s.opts.OnPass == nil {
+		return s.syncOnce(ctx)
+	}
+	ctx, end := s.opts.OnPass(ctx)
+	rep, err := s.syncOnce(ctx)
+	end(rep, err)
+	return rep, err
+}
+
+func (s *Syncer) syncOnce(ctx context.Context) (Report, error) {
 	s.pass.Lock()
 	defer s.pass.Unlock()
 	s.mu.Lock()
@@ -463,7 +477,7 @@ func contiguous(p *part, e Entry) bool {
 
 // canJoin says whether run q can be coalesced after run p within lim.
 func canJoin(p, q *part, lim Limits) bool {
-	if !contiguous(p, q.entries[0]) {
+	if !contiguous(p, q.entries[0]) || p.entries[0].Strict != q.entries[0].Strict {
 		return false
 	}
 	if lim.MaxWrites > 0 && 1+len(p.entries)+len(q.entries) > lim.MaxWrites {
@@ -746,7 +760,7 @@ func (s *Syncer) judge(ps *passState, p *part, remote Record, exists bool) verdi
 		// op of this node: whatever else it holds was settled then.
 		return rebase
 	}
-	if lwwWins(local, remote) {
+	if first := p.entries[0]; !first.Strict && lwwWins(local, remote) {
 		return win
 	}
 	return lose

@@ -187,6 +187,7 @@ func TestPush(t *testing.T) {
 		{"CrashBeforeAck", testCrashBeforeAck},
 		{"ConflictLocalWins", testConflictLocalWins},
 		{"ConflictLocalLoses", testConflictLocalLoses},
+		{"ConflictStrictLoses", testConflictStrictLoses},
 		{"Load", testLoad},
 	}
 	for _, be := range backends {
@@ -880,4 +881,39 @@ func TestBackoff(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testConflictStrictLoses: a strict change (a compare-and-set made against
+// the remote) that meets a concurrent change loses even when its clock is
+// later, and is not coalesced with the plain writes around it.
+func testConflictStrictLoses(t *testing.T, e *env) {
+	ctx := e.ctx
+	k := key("strict")
+	t0 := time.Now()
+	e.a.SetClock(func() time.Time { return t0 })
+	e.b.SetClock(func() time.Time { return t0.Add(time.Second) }) // b writes later: it would win
+	put(t, e.a, k, "a")
+	if _, err := e.b.Append(syncer.MemWrite{Key: k, Value: []byte("b-strict"), Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+	syncOnce(t, ctx, e.sa)
+	rep := syncOnce(t, ctx, e.sb)
+	if rep.Conflicts != 1 || rep.Superseded != 1 || rep.Pushed != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	rem := checkSynced(t, ctx, e.b, e.remote, k)
+	if string(rem.Value) != "a" || rem.Origin != "node-a" {
+		t.Fatalf("remote %+v: the strict change overwrote a change it had not seen", rem)
+	}
+	// Without a conflict a strict change goes through, alone in its commit.
+	put(t, e.b, k, "plain-1")
+	if _, err := e.b.Append(syncer.MemWrite{Key: k, Value: []byte("strict-2"), Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, e.b, k, "plain-3")
+	rep = syncOnce(t, ctx, e.sb)
+	if rep.Pushed != 3 || rep.Conflicts != 0 || rep.Commits < 3 {
+		t.Fatalf("report %+v: want 3 pushed in 3 commits", rep)
+	}
+	checkEvents(t, ctx, e.remote, k, 4)
 }

@@ -521,6 +521,9 @@ type batch struct {
 	changes []Change
 	owner   []*part // owner[i] made changes[i]
 	atomic  bool
+	// writes and bytes are Writes and BatchSize of the changes, kept as
+	// units join so that packing stays linear.
+	writes, bytes int
 }
 
 // pack groups ready units into commits: an atomic unit alone, suspects and
@@ -536,6 +539,7 @@ func (s *Syncer) pack(ready []*unit) []*batch {
 			b.changes = append(b.changes, p.change())
 			b.owner = append(b.owner, p)
 		}
+		b.writes, b.bytes = Writes(Batch{Changes: b.changes}), BatchSize(Batch{Changes: b.changes})
 		alone := u.atomic || u.solo
 		for _, k := range u.keys() {
 			alone = alone || s.suspects[k]
@@ -549,6 +553,8 @@ func (s *Syncer) pack(ready []*unit) []*batch {
 				t.units = append(t.units, u)
 				t.changes = append(t.changes, b.changes...)
 				t.owner = append(t.owner, b.owner...)
+				t.writes += b.writes
+				t.bytes += b.bytes
 				continue
 			}
 			tagged[u.tag] = b
@@ -556,12 +562,13 @@ func (s *Syncer) pack(ready []*unit) []*batch {
 			continue
 		}
 		if cur != nil {
-			joined := Batch{Changes: append(cur.changes[:len(cur.changes):len(cur.changes)], b.changes...)}
-			if (lim.MaxWrites <= 0 || Writes(joined) <= lim.MaxWrites) &&
-				(lim.MaxBatchBytes <= 0 || BatchSize(joined) <= lim.MaxBatchBytes) {
+			if (lim.MaxWrites <= 0 || cur.writes+b.writes <= lim.MaxWrites) &&
+				(lim.MaxBatchBytes <= 0 || cur.bytes+b.bytes <= lim.MaxBatchBytes) {
 				cur.units = append(cur.units, u)
-				cur.changes = joined.Changes
+				cur.changes = append(cur.changes, b.changes...)
 				cur.owner = append(cur.owner, b.owner...)
+				cur.writes += b.writes
+				cur.bytes += b.bytes
 				continue
 			}
 		}

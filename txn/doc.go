@@ -1,0 +1,11 @@
+// Package txn holds what spans keys and sidecars: leased locks with fencing
+// tokens and deadlock detection.
+//
+// Locks is the lock service in the sidecar's own terms: Acquire (with an
+// optional wait that never polls the store), Release, Extend, Status,
+// Cleanup and Deadlocks. NewMemory implements it in one process, for tests
+// and for a sidecar without a shared store; NewFirestore implements it on
+// Firestore, shared by every sidecar of a deployment. txn/locktest is the
+// conformance suite both pass. The rules (token, clocks, waiting, deadlock
+// victim, cleanup) are in docs/decisions/0010-locks.md.
+package txn

@@ -1,0 +1,301 @@
+package txn
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Memory is Locks in one process's memory, for tests and for a sidecar
+// without a shared store. Its clock is the local one. The zero value is not
+// usable: call NewMemory.
+type Memory struct {
+	log *slog.Logger
+
+	mu        sync.Mutex
+	locks     map[string]*memLock
+	floor     uint64 // the largest token of a lock record Cleanup deleted
+	waits     map[string]*memWait
+	waitSeq   uint64
+	deadlocks []Deadlock
+}
+
+type memLock struct {
+	holder  string // "" when released
+	token   uint64
+	lease   time.Duration
+	expires time.Time // lease end (when held) or release time
+}
+
+type memWait struct {
+	id       uint64
+	resource string
+	wake     chan struct{}
+}
+
+// NewMemory returns empty in-memory locks. log may be nil.
+func NewMemory(log *slog.Logger) *Memory {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Memory{log: log, locks: map[string]*memLock{}, waits: map[string]*memWait{}}
+}
+
+// heldLocked returns the holder of resource at now ("" if free).
+func (m *Memory) heldLocked(resource string, now time.Time) (*memLock, bool) {
+	l := m.locks[resource]
+	return l, l != nil && l.holder != "" && now.Before(l.expires)
+}
+
+// broadcastLocked wakes every waiter.
+func (m *Memory) broadcastLocked() {
+	for _, w := range m.waits {
+		signal(w.wake)
+	}
+}
+
+func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start time.Time) (Grant, *HeldError) {
+	now := time.Now()
+	l, held := m.heldLocked(resource, now)
+	if held {
+		return Grant{}, &HeldError{Resource: resource, Holder: l.holder, Token: l.token, Expires: l.expires,
+			Remaining: l.expires.Sub(now)}
+	}
+	if l == nil {
+		l = &memLock{token: m.floor}
+		m.locks[resource] = l
+	}
+	l.holder, l.token, l.lease, l.expires = holder, l.token+1, lease, now.Add(lease)
+	m.broadcastLocked()
+	return Grant{Resource: resource, Holder: holder, Token: l.token, Lease: lease, Expires: l.expires,
+		Deadline: start.Add(lease)}, nil
+}
+
+// Acquire implements Locks.
+func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wait time.Duration) (Grant, error) {
+	lease, err := checkAcquire(resource, holder, lease, wait)
+	if err != nil {
+		return Grant{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Grant{}, fmt.Errorf("acquire lock %s: %w: %w", resource, ErrUnavailable, err)
+	}
+	start := time.Now()
+	m.mu.Lock()
+	g, held := m.tryLocked(resource, holder, lease, start)
+	if held == nil || wait == 0 {
+		m.mu.Unlock()
+		if held != nil {
+			return Grant{}, held
+		}
+		return g, nil
+	}
+	if w := m.waits[holder]; w != nil {
+		m.mu.Unlock()
+		return Grant{}, invalid("holder %s is already waiting for %s", holder, w.resource)
+	}
+	m.waitSeq++
+	w := &memWait{id: m.waitSeq, resource: resource, wake: make(chan struct{}, 1)}
+	m.waits[holder] = w
+	m.broadcastLocked()
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		if m.waits[holder] == w {
+			delete(m.waits, holder)
+			m.broadcastLocked()
+		}
+		m.mu.Unlock()
+	}()
+	b := &memWaitBackend{m: m, w: w, resource: resource, holder: holder, lease: lease, start: start}
+	return waitLoop(ctx, b, m.log, holder, wait, held)
+}
+
+type memWaitBackend struct {
+	m                *Memory
+	w                *memWait
+	resource, holder string
+	lease            time.Duration
+	start            time.Time
+}
+
+func (b *memWaitBackend) try(context.Context) (Grant, *HeldError, error) {
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	g, h := b.m.tryLocked(b.resource, b.holder, b.lease, b.start)
+	return g, h, nil
+}
+
+func (b *memWaitBackend) cycle(context.Context) ([]WaitEdge, error) {
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	return findCycle(memGraph{b.m, time.Now()}, b.holder, b.resource)
+}
+
+func (b *memWaitBackend) poke(_ context.Context, waiter string) error {
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	if w := b.m.waits[waiter]; w != nil {
+		signal(w.wake)
+	}
+	return nil
+}
+
+func (b *memWaitBackend) record(_ context.Context, d Deadlock) error {
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	b.m.deadlocks = append(b.m.deadlocks, d)
+	return nil
+}
+
+func (b *memWaitBackend) wake() <-chan struct{} { return b.w.wake }
+
+// memGraph is the wait-for graph of a Memory whose mutex is held.
+type memGraph struct {
+	m   *Memory
+	now time.Time
+}
+
+func (g memGraph) holderOf(resource string) (string, error) {
+	if l, held := g.m.heldLocked(resource, g.now); held {
+		return l.holder, nil
+	}
+	return "", nil
+}
+
+func (g memGraph) waitingFor(waiter string) (string, error) {
+	if w := g.m.waits[waiter]; w != nil {
+		return w.resource, nil
+	}
+	return "", nil
+}
+
+// current checks that g is the current grant of its lock.
+func (m *Memory) currentLocked(op string, g Grant, now time.Time) (*memLock, error) {
+	l := m.locks[g.Resource]
+	switch {
+	case l == nil:
+		return nil, &LostError{Op: op, Grant: g, Token: m.floor}
+	case l.holder != g.Holder || l.token != g.Token:
+		return nil, &LostError{Op: op, Grant: g, Holder: l.holder, Token: l.token}
+	case !now.Before(l.expires):
+		return nil, &LostError{Op: op, Grant: g, Token: l.token, Expired: true}
+	}
+	return l, nil
+}
+
+// Release implements Locks.
+func (m *Memory) Release(ctx context.Context, g Grant) error {
+	if err := checkGrant(g); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("release lock %s: %w: %w", g.Resource, ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	l, err := m.currentLocked("release", g, now)
+	if err != nil {
+		return err
+	}
+	l.holder, l.expires = "", now
+	m.broadcastLocked()
+	return nil
+}
+
+// Extend implements Locks.
+func (m *Memory) Extend(ctx context.Context, g Grant, lease time.Duration) (Grant, error) {
+	if err := checkGrant(g); err != nil {
+		return Grant{}, err
+	}
+	lease, err := checkLease(lease, g.Lease)
+	if err != nil {
+		return Grant{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Grant{}, fmt.Errorf("extend lock %s: %w: %w", g.Resource, ErrUnavailable, err)
+	}
+	start := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, err := m.currentLocked("extend", g, start)
+	if err != nil {
+		return Grant{}, err
+	}
+	l.lease, l.expires = lease, start.Add(lease)
+	m.broadcastLocked()
+	g.Lease, g.Expires, g.Deadline = lease, l.expires, start.Add(lease)
+	return g, nil
+}
+
+// Status implements Locks.
+func (m *Memory) Status(ctx context.Context, resource string) (Status, error) {
+	if err := ValidateName("resource", resource); err != nil {
+		return Status{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Status{}, fmt.Errorf("lock status %s: %w: %w", resource, ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	st := Status{Resource: resource}
+	l, held := m.heldLocked(resource, now)
+	if l != nil {
+		st.Token = l.token
+	}
+	if held {
+		st.Held, st.Holder, st.Expires, st.Remaining = true, l.holder, l.expires, l.expires.Sub(now)
+	}
+	for waiter, w := range m.waits {
+		if w.resource == resource {
+			st.Waiters = append(st.Waiters, waiter)
+		}
+	}
+	slices.Sort(st.Waiters)
+	return st, nil
+}
+
+// Cleanup implements Locks. Memory has no wait records to clean: a wait's
+// record goes when Acquire returns.
+func (m *Memory) Cleanup(ctx context.Context, grace time.Duration) (int, error) {
+	if grace < 0 {
+		return 0, invalid("negative grace %v", grace)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("lock cleanup: %w: %w", ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cut := time.Now().Add(-grace)
+	n := 0
+	for r, l := range m.locks {
+		if l.expires.Before(cut) { // released, or expired, before the cut
+			m.floor = max(m.floor, l.token)
+			delete(m.locks, r)
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Deadlocks implements Locks.
+func (m *Memory) Deadlocks(ctx context.Context, limit int) ([]Deadlock, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Deadlock, 0, min(limit, len(m.deadlocks)))
+	for i := len(m.deadlocks) - 1; i >= 0 && len(out) < limit; i-- {
+		out = append(out, m.deadlocks[i])
+	}
+	return out, nil
+}
+
+var _ Locks = (*Memory)(nil)

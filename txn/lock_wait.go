@@ -1,0 +1,94 @@
+package txn
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// timerSlack is added to a lease's remaining time before a waiter tries
+// again, so that it does not wake a moment before the store agrees the
+// lease ended.
+const timerSlack = 2 * time.Millisecond
+
+// waitBackend is what waitLoop needs from an implementation, for one
+// recorded wait of one holder for one resource.
+type waitBackend interface {
+	// try tries to take the lock: a grant, or who holds it.
+	try(ctx context.Context) (Grant, *HeldError, error)
+	// cycle walks the wait-for graph from this wait (a consistent view).
+	cycle(ctx context.Context) ([]WaitEdge, error)
+	// poke wakes waiter, so that it walks the graph again.
+	poke(ctx context.Context, waiter string) error
+	// record stores a deadlock detected.
+	record(ctx context.Context, d Deadlock) error
+	// wake is signalled when the lock or this wait's record changed.
+	wake() <-chan struct{}
+}
+
+// waitLoop waits, after held was seen, until the lock is granted, the wait
+// times out, ctx ends, or this wait is the victim of a deadlock. It walks
+// the wait-for graph before waiting and each time it wakes. A wait is woken
+// by a change of the lock or of its own wait record (another waiter found a
+// cycle whose victim it is) and by a timer at the end of the holder's lease;
+// it never polls.
+func waitLoop(ctx context.Context, b waitBackend, log *slog.Logger, holder string, wait time.Duration,
+	held *HeldError) (Grant, error) {
+	deadline := time.Now().Add(wait)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	poked := map[string]bool{}
+	for {
+		cycle, err := b.cycle(ctx)
+		if err != nil {
+			return Grant{}, err
+		}
+		if cycle != nil {
+			v := victim(cycle)
+			d := Deadlock{Victim: v, Cycle: rotate(cycle, v), Time: time.Now()}
+			if v == holder {
+				log.Warn("deadlock detected", "victim", v, "cycle", d.String())
+				if err := b.record(ctx, d); err != nil {
+					log.Warn("record deadlock", "victim", v, "err", err)
+				}
+				return Grant{}, &DeadlockError{Deadlock: d}
+			}
+			if !poked[v] {
+				poked[v] = true
+				log.Info("deadlock found; waking its victim", "waiter", holder, "victim", v, "cycle", d.String())
+				if err := b.poke(ctx, v); err != nil {
+					log.Warn("wake deadlock victim", "victim", v, "err", err)
+				}
+			}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			held.Waited = true
+			return Grant{}, held
+		}
+		timer.Reset(min(left, held.Remaining+timerSlack))
+		select {
+		case <-ctx.Done():
+			return Grant{}, fmt.Errorf("acquire lock %s: %w: %w", held.Resource, ErrUnavailable, ctx.Err())
+		case <-b.wake():
+		case <-timer.C:
+		}
+		g, h, err := b.try(ctx)
+		if err != nil {
+			return Grant{}, err
+		}
+		if h == nil {
+			return g, nil
+		}
+		held = h
+	}
+}
+
+// signal sends on a channel of capacity 1 without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

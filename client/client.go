@@ -78,6 +78,9 @@ type Client struct {
 	// Name identifies the client in the hello handshake (and the sidecar's
 	// logs); DefaultName if empty.
 	Name string
+	// WatchBuffer is how many changes a Watch holds for its reader before
+	// it ends the watch as fallen behind; DefaultWatchBuffer if zero.
+	WatchBuffer int
 
 	ids    atomic.Uint64 // request ids, unique over the client's life
 	rr     atomic.Uint64 // round-robin start for slot picking
@@ -382,11 +385,20 @@ func (c *Client) Ping(ctx context.Context) error {
 
 // Get returns the state gov/state. A state that does not exist (or was
 // deleted) fails with an error matching ErrNotFound.
-func (c *Client) Get(ctx context.Context, gov, state string) (*Record, error) {
+//
+// By default the sidecar answers from its local store, reading a state it
+// does not hold through from the shared store; opts ask for fresher reads
+// (Bounded, Strong). Record.FromCache, Pending, SyncedAt and Stale tell
+// what the answer is based on.
+func (c *Client) Get(ctx context.Context, gov, state string, opts ...ReadOption) (*Record, error) {
 	if err := validKey(gov, state); err != nil {
 		return nil, err
 	}
-	resp, err := c.do(ctx, &wire.Request{Op: wire.OpGet, Governor: gov, State: state})
+	req := &wire.Request{Op: wire.OpGet, Governor: gov, State: state}
+	for _, o := range opts {
+		o(req)
+	}
+	resp, err := c.do(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -449,7 +461,8 @@ func (c *Client) Delete(ctx context.Context, gov, state string, opts ...WriteOpt
 
 // BatchGet returns the states named by keys, in order; the entry of a state
 // that does not exist is nil.
-func (c *Client) BatchGet(ctx context.Context, keys []wire.Key) ([]*Record, error) {
+// opts are as for Get, and apply to every key.
+func (c *Client) BatchGet(ctx context.Context, keys []wire.Key, opts ...ReadOption) ([]*Record, error) {
 	for _, k := range keys {
 		if err := validKey(k.Governor, k.State); err != nil {
 			err.(*Error).Field = "keys"
@@ -459,7 +472,11 @@ func (c *Client) BatchGet(ctx context.Context, keys []wire.Key) ([]*Record, erro
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	resp, err := c.do(ctx, &wire.Request{Op: wire.OpBatchGet, Keys: keys})
+	req := &wire.Request{Op: wire.OpBatchGet, Keys: keys}
+	for _, o := range opts {
+		o(req)
+	}
+	resp, err := c.do(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -596,6 +613,44 @@ func (c *Client) Stats(ctx context.Context) (*wire.Stats, error) {
 	return resp.Stats, nil
 }
 
+// Pending reports the sidecar's journal: how many local changes wait for
+// the shared store, how many it rejected for good, and the oldest waiting.
+func (c *Client) Pending(ctx context.Context) (*wire.Pending, error) {
+	resp, err := c.do(ctx, &wire.Request{Op: wire.OpPending})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Pending == nil {
+		return nil, protocolErrorf("pending reply carries no pending")
+	}
+	return resp.Pending, nil
+}
+
+// Failed returns one page of the failed list (local changes the shared store
+// rejected for good), in journal order after the entry after (0: from the
+// start), at most limit entries (0: the sidecar's default, 100; at most
+// 1000), and the after of the next page (0 when there is none).
+func (c *Client) Failed(ctx context.Context, after uint64, limit int) ([]*wire.Failed, uint64, error) {
+	if limit < 0 {
+		e := errorf(wire.CodeInvalidArgument, "failed limit %d is negative", limit)
+		e.Field = "limit"
+		return nil, 0, e
+	}
+	resp, err := c.do(ctx, &wire.Request{Op: wire.OpFailed, After: after, Limit: limit})
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, f := range resp.Failed {
+		if f == nil {
+			return nil, 0, protocolErrorf("failed reply has a missing entry")
+		}
+	}
+	if resp.Next != 0 && resp.Next <= after {
+		return nil, 0, protocolErrorf("failed list cursor %d did not advance past %d", resp.Next, after)
+	}
+	return resp.Failed, resp.Next, nil
+}
+
 func oneRecord(resp *wire.Response) (*Record, error) {
 	if resp.Record == nil {
 		return nil, protocolErrorf("reply carries no record")
@@ -642,6 +697,42 @@ type writeOptions struct {
 	ifVersion     *uint64
 	ifAbsent      bool
 	actor, reason string
+	sync          bool
+	syncTimeout   time.Duration
+}
+
+// Synced makes the write answer only once the shared store has committed
+// it (consistency "sync"), waiting at most timeout (0: the sidecar's
+// default, 10 s). If the shared store does not confirm it in time the
+// error matches ErrTimeout and is not retryable: the change is durable
+// locally and syncs later, and a retry would write again. A change the
+// shared store rejects for good fails with ErrUnavailable (not retryable)
+// naming the reason. A sidecar without a shared store refuses sync writes
+// (ErrUnavailable, not retryable).
+func Synced(timeout time.Duration) WriteOption {
+	return func(o *writeOptions) { o.sync, o.syncTimeout = true, timeout }
+}
+
+// ReadOption selects the consistency of a read.
+type ReadOption func(*wire.Request)
+
+// Bounded accepts the local copy if the sidecar knows it holds every change
+// of the governor made more than maxStaleness ago; otherwise the sidecar
+// reads the state from the shared store first (read-repair). If the shared
+// store cannot be reached, the local copy is returned with Stale set.
+// maxStaleness is rounded up to a millisecond.
+func Bounded(maxStaleness time.Duration) ReadOption {
+	ms := uint64((maxStaleness + time.Millisecond - 1) / time.Millisecond)
+	if maxStaleness <= 0 {
+		ms = 1
+	}
+	return func(r *wire.Request) { r.Consistency, r.MaxStalenessMS = wire.ReadBounded, ms }
+}
+
+// Strong reads the state from the shared store first; if the shared store
+// cannot be reached the read fails with ErrUnavailable.
+func Strong() ReadOption {
+	return func(r *wire.Request) { r.Consistency, r.MaxStalenessMS = wire.ReadStrong, 0 }
 }
 
 // IfVersion makes the write succeed only if the state's current version is v
@@ -683,5 +774,11 @@ func applyWriteOptions(req *wire.Request, opts []WriteOption, preconditions bool
 	}
 	req.IfVersion, req.IfAbsent = o.ifVersion, o.ifAbsent
 	req.Actor, req.Reason = o.actor, o.reason
+	if o.sync {
+		req.Consistency = wire.WriteSync
+		if o.syncTimeout > 0 {
+			req.TimeoutMS = uint64(max(o.syncTimeout/time.Millisecond, 1))
+		}
+	}
 	return nil
 }

@@ -48,9 +48,10 @@ type conn struct {
 	inflight atomic.Int64 // calls in pending
 
 	mu      sync.Mutex
-	pending map[uint64]*call // queued or sent, awaiting a reply
-	queue   []*call          // not yet taken by the writer
-	err     error            // why the connection failed
+	pending map[uint64]*call  // queued or sent, awaiting a reply
+	queue   []*call           // not yet taken by the writer
+	err     error             // why the connection failed
+	watches map[uint64]*Watch // running watches, by id: see watch.go
 
 	wake    chan struct{} // capacity 1: the queue is not empty
 	closing chan struct{} // closed by fail
@@ -252,6 +253,11 @@ func (c *conn) readLoop(br *bufio.Reader, maxFrame int) {
 			c.fail(&ConnError{Op: "read", Socket: c.socket, Err: protocolErrorf("decode reply: %v", err)})
 			return
 		}
+		if resp.Push {
+			// A server-push frame: it answers no request.
+			c.push(resp)
+			continue
+		}
 		if resp.ID == 0 {
 			// An error about the connection itself: the sidecar closes it next.
 			var cause error = protocolErrorf("reply without request id")
@@ -301,6 +307,8 @@ func (c *conn) fail(cause error) {
 	pending := c.pending
 	c.pending = nil
 	c.queue = nil
+	watches, werr := c.watches, c.errFor(true)
+	c.watches = nil
 	close(c.closing)
 	errs := make(map[*call]error, len(pending))
 	for _, cl := range pending {
@@ -315,6 +323,9 @@ func (c *conn) fail(cause error) {
 	for cl, err := range errs {
 		cl.err = err
 		close(cl.done)
+	}
+	for _, w := range watches {
+		w.end(werr)
 	}
 }
 

@@ -109,7 +109,7 @@ func benchSyncLag(b *testing.B, remote syncer.Remote) {
 	}
 
 	var mu sync.Mutex
-	acked := make(map[string]time.Time) // op id -> when A acknowledged it
+	acked := make(map[string]time.Time)  // op id -> when A acknowledged it
 	seenAt := make(map[string]time.Time) // op id -> when B's feed delivered it
 	seen := make(chan struct{})
 	total := b.N * writers

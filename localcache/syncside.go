@@ -36,10 +36,10 @@ type mutation func(tx *mutTx) (any, error)
 
 // mutTx is what a mutation stages against and into. Committer only.
 type mutTx struct {
-	g     *groupView
-	m     meta // the counters, changed in place
-	recs  map[Key]*Record
-	order []Key // keys of recs, in first-touch order
+	g       *groupView
+	m       meta // the counters, changed in place
+	recs    map[Key]*Record
+	order   []Key // keys of recs, in first-touch order
 	raw     map[string]kv
 	ops     []kv
 	changes []*Record // see staged.changes

@@ -369,7 +369,9 @@ func testSyncCrashBetweenCommitAndAck(t *testing.T, newRemote func() syncer.Remo
 // TestSyncConcurrentWritersConverge: three nodes write the same keys at
 // random while pushing and pulling concurrently; after quiescence every node
 // holds the remote's record of every key.
-func TestSyncConcurrentWritersConverge(t *testing.T) { forRemotes(t, testSyncConcurrentWritersConverge) }
+func TestSyncConcurrentWritersConverge(t *testing.T) {
+	forRemotes(t, testSyncConcurrentWritersConverge)
+}
 
 func testSyncConcurrentWritersConverge(t *testing.T, newRemote func() syncer.Remote) {
 	seed := uint64(time.Now().UnixNano())

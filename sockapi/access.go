@@ -27,11 +27,13 @@ type Perm uint8
 
 // Rights. Every op but hello and ping needs exactly one.
 const (
-	// PermRead: get, batch_get, list, and later ops that only read states.
+	// PermRead: get, batch_get, list, watch, and later ops that only read
+	// states.
 	PermRead Perm = 1 << iota
 	// PermWrite: put, delete, batch_put, and later ops that change states.
 	PermWrite
-	// PermAdmin: stats, and later ops about the sidecar itself.
+	// PermAdmin: stats, pending, failed, and later ops about the sidecar
+	// itself.
 	PermAdmin
 )
 
@@ -47,17 +49,21 @@ func (p Perm) String() string {
 	return fmt.Sprintf("Perm(%d)", uint8(p))
 }
 
-// opPerms is the right each op needs; 0 for hello, ping and unknown ops
-// (which any connected peer may send). A new op must be listed here:
+// opPerms is the right each op needs; 0 for hello, ping, unwatch (which
+// only ends a watch of the same connection, allowed when it started) and
+// unknown ops (which any connected peer may send). A new op must be listed here:
 // TestEveryOpHasAPerm checks it.
 var opPerms = [numOps]Perm{
 	opGet:      PermRead,
 	opBatchGet: PermRead,
 	opList:     PermRead,
+	opWatch:    PermRead,
 	opPut:      PermWrite,
 	opDelete:   PermWrite,
 	opBatchPut: PermWrite,
 	opStats:    PermAdmin,
+	opPending:  PermAdmin,
+	opFailed:   PermAdmin,
 }
 
 // Access is the server's access policy. The zero value allows every peer
@@ -86,7 +92,7 @@ type Access struct {
 	// Default, when set, is the rule of every governor not in Governors.
 	// nil: governors not listed are open to every connected peer.
 	Default *GovernorAccess `json:"default,omitempty"`
-	// Admin lists the uids that may run admin ops (stats). nil: every
+	// Admin lists the uids that may run admin ops (stats, pending, failed). nil: every
 	// connected peer; an empty, non-nil list: nobody.
 	Admin []uint32 `json:"admin,omitempty"`
 }

@@ -57,11 +57,16 @@ type conn struct {
 	hello   bool
 	closed  bool // a fatal reply was sent: stop reading
 
+	// Observation of the current request (Options.Observer): see observe.go.
+	obsEnd    func(wire.Code)
+	replyCode wire.Code // code of the last reply put inline
+
 	stopping atomic.Bool   // Shutdown: stop reading at the next frame
 	sem      chan struct{} // one slot per running write
 	order    order         // per-state arrival order of writes and reads
 	writes   sync.WaitGroup
 	out      outbox
+	watches  watches // see watch.go
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, id uint64) *conn {
@@ -108,6 +113,7 @@ func (c *conn) serve() {
 		if panicked {
 			c.nc.Close()
 		}
+		c.closeWatches()
 		c.writes.Wait()
 		if !panicked {
 			c.out.flushWait()
@@ -303,7 +309,7 @@ func (o *outbox) init(c *conn) {
 func (o *outbox) put(resp *wire.Response, field string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.appendLocked(resp, field)
+	o.c.replyCode = o.appendLocked(resp, field) // put is the reader's: see observe.go
 }
 
 // putAsync queues the reply of a finished write and flushes unless another
@@ -318,9 +324,11 @@ func (o *outbox) putAsync(resp *wire.Response) {
 	}
 }
 
-func (o *outbox) appendLocked(resp *wire.Response, field string) {
+// appendLocked encodes resp into the queue and returns the error code of
+// what was queued ("" for success).
+func (o *outbox) appendLocked(resp *wire.Response, field string) (code wire.Code) {
 	if o.err != nil {
-		return
+		return replyCodeOf(resp)
 	}
 	n := len(o.buf)
 	buf, ok := appendResponseFrame(o.buf, resp)
@@ -333,16 +341,19 @@ func (o *outbox) appendLocked(resp *wire.Response, field string) {
 		e := wire.Errorf(wire.CodeTooLarge, "reply would be %d bytes, over max_frame %d", size, o.c.s.opts.MaxFrame)
 		e.Field, e.Limit = field, int64(o.c.s.opts.MaxFrame)
 		o.c.s.counters.countError(e.Code)
-		buf, _ = appendResponseFrame(buf[:n], &wire.Response{ID: resp.ID, Error: e})
+		resp = &wire.Response{ID: resp.ID, Error: e, Push: resp.Push, Watch: resp.Watch}
+		buf, _ = appendResponseFrame(buf[:n], resp)
 	}
 	if err != nil {
 		// Our own types always encode; if not, fail this request only.
 		o.c.log.Error("encoding reply failed", "id", resp.ID, "err", err)
 		e := wire.Errorf(wire.CodeInternal, "internal error")
 		o.c.s.counters.countError(e.Code)
-		buf, _ = appendResponseFrame(buf[:n], &wire.Response{ID: resp.ID, Error: e})
+		resp = &wire.Response{ID: resp.ID, Error: e}
+		buf, _ = appendResponseFrame(buf[:n], resp)
 	}
 	o.buf = buf
+	return replyCodeOf(resp)
 }
 
 // flush writes the queued replies unless another goroutine is writing
@@ -420,9 +431,15 @@ func (o *outbox) waitBelow(limit int) bool {
 // stops reading), flushing first so the peer sees the replies it waits
 // for.
 //
-// keys are the states fn writes: fn starts only after the connection's
-// earlier writes to them have been applied (see order).
-func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Response) {
+// keys are the states fn writes (or reads: a read that asks the shared
+// store runs here too), all distinct: fn starts only after the
+// connection's earlier writes to them have been applied, and later ones
+// wait for fn (see order).
+//
+// then, when not nil, runs after fn succeeded and the order was left, and
+// gives the final reply: a sync write waits there for the shared store
+// without holding up the connection's later writes to the same states.
+func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
 	select {
 	case c.sem <- struct{}{}:
 	default:
@@ -430,6 +447,7 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 		c.sem <- struct{}{}
 	}
 	wait, done := c.order.enter(keys)
+	end := c.takeObservation()
 	c.writes.Add(1)
 	go func() {
 		defer c.writes.Done()
@@ -457,8 +475,14 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 		resp := fn()
 		c.order.leave(keys, done)
 		left = true
+		if then != nil && resp.Error == nil {
+			resp = then(resp)
+		}
 		resp.ID = id
 		c.out.putAsync(resp)
+		if end != nil {
+			end(replyCodeOf(resp))
+		}
 	}()
 }
 

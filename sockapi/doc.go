@@ -20,8 +20,9 @@
 // and replies come back in any order, matched by id. Ids are chosen by the
 // client and must be non-zero; id 0 marks an error that is not about a
 // request (a broken frame, too many connections). Reads (get, batch_get,
-// list, ping, stats) are answered by the connection's reader as they arrive,
-// while writes (put, delete, batch_put) run concurrently, up to
+// list, ping, stats, pending, failed) are answered by the connection's
+// reader as they arrive, while writes (put, delete, batch_put), and reads
+// that ask the shared store (see Consistency below), run concurrently, up to
 // Options.MaxInflight per connection, so that the store's group commit can
 // share one fsync among them. Requests on the same state keep their arrival
 // order (see order): a write is applied after the connection's earlier writes
@@ -55,11 +56,29 @@
 //   - list: limit 0 means wire.DefaultListLimit, above wire.MaxListLimit is
 //     lowered to it, negative is InvalidArgument. Pages also stop before the
 //     reply would exceed max_frame; a non-empty cursor means "more".
-//   - consistency: reads accept "" or "local", writes "" or "async" (the
-//     only levels until sync is configured); anything else is
-//     InvalidArgument.
-//   - Every record returned has from_cache set; pending is the store's.
-//     Write replies carry the new record without its value.
+//   - consistency: see Consistency below; list accepts only "local".
+//   - Records carry pending and synced_at as the store holds them, and
+//     from_cache unless the request asked the shared store. Write replies
+//     carry the new record without its value.
+//
+// # Consistency (consistency.go)
+//
+// With Options.Sync (the shared store) set: a local read that misses reads
+// through (Sync.Fetch, then the local store again) unless Sync.FreshAt says
+// the governor's local copy is complete; "bounded" reads repair the same
+// way when the governor is not known fresh within max_staleness_ms, and
+// answer with the local record marked stale when the shared store cannot
+// be reached; "strong" reads always fetch first (Unavailable when they
+// cannot). "sync" writes wait after the local write for Store.WaitSynced.
+// Without Options.Sync those levels are Unavailable (not retryable);
+// "strong" writes are InvalidArgument (not supported yet).
+//
+// # Watches (watch.go)
+//
+// watch subscribes to the store's change feed and sends each change as a
+// server-push frame (wire.Response with Push and Watch set) until unwatch,
+// the connection's end, or the watch falling behind its buffer (a last push
+// frame with an Unavailable error).
 //
 // # Errors
 //

@@ -8,18 +8,18 @@ import (
 )
 
 // This file is a fast path for encoding the common replies (records,
-// errors, pings) without reflection: encoding dominated the cost of a get.
+// errors, pings, push frames) without reflection: encoding dominated the cost of a get.
 // It writes exactly the bytes the wire codec writes for the same value:
 // fields sorted by name (the codec sorts the fields of every struct it
 // encodes as a map), omitempty fields left out, the smallest msgpack form
 // of each number and length (TestEncoderMatchesCodec and
-// FuzzEncodeResponse compare the two). Hello and stats replies, which are
-// rare, go through the codec.
+// FuzzEncodeResponse compare the two). Hello, stats, pending and failed
+// replies, which are rare, go through the codec.
 
 // appendResponseFrame appends resp as a whole frame. ok is false (and b is
 // returned unchanged) for a reply this fast path does not handle.
 func appendResponseFrame(b []byte, resp *wire.Response) (_ []byte, ok bool) {
-	if resp.Hello != nil || resp.Stats != nil {
+	if resp.Hello != nil || resp.Stats != nil || resp.Pending != nil || resp.Failed != nil || resp.Next != 0 {
 		return b, false
 	}
 	start := len(b)
@@ -43,6 +43,11 @@ func appendResponse(b []byte, r *wire.Response) []byte {
 	if len(r.Records) > 0 {
 		n++
 	}
+	for _, set := range [...]bool{r.Push, r.Remote, r.Watch != 0} {
+		if set {
+			n++
+		}
+	}
 	b = appendMapHeader(b, n)
 	if r.Cursor != "" {
 		b = appendStr(b, "cursor")
@@ -54,6 +59,10 @@ func appendResponse(b []byte, r *wire.Response) []byte {
 	}
 	b = appendStr(b, "id")
 	b = appendUint(b, r.ID)
+	if r.Push {
+		b = appendStr(b, "push")
+		b = append(b, 0xc3)
+	}
 	if r.Record != nil {
 		b = appendStr(b, "record")
 		b = appendRecord(b, r.Record)
@@ -69,6 +78,14 @@ func appendResponse(b []byte, r *wire.Response) []byte {
 			}
 		}
 	}
+	if r.Remote {
+		b = appendStr(b, "remote")
+		b = append(b, 0xc3)
+	}
+	if r.Watch != 0 {
+		b = appendStr(b, "watch")
+		b = appendUint(b, r.Watch)
+	}
 	return b
 }
 
@@ -81,6 +98,12 @@ func appendRecord(b []byte, r *wire.Record) []byte {
 		n++
 	}
 	if len(r.Value) > 0 {
+		n++
+	}
+	if r.Stale {
+		n++
+	}
+	if r.SyncedAt != 0 {
 		n++
 	}
 	b = appendMapHeader(b, n)
@@ -118,8 +141,16 @@ func appendRecord(b []byte, r *wire.Record) []byte {
 	}
 	b = appendStr(b, "pending")
 	b = appendBool(b, r.Pending)
+	if r.Stale {
+		b = appendStr(b, "stale")
+		b = append(b, 0xc3)
+	}
 	b = appendStr(b, "state")
 	b = appendStr(b, r.State)
+	if r.SyncedAt != 0 {
+		b = appendStr(b, "synced_at")
+		b = appendInt(b, r.SyncedAt)
+	}
 	b = appendStr(b, "updated_at")
 	b = appendInt(b, r.UpdatedAt)
 	if len(r.Value) > 0 {

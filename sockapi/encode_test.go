@@ -78,6 +78,15 @@ func TestEncoderMatchesCodec(t *testing.T) {
 	if _, ok := appendResponseFrame(nil, &wire.Response{Stats: &wire.Stats{}}); ok {
 		t.Fatal("fast path took a stats reply")
 	}
+	for _, r := range []*wire.Response{{Pending: &wire.Pending{}}, {Failed: []*wire.Failed{{}}}, {Next: 1}} {
+		if _, ok := appendResponseFrame(nil, r); ok {
+			t.Fatalf("fast path took %+v", r)
+		}
+	}
+	// Push frames and the sync fields of records.
+	checkEncoding(t, &wire.Response{ID: 7, Push: true, Watch: 7, Remote: true, Record: &wire.Record{Governor: "g", State: "s",
+		Value: val, Version: 2, SyncedAt: 1700000000000000000, Stale: true}})
+	checkEncoding(t, &wire.Response{ID: 7, Push: true, Watch: 7, Error: wire.Errorf(wire.CodeUnavailable, "lagged")})
 }
 
 func randomResponse(rng *rand.Rand, val wire.Raw) *wire.Response {
@@ -94,13 +103,18 @@ func randomResponse(rng *rand.Rand, val wire.Raw) *wire.Response {
 		r := &wire.Record{Governor: str(), State: str(), Version: rng.Uint64() >> rng.IntN(64),
 			Deleted: rng.IntN(2) == 0, UpdatedAt: rng.Int64() >> rng.IntN(64) * int64(1-2*rng.IntN(2)),
 			Change: wire.Change{Actor: str(), Reason: str(), Time: rng.Int64() >> rng.IntN(64)}, Origin: str(),
-			FromCache: rng.IntN(2) == 0, Pending: rng.IntN(2) == 0}
+			FromCache: rng.IntN(2) == 0, Pending: rng.IntN(2) == 0, Stale: rng.IntN(2) == 0,
+			SyncedAt: rng.Int64() >> rng.IntN(64) * int64(rng.IntN(2))}
 		if rng.IntN(2) == 0 {
 			r.Value = val
 		}
 		return r
 	}
 	resp := &wire.Response{ID: rng.Uint64() >> rng.IntN(64), Cursor: str()}
+	if rng.IntN(3) == 0 {
+		resp.Push, resp.Remote = rng.IntN(2) == 0, rng.IntN(2) == 0
+		resp.Watch = rng.Uint64() >> rng.IntN(64)
+	}
 	switch rng.IntN(3) {
 	case 0:
 		e := wire.Errorf(wire.CodeVersionConflict, "%s", str())

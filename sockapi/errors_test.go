@@ -112,11 +112,27 @@ func TestInvalidRequests(t *testing.T) {
 		{name: "cursor too long", body: omap(t, "id", 43, "op", "list", "governor", "g", "cursor", strings.Repeat("c", maxCursor+1)), id: 43, code: wire.CodeTooLarge, field: "cursor", limit: maxCursor},
 
 		// Consistency levels.
-		{name: "get strong", body: omap(t, "id", 50, "op", "get", "governor", "g", "state", "s", "consistency", "strong"), id: 50, code: wire.CodeInvalidArgument, field: "consistency"},
+		// Without a shared store, the levels that need one are Unavailable
+		// (not retryable); strong writes are not supported at all.
+		{name: "get strong", body: omap(t, "id", 50, "op", "get", "governor", "g", "state", "s", "consistency", "strong"), id: 50, code: wire.CodeUnavailable, field: "consistency"},
+		{name: "get bounded without bound", body: omap(t, "id", 55, "op", "get", "governor", "g", "state", "s", "consistency", "bounded"), id: 55, code: wire.CodeInvalidArgument, field: "max_staleness_ms"},
+		{name: "get bounded", body: omap(t, "id", 56, "op", "get", "governor", "g", "state", "s", "consistency", "bounded", "max_staleness_ms", 100), id: 56, code: wire.CodeUnavailable, field: "consistency"},
+		{name: "get async", body: omap(t, "id", 57, "op", "get", "governor", "g", "state", "s", "consistency", "async"), id: 57, code: wire.CodeInvalidArgument, field: "consistency"},
+		{name: "put strong", body: omap(t, "id", 58, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "strong"), id: 58, code: wire.CodeInvalidArgument, field: "consistency"},
+		{name: "staleness wrong type", body: omap(t, "id", 59, "op", "get", "governor", "g", "state", "s", "max_staleness_ms", -1), id: 59, code: wire.CodeInvalidArgument, field: "max_staleness_ms"},
 		{name: "list bounded", body: omap(t, "id", 51, "op", "list", "governor", "g", "consistency", "bounded"), id: 51, code: wire.CodeInvalidArgument, field: "consistency"},
-		{name: "put sync", body: omap(t, "id", 52, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "sync"), id: 52, code: wire.CodeInvalidArgument, field: "consistency"},
+		{name: "put sync", body: omap(t, "id", 52, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "sync"), id: 52, code: wire.CodeUnavailable, field: "consistency"},
 		{name: "put local", body: omap(t, "id", 53, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "local"), id: 53, code: wire.CodeInvalidArgument, field: "consistency"},
-		{name: "batch_get strong", body: omap(t, "id", 54, "op", "batch_get", "keys", []wire.Key{{Governor: "g", State: "s"}}, "consistency", "strong"), id: 54, code: wire.CodeInvalidArgument, field: "consistency"},
+		{name: "batch_get strong", body: omap(t, "id", 54, "op", "batch_get", "keys", []wire.Key{{Governor: "g", State: "s"}}, "consistency", "strong"), id: 54, code: wire.CodeUnavailable, field: "consistency"},
+
+		// Watches and the journal ops.
+		{name: "watch without governor", body: omap(t, "id", 90, "op", "watch"), id: 90, code: wire.CodeInvalidArgument, field: "governor"},
+		{name: "watch prefix with slash", body: omap(t, "id", 91, "op", "watch", "governor", "g", "prefix", "a/"), id: 91, code: wire.CodeInvalidArgument, field: "prefix"},
+		{name: "unwatch without watch", body: omap(t, "id", 92, "op", "unwatch"), id: 92, code: wire.CodeInvalidArgument, field: "watch"},
+		{name: "unwatch watch negative", body: omap(t, "id", 93, "op", "unwatch", "watch", -3), id: 93, code: wire.CodeInvalidArgument, field: "watch"},
+		{name: "failed negative limit", body: omap(t, "id", 94, "op", "failed", "limit", -1), id: 94, code: wire.CodeInvalidArgument, field: "limit"},
+		{name: "failed after string", body: omap(t, "id", 95, "op", "failed", "after", "x"), id: 95, code: wire.CodeInvalidArgument, field: "after"},
+		{name: "put timeout negative", body: omap(t, "id", 96, "op", "put", "governor", "g", "state", "n", "value", val, "timeout_ms", -1), id: 96, code: wire.CodeInvalidArgument, field: "timeout_ms"},
 
 		// Sizes.
 		{name: "value too large", body: omap(t, "id", 60, "op", "put", "governor", "g", "state", "n", "value", valueOfSize(t, 1001)), id: 60, code: wire.CodeTooLarge, field: "value", limit: 1000},

@@ -35,6 +35,13 @@ type fakeStore struct {
 	entered chan struct{}
 	// fail, when set, is returned by every call.
 	fail error
+
+	// The journal: every write gets a sequence number and stays pending
+	// until the test acks or parks it (sync writes wait for that).
+	seq     uint64
+	journal map[uint64]localcache.JournalEntry
+	parked  map[uint64]localcache.ParkedEntry
+	synced  chan struct{} // closed and replaced when an entry is acked or parked
 }
 
 func newFakeStore() *fakeStore {
@@ -42,6 +49,9 @@ func newFakeStore() *fakeStore {
 		node:    "node-test",
 		recs:    make(map[localcache.Key]localcache.Record),
 		pending: make(map[localcache.Key]bool),
+		journal: make(map[uint64]localcache.JournalEntry),
+		parked:  make(map[uint64]localcache.ParkedEntry),
+		synced:  make(chan struct{}),
 	}
 }
 
@@ -182,7 +192,10 @@ func (f *fakeStore) WriteBatch(ctx context.Context, ws []localcache.Write) ([]lo
 		}
 		f.recs[w.Key] = r
 		f.pending[w.Key] = true
+		f.seq++
+		f.journal[f.seq] = localcache.JournalEntry{Seq: f.seq, Key: w.Key, BaseVersion: cur.Version, Version: r.Version, Time: f.clock}
 		r.Value = nil
+		r.Seq = f.seq
 		out[i] = r
 	}
 	return out, nil
@@ -224,7 +237,85 @@ func (f *fakeStore) Stats() localcache.Stats {
 			live++
 		}
 	}
-	return localcache.Stats{States: live, Commits: uint64(f.writes.Load())}
+	return localcache.Stats{States: live, Commits: uint64(f.writes.Load()),
+		JournalDepth: int64(len(f.journal)), Parked: int64(len(f.parked))}
+}
+
+// Subscribe: the fake has no change feed (watches are tested against
+// localcache).
+func (f *fakeStore) Subscribe(governor, prefix string, buffer int) (*localcache.Subscription, error) {
+	return nil, fmt.Errorf("fake store: no change feed: %w", localcache.ErrClosed)
+}
+
+func (f *fakeStore) WaitSynced(ctx context.Context, seqs ...uint64) error {
+	for {
+		f.mu.Lock()
+		ch, pending := f.synced, false
+		for _, seq := range seqs {
+			if _, ok := f.journal[seq]; ok {
+				pending = true
+			} else if p, ok := f.parked[seq]; ok {
+				f.mu.Unlock()
+				return &localcache.ParkedError{Seq: seq, Key: p.Key, Reason: p.Reason}
+			}
+		}
+		f.mu.Unlock()
+		if !pending {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (f *fakeStore) Journal(ctx context.Context, afterSeq uint64, limit int) ([]localcache.JournalEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []localcache.JournalEntry
+	for seq := afterSeq + 1; seq <= f.seq && len(out) < limit; seq++ {
+		if j, ok := f.journal[seq]; ok {
+			out = append(out, j)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeStore) Failed(ctx context.Context, afterSeq uint64, limit int) ([]localcache.ParkedEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []localcache.ParkedEntry
+	for seq := afterSeq + 1; seq <= f.seq && len(out) < limit; seq++ {
+		if p, ok := f.parked[seq]; ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// settle acks (reason "") or parks every pending journal entry of k, as
+// the push loop would, and records the synced time.
+func (f *fakeStore) settle(k localcache.Key, reason string, syncedAt int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for seq, j := range f.journal {
+		if j.Key != k {
+			continue
+		}
+		delete(f.journal, seq)
+		if reason != "" {
+			f.parked[seq] = localcache.ParkedEntry{JournalEntry: j, Reason: reason, ParkedAt: f.clock}
+		}
+	}
+	f.pending[k] = false
+	if r, ok := f.recs[k]; ok && reason == "" {
+		r.SyncedVersion, r.SyncedAt = r.Version, syncedAt
+		f.recs[k] = r
+	}
+	close(f.synced)
+	f.synced = make(chan struct{})
 }
 
 // put stores a record directly (test setup).

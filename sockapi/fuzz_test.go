@@ -82,6 +82,13 @@ func fuzzSeeds(tb testing.TB) []fuzzSeed {
 		{"invalid-byte", []byte{0xc1}},
 		{"array-body", []byte{0x93, 0x01, 0x02, 0x03}},
 		{"huge-map-header", []byte{0xdf, 0xff, 0xff, 0xff, 0xff, 0xa2, 'i', 'd'}},
+		{"watch", mustMarshal(tb, &wire.Request{ID: 19, Op: wire.OpWatch, Governor: "g", Prefix: "s"})},
+		{"unwatch", mustMarshal(tb, &wire.Request{ID: 20, Op: wire.OpUnwatch, Watch: 19})},
+		{"pending", mustMarshal(tb, &wire.Request{ID: 21, Op: wire.OpPending})},
+		{"failed", mustMarshal(tb, &wire.Request{ID: 22, Op: wire.OpFailed, After: 3, Limit: 10})},
+		{"get-bounded", mustMarshal(tb, &wire.Request{ID: 23, Op: wire.OpGet, Governor: "g", State: "s", Consistency: "bounded", MaxStalenessMS: 250})},
+		{"put-sync", mustMarshal(tb, &wire.Request{ID: 24, Op: wire.OpPut, Governor: "g", State: "s", Value: v, Consistency: "sync", TimeoutMS: 100})},
+		{"bad-staleness", omap(tb, "id", 25, "op", "get", "governor", "g", "state", "s", "consistency", "bounded", "max_staleness_ms", -1.5)},
 	}
 	var seeds []fuzzSeed
 	for _, b := range bodies {

@@ -13,15 +13,6 @@ import (
 	"github.com/tai-state/tai-state/sockapi/wire"
 )
 
-// Consistency levels accepted until sync lands. Reads are served from the
-// local store ("local"); writes are acknowledged once durable locally and
-// synced later ("async"). The empty string selects the default. Any other
-// level is InvalidArgument (field "consistency").
-const (
-	consistencyLocal = "local"
-	consistencyAsync = "async"
-)
-
 // maxCursor caps a list cursor sent back by a client. Cursors are opaque
 // strings produced by the store; the cap only bounds what a client can send.
 const maxCursor = 4 * wire.MaxNameSize
@@ -41,6 +32,9 @@ const maxOpEcho = 64
 func (c *conn) handle(body []byte) {
 	req := &c.req
 	id, werr := parseRequest(body, req)
+	if c.s.opts.Observer != nil {
+		defer c.observeRequest(werr)() // spans and metrics: see observe.go
+	}
 	if werr != nil {
 		c.s.counters.countRequest(opOther)
 		c.replyError(id, werr)
@@ -79,6 +73,14 @@ func (c *conn) handle(body []byte) {
 		c.opList(req)
 	case opStats:
 		c.opStats(req)
+	case opWatch:
+		c.opWatch(req)
+	case opUnwatch:
+		c.opUnwatch(req)
+	case opPending:
+		c.opPending(req)
+	case opFailed:
+		c.opFailed(req)
 	default:
 		if req.Op == "" {
 			c.replyError(req.ID, invalid("op", "op is required"))
@@ -131,16 +133,26 @@ func (c *conn) opHello(req *wire.Request) {
 
 func (c *conn) opGet(req *wire.Request) {
 	k, e := checkKey("", req.Governor, req.State)
+	var m readMode
 	if e == nil {
-		e = checkConsistency(req.Consistency, false)
+		m, e = c.readConsistency(req, false)
 	}
 	if e != nil {
 		c.replyError(req.ID, e)
 		return
 	}
-	c.awaitWrites([]localcache.Key{k}, false)
+	keys := []localcache.Key{k}
+	c.awaitWrites(keys, false)
+	if c.needsFetch(k.Governor, m) {
+		c.goWrite(req.ID, keys, func() *wire.Response { return c.fetchGet(k, m) }, nil)
+		return
+	}
 	r, err := c.s.store.Get(c.ctx, k)
 	if err != nil {
+		if errors.Is(err, localcache.ErrNotFound) && c.readsThrough(k.Governor, m) {
+			c.goWrite(req.ID, keys, func() *wire.Response { return c.fetchGet(k, m) }, nil)
+			return
+		}
 		c.replyError(req.ID, c.storeError("get", k, err))
 		return
 	}
@@ -164,8 +176,9 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 	if e == nil {
 		e = checkMeta("reason", req.Reason)
 	}
+	var m writeMode
 	if e == nil {
-		e = checkConsistency(req.Consistency, true)
+		m, e = c.writeConsistency(req)
 	}
 	if e != nil {
 		c.replyError(req.ID, e)
@@ -184,15 +197,37 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 	if del {
 		op = wire.OpDelete
 	}
+	var seq uint64
 	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
 		r, err := c.s.store.Write(c.ctx, w)
 		if err != nil {
 			return c.errorResponse(c.storeError(op, k, err))
 		}
+		seq = r.Seq
 		rec := new(wire.Record)
 		toWire(rec, &r, false)
 		return &wire.Response{Record: rec}
-	})
+	}, c.syncThen(m, k, func() []uint64 { return []uint64{seq} }))
+}
+
+// syncThen returns, for a sync write, the step that waits for the shared
+// store once the write is applied (see goWrite); nil for an async write.
+// seqs returns the journal entries of the write.
+func (c *conn) syncThen(m writeMode, k localcache.Key, seqs func() []uint64) func(*wire.Response) *wire.Response {
+	if !m.sync {
+		return nil
+	}
+	return func(resp *wire.Response) *wire.Response {
+		if e := c.syncWait(m, k, seqs()); e != nil {
+			return c.errorResponse(e)
+		}
+		recs := resp.Records
+		if resp.Record != nil {
+			recs = []*wire.Record{resp.Record}
+		}
+		c.refreshSynced(recs)
+		return resp
+	}
 }
 
 // opBatchGet reads up to wire.MaxBatch states. The reply has one entry per
@@ -203,7 +238,8 @@ func (c *conn) opBatchGet(req *wire.Request) {
 		c.replyError(req.ID, tooLarge("keys", wire.MaxBatch, "keys has %d entries, limit %d", len(req.Keys), wire.MaxBatch))
 		return
 	}
-	if e := checkConsistency(req.Consistency, false); e != nil {
+	m, e := c.readConsistency(req, false)
+	if e != nil {
 		c.replyError(req.ID, e)
 		return
 	}
@@ -218,6 +254,11 @@ func (c *conn) opBatchGet(req *wire.Request) {
 	}
 	c.keys = keys
 	c.awaitWrites(keys, false)
+	if len(keys) > 0 && slices.ContainsFunc(keys, func(k localcache.Key) bool { return c.needsFetch(k.Governor, m) }) {
+		keys := slices.Clone(keys)
+		c.goWrite(req.ID, uniqueKeys(keys), func() *wire.Response { return c.fetchBatch(keys, nil, m) }, nil)
+		return
+	}
 	var got []*localcache.Record
 	if len(keys) > 0 {
 		var err error
@@ -230,8 +271,43 @@ func (c *conn) opBatchGet(req *wire.Request) {
 			return
 		}
 	}
-	// Refuse a reply that cannot fit before encoding it: values and names
-	// alone are a lower bound of its size.
+	var misses []int
+	for i, r := range got {
+		if r == nil && c.readsThrough(keys[i].Governor, m) {
+			misses = append(misses, i)
+		}
+	}
+	if len(misses) > 0 {
+		keys := slices.Clone(keys)
+		c.goWrite(req.ID, uniqueKeys(keys), func() *wire.Response { return c.fetchBatch(keys, misses, m) }, nil)
+		return
+	}
+	if e := c.batchTooLarge(got); e != nil {
+		c.replyError(req.ID, e)
+		return
+	}
+	c.resp = wire.Response{ID: req.ID, Records: c.wireRecords(got, true)}
+	c.out.put(&c.resp, "keys")
+	c.releaseRecords()
+}
+
+// uniqueKeys returns keys without repeats (a new slice): the keys an
+// ordered operation registers (see order.enter) must be distinct.
+func uniqueKeys(keys []localcache.Key) []localcache.Key {
+	seen := make(map[localcache.Key]struct{}, len(keys))
+	out := make([]localcache.Key, 0, len(keys))
+	for _, k := range keys {
+		if _, ok := seen[k]; !ok {
+			seen[k] = struct{}{}
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// batchTooLarge refuses a batch_get reply that cannot fit before encoding
+// it: values and names alone are a lower bound of its size.
+func (c *conn) batchTooLarge(got []*localcache.Record) *wire.Error {
 	size := 0
 	for _, r := range got {
 		if r != nil {
@@ -239,12 +315,9 @@ func (c *conn) opBatchGet(req *wire.Request) {
 		}
 	}
 	if max := c.s.opts.MaxFrame; size > max {
-		c.replyError(req.ID, tooLarge("keys", max, "reply would be over %d bytes, over max_frame %d: fetch fewer keys at once", size, max))
-		return
+		return tooLarge("keys", max, "reply would be over %d bytes, over max_frame %d: fetch fewer keys at once", size, max)
 	}
-	c.resp = wire.Response{ID: req.ID, Records: c.wireRecords(got, true)}
-	c.out.put(&c.resp, "keys")
-	c.releaseRecords()
+	return nil
 }
 
 // opBatchPut applies up to wire.MaxBatch writes atomically. Each item obeys
@@ -256,8 +329,9 @@ func (c *conn) opBatchPut(req *wire.Request) {
 	if e == nil {
 		e = checkMeta("reason", req.Reason)
 	}
+	var m writeMode
 	if e == nil {
-		e = checkConsistency(req.Consistency, true)
+		m, e = c.writeConsistency(req)
 	}
 	if e == nil && len(req.Items) > wire.MaxBatch {
 		e = tooLarge("items", wire.MaxBatch, "items has %d entries, limit %d", len(req.Items), wire.MaxBatch)
@@ -302,6 +376,7 @@ func (c *conn) opBatchPut(req *wire.Request) {
 			Reason:    req.Reason,
 		}
 	}
+	var seqs []uint64
 	c.goWrite(req.ID, keys, func() *wire.Response {
 		rs, err := c.s.store.WriteBatch(c.ctx, ws)
 		if err == nil && len(rs) != len(ws) {
@@ -315,9 +390,10 @@ func (c *conn) opBatchPut(req *wire.Request) {
 		for i := range rs {
 			toWire(&recs[i], &rs[i], false)
 			out[i] = &recs[i]
+			seqs = append(seqs, rs[i].Seq)
 		}
 		return &wire.Response{Records: out}
-	})
+	}, c.syncThen(m, localcache.Key{}, func() []uint64 { return seqs }))
 }
 
 // opList lists live states of a governor in name order. limit: 0 means
@@ -339,7 +415,7 @@ func (c *conn) opList(req *wire.Request) {
 		e = invalid("limit", "limit must not be negative")
 	}
 	if e == nil {
-		e = checkConsistency(req.Consistency, false)
+		_, e = c.readConsistency(req, true)
 	}
 	if e != nil {
 		c.replyError(req.ID, e)
@@ -403,6 +479,7 @@ func (c *conn) opStats(req *wire.Request) {
 		Errors:        errs,
 		States:        st.States,
 		JournalDepth:  st.JournalDepth,
+		Parked:        st.Parked,
 		Commits:       st.Commits,
 		CommitWrites:  st.CommitWrites,
 		CacheHits:     st.CacheHits,
@@ -445,8 +522,9 @@ func (c *conn) releaseRecords() {
 }
 
 // toWire converts a store record. Every record the server returns comes
-// from the local store: FromCache is always true; Pending is the store's.
-// Write replies leave the value out.
+// from the local store: FromCache is true (a read that asked the shared
+// store clears it); Pending and SyncedAt are the store's. Write replies
+// leave the value out.
 func toWire(dst *wire.Record, r *localcache.Record, withValue bool) {
 	*dst = wire.Record{
 		Governor:  r.Governor,
@@ -458,6 +536,7 @@ func toWire(dst *wire.Record, r *localcache.Record, withValue bool) {
 		Origin:    r.Origin,
 		FromCache: true,
 		Pending:   r.Pending,
+		SyncedAt:  r.SyncedAt,
 	}
 	if withValue {
 		dst.Value = wire.Raw(r.Value)
@@ -612,21 +691,4 @@ func checkPrefix(p string) *wire.Error {
 		return invalid("prefix", "prefix contains '/'")
 	}
 	return nil
-}
-
-func checkConsistency(level string, write bool) *wire.Error {
-	switch {
-	case level == "":
-		return nil
-	case !write && level == consistencyLocal, write && level == consistencyAsync:
-		return nil
-	}
-	want := consistencyLocal
-	if write {
-		want = consistencyAsync
-	}
-	if len(level) > maxOpEcho {
-		level = level[:maxOpEcho] + "..."
-	}
-	return invalid("consistency", "consistency %q is not supported: only %q (the default) until sync is configured", level, want)
 }

@@ -21,7 +21,8 @@ import (
 //   - its keys are strings; unknown keys are skipped whatever their value
 //     (duplicate keys: the last one wins);
 //   - each known field has one msgpack type, and nil means "absent" (the
-//     zero value): id, if_version: non-negative integer; limit: integer
+//     zero value): id, if_version, max_staleness_ms, timeout_ms, watch,
+//     after: non-negative integer; limit: integer
 //     (int64); versions: array of at most 64 uint32; keys, items: arrays of
 //     maps (not nil); if_absent, delete: boolean; value: any single msgpack
 //     object, kept verbatim; every other known field: str (bin is not
@@ -398,6 +399,14 @@ func (s *scanner) decodeTopField(key []byte, req *wire.Request) (*fieldError, er
 		fe, err = s.strField("traceparent", &req.Traceparent)
 	case "if_version":
 		fe, err = s.uintPtrField("if_version", &req.IfVersion)
+	case "max_staleness_ms":
+		fe, err = s.uintField("max_staleness_ms", &req.MaxStalenessMS)
+	case "timeout_ms":
+		fe, err = s.uintField("timeout_ms", &req.TimeoutMS)
+	case "watch":
+		fe, err = s.uintField("watch", &req.Watch)
+	case "after":
+		fe, err = s.uintField("after", &req.After)
 	case "if_absent":
 		fe, err = s.boolField("if_absent", &req.IfAbsent)
 	case "limit":
@@ -453,6 +462,14 @@ func opString(p []byte) string {
 		return wire.OpList
 	case wire.OpStats:
 		return wire.OpStats
+	case wire.OpWatch:
+		return wire.OpWatch
+	case wire.OpUnwatch:
+		return wire.OpUnwatch
+	case wire.OpPending:
+		return wire.OpPending
+	case wire.OpFailed:
+		return wire.OpFailed
 	}
 	return string(p)
 }

@@ -23,6 +23,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add(omap(f, "id", 1, "op", "batch_put", "items", []any{map[string]any{"governor": nil, "x": []int{1}}}))
 	f.Add(omap(f, "id", 1, "op", "put", "value", nil, "if_version", nil, "limit", -5, "versions", nil))
 	f.Add(omap(f, "id", 1, "id", 2, "op", "x", "op", nil))
+	f.Add(omap(f, "id", 1, "op", "unwatch", "watch", nil, "after", 7, "timeout_ms", nil, "max_staleness_ms", 1<<40))
 	codec := wire.NewCodec()
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var got wire.Request

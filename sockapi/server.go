@@ -42,6 +42,23 @@ type Store interface {
 	// maxBytes of values; next is "" when the listing is complete.
 	List(ctx context.Context, governor, prefix, cursor string, limit, maxBytes int) ([]localcache.Record, string, error)
 	Stats() localcache.Stats
+
+	// Subscribe delivers every change of governor's states whose names
+	// start with prefix (watch), until the subscription is closed, falls
+	// more than buffer changes behind (Err: localcache.ErrLagged) or the
+	// store closes (localcache.ErrClosed).
+	Subscribe(governor, prefix string, buffer int) (*localcache.Subscription, error)
+	// WaitSynced waits until the journal entries seqs (Record.Seq of the
+	// records Write and WriteBatch return) are in the shared store (sync
+	// writes). One the shared store rejected for good is a
+	// *localcache.ParkedError; ctx's error when ctx ends first.
+	WaitSynced(ctx context.Context, seqs ...uint64) error
+	// Journal returns up to limit journal entries (changes not yet in the
+	// shared store) with Seq > afterSeq, oldest first (pending).
+	Journal(ctx context.Context, afterSeq uint64, limit int) ([]localcache.JournalEntry, error)
+	// Failed returns up to limit parked entries (rejected by the shared
+	// store for good) with Seq > afterSeq, in journal order (failed).
+	Failed(ctx context.Context, afterSeq uint64, limit int) ([]localcache.ParkedEntry, error)
 }
 
 // Options configures a Server. The zero value of each field selects its
@@ -79,6 +96,28 @@ type Options struct {
 	// for that long, or whose peer did not take a reply for that long. 0
 	// means no timeout.
 	IdleTimeout time.Duration
+	// Observer, when set, is told about every request (see Observer).
+	// Default: none, at no cost.
+	Observer Observer
+
+	// Sync is the shared store, for reads that read through or repair and
+	// for sync writes; nil: local only (bounded and strong reads and sync
+	// writes are refused).
+	Sync Sync
+	// FetchTimeout bounds a read's call to the shared store: a bounded or
+	// strong read, and the read-through of a local miss (which uses at
+	// most defaultReadThrough). Default 5 s.
+	FetchTimeout time.Duration
+	// SyncTimeout is how long a sync write waits for the shared store when
+	// the request sets no timeout_ms. Default 10 s. A request may ask for
+	// up to max(SyncTimeout, 1 minute).
+	SyncTimeout time.Duration
+	// WatchBuffer is how many changes a watch may fall behind (not yet
+	// written to the peer) before it is ended as lagging. Default
+	// localcache.DefaultSubscribeBuffer.
+	WatchBuffer int
+	// MaxWatches caps the watches open on one connection. Default 64.
+	MaxWatches int
 }
 
 // Defaults and bounds of Options.
@@ -87,6 +126,15 @@ const (
 	defaultMaxInflight = 128
 	defaultMaxConns    = 1024
 	defaultMaxPerUID   = 256
+	defaultMaxWatches  = 64
+	// defaultFetchTimeout bounds a bounded or strong read's call to the
+	// shared store; defaultReadThrough the read-through of a local miss.
+	defaultFetchTimeout = 5 * time.Second
+	defaultReadThrough  = 2 * time.Second
+	// defaultSyncTimeout is how long a sync write waits for the shared
+	// store; maxSyncTimeout the most a request's timeout_ms may ask.
+	defaultSyncTimeout = 10 * time.Second
+	maxSyncTimeout     = time.Minute
 	// frameReserve is the room a frame keeps beside a value: two names of
 	// wire.MaxNameSize, actor and reason of wire.MaxMetaSize, the origin
 	// node id and the record's fixed fields, with margin.
@@ -129,6 +177,18 @@ func (o Options) withDefaults() Options {
 	if o.IdleTimeout < 0 {
 		o.IdleTimeout = 0
 	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = defaultFetchTimeout
+	}
+	if o.SyncTimeout <= 0 {
+		o.SyncTimeout = defaultSyncTimeout
+	}
+	if o.WatchBuffer <= 0 {
+		o.WatchBuffer = localcache.DefaultSubscribeBuffer
+	}
+	if o.MaxWatches <= 0 {
+		o.MaxWatches = defaultMaxWatches
+	}
 	return o
 }
 
@@ -146,6 +206,9 @@ type Server struct {
 
 	counters counters
 	denied   deniedLog
+	// offlineUntil: reads do not ask the shared store before this time
+	// (Unix ns; 0: ask), after it was found unreachable (consistency.go).
+	offlineUntil atomic.Int64
 
 	mu       sync.Mutex
 	serving  bool
@@ -157,7 +220,11 @@ type Server struct {
 	uidConns map[uint32]int // open connections per known peer uid
 	connWG   sync.WaitGroup
 	done     chan struct{} // closed when Serve returns
-	nextConn uint64
+	// draining is closed when Shutdown or a hard stop begins: sync writes
+	// stop waiting for the shared store (consistency.go).
+	draining  chan struct{}
+	drainOnce sync.Once
+	nextConn  uint64
 
 	// onPanic, when set, is called with every recovered panic (tests).
 	onPanic func(v any)
@@ -174,6 +241,7 @@ func NewServer(store Store, opts Options) *Server {
 		conns:    make(map[*conn]struct{}),
 		uidConns: make(map[uint32]int),
 		done:     make(chan struct{}),
+		draining: make(chan struct{}),
 	}
 }
 
@@ -348,6 +416,7 @@ func (s *Server) closeListenerLocked() {
 // hardStop stops everything now: no more accepts, store calls cancelled,
 // connections closed.
 func (s *Server) hardStop() {
+	s.drainOnce.Do(func() { close(s.draining) })
 	s.mu.Lock()
 	s.closing = true
 	s.closeListenerLocked()
@@ -377,6 +446,7 @@ func (s *Server) hardStop() {
 // every connection, waits for Serve to return and returns ctx's error.
 // Calling Shutdown before Serve makes a later Serve return nil at once.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.drainOnce.Do(func() { close(s.draining) })
 	s.mu.Lock()
 	s.closing = true
 	serving := s.serving
@@ -436,6 +506,10 @@ const (
 	opBatchPut
 	opList
 	opStats
+	opWatch
+	opUnwatch
+	opPending
+	opFailed
 	opOther
 	numOps
 )
@@ -443,7 +517,8 @@ const (
 var opNames = [numOps]string{
 	opHello: wire.OpHello, opPing: wire.OpPing, opGet: wire.OpGet, opPut: wire.OpPut,
 	opDelete: wire.OpDelete, opBatchGet: wire.OpBatchGet, opBatchPut: wire.OpBatchPut,
-	opList: wire.OpList, opStats: wire.OpStats, opOther: "other",
+	opList: wire.OpList, opStats: wire.OpStats, opWatch: wire.OpWatch, opUnwatch: wire.OpUnwatch,
+	opPending: wire.OpPending, opFailed: wire.OpFailed, opOther: "other",
 }
 
 func opIndex(op string) int {
@@ -466,6 +541,14 @@ func opIndex(op string) int {
 		return opList
 	case wire.OpStats:
 		return opStats
+	case wire.OpWatch:
+		return opWatch
+	case wire.OpUnwatch:
+		return opUnwatch
+	case wire.OpPending:
+		return opPending
+	case wire.OpFailed:
+		return opFailed
 	}
 	return opOther
 }

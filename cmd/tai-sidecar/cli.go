@@ -12,8 +12,11 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
@@ -41,6 +44,10 @@ func cliCommands() map[string]cliCommand {
 		"list":   {args: "GOV", nargs: 1, help: "print a governor's states as JSON lines", flags: listFlags},
 		"stats":  {nargs: 0, help: "print the sidecar's statistics as JSON", flags: statsFlags},
 		"ping":   {nargs: 0, help: "check that the sidecar answers", flags: pingFlags},
+		"watch": {args: "GOV", nargs: 1, help: "print every change of a governor's states as JSON lines, until interrupted",
+			flags: watchFlags},
+		"pending": {nargs: 0, help: "print the journal (changes not yet in the shared store) as JSON", flags: pendingFlags},
+		"failed":  {nargs: 0, help: "print the changes the shared store rejected for good as JSON lines", flags: failedFlags},
 	}
 }
 
@@ -58,7 +65,7 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 	name := args[0]
 	cmd, ok := cliCommands()[name]
 	if !ok {
-		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, stats, ping or serve; see tai-sidecar help)", name)}
+		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, ping or serve; see tai-sidecar help)", name)}
 	}
 	fs := flag.NewFlagSet("tai-sidecar "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -161,8 +168,13 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 	}
 	actor := fs.String("actor", "", "who makes the change")
 	reason := fs.String("reason", "", "why the change is made")
+	synced := fs.Bool("sync", false, "answer only once the shared store has the change (consistency sync)")
+	syncTimeout := fs.Duration("sync-timeout", 0, "with --sync, how long to wait for the shared store (0: the sidecar's default)")
 	return func() []client.WriteOption {
 		var opts []client.WriteOption
+		if *synced {
+			opts = append(opts, client.Synced(*syncTimeout))
+		}
 		if ifVersion.set {
 			opts = append(opts, client.IfVersion(ifVersion.v))
 		}
@@ -180,8 +192,23 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 }
 
 func getFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	level := fs.String("consistency", "local", "`LEVEL` of the read: local, bounded (with --max-staleness) or strong")
+	staleness := fs.Duration("max-staleness", 0, "for --consistency bounded: how old the local copy may be, e.g. 500ms")
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
-		rec, err := c.Get(ctx, pos[0], pos[1])
+		var opts []client.ReadOption
+		switch *level {
+		case wire.ReadLocal:
+		case wire.ReadBounded:
+			if *staleness <= 0 {
+				return &usageError{"get: --consistency bounded needs --max-staleness, e.g. 1s"}
+			}
+			opts = append(opts, client.Bounded(*staleness))
+		case wire.ReadStrong:
+			opts = append(opts, client.Strong())
+		default:
+			return &usageError{fmt.Sprintf("get: --consistency %q: want local, bounded or strong", *level)}
+		}
+		rec, err := c.Get(ctx, pos[0], pos[1], opts...)
 		if err != nil {
 			return err
 		}
@@ -246,25 +273,94 @@ func listFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string,
 	}
 }
 
+func watchFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	prefix := fs.String("prefix", "", "watch only states whose name starts with `P`")
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		w, err := c.Watch(ctx, pos[0], *prefix)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		for ch := range w.Changes() {
+			remote := ch.Remote
+			if err := printRecordAs(out, &ch.Record, &remote); err != nil {
+				return err
+			}
+		}
+		if ctx.Err() != nil {
+			return nil // interrupted
+		}
+		return w.Err()
+	}
+}
+
+func pendingFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
+		p, err := c.Pending(ctx)
+		if err != nil {
+			return err
+		}
+		return printProtocolJSON(out, p)
+	}
+}
+
+func failedFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	after := fs.Uint64("after", 0, "start after the entry with journal sequence number `SEQ`")
+	limit := fs.Int("limit", 0, "print at most `N` entries (0: all)")
+	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
+		if *limit < 0 {
+			return &usageError{"failed: --limit must not be negative"}
+		}
+		n, next := 0, *after
+		for {
+			page := 1000
+			if *limit > 0 {
+				page = min(*limit-n, page)
+			}
+			entries, nxt, err := c.Failed(ctx, next, page)
+			if err != nil {
+				return err
+			}
+			for _, f := range entries {
+				if err := printProtocolJSON(out, f); err != nil {
+					return err
+				}
+				n++
+			}
+			if nxt == 0 || (*limit > 0 && n >= *limit) {
+				return nil
+			}
+			next = nxt
+		}
+	}
+}
+
+// printProtocolJSON prints v, a wire type, as one JSON object whose keys are
+// the protocol's field names (rendered through msgpack, canonical order).
+func printProtocolJSON(out *json.Encoder, v any) error {
+	h := wire.NewHandle()
+	h.Canonical = true
+	var b []byte
+	if err := codec.NewEncoderBytes(&b, h).Encode(v); err != nil {
+		return err
+	}
+	j, err := msgpackToJSON(b)
+	if err != nil {
+		return err
+	}
+	return out.Encode(json.RawMessage(j))
+}
+
 func statsFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
 	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
 		st, err := c.Stats(ctx)
 		if err != nil {
 			return err
 		}
-		// Render through msgpack so the JSON keys are the protocol's field
-		// names, new fields included; canonical order keeps output stable.
-		h := wire.NewHandle()
-		h.Canonical = true
-		var b []byte
-		if err := codec.NewEncoderBytes(&b, h).Encode(st); err != nil {
-			return err
-		}
-		j, err := msgpackToJSON(b)
-		if err != nil {
-			return err
-		}
-		return out.Encode(json.RawMessage(j))
+		// The JSON keys are the protocol's field names, new fields included.
+		return printProtocolJSON(out, st)
 	}
 }
 
@@ -300,6 +396,9 @@ type recordJSON struct {
 	Change    changeJSON      `json:"change"`
 	FromCache bool            `json:"from_cache"`
 	Pending   bool            `json:"pending"`
+	SyncedAt  string          `json:"synced_at,omitempty"`
+	Stale     bool            `json:"stale,omitempty"`
+	Remote    *bool           `json:"remote,omitempty"` // watch only
 }
 
 type changeJSON struct {
@@ -309,6 +408,11 @@ type changeJSON struct {
 }
 
 func printRecord(out *json.Encoder, rec *client.Record) error {
+	return printRecordAs(out, rec, nil)
+}
+
+// printRecordAs prints rec, with remote (a watched change) when not nil.
+func printRecordAs(out *json.Encoder, rec *client.Record, remote *bool) error {
 	r := recordJSON{
 		Governor:  rec.Governor,
 		State:     rec.State,
@@ -322,6 +426,11 @@ func printRecord(out *json.Encoder, rec *client.Record) error {
 		},
 		FromCache: rec.FromCache,
 		Pending:   rec.Pending,
+		Stale:     rec.Stale,
+		Remote:    remote,
+	}
+	if rec.SyncedAt != 0 {
+		r.SyncedAt = formatNanos(rec.SyncedAt)
 	}
 	if len(rec.Value) > 0 {
 		v, err := msgpackToJSON(rec.Value)

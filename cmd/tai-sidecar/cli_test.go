@@ -13,6 +13,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -552,5 +553,114 @@ func TestCLIThroughRun(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), `"value":[1,2]`) {
 		t.Fatalf("get printed %q", stdout.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and one reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestCLIWatch: watch prints each change as one JSON line, local changes
+// marked remote false, until its context ends (an interrupt), and then
+// exits cleanly.
+func TestCLIWatch(t *testing.T) {
+	sock := testSidecar(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out lockedBuffer
+	done := make(chan error, 1)
+	go func() { done <- runCLI(ctx, sock, []string{"watch", "shop", "--prefix", "cart"}, &out, io.Discard) }()
+	// The watch starts asynchronously: write until a change shows up.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), `"cart"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("watch printed nothing: %q", out.String())
+		}
+		if _, err := cli(t, sock, "put", "shop", "cart", `{"n":1}`); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := cli(t, sock, "put", "shop", "other", `1`); err != nil { // not under the prefix
+		t.Fatal(err)
+	}
+	if _, err := cli(t, sock, "delete", "shop", "cart"); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(out.String(), `"deleted":true`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("watch did not print the delete: %q", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("watch after interrupt: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var prev float64
+	for i, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("line %d %q: %v", i, l, err)
+		}
+		if i == 0 {
+			prev = m["version"].(float64) - 1 // puts before the watch started are not shown
+		}
+		if m["state"] != "cart" || m["remote"] != false || m["version"].(float64) != prev+1 {
+			t.Fatalf("line %d: %v", i, m)
+		}
+		prev = m["version"].(float64)
+		if i < len(lines)-1 && m["value"].(map[string]any)["n"] != 1.0 {
+			t.Fatalf("line %d value: %v", i, m["value"])
+		}
+	}
+}
+
+// TestCLIPendingFailed: pending and failed print JSON with the protocol's
+// field names; without a shared store the sync levels are refused.
+func TestCLIPendingFailed(t *testing.T) {
+	sock := testSidecar(t)
+	if _, err := cli(t, sock, "put", "g", "s", `1`); err != nil {
+		t.Fatal(err)
+	}
+	p := cliRecord(t, sock, "pending")
+	if p["depth"] != 1.0 || p["shared_store"] != false || p["oldest_seq"] == nil {
+		t.Fatalf("pending: %v", p)
+	}
+	out, err := cli(t, sock, "failed", "--limit", "5")
+	if err != nil || out != "" {
+		t.Fatalf("failed: %q, %v", out, err)
+	}
+	for _, args := range [][]string{
+		{"get", "g", "s", "--consistency", "strong"},
+		{"get", "g", "s", "--consistency", "bounded", "--max-staleness", "1s"},
+		{"put", "g", "s", "2", "--sync"},
+	} {
+		_, err := cli(t, sock, args...)
+		if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "no") {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	var ue *usageError
+	if _, err := cli(t, sock, "get", "g", "s", "--consistency", "bounded"); !errors.As(err, &ue) {
+		t.Fatalf("bounded without --max-staleness: %v", err)
+	}
+	if r := cliRecord(t, sock, "get", "g", "s", "--consistency", "local"); r["version"] != 1.0 {
+		t.Fatalf("local get: %v", r)
 	}
 }

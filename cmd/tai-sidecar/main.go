@@ -27,12 +27,18 @@ Usage:
   tai-sidecar [--socket S] COMMAND [args]   talk to a running sidecar
 
 Commands:
-  get GOV STATE                             print a state as JSON
-  put GOV STATE VALUE [--if-version N] [--if-absent] [--actor A] [--reason R]
+  get GOV STATE [--consistency local|bounded|strong] [--max-staleness D]
+                                            print a state as JSON
+  put GOV STATE VALUE [--if-version N] [--if-absent] [--actor A] [--reason R] [--sync]
                                             store VALUE (JSON) as a msgpack document
-  delete GOV STATE [--if-version N]         delete a state
+  delete GOV STATE [--if-version N] [--sync]
+                                            delete a state
   list GOV [--prefix P] [--limit N]         list states as JSON lines
+  watch GOV [--prefix P]                    print every change as JSON lines until interrupted
+  pending                                   print the journal: changes not yet in the shared store
+  failed                                    print the changes the shared store rejected for good
   stats                                     print the sidecar's statistics
+  status [--admin ADDR]                     print a summary: node, uptime, journal, cache, shared store
   ping                                      check that the sidecar answers
   version                                   print the version
 
@@ -87,6 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "version":
 		fmt.Fprintln(stdout, "tai-sidecar", version)
 		return nil
+	case "status":
+		return runStatus(ctx, *socket, rest[1:], stdout, stderr, getenv) // status.go
 	}
 	return runCLI(ctx, *socket, rest, stdout, stderr)
 }

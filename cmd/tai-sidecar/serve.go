@@ -38,6 +38,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	Security        SecurityConfig // access policy and connection limits: security.go
 	Sync            SyncConfig     // the shared store: sync.go
+	Observe         ObserveConfig  // admin endpoint, traces, metrics, log limit: admin.go
 }
 
 // Validate reports the first setting that cannot work.
@@ -66,6 +67,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	}
+	if err := c.Observe.validate(); err != nil {
+		return err
 	}
 	return c.Sync.validate()
 }
@@ -99,6 +103,7 @@ func parseServe(args []string, socket string, stderr io.Writer, getenv func(stri
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
 	sec := addSecurityFlags(fs, getenv)
 	addSyncFlags(fs, getenv, &c.Sync)
+	addObserveFlags(fs, getenv, &c.Observe)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -144,10 +149,11 @@ func parseLevel(s string) (slog.Level, error) {
 func newLogger(c *Config, w io.Writer) *slog.Logger {
 	level, _ := parseLevel(c.LogLevel) // validated
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(c.Observe.limitLogs(h)) // repeated messages: admin.go
 }
 
 // serve runs the sidecar until SIGINT or SIGTERM. The first signal starts a
@@ -160,6 +166,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		return err
 	}
 	log := newLogger(c, stderr)
+	defer flushLogs(log)
 	if limit, from, err := applyMemoryLimit(c.MemoryLimit, getenv, cgroupMemoryMax); err != nil {
 		log.Warn("reading the container memory limit", "err", err)
 	} else if limit > 0 {
@@ -174,6 +181,11 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		return err
 	}
 	log = log.With("node", nodeID)
+	tel, err := startTelemetry(ctx, &c.Observe, nodeID, log)
+	if err != nil {
+		return err
+	}
+	defer tel.shutdown(log) // after the store closes: its last spans and metrics go out
 
 	store, err := localcache.Open(localcache.Options{
 		Dir:        filepath.Join(c.DataDir, "badger"),
@@ -192,12 +204,19 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		}
 	}()
 
-	loops, err := openSync(ctx, &c.Sync, store, log)
+	loops, err := openSync(ctx, &c.Sync, store, log, tel)
 	if err != nil {
 		return err
 	}
 	if loops != nil {
 		defer loops.close(log)
+	}
+	if err := tel.registerGauges(store, loops); err != nil {
+		return err
+	}
+	adm, err := tel.newAdmin(store, loops, log.With("component", "admin"))
+	if err != nil {
+		return err
 	}
 
 	ln, err := sockapi.Listen(c.Socket)
@@ -208,6 +227,8 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		Logger:     log.With("component", "sockapi"),
 		ServerName: "tai-sidecar/" + version,
 		MaxFrame:   c.MaxFrame,
+		Observer:   tel.requestObserver(),
+		Sync:       loops.sockSync(), // nil: local only
 	}))
 
 	sigs := make(chan os.Signal, 2)
@@ -244,6 +265,9 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 				log.Warn("shutdown", "err", err)
 			}
 		})
+	}
+	if adm != nil {
+		g.Add(adm.run, adm.stop)
 	}
 	if loops != nil {
 		for _, run := range []func(context.Context) error{loops.push.Run, loops.pull.Run} {

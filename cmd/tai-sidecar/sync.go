@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi"
 	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore"
@@ -38,7 +39,6 @@ type SyncConfig struct {
 
 // faultKillAfterRemoteCommit is the one fault TAI_FAULT knows.
 const faultKillAfterRemoteCommit = "kill-after-remote-commit"
-
 
 // Enabled reports whether a shared store is configured.
 func (c *SyncConfig) Enabled() bool { return c.Project != "" }
@@ -111,11 +111,13 @@ type syncLoops struct {
 	remote *firestore.Remote
 	push   *syncer.Syncer
 	pull   *syncer.Puller
+	// governors lists the served governors (readiness: admin.go).
+	governors func() []string
 }
 
 // openSync connects the shared store and builds the loops over store; nil
 // when none is configured.
-func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *slog.Logger) (*syncLoops, error) {
+func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *slog.Logger, tel *telemetry) (*syncLoops, error) {
 	if !c.Enabled() {
 		log.Info("no shared store configured: local only, changes stay in the journal")
 		return nil, nil
@@ -137,9 +139,10 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 		pushTo = killAfterCommit{remote}
 	}
 	return &syncLoops{
-		remote: remote,
-		push:   syncer.New(store, pushTo, syncer.Options{Logger: log.With("component", "push")}),
-		pull:   syncer.NewPuller(store, remote, syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull")}),
+		remote:    remote,
+		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(syncer.Options{Logger: log.With("component", "push")})),
+		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull")}),
+		governors: governors,
 	}, nil
 }
 
@@ -164,6 +167,33 @@ func (l *syncLoops) close(log *slog.Logger) {
 		log.Warn("close firestore client", "err", err)
 	}
 }
+
+// sockSync is the shared store as the socket server uses it (read-through,
+// bounded and strong reads); nil without a shared store.
+func (l *syncLoops) sockSync() sockapi.Sync {
+	if l == nil {
+		return nil
+	}
+	return pullSync{l.pull}
+}
+
+// pullSync adapts the Puller to sockapi.Sync, translating its errors.
+type pullSync struct{ p *syncer.Puller }
+
+func (s pullSync) Fetch(ctx context.Context, k localcache.Key) error {
+	_, _, err := s.p.Fetch(ctx, syncer.Key{Governor: k.Governor, State: k.State})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syncer.ErrNotFound):
+		return fmt.Errorf("%w: %v", sockapi.ErrRemoteNotFound, err)
+	case errors.Is(err, syncer.ErrUnavailable):
+		return fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
+	}
+	return err
+}
+
+func (s pullSync) FreshAt(governor string) (time.Time, bool) { return s.p.FreshAt(governor) }
 
 // killAfterCommit is the remote of TAI_FAULT=kill-after-remote-commit.
 type killAfterCommit struct{ *firestore.Remote }

@@ -148,6 +148,8 @@ class Record:
     origin: str = ""
     from_cache: bool = False
     pending: bool = False
+    synced_at: int = 0  # Unix ns when the shared store committed it; 0 unknown
+    stale: bool = False  # a bounded/strong read whose freshness was not confirmed
 
     @classmethod
     def from_wire(cls, m):
@@ -164,6 +166,8 @@ class Record:
             origin=m.get("origin", ""),
             from_cache=m.get("from_cache", False),
             pending=m.get("pending", False),
+            synced_at=m.get("synced_at", 0),
+            stale=m.get("stale", False),
         )
 
 
@@ -213,38 +217,54 @@ def _nothing(reply):
 # (op, fields, convert) where convert turns a successful reply into a result.
 
 
-def _get(governor, state, consistency=None):
-    fields = {"governor": governor, "state": state}
+def _read_level(fields, consistency, max_staleness_ms):
     if consistency:
         fields["consistency"] = consistency
-    return "get", fields, _record
+    if max_staleness_ms:
+        fields["max_staleness_ms"] = max_staleness_ms
+    return fields
 
 
-def _put(governor, state, value, if_version=None, if_absent=False, actor=None, reason=None):
+def _write_level(fields, consistency, timeout_ms):
+    if consistency:
+        fields["consistency"] = consistency
+    if timeout_ms:
+        fields["timeout_ms"] = timeout_ms
+    return fields
+
+
+def _get(governor, state, consistency=None, max_staleness_ms=None):
+    fields = {"governor": governor, "state": state}
+    return "get", _read_level(fields, consistency, max_staleness_ms), _record
+
+
+def _put(governor, state, value, if_version=None, if_absent=False, actor=None, reason=None,
+         consistency=None, timeout_ms=None):
     fields = {"governor": governor, "state": state, "value": value}
     if if_version is not None:
         fields["if_version"] = if_version
     if if_absent:
         fields["if_absent"] = True
+    fields = _write_level(fields, consistency, timeout_ms)
     return "put", _meta(fields, actor, reason), _record
 
 
-def _delete(governor, state, if_version=None, actor=None, reason=None):
+def _delete(governor, state, if_version=None, actor=None, reason=None, consistency=None, timeout_ms=None):
     fields = {"governor": governor, "state": state}
     if if_version is not None:
         fields["if_version"] = if_version
+    fields = _write_level(fields, consistency, timeout_ms)
     return "delete", _meta(fields, actor, reason), _record
 
 
-def _batch_get(keys, consistency=None):
+def _batch_get(keys, consistency=None, max_staleness_ms=None):
     fields = {"keys": [{"governor": g, "state": s} for g, s in keys]}
-    if consistency:
-        fields["consistency"] = consistency
-    return "batch_get", fields, _records
+    return "batch_get", _read_level(fields, consistency, max_staleness_ms), _records
 
 
-def _batch_put(items, actor=None, reason=None):
-    return "batch_put", _meta({"items": list(items)}, actor, reason), _records
+def _batch_put(items, actor=None, reason=None, consistency=None, timeout_ms=None):
+    fields = _write_level({"items": list(items)}, consistency, timeout_ms)
+    return "batch_put", _meta(fields, actor, reason), _records
 
 
 def _list(governor, prefix="", limit=None, cursor="", consistency=None):
@@ -262,6 +282,19 @@ def _list(governor, prefix="", limit=None, cursor="", consistency=None):
 
 def _stats():
     return "stats", {}, lambda reply: reply.get("stats") or {}
+
+
+def _pending():
+    return "pending", {}, lambda reply: reply.get("pending") or {}
+
+
+def _failed(after=0, limit=None):
+    fields = {}
+    if after:
+        fields["after"] = after
+    if limit:
+        fields["limit"] = limit
+    return "failed", fields, lambda reply: (reply.get("failed") or [], reply.get("next", 0))
 
 
 def _ping():
@@ -309,29 +342,34 @@ class TaiClient:
 
     # -- operations ----------------------------------------------------------
 
-    def get(self, governor, state, consistency=None):
-        """The state's Record; raises NotFound."""
-        return self._call(*_get(governor, state, consistency))
+    def get(self, governor, state, consistency=None, max_staleness_ms=None):
+        """The state's Record; raises NotFound. consistency: "local"
+        (default), "bounded" (with max_staleness_ms) or "strong"."""
+        return self._call(*_get(governor, state, consistency, max_staleness_ms))
 
-    def put(self, governor, state, value, if_version=None, if_absent=False, actor=None, reason=None):
+    def put(self, governor, state, value, if_version=None, if_absent=False, actor=None, reason=None,
+            consistency=None, timeout_ms=None):
         """Stores value (any msgpack-able object) and returns the new Record
         (without value). if_version=N requires the current version to be N
         (0: must not exist); if_absent requires that the state does not exist.
-        A failed precondition raises VersionConflict."""
-        return self._call(*_put(governor, state, value, if_version, if_absent, actor, reason))
+        A failed precondition raises VersionConflict. consistency="sync"
+        answers once the shared store has the change (timeout_ms bounds it)."""
+        return self._call(*_put(governor, state, value, if_version, if_absent, actor, reason,
+                                consistency, timeout_ms))
 
-    def delete(self, governor, state, if_version=None, actor=None, reason=None):
+    def delete(self, governor, state, if_version=None, actor=None, reason=None, consistency=None,
+               timeout_ms=None):
         """Deletes the state and returns its tombstone Record; raises NotFound."""
-        return self._call(*_delete(governor, state, if_version, actor, reason))
+        return self._call(*_delete(governor, state, if_version, actor, reason, consistency, timeout_ms))
 
-    def batch_get(self, keys, consistency=None):
+    def batch_get(self, keys, consistency=None, max_staleness_ms=None):
         """Records for (governor, state) pairs, in order; None for a missing state."""
-        return self._call(*_batch_get(keys, consistency))
+        return self._call(*_batch_get(keys, consistency, max_staleness_ms))
 
-    def batch_put(self, items, actor=None, reason=None):
+    def batch_put(self, items, actor=None, reason=None, consistency=None, timeout_ms=None):
         """Applies put_item/delete_item items atomically: all or none.
         Returns one Record per item, in order."""
-        return self._call(*_batch_put(items, actor, reason))
+        return self._call(*_batch_put(items, actor, reason, consistency, timeout_ms))
 
     def list(self, governor, prefix="", limit=None, cursor="", consistency=None):
         """One page of live states in name order: (records, cursor). Pass
@@ -350,6 +388,15 @@ class TaiClient:
     def stats(self):
         """The sidecar's statistics as a dict."""
         return self._call(*_stats())
+
+    def pending(self):
+        """The journal (changes not yet in the shared store) as a dict."""
+        return self._call(*_pending())
+
+    def failed(self, after=0, limit=None):
+        """One page of the failed list: (entries, next); pass next as after
+        for the next page (0: this page is the last)."""
+        return self._call(*_failed(after, limit))
 
     def ping(self):
         self._call(*_ping())
@@ -457,6 +504,10 @@ class TaiClient:
             body = bytes(self._rbuf[_HEADER.size : _HEADER.size + n])
             del self._rbuf[: _HEADER.size + n]
             reply = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            if reply.get("push"):
+                # A server-push frame (a watch's change): this client starts
+                # no watches, so any push frame is left alone.
+                continue
             rid = reply.get("id", 0)
             if rid == 0:
                 # An error about the connection itself: the sidecar closes it.

@@ -15,6 +15,26 @@ const (
 	OpBatchPut = "batch_put"
 	OpList     = "list"
 	OpStats    = "stats"
+	// OpWatch starts a watch of a governor's changes, delivered as
+	// server-push frames; OpUnwatch ends one.
+	OpWatch   = "watch"
+	OpUnwatch = "unwatch"
+	// OpPending reports the journal (changes not yet in the shared store);
+	// OpFailed lists the changes the shared store rejected for good.
+	OpPending = "pending"
+	OpFailed  = "failed"
+)
+
+// Consistency levels (Request.Consistency). Reads: ReadLocal (the
+// default), ReadBounded (with MaxStalenessMS), ReadStrong. Writes:
+// WriteAsync (the default), WriteSync, WriteStrong (not supported yet).
+const (
+	ReadLocal   = "local"
+	ReadBounded = "bounded"
+	ReadStrong  = "strong"
+	WriteAsync  = "async"
+	WriteSync   = "sync"
+	WriteStrong = "strong"
 )
 
 // Limits every sidecar enforces. The values a sidecar actually uses are
@@ -59,15 +79,26 @@ type Request struct {
 	Actor  string `codec:"actor,omitempty"`
 	Reason string `codec:"reason,omitempty"`
 
-	// get, batch_get, list: "local" (the only level until sync lands).
+	// get, batch_get: "local", "bounded" or "strong"; list: "local";
+	// put, delete, batch_put: "async" or "sync". "" is the default.
 	Consistency string `codec:"consistency,omitempty"`
+	// bounded reads: the oldest the local copy may be, in milliseconds.
+	MaxStalenessMS uint64 `codec:"max_staleness_ms,omitempty"`
+	// sync writes: how long to wait for the shared store, in milliseconds
+	// (0: the sidecar's default).
+	TimeoutMS uint64 `codec:"timeout_ms,omitempty"`
+
+	// unwatch: the watch to end (the id of the watch request).
+	Watch uint64 `codec:"watch,omitempty"`
+	// failed: list entries after this journal sequence number.
+	After uint64 `codec:"after,omitempty"`
 
 	// batch_get
 	Keys []Key `codec:"keys,omitempty"`
 	// batch_put
 	Items []Item `codec:"items,omitempty"`
 
-	// list
+	// list, watch (prefix); list, failed (limit)
 	Prefix string `codec:"prefix,omitempty"`
 	Limit  int    `codec:"limit,omitempty"`
 	Cursor string `codec:"cursor,omitempty"`
@@ -92,11 +123,25 @@ type Item struct {
 	IfAbsent  bool    `codec:"if_absent,omitempty"`
 }
 
-// Response is every reply frame's body. ID echoes the request's; Error is set
-// on failure, and then no other field is.
+// Response is every reply frame's body, and the body of server-push frames.
+// ID echoes the request's; Error is set on failure, and then no other field
+// is (but Push and Watch, in the push frame that ends a watch).
+//
+// A frame with Push set answers no request: it is a change of the watch
+// Watch (Record and Remote), or the end of that watch (Error). Its ID is the
+// watch's id too, so that a client that never watches, or that forgot a
+// watch, drops it as a reply to no request in flight.
 type Response struct {
 	ID    uint64 `codec:"id"`
 	Error *Error `codec:"error,omitempty"`
+
+	// Push marks a server-push frame.
+	Push bool `codec:"push,omitempty"`
+	// watch reply and push frames: the watch's id (the watch request's id).
+	Watch uint64 `codec:"watch,omitempty"`
+	// push frames: the change came from the shared store (not this
+	// sidecar's clients).
+	Remote bool `codec:"remote,omitempty"`
 
 	// hello
 	Hello *Hello `codec:"hello,omitempty"`
@@ -110,6 +155,45 @@ type Response struct {
 
 	// stats
 	Stats *Stats `codec:"stats,omitempty"`
+
+	// pending
+	Pending *Pending `codec:"pending,omitempty"`
+	// failed: one page of the failed list, and the after of the next page
+	// (0 when this page is the last).
+	Failed []*Failed `codec:"failed,omitempty"`
+	Next   uint64    `codec:"next,omitempty"`
+}
+
+// Pending is the pending reply: the changes waiting for the shared store.
+type Pending struct {
+	// SharedStore is true when the sidecar syncs with a shared store;
+	// without one the journal only grows.
+	SharedStore bool `codec:"shared_store"`
+	// Depth is the number of journal entries not yet in the shared store.
+	Depth int64 `codec:"depth"`
+	// Parked is the number of entries the shared store rejected for good
+	// (see the failed op).
+	Parked int64 `codec:"parked"`
+	// OldestSeq and OldestTime (Unix ns) are the oldest entry's journal
+	// sequence number and write time, OldestAgeMS its age; 0 when the
+	// journal is empty.
+	OldestSeq   uint64 `codec:"oldest_seq,omitempty"`
+	OldestTime  int64  `codec:"oldest_time,omitempty"`
+	OldestAgeMS int64  `codec:"oldest_age_ms,omitempty"`
+}
+
+// Failed is one entry of the failed list: a local change the shared store
+// rejected for good. The change stays applied locally.
+type Failed struct {
+	Seq         uint64 `codec:"seq"`
+	Governor    string `codec:"governor"`
+	State       string `codec:"state"`
+	Version     uint64 `codec:"version"`
+	BaseVersion uint64 `codec:"base_version"`
+	OpID        string `codec:"op_id,omitempty"`
+	Time        int64  `codec:"time"`
+	Reason      string `codec:"reason"`
+	ParkedAt    int64  `codec:"parked_at"`
 }
 
 // Hello is the hello reply: what was agreed and the server's limits.
@@ -144,6 +228,12 @@ type Record struct {
 	FromCache bool `codec:"from_cache"`
 	// Pending: a local change to this state is not yet in the shared store.
 	Pending bool `codec:"pending"`
+	// SyncedAt: when the shared store committed the version this sidecar
+	// last heard of (Unix ns); 0 unknown or never.
+	SyncedAt int64 `codec:"synced_at,omitempty"`
+	// Stale: the read asked for freshness (bounded, strong) that could not
+	// be confirmed; the record is the local copy and may be behind.
+	Stale bool `codec:"stale,omitempty"`
 }
 
 // Stats is the stats reply.
@@ -163,4 +253,6 @@ type Stats struct {
 	CacheBytes    int64             `codec:"cache_bytes"`
 	LSMBytes      int64             `codec:"lsm_bytes"`
 	VlogBytes     int64             `codec:"vlog_bytes"`
+	// Parked: journal entries the shared store rejected for good.
+	Parked int64 `codec:"parked,omitempty"`
 }

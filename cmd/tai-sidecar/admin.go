@@ -1,0 +1,570 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/observe"
+	"github.com/tai-state/tai-state/sockapi"
+	"github.com/tai-state/tai-state/syncer"
+)
+
+// ObserveConfig is the telemetry of `tai-sidecar serve`: the admin
+// endpoint, OTLP export of traces and metrics, and the log rate limit. All
+// of it is off by default.
+type ObserveConfig struct {
+	// AdminAddr serves /healthz, /readyz, /status and /metrics: host:port
+	// (loopback unless AdminAllowRemote) or unix:PATH. Empty: no endpoint.
+	AdminAddr        string
+	AdminAllowRemote bool
+	OTLPTraces       bool
+	OTLPMetrics      bool
+	// OTLPProtocol is grpc or http/protobuf.
+	OTLPProtocol string
+	// OTLPEndpoint is a base URL (http://host:port); empty: the exporters'
+	// OTEL_EXPORTER_OTLP_* variables, else their defaults.
+	OTLPEndpoint   string
+	MetricInterval time.Duration
+	// LogBurst identical log messages (level and text) pass per LogWindow;
+	// later ones are counted and reported when the window ends. 0: no limit.
+	LogBurst  int
+	LogWindow time.Duration
+}
+
+// addObserveFlags registers the telemetry flags on fs; each has a TAI_*
+// environment variable that sets its default.
+func addObserveFlags(fs *flag.FlagSet, getenv func(string) string, c *ObserveConfig) {
+	fs.StringVar(&c.AdminAddr, "admin-addr", getenv("TAI_ADMIN_ADDR"),
+		"admin endpoint (/healthz, /readyz, /status, /metrics): 127.0.0.1:PORT, [::1]:PORT, localhost:PORT or unix:PATH (env TAI_ADMIN_ADDR; default: none)")
+	fs.BoolVar(&c.AdminAllowRemote, "admin-allow-remote", envBool(getenv, "TAI_ADMIN_ALLOW_REMOTE"),
+		"let --admin-addr listen on a non-loopback address (env TAI_ADMIN_ALLOW_REMOTE); the endpoint has no authentication")
+	fs.BoolVar(&c.OTLPTraces, "otlp-traces", envBool(getenv, "TAI_OTLP_TRACES"),
+		"export traces with OTLP (env TAI_OTLP_TRACES)")
+	fs.BoolVar(&c.OTLPMetrics, "otlp-metrics", envBool(getenv, "TAI_OTLP_METRICS"),
+		"export metrics with OTLP (env TAI_OTLP_METRICS)")
+	proto := getenv("TAI_OTLP_PROTOCOL")
+	if proto == "" {
+		proto = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	if proto == "" {
+		proto = "grpc"
+	}
+	fs.StringVar(&c.OTLPProtocol, "otlp-protocol", proto,
+		"OTLP protocol: grpc or http/protobuf (env TAI_OTLP_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL)")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", getenv("TAI_OTLP_ENDPOINT"),
+		"OTLP collector base URL, e.g. http://127.0.0.1:4317 (env TAI_OTLP_ENDPOINT; default: OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT, else localhost:4317 for grpc, localhost:4318 for http)")
+	c.MetricInterval = 30 * time.Second
+	if v := getenv("TAI_OTLP_METRIC_INTERVAL"); v != "" {
+		c.MetricInterval = -1 // reported by validate
+		if d, err := time.ParseDuration(v); err == nil {
+			c.MetricInterval = d
+		}
+	}
+	fs.DurationVar(&c.MetricInterval, "otlp-metric-interval", c.MetricInterval,
+		"how often metrics are exported with OTLP (env TAI_OTLP_METRIC_INTERVAL)")
+	c.LogBurst = 10
+	if v := getenv("TAI_LOG_BURST"); v != "" {
+		c.LogBurst = -1 // reported by validate
+		if n, err := strconv.Atoi(v); err == nil {
+			c.LogBurst = n
+		}
+	}
+	fs.IntVar(&c.LogBurst, "log-burst", c.LogBurst,
+		"identical log messages let through per --log-window before the rest are counted; 0: no limit (env TAI_LOG_BURST)")
+	c.LogWindow = 10 * time.Second
+	if v := getenv("TAI_LOG_WINDOW"); v != "" {
+		c.LogWindow = -1 // reported by validate
+		if d, err := time.ParseDuration(v); err == nil {
+			c.LogWindow = d
+		}
+	}
+	fs.DurationVar(&c.LogWindow, "log-window", c.LogWindow, "window of --log-burst (env TAI_LOG_WINDOW)")
+}
+
+func envBool(getenv func(string) string, key string) bool {
+	b, _ := strconv.ParseBool(getenv(key)) // anything else is false
+	return b
+}
+
+// validate reports the first setting that cannot work.
+func (c *ObserveConfig) validate() error {
+	switch {
+	case c.OTLPProtocol != "grpc" && c.OTLPProtocol != "http/protobuf":
+		return fmt.Errorf("--otlp-protocol %q: want grpc or http/protobuf", c.OTLPProtocol)
+	case c.MetricInterval <= 0:
+		return errors.New("--otlp-metric-interval (TAI_OTLP_METRIC_INTERVAL) must be a positive duration such as 30s")
+	case c.LogBurst < 0:
+		return errors.New("--log-burst (TAI_LOG_BURST) must be a non-negative integer")
+	case c.LogWindow <= 0:
+		return errors.New("--log-window (TAI_LOG_WINDOW) must be a positive duration such as 10s")
+	}
+	if c.OTLPEndpoint != "" {
+		u, err := url.Parse(c.OTLPEndpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--otlp-endpoint %q: want a URL such as http://127.0.0.1:4317", c.OTLPEndpoint)
+		}
+	}
+	if c.AdminAddr != "" {
+		if _, err := c.adminNetwork(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// adminNetwork checks AdminAddr and returns its network, "tcp" or "unix".
+func (c *ObserveConfig) adminNetwork() (string, error) {
+	if path, ok := strings.CutPrefix(c.AdminAddr, "unix:"); ok {
+		if path == "" {
+			return "", errors.New("--admin-addr unix: needs a path")
+		}
+		return "unix", nil
+	}
+	host, port, err := net.SplitHostPort(c.AdminAddr)
+	if err != nil {
+		return "", fmt.Errorf("--admin-addr %q: want host:port or unix:PATH", c.AdminAddr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return "", fmt.Errorf("--admin-addr %q: bad port", c.AdminAddr)
+	}
+	if !c.AdminAllowRemote && !isLoopback(host) {
+		return "", fmt.Errorf("--admin-addr %q is not a loopback address: the endpoint has no authentication; "+
+			"add --admin-allow-remote to serve it there anyway, or use unix:PATH", c.AdminAddr)
+	}
+	return "tcp", nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// limitLogs wraps h in the log rate limit.
+func (c *ObserveConfig) limitLogs(h slog.Handler) slog.Handler {
+	if c.LogBurst <= 0 {
+		return h
+	}
+	return observe.RateLimit(h, c.LogBurst, c.LogWindow)
+}
+
+// flushLogs writes the reports of suppressed log messages still pending.
+func flushLogs(log *slog.Logger) {
+	if rl, ok := log.Handler().(*observe.RateLimited); ok {
+		rl.Flush()
+	}
+}
+
+// telemetry holds the providers and instruments of a serving sidecar. Its
+// nil value means telemetry off: every method is then a no-op.
+type telemetry struct {
+	cfg    *ObserveConfig
+	tp     *sdktrace.TracerProvider // nil: no traces
+	mp     *sdkmetric.MeterProvider // nil: no metrics
+	reg    *prometheus.Registry     // nil: no /metrics
+	req    *observe.Requests
+	remote *observe.RemoteObserver
+	onPass func(context.Context) (context.Context, func(syncer.Report, error))
+	start  time.Time
+	node   string
+}
+
+// startTelemetry builds the providers c asks for; nil when c asks for
+// nothing (no admin endpoint, no OTLP).
+func startTelemetry(ctx context.Context, c *ObserveConfig, node string, log *slog.Logger) (*telemetry, error) {
+	if c.AdminAddr == "" && !c.OTLPTraces && !c.OTLPMetrics {
+		return nil, nil
+	}
+	t := &telemetry{cfg: c, start: time.Now(), node: node}
+	res, err := resource.New(ctx, resource.WithFromEnv(), resource.WithAttributes(
+		attribute.String("service.name", "tai-sidecar"), attribute.String("service.version", version),
+		attribute.String("service.instance.id", node)))
+	if err != nil {
+		log.Warn("telemetry resource incomplete", "err", err) // the partial resource is still usable
+	}
+	var tp trace.TracerProvider = tracenoop.NewTracerProvider()
+	if c.OTLPTraces {
+		exp, err := c.traceExporter(ctx)
+		if err != nil {
+			return nil, err
+		}
+		t.tp = sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+		tp = t.tp
+	}
+	var readers []sdkmetric.Option
+	if c.AdminAddr != "" {
+		t.reg = prometheus.NewRegistry()
+		t.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		exp, err := otelprom.New(otelprom.WithRegisterer(t.reg), otelprom.WithoutScopeInfo())
+		if err != nil {
+			return nil, fmt.Errorf("prometheus exporter: %w", err)
+		}
+		readers = append(readers, sdkmetric.WithReader(exp))
+	}
+	if c.OTLPMetrics {
+		exp, err := c.metricExporter(ctx)
+		if err != nil {
+			t.shutdown(log)
+			return nil, err
+		}
+		readers = append(readers, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(c.MetricInterval))))
+	}
+	var mp metric.MeterProvider
+	if len(readers) > 0 {
+		t.mp = sdkmetric.NewMeterProvider(append(readers, sdkmetric.WithResource(res))...)
+		mp = t.mp
+	} else {
+		mp = metricnoop.NewMeterProvider()
+	}
+	if t.req, err = observe.NewRequests(tp, mp); err == nil {
+		if t.remote, err = observe.NewRemoteObserver(tp, mp); err == nil {
+			t.onPass, err = observe.PushPasses(tp, mp)
+		}
+	}
+	if err != nil {
+		t.shutdown(log)
+		return nil, err
+	}
+	log.Info("telemetry", "otlp_traces", c.OTLPTraces, "otlp_metrics", c.OTLPMetrics, "otlp_protocol", c.OTLPProtocol,
+		"prometheus", t.reg != nil)
+	return t, nil
+}
+
+// endpoint returns the OTLP URL of signal ("traces", "metrics") from
+// --otlp-endpoint, a base URL like OTEL_EXPORTER_OTLP_ENDPOINT: for HTTP the
+// signal's path is appended when the URL has none.
+func (c *ObserveConfig) endpoint(signal string) string {
+	u := strings.TrimSuffix(c.OTLPEndpoint, "/")
+	if c.OTLPProtocol == "http/protobuf" {
+		if p, _ := url.Parse(u); p != nil && p.Path == "" {
+			u += "/v1/" + signal
+		}
+	}
+	return u
+}
+
+func (c *ObserveConfig) traceExporter(ctx context.Context) (sdktrace.SpanExporter, error) {
+	var (
+		exp sdktrace.SpanExporter
+		err error
+	)
+	if c.OTLPProtocol == "grpc" {
+		var opts []otlptracegrpc.Option
+		if c.OTLPEndpoint != "" {
+			opts = append(opts, otlptracegrpc.WithEndpointURL(c.endpoint("traces")))
+		}
+		exp, err = otlptracegrpc.New(ctx, opts...)
+	} else {
+		var opts []otlptracehttp.Option
+		if c.OTLPEndpoint != "" {
+			opts = append(opts, otlptracehttp.WithEndpointURL(c.endpoint("traces")))
+		}
+		exp, err = otlptracehttp.New(ctx, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("otlp trace exporter: %w", err)
+	}
+	return exp, nil
+}
+
+func (c *ObserveConfig) metricExporter(ctx context.Context) (sdkmetric.Exporter, error) {
+	var (
+		exp sdkmetric.Exporter
+		err error
+	)
+	if c.OTLPProtocol == "grpc" {
+		var opts []otlpmetricgrpc.Option
+		if c.OTLPEndpoint != "" {
+			opts = append(opts, otlpmetricgrpc.WithEndpointURL(c.endpoint("metrics")))
+		}
+		exp, err = otlpmetricgrpc.New(ctx, opts...)
+	} else {
+		var opts []otlpmetrichttp.Option
+		if c.OTLPEndpoint != "" {
+			opts = append(opts, otlpmetrichttp.WithEndpointURL(c.endpoint("metrics")))
+		}
+		exp, err = otlpmetrichttp.New(ctx, opts...)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("otlp metric exporter: %w", err)
+	}
+	return exp, nil
+}
+
+// shutdownTimeout bounds the final export of traces and metrics.
+const telemetryShutdownTimeout = 5 * time.Second
+
+// shutdown flushes and stops the providers.
+func (t *telemetry) shutdown(log *slog.Logger) {
+	if t == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), telemetryShutdownTimeout)
+	defer cancel()
+	if t.tp != nil {
+		if err := t.tp.Shutdown(ctx); err != nil {
+			log.Warn("flush traces", "err", err)
+		}
+	}
+	if t.mp != nil {
+		if err := t.mp.Shutdown(ctx); err != nil {
+			log.Warn("flush metrics", "err", err)
+		}
+	}
+}
+
+// requestObserver is the socket server's observer; nil with telemetry off.
+func (t *telemetry) requestObserver() sockapi.Observer {
+	if t == nil {
+		return nil // an untyped nil: the server skips observing
+	}
+	return t.req
+}
+
+// wrapRemote instruments a shared-store client.
+func (t *telemetry) wrapRemote(r syncer.Remote) syncer.Remote {
+	if t == nil {
+		return r
+	}
+	return t.remote.Wrap(r)
+}
+
+// pushOptions adds the pass hook to o.
+func (t *telemetry) pushOptions(o syncer.Options) syncer.Options {
+	if t != nil {
+		o.OnPass = t.onPass
+	}
+	return o
+}
+
+// registerGauges makes the metrics read at collection time.
+func (t *telemetry) registerGauges(store *localcache.Store, loops *syncLoops) error {
+	if t == nil || t.mp == nil {
+		return nil
+	}
+	src := observe.Sources{Store: store}
+	if loops != nil {
+		src.Push, src.Pull = loops.push.Stats, loops.pull.Stats
+	}
+	return observe.RegisterGauges(t.mp, src)
+}
+
+// admin is the admin endpoint.
+type admin struct {
+	ln    net.Listener
+	srv   *http.Server
+	log   *slog.Logger
+	unix  string // socket path to remove at the end
+	state *adminState
+}
+
+// adminState is what the endpoint reports.
+type adminState struct {
+	t     *telemetry
+	store *localcache.Store
+	loops *syncLoops // nil: no shared store
+}
+
+// newAdmin listens on the admin address; nil when none is configured.
+func (t *telemetry) newAdmin(store *localcache.Store, loops *syncLoops, log *slog.Logger) (*admin, error) {
+	if t == nil || t.cfg.AdminAddr == "" {
+		return nil, nil
+	}
+	network, err := t.cfg.adminNetwork()
+	if err != nil {
+		return nil, err
+	}
+	a := &admin{log: log, state: &adminState{t: t, store: store, loops: loops}}
+	addr := t.cfg.AdminAddr
+	if network == "unix" {
+		a.unix = strings.TrimPrefix(addr, "unix:")
+		if fi, err := os.Lstat(a.unix); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			// A socket left by a process that died: a live one answers.
+			if c, err := net.DialTimeout("unix", a.unix, time.Second); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("admin socket %s is in use", a.unix)
+			}
+			os.Remove(a.unix)
+		}
+		addr = a.unix
+	}
+	if a.ln, err = net.Listen(network, addr); err != nil {
+		return nil, fmt.Errorf("admin endpoint: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", a.state.readyz)
+	mux.HandleFunc("GET /status", a.state.status)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(t.reg, promhttp.HandlerOpts{ErrorLog: slogPromLogger{log}}))
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	log.Info("admin endpoint", "addr", a.ln.Addr().String())
+	return a, nil
+}
+
+// slogPromLogger adapts the logger for promhttp's errors.
+type slogPromLogger struct{ log *slog.Logger }
+
+func (l slogPromLogger) Println(v ...any) { l.log.Warn("serving metrics", "err", fmt.Sprint(v...)) }
+
+// run serves until stop.
+func (a *admin) run() error {
+	err := a.srv.Serve(a.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("admin endpoint: %w", err)
+}
+
+func (a *admin) stop(error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(ctx); err != nil {
+		a.srv.Close()
+	}
+	if a.unix != "" {
+		os.Remove(a.unix)
+	}
+}
+
+// ready reports whether the sidecar should get traffic, and why not: the
+// store is open (it is while the endpoint runs) and, with a shared store,
+// the first push pass has finished and every served governor has been
+// pulled once (or a pull has failed: the sidecar still serves, from its
+// local copy).
+func (s *adminState) ready() (bool, string) {
+	if s.loops == nil {
+		return true, "ready: local only"
+	}
+	ps := s.loops.push.Stats()
+	if !(ps.Passes >= 2 || !ps.LastSuccess.IsZero() || !ps.LastErrorTime.IsZero()) {
+		return false, "not ready: the first push to the shared store has not finished"
+	}
+	pl := s.loops.pull.Stats()
+	if pl.LastErrorTime.IsZero() {
+		for _, g := range s.loops.governors() {
+			if _, ok := s.loops.pull.FreshAt(g); !ok {
+				return false, "not ready: the first pull from the shared store has not finished"
+			}
+		}
+	}
+	return true, "ready"
+}
+
+func (s *adminState) readyz(w http.ResponseWriter, r *http.Request) {
+	ok, why := s.ready()
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, why)
+}
+
+// adminStatus is the /status reply (JSON).
+type adminStatus struct {
+	Node             string        `json:"node"`
+	Version          string        `json:"version"`
+	UptimeSeconds    float64       `json:"uptime_seconds"`
+	Ready            bool          `json:"ready"`
+	ReadyReason      string        `json:"ready_reason"`
+	States           int64         `json:"states"`
+	JournalDepth     int64         `json:"journal_depth"`
+	OldestPendingSec float64       `json:"oldest_pending_seconds"`
+	Parked           int64         `json:"parked"`
+	CacheHits        uint64        `json:"cache_hits"`
+	CacheMisses      uint64        `json:"cache_misses"`
+	SharedStore      *sharedStatus `json:"shared_store"` // nil: none configured
+}
+
+type sharedStatus struct {
+	Reachable        bool      `json:"reachable"`
+	LastAnswer       time.Time `json:"last_answer,omitzero"`
+	LastFailure      time.Time `json:"last_failure,omitzero"`
+	FailureOutcome   string    `json:"failure_outcome,omitempty"`
+	LastPushSuccess  time.Time `json:"last_push_success,omitzero"`
+	LastPushError    string    `json:"last_push_error,omitempty"`
+	LastPushErrorAt  time.Time `json:"last_push_error_at,omitzero"`
+	LastPullError    string    `json:"last_pull_error,omitempty"`
+	LastPullErrorAt  time.Time `json:"last_pull_error_at,omitzero"`
+	LastPullDelivery time.Time `json:"last_pull_delivery,omitzero"`
+	EntriesPushed    uint64    `json:"entries_pushed"`
+	RecordsPulled    uint64    `json:"records_pulled"`
+	Conflicts        uint64    `json:"conflicts"`
+}
+
+func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
+	st := s.store.Stats()
+	out := adminStatus{
+		Node:          s.t.node,
+		Version:       version,
+		UptimeSeconds: time.Since(s.t.start).Seconds(),
+		States:        st.States,
+		JournalDepth:  st.JournalDepth,
+		Parked:        st.Parked,
+		CacheHits:     st.CacheHits,
+		CacheMisses:   st.CacheMisses,
+	}
+	out.Ready, out.ReadyReason = s.ready()
+	if st.JournalDepth > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		if es, err := s.store.Pending(ctx, 0, 1); err == nil && len(es) > 0 {
+			out.OldestPendingSec = max(0, time.Since(time.Unix(0, es[0].Time)).Seconds())
+		}
+		cancel()
+	}
+	if s.loops != nil {
+		reach := s.t.remote.Reachability()
+		ps, pl := s.loops.push.Stats(), s.loops.pull.Stats()
+		out.SharedStore = &sharedStatus{
+			Reachable:        reach.Reachable(),
+			LastAnswer:       reach.LastAnswer,
+			LastFailure:      reach.LastFailure,
+			FailureOutcome:   reach.Outcome,
+			LastPushSuccess:  ps.LastSuccess,
+			LastPushError:    ps.LastError,
+			LastPushErrorAt:  ps.LastErrorTime,
+			LastPullError:    pl.LastError,
+			LastPullErrorAt:  pl.LastErrorTime,
+			LastPullDelivery: pl.LastDelivery,
+			EntriesPushed:    ps.EntriesPushed,
+			RecordsPulled:    pl.Records,
+			Conflicts:        ps.Conflicts,
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+}

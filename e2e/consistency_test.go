@@ -1,0 +1,295 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tai-state/tai-state/client"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Watches and per-request consistency, with real sidecars on the Firestore
+// emulator.
+
+// nextChange reads one change from w within timeout.
+func nextChange(t *testing.T, w *client.Watch, timeout time.Duration) *client.Change {
+	t.Helper()
+	select {
+	case ch, ok := <-w.Changes():
+		if !ok {
+			t.Fatalf("watch ended: %v", w.Err())
+		}
+		return ch
+	case <-time.After(timeout):
+		t.Fatalf("no change within %v", timeout)
+	}
+	return nil
+}
+
+// TestWatchSeesRemoteAndLocal: a watch on sidecar A sees a write made on
+// sidecar B (remote) and a write made on A (local), each in version order;
+// `tai-sidecar watch` prints the same as JSON lines until interrupted.
+func TestWatchSeesRemoteAndLocal(t *testing.T) {
+	fs := newShared(t)
+	a := startSidecar(t, fs.args("node-a", "w")...)
+	b := startSidecar(t, fs.args("node-b", "w")...)
+	ca, cb := a.Client(), b.Client()
+	ctx := context.Background()
+
+	w, err := ca.Watch(ctx, "w", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+
+	// The CLI watch, as a process.
+	cmd := exec.Command(sidecarBin, "--socket", a.Socket, "watch", "w", "--prefix", "x")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+
+	// Wait for the watches to be up: local writes show at once.
+	if _, err := ca.Put(ctx, "w", "y", "local-1"); err != nil {
+		t.Fatal(err)
+	}
+	if ch := nextChange(t, w, 10*time.Second); ch.State != "y" || ch.Remote || ch.Version != 1 || ch.Origin != "node-a" {
+		t.Fatalf("local change: %+v remote=%v", ch.Record.Record, ch.Remote)
+	}
+	waitCLIWatch(t, cmd, a)
+
+	for i := 1; i <= 3; i++ {
+		if _, err := cb.Put(ctx, "w", "x", fmt.Sprintf("remote-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ca.Put(ctx, "w", "y", "local-2"); err != nil {
+		t.Fatal(err)
+	}
+	// Remote changes may be coalesced on their way (the shared store keeps
+	// the latest), but arrive in version order and end at version 3.
+	var xv, yv uint64 = 0, 1
+	deadline := time.Now().Add(30 * time.Second)
+	for xv < 3 || yv < 2 {
+		ch := nextChange(t, w, time.Until(deadline))
+		switch ch.State {
+		case "x":
+			if !ch.Remote || ch.Origin != "node-b" || ch.Version <= xv {
+				t.Fatalf("x: version %d after %d, remote %v, origin %s", ch.Version, xv, ch.Remote, ch.Origin)
+			}
+			xv = ch.Version
+			var v string
+			if err := ch.Decode(&v); err != nil || v != fmt.Sprintf("remote-%d", xv) {
+				t.Fatalf("x v%d = %q, %v", xv, v, err)
+			}
+		case "y":
+			if ch.Remote || ch.Version != yv+1 {
+				t.Fatalf("y: version %d after %d, remote %v", ch.Version, yv, ch.Remote)
+			}
+			yv = ch.Version
+		default:
+			t.Fatalf("unexpected change of %s", ch.State)
+		}
+	}
+
+	// The CLI printed x's changes (not y's: prefix), then exits cleanly on
+	// SIGINT.
+	var last uint64
+	for last < 3 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("watch exited early: %s", stderr.String())
+			}
+			var m struct {
+				State   string `json:"state"`
+				Version uint64 `json:"version"`
+				Remote  *bool  `json:"remote"`
+				Value   string `json:"value"`
+			}
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			if m.State != "x" || m.Remote == nil || !*m.Remote || m.Version <= last || m.Value != fmt.Sprintf("remote-%d", m.Version) {
+				t.Fatalf("CLI line %q after version %d", l, last)
+			}
+			last = m.Version
+		case <-time.After(30 * time.Second):
+			t.Fatalf("CLI watch printed up to version %d; stderr %s", last, stderr.String())
+		}
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("CLI watch after SIGINT: %v; stderr %s", err, stderr.String())
+	}
+}
+
+// waitCLIWatch waits until the CLI watch process has its watch running
+// (the sidecar counts it).
+func waitCLIWatch(t *testing.T, cmd *exec.Cmd, s *sidecar) {
+	t.Helper()
+	c := s.Client()
+	eventually(t, 10*time.Second, func() string {
+		st, err := c.Stats(context.Background())
+		if err != nil {
+			return err.Error()
+		}
+		if st.Requests["watch"] < 2 {
+			return fmt.Sprintf("%d watches started", st.Requests["watch"])
+		}
+		return ""
+	})
+}
+
+// TestStrongReadAndSyncWrite: a sync put on A returns only once Firestore
+// has the record; a strong get on B right after returns it.
+func TestStrongReadAndSyncWrite(t *testing.T) {
+	fs := newShared(t)
+	a := startSidecar(t, fs.args("node-a", "c")...)
+	b := startSidecar(t, fs.args("node-b")...) // does not pull "c"
+	ca, cb := a.Client(), b.Client()
+	ctx := context.Background()
+
+	for i := 1; i <= 3; i++ {
+		rec, err := ca.Put(ctx, "c", "k", i, client.Synced(20*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Pending || rec.Version != uint64(i) {
+			t.Fatalf("sync put %d: %+v", i, rec.Record)
+		}
+		// No waiting: Firestore has it already.
+		r, err := fs.get("c", "k")
+		if err != nil || r.Version != uint64(i) {
+			t.Fatalf("firestore right after sync put %d: %+v, %v", i, r, err)
+		}
+		got, err := cb.Get(ctx, "c", "k", client.Strong())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v int
+		if err := got.Decode(&v); err != nil || v != i || got.Version != uint64(i) || got.FromCache || got.Stale {
+			t.Fatalf("strong get on b after put %d: %d (%v) %+v", i, v, err, got.Record)
+		}
+	}
+	// A plain get on b now answers from its cache, with synced_at.
+	got, err := cb.Get(ctx, "c", "k")
+	if err != nil || !got.FromCache || got.SyncedAt == 0 || got.Version != 3 {
+		t.Fatalf("local get on b: %+v, %v", got, err)
+	}
+	// A local miss on b reads through.
+	if _, err := ca.Put(ctx, "c", "new", "n", client.Synced(0)); err != nil {
+		t.Fatal(err)
+	}
+	got, err = cb.Get(ctx, "c", "new")
+	if err != nil || got.FromCache || got.Version != 1 {
+		t.Fatalf("read-through on b: %+v, %v", got, err)
+	}
+	if _, err := cb.Get(ctx, "c", "never"); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("read-through of a missing state: %v", err)
+	}
+	// A sync batch_put too.
+	recs, err := ca.BatchPut(ctx, []wire.Item{{Governor: "c", State: "b1", Value: mustMsgpack(t, 1)}, {Governor: "c", State: "b2", Value: mustMsgpack(t, 2)}},
+		client.Synced(20*time.Second))
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("sync batch_put: %v", err)
+	}
+	for _, s := range []string{"b1", "b2"} {
+		if r, err := fs.get("c", s); err != nil || r.Version != 1 {
+			t.Fatalf("firestore %s right after sync batch_put: %+v, %v", s, r, err)
+		}
+	}
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestReadsWhileSharedStoreUnreachable: a sidecar whose Firestore cannot
+// be reached still writes and reads locally; a bounded read returns the
+// local record marked stale, a strong read fails with Unavailable, a sync
+// write times out saying the change is durable locally, and pending shows
+// the journal.
+func TestReadsWhileSharedStoreUnreachable(t *testing.T) {
+	fs := newShared(t)
+	s := startSidecarEnv(t, []string{"FIRESTORE_EMULATOR_HOST=" + closedPort(t)}, fs.args("node-off", "o")...)
+	c := s.Client()
+	ctx := context.Background()
+
+	if _, err := c.Put(ctx, "o", "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got, err := c.Get(ctx, "o", "k", client.Bounded(100*time.Millisecond))
+	if err != nil {
+		t.Fatalf("bounded read offline: %v", err)
+	}
+	var v string
+	if err := got.Decode(&v); err != nil || v != "v1" || !got.Stale || !got.FromCache || !got.Pending {
+		t.Fatalf("bounded read offline: %q %+v", v, got.Record)
+	}
+	t.Logf("bounded read offline took %v", time.Since(start))
+
+	_, err = c.Get(ctx, "o", "k", client.Strong())
+	var e *client.Error
+	if !errors.As(err, &e) || e.Code != "Unavailable" || !e.Retryable {
+		t.Fatalf("strong read offline: %v", err)
+	}
+	_, err = c.Get(ctx, "o", "missing")
+	if !errors.Is(err, client.ErrNotFound) || !strings.Contains(err.Error(), "shared store could not be asked") {
+		t.Fatalf("local miss offline: %v", err)
+	}
+	_, err = c.Put(ctx, "o", "k", "v2", client.Synced(300*time.Millisecond))
+	if !errors.As(err, &e) || e.Code != "Timeout" || e.Retryable || !strings.Contains(e.Message, "durable locally") {
+		t.Fatalf("sync put offline: %v", err)
+	}
+	got, err = c.Get(ctx, "o", "k")
+	if err != nil || got.Version != 2 {
+		t.Fatalf("the timed-out sync put is not applied locally: %+v, %v", got, err)
+	}
+	p, err := c.Pending(ctx)
+	if err != nil || !p.SharedStore || p.Depth != 2 || p.OldestSeq == 0 || p.OldestTime == 0 {
+		t.Fatalf("pending: %+v, %v", p, err)
+	}
+	out, _, err := s.CLI("pending")
+	if err != nil || !strings.Contains(out, `"depth":2`) {
+		t.Fatalf("CLI pending: %q, %v", out, err)
+	}
+	out, _, err = s.CLI("failed")
+	if err != nil || out != "" {
+		t.Fatalf("CLI failed: %q, %v", out, err)
+	}
+}

@@ -1,0 +1,55 @@
+package observe_test
+
+import (
+	"context"
+	"testing"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/observe"
+	"github.com/tai-state/tai-state/syncer"
+)
+
+func TestRegisterGauges(t *testing.T) {
+	ctx := context.Background()
+	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close(ctx)
+	for _, s := range []string{"a", "b"} {
+		if _, err := store.Write(ctx, localcache.Write{Key: localcache.Key{Governor: "g", State: s}, Value: []byte{0x01}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := store.Get(ctx, localcache.Key{Governor: "g", State: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	push := func() syncer.Stats { return syncer.Stats{Passes: 3, EntriesPushed: 5} }
+	pull := func() syncer.PullStats { return syncer.PullStats{Records: 7, Pending: 1, Stale: 2} }
+	if err := observe.RegisterGauges(mp, observe.Sources{Store: store, Push: push, Pull: pull}); err != nil {
+		t.Fatal(err)
+	}
+	sums, names := collect(t, reader)
+	for k, want := range map[string]int64{
+		"tai.journal.depth{}":              2,
+		"tai.states{}":                     2,
+		"tai.push.passes{}":                3,
+		"tai.push.entries{}":               5,
+		"tai.pull.records{}":               7,
+		"tai.pull.skipped{reason=pending}": 1,
+		"tai.pull.skipped{reason=stale}":   2,
+	} {
+		if sums[k] != want {
+			t.Errorf("%s = %d, want %d", k, sums[k], want)
+		}
+	}
+	for _, n := range []string{"tai.journal.oldest_age", "tai.journal.parked", "tai.cache.hits", "tai.cache.misses", "tai.cache.hit_ratio", "tai.push.last_success"} {
+		if !names[n] {
+			t.Errorf("metric %s missing", n)
+		}
+	}
+}

@@ -1,0 +1,410 @@
+package sockapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Sync is the shared store as the server uses it: to read through on a
+// local miss, to repair a read that must be fresher than the local copy is
+// known to be, and (through the Store's WaitSynced) to confirm sync writes.
+// cmd/tai-sidecar implements it over the syncer's Puller. It must be safe
+// for concurrent use.
+type Sync interface {
+	// Fetch reads k from the shared store and applies it to the local
+	// store (a newer remote version replaces the local one unless a local
+	// change of k is still pending). Errors wrap ErrRemoteNotFound when
+	// the shared store never had k, ErrRemoteUnavailable when it cannot
+	// be reached now, or are ctx's error.
+	Fetch(ctx context.Context, k localcache.Key) error
+	// FreshAt returns the time before which every change of governor in
+	// the shared store is known to be in the local store (now while a live
+	// watch of the governor is up); ok is false when that is unknown.
+	FreshAt(governor string) (t time.Time, ok bool)
+}
+
+// Errors a Sync's Fetch wraps.
+var (
+	ErrRemoteNotFound    = errors.New("not in the shared store")
+	ErrRemoteUnavailable = errors.New("the shared store is unavailable")
+)
+
+// Read levels, from the request's consistency.
+type readLevel uint8
+
+const (
+	readLocal   readLevel = iota // the local copy; a miss reads through
+	readBounded                  // the local copy if fresh within maxStale, else read-repair
+	readStrong                   // read from the shared store first
+)
+
+type readMode struct {
+	level    readLevel
+	maxStale time.Duration
+}
+
+// readThroughFresh: a local miss of a governor whose local copy is known
+// complete up to this long ago is answered NotFound without asking the
+// shared store (a live watch keeps it at zero).
+const readThroughFresh = time.Second
+
+// offlineHold is how long reads skip a shared store found unreachable.
+const offlineHold = 2 * time.Second
+
+// fetchConcurrency bounds the shared-store reads one batch_get runs at
+// once.
+const fetchConcurrency = 8
+
+// syncTimeoutCap is the longest wait a sync write's timeout_ms may ask for.
+func (s *Server) syncTimeoutCap() time.Duration {
+	return max(s.opts.SyncTimeout, maxSyncTimeout)
+}
+
+func echoLevel(level string) string {
+	if len(level) > maxOpEcho {
+		return level[:maxOpEcho] + "..."
+	}
+	return level
+}
+
+// noSharedStore is the error of a request that needs a shared store on a
+// sidecar without one.
+func noSharedStore(level string) *wire.Error {
+	e := wire.Errorf(wire.CodeUnavailable, "consistency %q needs a shared store, and none is configured: this sidecar is local only", level)
+	e.Retryable = false
+	e.Field = "consistency"
+	return e
+}
+
+// readConsistency checks a read's consistency and max_staleness_ms. list
+// (listing) accepts "local" only.
+func (c *conn) readConsistency(req *wire.Request, listing bool) (readMode, *wire.Error) {
+	switch req.Consistency {
+	case "", wire.ReadLocal:
+		return readMode{level: readLocal}, nil
+	case wire.ReadBounded, wire.ReadStrong:
+		if listing {
+			return readMode{}, invalid("consistency", "list is served from the local store only: consistency %q is not supported", req.Consistency)
+		}
+	default:
+		want := `"local", "bounded" or "strong"`
+		if listing {
+			want = `"local"`
+		}
+		return readMode{}, invalid("consistency", "consistency %q is not a read level: want %s", echoLevel(req.Consistency), want)
+	}
+	m := readMode{level: readStrong}
+	if req.Consistency == wire.ReadBounded {
+		if req.MaxStalenessMS == 0 {
+			return readMode{}, invalid("max_staleness_ms", "consistency \"bounded\" needs max_staleness_ms > 0")
+		}
+		m.level = readBounded
+		m.maxStale = time.Duration(min(req.MaxStalenessMS, uint64(maxStaleness/time.Millisecond))) * time.Millisecond
+	}
+	if c.s.opts.Sync == nil {
+		return readMode{}, noSharedStore(req.Consistency)
+	}
+	return m, nil
+}
+
+// maxStaleness caps max_staleness_ms (so that it fits a Duration).
+const maxStaleness = 365 * 24 * time.Hour
+
+// writeMode is a write's consistency: sync waits for the shared store, for
+// at most timeout.
+type writeMode struct {
+	sync    bool
+	timeout time.Duration
+}
+
+// writeConsistency checks a write's consistency and timeout_ms.
+func (c *conn) writeConsistency(req *wire.Request) (writeMode, *wire.Error) {
+	switch req.Consistency {
+	case "", wire.WriteAsync:
+		return writeMode{}, nil
+	case wire.WriteSync:
+	case wire.WriteStrong:
+		return writeMode{}, invalid("consistency", "consistency \"strong\" for writes (compare-and-set inside a shared-store transaction) is not supported yet: use \"sync\" with if_version")
+	default:
+		return writeMode{}, invalid("consistency", "consistency %q is not a write level: want \"async\" or \"sync\"", echoLevel(req.Consistency))
+	}
+	if c.s.opts.Sync == nil {
+		return writeMode{}, noSharedStore(req.Consistency)
+	}
+	m := writeMode{sync: true, timeout: c.s.opts.SyncTimeout}
+	if req.TimeoutMS > 0 {
+		cp := c.s.syncTimeoutCap()
+		m.timeout = time.Duration(min(req.TimeoutMS, uint64(cp/time.Millisecond))) * time.Millisecond
+	}
+	return m, nil
+}
+
+// freshWithin reports whether the local copy of governor is known to hold
+// every remote change made more than d ago.
+func (c *conn) freshWithin(governor string, d time.Duration) bool {
+	t, ok := c.s.opts.Sync.FreshAt(governor)
+	return ok && time.Since(t) <= d
+}
+
+// needsFetch reports whether a read of governor at mode must ask the
+// shared store before answering (bounded and not fresh enough, or strong).
+func (c *conn) needsFetch(governor string, m readMode) bool {
+	switch m.level {
+	case readStrong:
+		return true
+	case readBounded:
+		return !c.freshWithin(governor, m.maxStale)
+	}
+	return false
+}
+
+// readsThrough reports whether a local miss of a key of governor at mode
+// is read through: a shared store is configured and the local copy of the
+// governor is not known to be complete (within the bound of a bounded
+// read, within readThroughFresh otherwise).
+func (c *conn) readsThrough(governor string, m readMode) bool {
+	if c.s.opts.Sync == nil || m.level == readStrong {
+		return false // strong reads have fetched already
+	}
+	bound := readThroughFresh
+	if m.level == readBounded {
+		bound = m.maxStale
+	}
+	return !c.freshWithin(governor, bound)
+}
+
+// fetchResult is what asking the shared store about one key found out.
+type fetchResult struct {
+	asked bool   // the shared store answered (with a record or "never had it")
+	why   string // why it could not be asked, when !asked
+}
+
+// fetch asks the shared store about k and applies what it has, for at most
+// timeout. An error that is not about the shared store (the connection's
+// context ended) comes back as err.
+//
+// After a read found the shared store unreachable, reads do not ask it
+// again for offlineHold: they answer at once as if it were unreachable
+// (bounded reads stale, strong reads Unavailable) instead of each waiting
+// out the timeout.
+func (c *conn) fetch(k localcache.Key, timeout time.Duration) (fetchResult, error) {
+	off := &c.s.offlineUntil
+	if until := off.Load(); until != 0 && time.Now().UnixNano() < until {
+		return fetchResult{why: fmt.Sprintf("it was unreachable moments ago; asking again after %v", offlineHold)}, nil
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
+	err := c.s.opts.Sync.Fetch(ctx, k)
+	cancel()
+	switch {
+	case err == nil, errors.Is(err, ErrRemoteNotFound):
+		off.Store(0)
+		return fetchResult{asked: true}, nil
+	case c.ctx.Err() != nil:
+		return fetchResult{}, c.ctx.Err()
+	case errors.Is(err, ErrRemoteUnavailable), errors.Is(err, context.DeadlineExceeded):
+		c.log.Debug("shared store unavailable for a read", "governor", k.Governor, "state", k.State, "err", err)
+		off.Store(time.Now().Add(offlineHold).UnixNano())
+		return fetchResult{why: fmt.Sprintf("unavailable: %v", err)}, nil
+	default:
+		c.log.Warn("shared store read failed", "governor", k.Governor, "state", k.State, "err", err)
+		return fetchResult{why: "it failed (see the sidecar's log)"}, nil
+	}
+}
+
+// fetchTimeout is the bound of the shared-store read of a read at mode.
+func (c *conn) fetchTimeout(m readMode) time.Duration {
+	if m.level == readLocal {
+		return min(c.s.opts.FetchTimeout, defaultReadThrough)
+	}
+	return c.s.opts.FetchTimeout
+}
+
+// unreachable is the error of a strong read that could not ask the shared
+// store.
+func unreachable(k localcache.Key, why string) *wire.Error {
+	e := wire.Errorf(wire.CodeUnavailable, "strong read: the shared store could not be asked (%s)", why)
+	e.Governor, e.State = k.Governor, k.State
+	return e
+}
+
+// fetchGet serves a get that asks the shared store: it fetches k, then
+// reads the local store, which now holds what the shared store had (or a
+// pending local change, which is newer). It runs on its own goroutine
+// (goWrite), after the connection's earlier writes to k.
+func (c *conn) fetchGet(k localcache.Key, m readMode) *wire.Response {
+	fr, err := c.fetch(k, c.fetchTimeout(m))
+	if err != nil {
+		return c.errorResponse(c.storeError(wire.OpGet, k, err))
+	}
+	if !fr.asked && m.level == readStrong {
+		return c.errorResponse(unreachable(k, fr.why))
+	}
+	r, err := c.s.store.Get(c.ctx, k)
+	if err != nil {
+		e := c.storeError(wire.OpGet, k, err)
+		if e.Code == wire.CodeNotFound && !fr.asked {
+			e.Message = "state not found locally, and the shared store could not be asked: " + fr.why
+		}
+		return c.errorResponse(e)
+	}
+	rec := new(wire.Record)
+	toWire(rec, &r, true)
+	rec.FromCache = !fr.asked
+	rec.Stale = !fr.asked && m.level != readLocal
+	return &wire.Response{Record: rec}
+}
+
+// fetchBatch serves a batch_get that asks the shared store about keys
+// (with only, about those of its indexes), then reads them all locally.
+// A strong read fails with Unavailable if any key could not be asked.
+func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.Response {
+	if only == nil {
+		only = make([]int, len(keys))
+		for i := range keys {
+			only[i] = i
+		}
+	}
+	results := make([]fetchResult, len(keys))
+	for i := range results {
+		results[i].asked = true // keys not fetched are not stale
+	}
+	var (
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, fetchConcurrency)
+		errMu    sync.Mutex
+		firstErr error
+	)
+	timeout := c.fetchTimeout(m)
+	for _, i := range only {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			fr, err := c.fetch(keys[i], timeout)
+			if err != nil {
+				errMu.Lock()
+				firstErr = err
+				errMu.Unlock()
+			}
+			results[i] = fr
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return c.errorResponse(c.storeError(wire.OpBatchGet, localcache.Key{}, firstErr))
+	}
+	if m.level == readStrong {
+		for i, fr := range results {
+			if !fr.asked {
+				return c.errorResponse(unreachable(keys[i], fr.why))
+			}
+		}
+	}
+	got, err := c.s.store.GetMany(c.ctx, keys)
+	if err == nil && len(got) != len(keys) {
+		err = fmt.Errorf("store returned %d records for %d keys", len(got), len(keys))
+	}
+	if err != nil {
+		return c.errorResponse(c.storeError(wire.OpBatchGet, localcache.Key{}, err))
+	}
+	if e := c.batchTooLarge(got); e != nil {
+		return c.errorResponse(e)
+	}
+	fetched := make([]bool, len(keys))
+	for _, i := range only {
+		fetched[i] = true
+	}
+	recs := make([]wire.Record, len(got))
+	out := make([]*wire.Record, len(got))
+	for i, r := range got {
+		if r == nil {
+			continue
+		}
+		toWire(&recs[i], r, true)
+		if fetched[i] {
+			recs[i].FromCache = !results[i].asked
+			recs[i].Stale = !results[i].asked && m.level != readLocal
+		}
+		out[i] = &recs[i]
+	}
+	return &wire.Response{Records: out}
+}
+
+// syncWait is the second half of a sync write: it waits until the shared
+// store has the journal entries seqs, for at most m.timeout, and returns
+// nil or the error to reply with. k names the state of a single write.
+//
+// A graceful shutdown ends the wait at once (the push loop stops with the
+// server): the change is durable locally and syncs after the restart.
+func (c *conn) syncWait(m writeMode, k localcache.Key, seqs []uint64) *wire.Error {
+	ctx, cancel := context.WithTimeout(c.ctx, m.timeout)
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-c.s.draining:
+			cancel()
+		case <-stop:
+		}
+	}()
+	err := c.s.store.WaitSynced(ctx, seqs...)
+	close(stop)
+	draining := ctx.Err() == context.Canceled
+	cancel()
+	var (
+		pe *localcache.ParkedError
+		e  *wire.Error
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pe):
+		e = wire.Errorf(wire.CodeUnavailable,
+			"the change is applied locally, but the shared store rejected it for good: %s (journal entry %d is on the failed list; do not retry unchanged)",
+			pe.Reason, pe.Seq)
+		e.Retryable = false
+		k = pe.Key
+	case errors.Is(err, context.DeadlineExceeded) && !draining && c.ctx.Err() == nil:
+		e = wire.Errorf(wire.CodeTimeout,
+			"the change is durable locally and will sync to the shared store, but the shared store did not confirm it within %v; do not retry (a retry would write again): read it back or watch it",
+			m.timeout)
+		e.Retryable = false
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		e = wire.Errorf(wire.CodeUnavailable,
+			"the sidecar is shutting down; the change is durable locally and will sync to the shared store later (do not retry: a retry would write again)")
+		e.Retryable = false
+	default:
+		e = c.storeError(wire.OpPut, k, err)
+		e.Message += "; the change is durable locally and will sync later"
+		e.Retryable = false
+	}
+	e.Governor, e.State = k.Governor, k.State
+	return e
+}
+
+// refreshSynced updates the sync fields of write replies after a sync
+// write: pending and synced_at as the store holds them now (the record of
+// a state written again since keeps what the write returned, not
+// pending).
+func (c *conn) refreshSynced(recs []*wire.Record) {
+	keys := make([]localcache.Key, len(recs))
+	for i, r := range recs {
+		keys[i] = localcache.Key{Governor: r.Governor, State: r.State}
+		r.Pending = false
+	}
+	got, err := c.s.store.GetMany(c.ctx, keys)
+	if err != nil || len(got) != len(recs) {
+		return // the reply stays right, with synced_at unknown
+	}
+	for i, g := range got {
+		if g != nil && g.Version == recs[i].Version {
+			recs[i].Pending, recs[i].SyncedAt = g.Pending, g.SyncedAt
+		}
+	}
+}

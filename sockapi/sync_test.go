@@ -1,0 +1,350 @@
+package sockapi
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// fakeSync is a shared store over a fakeStore: Fetch applies its record
+// to the local store as the syncer's Puller does (a newer version, unless a
+// local change is pending).
+type fakeSync struct {
+	store   *fakeStore
+	fetches atomic.Int64
+
+	mu     sync.Mutex
+	remote map[localcache.Key]localcache.Record
+	down   bool
+	fresh  map[string]time.Time
+}
+
+func newFakeSync(store *fakeStore) *fakeSync {
+	return &fakeSync{store: store, remote: make(map[localcache.Key]localcache.Record), fresh: make(map[string]time.Time)}
+}
+
+func (s *fakeSync) Fetch(ctx context.Context, k localcache.Key) error {
+	s.fetches.Add(1)
+	s.mu.Lock()
+	rec, ok := s.remote[k]
+	down := s.down
+	s.mu.Unlock()
+	switch {
+	case down:
+		return fmt.Errorf("fetch %s: %w", k, ErrRemoteUnavailable)
+	case !ok:
+		return fmt.Errorf("fetch %s: %w", k, ErrRemoteNotFound)
+	}
+	f := s.store
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cur, ok := f.recs[k]; !f.pending[k] && (!ok || rec.Version > cur.Version) {
+		f.recs[k] = rec
+	}
+	return nil
+}
+
+func (s *fakeSync) FreshAt(governor string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.fresh[governor]
+	return t, ok
+}
+
+// setRemote stores a record in the shared store only.
+func (s *fakeSync) setRemote(t *testing.T, gov, state string, value any, version uint64) {
+	k := localcache.Key{Governor: gov, State: state}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.remote[k] = localcache.Record{Key: k, Value: mustMarshal(t, value), Version: version, UpdatedAt: 1,
+		Origin: "node-remote", SyncedVersion: version, SyncedAt: 1_700_000_000_000_000_000}
+}
+
+func (s *fakeSync) set(down bool, fresh map[string]time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = down
+	s.fresh = fresh
+}
+
+func getReq(gov, state, level string, staleMS uint64) wire.Request {
+	return wire.Request{Op: wire.OpGet, Governor: gov, State: state, Consistency: level, MaxStalenessMS: staleMS}
+}
+
+// TestReadConsistency covers the read levels against a fake shared store:
+// when the shared store is asked, what the reply says about it
+// (from_cache, stale, synced_at), and what happens when it is down.
+func TestReadConsistency(t *testing.T) {
+	store := newFakeStore()
+	sy := newFakeSync(store)
+	ts := startServer(t, store, Options{Sync: sy})
+	c := ts.hello()
+	store.put("g", "local", "l1")
+	sy.setRemote(t, "g", "local", "l2", 2) // the shared store is ahead
+	sy.setRemote(t, "g", "remote", "r1", 1)
+	now := map[string]time.Time{"g": time.Now().Add(time.Hour)} // fresh whatever the clock says
+	old := map[string]time.Time{"g": time.Now().Add(-time.Hour)}
+
+	value := func(r wire.Response) string {
+		t.Helper()
+		if r.Error != nil {
+			t.Fatalf("unexpected error %v", r.Error)
+		}
+		var s string
+		if err := wire.Unmarshal(r.Record.Value, &s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	fetches := func(want int64, what string) {
+		t.Helper()
+		if got := sy.fetches.Swap(0); got != want {
+			t.Fatalf("%s: %d fetches, want %d", what, got, want)
+		}
+	}
+
+	// local: a hit never asks.
+	sy.set(false, old)
+	r := c.call(getReq("g", "local", "", 0))
+	if value(r) != "l1" || !r.Record.FromCache || r.Record.Stale {
+		t.Fatalf("local hit: %+v", r.Record)
+	}
+	fetches(0, "local hit")
+
+	// local: a miss reads through unless the governor is known fresh.
+	sy.set(false, now)
+	expectError(t, c.call(getReq("g", "remote", "local", 0)), wire.CodeNotFound, "")
+	fetches(0, "local miss, fresh governor")
+	sy.set(false, old)
+	r = c.call(getReq("g", "remote", "", 0))
+	if value(r) != "r1" || r.Record.FromCache || r.Record.Stale || r.Record.SyncedAt == 0 {
+		t.Fatalf("read-through: %+v", r.Record)
+	}
+	fetches(1, "read-through")
+	r = c.call(getReq("g", "nowhere", "", 0))
+	expectError(t, r, wire.CodeNotFound, "")
+	fetches(1, "read-through of a state nobody has")
+	sy.set(true, old)
+	r = c.call(getReq("g", "nowhere", "", 0))
+	expectError(t, r, wire.CodeNotFound, "")
+	if !strings.Contains(r.Error.Message, "shared store could not be asked") {
+		t.Fatalf("message does not say the shared store was not asked: %q", r.Error.Message)
+	}
+	fetches(1, "read-through, offline")
+
+	// bounded: fresh enough is local, else read-repair; offline is stale.
+	sy.set(false, now)
+	r = c.call(getReq("g", "local", "bounded", 1000))
+	if value(r) != "l1" || !r.Record.FromCache || r.Record.Stale {
+		t.Fatalf("bounded, fresh: %+v", r.Record)
+	}
+	fetches(0, "bounded, fresh")
+	sy.set(true, old)
+	r = c.call(getReq("g", "local", "bounded", 1000))
+	if value(r) != "l1" || !r.Record.FromCache || !r.Record.Stale {
+		t.Fatalf("bounded, offline: want the local record marked stale, got %+v", r.Record)
+	}
+	// The shared store was found unreachable just before: not asked again.
+	fetches(0, "bounded, offline")
+	online := func(fresh map[string]time.Time) {
+		sy.set(false, fresh)
+		ts.srv.offlineUntil.Store(0) // as if offlineHold had passed
+	}
+	online(old)
+	r = c.call(getReq("g", "local", "bounded", 1000))
+	if value(r) != "l2" || r.Record.FromCache || r.Record.Stale || r.Record.Version != 2 {
+		t.Fatalf("bounded, repaired: %+v", r.Record)
+	}
+	fetches(1, "bounded, repaired")
+
+	// strong: always asks; offline is Unavailable.
+	sy.setRemote(t, "g", "local", "l3", 3)
+	sy.set(false, now)
+	r = c.call(getReq("g", "local", "strong", 0))
+	if value(r) != "l3" || r.Record.FromCache || r.Record.Stale {
+		t.Fatalf("strong: %+v", r.Record)
+	}
+	fetches(1, "strong")
+	sy.set(true, now)
+	r = c.call(getReq("g", "local", "strong", 0))
+	expectError(t, r, wire.CodeUnavailable, "")
+	if !r.Error.Retryable || r.Error.State != "local" {
+		t.Fatalf("strong offline: %+v", r.Error)
+	}
+
+	// batch_get: per key.
+	sy.setRemote(t, "g", "remote", "r2", 2)
+	sy.set(true, old)
+	r = c.call(wire.Request{Op: wire.OpBatchGet, Consistency: "bounded", MaxStalenessMS: 10,
+		Keys: []wire.Key{{Governor: "g", State: "local"}, {Governor: "g", State: "remote"}, {Governor: "g", State: "local"}}})
+	if r.Error != nil || len(r.Records) != 3 || !r.Records[0].Stale || !r.Records[1].Stale || r.Records[1].Version != 1 {
+		t.Fatalf("batch_get bounded offline: %+v", r)
+	}
+	online(old)
+	r = c.call(wire.Request{Op: wire.OpBatchGet, Consistency: "strong",
+		Keys: []wire.Key{{Governor: "g", State: "remote"}, {Governor: "g", State: "nowhere"}}})
+	if r.Error != nil || len(r.Records) != 2 || r.Records[0].Version != 2 || r.Records[0].FromCache || r.Records[1] != nil {
+		t.Fatalf("batch_get strong: %+v", r)
+	}
+	sy.set(true, old)
+	r = c.call(wire.Request{Op: wire.OpBatchGet, Consistency: "strong", Keys: []wire.Key{{Governor: "g", State: "remote"}}})
+	expectError(t, r, wire.CodeUnavailable, "")
+	// A local batch_get reads its misses through.
+	sy.setRemote(t, "h", "x", "hx", 1)
+	online(nil)
+	sy.fetches.Store(0)
+	r = c.call(wire.Request{Op: wire.OpBatchGet, Keys: []wire.Key{{Governor: "g", State: "local"}, {Governor: "h", State: "x"}}})
+	if r.Error != nil || len(r.Records) != 2 || !r.Records[0].FromCache || r.Records[1] == nil || r.Records[1].FromCache {
+		t.Fatalf("batch_get read-through: %+v", r)
+	}
+	fetches(1, "batch_get read-through")
+
+	// list stays local.
+	expectError(t, c.call(wire.Request{Op: wire.OpList, Governor: "g", Consistency: "strong"}), wire.CodeInvalidArgument, "consistency")
+	if v := store.violationsList(); len(v) > 0 {
+		t.Fatal(v)
+	}
+}
+
+// TestSyncWrites: a sync write is answered once the shared store has it;
+// a parked one and one that times out get errors that say the change is
+// applied locally and must not be retried.
+func TestSyncWrites(t *testing.T) {
+	store := newFakeStore()
+	sy := newFakeSync(store)
+	ts := startServer(t, store, Options{Sync: sy})
+	c := ts.hello()
+	val := mustMarshal(t, "v")
+	k := localcache.Key{Governor: "g", State: "s"}
+
+	c.send(&wire.Request{ID: 100, Op: wire.OpPut, Governor: "g", State: "s", Value: val, Consistency: "sync"})
+	// Pipelined behind it, an async write of the same state is applied
+	// and answered while the sync write still waits.
+	c.send(&wire.Request{ID: 101, Op: wire.OpPut, Governor: "g", State: "s", Value: val})
+	if r := c.recv(); r.ID != 101 || r.Error != nil || r.Record.Version != 2 {
+		t.Fatalf("want the async write's reply first, got %+v", r)
+	}
+	waitFor(t, "both writes applied", func() bool { return store.Stats().JournalDepth == 2 })
+	store.settle(k, "", 42)
+	r := c.recv()
+	if r.ID != 100 || r.Error != nil || r.Record.Version != 1 || r.Record.Pending {
+		t.Fatalf("sync put: %+v", r)
+	}
+
+	// Parked.
+	c.send(&wire.Request{ID: 102, Op: wire.OpDelete, Governor: "g", State: "s", Consistency: "sync"})
+	waitFor(t, "delete applied", func() bool { return store.Stats().JournalDepth == 1 })
+	store.settle(k, "permission denied by the shared store", 0)
+	r = c.recv()
+	expectError(t, r, wire.CodeUnavailable, "")
+	if r.ID != 102 || r.Error.Retryable || !strings.Contains(r.Error.Message, "permission denied by the shared store") ||
+		!strings.Contains(r.Error.Message, "applied locally") || r.Error.State != "s" {
+		t.Fatalf("parked: %+v", r.Error)
+	}
+
+	// Timeout.
+	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "t", Value: val, Consistency: "sync", TimeoutMS: 30})
+	expectError(t, r, wire.CodeTimeout, "")
+	if r.Error.Retryable || !strings.Contains(r.Error.Message, "durable locally") {
+		t.Fatalf("timeout: %+v", r.Error)
+	}
+	if _, err := store.Get(context.Background(), localcache.Key{Governor: "g", State: "t"}); err != nil {
+		t.Fatalf("the timed-out write is not applied locally: %v", err)
+	}
+
+	// batch_put waits for every entry.
+	c.send(&wire.Request{ID: 103, Op: wire.OpBatchPut, Consistency: "sync",
+		Items: []wire.Item{{Governor: "g", State: "b1", Value: val}, {Governor: "g", State: "b2", Value: val}}})
+	waitFor(t, "batch applied", func() bool { return store.Stats().JournalDepth == 3 })
+	store.settle(localcache.Key{Governor: "g", State: "b1"}, "", 7)
+	if r, err := c.tryRecvWithin(50 * time.Millisecond); err == nil {
+		t.Fatalf("batch answered before all of it synced: %+v", r)
+	}
+	store.settle(localcache.Key{Governor: "g", State: "b2"}, "", 8)
+	r = c.recv()
+	if r.ID != 103 || r.Error != nil || len(r.Records) != 2 || r.Records[0].SyncedAt != 7 || r.Records[1].SyncedAt != 8 {
+		t.Fatalf("sync batch_put: %+v", r)
+	}
+
+	// Strong writes are not supported yet.
+	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: val, Consistency: "strong"})
+	expectError(t, r, wire.CodeInvalidArgument, "consistency")
+	if !strings.Contains(r.Error.Message, "not supported yet") {
+		t.Fatalf("strong write: %q", r.Error.Message)
+	}
+}
+
+// tryRecvWithin reads one frame, waiting at most d.
+func (c *client) tryRecvWithin(d time.Duration) (wire.Response, error) {
+	c.nc.SetReadDeadline(time.Now().Add(d))
+	body, err := wire.ReadFrame(c.br, nil, 64<<20)
+	if err != nil {
+		return wire.Response{}, err
+	}
+	var r wire.Response
+	err = c.dec.Decode(body, &r)
+	return r, err
+}
+
+// TestPendingAndFailed: pending reports the journal, failed pages through
+// the parked entries.
+func TestPendingAndFailed(t *testing.T) {
+	store := newFakeStore()
+	ts := startServer(t, store, Options{})
+	c := ts.hello()
+	r := c.call(wire.Request{Op: wire.OpPending})
+	if r.Error != nil || r.Pending == nil || r.Pending.Depth != 0 || r.Pending.SharedStore || r.Pending.OldestSeq != 0 {
+		t.Fatalf("empty pending: %+v", r)
+	}
+	val := mustMarshal(t, 1)
+	for _, s := range []string{"a", "b", "c", "d"} {
+		if r := c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: s, Value: val}); r.Error != nil {
+			t.Fatal(r.Error)
+		}
+	}
+	store.settle(localcache.Key{Governor: "g", State: "a"}, "", 1)
+	store.settle(localcache.Key{Governor: "g", State: "b"}, "too big for the shared store", 0)
+	store.settle(localcache.Key{Governor: "g", State: "d"}, "rejected", 0)
+	r = c.call(wire.Request{Op: wire.OpPending})
+	if p := r.Pending; r.Error != nil || p == nil || p.Depth != 1 || p.Parked != 2 || p.OldestSeq != 3 || p.OldestTime == 0 {
+		t.Fatalf("pending: %+v %+v", r.Error, r.Pending)
+	}
+	r = c.call(wire.Request{Op: wire.OpFailed, Limit: 1})
+	if r.Error != nil || len(r.Failed) != 1 || r.Failed[0].State != "b" || r.Failed[0].Reason != "too big for the shared store" || r.Next != 2 {
+		t.Fatalf("failed page 1: %+v", r)
+	}
+	r = c.call(wire.Request{Op: wire.OpFailed, After: r.Next})
+	if r.Error != nil || len(r.Failed) != 1 || r.Failed[0].State != "d" || r.Failed[0].Seq != 4 || r.Next != 0 {
+		t.Fatalf("failed page 2: %+v", r)
+	}
+}
+
+// TestSyncWriteAtShutdown: a graceful shutdown does not wait out the sync
+// writes in flight: they are answered at once, saying the change is durable
+// locally and will sync later.
+func TestSyncWriteAtShutdown(t *testing.T) {
+	store := newFakeStore()
+	ts := startServer(t, store, Options{Sync: newFakeSync(store), SyncTimeout: time.Minute})
+	c := ts.hello()
+	c.send(&wire.Request{ID: 1 << 40, Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "sync"})
+	waitFor(t, "the write applied", func() bool { return store.Stats().JournalDepth == 1 })
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() { ts.stop(); close(stopped) }()
+	r := c.recv()
+	expectError(t, r, wire.CodeUnavailable, "")
+	if r.Error.Retryable || !strings.Contains(r.Error.Message, "durable locally") {
+		t.Fatalf("sync write at shutdown: %+v", r.Error)
+	}
+	<-stopped
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+}

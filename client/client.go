@@ -698,6 +698,7 @@ type writeOptions struct {
 	ifAbsent      bool
 	actor, reason string
 	sync          bool
+	strong        bool
 	syncTimeout   time.Duration
 }
 
@@ -711,6 +712,18 @@ type writeOptions struct {
 // (ErrUnavailable, not retryable).
 func Synced(timeout time.Duration) WriteOption {
 	return func(o *writeOptions) { o.sync, o.syncTimeout = true, timeout }
+}
+
+// StrongWrite makes the write a compare-and-set against the shared store
+// (consistency "strong"): the sidecar reads the states from the shared store,
+// checks IfVersion/IfAbsent against them, and answers once the shared store
+// has committed the change, waiting at most timeout (0: the sidecar's
+// default). A concurrent change that reached the shared store first makes it
+// fail with ErrVersionConflict. A shared store that cannot be reached fails
+// it with ErrUnavailable (retryable: nothing was written). Not confirmed in
+// time: ErrTimeout, not retryable (read it back first).
+func StrongWrite(timeout time.Duration) WriteOption {
+	return func(o *writeOptions) { o.strong, o.syncTimeout = true, timeout }
 }
 
 // ReadOption selects the consistency of a read.
@@ -774,8 +787,14 @@ func applyWriteOptions(req *wire.Request, opts []WriteOption, preconditions bool
 	}
 	req.IfVersion, req.IfAbsent = o.ifVersion, o.ifAbsent
 	req.Actor, req.Reason = o.actor, o.reason
-	if o.sync {
+	if o.sync && o.strong {
+		return errorf(wire.CodeInvalidArgument, "Synced and StrongWrite are two consistency levels: give one")
+	}
+	if o.sync || o.strong {
 		req.Consistency = wire.WriteSync
+		if o.strong {
+			req.Consistency = wire.WriteStrong
+		}
 		if o.syncTimeout > 0 {
 			req.TimeoutMS = uint64(max(o.syncTimeout/time.Millisecond, 1))
 		}

@@ -293,3 +293,47 @@ func TestReadsWhileSharedStoreUnreachable(t *testing.T) {
 		t.Fatalf("CLI failed: %q, %v", out, err)
 	}
 }
+
+// TestStrongWrites: compare-and-set against Firestore across two real
+// sidecars. The one that is behind has its precondition checked against
+// Firestore, not its stale copy.
+func TestStrongWrites(t *testing.T) {
+	fs := newShared(t)
+	a := startSidecar(t, fs.args("node-a")...)
+	b := startSidecar(t, fs.args("node-b")...) // pulls nothing until it reads
+	ca, cb := a.Client(), b.Client()
+	ctx := context.Background()
+
+	rec, err := ca.Put(ctx, "s", "leader", "a", client.IfAbsent(), client.StrongWrite(20*time.Second))
+	if err != nil || rec.Version != 1 || rec.Pending {
+		t.Fatalf("strong create on a: %+v, %v", rec, err)
+	}
+	if r, err := fs.get("s", "leader"); err != nil || r.Origin != "node-a" {
+		t.Fatalf("firestore right after the strong put: %+v, %v", r, err)
+	}
+	// b has never seen the state: if_absent holds locally but not in
+	// Firestore.
+	_, err = cb.Put(ctx, "s", "leader", "b", client.IfAbsent(), client.StrongWrite(20*time.Second))
+	var we *wire.Error
+	if !errors.Is(err, client.ErrVersionConflict) || !errors.As(err, &we) || *we.Actual != 1 {
+		t.Fatalf("strong create on b: %v", err)
+	}
+	// b's copy was healed by the attempt: a compare-and-set on version 1 wins.
+	rec, err = cb.Put(ctx, "s", "leader", "b", client.IfVersion(1), client.StrongWrite(20*time.Second))
+	if err != nil || rec.Version != 2 {
+		t.Fatalf("strong put on b: %+v, %v", rec, err)
+	}
+	// a is now behind (it does not pull "s" live... or does: either way
+	// its precondition is checked against Firestore).
+	_, err = ca.Put(ctx, "s", "leader", "a-again", client.IfVersion(1), client.StrongWrite(20*time.Second))
+	if !errors.Is(err, client.ErrVersionConflict) {
+		t.Fatalf("stale strong put on a: %v", err)
+	}
+	if r, err := fs.get("s", "leader"); err != nil || r.Version != 2 || r.Origin != "node-b" {
+		t.Fatalf("firestore at the end: %+v, %v", r, err)
+	}
+	evs := fs.events("s", "leader")
+	if len(evs) != 2 {
+		t.Fatalf("%d events in firestore, want 2: a failed strong write reached it", len(evs))
+	}
+}

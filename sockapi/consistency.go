@@ -27,6 +27,14 @@ type Sync interface {
 	// the shared store is known to be in the local store (now while a live
 	// watch of the governor is up); ok is false when that is unknown.
 	FreshAt(governor string) (t time.Time, ok bool)
+	// WriteStrong applies ws (one write or an atomic batch) as a
+	// compare-and-set against the shared store and returns once the shared
+	// store has it (localcache.Store.WriteStrong). Errors: ErrRemoteUnavailable
+	// (nothing was written), *localcache.VersionConflictError (checked
+	// against the shared store, or a concurrent change got there first),
+	// *localcache.ParkedError, ctx's error (written locally, still to be
+	// pushed), or the store's write errors.
+	WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error)
 }
 
 // Errors a Sync's Fetch wraps.
@@ -120,6 +128,7 @@ const maxStaleness = 365 * 24 * time.Hour
 // at most timeout.
 type writeMode struct {
 	sync    bool
+	strong  bool // a compare-and-set against the shared store (implies waiting for it)
 	timeout time.Duration
 }
 
@@ -128,16 +137,14 @@ func (c *conn) writeConsistency(req *wire.Request) (writeMode, *wire.Error) {
 	switch req.Consistency {
 	case "", wire.WriteAsync:
 		return writeMode{}, nil
-	case wire.WriteSync:
-	case wire.WriteStrong:
-		return writeMode{}, invalid("consistency", "consistency \"strong\" for writes (compare-and-set inside a shared-store transaction) is not supported yet: use \"sync\" with if_version")
+	case wire.WriteSync, wire.WriteStrong:
 	default:
-		return writeMode{}, invalid("consistency", "consistency %q is not a write level: want \"async\" or \"sync\"", echoLevel(req.Consistency))
+		return writeMode{}, invalid("consistency", "consistency %q is not a write level: want \"async\", \"sync\" or \"strong\"", echoLevel(req.Consistency))
 	}
 	if c.s.opts.Sync == nil {
 		return writeMode{}, noSharedStore(req.Consistency)
 	}
-	m := writeMode{sync: true, timeout: c.s.opts.SyncTimeout}
+	m := writeMode{sync: req.Consistency == wire.WriteSync, strong: req.Consistency == wire.WriteStrong, timeout: c.s.opts.SyncTimeout}
 	if req.TimeoutMS > 0 {
 		cp := c.s.syncTimeoutCap()
 		m.timeout = time.Duration(min(req.TimeoutMS, uint64(cp/time.Millisecond))) * time.Millisecond
@@ -407,4 +414,40 @@ func (c *conn) refreshSynced(recs []*wire.Record) {
 			recs[i].Pending, recs[i].SyncedAt = g.Pending, g.SyncedAt
 		}
 	}
+}
+
+// writeStrong runs a strong write (see Sync.WriteStrong) for at most
+// m.timeout and returns its records, or the error to reply with. k names
+// the state of a single write.
+func (c *conn) writeStrong(m writeMode, op string, k localcache.Key, ws []localcache.Write) ([]localcache.Record, *wire.Error) {
+	ctx, cancel := context.WithTimeout(c.ctx, m.timeout)
+	defer cancel()
+	recs, err := c.s.opts.Sync.WriteStrong(ctx, ws)
+	if err == nil {
+		return recs, nil
+	}
+	var (
+		pe *localcache.ParkedError
+		e  *wire.Error
+	)
+	switch {
+	case errors.Is(err, ErrRemoteUnavailable):
+		e = wire.Errorf(wire.CodeUnavailable, "strong write: the shared store could not be asked; nothing was written (%v)", err)
+	case errors.As(err, &pe):
+		e = wire.Errorf(wire.CodeUnavailable,
+			"strong write: the shared store rejected the change for good: %s (journal entry %d is on the failed list; do not retry unchanged)", pe.Reason, pe.Seq)
+		e.Retryable = false
+		k = pe.Key
+	case errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil:
+		e = wire.Errorf(wire.CodeTimeout,
+			"strong write: stored locally, but the shared store did not confirm it within %v; its push will apply it, or drop it if a concurrent change got there first: read it back before retrying",
+			m.timeout)
+		e.Retryable = false
+	default:
+		e = c.storeError(op, k, err)
+	}
+	if k != (localcache.Key{}) {
+		e.Governor, e.State = k.Governor, k.State
+	}
+	return nil, e
 }

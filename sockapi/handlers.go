@@ -199,6 +199,16 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 	}
 	var seq uint64
 	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
+		if m.strong {
+			rs, e := c.writeStrong(m, op, k, []localcache.Write{w})
+			if e != nil {
+				return c.errorResponse(e)
+			}
+			rec := new(wire.Record)
+			toWire(rec, &rs[0], false)
+			rec.Pending = false
+			return &wire.Response{Record: rec}
+		}
 		r, err := c.s.store.Write(c.ctx, w)
 		if err != nil {
 			return c.errorResponse(c.storeError(op, k, err))
@@ -378,7 +388,19 @@ func (c *conn) opBatchPut(req *wire.Request) {
 	}
 	var seqs []uint64
 	c.goWrite(req.ID, keys, func() *wire.Response {
-		rs, err := c.s.store.WriteBatch(c.ctx, ws)
+		var rs []localcache.Record
+		var err error
+		if m.strong {
+			var e *wire.Error
+			if rs, e = c.writeStrong(m, wire.OpBatchPut, localcache.Key{}, ws); e != nil {
+				return c.errorResponse(e)
+			}
+			for i := range rs {
+				rs[i].Pending = false
+			}
+		} else {
+			rs, err = c.s.store.WriteBatch(c.ctx, ws)
+		}
 		if err == nil && len(rs) != len(ws) {
 			err = fmt.Errorf("store returned %d records for %d writes", len(rs), len(ws))
 		}

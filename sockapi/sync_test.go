@@ -24,6 +24,7 @@ type fakeSync struct {
 	remote map[localcache.Key]localcache.Record
 	down   bool
 	fresh  map[string]time.Time
+	lostTo uint64 // WriteStrong: a concurrent change made this version first
 }
 
 func newFakeSync(store *fakeStore) *fakeSync {
@@ -49,6 +50,21 @@ func (s *fakeSync) Fetch(ctx context.Context, k localcache.Key) error {
 		f.recs[k] = rec
 	}
 	return nil
+}
+
+// WriteStrong applies ws to the fake store unless the shared store is down
+// or holds a version that conflicts (lostTo, set by the test).
+func (s *fakeSync) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
+	s.mu.Lock()
+	down, lostTo := s.down, s.lostTo
+	s.mu.Unlock()
+	switch {
+	case down:
+		return nil, fmt.Errorf("fetch: %w", ErrRemoteUnavailable)
+	case lostTo > 0:
+		return nil, &localcache.VersionConflictError{Key: ws[0].Key, Expected: lostTo - 1, Actual: lostTo}
+	}
+	return s.store.WriteBatch(ctx, ws)
 }
 
 func (s *fakeSync) FreshAt(governor string) (time.Time, bool) {
@@ -273,11 +289,32 @@ func TestSyncWrites(t *testing.T) {
 		t.Fatalf("sync batch_put: %+v", r)
 	}
 
-	// Strong writes are not supported yet.
-	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: val, Consistency: "strong"})
-	expectError(t, r, wire.CodeInvalidArgument, "consistency")
-	if !strings.Contains(r.Error.Message, "not supported yet") {
-		t.Fatalf("strong write: %q", r.Error.Message)
+	// Strong writes go through the shared store's compare-and-set.
+	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "strong", Value: val, Consistency: "strong"})
+	if r.Error != nil || r.Record.Version != 1 || r.Record.Pending {
+		t.Fatalf("strong put: %+v", r)
+	}
+	r = c.call(wire.Request{Op: wire.OpBatchPut, Consistency: "strong",
+		Items: []wire.Item{{Governor: "g", State: "sb1", Value: val}, {Governor: "g", State: "sb2", Value: val}}})
+	if r.Error != nil || len(r.Records) != 2 || r.Records[1].Pending {
+		t.Fatalf("strong batch_put: %+v", r)
+	}
+	sy.mu.Lock()
+	sy.lostTo = 5
+	sy.mu.Unlock()
+	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "strong", Value: val, Consistency: "strong", IfVersion: u64(4)})
+	expectError(t, r, wire.CodeVersionConflict, "")
+	if *r.Error.Expected != 4 || *r.Error.Actual != 5 || r.Error.State != "strong" {
+		t.Fatalf("strong put that lost: %+v", r.Error)
+	}
+	sy.mu.Lock()
+	sy.lostTo = 0
+	sy.mu.Unlock()
+	sy.set(true, nil)
+	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "strong", Value: val, Consistency: "strong"})
+	expectError(t, r, wire.CodeUnavailable, "")
+	if !r.Error.Retryable || !strings.Contains(r.Error.Message, "nothing was written") {
+		t.Fatalf("strong put offline: %+v", r.Error)
 	}
 }
 

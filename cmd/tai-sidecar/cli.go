@@ -169,11 +169,15 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 	actor := fs.String("actor", "", "who makes the change")
 	reason := fs.String("reason", "", "why the change is made")
 	synced := fs.Bool("sync", false, "answer only once the shared store has the change (consistency sync)")
-	syncTimeout := fs.Duration("sync-timeout", 0, "with --sync, how long to wait for the shared store (0: the sidecar's default)")
+	strong := fs.Bool("strong", false, "compare-and-set against the shared store: check the preconditions there and answer once it has the change (consistency strong)")
+	syncTimeout := fs.Duration("sync-timeout", 0, "with --sync or --strong, how long to wait for the shared store (0: the sidecar's default)")
 	return func() []client.WriteOption {
 		var opts []client.WriteOption
 		if *synced {
 			opts = append(opts, client.Synced(*syncTimeout))
+		}
+		if *strong {
+			opts = append(opts, client.StrongWrite(*syncTimeout))
 		}
 		if ifVersion.set {
 			opts = append(opts, client.IfVersion(ifVersion.v))

@@ -109,6 +109,7 @@ func (c *SyncConfig) firestoreConfig() firestore.Config {
 // syncLoops are the push and pull loops of a sidecar with a shared store.
 type syncLoops struct {
 	remote *firestore.Remote
+	store  *localcache.Store
 	push   *syncer.Syncer
 	pull   *syncer.Puller
 	// governors lists the served governors (readiness: admin.go).
@@ -140,6 +141,7 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 	}
 	return &syncLoops{
 		remote:    remote,
+		store:     store,
 		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(syncer.Options{Logger: log.With("component", "push")})),
 		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull")}),
 		governors: governors,
@@ -174,11 +176,15 @@ func (l *syncLoops) sockSync() sockapi.Sync {
 	if l == nil {
 		return nil
 	}
-	return pullSync{l.pull}
+	return pullSync{l.pull, l.store}
 }
 
-// pullSync adapts the Puller to sockapi.Sync, translating its errors.
-type pullSync struct{ p *syncer.Puller }
+// pullSync adapts the Puller (and the store's strong writes) to
+// sockapi.Sync, translating their errors.
+type pullSync struct {
+	p     *syncer.Puller
+	store *localcache.Store
+}
 
 func (s pullSync) Fetch(ctx context.Context, k localcache.Key) error {
 	_, _, err := s.p.Fetch(ctx, syncer.Key{Governor: k.Governor, State: k.State})
@@ -194,6 +200,14 @@ func (s pullSync) Fetch(ctx context.Context, k localcache.Key) error {
 }
 
 func (s pullSync) FreshAt(governor string) (time.Time, bool) { return s.p.FreshAt(governor) }
+
+func (s pullSync) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
+	recs, err := s.store.WriteStrong(ctx, s.p, ws)
+	if errors.Is(err, syncer.ErrUnavailable) {
+		return nil, fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
+	}
+	return recs, err
+}
 
 // killAfterCommit is the remote of TAI_FAULT=kill-after-remote-commit.
 type killAfterCommit struct{ *firestore.Remote }

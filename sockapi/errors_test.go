@@ -118,7 +118,7 @@ func TestInvalidRequests(t *testing.T) {
 		{name: "get bounded without bound", body: omap(t, "id", 55, "op", "get", "governor", "g", "state", "s", "consistency", "bounded"), id: 55, code: wire.CodeInvalidArgument, field: "max_staleness_ms"},
 		{name: "get bounded", body: omap(t, "id", 56, "op", "get", "governor", "g", "state", "s", "consistency", "bounded", "max_staleness_ms", 100), id: 56, code: wire.CodeUnavailable, field: "consistency"},
 		{name: "get async", body: omap(t, "id", 57, "op", "get", "governor", "g", "state", "s", "consistency", "async"), id: 57, code: wire.CodeInvalidArgument, field: "consistency"},
-		{name: "put strong", body: omap(t, "id", 58, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "strong"), id: 58, code: wire.CodeInvalidArgument, field: "consistency"},
+		{name: "put strong", body: omap(t, "id", 58, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "strong"), id: 58, code: wire.CodeUnavailable, field: "consistency"},
 		{name: "staleness wrong type", body: omap(t, "id", 59, "op", "get", "governor", "g", "state", "s", "max_staleness_ms", -1), id: 59, code: wire.CodeInvalidArgument, field: "max_staleness_ms"},
 		{name: "list bounded", body: omap(t, "id", 51, "op", "list", "governor", "g", "consistency", "bounded"), id: 51, code: wire.CodeInvalidArgument, field: "consistency"},
 		{name: "put sync", body: omap(t, "id", 52, "op", "put", "governor", "g", "state", "n", "value", val, "consistency", "sync"), id: 52, code: wire.CodeUnavailable, field: "consistency"},

@@ -199,39 +199,46 @@ func (e *ParkedError) Error() string {
 // parked instead is a *ParkedError. It returns ctx's error when ctx ends
 // first (the changes stay in the journal and sync later).
 func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
+	return s.waitJournal(ctx, func(txn *badger.Txn) (bool, error) {
+		for _, seq := range seqs {
+			if v, err := getValue(txn, journalKey(seq)); err != nil || v != nil {
+				return v != nil, err
+			}
+			if l, ok := s.takeLost(seq); ok {
+				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion}
+			}
+			v, err := getValue(txn, parkedKey(seq))
+			if err != nil {
+				return false, err
+			}
+			if v == nil {
+				continue // acked
+			}
+			p, err := decodeParked(seq, v)
+			if err != nil {
+				return false, fmt.Errorf("parked %d: %w", seq, err)
+			}
+			return false, &ParkedError{Seq: seq, Key: p.Key, Reason: p.Reason}
+		}
+		return false, nil
+	})
+}
+
+// waitJournal calls pending in a read transaction after the barrier, again
+// after every durable sync-side mutation, until it reports nothing pending
+// or an error, or ctx ends.
+func (s *Store) waitJournal(ctx context.Context, pending func(txn *badger.Txn) (bool, error)) error {
 	for {
 		s.ackMu.Lock()
 		ch := s.ackCh
 		s.ackMu.Unlock()
-		var pending bool
+		var more bool
 		err := s.scan(ctx, func(txn *badger.Txn) error {
-			pending = false
-			for _, seq := range seqs {
-				if v, err := getValue(txn, journalKey(seq)); err != nil {
-					return err
-				} else if v != nil {
-					pending = true
-					return nil
-				}
-				if l, ok := s.takeLost(seq); ok {
-					return &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion}
-				}
-				v, err := getValue(txn, parkedKey(seq))
-				if err != nil {
-					return err
-				}
-				if v == nil {
-					continue // acked
-				}
-				p, err := decodeParked(seq, v)
-				if err != nil {
-					return fmt.Errorf("parked %d: %w", seq, err)
-				}
-				return &ParkedError{Seq: seq, Key: p.Key, Reason: p.Reason}
-			}
-			return nil
+			var err error
+			more, err = pending(txn)
+			return err
 		})
-		if err != nil || !pending {
+		if err != nil || !more {
 			return err
 		}
 		select {
@@ -259,35 +266,19 @@ func (s *Store) LastSeq() uint64 { return s.lastSeq.Load() }
 // push loop got every change made up to then to the shared store, or parked
 // it (see Failed). It returns ctx's error when ctx ends first.
 func (s *Store) WaitFlushed(ctx context.Context, upTo uint64) error {
-	for {
-		s.ackMu.Lock()
-		ch := s.ackCh
-		s.ackMu.Unlock()
-		var pending bool
-		err := s.scan(ctx, func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}})
-			defer it.Close()
-			it.Rewind()
-			if !it.Valid() {
-				pending = false
-				return nil
-			}
-			seq, err := parseJournalKey(it.Item().Key())
-			if err != nil {
-				return fmt.Errorf("journal key %x: %w", it.Item().Key(), err)
-			}
-			pending = seq <= upTo
-			return nil
-		})
-		if err != nil || !pending {
-			return err
+	return s.waitJournal(ctx, func(txn *badger.Txn) (bool, error) {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}})
+		defer it.Close()
+		it.Rewind()
+		if !it.Valid() {
+			return false, nil
 		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
+		seq, err := parseJournalKey(it.Item().Key())
+		if err != nil {
+			return false, fmt.Errorf("journal key %x: %w", it.Item().Key(), err)
 		}
-	}
+		return seq <= upTo, nil
+	})
 }
 
 // ConflictLostError says a strict change (Write.Strict) met a change it had

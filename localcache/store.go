@@ -3,6 +3,7 @@ package localcache
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -659,41 +660,56 @@ const DefaultJournalLimit = 1000
 // Journal returns up to limit journal entries with Seq > afterSeq, in Seq
 // order. limit <= 0 means DefaultJournalLimit.
 func (s *Store) Journal(ctx context.Context, afterSeq uint64, limit int) ([]JournalEntry, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if limit <= 0 {
-		limit = DefaultJournalLimit
-	}
-	if afterSeq == math.MaxUint64 {
-		return nil, nil
-	}
 	var out []JournalEntry
-	err := s.scan(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
-		defer it.Close()
-		for it.Seek(journalKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {
-			item := it.Item()
-			seq, err := parseJournalKey(item.Key())
-			if err != nil {
-				return fmt.Errorf("journal key %x: %w", item.Key(), err)
-			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			j, err := decodeJournal(seq, v)
-			if err != nil {
-				return fmt.Errorf("journal %d: %w", seq, err)
-			}
-			out = append(out, j)
+	err := s.scanSeqs(ctx, kindJournal, afterSeq, limit, func(_ *badger.Txn, seq uint64, v []byte) error {
+		j, err := decodeJournal(seq, v)
+		if err != nil {
+			return fmt.Errorf("journal %d: %w", seq, err)
 		}
+		out = append(out, j)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("localcache: journal: %w", err)
 	}
 	return out, nil
+}
+
+// scanSeqs calls fn with the values under kind (keys kind + BE u64 seq: the
+// journal, the failed list) with seq > afterSeq, in seq order, at most limit
+// of them (limit <= 0: DefaultJournalLimit), in one read transaction after
+// the barrier.
+func (s *Store) scanSeqs(ctx context.Context, kind byte, afterSeq uint64, limit int, fn func(txn *badger.Txn, seq uint64, v []byte) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if limit <= 0 {
+		limit = DefaultJournalLimit
+	}
+	if afterSeq == math.MaxUint64 {
+		return nil
+	}
+	return s.scan(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kind}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
+		defer it.Close()
+		n := 0
+		for it.Seek(binary.BigEndian.AppendUint64([]byte{kind}, afterSeq+1)); it.Valid() && n < limit; it.Next() {
+			item := it.Item()
+			k := item.Key()
+			if len(k) != 9 {
+				return fmt.Errorf("key %x: %w", k, errBadKey)
+			}
+			v, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			if err := fn(txn, binary.BigEndian.Uint64(k[1:]), v); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
 }
 
 // Stats returns the store's counters. It reads file sizes from Dir, so call

@@ -2,9 +2,7 @@ package localcache
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -168,54 +166,32 @@ func (s *Store) Depth() int64 { return s.metaJournal.Load() }
 // journal order, each with the record and event its change produced
 // (syncer.Journal). limit <= 0 means DefaultJournalLimit.
 func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]syncer.Entry, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if limit <= 0 {
-		limit = DefaultJournalLimit
-	}
-	if afterSeq == math.MaxUint64 {
-		return nil, nil
-	}
 	var out []syncer.Entry
-	err := s.scan(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
-		defer it.Close()
-		for it.Seek(journalKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {
-			item := it.Item()
-			seq, err := parseJournalKey(item.Key())
-			if err != nil {
-				return fmt.Errorf("journal key %x: %w", item.Key(), err)
-			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			j, err := decodeJournal(seq, v)
-			if err != nil {
-				return fmt.Errorf("journal %d: %w", seq, err)
-			}
-			evItem, err := txn.Get(eventKey(j.Key, j.Version))
-			if err != nil {
-				return fmt.Errorf("journal %d: event %s v%d: %w", seq, j.Key, j.Version, err)
-			}
-			ev, err := readEvent(evItem, j.Key)
-			if err != nil {
-				return fmt.Errorf("journal %d: %w", seq, err)
-			}
-			if ev.OpID != j.OpID {
-				return fmt.Errorf("journal %d: %w: event %s v%d is op %s, not %s", seq, errCorrupt, j.Key, j.Version, ev.OpID, j.OpID)
-			}
-			out = append(out, syncer.Entry{
-				Seq:         seq,
-				BatchID:     j.BatchID,
-				BaseVersion: j.BaseVersion,
-				Record:      eventRecord(ev),
-				Event:       toSyncEvent(ev),
-				Time:        j.Time,
-				Strict:      j.Strict,
-			})
+	err := s.scanSeqs(ctx, kindJournal, afterSeq, limit, func(txn *badger.Txn, seq uint64, v []byte) error {
+		j, err := decodeJournal(seq, v)
+		if err != nil {
+			return fmt.Errorf("journal %d: %w", seq, err)
 		}
+		evItem, err := txn.Get(eventKey(j.Key, j.Version))
+		if err != nil {
+			return fmt.Errorf("journal %d: event %s v%d: %w", seq, j.Key, j.Version, err)
+		}
+		ev, err := readEvent(evItem, j.Key)
+		if err != nil {
+			return fmt.Errorf("journal %d: %w", seq, err)
+		}
+		if ev.OpID != j.OpID {
+			return fmt.Errorf("journal %d: %w: event %s v%d is op %s, not %s", seq, errCorrupt, j.Key, j.Version, ev.OpID, j.OpID)
+		}
+		out = append(out, syncer.Entry{
+			Seq:         seq,
+			BatchID:     j.BatchID,
+			BaseVersion: j.BaseVersion,
+			Record:      eventRecord(ev),
+			Event:       toSyncEvent(ev),
+			Time:        j.Time,
+			Strict:      j.Strict,
+		})
 		return nil
 	})
 	if err != nil {
@@ -412,36 +388,13 @@ type ParkedEntry struct {
 // Failed returns up to limit parked entries with Seq > afterSeq, in journal
 // order. limit <= 0 means DefaultJournalLimit.
 func (s *Store) Failed(ctx context.Context, afterSeq uint64, limit int) ([]ParkedEntry, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if limit <= 0 {
-		limit = DefaultJournalLimit
-	}
-	if afterSeq == math.MaxUint64 {
-		return nil, nil
-	}
 	var out []ParkedEntry
-	err := s.scan(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindParked}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
-		defer it.Close()
-		for it.Seek(parkedKey(afterSeq + 1)); it.Valid() && len(out) < limit; it.Next() {
-			item := it.Item()
-			k := item.Key()
-			if len(k) != 9 {
-				return fmt.Errorf("parked key %x: %w", k, errBadKey)
-			}
-			seq := binary.BigEndian.Uint64(k[1:])
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			p, err := decodeParked(seq, v)
-			if err != nil {
-				return fmt.Errorf("parked %d: %w", seq, err)
-			}
-			out = append(out, p)
+	err := s.scanSeqs(ctx, kindParked, afterSeq, limit, func(_ *badger.Txn, seq uint64, v []byte) error {
+		p, err := decodeParked(seq, v)
+		if err != nil {
+			return fmt.Errorf("parked %d: %w", seq, err)
 		}
+		out = append(out, p)
 		return nil
 	})
 	if err != nil {

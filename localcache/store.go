@@ -3,8 +3,8 @@ package localcache
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tai-state/tai-state/conflict"
 )
 
 // Options configure a Syncer. The zero value is usable.
@@ -29,6 +31,15 @@ type Options struct {
 	// MaxRetries is how many times a pass re-commits a change that met a
 	// conflict it won before leaving it to the next pass (default 3).
 	MaxRetries int
+	// Resolvers settle true conflicts (a change made on a remote version
+	// that another node's change has since replaced, neither having seen
+	// the other): the resolver of the change's governor decides whether
+	// the local change wins, loses, or is replaced by a merged value (see
+	// package conflict; a *conflict.Set built from the sidecar's
+	// configuration is one). Nil: last write wins (the later hybrid
+	// logical clock, then the greater node id). Strict entries lose a true
+	// conflict whatever the resolver says.
+	Resolvers conflict.Resolver
 	// OnPass, when set, is called at the start of every pass (tracing and
 	// metrics): the pass runs with the context it returns, and end is
 	// called with the pass's report and error when it is over.
@@ -54,6 +65,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxRetries <= 0 {
 		o.MaxRetries = 3
+	}
+	if set, ok := o.Resolvers.(*conflict.Set); ok && set == nil {
+		o.Resolvers = nil // a nil *conflict.Set: no resolvers, as documented
 	}
 	return o
 }
@@ -211,6 +225,11 @@ type part struct {
 	base    uint64
 	rebased bool
 	remote  Record // the remote record rebased onto
+	// merged, when set, is the value a resolver merged from both sides
+	// after a conflict: it replaces the newest entry's value in the record
+	// pushed (and in its event, so the event at the record's version holds
+	// the record's value).
+	merged []byte
 }
 
 // unit is what must be committed together: one part (a run of one key's
@@ -242,7 +261,8 @@ func (u *unit) seqs() int {
 
 // change builds p's Change: the newest record and one event per entry;
 // rebased, the events are renumbered from base and the clocks merged with
-// the remote record's.
+// the remote record's; merged, the newest record and event carry the
+// merged value.
 func (p *part) change() Change {
 	last := p.entries[len(p.entries)-1]
 	rec := last.Record.Clone()
@@ -269,6 +289,13 @@ func (p *part) change() Change {
 				rec.Clock.Vector[n] = x
 			}
 		}
+	}
+	if p.merged != nil {
+		rec.Value = append([]byte(nil), p.merged...)
+		rec.Deleted = false
+		ev := &evs[len(evs)-1]
+		ev.Action = ActionPut
+		ev.Value = rec.Value
 	}
 	return Change{Key: p.key, BaseVersion: p.base, Record: rec, Events: evs}
 }
@@ -351,7 +378,7 @@ func (s *Syncer) syncOnce(ctx context.Context) (Report, error) {
 		outage := allTransient && len(batches) > 1
 		before := ps.rep
 		for i, b := range batches {
-			s.settle(ps, b, outs[i], outage)
+			s.settle(ctx, ps, b, outs[i], outage)
 		}
 		if err := s.flushAcks(ctx, ps); err != nil {
 			// Not acked: the entries stay pending (the next pass finds the
@@ -615,7 +642,7 @@ func (s *Syncer) commitAll(ctx context.Context, batches []*batch) []outcome {
 
 // settle handles the outcome of one commit of ps's round. outage says that
 // every commit of the round failed transiently.
-func (s *Syncer) settle(ps *passState, b *batch, out outcome, outage bool) {
+func (s *Syncer) settle(ctx context.Context, ps *passState, b *batch, out outcome, outage bool) {
 	err := out.err
 	var conflict *ConflictError
 	if (err == nil || errors.As(err, &conflict)) && len(out.results) != len(b.changes) {
@@ -625,7 +652,7 @@ func (s *Syncer) settle(ps *passState, b *batch, out outcome, outage bool) {
 	case err == nil || errors.As(err, &conflict):
 		ps.rep.Commits++
 		if b.atomic {
-			s.settleAtomic(ps, b.units[0], b, out.results)
+			s.settleAtomic(ctx, ps, b.units[0], b, out.results)
 			return
 		}
 		for i, res := range out.results {
@@ -636,7 +663,7 @@ func (s *Syncer) settle(ps *passState, b *batch, out outcome, outage bool) {
 				s.ackPart(ps, p, res)
 				s.finishUnit(ps, u)
 			case Conflict:
-				s.resolve(ps, u, []*part{p}, []Result{res})
+				s.resolve(ctx, ps, u, []*part{p}, []Result{res})
 			default: // Skipped: not without Atomic; leave it to the next pass
 				for _, k := range u.keys() {
 					ps.blocked[k] = true
@@ -732,16 +759,17 @@ type verdict uint8
 
 const (
 	rebase verdict = iota + 1 // the remote holds nothing this change has not seen: commit on top of it
-	win                       // a true conflict the local change wins (last write wins)
+	win                       // a true conflict the local change wins (or a merged value replaces both)
 	lose                      // a true conflict the local change loses
 )
 
 // judge settles a conflict of p against the remote record. It first drops
 // (and acks as already applied) p's leading entries that the remote already
-// has.
-func (s *Syncer) judge(ps *passState, p *part, remote Record, exists bool) verdict {
+// has. A true conflict is decided by decide (strict entries lose, then the
+// governor's resolver, or last write wins).
+func (s *Syncer) judge(ctx context.Context, ps *passState, p *part, remote Record, exists bool) decision {
 	if !exists {
-		return rebase
+		return decision{verdict: rebase}
 	}
 	covered := 0
 	for covered < len(p.entries) {
@@ -758,19 +786,15 @@ func (s *Syncer) judge(ps *passState, p *part, remote Record, exists bool) verdi
 		p.entries = p.entries[covered:]
 	}
 	first := p.entries[0].Record
-	local := p.entries[len(p.entries)-1].Record
 	if dominates(first.Clock.Vector, remote.Clock.Vector) {
-		return rebase
+		return decision{verdict: rebase}
 	}
 	if remote.Origin == first.Origin && remote.Clock.Vector[first.Origin]+1 >= first.Clock.Vector[first.Origin] {
 		// The remote's last version is this node's, made with every earlier
 		// op of this node: whatever else it holds was settled then.
-		return rebase
+		return decision{verdict: rebase}
 	}
-	if first := p.entries[0]; !first.Strict && lwwWins(local, remote) {
-		return win
-	}
-	return lose
+	return s.decide(ctx, p, remote)
 }
 
 // dominates reports whether vector a has seen everything b has.
@@ -794,17 +818,16 @@ func lwwWins(local, remote Record) bool {
 
 // resolve settles conflicting parts of unit u (all its parts when atomic)
 // against the results for them.
-func (s *Syncer) resolve(ps *passState, u *unit, parts []*part, results []Result) {
+func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*part, results []Result) {
 	lost := false
-	verdicts := make([]verdict, len(parts))
+	merged := make([][]byte, len(parts))
 	for i, p := range parts {
 		res := results[i]
 		if res.Status != Conflict {
 			continue
 		}
-		v := s.judge(ps, p, res.Remote, res.Exists)
-		verdicts[i] = v
-		if v == rebase {
+		d := s.judge(ctx, ps, p, res.Remote, res.Exists)
+		if d.verdict == rebase {
 			s.log.Debug("push rebased on the remote version", "key", p.key, "local_base", p.entries[0].BaseVersion,
 				"remote_version", res.Remote.Version)
 			continue
@@ -812,12 +835,16 @@ func (s *Syncer) resolve(ps *passState, u *unit, parts []*part, results []Result
 		ps.rep.Conflicts++
 		local := p.entries[len(p.entries)-1].Record
 		winner := "local"
-		if v == lose {
+		switch {
+		case d.verdict == lose:
 			winner = "remote"
 			lost = true
+		case d.merged != nil:
+			winner = "merged"
+			merged[i] = d.merged
 		}
-		s.log.Info("push conflict resolved by last write wins", "key", p.key.String(), "winner", winner,
-			"local_op", local.OpID, "local_origin", local.Origin, "local_base", p.entries[0].BaseVersion,
+		s.log.Info("push conflict resolved", "key", p.key.String(), "winner", winner, "resolver", d.resolver,
+			"reason", d.reason, "local_op", local.OpID, "local_origin", local.Origin, "local_base", p.entries[0].BaseVersion,
 			"local_version", local.Version, "local_hlc", local.Clock.HLC, "local_vector", local.Clock.Vector,
 			"remote_op", res.Remote.OpID, "remote_origin", res.Remote.Origin, "remote_version", res.Remote.Version,
 			"remote_hlc", res.Remote.Clock.HLC, "remote_vector", res.Remote.Clock.Vector, "entries", len(p.entries))
@@ -848,6 +875,7 @@ func (s *Syncer) resolve(ps *passState, u *unit, parts []*part, results []Result
 			}
 			p.rebased = true
 			p.remote = results[i].Remote
+			p.merged = merged[i]
 		}
 	}
 	u.attempts++
@@ -859,7 +887,7 @@ func (s *Syncer) resolve(ps *passState, u *unit, parts []*part, results []Result
 }
 
 // settleAtomic handles the results of an atomic unit's commit.
-func (s *Syncer) settleAtomic(ps *passState, u *unit, b *batch, results []Result) {
+func (s *Syncer) settleAtomic(ctx context.Context, ps *passState, u *unit, b *batch, results []Result) {
 	conflict := false
 	for _, r := range results {
 		if r.Status == Conflict {
@@ -873,7 +901,7 @@ func (s *Syncer) settleAtomic(ps *passState, u *unit, b *batch, results []Result
 		s.finishUnit(ps, u)
 		return
 	}
-	s.resolve(ps, u, b.owner, results)
+	s.resolve(ctx, ps, u, b.owner, results)
 }
 
 // park moves u's entries to the failed list.

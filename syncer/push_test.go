@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
 	"github.com/tai-state/tai-state/syncer/memremote"
@@ -916,4 +919,333 @@ func testConflictStrictLoses(t *testing.T, e *env) {
 		t.Fatalf("report %+v: want 3 pushed in 3 commits", rep)
 	}
 	checkEvents(t, ctx, e.remote, k, 4)
+}
+
+// resolverNode is a node whose push loop settles true conflicts with res
+// (nil: last write wins), logging to log (nil: nowhere). wrap, when set,
+// stands between the push loop and the node's journal.
+func resolverNode(name string, r syncer.Remote, res conflict.Resolver, log *slog.Logger,
+	wrap func(*syncer.MemJournal) syncer.Journal) *node {
+	b := newBreakable(r)
+	j := syncer.NewMemJournal(name)
+	var pj syncer.Journal = j
+	if wrap != nil {
+		pj = wrap(j)
+	}
+	opts := fastPush
+	opts.Resolvers = res
+	opts.Logger = log
+	popts := syncer.PullOptions{Governors: []string{"g"}, Interval: 20 * time.Millisecond,
+		Backoff: syncer.Backoff{Min: time.Millisecond, Max: 20 * time.Millisecond}}
+	return &node{j: j, s: syncer.New(pj, b, opts), p: syncer.NewPuller(j, b, popts), r: b}
+}
+
+// resolverSet builds the resolvers of cfg (conflict.ParseConfig's form).
+func resolverSet(t *testing.T, cfg string) *conflict.Set {
+	t.Helper()
+	c, err := conflict.ParseConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := conflict.NewRegistry().Build(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// converge pulls on every node and checks that each holds the remote record
+// of k with nothing left to push; it returns the remote record.
+func converge(t *testing.T, ctx context.Context, r syncer.Remote, k syncer.Key, nodes ...*node) syncer.Record {
+	t.Helper()
+	for _, n := range nodes {
+		pullOnce(t, ctx, n)
+		checkMatchesRemote(t, ctx, n, r, k)
+		if d := n.j.Depth(); d != 0 {
+			t.Fatalf("journal depth %d after both pushed", d)
+		}
+	}
+	return remoteRecord(t, ctx, r, k)
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use, for logs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestPushResolvers runs the conflict resolver scenarios against every
+// backend. Each scenario pushes both nodes in both orders and checks that
+// they converge on the same value either way.
+func TestPushResolvers(t *testing.T) {
+	scenarios := []struct {
+		name string
+		fn   func(t *testing.T, ctx context.Context, open func(t *testing.T) syncer.Remote)
+	}{
+		{"VersionBeatsLaterClock", testResolverVersion},
+		{"CausalDominatingSideWins", testResolverCausal},
+		{"MergeDisjointFields", testResolverMerge},
+		{"StrictLosesWhateverTheResolver", testResolverStrict},
+		{"FailingResolverFallsBackToLWW", testResolverFailing},
+	}
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			for _, sc := range scenarios {
+				t.Run(sc.name, func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					defer cancel()
+					sc.fn(t, ctx, be.open)
+				})
+			}
+		})
+	}
+}
+
+// testResolverVersion: a made three changes, b one change later (a later
+// hybrid logical clock). With "version" a's v3 wins whichever node pushes
+// first; with last write wins (no resolvers, or "lww") b's change does.
+func testResolverVersion(t *testing.T, ctx context.Context, open func(t *testing.T) syncer.Remote) {
+	cases := []struct {
+		cfg    string // "": no resolvers; "nil-set": a nil *conflict.Set
+		aFirst bool
+		want   string
+	}{
+		{"*=version", false, "a3"},
+		{"*=version", true, "a3"},
+		{"g=version,other=merge", false, "a3"},
+		{"", false, "b1"},
+		{"", true, "b1"},
+		{"nil-set", false, "b1"},
+		{"*=lww", false, "b1"},
+		{"*=lww", true, "b1"},
+	}
+	for i, tc := range cases {
+		t.Run(fmt.Sprintf("%s/aFirst=%v", tc.cfg, tc.aFirst), func(t *testing.T) {
+			r := open(t)
+			var res conflict.Resolver
+			switch tc.cfg {
+			case "":
+			case "nil-set":
+				res = (*conflict.Set)(nil)
+			default:
+				res = resolverSet(t, tc.cfg)
+			}
+			var logs syncBuffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			a := resolverNode("node-a", r, res, log, nil)
+			b := resolverNode("node-b", r, res, log, nil)
+			k := key(fmt.Sprintf("version-%d", i))
+			t0 := time.Now()
+			a.j.SetClock(func() time.Time { return t0 })
+			b.j.SetClock(func() time.Time { return t0.Add(time.Second) }) // b writes later
+			for _, v := range []string{"a1", "a2", "a3"} {
+				put(t, a.j, k, v)
+			}
+			put(t, b.j, k, "b1")
+			first, second := b, a
+			if tc.aFirst {
+				first, second = a, b
+			}
+			syncOnce(t, ctx, first.s)
+			rep := syncOnce(t, ctx, second.s)
+			if rep.Conflicts != 1 || rep.Done() != rep.Entries {
+				t.Fatalf("second push %+v", rep)
+			}
+			secondWins := (second == a) == (tc.want == "a3")
+			if secondWins && rep.Pushed != rep.Entries || !secondWins && rep.Superseded != rep.Entries {
+				t.Fatalf("second push %+v, want it to win: %v", rep, secondWins)
+			}
+			rem := converge(t, ctx, r, k, a, b)
+			if string(rem.Value) != tc.want {
+				t.Fatalf("remote value %q, want %q", rem.Value, tc.want)
+			}
+			checkEvents(t, ctx, r, k, int(rem.Version))
+			out := logs.String()
+			wantResolver := "resolver=lww"
+			if strings.Contains(tc.cfg, "version") {
+				wantResolver = "resolver=version"
+			}
+			if !strings.Contains(out, "push conflict resolved") || !strings.Contains(out, wantResolver) ||
+				!strings.Contains(out, "reason=") {
+				t.Fatalf("log lacks the decision (%s):\n%s", wantResolver, out)
+			}
+			for _, v := range []string{"a1", "a2", "a3", "b1"} {
+				if strings.Contains(out, v) {
+					t.Fatalf("log shows the value %q:\n%s", v, out)
+				}
+			}
+		})
+	}
+}
+
+// observed is a journal whose entries after a key's first version were made
+// after observing one change of another node (its vector entry is 1), as
+// a node that learnt of a remote change while writing would make them.
+type observed struct {
+	*syncer.MemJournal
+	node string
+}
+
+func (o observed) Pending(ctx context.Context, after uint64, limit int) ([]syncer.Entry, error) {
+	es, err := o.MemJournal.Pending(ctx, after, limit)
+	for i := range es {
+		if es[i].Record.Version >= 2 {
+			es[i].Record.Clock = es[i].Record.Clock.Clone()
+			es[i].Record.Clock.Vector[o.node] = max(es[i].Record.Clock.Vector[o.node], 1)
+		}
+	}
+	return es, err
+}
+
+// testResolverCausal: a's newest change has seen b's (its vector
+// dominates), although b's has the later clock. With "causal" a's value
+// wins whichever node pushes first (pushed second, b's change is found
+// already covered); last write wins would keep b's when b pushes first.
+func testResolverCausal(t *testing.T, ctx context.Context, open func(t *testing.T) syncer.Remote) {
+	for i, aFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("aFirst=%v", aFirst), func(t *testing.T) {
+			r := open(t)
+			set := resolverSet(t, "*=causal")
+			a := resolverNode("node-a", r, set, nil, func(j *syncer.MemJournal) syncer.Journal {
+				return observed{MemJournal: j, node: "node-b"}
+			})
+			b := resolverNode("node-b", r, set, nil, nil)
+			k := key(fmt.Sprintf("causal-%d", i))
+			t0 := time.Now()
+			a.j.SetClock(func() time.Time { return t0 })
+			b.j.SetClock(func() time.Time { return t0.Add(time.Second) }) // b writes later
+			put(t, a.j, k, "a1")
+			put(t, a.j, k, "a2")
+			put(t, b.j, k, "b1")
+			if aFirst {
+				syncOnce(t, ctx, a.s)
+				if rep := syncOnce(t, ctx, b.s); rep.AlreadyApplied != 1 {
+					t.Fatalf("b's push %+v: want its change found covered", rep)
+				}
+			} else {
+				syncOnce(t, ctx, b.s)
+				if rep := syncOnce(t, ctx, a.s); rep.Conflicts != 1 || rep.Pushed != 2 {
+					t.Fatalf("a's push %+v: want a conflict a wins", rep)
+				}
+			}
+			rem := converge(t, ctx, r, k, a, b)
+			if string(rem.Value) != "a2" || rem.Clock.Vector["node-a"] != 2 || rem.Clock.Vector["node-b"] != 1 {
+				t.Fatalf("remote %+v", rem)
+			}
+		})
+	}
+}
+
+// testResolverMerge: both nodes create the state with different fields;
+// "merge" (the base is known: the state did not exist) keeps both, in the
+// same bytes whichever node pushes first.
+func testResolverMerge(t *testing.T, ctx context.Context, open func(t *testing.T) syncer.Remote) {
+	docA := []byte{0x81, 0xa1, 'a', 0x01}                  // {"a": 1}
+	docB := []byte{0x81, 0xa1, 'b', 0x02}                  // {"b": 2}
+	want := []byte{0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0x02} // {"a": 1, "b": 2}
+	for i, aFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("aFirst=%v", aFirst), func(t *testing.T) {
+			r := open(t)
+			set := resolverSet(t, "*=merge")
+			a := resolverNode("node-a", r, set, nil, nil)
+			b := resolverNode("node-b", r, set, nil, nil)
+			k := key(fmt.Sprintf("merge-%d", i))
+			if _, err := a.j.Append(syncer.MemWrite{Key: k, Value: docA}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.j.Append(syncer.MemWrite{Key: k, Value: docB}); err != nil {
+				t.Fatal(err)
+			}
+			first, second := b, a
+			if aFirst {
+				first, second = a, b
+			}
+			syncOnce(t, ctx, first.s)
+			if rep := syncOnce(t, ctx, second.s); rep.Conflicts != 1 || rep.Pushed != 1 {
+				t.Fatalf("second push %+v: want a merged change pushed", rep)
+			}
+			rem := converge(t, ctx, r, k, a, b)
+			if !bytes.Equal(rem.Value, want) || rem.Deleted || rem.Version != 2 {
+				t.Fatalf("remote v%d %x deleted=%v, want v2 %x", rem.Version, rem.Value, rem.Deleted, want)
+			}
+			if rem.Clock.Vector["node-a"] != 1 || rem.Clock.Vector["node-b"] != 1 {
+				t.Fatalf("remote vector %v: want both changes counted", rem.Clock.Vector)
+			}
+			evs := checkEvents(t, ctx, r, k, 2)
+			if !bytes.Equal(evs[1].Value, want) {
+				t.Fatalf("event at v2 holds %x, want the merged %x", evs[1].Value, want)
+			}
+		})
+	}
+}
+
+// testResolverStrict: a strict change loses a true conflict even when the
+// resolver says it wins.
+func testResolverStrict(t *testing.T, ctx context.Context, open func(t *testing.T) syncer.Remote) {
+	always := conflict.ResolverFunc(func(context.Context, conflict.Conflict) (conflict.Decision, error) {
+		return conflict.Decision{Winner: conflict.Local, Resolver: "always-local"}, nil
+	})
+	r := open(t)
+	a := resolverNode("node-a", r, always, nil, nil)
+	b := resolverNode("node-b", r, always, nil, nil)
+	k := key("strict")
+	put(t, a.j, k, "a")
+	if _, err := b.j.Append(syncer.MemWrite{Key: k, Value: []byte("b-strict"), Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+	syncOnce(t, ctx, a.s)
+	if rep := syncOnce(t, ctx, b.s); rep.Conflicts != 1 || rep.Superseded != 1 {
+		t.Fatalf("strict push %+v: want it superseded", rep)
+	}
+	if rem := converge(t, ctx, r, k, a, b); string(rem.Value) != "a" {
+		t.Fatalf("remote %q: the strict change overwrote a change it had not seen", rem.Value)
+	}
+}
+
+// testResolverFailing: a resolver that fails, panics or returns no winner
+// is overruled by last write wins (a's later change).
+func testResolverFailing(t *testing.T, ctx context.Context, open func(t *testing.T) syncer.Remote) {
+	bad := map[string]conflict.ResolverFunc{
+		"error": func(context.Context, conflict.Conflict) (conflict.Decision, error) {
+			return conflict.Decision{}, errors.New("cannot decide")
+		},
+		"panic": func(context.Context, conflict.Conflict) (conflict.Decision, error) {
+			panic("resolver bug")
+		},
+		"no-winner": func(context.Context, conflict.Conflict) (conflict.Decision, error) {
+			return conflict.Decision{Resolver: "bad"}, nil
+		},
+	}
+	for name, res := range bad {
+		t.Run(name, func(t *testing.T) {
+			r := open(t)
+			a := resolverNode("node-a", r, res, nil, nil)
+			b := resolverNode("node-b", r, res, nil, nil)
+			k := key("failing-" + name)
+			t0 := time.Now()
+			a.j.SetClock(func() time.Time { return t0.Add(time.Second) }) // a writes later
+			b.j.SetClock(func() time.Time { return t0 })
+			put(t, a.j, k, "a")
+			put(t, b.j, k, "b")
+			syncOnce(t, ctx, a.s)
+			if rep := syncOnce(t, ctx, b.s); rep.Conflicts != 1 || rep.Superseded != 1 {
+				t.Fatalf("b's push %+v: want it superseded by last write wins", rep)
+			}
+			if rem := converge(t, ctx, r, k, a, b); string(rem.Value) != "a" {
+				t.Fatalf("remote %q", rem.Value)
+			}
+		})
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi"
 	"github.com/tai-state/tai-state/sockapi/wire"
@@ -31,6 +32,10 @@ type SyncConfig struct {
 	Governors []string
 	// FlushTimeout bounds the final push at shutdown.
 	FlushTimeout time.Duration
+	// Resolvers says which conflict resolver settles the true conflicts
+	// of each governor, in conflict.ParseConfig's form, e.g.
+	// "*=causal:version,orders=merge" ("": lww everywhere).
+	Resolvers string
 	// Fault, from TAI_FAULT, injects a failure for crash tests:
 	// "kill-after-remote-commit" makes the process SIGKILL itself right
 	// after the shared store applied a push, before the journal ack.
@@ -68,6 +73,22 @@ func addSyncFlags(fs *flag.FlagSet, getenv func(string) string, c *SyncConfig) {
 	c.Fault = getenv("TAI_FAULT")
 	fs.DurationVar(&c.FlushTimeout, "flush-timeout", c.FlushTimeout,
 		"how long shutdown keeps pushing the journal to the shared store (env TAI_FLUSH_TIMEOUT)")
+	fs.StringVar(&c.Resolvers, "resolvers", getenv("TAI_RESOLVERS"),
+		"conflict resolver per governor: governor=resolver[:fallback],..., governor * for the rest, "+
+			"e.g. *=causal:version,orders=merge; resolvers lww, version, causal, merge (env TAI_RESOLVERS; default lww)")
+}
+
+// resolverSet builds the conflict resolvers of --resolvers.
+func (c *SyncConfig) resolverSet() (*conflict.Set, error) {
+	cfg, err := conflict.ParseConfig(c.Resolvers)
+	if err != nil {
+		return nil, fmt.Errorf("--resolvers (TAI_RESOLVERS): %w", err)
+	}
+	set, err := conflict.NewRegistry().Build(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--resolvers (TAI_RESOLVERS): %w", err)
+	}
+	return set, nil
 }
 
 func splitList(s string) []string {
@@ -92,6 +113,9 @@ func (c *SyncConfig) validate() error {
 		if err := wire.ValidateName("governor", g); err != nil {
 			return fmt.Errorf("--governors: %w", err)
 		}
+	}
+	if _, err := c.resolverSet(); err != nil {
+		return err
 	}
 	if !c.Enabled() {
 		if c.Database != "" || c.Root != "" || len(c.Governors) > 0 {
@@ -123,6 +147,10 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 		log.Info("no shared store configured: local only, changes stay in the journal")
 		return nil, nil
 	}
+	resolvers, err := c.resolverSet()
+	if err != nil {
+		return nil, err
+	}
 	remote, err := firestore.Open(ctx, c.firestoreConfig())
 	if err != nil {
 		return nil, fmt.Errorf("open firestore: %w", err)
@@ -133,7 +161,8 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 		slices.Sort(gs)
 		return slices.Compact(gs)
 	}
-	log.Info("shared store", "project", c.Project, "database", c.Database, "root", c.Root)
+	log.Info("shared store", "project", c.Project, "database", c.Database, "root", c.Root,
+		"resolvers", resolvers.Config().String())
 	var pushTo syncer.Remote = remote
 	if c.Fault == faultKillAfterRemoteCommit {
 		log.Warn("fault injection: the process kills itself after the first push the shared store applies", "fault", c.Fault)
@@ -142,7 +171,7 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 	return &syncLoops{
 		remote:    remote,
 		store:     store,
-		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(syncer.Options{Logger: log.With("component", "push")})),
+		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(syncer.Options{Logger: log.With("component", "push"), Resolvers: resolvers})),
 		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull")}),
 		governors: governors,
 	}, nil

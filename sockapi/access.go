@@ -27,13 +27,13 @@ type Perm uint8
 
 // Rights. Every op but hello and ping needs exactly one.
 const (
-	// PermRead: get, batch_get, list, watch, and later ops that only read
-	// states.
+	// PermRead: get, batch_get, list, watch, events, state_at, and later
+	// ops that only read states.
 	PermRead Perm = 1 << iota
 	// PermWrite: put, delete, batch_put, and later ops that change states.
 	PermWrite
-	// PermAdmin: stats, pending, failed, and later ops about the sidecar
-	// itself.
+	// PermAdmin: stats, pending, failed, flush, validate, and later ops
+	// about the sidecar itself.
 	PermAdmin
 )
 
@@ -64,6 +64,10 @@ var opPerms = [numOps]Perm{
 	opStats:    PermAdmin,
 	opPending:  PermAdmin,
 	opFailed:   PermAdmin,
+	opFlush:    PermAdmin,
+	opValidate: PermAdmin,
+	opEvents:   PermRead,
+	opStateAt:  PermRead,
 }
 
 // Access is the server's access policy. The zero value allows every peer
@@ -92,7 +96,7 @@ type Access struct {
 	// Default, when set, is the rule of every governor not in Governors.
 	// nil: governors not listed are open to every connected peer.
 	Default *GovernorAccess `json:"default,omitempty"`
-	// Admin lists the uids that may run admin ops (stats, pending, failed). nil: every
+	// Admin lists the uids that may run admin ops (stats, pending, failed, flush, validate). nil: every
 	// connected peer; an empty, non-nil list: nobody.
 	Admin []uint32 `json:"admin,omitempty"`
 }

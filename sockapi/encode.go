@@ -13,13 +13,15 @@ import (
 // fields sorted by name (the codec sorts the fields of every struct it
 // encodes as a map), omitempty fields left out, the smallest msgpack form
 // of each number and length (TestEncoderMatchesCodec and
-// FuzzEncodeResponse compare the two). Hello, stats, pending and failed
-// replies, which are rare, go through the codec.
+// FuzzEncodeResponse compare the two). Hello, stats, pending, failed,
+// flush, events, state_at and validate replies, which are rare, go through
+// the codec.
 
 // appendResponseFrame appends resp as a whole frame. ok is false (and b is
 // returned unchanged) for a reply this fast path does not handle.
 func appendResponseFrame(b []byte, resp *wire.Response) (_ []byte, ok bool) {
-	if resp.Hello != nil || resp.Stats != nil || resp.Pending != nil || resp.Failed != nil || resp.Next != 0 {
+	if resp.Hello != nil || resp.Stats != nil || resp.Pending != nil || resp.Failed != nil || resp.Next != 0 ||
+		resp.FlushedSeq != 0 || resp.Events != nil || resp.Past != nil || resp.Report != nil {
 		return b, false
 	}
 	start := len(b)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi/wire"
@@ -293,6 +294,53 @@ func (f *fakeStore) Failed(ctx context.Context, afterSeq uint64, limit int) ([]l
 		}
 	}
 	return out, nil
+}
+
+func (f *fakeStore) LastSeq() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.seq
+}
+
+// WaitFlushed waits until no journal entry up to upTo is pending (parked
+// entries count as done).
+func (f *fakeStore) WaitFlushed(ctx context.Context, upTo uint64) error {
+	for {
+		f.mu.Lock()
+		ch, pending := f.synced, false
+		for seq := range f.journal {
+			if seq <= upTo {
+				pending = true
+			}
+		}
+		f.mu.Unlock()
+		if !pending {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// The fake keeps no event log: history is tested against localcache
+// (history_test.go).
+func (f *fakeStore) QueryEvents(ctx context.Context, q localcache.EventQuery) (localcache.EventPage, error) {
+	return localcache.EventPage{}, nil
+}
+
+func (f *fakeStore) StateAt(ctx context.Context, k localcache.Key, at time.Time) (localcache.PastState, error) {
+	return localcache.PastState{}, &localcache.KeyError{Op: "state_at", Key: k, Err: localcache.ErrNotFound}
+}
+
+func (f *fakeStore) StateAtVersion(ctx context.Context, k localcache.Key, version uint64) (localcache.PastState, error) {
+	return localcache.PastState{}, &localcache.KeyError{Op: "state_at", Key: k, Err: localcache.ErrNotFound}
+}
+
+func (f *fakeStore) Validate(ctx context.Context, governor, state string) (localcache.ValidationReport, error) {
+	return localcache.ValidationReport{}, nil
 }
 
 // settle acks (reason "") or parks every pending journal entry of k, as

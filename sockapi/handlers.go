@@ -81,6 +81,14 @@ func (c *conn) handle(body []byte) {
 		c.opPending(req)
 	case opFailed:
 		c.opFailed(req)
+	case opFlush:
+		c.opFlush(req)
+	case opEvents:
+		c.opEvents(req)
+	case opStateAt:
+		c.opStateAt(req)
+	case opValidate:
+		c.opValidate(req)
 	default:
 		if req.Op == "" {
 			c.replyError(req.ID, invalid("op", "op is required"))

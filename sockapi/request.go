@@ -22,7 +22,8 @@ import (
 //     (duplicate keys: the last one wins);
 //   - each known field has one msgpack type, and nil means "absent" (the
 //     zero value): id, if_version, max_staleness_ms, timeout_ms, watch,
-//     after: non-negative integer; limit: integer
+//     after, version: non-negative integer; from, to, at: non-negative
+//     integer at most math.MaxInt64 (Unix ns); limit: integer
 //     (int64); versions: array of at most 64 uint32; keys, items: arrays of
 //     maps (not nil); if_absent, delete: boolean; value: any single msgpack
 //     object, kept verbatim; every other known field: str (bin is not
@@ -395,6 +396,16 @@ func (s *scanner) decodeTopField(key []byte, req *wire.Request) (*fieldError, er
 		fe, err = s.strField("prefix", &req.Prefix)
 	case "cursor":
 		fe, err = s.strField("cursor", &req.Cursor)
+	case "action":
+		fe, err = s.strField("action", &req.Action)
+	case "from":
+		fe, err = s.nanosField("from", &req.From)
+	case "to":
+		fe, err = s.nanosField("to", &req.To)
+	case "at":
+		fe, err = s.nanosField("at", &req.At)
+	case "version":
+		fe, err = s.uintField("version", &req.Version)
 	case "traceparent":
 		fe, err = s.strField("traceparent", &req.Traceparent)
 	case "if_version":
@@ -470,6 +481,14 @@ func opString(p []byte) string {
 		return wire.OpPending
 	case wire.OpFailed:
 		return wire.OpFailed
+	case wire.OpFlush:
+		return wire.OpFlush
+	case wire.OpEvents:
+		return wire.OpEvents
+	case wire.OpStateAt:
+		return wire.OpStateAt
+	case wire.OpValidate:
+		return wire.OpValidate
 	}
 	return string(p)
 }
@@ -506,6 +525,25 @@ func (s *scanner) uintField(field string, dst *uint64) (*fieldError, error) {
 		*dst = u
 	default:
 		return typeError(field, "a non-negative integer", t), nil
+	}
+	return nil, nil
+}
+
+// nanosField reads a time in Unix nanoseconds: a non-negative integer that
+// fits an int64, or nil (0).
+func (s *scanner) nanosField(field string, dst *int64) (*fieldError, error) {
+	t, _, u, err := s.head()
+	switch {
+	case err != nil:
+		return nil, err
+	case t == tNil:
+		*dst = 0
+	case t != tUint:
+		return typeError(field, "a non-negative integer (Unix ns)", t), nil
+	case u > math.MaxInt64:
+		return &fieldError{field: field, msg: field + " is out of range"}, nil
+	default:
+		*dst = int64(u)
 	}
 	return nil, nil
 }

@@ -59,6 +59,21 @@ type Store interface {
 	// Failed returns up to limit parked entries (rejected by the shared
 	// store for good) with Seq > afterSeq, in journal order (failed).
 	Failed(ctx context.Context, afterSeq uint64, limit int) ([]localcache.ParkedEntry, error)
+	// LastSeq returns the journal sequence number of the last change
+	// acknowledged; WaitFlushed waits until no journal entry up to upTo is
+	// pending (flush), or ctx ends (its error).
+	LastSeq() uint64
+	WaitFlushed(ctx context.Context, upTo uint64) error
+
+	// The local event log (see localcache/history.go): a page of events,
+	// a state as of a time or a version, and a check of the log. Invalid
+	// arguments wrap localcache.ErrInvalid; a state that did not exist
+	// then, localcache.ErrNotFound; an answer the local log cannot give,
+	// localcache.ErrHistoryGap.
+	QueryEvents(ctx context.Context, q localcache.EventQuery) (localcache.EventPage, error)
+	StateAt(ctx context.Context, k localcache.Key, at time.Time) (localcache.PastState, error)
+	StateAtVersion(ctx context.Context, k localcache.Key, version uint64) (localcache.PastState, error)
+	Validate(ctx context.Context, governor, state string) (localcache.ValidationReport, error)
 }
 
 // Options configures a Server. The zero value of each field selects its
@@ -510,6 +525,10 @@ const (
 	opUnwatch
 	opPending
 	opFailed
+	opFlush
+	opEvents
+	opStateAt
+	opValidate
 	opOther
 	numOps
 )
@@ -518,7 +537,8 @@ var opNames = [numOps]string{
 	opHello: wire.OpHello, opPing: wire.OpPing, opGet: wire.OpGet, opPut: wire.OpPut,
 	opDelete: wire.OpDelete, opBatchGet: wire.OpBatchGet, opBatchPut: wire.OpBatchPut,
 	opList: wire.OpList, opStats: wire.OpStats, opWatch: wire.OpWatch, opUnwatch: wire.OpUnwatch,
-	opPending: wire.OpPending, opFailed: wire.OpFailed, opOther: "other",
+	opPending: wire.OpPending, opFailed: wire.OpFailed, opFlush: wire.OpFlush, opEvents: wire.OpEvents,
+	opStateAt: wire.OpStateAt, opValidate: wire.OpValidate, opOther: "other",
 }
 
 func opIndex(op string) int {
@@ -549,6 +569,14 @@ func opIndex(op string) int {
 		return opPending
 	case wire.OpFailed:
 		return opFailed
+	case wire.OpFlush:
+		return opFlush
+	case wire.OpEvents:
+		return opEvents
+	case wire.OpStateAt:
+		return opStateAt
+	case wire.OpValidate:
+		return opValidate
 	}
 	return opOther
 }

@@ -18,10 +18,12 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 
 	"github.com/tai-state/tai-state/client"
+	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi/wire"
 )
 
@@ -29,7 +31,9 @@ import (
 type cliCommand struct {
 	args  string // positional arguments, for usage
 	nargs int    // how many positionals it takes
-	help  string
+	// optional is how many more positionals it may take after nargs.
+	optional int
+	help     string
 	// flags declares the subcommand's flags on fs and returns the function
 	// that runs it with its positional arguments.
 	flags func(fs *flag.FlagSet) func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error
@@ -48,6 +52,16 @@ func cliCommands() map[string]cliCommand {
 			flags: watchFlags},
 		"pending": {nargs: 0, help: "print the journal (changes not yet in the shared store) as JSON", flags: pendingFlags},
 		"failed":  {nargs: 0, help: "print the changes the shared store rejected for good as JSON lines", flags: failedFlags},
+		"flush": {nargs: 0, help: "wait until every change written so far is in the shared store",
+			flags: flushFlags},
+		"events": {args: "GOV [STATE]", nargs: 1, optional: 1,
+			help: "print the local event log of a governor (or of one state) as JSON lines", flags: eventsFlags},
+		"state-at": {args: "GOV STATE", nargs: 2, help: "print a state as it was at a time (--at) or a version (--version)",
+			flags: stateAtFlags},
+		"validate": {args: "GOV [STATE]", nargs: 1, optional: 1,
+			help: "check the local event log; exit status 1 when a rule is broken", flags: validateFlags},
+		"history": {args: "export GOV", nargs: 2, help: "print every event of a governor as JSON lines, in the export format",
+			flags: historyFlags},
 	}
 }
 
@@ -65,7 +79,7 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 	name := args[0]
 	cmd, ok := cliCommands()[name]
 	if !ok {
-		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, ping or serve; see tai-sidecar help)", name)}
+		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, ping or serve; see tai-sidecar help)", name)}
 	}
 	fs := flag.NewFlagSet("tai-sidecar "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -81,9 +95,13 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 		}
 		return &usageError{name + ": " + err.Error()}
 	}
-	if len(pos) != cmd.nargs {
+	if len(pos) < cmd.nargs || len(pos) > cmd.nargs+cmd.optional {
+		want := strconv.Itoa(cmd.nargs)
+		if cmd.optional > 0 {
+			want = fmt.Sprintf("%d to %d", cmd.nargs, cmd.nargs+cmd.optional)
+		}
 		return &usageError{strings.TrimSpace(fmt.Sprintf("usage: tai-sidecar %s %s", name, cmd.args)) +
-			fmt.Sprintf(" (got %d arguments, want %d)", len(pos), cmd.nargs)}
+			fmt.Sprintf(" (got %d arguments, want %s)", len(pos), want)}
 	}
 
 	c := &client.Client{Socket: socket, Conns: 1, Name: "tai-sidecar-cli/" + version}
@@ -882,4 +900,261 @@ func writeJSONString(out *bytes.Buffer, s string) {
 	enc.SetEscapeHTML(false)
 	enc.Encode(s)               // a string always encodes
 	out.Truncate(out.Len() - 1) // Encode's newline
+}
+
+func flushFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	timeout := fs.Duration("timeout", 0, "wait at most `D` (0: the sidecar's default)")
+	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
+		if *timeout < 0 {
+			return &usageError{"flush: --timeout must not be negative"}
+		}
+		seq, err := c.Flush(ctx, *timeout)
+		if err != nil {
+			return err
+		}
+		return out.Encode(struct {
+			FlushedSeq uint64 `json:"flushed_seq"`
+		}{seq})
+	}
+}
+
+// timeFlag is an RFC 3339 time flag; the zero time when not set.
+type timeFlag struct{ t time.Time }
+
+func (f *timeFlag) String() string {
+	if f.t.IsZero() {
+		return ""
+	}
+	return f.t.Format(time.RFC3339Nano)
+}
+
+func (f *timeFlag) Set(s string) error {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return fmt.Errorf("want an RFC 3339 time such as 2030-01-02T15:04:05Z: %w", err)
+	}
+	f.t = t
+	return nil
+}
+
+func eventsFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	var from, to timeFlag
+	fs.Var(&from, "from", "only changes at or after `T` (RFC 3339)")
+	fs.Var(&to, "to", "only changes before `T` (RFC 3339)")
+	action := fs.String("action", "", "only `A` events: put or delete")
+	limit := fs.Int("limit", 0, "print at most `N` events (0: all)")
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		if *limit < 0 {
+			return &usageError{"events: --limit must not be negative"}
+		}
+		switch *action {
+		case "", localcache.ActionPut, localcache.ActionDelete:
+		default:
+			return &usageError{fmt.Sprintf("events: --action %q: want put or delete", *action)}
+		}
+		opts := client.EventsOptions{From: from.t, To: to.t, Action: *action, Limit: localcache.MaxEventLimit}
+		if len(pos) > 1 {
+			opts.State = pos[1]
+		}
+		if *limit > 0 {
+			opts.Limit = min(*limit, opts.Limit)
+		}
+		return printEvents(ctx, c, pos[0], opts, *limit, out)
+	}
+}
+
+func historyFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		if pos[0] != "export" {
+			return &usageError{fmt.Sprintf("history: unknown subcommand %q (want export)", pos[0])}
+		}
+		return printEvents(ctx, c, pos[1], client.EventsOptions{Limit: localcache.MaxEventLimit}, 0, out)
+	}
+}
+
+// printEvents prints the events opts selects, every page, at most limit of
+// them (0: all), as the lines localcache.Store.Export writes.
+func printEvents(ctx context.Context, c *client.Client, gov string, opts client.EventsOptions, limit int, out *json.Encoder) error {
+	conv := newExportValues()
+	n := 0
+	for e, err := range c.EventsAll(ctx, gov, opts) {
+		if err != nil {
+			return err
+		}
+		if err := out.Encode(exportedEvent(e, conv)); err != nil {
+			return err
+		}
+		if n++; n == limit {
+			break
+		}
+	}
+	return nil
+}
+
+// exportedEvent converts an event of the events reply to the shape of an
+// export line.
+func exportedEvent(e *wire.Event, conv *exportValues) localcache.ExportedEvent {
+	x := localcache.ExportedEvent{
+		Governor: e.Governor, State: e.State, Version: e.Version, FromVersion: e.FromVersion, Action: e.Action,
+		Time: formatNanos(e.Change.Time), TimeNS: e.Change.Time,
+		Actor: e.Change.Actor, Reason: e.Change.Reason, Origin: e.Origin, OpID: e.OpID,
+		Lamport: e.Clock.Lamport, HLC: e.Clock.HLC, Vector: e.Clock.Vector,
+	}
+	if x.Vector == nil {
+		x.Vector = map[string]uint64{}
+	}
+	if e.Action != localcache.ActionDelete {
+		b := base64.StdEncoding.EncodeToString(e.Value)
+		x.ValueB64 = &b
+		x.Value = conv.convert(e.Value)
+	}
+	return x
+}
+
+// exportValues converts msgpack values to JSON as an export line holds
+// them (localcache.ExportedEvent.Value): present only when the value
+// converts without loss of kind. Not safe for concurrent use.
+type exportValues struct {
+	h *codec.MsgpackHandle
+}
+
+func newExportValues() *exportValues {
+	h := &codec.MsgpackHandle{}
+	h.WriteExt = true // str and bin are distinct: str decodes to string, bin to []byte
+	h.MaxDepth = wire.MaxDepth
+	h.MaxInitLen = 1024
+	return &exportValues{h: h}
+}
+
+// convert returns b as JSON, or nil when b is not one whole msgpack value
+// that converts cleanly.
+func (c *exportValues) convert(b []byte) json.RawMessage {
+	if len(b) == 0 {
+		return nil
+	}
+	dec := codec.NewDecoderBytes(b, c.h)
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil
+	}
+	var rest any
+	if err := dec.Decode(&rest); !errors.Is(err, io.EOF) {
+		return nil // trailing bytes
+	}
+	v, ok := jsonClean(v)
+	if !ok {
+		return nil
+	}
+	j, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	return j
+}
+
+// jsonClean returns v with its maps keyed by strings, or false when v holds
+// something JSON has no plain counterpart for.
+func jsonClean(v any) (any, bool) {
+	switch x := v.(type) {
+	case nil, bool, int64, uint64:
+		return v, true
+	case float64:
+		return x, !math.IsNaN(x) && !math.IsInf(x, 0)
+	case string:
+		return x, utf8.ValidString(x)
+	case []any:
+		for i, e := range x {
+			c, ok := jsonClean(e)
+			if !ok {
+				return nil, false
+			}
+			x[i] = c
+		}
+		return x, true
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			ks, ok := k.(string)
+			if !ok || !utf8.ValidString(ks) {
+				return nil, false
+			}
+			c, ok := jsonClean(e)
+			if !ok {
+				return nil, false
+			}
+			m[ks] = c
+		}
+		return m, true
+	}
+	return nil, false
+}
+
+// pastJSON is how state-at prints a past state.
+type pastJSON struct {
+	Governor       string          `json:"governor"`
+	State          string          `json:"state"`
+	Value          json.RawMessage `json:"value,omitempty"`
+	Version        uint64          `json:"version"`
+	UpdatedAt      string          `json:"updated_at"`
+	Change         changeJSON      `json:"change"`
+	Origin         string          `json:"origin,omitempty"`
+	OpID           string          `json:"op_id,omitempty"`
+	Exact          bool            `json:"exact"`
+	UnknownThrough uint64          `json:"unknown_through,omitempty"`
+}
+
+func stateAtFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	var at timeFlag
+	fs.Var(&at, "at", "the state as it was at `T` (RFC 3339)")
+	var ver optUint64
+	fs.Var(&ver, "version", "the state as it was at version `N`")
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		var (
+			p   *wire.PastState
+			err error
+		)
+		switch {
+		case at.t.IsZero() == !ver.set:
+			return &usageError{"state-at: give exactly one of --at and --version"}
+		case ver.set:
+			p, err = c.StateAtVersion(ctx, pos[0], pos[1], ver.v)
+		default:
+			p, err = c.StateAt(ctx, pos[0], pos[1], at.t)
+		}
+		if err != nil {
+			return err
+		}
+		r := &p.Record
+		pj := pastJSON{
+			Governor: r.Governor, State: r.State, Version: r.Version, UpdatedAt: formatNanos(r.UpdatedAt),
+			Change: changeJSON{Actor: r.Change.Actor, Reason: r.Change.Reason, Time: formatNanos(r.Change.Time)},
+			Origin: r.Origin, OpID: p.OpID, Exact: p.Exact, UnknownThrough: p.UnknownThrough,
+		}
+		if len(r.Value) > 0 {
+			if pj.Value, err = msgpackToJSON(r.Value); err != nil {
+				return fmt.Errorf("render value of %s/%s: %w", r.Governor, r.State, err)
+			}
+		}
+		return out.Encode(pj)
+	}
+}
+
+func validateFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		state := ""
+		if len(pos) > 1 {
+			state = pos[1]
+		}
+		rep, err := c.Validate(ctx, pos[0], state)
+		if err != nil {
+			return err
+		}
+		if err := printProtocolJSON(out, rep); err != nil {
+			return err
+		}
+		if !rep.OK {
+			return fmt.Errorf("validate: %d violations found", rep.ViolationCount)
+		}
+		return nil
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi"
 	"github.com/tai-state/tai-state/sockapi/wire"
+	"github.com/tai-state/tai-state/syncer"
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -269,7 +270,15 @@ func TestDescribeError(t *testing.T) {
 // returns its socket path.
 func testSidecar(t *testing.T) string {
 	t.Helper()
-	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "node-cli"})
+	path, _ := testSidecarWith(t, sockapi.Options{}, nil)
+	return path
+}
+
+// testSidecarWith serves an in-memory store with opts, and with now as its
+// clock when not nil.
+func testSidecarWith(t *testing.T, opts sockapi.Options, now func() time.Time) (string, *localcache.Store) {
+	t.Helper()
+	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "node-cli", Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +287,7 @@ func testSidecar(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := sockapi.NewServer(store, sockapi.Options{})
+	srv := sockapi.NewServer(store, opts)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(context.Background(), ln) }()
 	t.Cleanup(func() {
@@ -294,7 +303,7 @@ func testSidecar(t *testing.T) string {
 			t.Errorf("close store: %v", err)
 		}
 	})
-	return path
+	return path, store
 }
 
 // cli runs one command and returns its output.
@@ -662,5 +671,259 @@ func TestCLIPendingFailed(t *testing.T) {
 	}
 	if r := cliRecord(t, sock, "get", "g", "s", "--consistency", "local"); r["version"] != 1.0 {
 		t.Fatalf("local get: %v", r)
+	}
+}
+
+// noRemote is a shared store that is never reached: enough for flush.
+type noRemote struct{}
+
+func (noRemote) Fetch(context.Context, localcache.Key) error { return sockapi.ErrRemoteUnavailable }
+func (noRemote) FreshAt(string) (time.Time, bool)            { return time.Time{}, false }
+func (noRemote) WriteStrong(context.Context, []localcache.Write) ([]localcache.Record, error) {
+	return nil, sockapi.ErrRemoteUnavailable
+}
+
+func TestCLIFlush(t *testing.T) {
+	// Local only.
+	sock := testSidecar(t)
+	_, err := cli(t, sock, "flush")
+	if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "shared store") {
+		t.Fatalf("local-only flush: %v", err)
+	}
+	var ue *usageError
+	if _, err := cli(t, sock, "flush", "--timeout", "-1s"); !errors.As(err, &ue) {
+		t.Fatalf("negative timeout: %v", err)
+	}
+
+	sock, store := testSidecarWith(t, sockapi.Options{Sync: noRemote{}}, nil)
+	if r := cliRecord(t, sock, "flush"); r["flushed_seq"] != 0.0 {
+		t.Fatalf("empty flush: %v", r)
+	}
+	if _, err := cli(t, sock, "put", "g", "s", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli(t, sock, "flush", "--timeout", "20ms"); !errors.Is(err, client.ErrTimeout) {
+		t.Fatalf("flush timeout: %v", err)
+	}
+	seq := store.LastSeq()
+	if err := store.Ack(context.Background(), []syncer.Ack{{Key: syncer.Key{Governor: "g", State: "s"}, Seqs: []uint64{seq}, Outcome: syncer.OutcomePushed}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := cliRecord(t, sock, "flush", "--timeout", "5s"); r["flushed_seq"] != float64(seq) {
+		t.Fatalf("flush: %v (want %d)", r, seq)
+	}
+}
+
+// stepClock moves one second after every reading.
+type stepClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *stepClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.t
+	c.t = c.t.Add(time.Second)
+	return t
+}
+
+// historySidecar serves a store with a small history of g/a (put 1,
+// put {"k":[true,null]}, delete, put "x") and g/b (put bin, which has no
+// plain JSON form).
+func historySidecar(t *testing.T) (string, *localcache.Store) {
+	t.Helper()
+	clk := &stepClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	sock, store := testSidecarWith(t, sockapi.Options{}, clk.Now)
+	for _, args := range [][]string{
+		{"put", "g", "a", "1", "--actor", "ann", "--reason", "first"},
+		{"put", "g", "a", `{"k":[true,null]}`},
+		{"delete", "g", "a"},
+		{"put", "g", "a", `"x"`},
+	} {
+		if _, err := cli(t, sock, args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	c := &client.Client{Socket: sock}
+	defer c.Close()
+	if _, err := c.PutRaw(context.Background(), "g", "b", []byte{0xc4, 0x02, 0x01, 0x02}); err != nil {
+		t.Fatal(err)
+	}
+	return sock, store
+}
+
+func jsonLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var ms []map[string]any
+	for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if line == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+// TestCLIHistoryExport: history export prints what Store.Export writes,
+// byte for byte.
+func TestCLIHistoryExport(t *testing.T) {
+	sock, store := historySidecar(t)
+	out, err := cli(t, sock, "history", "export", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	n, err := store.Export(context.Background(), localcache.EventQuery{Governor: "g"}, &want)
+	if err != nil || n != 5 {
+		t.Fatalf("store export: %d, %v", n, err)
+	}
+	if out != want.String() {
+		t.Fatalf("history export differs from Store.Export:\ncli:   %s\nstore: %s", out, want.String())
+	}
+	var ue *usageError
+	if _, err := cli(t, sock, "history", "import", "g"); !errors.As(err, &ue) {
+		t.Fatalf("history import: %v", err)
+	}
+	if _, err := cli(t, sock, "history", "export"); !errors.As(err, &ue) {
+		t.Fatalf("history export without GOV: %v", err)
+	}
+}
+
+func TestCLIEvents(t *testing.T) {
+	sock, _ := historySidecar(t)
+	out, err := cli(t, sock, "events", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := jsonLines(t, out)
+	if len(evs) != 5 || evs[0]["actor"] != "ann" || evs[0]["value"] != 1.0 || evs[2]["action"] != "delete" ||
+		evs[4]["state"] != "b" || evs[4]["value"] != nil || evs[4]["value_b64"] != "xAIBAg==" {
+		t.Fatalf("events: %s", out)
+	}
+	// One state, filters, a limit.
+	out, err = cli(t, sock, "events", "g", "a", "--action", "put", "--limit", "2")
+	if evs := jsonLines(t, out); err != nil || len(evs) != 2 || evs[1]["version"] != 2.0 {
+		t.Fatalf("events of a, puts, limit 2: %s %v", out, err)
+	}
+	out, err = cli(t, sock, "events", "g", "a", "--from", "2030-01-02T03:04:06Z", "--to", "2030-01-02T03:04:08Z")
+	if evs := jsonLines(t, out); err != nil || len(evs) != 2 || evs[0]["version"] != 2.0 || evs[1]["version"] != 3.0 {
+		t.Fatalf("events in a time range: %s %v", out, err)
+	}
+	var ue *usageError
+	for _, args := range [][]string{
+		{"events"},
+		{"events", "g", "a", "b"},
+		{"events", "g", "--from", "yesterday"},
+		{"events", "g", "--action", "write"},
+		{"events", "g", "--limit", "-1"},
+	} {
+		if _, err := cli(t, sock, args...); !errors.As(err, &ue) {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	if _, err := cli(t, sock, "events", "g", "--from", "2030-01-02T00:00:00Z", "--to", "2030-01-01T00:00:00Z"); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("reversed range: %v", err)
+	}
+}
+
+func TestCLIStateAt(t *testing.T) {
+	sock, _ := historySidecar(t)
+	r := cliRecord(t, sock, "state-at", "g", "a", "--version", "2")
+	if r["version"] != 2.0 || r["exact"] != true || r["value"] == nil || r["state"] != "a" {
+		t.Fatalf("state-at --version 2: %v", r)
+	}
+	if v, _ := json.Marshal(r["value"]); string(v) != `{"k":[true,null]}` {
+		t.Fatalf("value: %s", v)
+	}
+	r = cliRecord(t, sock, "state-at", "g", "a", "--at", "2030-01-02T03:04:05.5Z")
+	if r["version"] != 1.0 || r["change"].(map[string]any)["actor"] != "ann" {
+		t.Fatalf("state-at --at: %v", r)
+	}
+	if _, err := cli(t, sock, "state-at", "g", "a", "--version", "3"); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("state-at a delete: %v", err)
+	}
+	if _, err := cli(t, sock, "state-at", "g", "a", "--at", "2000-01-01T00:00:00Z"); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("state-at before it existed: %v", err)
+	}
+	var ue *usageError
+	for _, args := range [][]string{
+		{"state-at", "g", "a"},
+		{"state-at", "g", "a", "--version", "1", "--at", "2030-01-02T03:04:05Z"},
+		{"state-at", "g", "--version", "1"},
+		{"state-at", "g", "a", "--at", "noon"},
+	} {
+		if _, err := cli(t, sock, args...); !errors.As(err, &ue) {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	if _, err := cli(t, sock, "state-at", "g", "a", "--version", "0"); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("version 0: %v", err)
+	}
+}
+
+func TestCLIValidate(t *testing.T) {
+	sock, _ := historySidecar(t)
+	r := cliRecord(t, sock, "validate", "g")
+	if r["ok"] != true || r["states"] != 2.0 || r["events"] != 5.0 || r["violation_count"] != 0.0 {
+		t.Fatalf("validate: %v", r)
+	}
+	if r := cliRecord(t, sock, "validate", "g", "b"); r["ok"] != true || r["states"] != 1.0 {
+		t.Fatalf("validate one state: %v", r)
+	}
+	if _, err := cli(t, sock, "validate", "g", "a/b"); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("bad state: %v", err)
+	}
+}
+
+// brokenLog is a real store whose event log check finds a violation.
+type brokenLog struct{ *localcache.Store }
+
+func (brokenLog) Validate(ctx context.Context, governor, state string) (localcache.ValidationReport, error) {
+	k := localcache.Key{Governor: governor, State: "s"}
+	return localcache.ValidationReport{States: 1, Events: 2, ViolationCount: 1,
+		Violations: []localcache.Violation{{Key: k, Version: 2, Rule: localcache.RuleStep, Message: "version 2 follows 0"}}}, nil
+}
+
+// TestCLIValidateViolations: violations are printed and make the exit
+// status 1.
+func TestCLIValidateViolations(t *testing.T) {
+	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "node-cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close(context.Background()) })
+	path := filepath.Join(t.TempDir(), "tai.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := sockapi.NewServer(brokenLog{store}, sockapi.Options{})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	var stdout, stderr bytes.Buffer
+	err = run(context.Background(), []string{"--socket", path, "validate", "g"}, &stdout, &stderr, func(string) string { return "" })
+	if err == nil || exitCode(err) != 1 || !strings.Contains(err.Error(), "1 violations") {
+		t.Fatalf("validate with a violation: %v", err)
+	}
+	var rep map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("printed %q: %v", stdout.String(), err)
+	}
+	vs, _ := rep["violations"].([]any)
+	if rep["ok"] != false || rep["violation_count"] != 1.0 || len(vs) != 1 || vs[0].(map[string]any)["rule"] != "step" {
+		t.Fatalf("report: %s", stdout.String())
 	}
 }

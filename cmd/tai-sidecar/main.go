@@ -37,6 +37,12 @@ Commands:
   watch GOV [--prefix P]                    print every change as JSON lines until interrupted
   pending                                   print the journal: changes not yet in the shared store
   failed                                    print the changes the shared store rejected for good
+  flush [--timeout D]                       wait until every change written so far is in the shared store
+  events GOV [STATE] [--from T] [--to T] [--action put|delete] [--limit N]
+                                            print the local event log as JSON lines (times RFC 3339)
+  state-at GOV STATE (--at T | --version N) print a state as it was at a time or a version
+  validate GOV [STATE]                      check the local event log (exit status 1 on violations)
+  history export GOV                        print every event of a governor as JSON lines
   stats                                     print the sidecar's statistics
   status [--admin ADDR]                     print a summary: node, uptime, journal, cache, shared store
   ping                                      check that the sidecar answers

@@ -23,6 +23,15 @@ const (
 	// OpFailed lists the changes the shared store rejected for good.
 	OpPending = "pending"
 	OpFailed  = "failed"
+	// OpFlush waits until every change written before it is in the shared
+	// store.
+	OpFlush = "flush"
+	// History: OpEvents pages through a governor's local event log,
+	// OpStateAt returns a state as of a past time or version, OpValidate
+	// checks the event log.
+	OpEvents   = "events"
+	OpStateAt  = "state_at"
+	OpValidate = "validate"
 )
 
 // Consistency levels (Request.Consistency). Reads: ReadLocal (the
@@ -98,10 +107,20 @@ type Request struct {
 	// batch_put
 	Items []Item `codec:"items,omitempty"`
 
-	// list, watch (prefix); list, failed (limit)
+	// list, watch (prefix); list, failed, events (limit); list, events (cursor)
 	Prefix string `codec:"prefix,omitempty"`
 	Limit  int    `codec:"limit,omitempty"`
 	Cursor string `codec:"cursor,omitempty"`
+
+	// events: change time bounds in Unix ns, from <= time < to (0: open),
+	// and "put" or "delete" ("": both).
+	From   int64  `codec:"from,omitempty"`
+	To     int64  `codec:"to,omitempty"`
+	Action string `codec:"action,omitempty"`
+	// state_at: the time (Unix ns) or the version to look at; exactly one
+	// is set (0: not set).
+	At      int64  `codec:"at,omitempty"`
+	Version uint64 `codec:"version,omitempty"`
 
 	// W3C trace context, optional on every request.
 	Traceparent string `codec:"traceparent,omitempty"`
@@ -162,6 +181,88 @@ type Response struct {
 	// (0 when this page is the last).
 	Failed []*Failed `codec:"failed,omitempty"`
 	Next   uint64    `codec:"next,omitempty"`
+
+	// flush: the journal sequence number every change up to which is in
+	// the shared store (absent: 0, nothing was written yet).
+	FlushedSeq uint64 `codec:"flushed_seq,omitempty"`
+	// events: one page of events; Cursor continues it.
+	Events []*Event `codec:"events,omitempty"`
+	// state_at
+	Past *PastState `codec:"past,omitempty"`
+	// validate
+	Report *Report `codec:"report,omitempty"`
+}
+
+// Clock is the causal metadata of a change: Lamport and HLC (Unix ms << 16
+// | counter) order changes; Vector counts, per node id, the changes of that
+// node the state had seen.
+type Clock struct {
+	Lamport uint64            `codec:"lamport"`
+	HLC     uint64            `codec:"hlc"`
+	Vector  map[string]uint64 `codec:"vector,omitempty"`
+}
+
+// Event is one entry of a state's local event log: a change this sidecar
+// made, from FromVersion to Version. Value is the value the change wrote
+// (absent for a delete).
+type Event struct {
+	Governor    string `codec:"governor"`
+	State       string `codec:"state"`
+	Action      string `codec:"action"` // "put" or "delete"
+	FromVersion uint64 `codec:"from_version"`
+	Version     uint64 `codec:"version"`
+	Value       Raw    `codec:"value,omitempty"`
+	Change      Change `codec:"change"`
+	Origin      string `codec:"origin,omitempty"`
+	OpID        string `codec:"op_id,omitempty"`
+	Clock       Clock  `codec:"clock"`
+}
+
+// PastState is the state_at reply: the state as it was (Record, with its
+// value; from_cache, pending and synced_at describe the present and are
+// false or absent). Exact is false when versions after Record.Version,
+// through UnknownThrough, have no local event: the state may then have been
+// any of them, and Record is the last version the local history knows of.
+type PastState struct {
+	Record         Record `codec:"record"`
+	OpID           string `codec:"op_id,omitempty"`
+	Clock          Clock  `codec:"clock"`
+	Exact          bool   `codec:"exact"`
+	UnknownThrough uint64 `codec:"unknown_through,omitempty"`
+}
+
+// Report is the validate reply. Violations and Gaps list at most the first
+// entries found (fewer than the counts when the reply would not fit a
+// frame); ViolationCount and GapCount count them all. OK is
+// ViolationCount == 0.
+type Report struct {
+	OK             bool         `codec:"ok"`
+	States         int          `codec:"states"`
+	Events         int          `codec:"events"`
+	ViolationCount int          `codec:"violation_count"`
+	Violations     []*Violation `codec:"violations,omitempty"`
+	GapCount       int          `codec:"gap_count"`
+	Gaps           []*Gap       `codec:"gaps,omitempty"`
+}
+
+// Violation is one broken rule of the event log.
+type Violation struct {
+	Governor string `codec:"governor"`
+	State    string `codec:"state"`
+	Version  uint64 `codec:"version"`
+	Rule     string `codec:"rule"`
+	Message  string `codec:"message"`
+}
+
+// Gap is a run of versions of a state, After+1 through Through, whose
+// current lineage is not in the local log (changes made on other nodes,
+// renumbered, or superseded); Reason says which.
+type Gap struct {
+	Governor string `codec:"governor"`
+	State    string `codec:"state"`
+	After    uint64 `codec:"after"`
+	Through  uint64 `codec:"through"`
+	Reason   string `codec:"reason"`
 }
 
 // Pending is the pending reply: the changes waiting for the shared store.

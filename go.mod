@@ -2,6 +2,8 @@ module github.com/tai-state/tai-state
 
 go 1.26.8
 
+toolchain go1.26.11
+
 require (
 	cloud.google.com/go/firestore v1.29.2
 	github.com/dgraph-io/badger/v4 v4.9.6
@@ -43,7 +45,7 @@ require (
 	github.com/googleapis/enterprise-certificate-proxy v0.3.23 // indirect
 	github.com/googleapis/gax-go/v2 v2.27.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
-	github.com/klauspost/compress v1.20.1 // indirect
+	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect

@@ -2,6 +2,8 @@ module github.com/tai-state/tai-state/packaging
 
 go 1.26.8
 
+toolchain go1.26.11
+
 require (
 	github.com/goreleaser/nfpm/v2 v2.45.2
 	k8s.io/api v0.37.2

@@ -616,7 +616,15 @@ func (c *Client) Stats(ctx context.Context) (*wire.Stats, error) {
 // Pending reports the sidecar's journal: how many local changes wait for
 // the shared store, how many it rejected for good, and the oldest waiting.
 func (c *Client) Pending(ctx context.Context) (*wire.Pending, error) {
-	resp, err := c.do(ctx, &wire.Request{Op: wire.OpPending})
+	return c.PendingPage(ctx, 0, 0)
+}
+
+// PendingPage is Pending with a chosen page of receipts: the waiting changes
+// after the journal entry after (0: from the oldest), at most limit (0: the
+// sidecar's default, 100; at most 1000). The reply's Next is the after of the
+// next page (0 when there is none).
+func (c *Client) PendingPage(ctx context.Context, after uint64, limit int) (*wire.Pending, error) {
+	resp, err := c.do(ctx, &wire.Request{Op: wire.OpPending, After: after, Limit: limit})
 	if err != nil {
 		return nil, err
 	}

@@ -194,7 +194,7 @@ func (f *fakeStore) WriteBatch(ctx context.Context, ws []localcache.Write) ([]lo
 		f.recs[w.Key] = r
 		f.pending[w.Key] = true
 		f.seq++
-		f.journal[f.seq] = localcache.JournalEntry{Seq: f.seq, Key: w.Key, BaseVersion: cur.Version, Version: r.Version, Time: f.clock}
+		f.journal[f.seq] = localcache.JournalEntry{Seq: f.seq, OpID: fmt.Sprintf("fake-%d", f.seq), Key: w.Key, BaseVersion: cur.Version, Version: r.Version, Time: f.clock}
 		r.Value = nil
 		r.Seq = f.seq
 		out[i] = r

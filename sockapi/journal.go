@@ -20,23 +20,64 @@ const (
 )
 
 // opPending reports the journal's depth, the parked count and the oldest
-// entry still waiting.
+// entry still waiting, with a page of receipts of the waiting changes:
+// entries after req.After, at most limit (default 100, at most 1000, fewer
+// to fit a frame); next continues them.
 func (c *conn) opPending(req *wire.Request) {
+	limit, e := pageLimit(req.Limit)
+	if e != nil {
+		c.replyError(req.ID, e)
+		return
+	}
 	st := c.s.store.Stats()
 	p := &wire.Pending{SharedStore: c.s.opts.Sync != nil, Depth: st.JournalDepth, Parked: st.Parked}
 	if st.JournalDepth > 0 {
-		js, err := c.s.store.Journal(c.ctx, 0, 1)
+		oldest, err := c.s.store.Journal(c.ctx, 0, 1)
+		var js []localcache.JournalEntry
+		if err == nil {
+			js, err = c.s.store.Journal(c.ctx, req.After, limit+1)
+		}
 		if err != nil {
 			c.replyError(req.ID, c.storeError(wire.OpPending, localcache.Key{}, err))
 			return
 		}
-		if len(js) > 0 {
-			p.OldestSeq, p.OldestTime = js[0].Seq, js[0].Time
-			p.OldestAgeMS = max(time.Since(time.Unix(0, js[0].Time)).Milliseconds(), 0)
+		if len(oldest) > 0 {
+			p.OldestSeq, p.OldestTime = oldest[0].Seq, oldest[0].Time
+			p.OldestAgeMS = max(time.Since(time.Unix(0, oldest[0].Time)).Milliseconds(), 0)
+		}
+		more := len(js) > limit
+		if more {
+			js = js[:limit]
+		}
+		budget := c.s.opts.MaxFrame - frameReserve
+		for i := range js {
+			j := &js[i]
+			budget -= failedEntryOverhead + len(j.Key.Governor) + len(j.Key.State) + len(j.OpID) + len(j.BatchID)
+			if budget < 0 && len(p.Entries) > 0 {
+				more = true
+				break
+			}
+			p.Entries = append(p.Entries, &wire.PendingEntry{Seq: j.Seq, Governor: j.Key.Governor, State: j.Key.State,
+				Version: j.Version, BaseVersion: j.BaseVersion, OpID: j.OpID, BatchID: j.BatchID, Time: j.Time})
+		}
+		if more && len(p.Entries) > 0 {
+			p.Next = p.Entries[len(p.Entries)-1].Seq
 		}
 	}
 	c.resp = wire.Response{ID: req.ID, Pending: p}
 	c.out.put(&c.resp, "")
+}
+
+// pageLimit is the page size of pending and failed: 0 means 100, more than
+// 1000 means 1000, negative is InvalidArgument.
+func pageLimit(l int) (int, *wire.Error) {
+	switch {
+	case l < 0:
+		return 0, invalid("limit", "limit must not be negative")
+	case l == 0:
+		return defaultFailedLimit, nil
+	}
+	return min(l, maxFailedLimit), nil
 }
 
 // opFailed returns one page of the failed list: entries after req.After,
@@ -44,16 +85,10 @@ func (c *conn) opPending(req *wire.Request) {
 // page would not fit in a frame. next is the after of the next page, 0 when
 // there is none.
 func (c *conn) opFailed(req *wire.Request) {
-	if req.Limit < 0 {
-		c.replyError(req.ID, invalid("limit", "limit must not be negative"))
+	limit, e := pageLimit(req.Limit)
+	if e != nil {
+		c.replyError(req.ID, e)
 		return
-	}
-	limit := req.Limit
-	switch {
-	case limit == 0:
-		limit = defaultFailedLimit
-	case limit > maxFailedLimit:
-		limit = maxFailedLimit
 	}
 	ps, err := c.s.store.Failed(c.ctx, req.After, limit+1)
 	if err != nil {

@@ -353,6 +353,32 @@ func TestPendingAndFailed(t *testing.T) {
 	if p := r.Pending; r.Error != nil || p == nil || p.Depth != 1 || p.Parked != 2 || p.OldestSeq != 3 || p.OldestTime == 0 {
 		t.Fatalf("pending: %+v %+v", r.Error, r.Pending)
 	}
+	if es := r.Pending.Entries; len(es) != 1 || es[0].Seq != 3 || es[0].State != "c" || es[0].Version != 1 || es[0].OpID == "" || r.Pending.Next != 0 {
+		t.Fatalf("pending receipts: %+v", es)
+	}
+	// Receipts page: one per page.
+	for _, s := range []string{"e", "f"} {
+		if r := c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: s, Value: val}); r.Error != nil {
+			t.Fatal(r.Error)
+		}
+	}
+	var states []string
+	for after := uint64(0); ; {
+		r = c.call(wire.Request{Op: wire.OpPending, Limit: 1, After: after})
+		if r.Error != nil || len(r.Pending.Entries) != 1 {
+			t.Fatalf("pending page after %d: %+v", after, r)
+		}
+		states = append(states, r.Pending.Entries[0].State)
+		if after = r.Pending.Next; after == 0 {
+			break
+		}
+	}
+	if strings.Join(states, ",") != "c,e,f" {
+		t.Fatalf("pending pages: %v", states)
+	}
+	if r := c.call(wire.Request{Op: wire.OpPending, Limit: -1}); r.Error == nil || r.Error.Field != "limit" {
+		t.Fatalf("negative limit: %+v", r)
+	}
 	r = c.call(wire.Request{Op: wire.OpFailed, Limit: 1})
 	if r.Error != nil || len(r.Failed) != 1 || r.Failed[0].State != "b" || r.Failed[0].Reason != "too big for the shared store" || r.Next != 2 {
 		t.Fatalf("failed page 1: %+v", r)

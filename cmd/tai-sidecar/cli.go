@@ -319,8 +319,10 @@ func watchFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string
 }
 
 func pendingFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
+	after := fs.Uint64("after", 0, "list the waiting changes after the one with journal sequence number `SEQ`")
+	limit := fs.Int("limit", 0, "list at most `N` waiting changes (0: the sidecar's default, 100)")
 	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {
-		p, err := c.Pending(ctx)
+		p, err := c.PendingPage(ctx, *after, *limit)
 		if err != nil {
 			return err
 		}

@@ -281,6 +281,23 @@ type Pending struct {
 	OldestSeq   uint64 `codec:"oldest_seq,omitempty"`
 	OldestTime  int64  `codec:"oldest_time,omitempty"`
 	OldestAgeMS int64  `codec:"oldest_age_ms,omitempty"`
+	// Entries are receipts of the waiting changes, oldest first, after the
+	// request's after, at most its limit; Next continues them (0: none left).
+	Entries []*PendingEntry `codec:"entries,omitempty"`
+	Next    uint64          `codec:"next,omitempty"`
+}
+
+// PendingEntry is the receipt of one acknowledged local change that is not
+// yet in the shared store.
+type PendingEntry struct {
+	Seq         uint64 `codec:"seq"`
+	Governor    string `codec:"governor"`
+	State       string `codec:"state"`
+	Version     uint64 `codec:"version"`
+	BaseVersion uint64 `codec:"base_version"`
+	OpID        string `codec:"op_id"`
+	BatchID     string `codec:"batch_id,omitempty"`
+	Time        int64  `codec:"time"`
 }
 
 // Failed is one entry of the failed list: a local change the shared store

@@ -149,16 +149,15 @@ func (c *conn) opGet(req *wire.Request) {
 		c.replyError(req.ID, e)
 		return
 	}
-	keys := []localcache.Key{k}
-	c.awaitWrites(keys, false)
+	c.awaitWrites([]localcache.Key{k}, false) // does not keep the slice: it stays on the stack
 	if c.needsFetch(k.Governor, m) {
-		c.goWrite(req.ID, keys, func() *wire.Response { return c.fetchGet(k, m) }, nil)
+		c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response { return c.fetchGet(k, m) }, nil)
 		return
 	}
 	r, err := c.s.store.Get(c.ctx, k)
 	if err != nil {
 		if errors.Is(err, localcache.ErrNotFound) && c.readsThrough(k.Governor, m) {
-			c.goWrite(req.ID, keys, func() *wire.Response { return c.fetchGet(k, m) }, nil)
+			c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response { return c.fetchGet(k, m) }, nil)
 			return
 		}
 		c.replyError(req.ID, c.storeError("get", k, err))

@@ -990,7 +990,7 @@ func (s *Store) Export(ctx context.Context, q EventQuery, w io.Writer) (int, err
 	bw := bufio.NewWriterSize(w, 64<<10)
 	enc := json.NewEncoder(bw)
 	enc.SetEscapeHTML(false)
-	conv := newJSONValues()
+	conv := NewJSONValues()
 	n := 0
 	for {
 		page, err := s.QueryEvents(ctx, q)
@@ -998,7 +998,7 @@ func (s *Store) Export(ctx context.Context, q EventQuery, w io.Writer) (int, err
 			return n, err
 		}
 		for _, e := range page.Events {
-			if err := enc.Encode(exportEvent(e, conv)); err != nil {
+			if err := enc.Encode(ExportEvent(e, conv)); err != nil {
 				return n, fmt.Errorf("localcache: export: %w", err)
 			}
 			n++
@@ -1014,7 +1014,8 @@ func (s *Store) Export(ctx context.Context, q EventQuery, w io.Writer) (int, err
 	return n, nil
 }
 
-func exportEvent(e Event, conv *jsonValues) ExportedEvent {
+// ExportEvent returns the export line of e; conv converts its value.
+func ExportEvent(e Event, conv *JSONValues) ExportedEvent {
 	x := ExportedEvent{
 		Governor: e.Governor, State: e.State, Version: e.ToVersion, FromVersion: e.FromVersion, Action: e.Action,
 		Time: time.Unix(0, e.Change.Time).UTC().Format(time.RFC3339Nano), TimeNS: e.Change.Time,
@@ -1027,28 +1028,29 @@ func exportEvent(e Event, conv *jsonValues) ExportedEvent {
 	if e.Action != ActionDelete {
 		b := base64.StdEncoding.EncodeToString(e.Value)
 		x.ValueB64 = &b
-		x.Value = conv.convert(e.Value)
+		x.Value = conv.Convert(e.Value)
 	}
 	return x
 }
 
-// jsonValues converts msgpack values to JSON (ExportedEvent.Value). Not
+// JSONValues converts msgpack values to JSON (ExportedEvent.Value). Not
 // safe for concurrent use.
-type jsonValues struct {
+type JSONValues struct {
 	h *codec.MsgpackHandle
 }
 
-func newJSONValues() *jsonValues {
+// NewJSONValues returns a converter.
+func NewJSONValues() *JSONValues {
 	h := &codec.MsgpackHandle{}
 	h.WriteExt = true // str and bin are distinct: str decodes to string, bin to []byte
 	h.MaxDepth = wire.MaxDepth
 	h.MaxInitLen = 1024
-	return &jsonValues{h: h}
+	return &JSONValues{h: h}
 }
 
-// convert returns b as JSON, or nil when b is not one whole msgpack value
+// Convert returns b as JSON, or nil when b is not one whole msgpack value
 // that converts cleanly.
-func (c *jsonValues) convert(b []byte) json.RawMessage {
+func (c *JSONValues) Convert(b []byte) json.RawMessage {
 	if len(b) == 0 {
 		return nil
 	}

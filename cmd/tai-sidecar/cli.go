@@ -18,7 +18,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 
@@ -977,7 +976,7 @@ func historyFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []stri
 // printEvents prints the events opts selects, every page, at most limit of
 // them (0: all), as the lines localcache.Store.Export writes.
 func printEvents(ctx context.Context, c *client.Client, gov string, opts client.EventsOptions, limit int, out *json.Encoder) error {
-	conv := newExportValues()
+	conv := localcache.NewJSONValues()
 	n := 0
 	for e, err := range c.EventsAll(ctx, gov, opts) {
 		if err != nil {
@@ -994,101 +993,19 @@ func printEvents(ctx context.Context, c *client.Client, gov string, opts client.
 }
 
 // exportedEvent converts an event of the events reply to the shape of an
-// export line.
-func exportedEvent(e *wire.Event, conv *exportValues) localcache.ExportedEvent {
-	x := localcache.ExportedEvent{
-		Governor: e.Governor, State: e.State, Version: e.Version, FromVersion: e.FromVersion, Action: e.Action,
-		Time: formatNanos(e.Change.Time), TimeNS: e.Change.Time,
-		Actor: e.Change.Actor, Reason: e.Change.Reason, Origin: e.Origin, OpID: e.OpID,
-		Lamport: e.Clock.Lamport, HLC: e.Clock.HLC, Vector: e.Clock.Vector,
-	}
-	if x.Vector == nil {
-		x.Vector = map[string]uint64{}
-	}
-	if e.Action != localcache.ActionDelete {
-		b := base64.StdEncoding.EncodeToString(e.Value)
-		x.ValueB64 = &b
-		x.Value = conv.convert(e.Value)
-	}
-	return x
-}
-
-// exportValues converts msgpack values to JSON as an export line holds
-// them (localcache.ExportedEvent.Value): present only when the value
-// converts without loss of kind. Not safe for concurrent use.
-type exportValues struct {
-	h *codec.MsgpackHandle
-}
-
-func newExportValues() *exportValues {
-	h := &codec.MsgpackHandle{}
-	h.WriteExt = true // str and bin are distinct: str decodes to string, bin to []byte
-	h.MaxDepth = wire.MaxDepth
-	h.MaxInitLen = 1024
-	return &exportValues{h: h}
-}
-
-// convert returns b as JSON, or nil when b is not one whole msgpack value
-// that converts cleanly.
-func (c *exportValues) convert(b []byte) json.RawMessage {
-	if len(b) == 0 {
-		return nil
-	}
-	dec := codec.NewDecoderBytes(b, c.h)
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil
-	}
-	var rest any
-	if err := dec.Decode(&rest); !errors.Is(err, io.EOF) {
-		return nil // trailing bytes
-	}
-	v, ok := jsonClean(v)
-	if !ok {
-		return nil
-	}
-	j, err := json.Marshal(v)
-	if err != nil {
-		return nil
-	}
-	return j
-}
-
-// jsonClean returns v with its maps keyed by strings, or false when v holds
-// something JSON has no plain counterpart for.
-func jsonClean(v any) (any, bool) {
-	switch x := v.(type) {
-	case nil, bool, int64, uint64:
-		return v, true
-	case float64:
-		return x, !math.IsNaN(x) && !math.IsInf(x, 0)
-	case string:
-		return x, utf8.ValidString(x)
-	case []any:
-		for i, e := range x {
-			c, ok := jsonClean(e)
-			if !ok {
-				return nil, false
-			}
-			x[i] = c
-		}
-		return x, true
-	case map[any]any:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			ks, ok := k.(string)
-			if !ok || !utf8.ValidString(ks) {
-				return nil, false
-			}
-			c, ok := jsonClean(e)
-			if !ok {
-				return nil, false
-			}
-			m[ks] = c
-		}
-		return m, true
-	}
-	return nil, false
+// export line, as localcache.Export writes it.
+func exportedEvent(e *wire.Event, conv *localcache.JSONValues) localcache.ExportedEvent {
+	return localcache.ExportEvent(localcache.Event{
+		Key:         localcache.Key{Governor: e.Governor, State: e.State},
+		Action:      e.Action,
+		FromVersion: e.FromVersion,
+		ToVersion:   e.Version,
+		Value:       e.Value,
+		Change:      localcache.Change{Actor: e.Change.Actor, Reason: e.Change.Reason, Time: e.Change.Time},
+		Origin:      e.Origin,
+		OpID:        e.OpID,
+		Clock:       localcache.Clock{Lamport: e.Clock.Lamport, HLC: e.Clock.HLC, Vector: e.Clock.Vector},
+	}, conv)
 }
 
 // pastJSON is how state-at prints a past state.

@@ -164,13 +164,15 @@ func peekReply(b []byte) (id uint64, hasErr, ok bool) {
 	if n == 1 {
 		return id, false, true
 	}
-	// Any error key shows as these bytes (the codec writes it right after
-	// the id). A match inside a value only costs a full decode.
-	return id, bytes.Contains(b[p:], []byte(errorKey)), true
+	rest := b[p:]
+	// A second "id" key would win over the first in a full decode; in any
+	// string encoding its bytes show as they are. The same holds for an
+	// "error" key. A match inside a value only costs a full decode.
+	if bytes.Contains(rest, []byte("id")) {
+		return 0, false, false
+	}
+	return id, bytes.Contains(rest, []byte("error")), true
 }
-
-// errorKey is the msgpack encoding of the map key "error".
-const errorKey = "\xa5error"
 
 // decodeReply returns the id and error of a reply, on the fast path when it
 // can, through the codec otherwise.

@@ -86,9 +86,10 @@ type Client struct {
 	rr     atomic.Uint64 // round-robin start for slot picking
 	codecs sync.Pool     // *wire.Codec for encoding requests
 
-	mu     sync.Mutex
-	slots  []*slot
-	closed bool
+	mu       sync.Mutex
+	slots    []*slot
+	sessions map[*conn]struct{} // connections of lock calls: see locks.go
+	closed   bool
 }
 
 // slot holds one of the client's connections, redialled when it fails.
@@ -119,12 +120,16 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	slots := c.slots
+	slots, sessions := c.slots, c.sessions
+	c.sessions = nil
 	c.mu.Unlock()
 	for _, s := range slots {
 		if cn := s.cur.Load(); cn != nil {
 			cn.close(ErrClosed)
 		}
+	}
+	for cn := range sessions {
+		cn.close(ErrClosed)
 	}
 	return nil
 }
@@ -488,9 +493,9 @@ func (c *Client) BatchGet(ctx context.Context, keys []wire.Key, opts ...ReadOpti
 
 // BatchPut applies items (puts, and deletes where Item.Delete is set) all or
 // nothing, and returns the new metadata of each, in order. Preconditions are
-// per item (Item.IfVersion, Item.IfAbsent); opts may only carry Actor and
-// Reason, which apply to every item. If one item's precondition fails,
-// nothing is written and the error names that item's key.
+// per item (Item.IfVersion, Item.IfAbsent), not options; Actor, Reason and
+// WithFence apply to every item. If one item's precondition fails, nothing
+// is written and the error names that item's key.
 func (c *Client) BatchPut(ctx context.Context, items []wire.Item, opts ...WriteOption) ([]*Record, error) {
 	for _, it := range items {
 		if err := validKey(it.Governor, it.State); err != nil {
@@ -708,6 +713,7 @@ type writeOptions struct {
 	sync          bool
 	strong        bool
 	syncTimeout   time.Duration
+	fence         *Fence // fence.go
 }
 
 // Synced makes the write answer only once the shared store has committed
@@ -716,7 +722,8 @@ type writeOptions struct {
 // error matches ErrTimeout and is not retryable: the change is durable
 // locally and syncs later, and a retry would write again. A change the
 // shared store rejects for good fails with ErrUnavailable (not retryable)
-// naming the reason. A sidecar without a shared store refuses sync writes
+// naming the reason, or ErrFenceRejected for a stale fence (WithFence). A
+// sidecar without a shared store refuses sync writes
 // (ErrUnavailable, not retryable).
 func Synced(timeout time.Duration) WriteOption {
 	return func(o *writeOptions) { o.sync, o.syncTimeout = true, timeout }
@@ -795,6 +802,11 @@ func applyWriteOptions(req *wire.Request, opts []WriteOption, preconditions bool
 	}
 	req.IfVersion, req.IfAbsent = o.ifVersion, o.ifAbsent
 	req.Actor, req.Reason = o.actor, o.reason
+	fence, err := wireFence(o.fence)
+	if err != nil {
+		return err
+	}
+	req.Fence = fence
 	if o.sync && o.strong {
 		return errorf(wire.CodeInvalidArgument, "Synced and StrongWrite are two consistency levels: give one")
 	}

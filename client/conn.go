@@ -52,6 +52,7 @@ type conn struct {
 	queue   []*call           // not yet taken by the writer
 	err     error             // why the connection failed
 	watches map[uint64]*Watch // running watches, by id: see watch.go
+	locks   *lockSession      // set on a lock connection: see locks.go
 
 	wake    chan struct{} // capacity 1: the queue is not empty
 	closing chan struct{} // closed by fail

@@ -29,6 +29,7 @@ var (
 	ErrVersionConflict  = wire.ErrVersionConflict
 	ErrFenceRejected    = wire.ErrFenceRejected
 	ErrLockHeld         = wire.ErrLockHeld
+	ErrLockLost         = wire.ErrLockLost
 	ErrDeadlockDetected = wire.ErrDeadlockDetected
 	ErrInvalidArgument  = wire.ErrInvalidArgument
 	ErrUnknownOp        = wire.ErrUnknownOp

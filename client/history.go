@@ -42,7 +42,8 @@ type EventsOptions struct {
 	// From and To bound the change time: From <= time < To; a zero bound
 	// is open.
 	From, To time.Time
-	// Action is "put", "delete" or "" (both).
+	// Action is "put", "delete", a transition's action, or "" (every
+	// event).
 	Action string
 	// Limit is the most events in one page: the sidecar's default (100) if
 	// zero, at most 1000. The sidecar may return fewer, even none, while it

@@ -26,6 +26,9 @@ func (noRemote) FreshAt(string) (time.Time, bool) { return time.Time{}, false }
 func (noRemote) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
 	return nil, sockapi.ErrRemoteUnavailable
 }
+func (noRemote) ReadStrong(ctx context.Context, keys []localcache.Key) ([]*localcache.Record, int, error) {
+	return nil, 0, sockapi.ErrRemoteUnavailable
+}
 
 func TestClientFlush(t *testing.T) {
 	ctx := context.Background()
@@ -155,7 +158,7 @@ func TestClientHistory(t *testing.T) {
 			_, _, err := c.Events(ctx, "g", client.EventsOptions{From: time.Unix(-5, 0)})
 			return err
 		}(),
-		"events bad action":  func() error { _, _, err := c.Events(ctx, "g", client.EventsOptions{Action: "x"}); return err }(),
+		"events bad action":  func() error { _, _, err := c.Events(ctx, "g", client.EventsOptions{Action: "\xff"}); return err }(),
 		"state_at zero time": func() error { _, err := c.StateAt(ctx, "g", "a", time.Time{}); return err }(),
 		"state_at version 0": func() error { _, err := c.StateAtVersion(ctx, "g", "a", 0); return err }(),
 		"validate bad state": func() error { _, err := c.Validate(ctx, "g", "a/b"); return err }(),

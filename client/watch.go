@@ -212,13 +212,17 @@ func (c *conn) dropWatch(id uint64) {
 	c.mu.Unlock()
 }
 
-// push hands a server-push frame to its watch; frames of a watch that
-// ended are dropped.
+// push hands a server-push frame to its watch, or to the lock connection
+// (a lost bound lock, see locks.go); frames of a watch that ended are
+// dropped.
 func (c *conn) push(resp *wire.Response) {
 	c.mu.Lock()
-	w := c.watches[resp.Watch]
+	w, s := c.watches[resp.Watch], c.locks
 	c.mu.Unlock()
-	if w != nil {
+	switch {
+	case w != nil:
 		w.deliver(resp)
+	case resp.Watch == 0 && s != nil:
+		s.push(resp)
 	}
 }

@@ -30,10 +30,17 @@ import (
 //	         then taken as journaled once when version > syncedVersion)
 //	event:   format=1, action(1 put, 2 delete), u from, u to,
 //	         change, s origin, s opID, clock, s value
+//	         (format 2: s name after the action byte, the name of a put
+//	         made by a state machine transition: Event.Action)
 //	journal: format=2, flags(bit0 strict), s opID, s batchID, s governor,
 //	         s state, u baseVersion, u version, i time
 //	         (format 1, still read: no flags)
-//	parked:  journal entry as above, then s reason, i parkedAt
+//	         (format 3, for an entry with a fence (only those; the others
+//	         are still written in format 2): then s fence resource,
+//	         u fence token)
+//	parked:  journal entry as above, then s reason, i parkedAt; an entry
+//	         parked for its fence has bit 1 of its flags set and ends with
+//	         the rejection: s resource, u token, u current
 //	meta:    format=2, u seq, u lamport, u hlc, i states, i journal,
 //	         i parked   (format 1, still read: no parked)
 //	change:  s actor, s reason, i time
@@ -49,6 +56,15 @@ const (
 	formatMetaV2 = 2
 	// formatJournalV2 added a flags byte (bit 0: strict) to journal entries.
 	formatJournalV2 = 2
+	// formatJournalV3 added the fence (resource, token) to fenced journal
+	// entries.
+	formatJournalV3 = 3
+	// parkedFenceRejected is the flag (bit 1) of a parked entry that ends
+	// with its fence's rejection.
+	parkedFenceRejected = 2
+	// formatEventV2 added the action's name to events of transitions;
+	// other events are still written in format 1.
+	formatEventV2 = 2
 )
 
 const (
@@ -127,11 +143,15 @@ func encodeEvent(e *Event) []byte {
 	n := 2 + 2*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(e.Change.Actor) + len(e.Change.Reason) +
 		len(e.Origin) + len(e.OpID) + clockSize(e.Clock) + len(e.Value) + 3*binary.MaxVarintLen64
 	b := make([]byte, 0, n)
-	action := byte(actionPut)
-	if e.Action == ActionDelete {
-		action = actionDelete
+	switch e.Action {
+	case ActionPut:
+		b = append(b, formatV1, actionPut)
+	case ActionDelete:
+		b = append(b, formatV1, actionDelete)
+	default: // a transition's action
+		b = append(b, formatEventV2, actionPut)
+		b = appendString(b, e.Action)
 	}
-	b = append(b, formatV1, action)
 	b = binary.AppendUvarint(b, e.FromVersion)
 	b = binary.AppendUvarint(b, e.ToVersion)
 	b = appendChange(b, e.Change)
@@ -145,22 +165,34 @@ func encodeJournal(j *JournalEntry) []byte {
 	return appendJournal(nil, j)
 }
 
-func appendJournal(b []byte, j *JournalEntry) []byte {
+func appendJournal(b []byte, j *JournalEntry) []byte { return appendJournalFlags(b, j, 0) }
+
+// appendJournalFlags appends j with extra set in its flags.
+func appendJournalFlags(b []byte, j *JournalEntry, extra byte) []byte {
 	if b == nil {
 		b = make([]byte, 0, 1+8*binary.MaxVarintLen64+len(j.OpID)+len(j.BatchID)+len(j.Key.Governor)+len(j.Key.State))
 	}
-	var flags byte
+	flags := extra
 	if j.Strict {
 		flags |= 1
 	}
-	b = append(b, formatJournalV2, flags)
+	format := byte(formatJournalV2)
+	if !j.Fence.IsZero() {
+		format = formatJournalV3
+	}
+	b = append(b, format, flags)
 	b = appendString(b, j.OpID)
 	b = appendString(b, j.BatchID)
 	b = appendString(b, j.Key.Governor)
 	b = appendString(b, j.Key.State)
 	b = binary.AppendUvarint(b, j.BaseVersion)
 	b = binary.AppendUvarint(b, j.Version)
-	return binary.AppendVarint(b, j.Time)
+	b = binary.AppendVarint(b, j.Time)
+	if format == formatJournalV3 {
+		b = appendString(b, j.Fence.Resource)
+		b = binary.AppendUvarint(b, j.Fence.Token)
+	}
+	return b
 }
 
 // --- decoding ---
@@ -252,13 +284,6 @@ func (d *decoder) clock() Clock {
 	return c
 }
 
-func (d *decoder) format(what string) error {
-	if f := d.byte(); d.err == nil && f != formatV1 {
-		return fmt.Errorf("%w: %s format %d", errCorrupt, what, f)
-	}
-	return nil
-}
-
 func (d *decoder) done(what string) error {
 	if d.err == nil && len(d.b) != 0 {
 		d.err = errCorrupt
@@ -306,21 +331,41 @@ func decodeRecord(k Key, b []byte) (*Record, error) {
 	return r, nil
 }
 
-// decodeEvent decodes an event of key k from b, which it aliases.
-func decodeEvent(k Key, b []byte) (Event, error) {
-	d := decoder{b: b}
-	if err := d.format("event"); err != nil {
-		return Event{}, err
+// eventAction reads an event's format, action and (format 2) the name of
+// its action.
+func (d *decoder) eventAction() (string, error) {
+	f := d.byte()
+	if d.err == nil && f != formatV1 && f != formatEventV2 {
+		return "", fmt.Errorf("%w: event format %d", errCorrupt, f)
 	}
-	e := Event{Key: k}
+	var action string
 	switch d.byte() {
 	case actionPut:
-		e.Action = ActionPut
+		action = ActionPut
 	case actionDelete:
-		e.Action = ActionDelete
+		action = ActionDelete
 	default:
 		d.fail()
 	}
+	if f == formatEventV2 {
+		switch name := d.string(); {
+		case action != ActionPut, name == "", name == ActionPut, name == ActionDelete:
+			d.fail() // only puts are named, by a name of their own
+		default:
+			action = name
+		}
+	}
+	return action, nil
+}
+
+// decodeEvent decodes an event of key k from b, which it aliases.
+func decodeEvent(k Key, b []byte) (Event, error) {
+	d := decoder{b: b}
+	action, err := d.eventAction()
+	if err != nil {
+		return Event{}, err
+	}
+	e := Event{Key: k, Action: action}
 	e.FromVersion = d.uvarint()
 	e.ToVersion = d.uvarint()
 	e.Change = d.change()
@@ -336,22 +381,24 @@ func decodeEvent(k Key, b []byte) (Event, error) {
 // decodeJournal decodes the journal entry seq from b, which it aliases.
 func decodeJournal(seq uint64, b []byte) (JournalEntry, error) {
 	d := decoder{b: b}
-	j, err := d.journal(seq, "journal entry")
+	j, _, err := d.journal(seq, "journal entry")
 	if err != nil {
 		return JournalEntry{}, err
 	}
 	return j, d.done("journal entry")
 }
 
-// journal reads a journal entry (format 1 or 2).
-func (d *decoder) journal(seq uint64, what string) (JournalEntry, error) {
+// journal reads a journal entry (format 1, 2 or 3) and its flags.
+func (d *decoder) journal(seq uint64, what string) (JournalEntry, byte, error) {
 	f := d.byte()
-	if d.err == nil && f != formatV1 && f != formatJournalV2 {
-		return JournalEntry{}, fmt.Errorf("%w: %s format %d", errCorrupt, what, f)
+	if d.err == nil && f != formatV1 && f != formatJournalV2 && f != formatJournalV3 {
+		return JournalEntry{}, 0, fmt.Errorf("%w: %s format %d", errCorrupt, what, f)
 	}
 	j := JournalEntry{Seq: seq}
-	if f == formatJournalV2 {
-		j.Strict = d.byte()&1 != 0
+	var flags byte
+	if f >= formatJournalV2 {
+		flags = d.byte()
+		j.Strict = flags&1 != 0
 	}
 	j.OpID = d.string()
 	j.BatchID = d.string()
@@ -360,24 +407,44 @@ func (d *decoder) journal(seq uint64, what string) (JournalEntry, error) {
 	j.BaseVersion = d.uvarint()
 	j.Version = d.uvarint()
 	j.Time = d.varint()
-	return j, nil
+	if f == formatJournalV3 {
+		j.Fence.Resource = d.string()
+		j.Fence.Token = d.uvarint()
+		if d.err == nil && j.Fence.IsZero() {
+			d.fail() // format 3 is written for fenced entries only
+		}
+	}
+	return j, flags, nil
 }
 
 func encodeParked(p *ParkedEntry) []byte {
-	b := appendJournal(make([]byte, 0, 64+len(p.OpID)+len(p.BatchID)+len(p.Key.Governor)+len(p.Key.State)+len(p.Reason)), &p.JournalEntry)
+	var flags byte
+	if p.FenceRejected != nil {
+		flags = parkedFenceRejected
+	}
+	b := appendJournalFlags(make([]byte, 0, 64+len(p.OpID)+len(p.BatchID)+len(p.Key.Governor)+len(p.Key.State)+len(p.Reason)), &p.JournalEntry, flags)
 	b = appendString(b, p.Reason)
-	return binary.AppendVarint(b, p.ParkedAt)
+	b = binary.AppendVarint(b, p.ParkedAt)
+	if r := p.FenceRejected; r != nil {
+		b = appendString(b, r.Resource)
+		b = binary.AppendUvarint(b, r.Token)
+		b = binary.AppendUvarint(b, r.Current)
+	}
+	return b
 }
 
 func decodeParked(seq uint64, b []byte) (ParkedEntry, error) {
 	d := decoder{b: b}
-	j, err := d.journal(seq, "parked entry")
+	j, flags, err := d.journal(seq, "parked entry")
 	if err != nil {
 		return ParkedEntry{}, err
 	}
 	p := ParkedEntry{JournalEntry: j}
 	p.Reason = d.string()
 	p.ParkedAt = d.varint()
+	if flags&parkedFenceRejected != 0 {
+		p.FenceRejected = &FenceRejectedError{Resource: d.string(), Token: d.uvarint(), Current: d.uvarint()}
+	}
 	return p, d.done("parked entry")
 }
 

@@ -162,6 +162,8 @@ func FuzzDecodeEvent(f *testing.F) {
 
 func FuzzDecodeJournal(f *testing.F) {
 	f.Add(encodeJournal(&JournalEntry{OpID: "n-1", BatchID: "n-1", Key: key("g", "s"), Version: 1}))
+	f.Add(encodeJournal(&JournalEntry{OpID: "n-2", BatchID: "n-2", Key: key("g", "s"), Version: 2, Strict: true,
+		Fence: Fence{Resource: "lock", Token: 7}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		j, err := decodeJournal(1, b)
 		if err != nil {

@@ -59,6 +59,7 @@ type staged struct {
 	changes []*Record // the changes subscribers get (see feed.go)
 	seqs    []uint64  // a write's journal sequence numbers, one per record
 	after   []func()  // a mutation's, run once it is durable
+	fenced  bool      // a write's ops raise a fence mark (fence.go)
 	ops     []kv      // every Badger operation, in order
 	result  any       // a mutation's result
 	meta    meta      // the counters after this request
@@ -155,6 +156,12 @@ func (s *Store) prepare(w Write) (Write, error) {
 		return w, fail("reason", wire.MaxMetaSize, ErrTooLarge, "reason is %d bytes, limit %d", len(w.Reason), wire.MaxMetaSize)
 	case w.IfAbsent && w.IfVersion != nil && *w.IfVersion != 0:
 		return w, fail("if_version", 0, ErrInvalid, "if_version %d contradicts if_absent", *w.IfVersion)
+	}
+	if err := checkWriteAction(w); err != nil {
+		return w, &KeyError{Op: op, Key: w.Key, Err: err}
+	}
+	if err := checkFence(w.Fence); err != nil {
+		return w, &KeyError{Op: op, Key: w.Key, Err: err}
 	}
 	if w.Delete {
 		w.Value = nil
@@ -307,7 +314,7 @@ func (s *Store) commitGroup(group []*request) {
 		if r.mut != nil {
 			st, err = s.stageMutation(r, &m, g)
 		} else {
-			st, err = s.stage(r, &m, now, g.record)
+			st, err = s.stage(r, &m, now, g)
 		}
 		if err != nil {
 			r.done <- reply{err: err}
@@ -373,8 +380,8 @@ func (g *groupView) add(st *staged) {
 	for _, k := range st.removed {
 		g.recs[k] = nil
 	}
-	if st.req.mut == nil {
-		return // a write's other keys (event, journal entry) are never read back in a group
+	if st.req.mut == nil && !st.fenced {
+		return // a write's event and journal entry are never read back in a group (its fence marks are)
 	}
 	if g.raw == nil {
 		g.raw = make(map[string]kv)
@@ -393,15 +400,28 @@ func (g *groupView) discard() {
 	}
 }
 
-// stage checks r's preconditions against lookup and builds what to store.
-// On success it advances *m; on failure *m is unchanged.
-func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Record, error)) (*staged, error) {
+// stage checks r's fences and preconditions against g and builds what to
+// store. On success it advances *m; on failure *m is unchanged.
+func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged, error) {
 	mm := *m
 	st := &staged{req: r, records: make([]*Record, 0, len(r.writes)), ops: make([]kv, 0, 3*len(r.writes))}
 	nanos := now.UnixNano()
 	var batchID string
+	var marks map[string]uint64 // fence marks raised by this request
 	for i, w := range r.writes {
-		cur, err := lookup(w.Key)
+		if !w.Fence.IsZero() {
+			if marks == nil {
+				marks = make(map[string]uint64)
+			}
+			op := "put"
+			if w.Delete {
+				op = "delete"
+			}
+			if err := stageFence(g, st, marks, op, &w); err != nil {
+				return nil, err
+			}
+		}
+		cur, err := g.record(w.Key)
 		if err != nil {
 			return nil, fmt.Errorf("localcache: write %s: read current: %w", w.Key, err)
 		}
@@ -415,6 +435,8 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 			actual = cur.Version
 		}
 		switch {
+		case w.Strict && uncommitted(cur):
+			return nil, errStrictBehind // strong.go: pushed first, then checked
 		case w.IfAbsent && live:
 			return nil, &VersionConflictError{Key: w.Key, Expected: 0, Actual: actual}
 		case w.IfVersion != nil && *w.IfVersion != actual:
@@ -455,6 +477,9 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 			journaled:     prev.journaled + 1,
 		}
 		action := ActionPut
+		if w.Action != "" {
+			action = w.Action
+		}
 		var userMeta byte
 		if w.Delete {
 			action = ActionDelete
@@ -463,7 +488,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, lookup func(Key) (*Rec
 		ev := Event{Key: w.Key, Action: action, FromVersion: base, ToVersion: rec.Version, Value: w.Value,
 			Change: change, Origin: s.nodeID, OpID: opID, Clock: clock}
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
-			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict}
+			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict, Fence: w.Fence}
 		st.records = append(st.records, rec)
 		st.seqs = append(st.seqs, mm.seq)
 		st.changes = append(st.changes, rec)
@@ -934,6 +959,7 @@ func (s *Store) answer(part []*staged) {
 	}
 	s.commits.Add(1)
 	s.commitWrites.Add(uint64(writes))
+	s.noteSnapshotsDue(part)
 	s.repliedAt.Store(time.Now().UnixNano())
 	mutated := false
 	defer func() {

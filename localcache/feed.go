@@ -183,15 +183,25 @@ func (s *Store) endFeed() {
 // --- waiting for the shared store ---
 
 // ParkedError says a change was parked: the shared store rejected it for
-// good (see Failed).
+// good (see Failed). A change parked for its fence carries the rejection,
+// which errors.As and errors.Is (ErrFenceRejected) see.
 type ParkedError struct {
-	Seq    uint64
-	Key    Key
-	Reason string
+	Seq           uint64
+	Key           Key
+	Reason        string
+	FenceRejected *FenceRejectedError
 }
 
 func (e *ParkedError) Error() string {
 	return fmt.Sprintf("change %d of %s was rejected by the shared store: %s", e.Seq, e.Key, e.Reason)
+}
+
+// Unwrap returns the fence rejection, if the change was parked for it.
+func (e *ParkedError) Unwrap() error {
+	if e.FenceRejected == nil {
+		return nil
+	}
+	return e.FenceRejected
 }
 
 // WaitSynced waits until the journal entries seqs (Record.Seq of writes)
@@ -205,7 +215,7 @@ func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
 				return v != nil, err
 			}
 			if l, ok := s.takeLost(seq); ok {
-				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion}
+				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion, RemoteDeleted: l.remoteDeleted}
 			}
 			v, err := getValue(txn, parkedKey(seq))
 			if err != nil {
@@ -218,7 +228,7 @@ func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
 			if err != nil {
 				return false, fmt.Errorf("parked %d: %w", seq, err)
 			}
-			return false, &ParkedError{Seq: seq, Key: p.Key, Reason: p.Reason}
+			return false, &ParkedError{Seq: seq, Key: p.Key, Reason: p.Reason, FenceRejected: p.FenceRejected}
 		}
 		return false, nil
 	})
@@ -288,6 +298,7 @@ type ConflictLostError struct {
 	Seq           uint64
 	Key           Key
 	RemoteVersion uint64
+	RemoteDeleted bool // the shared store's record is a tombstone
 }
 
 func (e *ConflictLostError) Error() string {
@@ -301,6 +312,7 @@ func (e *ConflictLostError) Unwrap() error { return ErrVersionConflict }
 type lostChange struct {
 	key           Key
 	remoteVersion uint64
+	remoteDeleted bool
 }
 
 // maxLost bounds the lost changes remembered for WaitSynced: a strong write

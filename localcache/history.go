@@ -37,7 +37,9 @@ import (
 // (Gaps, kept apart from Violations).
 //
 // Every event holds the whole value of its version, not a delta: the state
-// as of version V is event V itself, so nothing is replayed.
+// as of version V is event V itself, so nothing is replayed. Snapshots
+// (snapshot.go) hold versions whose events cleanup removed (cleanup.go),
+// and their time marks index the history by change time.
 
 // Event query limits.
 const (
@@ -53,8 +55,9 @@ const (
 
 // ErrHistoryGap says the local event log does not hold what was asked for:
 // the versions in question were made on other nodes (applied by the pull
-// loop, which stores no local event) or were this node's changes that the
-// shared store committed under later versions.
+// loop, which stores no local event), were this node's changes that the
+// shared store committed under later versions, or were removed by cleanup
+// (before the retained history).
 var ErrHistoryGap = errors.New("not in the local history")
 
 // HistoryGapError is returned when an answer falls into versions After+1
@@ -68,7 +71,7 @@ type HistoryGapError struct {
 }
 
 func (e *HistoryGapError) Error() string {
-	return fmt.Sprintf("%s %s: versions %d to %d have no local event (made on other nodes): %v",
+	return fmt.Sprintf("%s %s: versions %d to %d have no local event (made on other nodes, or removed by cleanup): %v",
 		e.Op, e.Key, e.After+1, e.Through, ErrHistoryGap)
 }
 
@@ -86,7 +89,9 @@ type EventQuery struct {
 	// From and To bound the change time (Change.Time): From <= time < To.
 	// A zero bound is open. Non-zero bounds need From < To.
 	From, To time.Time
-	// Action, when set, is ActionPut or ActionDelete.
+	// Action, when set, selects the events of that action: ActionPut,
+	// ActionDelete, or a transition's action (transitions are not puts
+	// here).
 	Action string
 	// Limit is the most events returned: <= 0 means DefaultEventLimit; it
 	// is capped at MaxEventLimit.
@@ -169,11 +174,8 @@ func checkEventQuery(q EventQuery) (eventFilter, error) {
 	} else {
 		f.prefix = eventGovernorPrefix(q.Governor)
 	}
-	switch q.Action {
-	case "", ActionPut, ActionDelete:
-	default:
-		return eventFilter{}, &FieldError{Field: "action",
-			Err: fmt.Errorf("%w: action %q is not %q or %q", ErrInvalid, q.Action, ActionPut, ActionDelete)}
+	if err := checkMachineName(q.Action); err != nil {
+		return eventFilter{}, &FieldError{Field: "action", Err: fmt.Errorf("%w: action %w", ErrInvalid, err)}
 	}
 	if !q.From.IsZero() {
 		f.from = unixNanos(q.From)
@@ -285,31 +287,12 @@ func queryEvents(ctx context.Context, txn *badger.Txn, f eventFilter, budget int
 }
 
 // eventGovernorPrefix is the prefix of every event key of governor.
-func eventGovernorPrefix(governor string) []byte {
-	b := make([]byte, 0, 3+len(governor))
-	b = append(b, kindEvent)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(governor)))
-	return append(b, governor...)
-}
+func eventGovernorPrefix(governor string) []byte { return governorPrefix(kindEvent, governor) }
 
 // parseEventKey splits an event key (see eventKey) into its governor, state
 // and version; the names alias b.
 func parseEventKey(b []byte) (governor, state []byte, version uint64, err error) {
-	if len(b) < 3 || b[0] != kindEvent {
-		return nil, nil, 0, errBadKey
-	}
-	n := int(binary.BigEndian.Uint16(b[1:]))
-	b = b[3:]
-	if len(b) < n+2 {
-		return nil, nil, 0, errBadKey
-	}
-	governor, b = b[:n], b[n:]
-	n = int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if len(b) != n+8 {
-		return nil, nil, 0, errBadKey
-	}
-	return governor, b[:n], binary.BigEndian.Uint64(b[n:]), nil
+	return parseVersionedKey(kindEvent, b)
 }
 
 // eventKeys parses event keys, reusing the Key of the previous one while the
@@ -343,6 +326,12 @@ func eventCursor(key []byte) string {
 	if err != nil {
 		return "" // keys come from the scan's own prefix: cannot happen
 	}
+	return stateCursor(state, version)
+}
+
+// stateCursor is the cursor of a position after version of state (replay
+// cursors share the format).
+func stateCursor(state []byte, version uint64) string {
 	b := make([]byte, 0, 11+len(state))
 	b = append(b, eventCursorFormat)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(state)))
@@ -378,18 +367,11 @@ type eventHead struct {
 // without allocating.
 func decodeEventHead(b []byte) (eventHead, error) {
 	d := decoder{b: b}
-	if err := d.format("event"); err != nil {
+	action, err := d.eventAction()
+	if err != nil {
 		return eventHead{}, err
 	}
-	var h eventHead
-	switch d.byte() {
-	case actionPut:
-		h.action = ActionPut
-	case actionDelete:
-		h.action = ActionDelete
-	default:
-		d.fail()
-	}
+	h := eventHead{action: action}
 	h.from = d.uvarint()
 	h.to = d.uvarint()
 	d.bytes() // actor
@@ -432,13 +414,14 @@ type PastState struct {
 // another node and left no local event); an invalid key or a zero at is a
 // *KeyError holding a *FieldError (ErrInvalid); ErrClosed.
 //
-// Cost: the current record, then the events newest first until one is at
-// or before at: proportional to the events after at. Snapshots (to come,
-// every N events with their change time) bound it: the lookup then starts
-// at the newest snapshot whose time is <= at and reads at most N events
-// forward from it, and when retention has dropped the events before a
-// snapshot, the snapshot is the answer for times between it and the oldest
-// event kept. pastAt marks where that step goes.
+// Snapshots count as versions (a snapshot answers for a version whose
+// event cleanup removed); a time before the retained history is a
+// *HistoryGapError.
+//
+// Cost: the current record, the state's time marks (one per snapshot
+// taken, see snapshot.go), and the events of at most two stretches between
+// marks (N versions each, unless snapshots were skipped): not proportional
+// to the events after at.
 func (s *Store) StateAt(ctx context.Context, k Key, at time.Time) (PastState, error) {
 	if err := ctx.Err(); err != nil {
 		return PastState{}, err
@@ -467,72 +450,6 @@ func pastErr(what string, k Key, err error) error {
 	return fmt.Errorf("localcache: %s %s: %w", what, k, err)
 }
 
-// pastAt finds the state of k at time at (Unix nanoseconds).
-func pastAt(ctx context.Context, txn *badger.Txn, k Key, at int64) (PastState, error) {
-	rec, err := readRecord(txn, k)
-	if err != nil {
-		return PastState{}, err
-	}
-	if rec != nil && rec.Change.Time <= at {
-		if rec.Deleted {
-			return PastState{}, &KeyError{Op: "state_at", Key: k, Err: ErrNotFound}
-		}
-		return PastState{Record: pastRecord(rec), Exact: true}, nil
-	}
-	// firstAfter is the lowest version known to be made after at (0: none
-	// known): versions between the answer and it have no local event.
-	var firstAfter uint64
-	if rec != nil {
-		firstAfter = rec.Version
-	}
-	pfx := eventPrefix(k)
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx, Reverse: true})
-	defer it.Close()
-	for it.Seek(eventKey(k, math.MaxUint64)); it.Valid(); it.Next() {
-		if err := ctx.Err(); err != nil {
-			return PastState{}, err
-		}
-		item := it.Item()
-		var h eventHead
-		err := item.Value(func(v []byte) error {
-			var err error
-			h, err = decodeEventHead(v)
-			return err
-		})
-		if err != nil {
-			return PastState{}, fmt.Errorf("event %x: %w", item.Key(), err)
-		}
-		if h.time > at {
-			firstAfter = h.to
-			continue
-		}
-		e, err := readEvent(item, k)
-		if err != nil {
-			return PastState{}, err
-		}
-		exact := firstAfter == 0 || firstAfter <= e.ToVersion+1
-		if e.Action == ActionDelete {
-			if exact {
-				return PastState{}, &KeyError{Op: "state_at", Key: k, Err: ErrNotFound}
-			}
-			return PastState{}, &HistoryGapError{Op: "state_at", Key: k, After: e.ToVersion, Through: firstAfter - 1}
-		}
-		p := PastState{Record: eventPast(e), Exact: exact}
-		if !exact {
-			p.UnknownThrough = firstAfter - 1
-		}
-		return p, nil
-	}
-	// Every version known here was made after at. Versions restart at 1
-	// only for a new state (tombstones keep them growing), so if version 1
-	// is among them the state did not exist yet.
-	// (With snapshots, the nearest one at or before at answers here.)
-	if firstAfter <= 1 {
-		return PastState{}, &KeyError{Op: "state_at", Key: k, Err: ErrNotFound}
-	}
-	return PastState{}, &HistoryGapError{Op: "state_at", Key: k, After: 0, Through: firstAfter - 1}
-}
-
 // StateAtVersion returns state k as of version: the value and metadata of
 // the change that made that version.
 //
@@ -542,9 +459,9 @@ func pastAt(ctx context.Context, txn *badger.Txn, k Key, at int64) (PastState, e
 // and is not the current one (no local event holds it); version 0 or an
 // invalid key is a *KeyError holding a *FieldError (ErrInvalid); ErrClosed.
 //
-// Cost: one event lookup, plus the current record. With snapshots and
-// retention (to come), a version whose event was dropped is answered by the
-// snapshot taken at that version, when there is one (see versionGap).
+// Cost: one event lookup, plus the current record. A version whose event
+// is gone (removed by cleanup) is answered by the snapshot taken at that
+// version, when there is one.
 func (s *Store) StateAtVersion(ctx context.Context, k Key, version uint64) (PastState, error) {
 	if err := ctx.Err(); err != nil {
 		return PastState{}, err
@@ -570,6 +487,10 @@ func (s *Store) StateAtVersion(ctx context.Context, k Key, version uint64) (Past
 			p = PastState{Record: eventPast(e), Exact: true}
 			return nil
 		case !errors.Is(err, badger.ErrKeyNotFound):
+			return err
+		}
+		if sp, ok, err := snapshotPast(txn, k, version); ok {
+			p = sp
 			return err
 		}
 		rec, err := readRecord(txn, k)
@@ -702,6 +623,10 @@ const (
 	// changes lost to it (a conflict, or parked as rejected). Their events
 	// stay in the log; the current lineage of those versions is not in it.
 	GapSuperseded = "superseded"
+	// GapRemoved: the versions before the snapshot the state's retained
+	// history starts from (Through+1): their events were removed by
+	// cleanup (or never were in the local log).
+	GapRemoved = "removed"
 )
 
 // MaxReportedProblems is the most violations, and separately the most
@@ -728,8 +653,9 @@ type Gap struct {
 
 // ValidationReport is what Validate found.
 type ValidationReport struct {
-	States int // states with local events checked
-	Events int // events checked
+	States    int // states with local events checked
+	Events    int // events checked
+	Snapshots int // snapshots checked
 	// Violations lists the first MaxReportedProblems violations, by state
 	// and then version; ViolationCount counts them all.
 	Violations     []Violation
@@ -811,7 +737,10 @@ func (s *Store) Validate(ctx context.Context, governor, state string) (Validatio
 			}
 			v.event(version, e)
 		}
-		return v.finish()
+		if err := v.finish(); err != nil {
+			return err
+		}
+		return validateSnapshots(ctx, txn, f.prefix, &rep)
 	})
 	if err != nil {
 		return ValidationReport{}, fmt.Errorf("localcache: validate %s: %w", EventQuery{Governor: governor, State: state}.scope(), err)
@@ -848,7 +777,7 @@ func (v *validator) event(version uint64, e Event) {
 	}
 	if p := v.prev; p == nil {
 		if e.FromVersion > 0 {
-			r.gap(k, 0, e.FromVersion, GapElsewhere)
+			v.firstGap(e.FromVersion)
 		} else if e.Action == ActionDelete {
 			r.violation(k, version, RuleAction, "the first event deletes a state that did not exist")
 		}

@@ -71,45 +71,57 @@ func fillState(b *testing.B, s *Store, k Key, n int) (first, last time.Time) {
 // disk, for a time in the middle of its history (half the events are newer),
 // near its start (all but a few are newer: the worst case without
 // snapshots) and at the present (the current record answers); and
-// StateAtVersion (one event lookup).
+// StateAtVersion (one event lookup). snapshots=off takes no snapshots, so
+// StateAt reads every event after the time; snapshots=100 (the default)
+// has a snapshot and a time mark every 100 versions, and StateAt reads the
+// marks and at most two stretches of about 100 events.
 func BenchmarkStateAt(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
-		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
-			clock := &stepClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-			s := openDisk(b, b.TempDir(), withNow(clock.Now))
-			defer closeStore(b, s)
-			k := key("bench", "s")
-			first, last := fillState(b, s, k, n)
-			ctx := context.Background()
-			for _, c := range []struct {
-				name string
-				at   time.Time
-			}{
-				{"middle", first.Add(last.Sub(first) / 2)},
-				{"start", first.Add(time.Millisecond)},
-				{"now", last},
-			} {
-				b.Run(c.name, func(b *testing.B) {
-					b.ReportAllocs()
-					for b.Loop() {
-						if _, err := s.StateAt(ctx, k, c.at); err != nil {
-							b.Fatal(err)
-						}
-					}
-				})
+		for _, every := range []int{0, DefaultSnapshotEvery} {
+			name := fmt.Sprintf("events=%d/snapshots=%d", n, every)
+			if every == 0 {
+				name = fmt.Sprintf("events=%d/snapshots=off", n)
 			}
-			b.Run("version", func(b *testing.B) {
-				b.ReportAllocs()
-				v := uint64(0)
-				for b.Loop() {
-					v = v%uint64(n) + 1
-					if _, err := s.StateAtVersion(ctx, k, v); err != nil {
-						b.Fatal(err)
-					}
+			b.Run(name, func(b *testing.B) { benchStateAt(b, n, every) })
+		}
+	}
+}
+
+func benchStateAt(b *testing.B, n, every int) {
+	clock := &stepClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s := openDisk(b, b.TempDir(), withNow(clock.Now), withSnapshots(every, DefaultSnapshotKeep))
+	defer closeStore(b, s)
+	k := key("bench", "s")
+	first, last := fillState(b, s, k, n)
+	waitSnapshots(b, s)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name string
+		at   time.Time
+	}{
+		{"middle", first.Add(last.Sub(first) / 2)},
+		{"start", first.Add(time.Millisecond)},
+		{"now", last},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.StateAt(ctx, k, c.at); err != nil {
+					b.Fatal(err)
 				}
-			})
+			}
 		})
 	}
+	b.Run("version", func(b *testing.B) {
+		b.ReportAllocs()
+		v := uint64(0)
+		for b.Loop() {
+			v = v%uint64(n) + 1
+			if _, err := s.StateAtVersion(ctx, k, v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // BenchmarkEventQuery measures a governor scan: QueryEvents pages of

@@ -243,7 +243,7 @@ func TestEventQueryInvalid(t *testing.T) {
 		{"no governor", EventQuery{}, "governor"},
 		{"governor with slash", EventQuery{Governor: "a/b"}, "governor"},
 		{"bad state", EventQuery{Governor: "g", State: "a/b"}, "state"},
-		{"bad action", EventQuery{Governor: "g", Action: "update"}, "action"},
+		{"bad action", EventQuery{Governor: "g", Action: "\xff"}, "action"},
 		{"empty range", EventQuery{Governor: "g", From: t0, To: t0}, "to"},
 		{"reversed range", EventQuery{Governor: "g", From: t0.Add(time.Hour), To: t0}, "to"},
 		{"garbage cursor", EventQuery{Governor: "g", Cursor: "!!!"}, "cursor"},

@@ -9,10 +9,15 @@ import (
 //
 //	s + enc(key)                         state record (latest version, or tombstone)
 //	e + u16 len(gov) gov u16 len(st) st + BE u64 version   event (immutable)
+//	n + u16 len(gov) gov u16 len(st) st + BE u64 version   snapshot (snapshot.go)
+//	t + u16 len(gov) gov u16 len(st) st + BE u64 version   time mark of the events up to version (snapshot.go)
 //	j + BE u64 seq                       journal entry
 //	f + BE u64 seq                       parked journal entry (the failed list)
 //	r + enc(key)                         remote record kept aside while a local write of key is pending
 //	c + governor                         change cursor of governor (where pulling resumes)
+//	l + resource                         fence mark: the highest token seen for a lock (fence.go)
+//	x + BE u64 time + id                 conflict ledger entry, in decision time order (ledger.go)
+//	y + id                               the ledger entry of conflict id: its x key's time (once per id)
 //	m + name                             meta (counters, node id, format)
 //
 // enc(key) is BE u16 len(governor) + governor + state: the length prefix
@@ -25,11 +30,16 @@ import (
 const (
 	kindState   = 's'
 	kindEvent   = 'e'
+	kindSnap    = 'n'
+	kindMark    = 't'
 	kindJournal = 'j'
 	kindParked  = 'f'
 	kindAside   = 'r'
 	kindCursor  = 'c'
+	kindFence   = 'l'
 	kindMeta    = 'm'
+	kindLedger  = 'x'
+	kindLedgID  = 'y'
 )
 
 // Meta keys.
@@ -74,17 +84,56 @@ func parseStateKey(b []byte) (Key, error) {
 	return Key{Governor: string(b[3 : 3+n]), State: string(b[3+n:])}, nil
 }
 
-func eventPrefix(k Key) []byte {
+func eventPrefix(k Key) []byte { return versionedPrefix(kindEvent, k) }
+
+func eventKey(k Key, version uint64) []byte {
+	return binary.BigEndian.AppendUint64(eventPrefix(k), version)
+}
+
+// versionedPrefix is the prefix of the keys of kind (kindEvent, kindSnap,
+// kindMark) of state k: kind, then the governor and the state, each after
+// its BE u16 length.
+func versionedPrefix(kind byte, k Key) []byte {
 	b := make([]byte, 0, 5+len(k.Governor)+len(k.State)+8)
-	b = append(b, kindEvent)
+	b = append(b, kind)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(k.Governor)))
 	b = append(b, k.Governor...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(k.State)))
 	return append(b, k.State...)
 }
 
-func eventKey(k Key, version uint64) []byte {
-	return binary.BigEndian.AppendUint64(eventPrefix(k), version)
+// versionedKey is the key of kind of state k at version.
+func versionedKey(kind byte, k Key, version uint64) []byte {
+	return binary.BigEndian.AppendUint64(versionedPrefix(kind, k), version)
+}
+
+// governorPrefix is the prefix of every key of kind (see versionedPrefix)
+// of governor.
+func governorPrefix(kind byte, governor string) []byte {
+	b := make([]byte, 0, 3+len(governor))
+	b = append(b, kind)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(governor)))
+	return append(b, governor...)
+}
+
+// parseVersionedKey splits a key of kind (see versionedPrefix) into its
+// governor, state and version; the names alias b.
+func parseVersionedKey(kind byte, b []byte) (governor, state []byte, version uint64, err error) {
+	if len(b) < 3 || b[0] != kind {
+		return nil, nil, 0, errBadKey
+	}
+	n := int(binary.BigEndian.Uint16(b[1:]))
+	b = b[3:]
+	if len(b) < n+2 {
+		return nil, nil, 0, errBadKey
+	}
+	governor, b = b[:n], b[n:]
+	n = int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) != n+8 {
+		return nil, nil, 0, errBadKey
+	}
+	return governor, b[:n], binary.BigEndian.Uint64(b[n:]), nil
 }
 
 func journalKey(seq uint64) []byte {
@@ -110,4 +159,15 @@ func asideKey(k Key) []byte {
 
 func cursorKey(governor string) []byte {
 	return append([]byte{kindCursor}, governor...)
+}
+
+// ledgerKey is the key of the ledger entry of conflict id decided at
+// nanos (Unix ns, not negative).
+func ledgerKey(nanos int64, id string) []byte {
+	b := binary.BigEndian.AppendUint64([]byte{kindLedger}, uint64(nanos))
+	return append(b, id...)
+}
+
+func ledgerIDKey(id string) []byte {
+	return append([]byte{kindLedgID}, id...)
 }

@@ -40,6 +40,19 @@ type Options struct {
 	// write-ahead log can drop what they hold (also done when the log has
 	// grown by checkpointBytes, and by Close). 0: DefaultCheckpointInterval.
 	CheckpointInterval time.Duration
+	// Snapshots returns, per governor, how often a state is snapshotted
+	// (every that many versions, made by local writes; <= 0: never
+	// automatically) and how many snapshots a state keeps (<= 0:
+	// DefaultSnapshotKeep). Nil: DefaultSnapshotEvery and
+	// DefaultSnapshotKeep for every governor. It is called on the write
+	// path, for every local write: it must be fast and safe for concurrent
+	// use.
+	Snapshots func(governor string) (every, keep int)
+	// LedgerMaxEntries and LedgerMaxAge bound the conflict ledger: the
+	// oldest entries beyond the count, and those older than the age, are
+	// dropped. 0: DefaultLedgerMaxEntries, DefaultLedgerMaxAge.
+	LedgerMaxEntries int
+	LedgerMaxAge     time.Duration
 
 	// memTableSize overrides the Badger memtable size (tests use a small one
 	// to exercise transaction splitting).

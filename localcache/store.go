@@ -30,6 +30,7 @@ type Store struct {
 	db     *badger.DB
 	cache  *cache
 	nodeID string
+	ledger ledgerState // the conflict ledger's retention (ledger.go)
 
 	// reqs carries write requests to the committer. Senders hold closeMu
 	// for reading, and Close closes reqs holding it for writing, so no send
@@ -116,6 +117,8 @@ type Store struct {
 	// lost holds strict changes that lost a conflict, for WaitSynced (under
 	// ackMu; bounded).
 	lost map[uint64]lostChange
+	// snaps takes automatic snapshots (snapshot.go).
+	snaps snapshotter
 
 	// Owned by the committer.
 	walBuf    []byte
@@ -201,6 +204,7 @@ func Open(opts Options) (*Store, error) {
 	ckCtx, cancel := context.WithCancel(context.Background())
 	s.ckCancel = cancel
 	go s.checkpointLoop(ckCtx)
+	s.startSnapshots()
 	return s, nil
 }
 
@@ -294,6 +298,7 @@ func (s *Store) Close(ctx context.Context) error {
 }
 
 func (s *Store) close(ctx context.Context) error {
+	s.stopSnapshots()
 	s.closed.Store(true)
 	s.closeMu.Lock()
 	s.closing = true
@@ -441,6 +446,12 @@ func readRecord(txn *badger.Txn, k Key) (*Record, error) {
 // deleted states. The records share Value and Clock.Vector with the read
 // cache: do not modify them.
 func (s *Store) GetMany(ctx context.Context, keys []Key) ([]*Record, error) {
+	return s.getMany(ctx, keys, false)
+}
+
+// getMany is GetMany; with tombstones, deleted states are returned as their
+// tombstones instead of nil.
+func (s *Store) getMany(ctx context.Context, keys []Key, tombstones bool) ([]*Record, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -497,7 +508,7 @@ func (s *Store) GetMany(ctx context.Context, keys []Key) ([]*Record, error) {
 		}
 	}
 	for i, rec := range out {
-		if rec != nil && rec.Deleted {
+		if rec != nil && rec.Deleted && !tombstones {
 			out[i] = nil
 		} else if rec != nil {
 			c := *rec

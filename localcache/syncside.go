@@ -191,6 +191,7 @@ func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]sync
 			Event:       toSyncEvent(ev),
 			Time:        j.Time,
 			Strict:      j.Strict,
+			Fence:       j.Fence,
 		})
 		return nil
 	})
@@ -214,13 +215,23 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 			remotes[i] = fromSyncRecord(a.Remote)
 		}
 	}
-	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
 		last := make(map[Key]int, len(acks))
 		for i, a := range acks {
 			last[Key(a.Key)] = i
 		}
+		logged := 0 // conflict ledger entries added
 		for i, a := range acks {
 			k := Key(a.Key)
+			if a.Conflict != nil {
+				added, err := tx.putConflict(a.Conflict)
+				if err != nil {
+					return nil, err
+				}
+				if added {
+					logged++
+				}
+			}
 			removed := uint32(0)
 			for _, seq := range a.Seqs {
 				v, err := tx.get(journalKey(seq))
@@ -240,7 +251,7 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				tx.del(journalKey(seq))
 				removed++
 				if j.Strict && a.Outcome == syncer.OutcomeSuperseded {
-					lost := lostChange{key: k, remoteVersion: a.Remote.Version}
+					lost := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted}
 					tx.after = append(tx.after, func() { s.noteLost(seq, lost) })
 				}
 			}
@@ -270,10 +281,15 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				return nil, err
 			}
 		}
-		return nil, nil
+		return logged, nil
 	})
 	if err != nil {
 		return fmt.Errorf("localcache: ack: %w", err)
+	}
+	if n := res.(int); n > 0 {
+		if err := s.trimLedger(ctx); err != nil {
+			s.log.Warn("conflict ledger retention failed (retried after the next conflict)", "err", err)
+		}
 	}
 	return nil
 }
@@ -322,7 +338,9 @@ func (tx *mutTx) aside(k Key) (*Record, error) {
 // Park moves entries the shared store rejected for good from the journal to
 // the failed list, with their reason (syncer.Journal). The local record
 // keeps its value; when its last pending entry is parked, a remote record
-// kept aside for it is applied as ApplyRemote would now.
+// kept aside for it is applied as ApplyRemote would now. An entry the shared
+// store certainly did not apply (syncer.Parked.Remote: a fence rejection)
+// instead settles its key, when it was the last pending, as an ack does.
 func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 	if len(parked) == 0 {
 		return nil
@@ -341,7 +359,8 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 				return nil, fmt.Errorf("journal %d: %w", p.Seq, err)
 			}
 			tx.del(journalKey(p.Seq))
-			tx.set(parkedKey(p.Seq), encodeParked(&ParkedEntry{JournalEntry: j, Reason: p.Reason, ParkedAt: p.Time.UnixNano()}))
+			tx.set(parkedKey(p.Seq), encodeParked(&ParkedEntry{JournalEntry: j, Reason: p.Reason, ParkedAt: p.Time.UnixNano(),
+				FenceRejected: p.FenceRejected}))
 			tx.m.journal--
 			tx.m.parked++
 			cur, err := tx.record(j.Key)
@@ -354,6 +373,14 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 			rec := *cur
 			rec.journaled -= min(rec.journaled, 1)
 			rec.Pending = rec.journaled > 0
+			if rec.journaled == 0 && p.Remote != nil {
+				// Certainly not applied (a fence rejection): adopt what
+				// the shared store holds (fence.go).
+				if err := tx.settle(cur, j.Key, parkedRemote(p.Remote)); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if rec.journaled == 0 {
 				aside, err := tx.aside(j.Key)
 				if err != nil {
@@ -383,6 +410,9 @@ type ParkedEntry struct {
 	JournalEntry
 	Reason   string
 	ParkedAt int64 // Unix nanoseconds
+	// FenceRejected, when set, says the shared store rejected the entry's
+	// fence (Current: the lock's last token there).
+	FenceRejected *FenceRejectedError
 }
 
 // Failed returns up to limit parked entries with Seq > afterSeq, in journal
@@ -491,9 +521,13 @@ func eventRecord(ev Event) syncer.Record {
 }
 
 func toSyncEvent(ev Event) syncer.Event {
+	action := ev.Action
+	if action != ActionDelete {
+		action = ActionPut // a transition is a put to the shared store
+	}
 	return syncer.Event{
 		Key:         syncer.Key(ev.Key),
-		Action:      ev.Action,
+		Action:      action,
 		FromVersion: ev.FromVersion,
 		ToVersion:   ev.ToVersion,
 		Value:       ev.Value,

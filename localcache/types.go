@@ -88,8 +88,19 @@ type Write struct {
 	Reason    string
 	// Strict marks a write whose precondition was checked against the
 	// shared store's record (a strong write): its push loses any conflict
-	// instead of overwriting a change it has not seen.
+	// instead of overwriting a change it has not seen. It is refused while
+	// the key's local record holds a change the shared store does not have
+	// (WriteStrong, which sets it, then catches up and retries).
 	Strict bool
+	// Fence, when set, is the lock grant the write is made under: the
+	// write is rejected (*FenceRejectedError) if the store has seen a
+	// higher token for Fence.Resource, here and again when it is pushed
+	// (see fence.go).
+	Fence Fence
+	// Action, when set, names a put in its event instead of ActionPut:
+	// the action of a state machine transition (see Transition). Puts
+	// only; at most MaxActionSize bytes of UTF-8, not "put" or "delete".
+	Action string
 }
 
 // Event actions.
@@ -101,7 +112,9 @@ const (
 // Event is the immutable audit record of one change.
 type Event struct {
 	Key
-	Action      string // "put" or "delete"
+	// Action is "put", "delete", or the action of the state machine
+	// transition that made the change (a put: see Transition).
+	Action      string
 	FromVersion uint64
 	ToVersion   uint64
 	Value       []byte
@@ -122,7 +135,8 @@ type JournalEntry struct {
 	BaseVersion uint64 // the version the change was made on
 	Version     uint64 // the version it produced
 	Time        int64
-	Strict      bool // a strong write: loses any conflict (syncer.Entry.Strict)
+	Strict      bool  // a strong write: loses any conflict (syncer.Entry.Strict)
+	Fence       Fence // the write's fence (syncer.Entry.Fence)
 }
 
 // Errors. Write errors for one key are *KeyError values wrapping these.

@@ -28,20 +28,24 @@ func TestRegisterGauges(t *testing.T) {
 	}
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	push := func() syncer.Stats { return syncer.Stats{Passes: 3, EntriesPushed: 5} }
+	push := func() syncer.Stats {
+		return syncer.Stats{Passes: 3, EntriesPushed: 5, ConflictsByResolver: map[string]uint64{"merge>lww": 4}, ConflictStorms: 1}
+	}
 	pull := func() syncer.PullStats { return syncer.PullStats{Records: 7, Pending: 1, Stale: 2} }
 	if err := observe.RegisterGauges(mp, observe.Sources{Store: store, Push: push, Pull: pull}); err != nil {
 		t.Fatal(err)
 	}
 	sums, names := collect(t, reader)
 	for k, want := range map[string]int64{
-		"tai.journal.depth{}":              2,
-		"tai.states{}":                     2,
-		"tai.push.passes{}":                3,
-		"tai.push.entries{}":               5,
-		"tai.pull.records{}":               7,
-		"tai.pull.skipped{reason=pending}": 1,
-		"tai.pull.skipped{reason=stale}":   2,
+		"tai.journal.depth{}":                            2,
+		"tai.states{}":                                   2,
+		"tai.push.passes{}":                              3,
+		"tai.push.entries{}":                             5,
+		"tai.pull.records{}":                             7,
+		"tai.pull.skipped{reason=pending}":               1,
+		"tai.pull.skipped{reason=stale}":                 2,
+		"tai.push.conflicts_decided{resolver=merge>lww}": 4,
+		"tai.push.conflict_storms{}":                     1,
 	} {
 		if sums[k] != want {
 			t.Errorf("%s = %d, want %d", k, sums[k], want)

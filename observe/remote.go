@@ -35,6 +35,10 @@ const (
 	OutcomeError       = "error"
 )
 
+// OutcomeFenceRejected: a commit rejected a fenced change (the shared store
+// answered: the change was stale, see syncer.CheckFence).
+const OutcomeFenceRejected = "fence_rejected"
+
 // Outcome classifies the error of a syncer.Remote call (see syncer's error
 // contract).
 func Outcome(err error) string {
@@ -47,6 +51,8 @@ func Outcome(err error) string {
 		return OutcomeNotFound
 	case errors.Is(err, syncer.ErrConflict):
 		return OutcomeConflict
+	case errors.Is(err, syncer.ErrFenceRejected):
+		return OutcomeFenceRejected
 	case errors.Is(err, syncer.ErrTooLarge):
 		return OutcomeTooLarge
 	case errors.Is(err, syncer.ErrPermanent):
@@ -60,7 +66,7 @@ func Outcome(err error) string {
 // RemoteObserver instruments calls to the shared store: Wrap decorates a
 // syncer.Remote so that each Get, Commit, Changes and Events gets a client
 // span (method and outcome attributes; an error status for failures, not
-// for not_found or conflict), counts in tai.remote.calls by method and
+// for not_found, conflict or fence_rejected), counts in tai.remote.calls by method and
 // outcome, and a duration in tai.remote.call.duration by method. Commits
 // also record tai.sync.lag: for each local change they applied, the time
 // from the local write to the commit. A watch (syncer.Watcher) is counted
@@ -161,7 +167,7 @@ func (o *RemoteObserver) call(ctx context.Context, method string, attrs ...attri
 		if span.IsRecording() {
 			span.SetAttributes(attrOutcome.String(outcome))
 			span.SetAttributes(more...)
-			if err != nil && outcome != OutcomeNotFound && outcome != OutcomeConflict {
+			if err != nil && outcome != OutcomeNotFound && outcome != OutcomeConflict && outcome != OutcomeFenceRejected {
 				span.SetStatus(codes.Error, outcome)
 			}
 		}
@@ -190,7 +196,7 @@ func (i *instrumented) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Res
 	ctx, done := i.o.call(ctx, "commit", attrChanges.Int(len(b.Changes)), attribute.Bool("tai.remote.atomic", b.Atomic))
 	res, err := i.r.Commit(ctx, b)
 	done(err)
-	if (err == nil || errors.Is(err, syncer.ErrConflict)) && len(res) == len(b.Changes) {
+	if (err == nil || errors.Is(err, syncer.ErrConflict) || errors.Is(err, syncer.ErrFenceRejected)) && len(res) == len(b.Changes) {
 		i.o.recordLag(b, res)
 	}
 	return res, err
@@ -234,6 +240,20 @@ func (i *instrumented) Events(ctx context.Context, key syncer.Key, afterVersion 
 }
 
 func (i *instrumented) Limits() syncer.Limits { return i.r.Limits() }
+
+func (i *instrumented) LogConflicts(ctx context.Context, recs []syncer.ConflictRecord) error {
+	ctx, done := i.o.call(ctx, "log_conflicts", attrRecords.Int(len(recs)))
+	err := i.r.LogConflicts(ctx, recs)
+	done(err)
+	return err
+}
+
+func (i *instrumented) Conflicts(ctx context.Context, q syncer.ConflictQuery) ([]syncer.ConflictRecord, error) {
+	ctx, done := i.o.call(ctx, "conflicts")
+	recs, err := i.r.Conflicts(ctx, q)
+	done(err, attrRecords.Int(len(recs)))
+	return recs, err
+}
 
 type instrumentedWatcher struct {
 	*instrumented

@@ -140,6 +140,7 @@ func TestOutcome(t *testing.T) {
 		{nil, observe.OutcomeOK},
 		{syncer.ErrNotFound, observe.OutcomeNotFound},
 		{&syncer.ConflictError{}, observe.OutcomeConflict},
+		{&syncer.FenceRejectedError{Resource: "r", Token: 1, Current: 2}, observe.OutcomeFenceRejected},
 		{syncer.ErrTooLarge, observe.OutcomeTooLarge},
 		{syncer.ErrPermanent, observe.OutcomePermanent},
 		{syncer.ErrUnavailable, observe.OutcomeUnavailable},

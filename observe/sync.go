@@ -108,6 +108,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	var (
 		passes, pushCommits, pushed, already, conflicts, superseded, parkedPush metric.Int64ObservableCounter
 		pushOK                                                                  metric.Float64ObservableGauge
+		decided, storms                                                         metric.Int64ObservableCounter
 		pullPasses, pullRecords, pullApplied, pullDiverged, pullSkipped         metric.Int64ObservableCounter
 		fetches, restarts                                                       metric.Int64ObservableCounter
 	)
@@ -120,6 +121,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		superseded = counter("tai.push.superseded", "{entry}", "Entries that lost a conflict.")
 		parkedPush = counter("tai.push.parked", "{entry}", "Entries parked: rejected by the shared store for good.")
 		pushOK = fgauge("tai.push.last_success", "s", "Unix time of the end of the last push pass that failed nothing (0: none).")
+		decided = counter("tai.push.conflicts_decided", "{conflict}", "True conflicts settled and recorded in the conflict ledger, by resolver.")
+		storms = counter("tai.push.conflict_storms", "{storm}", "Conflict storms: many conflicts on one state in a short time.")
 	}
 	if src.Pull != nil {
 		pullPasses = counter("tai.pull.deliveries", "{delivery}", "Groups of remote changes applied (pages and watch deliveries).")
@@ -175,6 +178,10 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 				t = float64(ps.LastSuccess.UnixNano()) / 1e9
 			}
 			o.ObserveFloat64(pushOK, t)
+			for res, n := range ps.ConflictsByResolver {
+				o.ObserveInt64(decided, int64(n), metric.WithAttributes(attribute.String("resolver", res)))
+			}
+			o.ObserveInt64(storms, int64(ps.ConflictStorms))
 		}
 		if src.Pull != nil {
 			ps := src.Pull()

@@ -27,14 +27,19 @@ type Perm uint8
 
 // Rights. Every op but hello and ping needs exactly one.
 const (
-	// PermRead: get, batch_get, list, watch, events, state_at, and later
-	// ops that only read states.
+	// PermRead: get, batch_get, list, watch, events, state_at, replay, and
+	// later ops that only read states.
 	PermRead Perm = 1 << iota
-	// PermWrite: put, delete, batch_put, and later ops that change states.
+	// PermWrite: put, delete, batch_put, transition, and later ops that
+	// change states.
 	PermWrite
-	// PermAdmin: stats, pending, failed, flush, validate, and later ops
-	// about the sidecar itself.
+	// PermAdmin: stats, pending, failed, flush, validate, snapshot,
+	// cleanup, and later ops about the sidecar itself.
 	PermAdmin
+	// PermLock: lock_acquire, lock_release, lock_extend, lock_status. Lock
+	// resources are names of the deployment that no governor owns, so this
+	// right is granted by Access.Locks, not by a governor's rule.
+	PermLock
 )
 
 func (p Perm) String() string {
@@ -45,6 +50,8 @@ func (p Perm) String() string {
 		return "write"
 	case PermAdmin:
 		return "admin"
+	case PermLock:
+		return "lock"
 	}
 	return fmt.Sprintf("Perm(%d)", uint8(p))
 }
@@ -68,6 +75,18 @@ var opPerms = [numOps]Perm{
 	opValidate: PermAdmin,
 	opEvents:   PermRead,
 	opStateAt:  PermRead,
+
+	opConflicts: PermRead, // the ledger holds both sides' values
+
+	opLockAcquire: PermLock,
+	opLockRelease: PermLock,
+	opLockExtend:  PermLock,
+	opLockStatus:  PermLock,
+
+	opTransition: PermWrite,
+	opReplay:     PermRead,
+	opSnapshot:   PermAdmin, // upkeep of the local history
+	opCleanup:    PermAdmin,
 }
 
 // Access is the server's access policy. The zero value allows every peer
@@ -77,7 +96,7 @@ var opPerms = [numOps]Perm{
 // A connection is checked once, when it is accepted: with AllowUIDs or
 // AllowGIDs set, a peer whose uid is not in AllowUIDs and whose gid is not
 // in AllowGIDs gets a PermissionDenied error frame with id 0 and is closed.
-// Then each request is checked against Governors, Default and Admin; a
+// Then each request is checked against Governors, Default, Admin and Locks; a
 // denied request gets a PermissionDenied reply and the connection stays
 // open.
 //
@@ -96,9 +115,12 @@ type Access struct {
 	// Default, when set, is the rule of every governor not in Governors.
 	// nil: governors not listed are open to every connected peer.
 	Default *GovernorAccess `json:"default,omitempty"`
-	// Admin lists the uids that may run admin ops (stats, pending, failed, flush, validate). nil: every
+	// Admin lists the uids that may run admin ops (stats, pending, failed, flush, validate, snapshot, cleanup). nil: every
 	// connected peer; an empty, non-nil list: nobody.
 	Admin []uint32 `json:"admin,omitempty"`
+	// Locks lists the uids that may run lock ops. nil: every connected
+	// peer; an empty, non-nil list: nobody.
+	Locks []uint32 `json:"locks,omitempty"`
 }
 
 // GovernorAccess lists the uids that may read and write a governor. A
@@ -130,7 +152,7 @@ func (a *Access) restrictsPeers() bool { return len(a.AllowUIDs) > 0 || len(a.Al
 
 // restrictsOps reports whether requests are checked at all.
 func (a *Access) restrictsOps() bool {
-	return len(a.Governors) > 0 || a.Default != nil || a.Admin != nil
+	return len(a.Governors) > 0 || a.Default != nil || a.Admin != nil || a.Locks != nil
 }
 
 // AllowsPeer reports whether p may connect.
@@ -142,13 +164,15 @@ func (a *Access) AllowsPeer(p Peer) bool {
 }
 
 // Allows reports whether p may use right perm on governor. governor is
-// ignored for PermAdmin; perm 0 is always allowed.
+// ignored for PermAdmin and PermLock; perm 0 is always allowed.
 func (a *Access) Allows(p Peer, perm Perm, governor string) bool {
 	switch perm {
 	case 0:
 		return true
 	case PermAdmin:
 		return a.Admin == nil || p.Known && slices.Contains(a.Admin, p.UID)
+	case PermLock:
+		return a.Locks == nil || p.Known && slices.Contains(a.Locks, p.UID)
 	}
 	rule, ok := a.Governors[governor]
 	if !ok {
@@ -190,7 +214,7 @@ func (c *conn) authorize(op int, req *wire.Request) *wire.Error {
 		return e
 	}
 	switch {
-	case perm == PermAdmin:
+	case perm == PermAdmin, perm == PermLock:
 		if !a.Allows(c.peer, perm, "") {
 			return deny("", "")
 		}

@@ -107,7 +107,7 @@ func TestEveryOpHasAPerm(t *testing.T) {
 				t.Errorf("%s needs %s; it must need none", opNames[op], opPerms[op])
 			}
 		default:
-			if p := opPerms[op]; p != PermRead && p != PermWrite && p != PermAdmin {
+			if p := opPerms[op]; p != PermRead && p != PermWrite && p != PermAdmin && p != PermLock {
 				t.Errorf("op %s has no right in opPerms", opNames[op])
 			}
 		}

@@ -46,7 +46,7 @@ type conn struct {
 	// Reader state: only the reader goroutine touches these.
 	fr      frameReader
 	armed   bool      // the idle deadline of the next frame is set
-	idleAt  time.Time // that deadline; zero without IdleTimeout
+	idleAt  time.Time // the read deadline in force; zero: none
 	probing bool      // the read deadline is a probe (see probeDelay)
 	req     wire.Request
 	resp    wire.Response // inline replies
@@ -57,6 +57,11 @@ type conn struct {
 	hello   bool
 	closed  bool // a fatal reply was sent: stop reading
 
+	// framing: part of a frame has arrived (see frameTimer); frameTimed:
+	// idleAt is that frame's ReadTimeout deadline, not the idle one.
+	framing    bool
+	frameTimed bool
+
 	// Observation of the current request (Options.Observer): see observe.go.
 	obsEnd    func(wire.Code)
 	replyCode wire.Code // code of the last reply put inline
@@ -66,7 +71,8 @@ type conn struct {
 	order    order         // per-state arrival order of writes and reads
 	writes   sync.WaitGroup
 	out      outbox
-	watches  watches // see watch.go
+	watches  watches    // see watch.go
+	locks    *connLocks // see locks.go; nil until the first lock op
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, id uint64) *conn {
@@ -83,6 +89,9 @@ func newConn(ctx context.Context, s *Server, nc net.Conn, id uint64) *conn {
 	c.w = nc
 	if c.raw != nil {
 		r, c.w = c.raw, c.raw
+	}
+	if s.opts.ReadTimeout > 0 {
+		r = frameTimer{c: c, r: r}
 	}
 	c.fr = frameReader{br: bufio.NewReaderSize(r, readBufferSize), max: s.opts.MaxFrame}
 	c.out.init(c)
@@ -113,6 +122,7 @@ func (c *conn) serve() {
 		if panicked {
 			c.nc.Close()
 		}
+		c.closeLocks()
 		c.closeWatches()
 		c.writes.Wait()
 		if !panicked {
@@ -157,7 +167,7 @@ func (c *conn) readLoop() {
 		if err == nil {
 			return
 		}
-		if !c.probeExpired(err) {
+		if !c.probeExpired(err) && !c.idleButLocking(err) {
 			c.readError(err)
 			return
 		}
@@ -214,11 +224,17 @@ func (c *conn) pump() bool {
 			c.beforeWait()
 			return false
 		}
+		if err != nil && c.idleButLocking(err) {
+			continue
+		}
 		if err != nil {
 			c.readError(err)
 			return true
 		}
 		c.armed = false
+		if c.framing {
+			c.endFrame()
+		}
 		c.handle(body) // body is not used after this: see frameReader
 		if !c.out.waitBelow(outHighWater) {
 			return true
@@ -244,10 +260,50 @@ func (c *conn) beforeWait() {
 	c.setReadDeadline(d)
 }
 
+// frameTimer is the connection's source when Options.ReadTimeout is set:
+// before a read that must wait for more of a frame that has begun to arrive,
+// it starts that frame's read deadline. A frame that arrives whole costs
+// nothing.
+type frameTimer struct {
+	c *conn
+	r io.Reader
+}
+
+func (t frameTimer) Read(p []byte) (int, error) {
+	if c := t.c; !c.framing && c.fr.started() {
+		c.startFrame()
+	}
+	return t.r.Read(p)
+}
+
+// startFrame sets the read deadline of a frame that has begun to arrive:
+// ReadTimeout from now, unless the idle deadline comes first.
+func (c *conn) startFrame() {
+	c.framing = true
+	d := time.Now().Add(c.s.opts.ReadTimeout)
+	if !c.idleAt.IsZero() && !d.Before(c.idleAt) {
+		return
+	}
+	c.idleAt, c.frameTimed, c.probing = d, true, false
+	c.setReadDeadline(d)
+}
+
+// endFrame drops the read deadline of a frame that has arrived; without
+// IdleTimeout the next frame may then take as long as it likes to begin.
+func (c *conn) endFrame() {
+	c.framing = false
+	if c.frameTimed && c.s.opts.IdleTimeout == 0 {
+		c.idleAt = time.Time{}
+		c.setReadDeadline(time.Time{})
+	}
+	c.frameTimed = false
+}
+
 // readError ends the read loop. A frame over MaxFrame or an empty frame
 // means framing is lost: the peer gets an error with id 0 before the
-// connection closes. End of stream, a truncated frame, the idle timeout or
-// Shutdown close quietly.
+// connection closes, and so does a frame that took longer than ReadTimeout
+// (Timeout). End of stream, a truncated frame, the idle timeout or Shutdown
+// close quietly.
 func (c *conn) readError(err error) {
 	switch {
 	case errors.Is(err, wire.ErrFrameTooLarge):
@@ -258,6 +314,10 @@ func (c *conn) readError(err error) {
 		c.replyError(0, wire.Errorf(wire.CodeProtocol, "empty frame"))
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 	case c.stopping.Load():
+	case (errors.Is(err, context.DeadlineExceeded) || isTimeout(err)) && c.frameTimed:
+		c.replyError(0, wire.Errorf(wire.CodeTimeout, "a request frame took longer than the read timeout (%v) to arrive",
+			c.s.opts.ReadTimeout))
+		c.log.Debug("closing connection: a request frame took longer than the read timeout")
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		c.log.Debug("closing idle connection")
 	default:
@@ -451,17 +511,7 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 	c.writes.Add(1)
 	go func() {
 		defer c.writes.Done()
-		defer func() {
-			if v := recover(); v != nil {
-				c.recovered(v)
-				// End the connection. Close waits for a reader inside
-				// its poller callback (see rawSockIO) to leave it, so
-				// the reader must be able to: the write slot is
-				// released first, and stopReading makes it stop.
-				c.stopReading()
-				c.nc.Close()
-			}
-		}()
+		defer c.endOnPanic()
 		defer func() { <-c.sem }()
 		left := false
 		defer func() {
@@ -484,6 +534,20 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 			end(replyCodeOf(resp))
 		}
 	}()
+}
+
+// endOnPanic, deferred by a goroutine of the connection (by one that holds
+// a write slot, before the deferred call that releases it, so that it runs
+// after it), ends the connection when the goroutine panics. Close waits for
+// a reader inside its poller callback (see rawSockIO) to leave it, so the
+// reader must be able to: the write slot is released first, and
+// stopReading makes it stop.
+func (c *conn) endOnPanic() {
+	if v := recover(); v != nil {
+		c.recovered(v)
+		c.stopReading()
+		c.nc.Close()
+	}
 }
 
 // awaitWrites blocks the reader until the connection's writes to keys that

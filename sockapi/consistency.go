@@ -35,6 +35,15 @@ type Sync interface {
 	// *localcache.ParkedError, ctx's error (written locally, still to be
 	// pushed), or the store's write errors.
 	WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error)
+	// ReadStrong reads keys from the shared store and returns its
+	// committed records, in order (nil: it never had the state, or holds
+	// it deleted), after pushing the local changes of the keys pending
+	// when it started (localcache.Store.ReadStrong); the local store
+	// applies them as Fetch does, and repaired counts the keys whose
+	// local copy that replaced. Errors: ErrRemoteUnavailable (the shared
+	// store cannot be reached), ctx's error (the local changes were not
+	// pushed in time), others (the changes keep arriving, the store's).
+	ReadStrong(ctx context.Context, keys []localcache.Key) (recs []*localcache.Record, repaired int, err error)
 }
 
 // Errors a Sync's Fetch wraps.
@@ -188,8 +197,9 @@ func (c *conn) readsThrough(governor string, m readMode) bool {
 
 // fetchResult is what asking the shared store about one key found out.
 type fetchResult struct {
-	asked bool   // the shared store answered (with a record or "never had it")
-	why   string // why it could not be asked, when !asked
+	asked    bool   // the shared store answered (with a record or "never had it")
+	why      string // why it could not be asked, when !asked
+	repaired bool   // the local copy was behind: the shared store's record replaced it
 }
 
 // fetch asks the shared store about k and applies what it has, for at most
@@ -202,16 +212,22 @@ type fetchResult struct {
 // out the timeout.
 func (c *conn) fetch(k localcache.Key, timeout time.Duration) (fetchResult, error) {
 	off := &c.s.offlineUntil
-	if until := off.Load(); until != 0 && time.Now().UnixNano() < until {
-		return fetchResult{why: fmt.Sprintf("it was unreachable moments ago; asking again after %v", offlineHold)}, nil
+	if c.s.heldOffline() {
+		return fetchResult{why: heldOfflineWhy}, nil
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, timeout)
-	err := c.s.opts.Sync.Fetch(ctx, k)
+	var repaired bool
+	var err error
+	if sc, ok := c.s.opts.Sync.(SyncCounters); ok {
+		repaired, err = sc.FetchRepair(ctx, k)
+	} else {
+		err = c.s.opts.Sync.Fetch(ctx, k)
+	}
 	cancel()
 	switch {
 	case err == nil, errors.Is(err, ErrRemoteNotFound):
 		off.Store(0)
-		return fetchResult{asked: true}, nil
+		return fetchResult{asked: true, repaired: repaired}, nil
 	case c.ctx.Err() != nil:
 		return fetchResult{}, c.ctx.Err()
 	case errors.Is(err, ErrRemoteUnavailable), errors.Is(err, context.DeadlineExceeded):
@@ -224,6 +240,17 @@ func (c *conn) fetch(k localcache.Key, timeout time.Duration) (fetchResult, erro
 	}
 }
 
+// heldOffline reports whether reads skip the shared store now: it was found
+// unreachable less than offlineHold ago.
+func (s *Server) heldOffline() bool {
+	until := s.offlineUntil.Load()
+	return until != 0 && time.Now().UnixNano() < until
+}
+
+// heldOfflineWhy says why a read did not ask the shared store while
+// heldOffline.
+var heldOfflineWhy = fmt.Sprintf("it was unreachable moments ago; asking again after %v", offlineHold)
+
 // fetchTimeout is the bound of the shared-store read of a read at mode.
 func (c *conn) fetchTimeout(m readMode) time.Duration {
 	if m.level == readLocal {
@@ -235,22 +262,24 @@ func (c *conn) fetchTimeout(m readMode) time.Duration {
 // unreachable is the error of a strong read that could not ask the shared
 // store.
 func unreachable(k localcache.Key, why string) *wire.Error {
-	e := wire.Errorf(wire.CodeUnavailable, "strong read: the shared store could not be asked (%s)", why)
-	e.Governor, e.State = k.Governor, k.State
-	return e
+	return unavailableAbout(k, "strong read: the shared store could not be asked (%s)", why)
 }
 
 // fetchGet serves a get that asks the shared store: it fetches k, then
 // reads the local store, which now holds what the shared store had (or a
-// pending local change, which is newer). It runs on its own goroutine
-// (goWrite), after the connection's earlier writes to k.
+// pending local change, which is newer). A strong get is strongGet's. It
+// runs on its own goroutine (goWrite), after the connection's earlier
+// writes to k.
 func (c *conn) fetchGet(k localcache.Key, m readMode) *wire.Response {
+	if m.level == readStrong {
+		return c.strongGet(k, m)
+	}
 	fr, err := c.fetch(k, c.fetchTimeout(m))
 	if err != nil {
 		return c.errorResponse(c.storeError(wire.OpGet, k, err))
 	}
-	if !fr.asked && m.level == readStrong {
-		return c.errorResponse(unreachable(k, fr.why))
+	if fr.repaired {
+		c.s.reads.noteRepairs(m, 1)
 	}
 	r, err := c.s.store.Get(c.ctx, k)
 	if err != nil {
@@ -268,9 +297,12 @@ func (c *conn) fetchGet(k localcache.Key, m readMode) *wire.Response {
 }
 
 // fetchBatch serves a batch_get that asks the shared store about keys
-// (with only, about those of its indexes), then reads them all locally.
-// A strong read fails with Unavailable if any key could not be asked.
+// (with only, about those of its indexes), then reads them all locally. A
+// strong batch_get is strongBatch's.
 func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.Response {
+	if m.level == readStrong {
+		return c.strongBatch(keys, m)
+	}
 	if only == nil {
 		only = make([]int, len(keys))
 		for i := range keys {
@@ -307,13 +339,13 @@ func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.R
 	if firstErr != nil {
 		return c.errorResponse(c.storeError(wire.OpBatchGet, localcache.Key{}, firstErr))
 	}
-	if m.level == readStrong {
-		for i, fr := range results {
-			if !fr.asked {
-				return c.errorResponse(unreachable(keys[i], fr.why))
-			}
+	repaired := 0
+	for _, fr := range results {
+		if fr.repaired {
+			repaired++
 		}
 	}
+	c.s.reads.noteRepairs(m, repaired)
 	got, err := c.s.store.GetMany(c.ctx, keys)
 	if err == nil && len(got) != len(keys) {
 		err = fmt.Errorf("store returned %d records for %d keys", len(got), len(keys))
@@ -344,6 +376,22 @@ func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.R
 	return &wire.Response{Records: out}
 }
 
+// waitContext returns the context of a wait on the shared store: it ends
+// after timeout, with the connection, or as soon as a graceful shutdown
+// begins (with context.Canceled): the push loop stops with the server, so
+// waiting on for it is pointless.
+func (c *conn) waitContext(timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
+	go func() {
+		select {
+		case <-c.s.draining:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // syncWait is the second half of a sync write: it waits until the shared
 // store has the journal entries seqs, for at most m.timeout, and returns
 // nil or the error to reply with. k names the state of a single write.
@@ -351,17 +399,8 @@ func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.R
 // A graceful shutdown ends the wait at once (the push loop stops with the
 // server): the change is durable locally and syncs after the restart.
 func (c *conn) syncWait(m writeMode, k localcache.Key, seqs []uint64) *wire.Error {
-	ctx, cancel := context.WithTimeout(c.ctx, m.timeout)
-	stop := make(chan struct{})
-	go func() {
-		select {
-		case <-c.s.draining:
-			cancel()
-		case <-stop:
-		}
-	}()
+	ctx, cancel := c.waitContext(m.timeout)
 	err := c.s.store.WaitSynced(ctx, seqs...)
-	close(stop)
 	draining := ctx.Err() == context.Canceled
 	cancel()
 	var (
@@ -371,6 +410,10 @@ func (c *conn) syncWait(m writeMode, k localcache.Key, seqs []uint64) *wire.Erro
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &pe) && pe.FenceRejected != nil: // fence.go
+		e = fenceRejected(pe.FenceRejected, fmt.Sprintf(
+			"the shared store rejected the change (journal entry %d is on the failed list; this sidecar's copy follows the shared store's)", pe.Seq))
+		k = pe.Key
 	case errors.As(err, &pe):
 		e = wire.Errorf(wire.CodeUnavailable,
 			"the change is applied locally, but the shared store rejected it for good: %s (journal entry %d is on the failed list; do not retry unchanged)",
@@ -417,10 +460,10 @@ func (c *conn) refreshSynced(recs []*wire.Record) {
 }
 
 // writeStrong runs a strong write (see Sync.WriteStrong) for at most
-// m.timeout and returns its records, or the error to reply with. k names
-// the state of a single write.
+// m.timeout (a graceful shutdown ends it at once) and returns its records,
+// or the error to reply with. k names the state of a single write.
 func (c *conn) writeStrong(m writeMode, op string, k localcache.Key, ws []localcache.Write) ([]localcache.Record, *wire.Error) {
-	ctx, cancel := context.WithTimeout(c.ctx, m.timeout)
+	ctx, cancel := c.waitContext(m.timeout)
 	defer cancel()
 	recs, err := c.s.opts.Sync.WriteStrong(ctx, ws)
 	if err == nil {
@@ -433,6 +476,10 @@ func (c *conn) writeStrong(m writeMode, op string, k localcache.Key, ws []localc
 	switch {
 	case errors.Is(err, ErrRemoteUnavailable):
 		e = wire.Errorf(wire.CodeUnavailable, "strong write: the shared store could not be asked; nothing was written (%v)", err)
+	case errors.As(err, &pe) && pe.FenceRejected != nil: // fence.go
+		e = fenceRejected(pe.FenceRejected, fmt.Sprintf(
+			"strong write: the shared store rejected the change (journal entry %d is on the failed list; this sidecar's copy follows the shared store's)", pe.Seq))
+		k = pe.Key
 	case errors.As(err, &pe):
 		e = wire.Errorf(wire.CodeUnavailable,
 			"strong write: the shared store rejected the change for good: %s (journal entry %d is on the failed list; do not retry unchanged)", pe.Reason, pe.Seq)

@@ -42,13 +42,20 @@
 //     optional: at most wire.MaxNameSize bytes of UTF-8 without '/'.
 //   - put needs a value (msgpack nil counts as no value: delete instead),
 //     of at most the hello's max_value bytes, nesting maps and arrays at
-//     most maxValueDepth (wire.MaxDepth-4) levels deep so that every reply
-//     carrying it decodes. delete takes no value and no
+//     most Options.MaxValueDepth (at most MaxValueDepthLimit,
+//     wire.MaxDepth-4) levels deep so that every reply carrying it decodes. delete takes no value and no
 //     if_absent. if_absent means "if_version 0"; both may be set only if
 //     they agree.
 //   - actor, reason and hello's client: UTF-8, at most wire.MaxMetaSize
 //     bytes (TooLarge over it).
-//   - batch_get and batch_put: at most wire.MaxBatch entries (TooLarge).
+//   - put, delete and batch_put may carry a fence (fence.go): a resource
+//     name (wire.ValidateName) and a token above 0.
+//   - transition (snapshots.go): from_state, to_state and action are UTF-8
+//     of at most localcache.MaxActionSize bytes; to_state and action are
+//     required, action is not "put" or "delete"; no if_version, if_absent
+//     or fence. cleanup needs max_age_ms, keep_events or both.
+//   - batch_get and batch_put: at most the hello's max_batch entries
+//     (Options.MaxBatch; TooLarge).
 //     batch_put is atomic, writes each state at most once, and applies the
 //     request's actor and reason to every item; an empty batch succeeds
 //     without touching the store. batch_get replies with one entry per key,
@@ -68,10 +75,12 @@
 // the governor's local copy is complete; "bounded" reads repair the same
 // way when the governor is not known fresh within max_staleness_ms, and
 // answer with the local record marked stale when the shared store cannot
-// be reached; "strong" reads always fetch first (Unavailable when they
-// cannot). "sync" writes wait after the local write for Store.WaitSynced.
-// Without Options.Sync those levels are Unavailable (not retryable);
-// "strong" writes are InvalidArgument (not supported yet).
+// be reached; "strong" reads answer with the shared store's committed
+// records only (Sync.ReadStrong, which pushes the sidecar's pending changes
+// of the states first; strongread.go), Unavailable when they cannot. "sync"
+// writes wait after the local write for Store.WaitSynced; "strong" writes
+// are Sync.WriteStrong. Without Options.Sync those levels are Unavailable
+// (not retryable).
 //
 // # Watches (watch.go)
 //
@@ -79,6 +88,14 @@
 // server-push frame (wire.Response with Push and Watch set) until unwatch,
 // the connection's end, or the watch falling behind its buffer (a last push
 // frame with an Unavailable error).
+//
+// # Locks (locks.go)
+//
+// lock_acquire, lock_release, lock_extend and lock_status serve
+// Options.Locks (Unavailable without it), on goroutines of their own in
+// write slots but outside the order of writes. The holder of a lock is the
+// connection; a bound lock is renewed while the connection lives, released
+// when it stops reading, and its loss is a push frame (LockLost).
 //
 // # Errors
 //

@@ -14,8 +14,9 @@ import (
 // encodes as a map), omitempty fields left out, the smallest msgpack form
 // of each number and length (TestEncoderMatchesCodec and
 // FuzzEncodeResponse compare the two). Hello, stats, pending, failed,
-// flush, events, state_at and validate replies, which are rare, go through
-// the codec.
+// flush, events, state_at, validate, lock, snapshot, cleanup and replay
+// replies, and errors with lock, fence or machine details, which are rare,
+// go through the codec.
 
 // appendResponseFrame appends resp as a whole frame. ok is false (and b is
 // returned unchanged) for a reply this fast path does not handle.
@@ -23,6 +24,18 @@ func appendResponseFrame(b []byte, resp *wire.Response) (_ []byte, ok bool) {
 	if resp.Hello != nil || resp.Stats != nil || resp.Pending != nil || resp.Failed != nil || resp.Next != 0 ||
 		resp.FlushedSeq != 0 || resp.Events != nil || resp.Past != nil || resp.Report != nil {
 		return b, false
+	}
+	if resp.Conflicts != nil {
+		return b, false // conflicts replies (conflicts.go)
+	}
+	if resp.Lock != nil || resp.Error != nil && (resp.Error.Lock != nil || resp.Error.Waited || resp.Error.Deadlock != nil) {
+		return b, false // lock replies and lock error details (locks.go)
+	}
+	if resp.Error != nil && resp.Error.Fence != nil {
+		return b, false // fence rejection details (fence.go)
+	}
+	if resp.Snapshot != nil || resp.Cleanup != nil || resp.Replay != nil || resp.Done || resp.Error != nil && resp.Error.Machine != nil {
+		return b, false // snapshot, cleanup and replay replies, WrongState details (snapshots.go)
 	}
 	start := len(b)
 	b = append(b, 0, 0, 0, 0) // header, filled in below

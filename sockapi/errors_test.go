@@ -288,7 +288,7 @@ func TestBrokenFraming(t *testing.T) {
 }
 
 // TestDepthBoundary pins the nesting limits. A value may nest
-// maxValueDepth levels, in a put as in a batch_put item, so that every
+// MaxValueDepthLimit levels, in a put as in a batch_put item, so that every
 // reply carrying it (list: reply map, records array, record map, value)
 // stays within what the codec decodes. Elsewhere the limit is the codec's:
 // fewer than wire.MaxDepth levels, the request map being level 1.
@@ -296,7 +296,7 @@ func TestDepthBoundary(t *testing.T) {
 	store := newFakeStore()
 	ts := startServer(t, store, Options{})
 	c := ts.hello()
-	deepest := nested(maxValueDepth)
+	deepest := nested(MaxValueDepthLimit)
 	if r := c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "a", Value: deepest}); r.Error != nil {
 		t.Fatalf("value at the depth limit refused: %v", r.Error)
 	}
@@ -314,7 +314,7 @@ func TestDepthBoundary(t *testing.T) {
 		t.Fatalf("list: %v", r.Error)
 	}
 	// One level more is refused.
-	over := nested(maxValueDepth + 1)
+	over := nested(MaxValueDepthLimit + 1)
 	expectError(t, c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "c", Value: over}), wire.CodeInvalidArgument, "value")
 	expectError(t, c.call(wire.Request{Op: wire.OpBatchPut, Items: []wire.Item{{Governor: "g", State: "c", Value: over}}}),
 		wire.CodeInvalidArgument, "items[0].value")

@@ -51,6 +51,10 @@ func (f *frameReader) buffered() bool {
 	return uint64(n) >= wire.HeaderSize+uint64(binary.BigEndian.Uint32(hdr))
 }
 
+// started reports whether part of a frame has arrived: buffered bytes, or
+// a large body being read.
+func (f *frameReader) started() bool { return f.reading || f.br.Buffered() > 0 }
+
 // next returns the next frame's body. A clean end of stream before a header
 // returns io.EOF; an end inside a frame io.ErrUnexpectedEOF; errWouldBlock
 // means "call again once the source is readable". The body stays valid

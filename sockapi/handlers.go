@@ -31,7 +31,7 @@ const maxOpEcho = 64
 // reaches the store before every check of the request has passed.
 func (c *conn) handle(body []byte) {
 	req := &c.req
-	id, werr := parseRequest(body, req)
+	id, werr := c.s.lim.parseRequest(body, req)
 	if c.s.opts.Observer != nil {
 		defer c.observeRequest(werr)() // spans and metrics: see observe.go
 	}
@@ -89,6 +89,12 @@ func (c *conn) handle(body []byte) {
 		c.opStateAt(req)
 	case opValidate:
 		c.opValidate(req)
+	case opConflicts:
+		c.opConflicts(req) // conflicts.go
+	case opLockAcquire, opLockRelease, opLockExtend, opLockStatus:
+		c.opLock(op, req) // locks.go
+	case opSnapshot, opTransition, opCleanup, opReplay:
+		c.opEventSourcing(op, req) // snapshots.go
 	default:
 		if req.Op == "" {
 			c.replyError(req.ID, invalid("op", "op is required"))
@@ -134,7 +140,7 @@ func (c *conn) opHello(req *wire.Request) {
 		NodeID:   c.s.store.NodeID(),
 		MaxFrame: o.MaxFrame,
 		MaxValue: o.MaxValue,
-		MaxBatch: wire.MaxBatch,
+		MaxBatch: o.MaxBatch,
 	}}
 	c.out.put(&c.resp, "")
 }
@@ -183,6 +189,9 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 	if e == nil {
 		e = checkMeta("reason", req.Reason)
 	}
+	if e == nil {
+		e = checkFence(req.Fence) // fence.go
+	}
 	var m writeMode
 	if e == nil {
 		m, e = c.writeConsistency(req)
@@ -199,6 +208,7 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 		IfAbsent:  req.IfAbsent,
 		Actor:     req.Actor,
 		Reason:    req.Reason,
+		Fence:     fenceOf(req.Fence),
 	}
 	op := wire.OpPut
 	if del {
@@ -247,12 +257,12 @@ func (c *conn) syncThen(m writeMode, k localcache.Key, seqs func() []uint64) fun
 	}
 }
 
-// opBatchGet reads up to wire.MaxBatch states. The reply has one entry per
+// opBatchGet reads up to Options.MaxBatch states. The reply has one entry per
 // key, in order, nil for a missing state. A reply that would exceed
 // max_frame is TooLarge (field "keys"): fetch fewer keys at once.
 func (c *conn) opBatchGet(req *wire.Request) {
-	if len(req.Keys) > wire.MaxBatch {
-		c.replyError(req.ID, tooLarge("keys", wire.MaxBatch, "keys has %d entries, limit %d", len(req.Keys), wire.MaxBatch))
+	if max := c.s.opts.MaxBatch; len(req.Keys) > max {
+		c.replyError(req.ID, tooLarge("keys", max, "keys has %d entries, limit %d", len(req.Keys), max))
 		return
 	}
 	m, e := c.readConsistency(req, false)
@@ -337,21 +347,24 @@ func (c *conn) batchTooLarge(got []*localcache.Record) *wire.Error {
 	return nil
 }
 
-// opBatchPut applies up to wire.MaxBatch writes atomically. Each item obeys
-// the put/delete rules, and a batch writes each state at most once. actor and
-// reason apply to every item. An empty batch succeeds without touching the
-// store.
+// opBatchPut applies up to Options.MaxBatch writes atomically. Each item obeys
+// the put/delete rules, and a batch writes each state at most once. actor,
+// reason and fence apply to every item. An empty batch succeeds without
+// touching the store.
 func (c *conn) opBatchPut(req *wire.Request) {
 	e := checkMeta("actor", req.Actor)
 	if e == nil {
 		e = checkMeta("reason", req.Reason)
 	}
+	if e == nil {
+		e = checkFence(req.Fence) // fence.go
+	}
 	var m writeMode
 	if e == nil {
 		m, e = c.writeConsistency(req)
 	}
-	if e == nil && len(req.Items) > wire.MaxBatch {
-		e = tooLarge("items", wire.MaxBatch, "items has %d entries, limit %d", len(req.Items), wire.MaxBatch)
+	if max := c.s.opts.MaxBatch; e == nil && len(req.Items) > max {
+		e = tooLarge("items", max, "items has %d entries, limit %d", len(req.Items), max)
 	}
 	if e != nil {
 		c.replyError(req.ID, e)
@@ -391,6 +404,7 @@ func (c *conn) opBatchPut(req *wire.Request) {
 			IfAbsent:  it.IfAbsent,
 			Actor:     req.Actor,
 			Reason:    req.Reason,
+			Fence:     fenceOf(req.Fence),
 		}
 	}
 	var seqs []uint64
@@ -517,6 +531,7 @@ func (c *conn) opStats(req *wire.Request) {
 		LSMBytes:      st.LSMBytes,
 		VlogBytes:     st.VlogBytes,
 	}}
+	c.s.addConflictStats(c.resp.Stats)
 	c.out.put(&c.resp, "")
 }
 
@@ -583,10 +598,11 @@ func (c *conn) errorResponse(e *wire.Error) *wire.Response {
 // logged, never sent.
 func (c *conn) storeError(op string, k localcache.Key, err error) *wire.Error {
 	var (
-		vc *localcache.VersionConflictError
-		ke *localcache.KeyError
-		fe *localcache.FieldError
-		e  *wire.Error
+		vc  *localcache.VersionConflictError
+		ke  *localcache.KeyError
+		fe  *localcache.FieldError
+		fre *localcache.FenceRejectedError
+		e   *wire.Error
 	)
 	if errors.As(err, &ke) {
 		k = ke.Key
@@ -600,6 +616,8 @@ func (c *conn) storeError(op string, k localcache.Key, err error) *wire.Error {
 		exp, act := vc.Expected, vc.Actual
 		e = wire.Errorf(wire.CodeVersionConflict, "version conflict")
 		e.Expected, e.Actual = &exp, &act
+	case errors.As(err, &fre):
+		e = fenceRejected(fre, "rejected by this sidecar") // fence.go
 	case errors.Is(err, localcache.ErrNotFound):
 		e = wire.Errorf(wire.CodeNotFound, "state not found")
 	case errors.Is(err, localcache.ErrTooLarge):

@@ -90,7 +90,7 @@ func (c *conn) historyError(op string, k localcache.Key, err error) *wire.Error 
 	switch {
 	case errors.As(err, &gap):
 		e := wire.Errorf(wire.CodeNotFound,
-			"not in the local history: versions %d to %d have no local event (made on other nodes)", gap.After+1, gap.Through)
+			"not in the local history: versions %d to %d have no local event (made on other nodes, or removed by cleanup)", gap.After+1, gap.Through)
 		e.Governor, e.State = gap.Key.Governor, gap.Key.State
 		return e
 	case errors.Is(err, localcache.ErrHistoryGap):
@@ -130,11 +130,7 @@ func (c *conn) opEvents(req *wire.Request) {
 		e = invalid("limit", "limit must not be negative")
 	}
 	if e == nil {
-		switch req.Action {
-		case "", localcache.ActionPut, localcache.ActionDelete:
-		default:
-			e = invalid("action", "action %q is not %q or %q", echoLevel(req.Action), localcache.ActionPut, localcache.ActionDelete)
-		}
+		e = checkAction("action", req.Action) // snapshots.go
 	}
 	if e == nil && req.From != 0 && req.To != 0 && req.From >= req.To {
 		e = invalid("to", "to (%d) must be after from (%d)", req.To, req.From)
@@ -171,25 +167,30 @@ func (c *conn) opEvents(req *wire.Request) {
 	}
 	out := make([]*wire.Event, len(page.Events))
 	for i := range page.Events {
-		ev := &page.Events[i]
-		out[i] = &wire.Event{
-			Governor:    ev.Governor,
-			State:       ev.State,
-			Action:      ev.Action,
-			FromVersion: ev.FromVersion,
-			Version:     ev.ToVersion,
-			Change:      wire.Change{Actor: ev.Change.Actor, Reason: ev.Change.Reason, Time: ev.Change.Time},
-			Origin:      ev.Origin,
-			OpID:        ev.OpID,
-			Clock:       wireClock(ev.Clock),
-		}
-		if ev.Action != localcache.ActionDelete && len(ev.Value) > 0 {
-			out[i].Value = wire.Raw(ev.Value)
-		}
+		out[i] = wireEvent(&page.Events[i])
 	}
 	c.resp = wire.Response{ID: req.ID, Events: out, Cursor: page.Next}
 	c.out.put(&c.resp, "limit")
 	c.resp = wire.Response{}
+}
+
+// wireEvent is ev as replies carry it.
+func wireEvent(ev *localcache.Event) *wire.Event {
+	out := &wire.Event{
+		Governor:    ev.Governor,
+		State:       ev.State,
+		Action:      ev.Action,
+		FromVersion: ev.FromVersion,
+		Version:     ev.ToVersion,
+		Change:      wire.Change{Actor: ev.Change.Actor, Reason: ev.Change.Reason, Time: ev.Change.Time},
+		Origin:      ev.Origin,
+		OpID:        ev.OpID,
+		Clock:       wireClock(ev.Clock),
+	}
+	if ev.Action != localcache.ActionDelete && len(ev.Value) > 0 {
+		out.Value = wire.Raw(ev.Value)
+	}
+	return out
 }
 
 // fittingEvents returns how many of evs fit in budget bytes of reply, by a
@@ -278,6 +279,7 @@ func (c *conn) opValidate(req *wire.Request) {
 		OK:             rep.OK(),
 		States:         rep.States,
 		Events:         rep.Events,
+		Snapshots:      rep.Snapshots,
 		ViolationCount: rep.ViolationCount,
 		GapCount:       rep.GapCount,
 	}

@@ -220,7 +220,7 @@ func TestEventsOp(t *testing.T) {
 	}{
 		{"no governor", wire.Request{Op: wire.OpEvents}, wire.CodeInvalidArgument, "governor"},
 		{"bad state", wire.Request{Op: wire.OpEvents, Governor: "g", State: "a/b"}, wire.CodeInvalidArgument, "state"},
-		{"bad action", wire.Request{Op: wire.OpEvents, Governor: "g", Action: "write"}, wire.CodeInvalidArgument, "action"},
+		{"bad action", wire.Request{Op: wire.OpEvents, Governor: "g", Action: "\xff"}, wire.CodeInvalidArgument, "action"},
 		{"negative limit", wire.Request{Op: wire.OpEvents, Governor: "g", Limit: -1}, wire.CodeInvalidArgument, "limit"},
 		{"empty range", wire.Request{Op: wire.OpEvents, Governor: "g", From: 5, To: 5}, wire.CodeInvalidArgument, "to"},
 		{"bad cursor", wire.Request{Op: wire.OpEvents, Governor: "g", Cursor: "not a cursor"}, wire.CodeInvalidArgument, "cursor"},

@@ -22,16 +22,21 @@ import (
 //     (duplicate keys: the last one wins);
 //   - each known field has one msgpack type, and nil means "absent" (the
 //     zero value): id, if_version, max_staleness_ms, timeout_ms, watch,
-//     after, version: non-negative integer; from, to, at: non-negative
+//     after, version, token, lease_ms, wait_ms, max_age_ms, keep_events:
+//     non-negative integer;
+//     from, to, at: non-negative
 //     integer at most math.MaxInt64 (Unix ns); limit: integer
 //     (int64); versions: array of at most 64 uint32; keys, items: arrays of
-//     maps (not nil); if_absent, delete: boolean; value: any single msgpack
+//     maps (not nil); fence: a map of resource (str) and token
+//     (non-negative integer), other keys skipped;
+//     if_absent, delete, bind, dry_run, latest: boolean; value: any single msgpack
 //     object, kept verbatim; every other known field: str (bin is not
 //     accepted for strings);
-//   - keys and items hold at most wire.MaxBatch entries (TooLarge otherwise);
+//   - keys and items hold at most Options.MaxBatch entries (TooLarge
+//     otherwise);
 //   - maps and arrays nest fewer than wire.MaxDepth levels, counting the
 //     request map as level 1 (the codec's own rule), and at most
-//     maxValueDepth levels inside a value.
+//     Options.MaxValueDepth levels inside a value.
 //
 // Whatever this accepts, the wire codec decodes to the same wire.Request
 // (FuzzParseRequest checks it), so wire stays the definition of the
@@ -45,16 +50,24 @@ var (
 	errInvalidByte = errors.New("invalid msgpack byte 0xc1")
 	errTimestamp   = errors.New("invalid msgpack timestamp: extension type -1 must hold 4, 8 or 12 bytes")
 	errTooDeep     = fmt.Errorf("maps and arrays nested %d levels deep or more", wire.MaxDepth)
-	errValueDeep   = fmt.Errorf("the value nests maps and arrays more than %d levels deep", maxValueDepth)
+	errValueDeep   = errors.New("the value nests maps and arrays too deep")
 )
 
-// maxValueDepth is how deep maps and arrays may nest inside an app value
-// (a scalar is depth 0, [1] depth 1). Replies carry values deeper than
-// requests do: a list or batch_get reply puts each value under the reply
-// map, the records array and the record map. So that every reply stays
-// under the codec's limit (levels below wire.MaxDepth), a value may use
-// wire.MaxDepth-4 levels, in a put as in a batch_put item.
-const maxValueDepth = wire.MaxDepth - 4
+// MaxValueDepthLimit is the most Options.MaxValueDepth allows: how deep maps
+// and arrays may nest inside an app value (a scalar is depth 0, [1] depth
+// 1). Replies carry values deeper than requests do: a list or batch_get
+// reply puts each value under the reply map, the records array and the
+// record map. So that every reply stays under the codec's limit (levels
+// below wire.MaxDepth), a value may use wire.MaxDepth-4 levels, in a put as
+// in a batch_put item.
+const MaxValueDepthLimit = wire.MaxDepth - 4
+
+// limits are the configurable limits a request body is checked against:
+// Options.MaxBatch and Options.MaxValueDepth.
+type limits struct {
+	batch      int
+	valueDepth int
+}
 
 // mtype is the type of a msgpack object, as the pre-check classifies it.
 type mtype uint8
@@ -83,6 +96,7 @@ func (t mtype) String() string { return mtypeNames[t] }
 type scanner struct {
 	b   []byte
 	off int
+	lim limits
 }
 
 // avail reports whether n more bytes are available.
@@ -265,7 +279,7 @@ const maxVersions = 64
 type fieldError struct {
 	field string
 	msg   string
-	// limit is set for a TooLarge error (a batch over wire.MaxBatch).
+	// limit is set for a TooLarge error (a batch over Options.MaxBatch).
 	limit int64
 }
 
@@ -273,14 +287,14 @@ func typeError(field string, want string, got mtype) *fieldError {
 	return &fieldError{field: field, msg: fmt.Sprintf("%s must be %s, not %s", field, want, got)}
 }
 
-// parseRequest checks a request body and decodes it into req (reset
-// first), in one pass. It returns the request id (0 when there is none or
-// it cannot be read) and, when the body breaks a rule, the error to reply
-// with; req is then meaningless. A request it accepts decodes with the
+// parseRequest checks a request body against l and decodes it into req
+// (reset first), in one pass. It returns the request id (0 when there is
+// none or it cannot be read) and, when the body breaks a rule, the error to
+// reply with; req is then meaningless. A request it accepts decodes with the
 // wire codec to the same wire.Request (FuzzParseRequest checks it).
-func parseRequest(b []byte, req *wire.Request) (id uint64, werr *wire.Error) {
+func (l limits) parseRequest(b []byte, req *wire.Request) (id uint64, werr *wire.Error) {
 	*req = wire.Request{}
-	s := scanner{b: b}
+	s := scanner{b: b, lim: l}
 	t, n, _, err := s.head()
 	if err != nil {
 		return 0, invalid("", "request body is not valid msgpack: %v", err)
@@ -420,6 +434,30 @@ func (s *scanner) decodeTopField(key []byte, req *wire.Request) (*fieldError, er
 		fe, err = s.uintField("after", &req.After)
 	case "if_absent":
 		fe, err = s.boolField("if_absent", &req.IfAbsent)
+	case "fence":
+		fe, err = s.decodeFence(req) // fence.go
+	case "resource":
+		fe, err = s.strField("resource", &req.Resource)
+	case "token":
+		fe, err = s.uintField("token", &req.Token)
+	case "lease_ms":
+		fe, err = s.uintField("lease_ms", &req.LeaseMS)
+	case "wait_ms":
+		fe, err = s.uintField("wait_ms", &req.WaitMS)
+	case "bind":
+		fe, err = s.boolField("bind", &req.Bind)
+	case "from_state":
+		fe, err = s.strField("from_state", &req.FromState)
+	case "to_state":
+		fe, err = s.strField("to_state", &req.ToState)
+	case "max_age_ms":
+		fe, err = s.uintField("max_age_ms", &req.MaxAgeMS)
+	case "keep_events":
+		fe, err = s.uintField("keep_events", &req.KeepEvents)
+	case "dry_run":
+		fe, err = s.boolField("dry_run", &req.DryRun)
+	case "latest":
+		fe, err = s.boolField("latest", &req.Latest)
 	case "limit":
 		var t mtype
 		var u uint64
@@ -489,6 +527,24 @@ func opString(p []byte) string {
 		return wire.OpStateAt
 	case wire.OpValidate:
 		return wire.OpValidate
+	case wire.OpLockAcquire:
+		return wire.OpLockAcquire
+	case wire.OpLockRelease:
+		return wire.OpLockRelease
+	case wire.OpLockExtend:
+		return wire.OpLockExtend
+	case wire.OpLockStatus:
+		return wire.OpLockStatus
+	case wire.OpConflicts:
+		return wire.OpConflicts
+	case wire.OpSnapshot:
+		return wire.OpSnapshot
+	case wire.OpTransition:
+		return wire.OpTransition
+	case wire.OpCleanup:
+		return wire.OpCleanup
+	case wire.OpReplay:
+		return wire.OpReplay
 	}
 	return string(p)
 }
@@ -579,11 +635,11 @@ func (s *scanner) boolField(field string, dst *bool) (*fieldError, error) {
 }
 
 // rawField copies one object, of any type, into dst (nil for msgpack
-// nil). The object may nest at most maxValueDepth levels (errValueDeep).
+// nil). The object may nest at most s.lim.valueDepth levels (errValueDeep).
 func (s *scanner) rawField(dst *wire.Raw) error {
 	start := s.off
 	// skip(level) allows wire.MaxDepth-1-level levels below level.
-	if err := s.skip(wire.MaxDepth - 1 - maxValueDepth); err != nil {
+	if err := s.skip(wire.MaxDepth - 1 - s.lim.valueDepth); err != nil {
 		if err == errTooDeep {
 			err = errValueDeep
 		}
@@ -602,7 +658,8 @@ func (s *scanner) rawField(dst *wire.Raw) error {
 func (s *scanner) valueField(dst *wire.Raw) (*fieldError, error) {
 	err := s.rawField(dst)
 	if err == errValueDeep {
-		return &fieldError{field: "value", msg: err.Error()}, nil
+		return &fieldError{field: "value", msg: fmt.Sprintf("the value nests maps and arrays more than %d levels deep (the limit)",
+			s.lim.valueDepth)}, nil
 	}
 	return nil, err
 }
@@ -639,7 +696,7 @@ func (s *scanner) decodeVersions(req *wire.Request) (*fieldError, error) {
 }
 
 // listHead reads the header of keys or items: an array of at most
-// wire.MaxBatch entries, or nil (n < 0).
+// s.lim.batch entries, or nil (n < 0).
 func (s *scanner) listHead(field string) (n int, fe *fieldError, err error) {
 	t, u, _, err := s.head()
 	switch {
@@ -649,9 +706,9 @@ func (s *scanner) listHead(field string) (n int, fe *fieldError, err error) {
 		return -1, nil, nil
 	case t != tArray:
 		return 0, typeError(field, "an array", t), nil
-	case u > wire.MaxBatch:
-		return 0, &fieldError{field: field, limit: wire.MaxBatch,
-			msg: fmt.Sprintf("%s has %d entries, limit %d", field, u, wire.MaxBatch)}, nil
+	case u > uint64(s.lim.batch):
+		return 0, &fieldError{field: field, limit: int64(s.lim.batch),
+			msg: fmt.Sprintf("%s has %d entries, limit %d", field, u, s.lim.batch)}, nil
 	}
 	return int(u), nil, nil
 }

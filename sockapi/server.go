@@ -13,6 +13,7 @@ import (
 
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi/wire"
+	"github.com/tai-state/tai-state/txn"
 )
 
 // Store is what the server needs from the local store; *localcache.Store
@@ -23,8 +24,9 @@ import (
 // passes and then waits for the calls to return. Errors are read with
 // errors.Is / errors.As against localcache's sentinels and types:
 // ErrNotFound (Get, and Write/WriteBatch deleting a missing state),
-// *VersionConflictError, ErrTooLarge, ErrInvalid and ErrClosed. Anything else
-// is reported to the client as Internal, and logged.
+// *VersionConflictError, *FenceRejectedError (a write's stale fence),
+// ErrTooLarge, ErrInvalid and ErrClosed. Anything else is reported to the
+// client as Internal, and logged.
 type Store interface {
 	NodeID() string
 	// Get returns a live state; a missing state or a tombstone is an error
@@ -90,8 +92,15 @@ type Options struct {
 	MaxFrame int
 	// MaxValue caps an app value, in encoded bytes. Default and upper bound
 	// wire.MaxValueSize; it is lowered so that a record with the largest
-	// value still fits in one frame (MaxFrame - frameReserve).
+	// value still fits in one frame (MaxValueFor(MaxFrame)).
 	MaxValue int
+	// MaxBatch caps the entries of one batch_get or batch_put. Default and
+	// upper bound wire.MaxBatch.
+	MaxBatch int
+	// MaxValueDepth caps how deep maps and arrays may nest inside an app
+	// value (a scalar is depth 0, [1] depth 1). Default and upper bound
+	// MaxValueDepthLimit.
+	MaxValueDepth int
 	// MaxInflight caps the writes running at once for one connection; when
 	// that many are running the server stops reading from the connection
 	// until one finishes. Default 128.
@@ -111,6 +120,10 @@ type Options struct {
 	// for that long, or whose peer did not take a reply for that long. 0
 	// means no timeout.
 	IdleTimeout time.Duration
+	// ReadTimeout closes a connection whose peer started a request frame
+	// and did not send all of it within that long, after a Timeout error
+	// frame with id 0. 0 means no timeout (IdleTimeout still applies).
+	ReadTimeout time.Duration
 	// Observer, when set, is told about every request (see Observer).
 	// Default: none, at no cost.
 	Observer Observer
@@ -133,6 +146,11 @@ type Options struct {
 	WatchBuffer int
 	// MaxWatches caps the watches open on one connection. Default 64.
 	MaxWatches int
+
+	// Locks is the lock service of the lock ops (locks.go); nil: they fail
+	// with Unavailable (not retryable), as distributed locks need the
+	// shared store.
+	Locks txn.Locks
 }
 
 // Defaults and bounds of Options.
@@ -158,6 +176,11 @@ const (
 	minMaxFrame = 2 * frameReserve
 )
 
+// MaxValueFor returns the largest MaxValue that frames of maxFrame bytes
+// carry: wire.MaxValueSize, or less when a frame is smaller, so that a
+// record with the largest value still fits in one frame.
+func MaxValueFor(maxFrame int) int { return min(wire.MaxValueSize, maxFrame-frameReserve) }
+
 func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -174,11 +197,14 @@ func (o Options) withDefaults() Options {
 	if o.MaxFrame > 1<<31-1 {
 		o.MaxFrame = 1<<31 - 1
 	}
-	if o.MaxValue <= 0 || o.MaxValue > wire.MaxValueSize {
-		o.MaxValue = wire.MaxValueSize
+	if o.MaxValue <= 0 || o.MaxValue > MaxValueFor(o.MaxFrame) {
+		o.MaxValue = MaxValueFor(o.MaxFrame)
 	}
-	if o.MaxValue > o.MaxFrame-frameReserve {
-		o.MaxValue = o.MaxFrame - frameReserve
+	if o.MaxBatch <= 0 || o.MaxBatch > wire.MaxBatch {
+		o.MaxBatch = wire.MaxBatch
+	}
+	if o.MaxValueDepth <= 0 || o.MaxValueDepth > MaxValueDepthLimit {
+		o.MaxValueDepth = MaxValueDepthLimit
 	}
 	if o.MaxInflight <= 0 {
 		o.MaxInflight = defaultMaxInflight
@@ -191,6 +217,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IdleTimeout < 0 {
 		o.IdleTimeout = 0
+	}
+	if o.ReadTimeout < 0 {
+		o.ReadTimeout = 0
 	}
 	if o.FetchTimeout <= 0 {
 		o.FetchTimeout = defaultFetchTimeout
@@ -216,10 +245,12 @@ var ErrServing = errors.New("sockapi: server is already serving")
 type Server struct {
 	store Store
 	opts  Options
+	lim   limits // opts' request limits, for parseRequest
 	log   *slog.Logger
 	start time.Time
 
 	counters counters
+	reads    readCounters // stale reads and read repairs (conflicts.go)
 	denied   deniedLog
 	// offlineUntil: reads do not ask the shared store before this time
 	// (Unix ns; 0: ask), after it was found unreachable (consistency.go).
@@ -240,6 +271,8 @@ type Server struct {
 	draining  chan struct{}
 	drainOnce sync.Once
 	nextConn  uint64
+	// holders names this process in lock holder ids (locks.go).
+	holders holderNames
 
 	// onPanic, when set, is called with every recovered panic (tests).
 	onPanic func(v any)
@@ -251,6 +284,7 @@ func NewServer(store Store, opts Options) *Server {
 	return &Server{
 		store:    store,
 		opts:     opts,
+		lim:      limits{batch: opts.MaxBatch, valueDepth: opts.MaxValueDepth},
 		log:      opts.Logger,
 		start:    time.Now(),
 		conns:    make(map[*conn]struct{}),
@@ -529,6 +563,15 @@ const (
 	opEvents
 	opStateAt
 	opValidate
+	opLockAcquire
+	opLockRelease
+	opLockExtend
+	opLockStatus
+	opConflicts
+	opSnapshot
+	opTransition
+	opCleanup
+	opReplay
 	opOther
 	numOps
 )
@@ -538,7 +581,11 @@ var opNames = [numOps]string{
 	opDelete: wire.OpDelete, opBatchGet: wire.OpBatchGet, opBatchPut: wire.OpBatchPut,
 	opList: wire.OpList, opStats: wire.OpStats, opWatch: wire.OpWatch, opUnwatch: wire.OpUnwatch,
 	opPending: wire.OpPending, opFailed: wire.OpFailed, opFlush: wire.OpFlush, opEvents: wire.OpEvents,
-	opStateAt: wire.OpStateAt, opValidate: wire.OpValidate, opOther: "other",
+	opStateAt: wire.OpStateAt, opValidate: wire.OpValidate,
+	opLockAcquire: wire.OpLockAcquire, opLockRelease: wire.OpLockRelease, opLockExtend: wire.OpLockExtend,
+	opLockStatus: wire.OpLockStatus, opConflicts: wire.OpConflicts,
+	opSnapshot: wire.OpSnapshot, opTransition: wire.OpTransition, opCleanup: wire.OpCleanup, opReplay: wire.OpReplay,
+	opOther: "other",
 }
 
 func opIndex(op string) int {
@@ -577,6 +624,24 @@ func opIndex(op string) int {
 		return opStateAt
 	case wire.OpValidate:
 		return opValidate
+	case wire.OpLockAcquire:
+		return opLockAcquire
+	case wire.OpLockRelease:
+		return opLockRelease
+	case wire.OpLockExtend:
+		return opLockExtend
+	case wire.OpLockStatus:
+		return opLockStatus
+	case wire.OpConflicts:
+		return opConflicts
+	case wire.OpSnapshot:
+		return opSnapshot
+	case wire.OpTransition:
+		return opTransition
+	case wire.OpCleanup:
+		return opCleanup
+	case wire.OpReplay:
+		return opReplay
 	}
 	return opOther
 }
@@ -586,7 +651,8 @@ func opIndex(op string) int {
 var errorCodes = [...]wire.Code{
 	wire.CodeNotFound, wire.CodeVersionConflict, wire.CodeFenceRejected, wire.CodeLockHeld,
 	wire.CodeDeadlockDetected, wire.CodeUnavailable, wire.CodeInvalidArgument, wire.CodeUnknownOp,
-	wire.CodeTooLarge, wire.CodeTimeout, wire.CodeProtocol, wire.CodeInternal, wire.CodePermissionDenied, "other",
+	wire.CodeTooLarge, wire.CodeTimeout, wire.CodeProtocol, wire.CodeInternal, wire.CodePermissionDenied,
+	wire.CodeLockLost, wire.CodeWrongState, "other",
 }
 
 func (c *counters) countRequest(op int) { c.requests[op].Add(1) }

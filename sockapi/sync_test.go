@@ -2,6 +2,7 @@ package sockapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -19,12 +20,14 @@ import (
 type fakeSync struct {
 	store   *fakeStore
 	fetches atomic.Int64
+	stalled atomic.Int64 // ReadStrong calls that stalled
 
 	mu     sync.Mutex
 	remote map[localcache.Key]localcache.Record
 	down   bool
 	fresh  map[string]time.Time
 	lostTo uint64 // WriteStrong: a concurrent change made this version first
+	stall  bool   // ReadStrong: the local changes are never pushed (it waits for ctx)
 }
 
 func newFakeSync(store *fakeStore) *fakeSync {
@@ -65,6 +68,47 @@ func (s *fakeSync) WriteStrong(ctx context.Context, ws []localcache.Write) ([]lo
 		return nil, &localcache.VersionConflictError{Key: ws[0].Key, Expected: lostTo - 1, Actual: lostTo}
 	}
 	return s.store.WriteBatch(ctx, ws)
+}
+
+// ReadStrong fetches each key as Fetch does and returns the shared store's
+// records, never the local ones; repaired counts the fetches that changed
+// the local version. With stall set it waits for ctx instead.
+func (s *fakeSync) ReadStrong(ctx context.Context, keys []localcache.Key) ([]*localcache.Record, int, error) {
+	s.mu.Lock()
+	stall := s.stall
+	s.mu.Unlock()
+	if stall {
+		s.stalled.Add(1)
+		<-ctx.Done()
+		return nil, 0, fmt.Errorf("local changes not pushed: %w", ctx.Err())
+	}
+	localVersion := func(k localcache.Key) uint64 {
+		s.store.mu.Lock()
+		defer s.store.mu.Unlock()
+		return s.store.recs[k].Version
+	}
+	recs := make([]*localcache.Record, len(keys))
+	repaired := 0
+	for i, k := range keys {
+		before := localVersion(k)
+		err := s.Fetch(ctx, k)
+		if errors.Is(err, ErrRemoteNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if localVersion(k) != before {
+			repaired++
+		}
+		s.mu.Lock()
+		rec := s.remote[k]
+		s.mu.Unlock()
+		if !rec.Deleted {
+			recs[i] = &rec
+		}
+	}
+	return recs, repaired, nil
 }
 
 func (s *fakeSync) FreshAt(governor string) (time.Time, bool) {

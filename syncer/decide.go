@@ -53,6 +53,11 @@ func (c Change) Validate() error {
 	if c.BaseVersion > math.MaxInt64 {
 		return fmt.Errorf("base version %d is out of range", c.BaseVersion)
 	}
+	if !c.Fence.IsZero() {
+		if err := c.Fence.Validate(); err != nil {
+			return err
+		}
+	}
 	if c.CheckOnly {
 		return nil
 	}
@@ -71,6 +76,14 @@ func (c Change) Validate() error {
 	}
 	if err := int64Range(r.Version, r.Clock); err != nil {
 		return err
+	}
+	if cr := c.Conflict; cr != nil {
+		if err := ValidateName("conflict id", cr.ID); err != nil {
+			return err
+		}
+		if cr.Key != c.Key {
+			return fmt.Errorf("conflict record of %s on a change of %s", cr.Key, c.Key)
+		}
 	}
 	for i, e := range c.Events {
 		if e.Key != (Key{}) && e.Key != c.Key {
@@ -128,12 +141,15 @@ func vectorSize(v map[string]uint64) int {
 }
 
 // Writes counts the documents a batch writes: one per change that is not
-// CheckOnly, plus one per event.
+// CheckOnly, plus one per event and one per conflict record.
 func Writes(b Batch) int {
 	n := 0
 	for _, c := range b.Changes {
 		if !c.CheckOnly {
 			n += 1 + len(c.Events)
+			if c.Conflict != nil {
+				n++
+			}
 		}
 	}
 	return n
@@ -153,6 +169,9 @@ func BatchSize(b Batch) int {
 		for _, e := range c.Events {
 			e.Key = c.Key
 			n += EventSize(e)
+		}
+		if c.Conflict != nil {
+			n += ConflictSize(*c.Conflict)
 		}
 	}
 	return n
@@ -185,6 +204,11 @@ func CheckBatch(b Batch, lim Limits) error {
 				return Errorf("commit", c.Key, ErrTooLarge, "event %s of ~%d bytes, limit %d", e.OpID, n, lim.MaxRecordBytes)
 			}
 		}
+		if c.Conflict != nil {
+			if n := ConflictSize(*c.Conflict); lim.MaxRecordBytes > 0 && n > lim.MaxRecordBytes {
+				return Errorf("commit", c.Key, ErrTooLarge, "conflict record of ~%d bytes, limit %d", n, lim.MaxRecordBytes)
+			}
+		}
 	}
 	if n := Writes(b); lim.MaxWrites > 0 && n > lim.MaxWrites {
 		return Errorf("commit", Key{}, ErrTooLarge, "batch writes %d documents, limit %d", n, lim.MaxWrites)
@@ -210,14 +234,20 @@ func Covers(remote Record, c Change) bool {
 
 // Decide decides every change of a checked batch (see CheckBatch) against
 // the remote's current records, as every Remote's Commit does: cur returns
-// the current record of a key and whether one exists. For Applied changes
+// the current record of a key and whether one exists, and lock the last
+// token granted on a lock (0: no record; nil: no lock has one), read in the
+// same transaction, for the changes with a Fence. A change whose op the
+// remote already covers is AlreadyApplied whatever its fence; otherwise a
+// fence that fails CheckFence makes it FenceRejected. For Applied changes
 // that write, the Result's Remote is the record to store (Key set; the
-// backend sets RemoteTime). When some change conflicts, Decide also returns
-// the *ConflictError for Commit to return; in an Atomic batch every change
-// that would have been Applied is then Skipped, and nothing may be written.
-func Decide(b Batch, cur func(Key) (Record, bool)) ([]Result, error) {
+// backend sets RemoteTime). When some change conflicts or is
+// FenceRejected, Decide also returns the error for Commit to return (see
+// Remote.Commit); in an Atomic batch every change that would have been
+// Applied is then Skipped, and nothing may be written.
+func Decide(b Batch, cur func(Key) (Record, bool), lock func(resource string) uint64) ([]Result, error) {
 	results := make([]Result, len(b.Changes))
 	var conflict *ConflictError
+	var rejected *FenceRejectedError
 	for i, c := range b.Changes {
 		remote, exists := cur(c.Key)
 		res := Result{Key: c.Key, Exists: exists, Remote: remote}
@@ -228,6 +258,10 @@ func Decide(b Batch, cur func(Key) (Record, bool)) ([]Result, error) {
 		switch {
 		case !c.CheckOnly && exists && Covers(remote, c):
 			res.Status = AlreadyApplied
+		case !c.Fence.IsZero() && fenceRejected(c.Fence, lock, &res):
+			if rejected == nil {
+				rejected = res.Rejected
+			}
 		case version != c.BaseVersion:
 			res.Status = Conflict
 			if conflict == nil {
@@ -248,7 +282,7 @@ func Decide(b Batch, cur func(Key) (Record, bool)) ([]Result, error) {
 		}
 		results[i] = res
 	}
-	if conflict == nil {
+	if conflict == nil && rejected == nil {
 		return results, nil
 	}
 	if b.Atomic {
@@ -260,7 +294,26 @@ func Decide(b Batch, cur func(Key) (Record, bool)) ([]Result, error) {
 			results[i] = Result{Key: c.Key, Status: Skipped, Exists: exists, Remote: remote}
 		}
 	}
-	return results, conflict
+	if conflict != nil {
+		return results, conflict
+	}
+	return results, rejected
+}
+
+// fenceRejected judges fence f with CheckFence against lock's last token
+// (nil lock: no lock has a record) and, when it fails, makes res
+// FenceRejected.
+func fenceRejected(f Fence, lock func(string) uint64, res *Result) bool {
+	var last uint64
+	if lock != nil {
+		last = lock(f.Resource)
+	}
+	err := CheckFence(f, last)
+	if err == nil {
+		return false
+	}
+	res.Status, res.Rejected = FenceRejected, err.(*FenceRejectedError)
+	return true
 }
 
 // Writable reports whether result i of a decided batch is to be written.

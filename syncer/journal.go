@@ -46,7 +46,10 @@ type Journal interface {
 
 	// Park moves entries out of the outbox into the failed list, with the
 	// reason the remote rejected them for good. The local record keeps its
-	// value; later entries of the same key stay pending.
+	// value; later entries of the same key stay pending. But when an entry
+	// carries Parked.Remote (the remote certainly did not apply it: a fence
+	// rejection) and no entry of its key is left pending, the local record
+	// becomes that remote record, as on an Ack.
 	Park(ctx context.Context, parked []Parked) error
 
 	// Notify returns a channel that receives a value (without blocking the
@@ -85,6 +88,10 @@ type Entry struct {
 	// never overwrites a change it has not seen. Strict entries are not
 	// coalesced with others.
 	Strict bool
+	// Fence, when set, is the lock grant the change was made under: the
+	// remote rejects the change if the lock was granted again since (see
+	// Change.Fence). Fenced entries are never coalesced with others.
+	Fence Fence
 }
 
 // Key returns the entry's key.
@@ -129,6 +136,10 @@ type Ack struct {
 	// Remote is the remote record of Key after the push (RemoteTime set):
 	// the local side adopts it when no later entry of Key is pending.
 	Remote Record
+	// Conflict, when set, is the ledger record of the true conflict these
+	// entries met: the local side stores it in the same transaction as the
+	// ack (once per ID).
+	Conflict *ConflictRecord
 }
 
 // Parked is an entry the remote rejected for good.
@@ -138,6 +149,13 @@ type Parked struct {
 	OpID   string
 	Reason string
 	Time   time.Time // when it was parked
+	// FenceRejected, when set, says the entry was parked because its fence
+	// did not pass (Reason is its message).
+	FenceRejected *FenceRejectedError
+	// Remote, when set, is the remote record of Key as the rejecting commit
+	// read it (Version 0: the remote has none): the change was certainly
+	// not applied, and the local side adopts it (see Journal.Park).
+	Remote *Record
 }
 
 // MemWrite is one write appended to a MemJournal.
@@ -147,7 +165,8 @@ type MemWrite struct {
 	Delete bool
 	Actor  string
 	Reason string
-	Strict bool // see Entry.Strict
+	Strict bool  // see Entry.Strict
+	Fence  Fence // see Entry.Fence
 }
 
 // ErrMemJournal is returned by a MemJournal whose Ack or Park was made to
@@ -171,6 +190,7 @@ type MemJournal struct {
 	parked   []Parked
 	failAcks int
 	acks     int
+	ledger   []ConflictRecord // Ack.Conflict records, once per ID
 	notify   chan struct{}
 	// pull side (pull.go)
 	cursors     map[string]Cursor // per governor
@@ -242,7 +262,8 @@ func (j *MemJournal) Append(ws ...MemWrite) ([]Entry, error) {
 		}
 		ev := Event{Key: w.Key, Action: action, FromVersion: cur.Version, ToVersion: rec.Version,
 			Value: rec.Value, Change: meta, Origin: j.node, OpID: op, Clock: clock.Clone()}
-		e := Entry{Seq: j.seq, BaseVersion: cur.Version, Record: rec, Event: ev, Time: now.UnixNano(), Strict: w.Strict}
+		e := Entry{Seq: j.seq, BaseVersion: cur.Version, Record: rec, Event: ev, Time: now.UnixNano(), Strict: w.Strict,
+			Fence: w.Fence}
 		if len(out) > 0 {
 			e.BatchID = out[0].BatchID
 		} else {
@@ -326,6 +347,7 @@ func (j *MemJournal) Ack(ctx context.Context, acks []Ack) error {
 			done[s] = true
 		}
 		last[a.Key] = a.Remote
+		j.record(a.Conflict)
 	}
 	j.remove(done)
 	for k, remote := range last {
@@ -384,6 +406,7 @@ func (j *MemJournal) Park(ctx context.Context, parked []Parked) error {
 		j.parked = append(j.parked, p)
 	}
 	j.remove(done)
+	j.adoptParkedLocked(parked) // fence.go
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -40,6 +41,12 @@ type Options struct {
 	// logical clock, then the greater node id). Strict entries lose a true
 	// conflict whatever the resolver says.
 	Resolvers conflict.Resolver
+	// StormThreshold and StormWindow define a conflict storm: more than
+	// StormThreshold true conflicts of one state within StormWindow
+	// (defaults DefaultStormThreshold, DefaultStormWindow). Each storm is
+	// counted (Stats.ConflictStorms) and logged once.
+	StormThreshold int
+	StormWindow    time.Duration
 	// OnPass, when set, is called at the start of every pass (tracing and
 	// metrics): the pass runs with the context it returns, and end is
 	// called with the pass's report and error when it is over.
@@ -66,6 +73,12 @@ func (o Options) withDefaults() Options {
 	if o.MaxRetries <= 0 {
 		o.MaxRetries = 3
 	}
+	if o.StormThreshold <= 0 {
+		o.StormThreshold = DefaultStormThreshold
+	}
+	if o.StormWindow <= 0 {
+		o.StormWindow = DefaultStormWindow
+	}
 	if set, ok := o.Resolvers.(*conflict.Set); ok && set == nil {
 		o.Resolvers = nil // a nil *conflict.Set: no resolvers, as documented
 	}
@@ -88,8 +101,9 @@ type Syncer struct {
 	// with it. Guarded by pass.
 	suspects map[Key]bool
 
-	mu     sync.Mutex // guards stats and oldest
+	mu     sync.Mutex // guards stats, oldest and storms
 	stats  Stats
+	storms storms
 	oldest time.Time // journal time of the oldest pending entry seen (zero: none)
 }
 
@@ -114,12 +128,18 @@ type Stats struct {
 	LastError      string        // the last failure ("" : none since start)
 	LastErrorTime  time.Time
 	LastSuccess    time.Time // end of the last pass that failed nothing
+
+	// ConflictsByResolver counts the true conflicts decided, by the
+	// decision's resolver (e.g. "lww", "merge>lww", "strict").
+	ConflictsByResolver map[string]uint64
+	ConflictStorms      uint64 // conflict storms detected (see Options.StormThreshold)
 }
 
 // Stats returns a snapshot of the counters.
 func (s *Syncer) Stats() Stats {
 	s.mu.Lock()
 	st := s.stats
+	st.ConflictsByResolver = maps.Clone(st.ConflictsByResolver)
 	if !s.oldest.IsZero() {
 		st.OldestPending = time.Since(s.oldest)
 	}
@@ -230,6 +250,9 @@ type part struct {
 	// pushed (and in its event, so the event at the record's version holds
 	// the record's value).
 	merged []byte
+	// conflict is the ledger record of the conflict the change won (or
+	// was merged in): committed with the change and acked with it.
+	conflict *ConflictRecord
 }
 
 // unit is what must be committed together: one part (a run of one key's
@@ -297,7 +320,7 @@ func (p *part) change() Change {
 		ev.Action = ActionPut
 		ev.Value = rec.Value
 	}
-	return Change{Key: p.key, BaseVersion: p.base, Record: rec, Events: evs}
+	return Change{Key: p.key, BaseVersion: p.base, Record: rec, Events: evs, Conflict: p.conflict, Fence: last.Fence}
 }
 
 func seqsOf(es []Entry) []uint64 {
@@ -504,7 +527,7 @@ func contiguous(p *part, e Entry) bool {
 
 // canJoin says whether run q can be coalesced after run p within lim.
 func canJoin(p, q *part, lim Limits) bool {
-	if !contiguous(p, q.entries[0]) || p.entries[0].Strict != q.entries[0].Strict {
+	if !contiguous(p, q.entries[0]) || p.entries[0].Strict != q.entries[0].Strict || fenced(p) || fenced(q) {
 		return false
 	}
 	if lim.MaxWrites > 0 && 1+len(p.entries)+len(q.entries) > lim.MaxWrites {
@@ -644,12 +667,11 @@ func (s *Syncer) commitAll(ctx context.Context, batches []*batch) []outcome {
 // every commit of the round failed transiently.
 func (s *Syncer) settle(ctx context.Context, ps *passState, b *batch, out outcome, outage bool) {
 	err := out.err
-	var conflict *ConflictError
-	if (err == nil || errors.As(err, &conflict)) && len(out.results) != len(b.changes) {
+	if decided(err) && len(out.results) != len(b.changes) {
 		err = Errorf("commit", Key{}, ErrPermanent, "remote returned %d results for %d changes", len(out.results), len(b.changes))
 	}
 	switch {
-	case err == nil || errors.As(err, &conflict):
+	case decided(err):
 		ps.rep.Commits++
 		if b.atomic {
 			s.settleAtomic(ctx, ps, b.units[0], b, out.results)
@@ -664,6 +686,8 @@ func (s *Syncer) settle(ctx context.Context, ps *passState, b *batch, out outcom
 				s.finishUnit(ps, u)
 			case Conflict:
 				s.resolve(ctx, ps, u, []*part{p}, []Result{res})
+			case FenceRejected:
+				s.parkRejected(ps, u, []*part{p}, []Result{res}, res.Rejected) // fence.go
 			default: // Skipped: not without Atomic; leave it to the next pass
 				for _, k := range u.keys() {
 					ps.blocked[k] = true
@@ -739,7 +763,7 @@ func (s *Syncer) ackPart(ps *passState, p *part, res Result) {
 	if res.Status == AlreadyApplied {
 		outcome, n = OutcomeAlreadyApplied, &ps.rep.AlreadyApplied
 	}
-	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote})
+	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote, Conflict: p.conflict})
 	*n += len(p.entries)
 }
 
@@ -821,6 +845,7 @@ func lwwWins(local, remote Record) bool {
 func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*part, results []Result) {
 	lost := false
 	merged := make([][]byte, len(parts))
+	records := make([]*ConflictRecord, len(parts))
 	for i, p := range parts {
 		res := results[i]
 		if res.Status != Conflict {
@@ -833,6 +858,8 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 			continue
 		}
 		ps.rep.Conflicts++
+		records[i] = d.record
+		s.noteConflict(p.key, d.resolver)
 		local := p.entries[len(p.entries)-1].Record
 		winner := "local"
 		switch {
@@ -851,7 +878,18 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 	}
 	if lost {
 		// The change (the whole atomic batch) gives way: every entry is
-		// superseded and the local side adopts the remote records.
+		// superseded and the local side adopts the remote records. The
+		// decisions go to the remote's ledger first: if they cannot, the
+		// entries stay pending and the next pass decides again (the same
+		// records, by ID).
+		if err := s.logConflicts(ctx, records); err != nil {
+			ps.transient = err
+			for _, k := range u.keys() {
+				ps.blocked[k] = true
+			}
+			s.log.Debug("push conflict: ledger write failed, will retry", "keys", len(parts), "err", err)
+			return
+		}
 		for i, p := range parts {
 			if results[i].Status == AlreadyApplied {
 				s.ackPart(ps, p, results[i])
@@ -861,7 +899,8 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 			if !results[i].Exists {
 				remote = Record{Key: p.key}
 			}
-			ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomeSuperseded, Remote: remote})
+			ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomeSuperseded, Remote: remote,
+				Conflict: records[i]})
 			ps.rep.Superseded += len(p.entries)
 		}
 		s.finishUnit(ps, u)
@@ -875,7 +914,11 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 			}
 			p.rebased = true
 			p.remote = results[i].Remote
-			p.merged = merged[i]
+			if records[i] != nil {
+				// A new decision; a plain rebase keeps the last one's.
+				p.merged = merged[i]
+				p.conflict = records[i]
+			}
 		}
 	}
 	u.attempts++
@@ -890,6 +933,10 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 func (s *Syncer) settleAtomic(ctx context.Context, ps *passState, u *unit, b *batch, results []Result) {
 	conflict := false
 	for _, r := range results {
+		if r.Status == FenceRejected { // the whole batch: nothing of it was written
+			s.parkRejected(ps, u, b.owner, results, r.Rejected) // fence.go
+			return
+		}
 		if r.Status == Conflict {
 			conflict = true
 		}
@@ -908,9 +955,12 @@ func (s *Syncer) settleAtomic(ctx context.Context, ps *passState, u *unit, b *ba
 func (s *Syncer) park(ps *passState, u *unit, err error) {
 	now := time.Now()
 	reason := err.Error()
+	var rejected *FenceRejectedError
+	errors.As(err, &rejected)
 	for _, p := range u.parts {
 		for _, e := range p.entries {
-			ps.parked = append(ps.parked, Parked{Seq: e.Seq, Key: p.key, OpID: e.OpID(), Reason: reason, Time: now})
+			ps.parked = append(ps.parked, Parked{Seq: e.Seq, Key: p.key, OpID: e.OpID(), Reason: reason, Time: now,
+				FenceRejected: rejected})
 		}
 		s.log.Error("push rejected for good: entries parked", "key", p.key.String(), "entries", len(p.entries),
 			"first_op", p.entries[0].OpID(), "err", err)

@@ -46,9 +46,18 @@ type Remote interface {
 	// a single Conflict writes nothing: the other changes are reported
 	// Skipped. A key may appear only once in a batch.
 	//
+	// A change with a Fence is checked against the lock the fence names,
+	// read in the same transaction (see CheckFence): when the fence does not
+	// pass, the change is FenceRejected (unless the remote record already
+	// covers its op: AlreadyApplied) and nothing of it is written; in an
+	// Atomic batch nothing at all is written and the other changes are
+	// reported Skipped (or Conflict).
+	//
 	// The error is nil when every change is Applied or AlreadyApplied. When
 	// some conflict, the results are returned with a *ConflictError
-	// (errors.Is ErrConflict) that describes the first conflict. A batch over
+	// (errors.Is ErrConflict) that describes the first conflict; when none
+	// conflicts and some are FenceRejected, with the *FenceRejectedError of
+	// the first of them (errors.Is ErrFenceRejected). A batch over
 	// Limits fails with ErrTooLarge before anything is written; an invalid
 	// change fails with ErrPermanent. With ErrUnavailable the results are nil
 	// and the batch may or may not have been applied.
@@ -72,6 +81,9 @@ type Remote interface {
 
 	// Limits returns the size limits of one Commit, for batching.
 	Limits() Limits
+
+	// ConflictLog is the remote's conflict ledger (ledger.go).
+	ConflictLog
 }
 
 // Watcher is an optional capability of a Remote (find it with a type
@@ -183,6 +195,13 @@ type Change struct {
 	// CheckOnly asserts BaseVersion and writes nothing (Record and Events are
 	// ignored): a version check inside an atomic batch.
 	CheckOnly bool
+	// Fence, when set, makes the change valid only while its lock has not
+	// been granted again (see Commit and CheckFence).
+	Fence Fence
+	// Conflict, when set, is the ledger record of the conflict this change
+	// won: a remote with a ConflictLog stores it in the same transaction
+	// when the change is Applied (never twice: by its ID).
+	Conflict *ConflictRecord
 }
 
 // Batch is what one Commit applies.
@@ -206,8 +225,11 @@ const (
 	// Conflict: the remote version is not the change's BaseVersion.
 	Conflict
 	// Skipped: not written because another change of an Atomic batch
-	// conflicted.
+	// conflicted or was fence-rejected.
 	Skipped
+	// FenceRejected: not written because the change's Fence did not pass
+	// (Result.Rejected says why).
+	FenceRejected
 )
 
 func (s Status) String() string {
@@ -220,6 +242,8 @@ func (s Status) String() string {
 		return "conflict"
 	case Skipped:
 		return "skipped"
+	case FenceRejected:
+		return "fence-rejected"
 	}
 	return "unknown"
 }
@@ -233,6 +257,8 @@ type Result struct {
 	// already there otherwise (for Skipped, as read before the batch).
 	Exists bool
 	Remote Record
+	// Rejected says why a FenceRejected change's fence did not pass.
+	Rejected *FenceRejectedError
 }
 
 // Cursor is an opaque position in a governor's stream of remote changes, as

@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/tai-state/tai-state/conflict"
 )
@@ -23,32 +24,41 @@ type decision struct {
 	merged   []byte
 	resolver string // who decided, e.g. "causal>lww"
 	reason   string // for logs: nodes, versions and clocks, never values
+	// record is the conflict ledger's record of the decision.
+	record *ConflictRecord
 }
 
 // decide settles a true conflict of p against the remote record: a strict
 // part loses; otherwise the resolver of p's governor decides, or, without
 // Options.Resolvers, last write wins (lwwWins). A resolver that fails,
-// panics or returns an invalid decision is overruled by lwwWins.
+// panics or returns an invalid decision is overruled by lwwWins. The
+// decision carries its ledger record.
 func (s *Syncer) decide(ctx context.Context, p *part, remote Record) decision {
 	local := p.entries[len(p.entries)-1].Record
+	if p.merged != nil {
+		// Rebased on a merge of an earlier round: the change now pushed
+		// has the merged value.
+		local.Value, local.Deleted = p.merged, false
+	}
+	c := conflict.Conflict{
+		Key:    conflict.Key{Governor: p.key.Governor, State: p.key.State},
+		Local:  toSide(local),
+		Remote: toSide(remote),
+		Base:   s.base(ctx, p),
+	}
+	d := s.resolveConflict(ctx, p, c, local, remote)
+	d.record = conflictRecord(p, c, d, s.remote.Limits(), time.Now())
+	return d
+}
+
+// resolveConflict is decide's decision, without its record.
+func (s *Syncer) resolveConflict(ctx context.Context, p *part, c conflict.Conflict, local, remote Record) decision {
 	if p.entries[0].Strict {
 		return decision{verdict: lose, resolver: resolverStrict,
 			reason: "a strict write never overwrites a change it has not seen"}
 	}
 	if s.opts.Resolvers == nil {
 		return lwwDecision(local, remote, "")
-	}
-	c := conflict.Conflict{
-		Key:    conflict.Key{Governor: p.key.Governor, State: p.key.State},
-		Local:  toSide(local),
-		Remote: toSide(remote),
-	}
-	if base := p.entries[0].BaseVersion; base == 0 {
-		// The state did not exist when the local change was made: both
-		// sides created it. A known base version's value is not in the
-		// journal entry, so Base stays nil for it (resolvers that need the
-		// value, like merge, hand the conflict to their fallback).
-		c.Base = &conflict.Base{Version: 0}
 	}
 	d, err := safeResolve(ctx, s.opts.Resolvers, c)
 	if err != nil {

@@ -84,26 +84,16 @@ func (f *Firestore) coll(name string) *firestore.CollectionRef {
 }
 
 func (f *Firestore) lockRef(resource string) *firestore.DocumentRef {
-	return f.coll("locks").Doc(resource)
+	return sfs.LockRef(f.client, f.root, resource)
 }
 func (f *Firestore) waitRef(holder string) *firestore.DocumentRef {
 	return f.coll("lockwaits").Doc(holder)
 }
 func (f *Firestore) floorRef() *firestore.DocumentRef { return f.coll("lockmeta").Doc("floor") }
 
-// lockDoc is a lock document. Its update time (a commit time) is when the
-// lease started, or when the lock was released.
-type lockDoc struct {
-	Resource string `firestore:"resource"`
-	Holder   string `firestore:"holder"` // "" when released
-	Token    int64  `firestore:"token"`  // the last token granted
-	LeaseMS  int64  `firestore:"lease_ms"`
-	// FreeAt is when the lock is free by the store's clock (the release,
-	// or the lease's end), for Cleanup's query only: for a lease, the read
-	// time of the granting transaction plus the lease, a little before the
-	// real end.
-	FreeAt time.Time `firestore:"free_at"`
-}
+// lockDoc is a lock document; its layout is shared with the fence check of
+// syncer/firestore's Commit, which reads the token.
+type lockDoc = sfs.LockDoc
 
 type floorDoc struct {
 	Token int64 `firestore:"token"`
@@ -220,12 +210,16 @@ func (f *Firestore) run(ctx context.Context, fn func(context.Context, *firestore
 	return f.client.RunTransaction(ctx, fn, append(opts, firestore.MaxAttempts(f.maxAttempts))...)
 }
 
-// try takes the lock if it is free; otherwise it returns who holds it.
-func (f *Firestore) try(ctx context.Context, resource, holder string, lease time.Duration, start time.Time) (Grant, *HeldError, error) {
+// try takes the lock if it is free; otherwise it returns who holds it. The
+// grant's deadline counts from the start of the transaction attempt that
+// grants it (attempts that Firestore aborts, and their backoff, may take
+// seconds before it): the lease starts at that attempt's commit.
+func (f *Firestore) try(ctx context.Context, resource, holder string, lease time.Duration) (Grant, *HeldError, error) {
 	ref := f.lockRef(resource)
 	var g Grant
 	var held *HeldError
 	err := f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
+		start := time.Now()
 		g, held = Grant{}, nil
 		s, err := getLock(tx, ref)
 		if err != nil {
@@ -267,8 +261,7 @@ func (f *Firestore) Acquire(ctx context.Context, resource, holder string, lease,
 	if err != nil {
 		return Grant{}, err
 	}
-	start := time.Now()
-	g, held, err := f.try(ctx, resource, holder, lease, start)
+	g, held, err := f.try(ctx, resource, holder, lease)
 	if err != nil || held == nil {
 		return g, err
 	}
@@ -280,7 +273,7 @@ func (f *Firestore) Acquire(ctx context.Context, resource, holder string, lease,
 		return Grant{}, err
 	}
 	defer w.stop()
-	b := &fsWaitBackend{f: f, w: w, lease: lease, start: start}
+	b := &fsWaitBackend{f: f, w: w, lease: lease}
 	return waitLoop(ctx, b, f.log, holder, wait, held)
 }
 
@@ -374,7 +367,7 @@ func (w *fsWait) stop() {
 
 // heldBy lists the locks holder holds now (for the wait record).
 func (f *Firestore) heldBy(ctx context.Context, holder string) ([]string, error) {
-	snaps, err := f.coll("locks").Where("holder", "==", holder).Documents(ctx).GetAll()
+	snaps, err := f.coll(sfs.LockCollection).Where("holder", "==", holder).Documents(ctx).GetAll()
 	if err != nil {
 		return nil, translate(ctx, "list locks held", holder, err)
 	}
@@ -396,11 +389,10 @@ type fsWaitBackend struct {
 	f     *Firestore
 	w     *fsWait
 	lease time.Duration
-	start time.Time
 }
 
 func (b *fsWaitBackend) try(ctx context.Context) (Grant, *HeldError, error) {
-	return b.f.try(ctx, b.w.resource, b.w.holder, b.lease, b.start)
+	return b.f.try(ctx, b.w.resource, b.w.holder, b.lease)
 }
 
 func (b *fsWaitBackend) wake() <-chan struct{} { return b.w.wakeCh }
@@ -509,7 +501,9 @@ func (f *Firestore) Release(ctx context.Context, g Grant) error {
 	return nil
 }
 
-// Extend implements Locks. The write restarts the lease at its commit time.
+// Extend implements Locks. The write restarts the lease at its commit time;
+// the deadline counts from the start of the attempt that commits (as in
+// try).
 func (f *Firestore) Extend(ctx context.Context, g Grant, lease time.Duration) (Grant, error) {
 	if err := checkGrant(g); err != nil {
 		return Grant{}, err
@@ -518,9 +512,9 @@ func (f *Firestore) Extend(ctx context.Context, g Grant, lease time.Duration) (G
 	if err != nil {
 		return Grant{}, err
 	}
-	start := time.Now()
 	var out Grant
 	err = f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
+		start := time.Now()
 		s, err := f.current(tx, "extend", g)
 		if err != nil {
 			return err
@@ -583,7 +577,7 @@ func (f *Firestore) Cleanup(ctx context.Context, grace time.Duration) (int, erro
 	total := 0
 	for {
 		cut := time.Now().Add(-grace)
-		snaps, err := f.coll("locks").Where("free_at", "<", cut).Limit(cleanupBatch).Documents(ctx).GetAll()
+		snaps, err := f.coll(sfs.LockCollection).Where("free_at", "<", cut).Limit(cleanupBatch).Documents(ctx).GetAll()
 		if err != nil {
 			return total, translate(ctx, "lock cleanup", "", err)
 		}

@@ -111,7 +111,7 @@ func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wa
 		}
 		m.mu.Unlock()
 	}()
-	b := &memWaitBackend{m: m, w: w, resource: resource, holder: holder, lease: lease, start: start}
+	b := &memWaitBackend{m: m, w: w, resource: resource, holder: holder, lease: lease}
 	return waitLoop(ctx, b, m.log, holder, wait, held)
 }
 
@@ -120,13 +120,14 @@ type memWaitBackend struct {
 	w                *memWait
 	resource, holder string
 	lease            time.Duration
-	start            time.Time
 }
 
+// try starts the lease, and its deadline, now: a grant after a wait ends a
+// lease after it, not after the Acquire call began.
 func (b *memWaitBackend) try(context.Context) (Grant, *HeldError, error) {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
-	g, h := b.m.tryLocked(b.resource, b.holder, b.lease, b.start)
+	g, h := b.m.tryLocked(b.resource, b.holder, b.lease, time.Now())
 	return g, h, nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -60,79 +59,9 @@ type ObserveConfig struct {
 	LogWindow time.Duration
 }
 
-// addObserveFlags registers the telemetry flags on fs; each has a TAI_*
-// environment variable that sets its default.
-func addObserveFlags(fs *flag.FlagSet, getenv func(string) string, c *ObserveConfig) {
-	fs.StringVar(&c.AdminAddr, "admin-addr", getenv("TAI_ADMIN_ADDR"),
-		"admin endpoint (/healthz, /readyz, /status, /metrics): 127.0.0.1:PORT, [::1]:PORT, localhost:PORT or unix:PATH (env TAI_ADMIN_ADDR; default: none)")
-	fs.BoolVar(&c.AdminAllowRemote, "admin-allow-remote", envBool(getenv, "TAI_ADMIN_ALLOW_REMOTE"),
-		"let --admin-addr listen on a non-loopback address (env TAI_ADMIN_ALLOW_REMOTE); the endpoint has no authentication")
-	fs.BoolVar(&c.OTLPTraces, "otlp-traces", envBool(getenv, "TAI_OTLP_TRACES"),
-		"export traces with OTLP (env TAI_OTLP_TRACES)")
-	fs.BoolVar(&c.OTLPMetrics, "otlp-metrics", envBool(getenv, "TAI_OTLP_METRICS"),
-		"export metrics with OTLP (env TAI_OTLP_METRICS)")
-	proto := getenv("TAI_OTLP_PROTOCOL")
-	if proto == "" {
-		proto = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
-	}
-	if proto == "" {
-		proto = "grpc"
-	}
-	fs.StringVar(&c.OTLPProtocol, "otlp-protocol", proto,
-		"OTLP protocol: grpc or http/protobuf (env TAI_OTLP_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL)")
-	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", getenv("TAI_OTLP_ENDPOINT"),
-		"OTLP collector base URL, e.g. http://127.0.0.1:4317 (env TAI_OTLP_ENDPOINT; default: OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT, else localhost:4317 for grpc, localhost:4318 for http)")
-	c.MetricInterval = 30 * time.Second
-	if v := getenv("TAI_OTLP_METRIC_INTERVAL"); v != "" {
-		c.MetricInterval = -1 // reported by validate
-		if d, err := time.ParseDuration(v); err == nil {
-			c.MetricInterval = d
-		}
-	}
-	fs.DurationVar(&c.MetricInterval, "otlp-metric-interval", c.MetricInterval,
-		"how often metrics are exported with OTLP (env TAI_OTLP_METRIC_INTERVAL)")
-	c.LogBurst = 10
-	if v := getenv("TAI_LOG_BURST"); v != "" {
-		c.LogBurst = -1 // reported by validate
-		if n, err := strconv.Atoi(v); err == nil {
-			c.LogBurst = n
-		}
-	}
-	fs.IntVar(&c.LogBurst, "log-burst", c.LogBurst,
-		"identical log messages let through per --log-window before the rest are counted; 0: no limit (env TAI_LOG_BURST)")
-	c.LogWindow = 10 * time.Second
-	if v := getenv("TAI_LOG_WINDOW"); v != "" {
-		c.LogWindow = -1 // reported by validate
-		if d, err := time.ParseDuration(v); err == nil {
-			c.LogWindow = d
-		}
-	}
-	fs.DurationVar(&c.LogWindow, "log-window", c.LogWindow, "window of --log-burst (env TAI_LOG_WINDOW)")
-}
-
-func envBool(getenv func(string) string, key string) bool {
-	b, _ := strconv.ParseBool(getenv(key)) // anything else is false
-	return b
-}
-
-// validate reports the first setting that cannot work.
+// validate reports the first combination of settings that cannot work
+// (each setting is checked as it is read: config_settings.go).
 func (c *ObserveConfig) validate() error {
-	switch {
-	case c.OTLPProtocol != "grpc" && c.OTLPProtocol != "http/protobuf":
-		return fmt.Errorf("--otlp-protocol %q: want grpc or http/protobuf", c.OTLPProtocol)
-	case c.MetricInterval <= 0:
-		return errors.New("--otlp-metric-interval (TAI_OTLP_METRIC_INTERVAL) must be a positive duration such as 30s")
-	case c.LogBurst < 0:
-		return errors.New("--log-burst (TAI_LOG_BURST) must be a non-negative integer")
-	case c.LogWindow <= 0:
-		return errors.New("--log-window (TAI_LOG_WINDOW) must be a positive duration such as 10s")
-	}
-	if c.OTLPEndpoint != "" {
-		u, err := url.Parse(c.OTLPEndpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("--otlp-endpoint %q: want a URL such as http://127.0.0.1:4317", c.OTLPEndpoint)
-		}
-	}
 	if c.AdminAddr != "" {
 		if _, err := c.adminNetwork(); err != nil {
 			return err

@@ -61,6 +61,19 @@ func cliCommands() map[string]cliCommand {
 			help: "check the local event log; exit status 1 when a rule is broken", flags: validateFlags},
 		"history": {args: "export GOV", nargs: 2, help: "print every event of a governor as JSON lines, in the export format",
 			flags: historyFlags},
+		"lock": {args: "acquire|release|extend|status RES [TOKEN]", nargs: 2, optional: 1,
+			help: "take, release, extend or describe a lock (cli_locks.go)", flags: lockFlags},
+		"conflicts": {args: "GOV", nargs: 1,
+			help: "print the conflict ledger of a governor (conflicts this sidecar settled) as JSON lines", flags: conflictsFlags},
+		// cli_snapshots.go
+		"snapshot": {args: "GOV [STATE]", nargs: 1, optional: 1,
+			help: "take a snapshot of a state, or of every live state of a governor", flags: snapshotFlags},
+		"transition": {args: "GOV STATE", nargs: 2,
+			help: "move a state machine from --from to --to, named --action (one compare-and-set)", flags: transitionFlags},
+		"cleanup": {args: "GOV [STATE]", nargs: 1, optional: 1,
+			help: "remove old local history by --max-age and/or --keep-events; print what was removed", flags: cleanupFlags},
+		"replay": {args: "GOV [STATE]", nargs: 1, optional: 1,
+			help: "print the retained history (starting snapshots, then events) as JSON lines", flags: replayFlags},
 	}
 }
 
@@ -78,7 +91,7 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 	name := args[0]
 	cmd, ok := cliCommands()[name]
 	if !ok {
-		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, ping or serve; see tai-sidecar help)", name)}
+		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, snapshot, transition, cleanup, replay, lock, conflicts, ping or serve; see tai-sidecar help)", name)}
 	}
 	fs := flag.NewFlagSet("tai-sidecar "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -188,6 +201,8 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 	synced := fs.Bool("sync", false, "answer only once the shared store has the change (consistency sync)")
 	strong := fs.Bool("strong", false, "compare-and-set against the shared store: check the preconditions there and answer once it has the change (consistency strong)")
 	syncTimeout := fs.Duration("sync-timeout", 0, "with --sync or --strong, how long to wait for the shared store (0: the sidecar's default)")
+	fence := new(fenceFlag) // cli_fence.go
+	fs.Var(fence, "fence", "write under the lock grant `RES:TOKEN` (lock resource and fencing token): rejected with FenceRejected if the lock was granted again since")
 	return func() []client.WriteOption {
 		var opts []client.WriteOption
 		if *synced {
@@ -207,6 +222,9 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 		}
 		if *reason != "" {
 			opts = append(opts, client.Reason(*reason))
+		}
+		if o := fence.option(); o != nil {
+			opts = append(opts, o)
 		}
 		return opts
 	}
@@ -942,16 +960,11 @@ func eventsFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []strin
 	var from, to timeFlag
 	fs.Var(&from, "from", "only changes at or after `T` (RFC 3339)")
 	fs.Var(&to, "to", "only changes before `T` (RFC 3339)")
-	action := fs.String("action", "", "only `A` events: put or delete")
+	action := fs.String("action", "", "only `A` events: put, delete, or a transition's action")
 	limit := fs.Int("limit", 0, "print at most `N` events (0: all)")
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
 		if *limit < 0 {
 			return &usageError{"events: --limit must not be negative"}
-		}
-		switch *action {
-		case "", localcache.ActionPut, localcache.ActionDelete:
-		default:
-			return &usageError{fmt.Sprintf("events: --action %q: want put or delete", *action)}
 		}
 		opts := client.EventsOptions{From: from.t, To: to.t, Action: *action, Limit: localcache.MaxEventLimit}
 		if len(pos) > 1 {

@@ -38,13 +38,27 @@ Commands:
   pending                                   print the journal: changes not yet in the shared store
   failed                                    print the changes the shared store rejected for good
   flush [--timeout D]                       wait until every change written so far is in the shared store
-  events GOV [STATE] [--from T] [--to T] [--action put|delete] [--limit N]
+  events GOV [STATE] [--from T] [--to T] [--action put|delete|A] [--limit N]
                                             print the local event log as JSON lines (times RFC 3339)
   state-at GOV STATE (--at T | --version N) print a state as it was at a time or a version
   validate GOV [STATE]                      check the local event log (exit status 1 on violations)
   history export GOV                        print every event of a governor as JSON lines
+  snapshot GOV [STATE]                      take a snapshot of a state (or of every live state)
+  transition GOV STATE --to S --action A [--from S] [--value JSON] [--actor A] [--reason R] [--sync|--strong]
+                                            move a state machine: one compare-and-set, its event named A
+  cleanup GOV [STATE] (--max-age D | --keep-events N) [--dry-run]
+                                            remove old local history; print what was removed
+  replay GOV [STATE] [--latest]             print the retained history (snapshots, then events) as JSON lines
+  lock acquire RES [--lease D] [--wait D]   take a lock (not bound to the CLI's connection); print the grant
+  lock release RES TOKEN                    release a grant
+  lock extend RES TOKEN [--lease D]         start a new lease on a grant; print it
+  lock status RES                           print a lock's holder, token, remaining lease and waiters
+  conflicts GOV [--state S] [--since T] [--until T] [--limit N]
+                                            print the conflict ledger (conflicts this sidecar settled) as JSON lines
   stats                                     print the sidecar's statistics
   status [--admin ADDR]                     print a summary: node, uptime, journal, cache, shared store
+  config print [--config F] [--format yaml|json] [serve flags]
+                                            print serve's effective configuration and where each value came from
   ping                                      check that the sidecar answers
   version                                   print the version
 
@@ -92,7 +106,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	switch rest[0] {
 	case "serve":
-		return serve(ctx, rest[1:], *socket, stdout, stderr, getenv)
+		return serve(ctx, rest[1:], givenFlag(fs, "socket"), stdout, stderr, getenv)
+	case "config":
+		return runConfig(rest[1:], givenFlag(fs, "socket"), stdout, stderr, getenv) // config_print.go
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -103,6 +119,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runStatus(ctx, *socket, rest[1:], stdout, stderr, getenv) // status.go
 	}
 	return runCLI(ctx, *socket, rest, stdout, stderr)
+}
+
+// givenFlag returns the value of fs's flag name if the command line set
+// it, else "".
+func givenFlag(fs *flag.FlagSet, name string) string {
+	v := ""
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			v = f.Value.String()
+		}
+	})
+	return v
 }
 
 func envOr(getenv func(string) string, key, def string) string {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -22,10 +20,10 @@ import (
 
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi"
-	"github.com/tai-state/tai-state/sockapi/wire"
 )
 
-// Config is the effective configuration of `tai-sidecar serve`.
+// Config is the effective configuration of `tai-sidecar serve`. Each field
+// is a setting of config_settings.go, or made of several.
 type Config struct {
 	Socket          string
 	DataDir         string
@@ -36,112 +34,38 @@ type Config struct {
 	MemoryLimit     int64 // Go heap soft limit; 0: GOMEMLIMIT, else a share of the cgroup limit
 	MaxFrame        int
 	ShutdownTimeout time.Duration
-	Security        SecurityConfig // access policy and connection limits: security.go
+	Security        SecurityConfig // access policy, connection and request limits: security.go
 	Sync            SyncConfig     // the shared store: sync.go
 	Observe         ObserveConfig  // admin endpoint, traces, metrics, log limit: admin.go
+	// Snapshots are the per-governor snapshot settings of the config
+	// file (config_governors.go); Snapshots.For is what the store takes.
+	Snapshots SnapshotConfig
 }
 
-// Validate reports the first setting that cannot work.
+// Validate reports the first combination of settings that cannot work.
+// Each setting is checked as it is read (config_settings.go).
 func (c *Config) Validate() error {
-	switch {
-	case c.Socket == "":
-		return errors.New("--socket must not be empty")
-	case c.DataDir == "":
-		return errors.New("--data-dir must not be empty")
-	case c.CacheBytes < 0:
-		return errors.New("--cache-bytes must not be negative")
-	case c.MemoryLimit != 0 && c.MemoryLimit < 32<<20:
-		return fmt.Errorf("--memory-limit %d is below 32 MiB: too little for the store", c.MemoryLimit)
-	case c.MaxFrame < 64<<10 || c.MaxFrame > 64<<20:
-		return fmt.Errorf("--max-frame %d out of range [64 KiB, 64 MiB]", c.MaxFrame)
-	case c.ShutdownTimeout <= 0:
-		return errors.New("--shutdown-timeout must be positive")
-	}
-	if c.NodeID != "" {
-		if err := validNodeID(c.NodeID); err != nil {
-			return err
-		}
-	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
-		return err
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
-	}
 	if err := c.Observe.validate(); err != nil {
 		return err
 	}
 	return c.Sync.validate()
 }
 
-// parseServe reads serve's flags; each has a TAI_* environment variable that
-// sets its default, and a flag given on the command line wins.
+// parseServe reads serve's settings from its flags, the TAI_* environment
+// and the config file (config.go); socket is the global --socket flag, ""
+// when not given.
 func parseServe(args []string, socket string, stderr io.Writer, getenv func(string) string) (*Config, error) {
-	c := &Config{Socket: socket}
-	fs := flag.NewFlagSet("tai-sidecar serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&c.Socket, "socket", socket, "Unix socket to serve on (env TAI_SOCKET)")
-	fs.StringVar(&c.DataDir, "data-dir", envOr(getenv, "TAI_DATA_DIR", "./tai-data"), "directory for the local store (env TAI_DATA_DIR)")
-	fs.StringVar(&c.NodeID, "node-id", getenv("TAI_NODE_ID"), "this sidecar's node id (env TAI_NODE_ID; default: generated once and kept in the data dir)")
-	fs.StringVar(&c.LogLevel, "log-level", envOr(getenv, "TAI_LOG_LEVEL", "info"), "debug, info, warn or error (env TAI_LOG_LEVEL)")
-	fs.StringVar(&c.LogFormat, "log-format", envOr(getenv, "TAI_LOG_FORMAT", "text"), "text or json (env TAI_LOG_FORMAT)")
-	cache, err := envInt(getenv, "TAI_CACHE_BYTES", 32<<20)
+	l, err := loadConfig("serve", args, socket, stderr, getenv, nil)
 	if err != nil {
 		return nil, err
 	}
-	fs.Int64Var(&c.CacheBytes, "cache-bytes", cache, "memory for the hot read cache (env TAI_CACHE_BYTES)")
-	memLimit := getenv("TAI_MEMORY_LIMIT")
-	fs.Func("memory-limit", "soft limit of the Go heap, e.g. 128MiB (env TAI_MEMORY_LIMIT; default: GOMEMLIMIT, else 70% of the container's memory limit)", func(s string) error {
-		memLimit = s
-		return nil
-	})
-	maxFrame, err := envInt(getenv, "TAI_MAX_FRAME", wire.DefaultMaxFrame)
-	if err != nil {
-		return nil, err
-	}
-	fs.IntVar(&c.MaxFrame, "max-frame", int(maxFrame), "largest accepted frame in bytes (env TAI_MAX_FRAME)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long shutdown waits for in-flight requests")
-	sec := addSecurityFlags(fs, getenv)
-	addSyncFlags(fs, getenv, &c.Sync)
-	addObserveFlags(fs, getenv, &c.Observe)
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, &usageError{fmt.Sprintf("serve: unexpected argument %q", fs.Arg(0))}
-	}
-	if c.Security, err = sec.config(); err != nil {
-		return nil, err
-	}
-	if memLimit != "" {
-		n, err := parseBytes(memLimit)
-		if err != nil {
-			return nil, &usageError{"serve: --memory-limit: " + err.Error()}
-		}
-		c.MemoryLimit = n
-	}
-	if err := c.Validate(); err != nil {
-		return nil, &usageError{"serve: " + err.Error()}
-	}
-	return c, nil
-}
-
-func envInt(getenv func(string) string, key string, def int64) (int64, error) {
-	v := getenv(key)
-	if v == "" {
-		return def, nil
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return 0, &usageError{fmt.Sprintf("%s=%q: not an integer", key, v)}
-	}
-	return n, nil
+	return l.cfg, nil
 }
 
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+		return 0, errors.New("want debug, info, warn or error")
 	}
 	return l, nil
 }
@@ -192,6 +116,11 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		NodeID:     nodeID,
 		Logger:     log.With("component", "localcache"),
 		CacheBytes: c.CacheBytes,
+		// The conflict ledger's retention (--ledger-max-entries, --ledger-max-age).
+		LedgerMaxEntries: c.Sync.LedgerMaxEntries,
+		LedgerMaxAge:     c.Sync.LedgerMaxAge,
+		// Per-governor snapshot interval and retention (per_governor).
+		Snapshots: c.Snapshots.For,
 	})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
@@ -211,6 +140,13 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 	if loops != nil {
 		defer loops.close(log)
 	}
+	locks, err := openLocks(ctx, &c.Sync, log.With("component", "locks")) // serve_locks.go
+	if err != nil {
+		return err
+	}
+	if locks != nil {
+		defer locks.close(log)
+	}
 	if err := tel.registerGauges(store, loops); err != nil {
 		return err
 	}
@@ -229,6 +165,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		MaxFrame:   c.MaxFrame,
 		Observer:   tel.requestObserver(),
 		Sync:       loops.sockSync(), // nil: local only
+		Locks:      locks.sockLocks(),
 	}))
 
 	sigs := make(chan os.Signal, 2)
@@ -274,6 +211,12 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 			ctx, cancel := context.WithCancel(ctx)
 			g.Add(func() error { return run(ctx) }, func(error) { cancel() })
 		}
+	}
+	if locks != nil {
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			return runLockCleanup(ctx, locks.locks, lockCleanupEvery, lockCleanupGrace, log.With("component", "locks"))
+		}, func(error) { cancel() })
 	}
 	err = g.Run()
 	if loops != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi"
-	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore"
 )
@@ -33,9 +31,16 @@ type SyncConfig struct {
 	// FlushTimeout bounds the final push at shutdown.
 	FlushTimeout time.Duration
 	// Resolvers says which conflict resolver settles the true conflicts
-	// of each governor, in conflict.ParseConfig's form, e.g.
-	// "*=causal:version,orders=merge" ("": lww everywhere).
-	Resolvers string
+	// of each governor: --resolvers, e.g. "*=causal:version,orders=merge"
+	// (zero: lww everywhere), or the config file's per_governor resolvers.
+	Resolvers conflict.Config
+	// StormThreshold and StormWindow define a conflict storm (syncer
+	// Options); LedgerMaxEntries and LedgerMaxAge bound the local conflict
+	// ledger (localcache Options).
+	StormThreshold   int
+	StormWindow      time.Duration
+	LedgerMaxEntries int
+	LedgerMaxAge     time.Duration
 	// Fault, from TAI_FAULT, injects a failure for crash tests:
 	// "kill-after-remote-commit" makes the process SIGKILL itself right
 	// after the shared store applied a push, before the journal ack.
@@ -48,45 +53,12 @@ const faultKillAfterRemoteCommit = "kill-after-remote-commit"
 // Enabled reports whether a shared store is configured.
 func (c *SyncConfig) Enabled() bool { return c.Project != "" }
 
-// addSyncFlags registers the shared-store flags on fs; each has a TAI_*
-// environment variable that sets its default.
-func addSyncFlags(fs *flag.FlagSet, getenv func(string) string, c *SyncConfig) {
-	fs.StringVar(&c.Project, "firestore-project", getenv("TAI_FIRESTORE_PROJECT"),
-		"Google Cloud project of the shared Firestore store (env TAI_FIRESTORE_PROJECT; empty: local only). "+
-			"Credentials are Google's application default credentials; FIRESTORE_EMULATOR_HOST selects an emulator")
-	fs.StringVar(&c.Database, "firestore-database", getenv("TAI_FIRESTORE_DATABASE"),
-		"Firestore database id (env TAI_FIRESTORE_DATABASE; default \"(default)\")")
-	fs.StringVar(&c.Root, "root", getenv("TAI_ROOT"),
-		"document path everything is stored under, e.g. deployments/prod (env TAI_ROOT; default: the database root)")
-	c.Governors = splitList(getenv("TAI_GOVERNORS"))
-	fs.Func("governors", "comma-separated governors to pull from the start, besides those with local states (env TAI_GOVERNORS)", func(s string) error {
-		c.Governors = splitList(s)
-		return nil
-	})
-	c.FlushTimeout = 5 * time.Second
-	if v := getenv("TAI_FLUSH_TIMEOUT"); v != "" {
-		c.FlushTimeout = -1 // reported by validate
-		if d, err := time.ParseDuration(v); err == nil {
-			c.FlushTimeout = d
-		}
-	}
-	c.Fault = getenv("TAI_FAULT")
-	fs.DurationVar(&c.FlushTimeout, "flush-timeout", c.FlushTimeout,
-		"how long shutdown keeps pushing the journal to the shared store (env TAI_FLUSH_TIMEOUT)")
-	fs.StringVar(&c.Resolvers, "resolvers", getenv("TAI_RESOLVERS"),
-		"conflict resolver per governor: governor=resolver[:fallback],..., governor * for the rest, "+
-			"e.g. *=causal:version,orders=merge; resolvers lww, version, causal, merge (env TAI_RESOLVERS; default lww)")
-}
-
-// resolverSet builds the conflict resolvers of --resolvers.
+// resolverSet builds the conflict resolvers of --resolvers (or the config
+// file's per_governor resolvers).
 func (c *SyncConfig) resolverSet() (*conflict.Set, error) {
-	cfg, err := conflict.ParseConfig(c.Resolvers)
+	set, err := conflict.NewRegistry().Build(c.Resolvers)
 	if err != nil {
-		return nil, fmt.Errorf("--resolvers (TAI_RESOLVERS): %w", err)
-	}
-	set, err := conflict.NewRegistry().Build(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("--resolvers (TAI_RESOLVERS): %w", err)
+		return nil, fmt.Errorf("resolvers: %w", err)
 	}
 	return set, nil
 }
@@ -101,18 +73,11 @@ func splitList(s string) []string {
 	return out
 }
 
-// validate reports the first setting that cannot work.
+// validate reports the first combination of settings that cannot work
+// (each setting is checked as it is read: config_settings.go).
 func (c *SyncConfig) validate() error {
 	if c.Fault != "" && c.Fault != faultKillAfterRemoteCommit {
 		return fmt.Errorf("TAI_FAULT=%q: the only fault is %q", c.Fault, faultKillAfterRemoteCommit)
-	}
-	if c.FlushTimeout < 0 {
-		return errors.New("--flush-timeout (TAI_FLUSH_TIMEOUT) must be a non-negative duration such as 5s")
-	}
-	for _, g := range c.Governors {
-		if err := wire.ValidateName("governor", g); err != nil {
-			return fmt.Errorf("--governors: %w", err)
-		}
 	}
 	if _, err := c.resolverSet(); err != nil {
 		return err
@@ -168,10 +133,12 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 		log.Warn("fault injection: the process kills itself after the first push the shared store applies", "fault", c.Fault)
 		pushTo = killAfterCommit{remote}
 	}
+	pushOpts := syncer.Options{Logger: log.With("component", "push"), Resolvers: resolvers,
+		StormThreshold: c.StormThreshold, StormWindow: c.StormWindow}
 	return &syncLoops{
 		remote:    remote,
 		store:     store,
-		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(syncer.Options{Logger: log.With("component", "push"), Resolvers: resolvers})),
+		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(pushOpts)),
 		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull")}),
 		governors: governors,
 	}, nil
@@ -205,18 +172,37 @@ func (l *syncLoops) sockSync() sockapi.Sync {
 	if l == nil {
 		return nil
 	}
-	return pullSync{l.pull, l.store}
+	return pullSync{l.pull, l.push, l.store}
 }
 
 // pullSync adapts the Puller (and the store's strong writes) to
 // sockapi.Sync, translating their errors.
 type pullSync struct {
 	p     *syncer.Puller
+	push  *syncer.Syncer
 	store *localcache.Store
 }
 
 func (s pullSync) Fetch(ctx context.Context, k localcache.Key) error {
-	_, _, err := s.p.Fetch(ctx, syncer.Key{Governor: k.Governor, State: k.State})
+	_, err := s.FetchRepair(ctx, k)
+	return err
+}
+
+// FetchRepair implements sockapi.SyncCounters: a record the store applied
+// (newer, or over a diverged one) repaired the local copy.
+func (s pullSync) FetchRepair(ctx context.Context, k localcache.Key) (bool, error) {
+	_, st, err := s.p.Fetch(ctx, syncer.Key{Governor: k.Governor, State: k.State})
+	return st.Applied(), fetchError(err)
+}
+
+// ConflictCounts implements sockapi.SyncCounters.
+func (s pullSync) ConflictCounts() sockapi.ConflictCounts {
+	st := s.push.Stats()
+	return sockapi.ConflictCounts{ByResolver: st.ConflictsByResolver, Storms: st.ConflictStorms}
+}
+
+// fetchError translates an error of Puller.Fetch for sockapi.Sync.
+func fetchError(err error) error {
 	switch {
 	case err == nil:
 		return nil
@@ -236,6 +222,14 @@ func (s pullSync) WriteStrong(ctx context.Context, ws []localcache.Write) ([]loc
 		return nil, fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
 	}
 	return recs, err
+}
+
+func (s pullSync) ReadStrong(ctx context.Context, keys []localcache.Key) ([]*localcache.Record, int, error) {
+	recs, repaired, err := s.store.ReadStrong(ctx, s.p, keys)
+	if errors.Is(err, syncer.ErrUnavailable) {
+		return nil, 0, fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
+	}
+	return recs, repaired, err
 }
 
 // killAfterCommit is the remote of TAI_FAULT=kill-after-remote-commit.

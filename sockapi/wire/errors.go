@@ -22,6 +22,10 @@ const (
 	// CodePermissionDenied: the peer's uid or gid may not connect, or may
 	// not run this op on this governor (sockapi.Access).
 	CodePermissionDenied Code = "PermissionDenied"
+	// CodeLockLost: a lock grant is no longer current (its lease ended, or
+	// another grant took the lock): lock_release, lock_extend, and the push
+	// frame of a lost bound lock.
+	CodeLockLost Code = "LockLost"
 )
 
 // Retryable reports whether a request that failed with c may succeed if sent
@@ -53,6 +57,17 @@ type Error struct {
 	Field string `codec:"field,omitempty"`
 	// Limit is the limit that was passed, for TooLarge.
 	Limit int64 `codec:"limit,omitempty"`
+	// Lock is the lock as found, for LockHeld and LockLost; Waited is set
+	// on a LockHeld after the request waited wait_ms in vain.
+	Lock   *Lock `codec:"lock,omitempty"`
+	Waited bool  `codec:"waited,omitempty"`
+	// Deadlock is the cycle of waits, for DeadlockDetected.
+	Deadlock *Deadlock `codec:"deadlock,omitempty"`
+	// Fence is the rejected fence and the token it was judged against,
+	// for FenceRejected.
+	Fence *FenceRejection `codec:"fence,omitempty"`
+	// Machine is the machine state expected and found, for WrongState.
+	Machine *MachineState `codec:"machine,omitempty"`
 }
 
 // Errorf returns an Error with code c, its retryable flag and a message.
@@ -96,4 +111,5 @@ var (
 	ErrProtocol         = &Error{Code: CodeProtocol}
 	ErrInternal         = &Error{Code: CodeInternal}
 	ErrPermissionDenied = &Error{Code: CodePermissionDenied}
+	ErrLockLost         = &Error{Code: CodeLockLost}
 )

@@ -153,6 +153,21 @@ func goldenCases() []goldenCase {
 		{"resp_error_empty_frame", &wire.Response{ID: 0, Error: &wire.Error{
 			Code: wire.CodeProtocol, Message: "empty frame",
 		}}},
+
+		// Locks.
+		{"req_lock_acquire", &wire.Request{
+			ID: 16, Op: wire.OpLockAcquire, Resource: "nightly-report", LeaseMS: 30000, WaitMS: 5000, Bind: true,
+		}},
+		{"resp_lock_acquire", &wire.Response{ID: 16, Lock: &wire.Lock{
+			Resource: "nightly-report", Holder: goldenNode + ".k3v7q2m9x1ab.4", Token: 7, LeaseMS: 30000,
+			Expires: goldenTime + 30e9, Deadline: goldenTime + 30e9 - 4e6, Bound: true,
+		}}},
+		{"resp_error_lock_held", &wire.Response{ID: 16, Error: &wire.Error{
+			Code: wire.CodeLockHeld, Retryable: true, Waited: true,
+			Message: `lock "nightly-report" is held by node-b.m2x8c4r7t5pq.9 with token 6 for 12s more: the wait ended`,
+			Lock: &wire.Lock{Resource: "nightly-report", Holder: "node-b.m2x8c4r7t5pq.9", Token: 6, Held: true,
+				Expires: goldenTime + 12e9, RemainingMS: 12000},
+		}}},
 	}
 }
 

@@ -87,6 +87,9 @@ type Request struct {
 	// change metadata on every write
 	Actor  string `codec:"actor,omitempty"`
 	Reason string `codec:"reason,omitempty"`
+	// put, delete, batch_put (every item): the lock grant the write is
+	// made under (see Fence).
+	Fence *Fence `codec:"fence,omitempty"`
 
 	// get, batch_get: "local", "bounded" or "strong"; list: "local";
 	// put, delete, batch_put: "async" or "sync". "" is the default.
@@ -122,6 +125,29 @@ type Request struct {
 	At      int64  `codec:"at,omitempty"`
 	Version uint64 `codec:"version,omitempty"`
 
+	// lock_acquire, lock_release, lock_extend, lock_status: the resource;
+	// lock_release, lock_extend: the grant's token; lock_acquire,
+	// lock_extend: the lease (0: the default); lock_acquire: how long to
+	// wait for the lock (0: fail at once) and whether to bind it to the
+	// connection.
+	Resource string `codec:"resource,omitempty"`
+	Token    uint64 `codec:"token,omitempty"`
+	LeaseMS  uint64 `codec:"lease_ms,omitempty"`
+	WaitMS   uint64 `codec:"wait_ms,omitempty"`
+	Bind     bool   `codec:"bind,omitempty"`
+
+	// transition: the machine state expected ("": none) and the new one
+	// (action names the transition; value, when set, is the new value).
+	FromState string `codec:"from_state,omitempty"`
+	ToState   string `codec:"to_state,omitempty"`
+	// cleanup: what may go (max_age_ms, keep_events: at least one), and
+	// whether only to report it; replay: start each state at its newest
+	// snapshot.
+	MaxAgeMS   uint64 `codec:"max_age_ms,omitempty"`
+	KeepEvents uint64 `codec:"keep_events,omitempty"`
+	DryRun     bool   `codec:"dry_run,omitempty"`
+	Latest     bool   `codec:"latest,omitempty"`
+
 	// W3C trace context, optional on every request.
 	Traceparent string `codec:"traceparent,omitempty"`
 }
@@ -144,12 +170,15 @@ type Item struct {
 
 // Response is every reply frame's body, and the body of server-push frames.
 // ID echoes the request's; Error is set on failure, and then no other field
-// is (but Push and Watch, in the push frame that ends a watch).
+// is (but Push and Watch, in the push frame that ends a watch, and Push and
+// Lock, in the push frame of a lost bound lock).
 //
 // A frame with Push set answers no request: it is a change of the watch
 // Watch (Record and Remote), or the end of that watch (Error). Its ID is the
 // watch's id too, so that a client that never watches, or that forgot a
-// watch, drops it as a reply to no request in flight.
+// watch, drops it as a reply to no request in flight. A push frame without
+// Watch reports a lock bound to the connection that was lost (Lock and
+// Error LockLost); its ID is the id of the lock_acquire that took it.
 type Response struct {
 	ID    uint64 `codec:"id"`
 	Error *Error `codec:"error,omitempty"`
@@ -191,6 +220,17 @@ type Response struct {
 	Past *PastState `codec:"past,omitempty"`
 	// validate
 	Report *Report `codec:"report,omitempty"`
+	// snapshot, cleanup; replay: one page of items, Cursor continues it,
+	// Done marks the last page.
+	Snapshot *SnapshotResult `codec:"snapshot,omitempty"`
+	Cleanup  *CleanupReport  `codec:"cleanup,omitempty"`
+	Replay   []*ReplayItem   `codec:"replay,omitempty"`
+	Done     bool            `codec:"done,omitempty"`
+	// conflicts: one page of the conflict ledger; Cursor continues it.
+	Conflicts []*Conflict `codec:"conflicts,omitempty"`
+	// lock_acquire, lock_release, lock_extend, lock_status; push frames:
+	// a bound lock that was lost (with Error).
+	Lock *Lock `codec:"lock,omitempty"`
 }
 
 // Clock is the causal metadata of a change: Lamport and HLC (Unix ms << 16
@@ -208,7 +248,7 @@ type Clock struct {
 type Event struct {
 	Governor    string `codec:"governor"`
 	State       string `codec:"state"`
-	Action      string `codec:"action"` // "put" or "delete"
+	Action      string `codec:"action"` // "put", "delete" or a transition's action
 	FromVersion uint64 `codec:"from_version"`
 	Version     uint64 `codec:"version"`
 	Value       Raw    `codec:"value,omitempty"`
@@ -239,6 +279,7 @@ type Report struct {
 	OK             bool         `codec:"ok"`
 	States         int          `codec:"states"`
 	Events         int          `codec:"events"`
+	Snapshots      int          `codec:"snapshots,omitempty"`
 	ViolationCount int          `codec:"violation_count"`
 	Violations     []*Violation `codec:"violations,omitempty"`
 	GapCount       int          `codec:"gap_count"`
@@ -373,4 +414,13 @@ type Stats struct {
 	VlogBytes     int64             `codec:"vlog_bytes"`
 	// Parked: journal entries the shared store rejected for good.
 	Parked int64 `codec:"parked,omitempty"`
+	// ConflictsByResolver counts the true conflicts pushes settled, by
+	// resolver; ConflictStorms the conflict storms detected (many
+	// conflicts on one state in a short time).
+	ConflictsByResolver map[string]uint64 `codec:"conflicts,omitempty"`
+	ConflictStorms      uint64            `codec:"conflict_storms"`
+	// StaleReads counts bounded and strong reads that found the local copy
+	// behind the shared store; ReadRepairs the states they repaired.
+	StaleReads  uint64 `codec:"stale_reads"`
+	ReadRepairs uint64 `codec:"read_repairs"`
 }

@@ -6,6 +6,8 @@
 //
 //	{root}/governors/{governor}/states/{state}   one document per state
 //	{root}/governors/{governor}/events/{op id}   one document per event
+//	{root}/locks/{resource}                      package txn's locks, read to check fences (locks.go)
+//	{root}/conflicts/{id}                        the conflict ledger (ledger.go)
 //
 // A state document holds the app's value as bytes (a Blob) and the metadata
 // as typed fields; sync_time is the commit's server timestamp and orders the
@@ -13,7 +15,9 @@
 // that reads every target document, decides each change with syncer.Decide
 // (op already covered, base-version conflict, or apply), and writes the
 // applied states and their events: retried commits are no-ops, and a
-// conflict is detected inside the transaction. Firestore's limits (500
+// conflict is detected inside the transaction. The lock documents of fenced
+// changes are read in the same transaction, so a lock granted again before
+// the commit rejects the change. Firestore's limits (500
 // writes per commit, 1 MiB per document) are checked before sending.
 //
 // gRPC and Firestore errors are translated into syncer's errors here and
@@ -277,15 +281,26 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 	for i, c := range b.Changes {
 		refs[i] = r.stateRef(c.Key)
 	}
+	locks := syncer.FenceResources(b)
+	reads := refs
+	for _, res := range locks { // read with the states: the fence check is part of the transaction
+		reads = append(reads[:len(reads):len(reads)], LockRef(r.client, r.root, res))
+	}
 	var results []syncer.Result
 	var conflict error
 	errDecode := errors.New("decode")
 	var decodeErr error
 	err := r.client.RunTransaction(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
-		snaps, err := tx.GetAll(refs)
+		snaps, err := tx.GetAll(reads)
 		if err != nil {
 			return err
 		}
+		tokens, err := lockTokens(locks, snaps[len(refs):])
+		if err != nil {
+			decodeErr = &syncer.Error{Op: "commit", Key: b.Changes[0].Key, Kind: syncer.ErrPermanent, Err: err}
+			return errDecode
+		}
+		snaps = snaps[:len(refs)]
 		current := make(map[syncer.Key]syncer.Record, len(snaps))
 		for i, snap := range snaps {
 			if !snap.Exists() {
@@ -301,7 +316,7 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 		results, conflict = syncer.Decide(b, func(k syncer.Key) (syncer.Record, bool) {
 			rec, ok := current[k]
 			return rec, ok
-		})
+		}, func(resource string) uint64 { return tokens[resource] })
 		if conflict != nil && b.Atomic {
 			return conflict // rolls back; not retried
 		}
@@ -315,6 +330,11 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 			for _, e := range c.Events {
 				e.Key = c.Key
 				if err := tx.Set(r.eventRef(c.Key.Governor, e.OpID), toEventDoc(e)); err != nil {
+					return err
+				}
+			}
+			if c.Conflict != nil { // the ledger record of the conflict the change won
+				if err := tx.Set(r.conflicts().Doc(c.Conflict.ID), toConflictDoc(*c.Conflict)); err != nil {
 					return err
 				}
 			}
@@ -335,7 +355,7 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 		return results, conflict
 	case errors.Is(err, errDecode):
 		return nil, decodeErr
-	case conflict != nil && errors.Is(err, syncer.ErrConflict):
+	case conflict != nil && (errors.Is(err, syncer.ErrConflict) || errors.Is(err, syncer.ErrFenceRejected)):
 		return results, conflict
 	}
 	return nil, translate(ctx, "commit", b.Changes[0].Key, err)

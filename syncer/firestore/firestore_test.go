@@ -15,7 +15,7 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	remotetest.RunWith(t, remotetest.Options{Concurrency: 8, Rounds: 5},
+	remotetest.RunWith(t, remotetest.Options{Concurrency: 8, Rounds: 5, Fences: fencedRemote},
 		func(t *testing.T) syncer.Remote { return firestoretest.Open(t) })
 }
 

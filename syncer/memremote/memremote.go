@@ -31,12 +31,15 @@ type Remote struct {
 	opIDs  map[string]map[string]bool // governor -> event op ids appended
 	notify chan struct{}              // closed and replaced when anything changes
 
+	ledger map[string]syncer.ConflictRecord // conflict records by ID
+
 	// faults
 	failNext    int
 	loseReplies int
 	offline     bool
 	delay       time.Duration
 	hook        func(op string, key syncer.Key) error
+	locks       LockTokens // fence checks (fence.go)
 	calls       map[string]int
 }
 
@@ -52,6 +55,7 @@ func New() *Remote {
 		states: make(map[syncer.Key]*entry),
 		events: make(map[syncer.Key][]syncer.Event),
 		opIDs:  make(map[string]map[string]bool),
+		ledger: make(map[string]syncer.ConflictRecord),
 		notify: make(chan struct{}),
 		calls:  make(map[string]int),
 	}
@@ -190,12 +194,16 @@ func (m *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 		return nil, err
 	}
 	defer m.mu.Unlock()
+	tokens, err := m.lockTokensLocked(ctx, b)
+	if err != nil {
+		return nil, syncer.Errorf("commit", first, syncer.ErrUnavailable, "read locks: %w", err)
+	}
 	results, conflict := syncer.Decide(b, func(k syncer.Key) (syncer.Record, bool) {
 		if e, ok := m.states[k]; ok {
 			return e.rec.Clone(), true
 		}
 		return syncer.Record{}, false
-	})
+	}, func(resource string) uint64 { return tokens[resource] })
 	if conflict != nil && b.Atomic {
 		return results, conflict
 	}
@@ -213,6 +221,9 @@ func (m *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 		rec.RemoteTime = now
 		results[i].Remote = rec.Clone()
 		m.states[c.Key] = &entry{rec: rec, seq: m.seq}
+		if c.Conflict != nil {
+			m.logLocked(*c.Conflict)
+		}
 		ops := m.opIDs[c.Key.Governor]
 		if ops == nil {
 			ops = make(map[string]bool)

@@ -12,7 +12,7 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	remotetest.RunWith(t, remotetest.Options{Concurrency: 32, Rounds: 50},
+	remotetest.RunWith(t, remotetest.Options{Concurrency: 32, Rounds: 50, Fences: fencedRemote},
 		func(t *testing.T) syncer.Remote { return memremote.New() })
 }
 

@@ -1,7 +1,8 @@
 // Package remotetest is the conformance suite for syncer.Remote backends,
 // as testing/fstest is for file systems: a backend's tests call Run with a
 // constructor, and the suite checks reads, idempotent commits, conflicts,
-// compare-and-set, change streams, events, limits and concurrent commits.
+// compare-and-set, change streams, events, limits, concurrent commits and
+// the conflict ledger.
 package remotetest
 
 import (
@@ -25,6 +26,10 @@ type Options struct {
 	Concurrency, Rounds int
 	// Timeout bounds each test (default 60s).
 	Timeout time.Duration
+	// Fences, when set, runs the tests of fenced changes too: it returns a
+	// Remote with no data in it, as newRemote does, and the Grant of the
+	// lock service that Remote checks fences against.
+	Fences func(t *testing.T) (syncer.Remote, Grant)
 }
 
 // Run runs the suite. newRemote must return a Remote with no data in it
@@ -63,6 +68,7 @@ func RunWith(t *testing.T, o Options, newRemote func(t *testing.T) syncer.Remote
 		{"Events", testEvents},
 		{"Limits", testLimits},
 		{"Cancelled", testCancelled},
+		{"Ledger", testLedger},
 		{"Concurrent", func(t *testing.T, ctx context.Context, r syncer.Remote) {
 			testConcurrent(t, ctx, r, o.Concurrency, o.Rounds)
 		}},
@@ -73,6 +79,17 @@ func RunWith(t *testing.T, o Options, newRemote func(t *testing.T) syncer.Remote
 			ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
 			defer cancel()
 			tc.fn(t, ctx, r)
+		})
+	}
+	if o.Fences == nil {
+		return
+	}
+	for _, tc := range fenceTests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, l := o.Fences(t)
+			ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
+			defer cancel()
+			tc.fn(t, ctx, r, l, o)
 		})
 	}
 }

@@ -19,11 +19,7 @@ const Project = "tai-state-test"
 // emulator the test fails: these tests are part of the suite, not optional.
 func Open(t testing.TB) *firestore.Remote {
 	t.Helper()
-	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
-		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: these tests need the Firestore emulator. " +
-			"Run them through scripts/test.sh, or with `scripts/emulator.sh run go test ./syncer/...`, " +
-			"which start one (it needs the Debian package google-cloud-cli-firestore-emulator)")
-	}
+	requireEmulator(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	r, err := firestore.Open(ctx, firestore.Config{ProjectID: Project, Root: "tests/" + rand.Text()})
@@ -32,4 +28,14 @@ func Open(t testing.TB) *firestore.Remote {
 	}
 	t.Cleanup(func() { r.Close() })
 	return r
+}
+
+// requireEmulator fails the test when no emulator is configured.
+func requireEmulator(t testing.TB) {
+	t.Helper()
+	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
+		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: these tests need the Firestore emulator. " +
+			"Run them through scripts/test.sh, or with `scripts/emulator.sh run go test ./syncer/...`, " +
+			"which start one (it needs the Debian package google-cloud-cli-firestore-emulator)")
+	}
 }

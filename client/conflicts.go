@@ -1,0 +1,86 @@
+package client
+
+import (
+	"context"
+	"iter"
+	"time"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// ConflictsOptions select entries of a governor's conflict ledger.
+type ConflictsOptions struct {
+	// State restricts the query to one state's conflicts ("": every
+	// state's).
+	State string
+	// Since and Until bound the decision time: Since <= time < Until; a
+	// zero bound is open.
+	Since, Until time.Time
+	// Limit is the most entries in one page: the sidecar's default (100)
+	// if zero, at most 1000. A page may hold fewer, even none, while it
+	// returns a cursor: keep paging until the cursor is "".
+	Limit int
+	// Cursor continues a query: pass the cursor the previous page returned.
+	Cursor string
+}
+
+// Conflicts returns one page of the conflict ledger of gov: the true
+// conflicts this sidecar's pushes settled (both sides, the base, the
+// resolver, the winner and why), oldest first, and the cursor of the next
+// page ("" when the query is complete).
+func (c *Client) Conflicts(ctx context.Context, gov string, opts ConflictsOptions) ([]*wire.Conflict, string, error) {
+	if err := c.checkScope(gov, opts.State); err != nil {
+		return nil, "", err
+	}
+	if opts.Limit < 0 {
+		e := errorf(wire.CodeInvalidArgument, "conflicts limit %d is negative", opts.Limit)
+		e.Field = "limit"
+		return nil, "", e
+	}
+	req := &wire.Request{Op: wire.OpConflicts, Governor: gov, State: opts.State, Limit: opts.Limit, Cursor: opts.Cursor}
+	var err error
+	if req.From, err = unixNanos("from", opts.Since); err != nil {
+		return nil, "", err
+	}
+	if req.To, err = unixNanos("to", opts.Until); err != nil {
+		return nil, "", err
+	}
+	resp, err := c.do(ctx, req)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, e := range resp.Conflicts {
+		if e == nil {
+			return nil, "", protocolErrorf("conflicts reply has a missing entry")
+		}
+	}
+	return resp.Conflicts, resp.Cursor, nil
+}
+
+// ConflictsAll iterates over every ledger entry opts selects, following
+// cursors from opts.Cursor on; opts.Limit is the page size. A failure is
+// yielded once, with a nil entry, and ends the iteration.
+func (c *Client) ConflictsAll(ctx context.Context, gov string, opts ConflictsOptions) iter.Seq2[*wire.Conflict, error] {
+	return func(yield func(*wire.Conflict, error) bool) {
+		for {
+			page, next, err := c.Conflicts(ctx, gov, opts)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for _, e := range page {
+				if !yield(e, nil) {
+					return
+				}
+			}
+			if next == "" {
+				return
+			}
+			if next == opts.Cursor {
+				yield(nil, protocolErrorf("conflicts cursor %q did not advance", next))
+				return
+			}
+			opts.Cursor = next
+		}
+	}
+}

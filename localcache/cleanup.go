@@ -1,0 +1,321 @@
+package localcache
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
+)
+
+// Cleanup: retention of the local event log (docs/decisions/0015).
+//
+// A state's history can only be cut at one of its snapshots: the cut is a
+// snapshot S, and cleanup removes the events of versions up to S (S's
+// own event too: the snapshot holds the same record), the time marks up to
+// S, and the snapshots older than S. What remains is complete from S on: S
+// and every event after it, so replaying S and the later events gives the
+// current record, StateAtVersion answers every version from S on that
+// the log held, and StateAt answers every time from S's change time on
+// as before; a time before it is a *HistoryGapError. S then stays as the
+// base of the retained history (snapshot retention keeps it).
+//
+// Per state, the cut is the newest snapshot S such that every event up to S
+// may go under the policy (older than MaxAge, and not among the newest
+// KeepEvents), and none of them is still waiting in the journal (the push
+// loop reads a change's event). A state without such a snapshot keeps all
+// its events: take a snapshot first (Snapshot) when a state has none.
+
+// CleanupPolicy says what Cleanup may remove.
+type CleanupPolicy struct {
+	Governor string
+	// State, when set, limits the cleanup to that state.
+	State string
+	// MaxAge, when > 0: only events whose change time is more than MaxAge
+	// before now may go.
+	MaxAge time.Duration
+	// KeepEvents, when > 0: the newest KeepEvents events of each state
+	// stay. At least one of MaxAge and KeepEvents must be set; with both,
+	// an event goes only if both allow it.
+	KeepEvents int
+	// DryRun reports what would be removed and removes nothing.
+	DryRun bool
+}
+
+// CleanupReport is what Cleanup removed (or, in a dry run, would remove).
+type CleanupReport struct {
+	States    int // states with snapshots examined
+	Cleaned   int // states whose history was cut
+	Events    int // events removed
+	Snapshots int // snapshots removed (older than the cuts)
+	// Cuts lists the first MaxReportedProblems states cut.
+	Cuts []CleanupCut
+}
+
+// CleanupCut is the cut of one state.
+type CleanupCut struct {
+	Key Key
+	// Base is the snapshot the state's retained history now starts from.
+	Base      uint64
+	Events    int
+	Snapshots int
+}
+
+// cleanupPage is how many states one read of the snapshot keys lists, and
+// cleanupChunk how many keys one mutation deletes.
+const (
+	cleanupPage  = 256
+	cleanupChunk = 1000
+)
+
+// Cleanup removes old history of one state or every state of a governor
+// under p (see the comment above). States are cut one at a time, each cut
+// in order from the oldest keys up (a crash in between leaves a history
+// that starts later, never a hole).
+//
+// Errors: an invalid governor or policy is a *FieldError wrapping
+// ErrInvalid (an invalid state: a *KeyError holding one); ErrClosed; ctx's
+// error (the report then says what was removed so far).
+func (s *Store) Cleanup(ctx context.Context, p CleanupPolicy) (CleanupReport, error) {
+	if err := checkCleanup(p); err != nil {
+		return CleanupReport{}, err
+	}
+	var rep CleanupReport
+	pending, err := s.pendingVersions(ctx, p)
+	if err != nil {
+		return rep, fmt.Errorf("localcache: cleanup %s: %w", p.scope(), err)
+	}
+	cutoff := int64(0)
+	if p.MaxAge > 0 {
+		cutoff = s.opts.Now().Add(-p.MaxAge).UnixNano()
+	}
+	var after []byte // the last snapshot key of the previous page
+	for {
+		keys, err := s.snapshotStates(ctx, p, after)
+		if err != nil {
+			return rep, fmt.Errorf("localcache: cleanup %s: %w", p.scope(), err)
+		}
+		for _, k := range keys {
+			rep.States++
+			if err := s.cleanState(ctx, k, p, cutoff, pending[k], &rep); err != nil {
+				return rep, fmt.Errorf("localcache: cleanup %s: %w", k, err)
+			}
+		}
+		if len(keys) < cleanupPage {
+			return rep, nil
+		}
+		after = append(versionedKey(kindSnap, keys[len(keys)-1], 1<<64-1), 0)
+	}
+}
+
+func (p CleanupPolicy) scope() string {
+	return EventQuery{Governor: p.Governor, State: p.State}.scope()
+}
+
+func checkCleanup(p CleanupPolicy) error {
+	if err := wire.ValidateName("governor", p.Governor); err != nil {
+		return &FieldError{Field: "governor", Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
+	}
+	if p.State != "" {
+		if err := validateKey("cleanup", Key{Governor: p.Governor, State: p.State}); err != nil {
+			return err
+		}
+	}
+	fail := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Err: fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)}
+	}
+	switch {
+	case p.MaxAge < 0:
+		return fail("max_age", "max age %v is negative", p.MaxAge)
+	case p.KeepEvents < 0:
+		return fail("keep_events", "keep %d events is negative", p.KeepEvents)
+	case p.MaxAge == 0 && p.KeepEvents == 0:
+		return fail("max_age", "a cleanup needs a max age, a number of events to keep, or both")
+	}
+	return nil
+}
+
+// pendingVersions returns, per state in p's scope, the lowest version of a
+// change still in the journal (its event must stay).
+func (s *Store) pendingVersions(ctx context.Context, p CleanupPolicy) (map[Key]uint64, error) {
+	out := make(map[Key]uint64)
+	var after uint64
+	for {
+		entries, err := s.Journal(ctx, after, DefaultJournalLimit)
+		if err != nil {
+			return nil, err
+		}
+		for _, j := range entries {
+			if j.Key.Governor != p.Governor || (p.State != "" && j.Key.State != p.State) {
+				continue
+			}
+			if v, ok := out[j.Key]; !ok || j.Version < v {
+				out[j.Key] = j.Version
+			}
+		}
+		if len(entries) < DefaultJournalLimit {
+			return out, nil
+		}
+		after = entries[len(entries)-1].Seq
+	}
+}
+
+// snapshotStates lists up to cleanupPage states of p's scope that have
+// snapshots, from the first snapshot key after after (nil: the start).
+func (s *Store) snapshotStates(ctx context.Context, p CleanupPolicy, after []byte) ([]Key, error) {
+	prefix := governorPrefix(kindSnap, p.Governor)
+	if p.State != "" {
+		prefix = versionedPrefix(kindSnap, Key{Governor: p.Governor, State: p.State})
+	}
+	var keys []Key
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		seek := prefix
+		if after != nil {
+			seek = after
+		}
+		for it.Seek(seek); it.Valid() && len(keys) < cleanupPage; {
+			gov, state, _, err := parseVersionedKey(kindSnap, it.Item().Key())
+			if err != nil {
+				return fmt.Errorf("snapshot key %x: %w", it.Item().Key(), err)
+			}
+			k := Key{Governor: string(gov), State: string(state)}
+			keys = append(keys, k)
+			it.Seek(append(versionedKey(kindSnap, k, 1<<64-1), 0))
+		}
+		return nil
+	})
+	return keys, err
+}
+
+// cleanState cuts the history of k (see the comment at the top); pending
+// is the lowest version of k in the journal (0: none).
+func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff int64, pending uint64, rep *CleanupReport) error {
+	s.snaps.work.Lock()
+	defer s.snaps.work.Unlock()
+	var (
+		cut    CleanupCut
+		delete [][]byte
+	)
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		var err error
+		cut, delete, err = planCut(ctx, txn, k, p, cutoff, pending)
+		return err
+	})
+	if err != nil || len(delete) == 0 {
+		return err
+	}
+	if !p.DryRun {
+		for lo := 0; lo < len(delete); lo += cleanupChunk {
+			ops := make([]kv, 0, cleanupChunk)
+			for _, key := range delete[lo:min(lo+cleanupChunk, len(delete))] {
+				ops = append(ops, kv{key: key, del: true})
+			}
+			if err := s.commitOps(ctx, ops); err != nil {
+				return err
+			}
+			for _, op := range ops {
+				switch op.key[0] {
+				case kindEvent:
+					rep.Events++
+				case kindSnap:
+					rep.Snapshots++
+				}
+			}
+		}
+	} else {
+		rep.Events += cut.Events
+		rep.Snapshots += cut.Snapshots
+	}
+	rep.Cleaned++
+	if len(rep.Cuts) < MaxReportedProblems {
+		rep.Cuts = append(rep.Cuts, cut)
+	}
+	return nil
+}
+
+// planCut finds k's cut and returns it with the keys to delete, oldest
+// first: events, then time marks, then snapshots (none: nothing to cut).
+func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutoff int64, pending uint64) (CleanupCut, [][]byte, error) {
+	snaps, err := snapshotVersions(txn, k)
+	if err != nil || len(snaps) == 0 {
+		return CleanupCut{}, nil, err
+	}
+	// Per snapshot i: how many events are at or below it, and the newest
+	// change time among them.
+	count := make([]int, len(snaps))
+	newest := make([]int64, len(snaps))
+	total, i, maxTime := 0, 0, int64(-1<<63)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: eventPrefix(k)})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := ctx.Err(); err != nil {
+			return CleanupCut{}, nil, err
+		}
+		_, _, v, err := parseEventKey(it.Item().Key())
+		if err != nil {
+			return CleanupCut{}, nil, err
+		}
+		for ; i < len(snaps) && snaps[i] < v; i++ {
+			count[i], newest[i] = total, maxTime
+		}
+		h, err := itemEventHead(it.Item())
+		if err != nil {
+			return CleanupCut{}, nil, err
+		}
+		total++
+		maxTime = max(maxTime, h.time)
+	}
+	for ; i < len(snaps); i++ {
+		count[i], newest[i] = total, maxTime
+	}
+	c := -1
+	for j := len(snaps) - 1; j >= 0 && c < 0; j-- {
+		switch {
+		case pending > 0 && snaps[j] >= pending:
+		case p.MaxAge > 0 && count[j] > 0 && newest[j] >= cutoff:
+		case p.KeepEvents > 0 && count[j] > total-p.KeepEvents:
+		default:
+			c = j
+		}
+	}
+	if c < 0 {
+		return CleanupCut{}, nil, nil
+	}
+	base := snaps[c]
+	cut := CleanupCut{Key: k, Base: base, Events: count[c], Snapshots: c}
+	keys, err := appendKeysUpTo(nil, txn, kindEvent, k, base)
+	if err != nil {
+		return CleanupCut{}, nil, err
+	}
+	if keys, err = appendKeysUpTo(keys, txn, kindMark, k, base); err != nil {
+		return CleanupCut{}, nil, err
+	}
+	for _, v := range snaps[:c] {
+		keys = append(keys, snapKey(k, v))
+	}
+	if len(keys) == 0 {
+		return CleanupCut{}, nil, nil
+	}
+	return cut, keys, nil
+}
+
+// appendKeysUpTo appends the keys of kind of k with versions <= upTo.
+func appendKeysUpTo(keys [][]byte, txn *badger.Txn, kind byte, k Key, upTo uint64) ([][]byte, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: versionedPrefix(kind, k)})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		_, _, v, err := parseVersionedKey(kind, it.Item().Key())
+		if err != nil {
+			return nil, err
+		}
+		if v > upTo {
+			break
+		}
+		keys = append(keys, it.Item().KeyCopy(nil))
+	}
+	return keys, nil
+}

@@ -11,11 +11,11 @@ import (
 	"github.com/tai-state/tai-state/client"
 	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
-	"github.com/tai-state/tai-state/txn"
+	"github.com/tai-state/tai-state/txn/firestorelocks"
 )
 
 // TestFencedWrites: two real sidecars on one Firestore root; the test
-// process takes the locks itself, with txn's Firestore locks on the same
+// process takes the locks itself, with txn/firestorelocks on the same
 // root. Holder A writes under its grant through sidecar 1, pauses past its
 // lease, and B takes the lock and writes through sidecar 2. A's late write
 // through sidecar 1, which has not seen B's grant, is accepted there and
@@ -30,7 +30,7 @@ func TestFencedWrites(t *testing.T) {
 	c1, c2 := s1.Client(), s2.Client()
 	ctx := context.Background()
 	fsClient, _ := firestoretest.Client(t)
-	locks, err := txn.NewFirestore(fsClient, txn.FirestoreConfig{Root: fs.root, MaxAttempts: 50})
+	locks, err := firestorelocks.New(fsClient, firestorelocks.Config{Root: fs.root, MaxAttempts: 50})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
 	"github.com/tai-state/tai-state/syncer/memremote"
 	"github.com/tai-state/tai-state/txn"
+	"github.com/tai-state/tai-state/txn/firestorelocks"
 	"github.com/tai-state/tai-state/txn/locktest"
 )
 
@@ -344,7 +345,7 @@ func fenceRemotes(t *testing.T, test func(t *testing.T, r syncer.Remote, grant f
 	})
 	t.Run("firestore", func(t *testing.T) {
 		client, root := firestoretest.Client(t)
-		locks, err := txn.NewFirestore(client, txn.FirestoreConfig{Root: root, MaxAttempts: 50})
+		locks, err := firestorelocks.New(client, firestorelocks.Config{Root: root, MaxAttempts: 50})
 		if err != nil {
 			t.Fatal(err)
 		}

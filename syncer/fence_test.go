@@ -12,6 +12,7 @@ import (
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
 	"github.com/tai-state/tai-state/syncer/memremote"
 	"github.com/tai-state/tai-state/txn"
+	"github.com/tai-state/tai-state/txn/firestorelocks"
 	"github.com/tai-state/tai-state/txn/locktest"
 )
 
@@ -32,7 +33,7 @@ var fenceBackends = []struct {
 	}},
 	{"firestore", func(t *testing.T) (syncer.Remote, func(context.Context, string) (uint64, error)) {
 		client, root := firestoretest.Client(t)
-		locks, err := txn.NewFirestore(client, txn.FirestoreConfig{Root: root, MaxAttempts: 50})
+		locks, err := firestorelocks.New(client, firestorelocks.Config{Root: root, MaxAttempts: 50})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,8 +24,8 @@ const maxHops = 64
 
 // Locks is a service of leased, fenced, exclusive locks on named resources,
 // shared by every sidecar of a deployment. Implementations: NewMemory (one
-// process) and NewFirestore (every sidecar on one Firestore database). All
-// methods are safe for concurrent use.
+// process) and txn/firestorelocks.New (every sidecar on one Firestore
+// database). All methods are safe for concurrent use.
 //
 // A holder is the identity of one thread of control (a connection, a
 // session): it waits for at most one resource at a time, and locks are not
@@ -223,7 +223,9 @@ func (e *DeadlockError) Error() string { return ErrDeadlock.Error() + ": " + e.D
 // Unwrap makes errors.Is(err, ErrDeadlock) hold.
 func (e *DeadlockError) Unwrap() error { return ErrDeadlock }
 
-func invalid(format string, args ...any) error {
+// Invalidf returns an error matching ErrInvalid, described by format and
+// args, for an implementation of Locks rejecting a request.
+func Invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
@@ -235,8 +237,9 @@ func ValidateName(kind, s string) error {
 	return nil
 }
 
-// checkAcquire validates Acquire's arguments and returns the lease.
-func checkAcquire(resource, holder string, lease, wait time.Duration) (time.Duration, error) {
+// CheckAcquire validates Acquire's arguments and returns the lease to
+// grant: implementations of Locks call it first.
+func CheckAcquire(resource, holder string, lease, wait time.Duration) (time.Duration, error) {
 	if err := ValidateName("resource", resource); err != nil {
 		return 0, err
 	}
@@ -244,23 +247,25 @@ func checkAcquire(resource, holder string, lease, wait time.Duration) (time.Dura
 		return 0, err
 	}
 	if wait < 0 || wait > MaxLease {
-		return 0, invalid("wait %v is not within [0, %v]", wait, MaxLease)
+		return 0, Invalidf("wait %v is not within [0, %v]", wait, MaxLease)
 	}
-	return checkLease(lease, DefaultLease)
+	return CheckLease(lease, DefaultLease)
 }
 
-// checkLease validates a lease (0 means def), rounded up to a millisecond.
-func checkLease(lease, def time.Duration) (time.Duration, error) {
+// CheckLease validates a lease (0 means def) and returns it rounded up to a
+// millisecond.
+func CheckLease(lease, def time.Duration) (time.Duration, error) {
 	if lease == 0 {
 		lease = def
 	}
 	if lease < time.Millisecond || lease > MaxLease {
-		return 0, invalid("lease %v is not within [1ms, %v]", lease, MaxLease)
+		return 0, Invalidf("lease %v is not within [1ms, %v]", lease, MaxLease)
 	}
 	return (lease + time.Millisecond - 1).Truncate(time.Millisecond), nil
 }
 
-func checkGrant(g Grant) error {
+// CheckGrant validates a grant given to Release or Extend.
+func CheckGrant(g Grant) error {
 	if err := ValidateName("resource", g.Resource); err != nil {
 		return err
 	}
@@ -268,29 +273,30 @@ func checkGrant(g Grant) error {
 		return err
 	}
 	if g.Token == 0 {
-		return invalid("grant of %s has no token", g.Resource)
+		return Invalidf("grant of %s has no token", g.Resource)
 	}
 	return nil
 }
 
-// graph is a consistent view of the wait-for graph.
-type graph interface {
-	// holderOf returns who holds resource now ("" if free).
-	holderOf(resource string) (string, error)
-	// waitingFor returns what waiter is waiting for now ("" if nothing).
-	waitingFor(waiter string) (string, error)
+// WaitGraph is a consistent view of the wait-for graph (one snapshot of the
+// store), which Wait walks through a WaitBackend.
+type WaitGraph interface {
+	// HolderOf returns who holds resource now ("" if free).
+	HolderOf(resource string) (string, error)
+	// WaitingFor returns what waiter is waiting for now ("" if nothing).
+	WaitingFor(waiter string) (string, error)
 }
 
 // findCycle follows the wait-for graph from waiter, who waits for
 // resource: resource's holder, what that holder waits for, its holder, and
 // so on. It returns the edges of the cycle back to waiter, or nil if there
 // is none through waiter.
-func findCycle(g graph, waiter, resource string) ([]WaitEdge, error) {
+func findCycle(g WaitGraph, waiter, resource string) ([]WaitEdge, error) {
 	var edges []WaitEdge
 	seen := map[string]bool{waiter: true}
 	w, r := waiter, resource
 	for range maxHops {
-		h, err := g.holderOf(r)
+		h, err := g.HolderOf(r)
 		if err != nil || h == "" {
 			return nil, err
 		}
@@ -302,7 +308,7 @@ func findCycle(g graph, waiter, resource string) ([]WaitEdge, error) {
 			return nil, nil // a cycle that waiter is not on: its members find it
 		}
 		seen[h] = true
-		next, err := g.waitingFor(h)
+		next, err := g.WaitingFor(h)
 		if err != nil || next == "" {
 			return nil, err
 		}

@@ -7,8 +7,8 @@ import (
 
 type mapGraph struct{ holders, waits map[string]string }
 
-func (g mapGraph) holderOf(r string) (string, error)   { return g.holders[r], nil }
-func (g mapGraph) waitingFor(w string) (string, error) { return g.waits[w], nil }
+func (g mapGraph) HolderOf(r string) (string, error)   { return g.holders[r], nil }
+func (g mapGraph) WaitingFor(w string) (string, error) { return g.waits[w], nil }
 
 func TestFindCycle(t *testing.T) {
 	tests := []struct {

@@ -77,7 +77,7 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 
 // Acquire implements Locks.
 func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wait time.Duration) (Grant, error) {
-	lease, err := checkAcquire(resource, holder, lease, wait)
+	lease, err := CheckAcquire(resource, holder, lease, wait)
 	if err != nil {
 		return Grant{}, err
 	}
@@ -96,7 +96,7 @@ func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wa
 	}
 	if w := m.waits[holder]; w != nil {
 		m.mu.Unlock()
-		return Grant{}, invalid("holder %s is already waiting for %s", holder, w.resource)
+		return Grant{}, Invalidf("holder %s is already waiting for %s", holder, w.resource)
 	}
 	m.waitSeq++
 	w := &memWait{id: m.waitSeq, resource: resource, wake: make(chan struct{}, 1)}
@@ -112,7 +112,7 @@ func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wa
 		m.mu.Unlock()
 	}()
 	b := &memWaitBackend{m: m, w: w, resource: resource, holder: holder, lease: lease}
-	return waitLoop(ctx, b, m.log, holder, wait, held)
+	return Wait(ctx, b, m.log, holder, wait, held)
 }
 
 type memWaitBackend struct {
@@ -124,20 +124,20 @@ type memWaitBackend struct {
 
 // try starts the lease, and its deadline, now: a grant after a wait ends a
 // lease after it, not after the Acquire call began.
-func (b *memWaitBackend) try(context.Context) (Grant, *HeldError, error) {
+func (b *memWaitBackend) Try(context.Context) (Grant, *HeldError, error) {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
 	g, h := b.m.tryLocked(b.resource, b.holder, b.lease, time.Now())
 	return g, h, nil
 }
 
-func (b *memWaitBackend) cycle(context.Context) ([]WaitEdge, error) {
+func (b *memWaitBackend) View(_ context.Context, fn func(WaitGraph) error) error {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
-	return findCycle(memGraph{b.m, time.Now()}, b.holder, b.resource)
+	return fn(memGraph{b.m, time.Now()})
 }
 
-func (b *memWaitBackend) poke(_ context.Context, waiter string) error {
+func (b *memWaitBackend) Poke(_ context.Context, waiter string) error {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
 	if w := b.m.waits[waiter]; w != nil {
@@ -146,14 +146,14 @@ func (b *memWaitBackend) poke(_ context.Context, waiter string) error {
 	return nil
 }
 
-func (b *memWaitBackend) record(_ context.Context, d Deadlock) error {
+func (b *memWaitBackend) Record(_ context.Context, d Deadlock) error {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
 	b.m.deadlocks = append(b.m.deadlocks, d)
 	return nil
 }
 
-func (b *memWaitBackend) wake() <-chan struct{} { return b.w.wake }
+func (b *memWaitBackend) Wake() <-chan struct{} { return b.w.wake }
 
 // memGraph is the wait-for graph of a Memory whose mutex is held.
 type memGraph struct {
@@ -161,14 +161,14 @@ type memGraph struct {
 	now time.Time
 }
 
-func (g memGraph) holderOf(resource string) (string, error) {
+func (g memGraph) HolderOf(resource string) (string, error) {
 	if l, held := g.m.heldLocked(resource, g.now); held {
 		return l.holder, nil
 	}
 	return "", nil
 }
 
-func (g memGraph) waitingFor(waiter string) (string, error) {
+func (g memGraph) WaitingFor(waiter string) (string, error) {
 	if w := g.m.waits[waiter]; w != nil {
 		return w.resource, nil
 	}
@@ -191,7 +191,7 @@ func (m *Memory) currentLocked(op string, g Grant, now time.Time) (*memLock, err
 
 // Release implements Locks.
 func (m *Memory) Release(ctx context.Context, g Grant) error {
-	if err := checkGrant(g); err != nil {
+	if err := CheckGrant(g); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -211,10 +211,10 @@ func (m *Memory) Release(ctx context.Context, g Grant) error {
 
 // Extend implements Locks.
 func (m *Memory) Extend(ctx context.Context, g Grant, lease time.Duration) (Grant, error) {
-	if err := checkGrant(g); err != nil {
+	if err := CheckGrant(g); err != nil {
 		return Grant{}, err
 	}
-	lease, err := checkLease(lease, g.Lease)
+	lease, err := CheckLease(lease, g.Lease)
 	if err != nil {
 		return Grant{}, err
 	}
@@ -266,7 +266,7 @@ func (m *Memory) Status(ctx context.Context, resource string) (Status, error) {
 // record goes when Acquire returns.
 func (m *Memory) Cleanup(ctx context.Context, grace time.Duration) (int, error) {
 	if grace < 0 {
-		return 0, invalid("negative grace %v", grace)
+		return 0, Invalidf("negative grace %v", grace)
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("lock cleanup: %w: %w", ErrUnavailable, err)

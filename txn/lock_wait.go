@@ -12,35 +12,41 @@ import (
 // lease ended.
 const timerSlack = 2 * time.Millisecond
 
-// waitBackend is what waitLoop needs from an implementation, for one
+// WaitBackend is what Wait needs from an implementation of Locks, for one
 // recorded wait of one holder for one resource.
-type waitBackend interface {
-	// try tries to take the lock: a grant, or who holds it.
-	try(ctx context.Context) (Grant, *HeldError, error)
-	// cycle walks the wait-for graph from this wait (a consistent view).
-	cycle(ctx context.Context) ([]WaitEdge, error)
-	// poke wakes waiter, so that it walks the graph again.
-	poke(ctx context.Context, waiter string) error
-	// record stores a deadlock detected.
-	record(ctx context.Context, d Deadlock) error
-	// wake is signalled when the lock or this wait's record changed.
-	wake() <-chan struct{}
+type WaitBackend interface {
+	// Try tries to take the lock: a grant, or who holds it.
+	Try(ctx context.Context) (Grant, *HeldError, error)
+	// View calls fn with a consistent view of the wait-for graph.
+	View(ctx context.Context, fn func(WaitGraph) error) error
+	// Poke wakes waiter, so that it walks the graph again.
+	Poke(ctx context.Context, waiter string) error
+	// Record stores a deadlock detected.
+	Record(ctx context.Context, d Deadlock) error
+	// Wake is signalled when the lock or this wait's record changed.
+	Wake() <-chan struct{}
 }
 
-// waitLoop waits, after held was seen, until the lock is granted, the wait
-// times out, ctx ends, or this wait is the victim of a deadlock. It walks
-// the wait-for graph before waiting and each time it wakes. A wait is woken
-// by a change of the lock or of its own wait record (another waiter found a
-// cycle whose victim it is) and by a timer at the end of the holder's lease;
-// it never polls.
-func waitLoop(ctx context.Context, b waitBackend, log *slog.Logger, holder string, wait time.Duration,
+// Wait is Acquire's wait, for implementations of Locks: after held (whose
+// Resource is the lock waited for) was seen, it waits until the lock is
+// granted, the wait times out, ctx ends, or this wait is the victim of a
+// deadlock. It walks the wait-for graph before waiting and each time it
+// wakes. A wait is woken by a change of the lock or of its own wait record
+// (another waiter found a cycle whose victim it is) and by a timer at the
+// end of the holder's lease; it never polls.
+func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, wait time.Duration,
 	held *HeldError) (Grant, error) {
 	deadline := time.Now().Add(wait)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	poked := map[string]bool{}
 	for {
-		cycle, err := b.cycle(ctx)
+		var cycle []WaitEdge
+		err := b.View(ctx, func(g WaitGraph) error {
+			var err error
+			cycle, err = findCycle(g, holder, held.Resource)
+			return err
+		})
 		if err != nil {
 			return Grant{}, err
 		}
@@ -49,7 +55,7 @@ func waitLoop(ctx context.Context, b waitBackend, log *slog.Logger, holder strin
 			d := Deadlock{Victim: v, Cycle: rotate(cycle, v), Time: time.Now()}
 			if v == holder {
 				log.Warn("deadlock detected", "victim", v, "cycle", d.String())
-				if err := b.record(ctx, d); err != nil {
+				if err := b.Record(ctx, d); err != nil {
 					log.Warn("record deadlock", "victim", v, "err", err)
 				}
 				return Grant{}, &DeadlockError{Deadlock: d}
@@ -57,7 +63,7 @@ func waitLoop(ctx context.Context, b waitBackend, log *slog.Logger, holder strin
 			if !poked[v] {
 				poked[v] = true
 				log.Info("deadlock found; waking its victim", "waiter", holder, "victim", v, "cycle", d.String())
-				if err := b.poke(ctx, v); err != nil {
+				if err := b.Poke(ctx, v); err != nil {
 					log.Warn("wake deadlock victim", "victim", v, "err", err)
 				}
 			}
@@ -71,10 +77,10 @@ func waitLoop(ctx context.Context, b waitBackend, log *slog.Logger, holder strin
 		select {
 		case <-ctx.Done():
 			return Grant{}, fmt.Errorf("acquire lock %s: %w: %w", held.Resource, ErrUnavailable, ctx.Err())
-		case <-b.wake():
+		case <-b.Wake():
 		case <-timer.C:
 		}
-		g, h, err := b.try(ctx)
+		g, h, err := b.Try(ctx)
 		if err != nil {
 			return Grant{}, err
 		}

@@ -9,12 +9,13 @@ import (
 	"cloud.google.com/go/firestore"
 
 	"github.com/tai-state/tai-state/txn"
+	"github.com/tai-state/tai-state/txn/firestorelocks"
 )
 
-// The lock service of `tai-sidecar serve`: txn's locks on the shared store,
-// on the project, database and root the syncer uses, so that every sidecar
-// of a deployment shares them (and the push's fence check reads the same
-// lock documents). Without a shared store there is none: distributed locks
+// The lock service of `tai-sidecar serve`: txn/firestorelocks on the
+// shared store, on the project, database and root the syncer uses, so that
+// every sidecar of a deployment shares them (and the push's fence check
+// reads the same lock documents). Without a shared store there is none: distributed locks
 // need one, and the lock ops say so (Unavailable, naming
 // --firestore-project).
 
@@ -29,7 +30,7 @@ const (
 // lockService is the lock service and its Firestore client.
 type lockService struct {
 	client *firestore.Client
-	locks  *txn.Firestore
+	locks  *firestorelocks.Locks
 }
 
 // openLocks connects the lock service of the shared store c names; nil
@@ -47,7 +48,7 @@ func openLocks(ctx context.Context, c *SyncConfig, log *slog.Logger) (*lockServi
 	if err != nil {
 		return nil, fmt.Errorf("open firestore for locks: project %s database %s: %w", c.Project, db, err)
 	}
-	locks, err := txn.NewFirestore(client, txn.FirestoreConfig{Root: c.Root, Logger: log})
+	locks, err := firestorelocks.New(client, firestorelocks.Config{Root: c.Root, Logger: log})
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("locks: %w", err)

@@ -6,7 +6,7 @@
 //
 //	{root}/governors/{governor}/states/{state}   one document per state
 //	{root}/governors/{governor}/events/{op id}   one document per event
-//	{root}/locks/{resource}                      package txn's locks, read to check fences (locks.go)
+//	{root}/locks/{resource}                      txn/firestorelocks' locks, read to check fences (locks.go)
 //	{root}/conflicts/{id}                        the conflict ledger (ledger.go)
 //
 // A state document holds the app's value as bytes (a Blob) and the metadata

@@ -7,11 +7,12 @@ import (
 	"cloud.google.com/go/firestore"
 )
 
-// Lock documents. Package txn keeps its leased locks in the same database,
-// under the same root: one document per resource. Commit reads the lock
-// document of every fenced change in its transaction to check the fence
-// (syncer.CheckFence). The layout is defined here, once, and txn uses it
-// (txn imports this package, not the other way round).
+// Lock documents. Package txn/firestorelocks keeps its leased locks in the
+// same database, under the same root: one document per resource. Commit
+// reads the lock document of every fenced change in its transaction to
+// check the fence (syncer.CheckFence). The layout is defined here, once,
+// and txn/firestorelocks uses it (it imports this package, not the other
+// way round).
 
 // LockCollection is the collection of lock documents under the root.
 const LockCollection = "locks"

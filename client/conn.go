@@ -51,6 +51,7 @@ type conn struct {
 	pending map[uint64]*call  // queued or sent, awaiting a reply
 	queue   []*call           // not yet taken by the writer
 	err     error             // why the connection failed
+	wrErr   error             // why writing failed: the reader drains replies, then fails with it
 	watches map[uint64]*Watch // running watches, by id: see watch.go
 	locks   *lockSession      // set on a lock connection: see locks.go
 
@@ -141,7 +142,7 @@ func newConn(nc net.Conn, br *bufio.Reader, socket string, h wire.Hello) *conn {
 // connection has already failed.
 func (c *conn) send(cl *call) error {
 	c.mu.Lock()
-	if c.err != nil {
+	if c.err != nil || c.wrErr != nil {
 		err := c.errFor(false)
 		c.mu.Unlock()
 		return err
@@ -225,7 +226,7 @@ func (c *conn) writeLoop() {
 				}
 				off += int64(len(cl.frame))
 			}
-			c.fail(&ConnError{Op: "write", Socket: c.socket, Err: err})
+			c.writeFailed(&ConnError{Op: "write", Socket: c.socket, Err: err})
 			return
 		}
 		clear(sent)
@@ -241,7 +242,13 @@ func (c *conn) readLoop(br *bufio.Reader, maxFrame int) {
 	for {
 		body, err := wire.ReadFrame(br, buf, maxFrame)
 		if err != nil {
-			c.fail(&ConnError{Op: "read", Socket: c.socket, Err: err})
+			c.mu.Lock()
+			cause := c.wrErr
+			c.mu.Unlock()
+			if cause == nil {
+				cause = &ConnError{Op: "read", Socket: c.socket, Err: err}
+			}
+			c.fail(cause)
 			return
 		}
 		if cap(body) <= ioBufSize {
@@ -283,12 +290,36 @@ func (c *conn) readLoop(br *bufio.Reader, maxFrame int) {
 	}
 }
 
-// errFor returns the error for a call on the failed connection. c.mu must be
-// held.
+// drainTimeout bounds how long the reader keeps reading after a write
+// failed.
+const drainTimeout = 2 * time.Second
+
+// writeFailed ends the connection after a failed write. The sidecar may
+// have answered requests before it stopped reading (a graceful shutdown
+// does): their replies may still be unread, so the reader takes them, for
+// at most drainTimeout, before failing the connection with cause. A call
+// the sidecar answered thus gets its answer, not a connection error that
+// leaves its outcome unknown. No new call is sent meanwhile.
+func (c *conn) writeFailed(cause error) {
+	c.mu.Lock()
+	c.wrErr = cause
+	c.mu.Unlock()
+	c.dead.Store(true)
+	if err := c.nc.SetReadDeadline(time.Now().Add(drainTimeout)); err != nil {
+		c.fail(cause)
+	}
+}
+
+// errFor returns the error for a call on the failed connection (or, while
+// the reader drains it, one whose writing failed). c.mu must be held.
 func (c *conn) errFor(sent bool) error {
-	ce, ok := c.err.(*ConnError)
+	err := c.err
+	if err == nil {
+		err = c.wrErr
+	}
+	ce, ok := err.(*ConnError)
 	if !ok {
-		return c.err
+		return err
 	}
 	e := *ce
 	e.Sent = sent

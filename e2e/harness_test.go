@@ -106,6 +106,13 @@ func shortTempDir(t testing.TB) string {
 // Start starts the process (again) and waits until it answers a ping.
 func (s *sidecar) Start() {
 	s.t.Helper()
+	s.launch()
+	s.waitReady(30 * time.Second)
+}
+
+// launch starts the process (again) without waiting for it.
+func (s *sidecar) launch() {
+	s.t.Helper()
 	s.mu.Lock()
 	args := append([]string{"serve", "--socket", s.Socket, "--data-dir", s.DataDir, "--log-level", "debug"}, s.args...)
 	cmd := exec.Command(sidecarBin, args...)
@@ -127,7 +134,6 @@ func (s *sidecar) Start() {
 		close(done)
 	}(s.done)
 	s.mu.Unlock()
-	s.waitReady(30 * time.Second)
 }
 
 func (s *sidecar) waitReady(timeout time.Duration) {

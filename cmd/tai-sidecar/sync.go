@@ -153,6 +153,7 @@ func (l *syncLoops) flush(timeout time.Duration, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	start := time.Now()
+	log.Info("pushing the journal before exit", "timeout", timeout)
 	if err := l.push.Flush(ctx); err != nil {
 		log.Warn("final push incomplete: the journal keeps the rest for the next start", "err", err)
 		return

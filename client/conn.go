@@ -327,12 +327,15 @@ func (c *conn) errFor(sent bool) error {
 }
 
 // fail marks the connection failed with cause, closes it and fails every
-// waiting call. Only the first cause counts.
+// waiting call. Only the first cause counts, and a failed write comes first.
 func (c *conn) fail(cause error) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		return
+	}
+	if c.wrErr != nil {
+		cause = c.wrErr // the write failed first (the drain may be cut short)
 	}
 	c.err = cause
 	c.dead.Store(true)

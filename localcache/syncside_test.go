@@ -460,8 +460,12 @@ func converged(t *testing.T, remote syncer.Remote, nodes []*syncNode, keys []Key
 			switch {
 			case r.Deleted && l != nil:
 				return fmt.Sprintf("%s: %s holds %q v%d, remote deleted v%d", k, n.node, l.Value, l.Version, r.Version)
-			case !r.Deleted && (l == nil || !bytes.Equal(l.Value, r.Value) || l.Version != r.Version || l.Pending):
-				return fmt.Sprintf("%s: %s holds %+v, remote %q v%d", k, n.node, l, r.Value, r.Version)
+			case !r.Deleted && l == nil:
+				return fmt.Sprintf("%s: %s holds nothing, remote %q v%d", k, n.node, r.Value, r.Version)
+			case !r.Deleted && (!bytes.Equal(l.Value, r.Value) || l.Version != r.Version || l.Pending):
+				parked, _ := n.store.Failed(context.Background(), 0, 3)
+				return fmt.Sprintf("%s: %s holds %q v%d (pending %v, synced v%d, journal depth %d, parked %+v), remote %q v%d by %s",
+					k, n.node, l.Value, l.Version, l.Pending, l.SyncedVersion, n.store.Depth(), parked, r.Value, r.Version, r.Origin)
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -48,6 +49,30 @@ type Conflict struct {
 	Local  Side
 	Remote Side
 	Base   *Base
+}
+
+// Clone returns c with its own copies of values and vector clocks.
+func (c Conflict) Clone() Conflict {
+	c.Local, c.Remote = c.Local.Clone(), c.Remote.Clone()
+	c.Base = c.Base.Clone()
+	return c
+}
+
+// Clone returns s with its own copies of Value and the vector clock.
+func (s Side) Clone() Side {
+	s.Value = slices.Clone(s.Value)
+	s.Clock = s.Clock.Clone()
+	return s
+}
+
+// Clone returns a copy of b with its own Value (nil for nil).
+func (b *Base) Clone() *Base {
+	if b == nil {
+		return nil
+	}
+	c := *b
+	c.Value = slices.Clone(c.Value)
+	return &c
 }
 
 // Swap returns c seen from the other node: local and remote exchanged. A

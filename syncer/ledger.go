@@ -212,17 +212,7 @@ func CheckConflictQuery(q ConflictQuery) error {
 // CloneConflict returns r with its own copies of values, vectors and
 // Omitted.
 func CloneConflict(r ConflictRecord) ConflictRecord {
-	side := func(s conflict.Side) conflict.Side {
-		s.Value = slices.Clone(s.Value)
-		s.Clock = s.Clock.Clone()
-		return s
-	}
-	r.Local, r.Remote = side(r.Local), side(r.Remote)
-	if r.Base != nil {
-		b := *r.Base
-		b.Value = slices.Clone(b.Value)
-		r.Base = &b
-	}
+	r.Local, r.Remote, r.Base = r.Local.Clone(), r.Remote.Clone(), r.Base.Clone()
 	r.Merged = slices.Clone(r.Merged)
 	r.Omitted = slices.Clone(r.Omitted)
 	return r

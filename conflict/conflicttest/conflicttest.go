@@ -5,7 +5,6 @@
 package conflicttest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -213,7 +212,7 @@ func CheckDeterminism(t testing.TB, r conflict.Resolver, seed uint64, n int) {
 // CheckConflict resolves c and c.Swap() with r and returns an error when
 // the decisions differ (see CheckDeterminism).
 func CheckConflict(ctx context.Context, r conflict.Resolver, c conflict.Conflict) error {
-	orig := clone(c)
+	orig := c.Clone()
 	d1, err1 := r.Resolve(ctx, c)
 	if !reflect.DeepEqual(c, orig) {
 		return fmt.Errorf("the resolver modified the conflict")
@@ -244,19 +243,4 @@ func CheckConflict(ctx context.Context, r conflict.Resolver, c conflict.Conflict
 		}
 	}
 	return nil
-}
-
-func clone(c conflict.Conflict) conflict.Conflict {
-	cl := func(s conflict.Side) conflict.Side {
-		s.Value = bytes.Clone(s.Value)
-		s.Clock = s.Clock.Clone()
-		return s
-	}
-	c.Local, c.Remote = cl(c.Local), cl(c.Remote)
-	if c.Base != nil {
-		b := *c.Base
-		b.Value = bytes.Clone(b.Value)
-		c.Base = &b
-	}
-	return c
 }

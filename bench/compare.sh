@@ -21,6 +21,8 @@
 #   KEYS (10000) HOT (20) RSS_KEYS (1000000)
 #   BENCH_DIR (TMPDIR or /var/tmp): where the temporary directory goes; it
 #   should be on the disk under test, not tmpfs.
+#   SIDECAR (unset): a tai-sidecar binary to measure instead of building one
+#   from the tree (an earlier build, for a before/after comparison).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -210,7 +212,11 @@ DISK=$(df -T "$W" | awk 'NR == 2 { print $1 " (" $2 ")" }')
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "machine: $(nproc) cores, $CPU_MODEL, $DISK, load $LOAD_START"
 log "building into $W"
-run go build -o "$W/tai-sidecar" ./cmd/tai-sidecar
+if [[ -n ${SIDECAR:-} ]]; then
+	run cp "$SIDECAR" "$W/tai-sidecar"
+else
+	run go build -o "$W/tai-sidecar" ./cmd/tai-sidecar
+fi
 run go build -o "$W/tai-bench" ./cmd/tai-bench
 
 # All servers run at once; each shape runs against tai and then its baseline,

@@ -61,14 +61,26 @@ func (c *Client) Conflicts(ctx context.Context, gov string, opts ConflictsOption
 // cursors from opts.Cursor on; opts.Limit is the page size. A failure is
 // yielded once, with a nil entry, and ends the iteration.
 func (c *Client) ConflictsAll(ctx context.Context, gov string, opts ConflictsOptions) iter.Seq2[*wire.Conflict, error] {
-	return func(yield func(*wire.Conflict, error) bool) {
+	return allPages("conflicts", opts.Cursor, func(cursor string) ([]*wire.Conflict, string, error) {
+		opts.Cursor = cursor
+		return c.Conflicts(ctx, gov, opts)
+	})
+}
+
+// allPages iterates over the entries of every page page returns, following
+// cursors from cursor on. A failure (or a cursor that does not advance) is
+// yielded once, with a zero entry, and ends the iteration. what names the
+// op in errors.
+func allPages[T any](what, cursor string, page func(cursor string) ([]T, string, error)) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
+		var zero T
 		for {
-			page, next, err := c.Conflicts(ctx, gov, opts)
+			entries, next, err := page(cursor)
 			if err != nil {
-				yield(nil, err)
+				yield(zero, err)
 				return
 			}
-			for _, e := range page {
+			for _, e := range entries {
 				if !yield(e, nil) {
 					return
 				}
@@ -76,11 +88,11 @@ func (c *Client) ConflictsAll(ctx context.Context, gov string, opts ConflictsOpt
 			if next == "" {
 				return
 			}
-			if next == opts.Cursor {
-				yield(nil, protocolErrorf("conflicts cursor %q did not advance", next))
+			if next == cursor {
+				yield(zero, protocolErrorf("%s cursor %q did not advance", what, next))
 				return
 			}
-			opts.Cursor = next
+			cursor = next
 		}
 	}
 }

@@ -54,6 +54,8 @@ type conn struct {
 	wrErr   error             // why writing failed: the reader drains replies, then fails with it
 	watches map[uint64]*Watch // running watches, by id: see watch.go
 	locks   *lockSession      // set on a lock connection: see locks.go
+	// resolver is set on ServeConflicts's connection: see resolver.go.
+	resolver *resolverSession
 
 	wake    chan struct{} // capacity 1: the queue is not empty
 	closing chan struct{} // closed by fail

@@ -212,16 +212,19 @@ func (c *conn) dropWatch(id uint64) {
 	c.mu.Unlock()
 }
 
-// push hands a server-push frame to its watch, or to the lock connection
-// (a lost bound lock, see locks.go); frames of a watch that ended are
+// push hands a server-push frame to its watch, to the lock connection
+// (a lost bound lock, see locks.go) or to the resolver connection (a
+// conflict to decide, see resolver.go); frames of a watch that ended are
 // dropped.
 func (c *conn) push(resp *wire.Response) {
 	c.mu.Lock()
-	w, s := c.watches[resp.Watch], c.locks
+	w, s, r := c.watches[resp.Watch], c.locks, c.resolver
 	c.mu.Unlock()
 	switch {
 	case w != nil:
 		w.deliver(resp)
+	case resp.Watch == 0 && resp.Conflict != nil && r != nil:
+		r.push(resp)
 	case resp.Watch == 0 && s != nil:
 		s.push(resp)
 	}

@@ -21,11 +21,17 @@
 // the same conflict with local and remote swapped it chooses the same record
 // (or the same merged bytes), so every node settles a conflict alike.
 //
+// The app resolver ("app", made by an AppHub's Factory) hands a conflict to
+// the app registered for its governor (over the sidecar's socket) and waits
+// for its answer until a deadline; without an app, an answer in time, or
+// when the app declines, its fallback decides. It is registered by the
+// sidecar, not built in: it needs the hub the socket server shares.
+//
 // A Registry maps names to resolver factories (the built-ins and any
 // registered by a custom build), and builds a Set from a Config that says
 // which resolver and which fallback apply to each governor (default: lww).
 // The resolvers a Set returns never fail: an error, a panic or an invalid
 // decision of a resolver hands the conflict to its fallback.
 //
-// See docs/decisions/0009-conflict-resolvers.md.
+// See docs/decisions/0009-conflict-resolvers.md and 0020-app-resolver.md.
 package conflict

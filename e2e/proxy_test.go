@@ -20,11 +20,16 @@ type proxy struct {
 	ln    net.Listener
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
+	// paused holds every byte in flight until Resume (or Cut); resumed
+	// is signalled on mu when it ends.
+	paused  bool
+	resumed *sync.Cond
 }
 
 func newProxy(t *testing.T, target string) *proxy {
 	t.Helper()
 	p := &proxy{t: t, target: target, conns: make(map[net.Conn]struct{})}
+	p.resumed = sync.NewCond(&p.mu)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -83,9 +88,43 @@ func (p *proxy) track(cs ...net.Conn) bool {
 
 func (p *proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src) // ends with an error when the link is cut
+	_, _ = io.Copy(dst, gated{p, src}) // ends with an error when the link is cut
 	dst.Close()
 	src.Close()
+}
+
+// gated is a connection's reading side that holds what it read while the
+// proxy is paused.
+type gated struct {
+	p *proxy
+	r io.Reader
+}
+
+func (g gated) Read(b []byte) (int, error) {
+	n, err := g.r.Read(b)
+	g.p.mu.Lock()
+	for g.p.paused {
+		g.p.resumed.Wait()
+	}
+	g.p.mu.Unlock()
+	return n, err
+}
+
+// Pause stalls the link: connections stay open and nothing they carry
+// arrives until Resume (a partition that heals, without the broken
+// connections of Cut).
+func (p *proxy) Pause() {
+	p.mu.Lock()
+	p.paused = true
+	p.mu.Unlock()
+}
+
+// Resume delivers what Pause held and lets the link carry bytes again.
+func (p *proxy) Resume() {
+	p.mu.Lock()
+	p.paused = false
+	p.resumed.Broadcast()
+	p.mu.Unlock()
 }
 
 // Cut closes the listener and every connection: the target is unreachable.
@@ -93,6 +132,8 @@ func (p *proxy) Cut() {
 	p.mu.Lock()
 	ln := p.ln
 	p.ln = nil
+	p.paused = false // what was held goes nowhere: the connections close
+	p.resumed.Broadcast()
 	for c := range p.conns {
 		c.Close()
 		delete(p.conns, c)

@@ -283,9 +283,13 @@ func TestSyncConvergence(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	clients := make([]*client.Client, len(nodes))
+	for i, n := range nodes {
+		clients[i] = n.Client()
+	}
 	eventually(t, 60*time.Second, func() string {
-		for _, n := range nodes {
-			if d, err := journalDepth(n.Client()); err != nil || d != 0 {
+		for _, c := range clients {
+			if d, err := journalDepth(c); err != nil || d != 0 {
 				return fmt.Sprintf("seed %d: journal depth %d, %v", seed, d, err)
 			}
 		}
@@ -294,8 +298,8 @@ func TestSyncConvergence(t *testing.T) {
 			if err != nil {
 				return fmt.Sprintf("seed %d: firestore %s: %v", seed, k, err)
 			}
-			for i, n := range nodes {
-				rec, err := n.Client().Get(ctx, "conv", k)
+			for i, c := range clients {
+				rec, err := c.Get(ctx, "conv", k)
 				switch {
 				case r.Deleted && !errors.Is(err, client.ErrNotFound):
 					return fmt.Sprintf("seed %d: node %d holds %s (%v), firestore deleted it", seed, i, k, err)
@@ -448,12 +452,13 @@ func TestSyncSurvivesOutage(t *testing.T) {
 		t.Fatal("no write was acknowledged during the outage")
 	}
 	fs.checkChains(t, "outage", acked)
+	cb := b.Client()
 	eventually(t, time.Minute, func() string {
 		if d, err := journalDepth(ca); err != nil || d != 0 {
 			return fmt.Sprintf("a: journal depth %d, %v", d, err)
 		}
 		for name, v := range acked {
-			rec, err := b.Client().Get(context.Background(), "outage", name)
+			rec, err := cb.Get(context.Background(), "outage", name)
 			if err != nil || rec.Version != v {
 				return fmt.Sprintf("b: %s: %v, %v; want version %d", name, rec, err, v)
 			}

@@ -106,6 +106,11 @@ func (s *Store) checkpoint(final bool) error {
 		if err := s.syncBadgerFiles(); err != nil {
 			return fmt.Errorf("checkpoint: %w", err)
 		}
+		if !final {
+			if _, err := s.releaseMapped(); err != nil {
+				s.log.Warn("checkpoint: Badger's mapped files stay resident", "err", err)
+			}
+		}
 	}
 	if err := s.wal.advance(applied, final); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)

@@ -59,6 +59,9 @@ const (
 	// formatJournalV3 added the fence (resource, token) to fenced journal
 	// entries.
 	formatJournalV3 = 3
+	// formatJournalV4 added a transaction's checks (after the fence, which
+	// may be empty) to the first journal entry of a transaction.
+	formatJournalV4 = 4
 	// parkedFenceRejected is the flag (bit 1) of a parked entry that ends
 	// with its fence's rejection.
 	parkedFenceRejected = 2
@@ -119,9 +122,17 @@ func clockSize(c Clock) int {
 }
 
 func encodeRecord(r *Record) []byte {
-	n := 2 + 3*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(r.Change.Actor) + len(r.Change.Reason) +
+	return appendRecord(make([]byte, 0, encodedRecordSize(r)), r)
+}
+
+// encodedRecordSize bounds the encoded size of r.
+func encodedRecordSize(r *Record) int {
+	return 2 + 3*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(r.Change.Actor) + len(r.Change.Reason) +
 		len(r.Origin) + len(r.OpID) + clockSize(r.Clock) + len(r.Value) + 3*binary.MaxVarintLen64
-	b := make([]byte, 0, n)
+}
+
+// appendRecord appends the encoding of r to b.
+func appendRecord(b []byte, r *Record) []byte {
 	var flags byte
 	if r.Deleted {
 		flags |= 1
@@ -140,9 +151,17 @@ func encodeRecord(r *Record) []byte {
 }
 
 func encodeEvent(e *Event) []byte {
-	n := 2 + 2*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(e.Change.Actor) + len(e.Change.Reason) +
-		len(e.Origin) + len(e.OpID) + clockSize(e.Clock) + len(e.Value) + 3*binary.MaxVarintLen64
-	b := make([]byte, 0, n)
+	return appendEvent(make([]byte, 0, eventSize(e)), e)
+}
+
+// eventSize bounds the encoded size of e.
+func eventSize(e *Event) int {
+	return 2 + 2*binary.MaxVarintLen64 + 3*binary.MaxVarintLen64 + len(e.Action) + len(e.Change.Actor) +
+		len(e.Change.Reason) + len(e.Origin) + len(e.OpID) + clockSize(e.Clock) + len(e.Value) + 3*binary.MaxVarintLen64
+}
+
+// appendEvent appends the encoding of e to b.
+func appendEvent(b []byte, e *Event) []byte {
 	switch e.Action {
 	case ActionPut:
 		b = append(b, formatV1, actionPut)
@@ -167,10 +186,16 @@ func encodeJournal(j *JournalEntry) []byte {
 
 func appendJournal(b []byte, j *JournalEntry) []byte { return appendJournalFlags(b, j, 0) }
 
+// journalSize bounds the encoded size of j.
+func journalSize(j *JournalEntry) int {
+	return 2 + 8*binary.MaxVarintLen64 + len(j.OpID) + len(j.BatchID) + len(j.Key.Governor) + len(j.Key.State) +
+		len(j.Fence.Resource)
+}
+
 // appendJournalFlags appends j with extra set in its flags.
 func appendJournalFlags(b []byte, j *JournalEntry, extra byte) []byte {
 	if b == nil {
-		b = make([]byte, 0, 1+8*binary.MaxVarintLen64+len(j.OpID)+len(j.BatchID)+len(j.Key.Governor)+len(j.Key.State))
+		b = make([]byte, 0, journalSize(j))
 	}
 	flags := extra
 	if j.Strict {
@@ -180,6 +205,9 @@ func appendJournalFlags(b []byte, j *JournalEntry, extra byte) []byte {
 	if !j.Fence.IsZero() {
 		format = formatJournalV3
 	}
+	if len(j.Checks) > 0 {
+		format = formatJournalV4
+	}
 	b = append(b, format, flags)
 	b = appendString(b, j.OpID)
 	b = appendString(b, j.BatchID)
@@ -188,9 +216,12 @@ func appendJournalFlags(b []byte, j *JournalEntry, extra byte) []byte {
 	b = binary.AppendUvarint(b, j.BaseVersion)
 	b = binary.AppendUvarint(b, j.Version)
 	b = binary.AppendVarint(b, j.Time)
-	if format == formatJournalV3 {
+	if format >= formatJournalV3 {
 		b = appendString(b, j.Fence.Resource)
 		b = binary.AppendUvarint(b, j.Fence.Token)
+	}
+	if format == formatJournalV4 {
+		b = appendChecks(b, j.Checks) // txn.go
 	}
 	return b
 }
@@ -391,7 +422,7 @@ func decodeJournal(seq uint64, b []byte) (JournalEntry, error) {
 // journal reads a journal entry (format 1, 2 or 3) and its flags.
 func (d *decoder) journal(seq uint64, what string) (JournalEntry, byte, error) {
 	f := d.byte()
-	if d.err == nil && f != formatV1 && f != formatJournalV2 && f != formatJournalV3 {
+	if d.err == nil && f != formatV1 && f != formatJournalV2 && f != formatJournalV3 && f != formatJournalV4 {
 		return JournalEntry{}, 0, fmt.Errorf("%w: %s format %d", errCorrupt, what, f)
 	}
 	j := JournalEntry{Seq: seq}
@@ -413,6 +444,11 @@ func (d *decoder) journal(seq uint64, what string) (JournalEntry, byte, error) {
 		if d.err == nil && j.Fence.IsZero() {
 			d.fail() // format 3 is written for fenced entries only
 		}
+	}
+	if f == formatJournalV4 {
+		j.Fence.Resource = d.string()
+		j.Fence.Token = d.uvarint()
+		j.Checks = d.checks() // txn.go
 	}
 	return j, flags, nil
 }

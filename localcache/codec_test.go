@@ -60,7 +60,7 @@ func TestCodecRoundTrip(t *testing.T) {
 	t.Run("journal", func(t *testing.T) {
 		j := JournalEntry{Seq: 12, OpID: "n-12", BatchID: "n-11", Key: key("g", "s"), BaseVersion: 4, Version: 5, Time: 77}
 		got, err := decodeJournal(12, encodeJournal(&j))
-		if err != nil || got != j {
+		if err != nil || !reflect.DeepEqual(got, j) {
 			t.Fatalf("decoded %+v, %v; want %+v", got, err, j)
 		}
 	})
@@ -68,7 +68,7 @@ func TestCodecRoundTrip(t *testing.T) {
 		p := ParkedEntry{JournalEntry: JournalEntry{Seq: 12, OpID: "n-12", BatchID: "n-12", Key: key("g", "s"), BaseVersion: 4, Version: 5, Time: 77},
 			Reason: "permission denied", ParkedAt: 99}
 		got, err := decodeParked(12, encodeParked(&p))
-		if err != nil || got != p {
+		if err != nil || !reflect.DeepEqual(got, p) {
 			t.Fatalf("decoded %+v, %v; want %+v", got, err, p)
 		}
 	})
@@ -169,7 +169,7 @@ func FuzzDecodeJournal(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if again, err := decodeJournal(1, encodeJournal(&j)); err != nil || again != j {
+		if again, err := decodeJournal(1, encodeJournal(&j)); err != nil || !reflect.DeepEqual(again, j) {
 			t.Fatalf("re-decode %+v, %v; want %+v", again, err, j)
 		}
 	})

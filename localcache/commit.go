@@ -39,7 +39,8 @@ const (
 // its way to the committer.
 type request struct {
 	ctx    context.Context
-	writes []Write // validated; values are the store's copies
+	writes []Write    // validated; values are the store's copies
+	txn    *txnChecks // a transaction's checks (txn.go); nil for other writes
 	mut    mutation
 	bytes  int
 	done   chan reply // buffered: the committer never blocks on a reply
@@ -408,6 +409,11 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 	nanos := now.UnixNano()
 	var batchID string
 	var marks map[string]uint64 // fence marks raised by this request
+
+	checked, err := stageChecks(r, g) // txn.go
+	if err != nil {
+		return nil, err
+	}
 	for i, w := range r.writes {
 		if !w.Fence.IsZero() {
 			if marks == nil {
@@ -488,15 +494,15 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 		ev := Event{Key: w.Key, Action: action, FromVersion: base, ToVersion: rec.Version, Value: w.Value,
 			Change: change, Origin: s.nodeID, OpID: opID, Clock: clock}
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
-			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict, Fence: w.Fence}
+			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict || r.txn != nil, Fence: w.Fence}
+		if i == 0 {
+			j.Checks = checked
+		}
 		st.records = append(st.records, rec)
 		st.seqs = append(st.seqs, mm.seq)
 		st.changes = append(st.changes, rec)
-		st.ops = append(st.ops,
-			kv{key: stateKey(w.Key), value: encodeRecord(rec), userMeta: userMeta},
-			kv{key: eventKey(w.Key, rec.Version), value: encodeEvent(&ev)},
-			kv{key: journalKey(mm.seq), value: encodeJournal(&j)},
-		)
+		ops := writeOps(rec, &ev, &j, userMeta)
+		st.ops = append(st.ops, ops[:]...)
 	}
 	st.meta = mm
 	*m = mm

@@ -3,6 +3,7 @@ package localcache
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -278,7 +279,7 @@ func TestReopen(t *testing.T) {
 	if rec.Version != 3 || rec.OpID != last.OpID || rec.Clock.HLC != last.Clock.HLC || rec.Clock.Vector["n1"] != 3 {
 		t.Fatalf("record after reopen %+v, before %+v", rec, last)
 	}
-	if got := mustJournal(t, s); len(got) != len(journal) || got[len(got)-1] != journal[len(journal)-1] {
+	if got := mustJournal(t, s); len(got) != len(journal) || !reflect.DeepEqual(got[len(got)-1], journal[len(journal)-1]) {
 		t.Fatalf("journal after reopen %+v, before %+v", got, journal)
 	}
 	if got := mustEvents(t, s, key("g", "b")); len(got) != 2 || got[1].Action != ActionDelete || got[1].OpID != events[1].OpID {

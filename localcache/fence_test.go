@@ -462,7 +462,7 @@ func TestFenceCodec(t *testing.T) {
 	oldParked := ParkedEntry{JournalEntry: plain, Reason: "denied", ParkedAt: 6}
 	for _, j := range []JournalEntry{plain, fenced} {
 		got, err := decodeJournal(j.Seq, encodeJournal(&j))
-		if err != nil || got != j {
+		if err != nil || !reflect.DeepEqual(got, j) {
 			t.Fatalf("journal %+v: decoded %+v, %v", j, got, err)
 		}
 	}

@@ -28,11 +28,12 @@ import (
 //
 // What the local log holds. Every local write stores one event, keyed by
 // state and the version it made (keys.go); events are never rewritten by
-// the store itself. Changes made on other nodes and applied by the pull
-// loop write no local event (docs/decisions/0008), and a push that had to
-// rebase commits this node's change under a later version than its event
-// names. So a state's local log may have gaps: versions with no local
-// event. Every reader here says where a gap changes its answer:
+// the store itself. Changes made on other nodes come with their events
+// when the pull loop brings the shared store's history (bootstrap.go);
+// without it (a remote with no history, or --history none) they leave no
+// local event, and a push that had to rebase commits this node's change
+// under a later version than its event names. So a state's local log may
+// have gaps: versions with no local event. Every reader here says where a gap changes its answer:
 // StateAt and StateAtVersion (PastState.Exact, *HistoryGapError), Validate
 // (Gaps, kept apart from Violations).
 //

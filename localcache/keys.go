@@ -11,6 +11,7 @@ import (
 //	e + u16 len(gov) gov u16 len(st) st + BE u64 version   event (immutable)
 //	n + u16 len(gov) gov u16 len(st) st + BE u64 version   snapshot (snapshot.go)
 //	t + u16 len(gov) gov u16 len(st) st + BE u64 version   time mark of the events up to version (snapshot.go)
+//	o + u16 len(gov) gov u16 len(st) st + BE u64 version   snapshot waiting to be copied to the shared store (bootstrap.go)
 //	j + BE u64 seq                       journal entry
 //	f + BE u64 seq                       parked journal entry (the failed list)
 //	r + enc(key)                         remote record kept aside while a local write of key is pending
@@ -18,6 +19,7 @@ import (
 //	l + resource                         fence mark: the highest token seen for a lock (fence.go)
 //	x + BE u64 time + id                 conflict ledger entry, in decision time order (ledger.go)
 //	y + id                               the ledger entry of conflict id: its x key's time (once per id)
+//	v + BE u64 time + id                 transaction log entry, in start time order (txlog.go)
 //	m + name                             meta (counters, node id, format)
 //
 // enc(key) is BE u16 len(governor) + governor + state: the length prefix
@@ -32,6 +34,7 @@ const (
 	kindEvent   = 'e'
 	kindSnap    = 'n'
 	kindMark    = 't'
+	kindSnapOut = 'o'
 	kindJournal = 'j'
 	kindParked  = 'f'
 	kindAside   = 'r'
@@ -40,6 +43,7 @@ const (
 	kindMeta    = 'm'
 	kindLedger  = 'x'
 	kindLedgID  = 'y'
+	kindTxLog   = 'v'
 )
 
 // Meta keys.
@@ -59,7 +63,11 @@ const userMetaTombstone = 1
 var errBadKey = errors.New("malformed key")
 
 func stateKey(k Key) []byte {
-	b := make([]byte, 0, 3+len(k.Governor)+len(k.State))
+	return appendStateKey(make([]byte, 0, 3+len(k.Governor)+len(k.State)), k)
+}
+
+// appendStateKey appends the state key of k to b.
+func appendStateKey(b []byte, k Key) []byte {
 	b = append(b, kindState)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(k.Governor)))
 	b = append(b, k.Governor...)
@@ -94,7 +102,11 @@ func eventKey(k Key, version uint64) []byte {
 // kindMark) of state k: kind, then the governor and the state, each after
 // its BE u16 length.
 func versionedPrefix(kind byte, k Key) []byte {
-	b := make([]byte, 0, 5+len(k.Governor)+len(k.State)+8)
+	return appendVersionedPrefix(make([]byte, 0, 5+len(k.Governor)+len(k.State)+8), kind, k)
+}
+
+// appendVersionedPrefix appends the versionedPrefix of kind and k to b.
+func appendVersionedPrefix(b []byte, kind byte, k Key) []byte {
 	b = append(b, kind)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(k.Governor)))
 	b = append(b, k.Governor...)
@@ -163,10 +175,7 @@ func cursorKey(governor string) []byte {
 
 // ledgerKey is the key of the ledger entry of conflict id decided at
 // nanos (Unix ns, not negative).
-func ledgerKey(nanos int64, id string) []byte {
-	b := binary.BigEndian.AppendUint64([]byte{kindLedger}, uint64(nanos))
-	return append(b, id...)
-}
+func ledgerKey(nanos int64, id string) []byte { return timeKey(kindLedger, nanos, id) }
 
 func ledgerIDKey(id string) []byte {
 	return append([]byte{kindLedgID}, id...)

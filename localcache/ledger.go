@@ -1,16 +1,12 @@
 package localcache
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/dgraph-io/badger/v4"
 
 	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/syncer"
@@ -84,67 +80,28 @@ func (s *Store) Conflicts(ctx context.Context, q LedgerQuery) (LedgerPage, error
 			return LedgerPage{}, &FieldError{Field: "state", Err: fmt.Errorf("%w: %w", ErrInvalid, err)}
 		}
 	}
-	if q.Limit < 0 {
-		return LedgerPage{}, &FieldError{Field: "limit", Err: fmt.Errorf("%w: negative limit", ErrInvalid)}
-	}
-	if !q.From.IsZero() && !q.Until.IsZero() && !q.Until.After(q.From) {
-		return LedgerPage{}, &FieldError{Field: "to", Err: fmt.Errorf("%w: the end of the range is not after its start", ErrInvalid)}
-	}
-	start := []byte{kindLedger}
-	if !q.From.IsZero() {
-		start = ledgerKey(max(q.From.UnixNano(), 0), "")
-	}
-	if q.Cursor != "" {
-		after, err := hex.DecodeString(q.Cursor)
-		if err != nil || len(after) < 8 {
-			return LedgerPage{}, &FieldError{Field: "cursor", Err: fmt.Errorf("%w: not a conflicts cursor", ErrInvalid)}
-		}
-		if c := append(append([]byte{kindLedger}, after...), 0); bytes.Compare(c, start) > 0 {
-			start = c
-		}
-	}
-	var end []byte
-	if !q.Until.IsZero() {
-		end = ledgerKey(max(q.Until.UnixNano(), 0), "")
-	}
 	limit := q.Limit
 	if limit == 0 {
 		limit = DefaultLedgerLimit
 	}
-	limit = min(limit, MaxLedgerLimit)
+	r := timeRange{From: q.From, Until: q.Until, Cursor: q.Cursor, Limit: min(limit, MaxLedgerLimit), MaxBytes: q.MaxBytes, field: "conflicts"}
 	var page LedgerPage
-	err := s.scan(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindLedger}})
-		defer it.Close()
-		size := 0
-		for it.Seek(start); it.Valid(); it.Next() {
-			item := it.Item()
-			key := item.Key()
-			if end != nil && bytes.Compare(key, end) >= 0 {
-				page.Next = "" // the end of the range
-				return nil
-			}
-			if len(page.Entries) == limit || q.MaxBytes > 0 && len(page.Entries) > 0 && size >= q.MaxBytes {
-				return nil // Next is the last entry's
-			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			r, err := decodeConflict(v)
-			if err != nil {
-				return fmt.Errorf("ledger entry %x: %w", key, err)
-			}
-			page.Next = hex.EncodeToString(key[1:])
-			if r.Key.Governor != q.Governor || q.State != "" && r.Key.State != q.State {
-				continue
-			}
-			page.Entries = append(page.Entries, r)
-			size += len(v)
+	next, err := s.scanTime(ctx, kindLedger, r, func(key, v []byte) (bool, error) {
+		r, err := decodeConflict(v)
+		if err != nil {
+			return false, fmt.Errorf("ledger entry %x: %w", key, err)
 		}
-		page.Next = "" // the end of the ledger
-		return nil
+		if r.Key.Governor != q.Governor || q.State != "" && r.Key.State != q.State {
+			return false, nil
+		}
+		page.Entries = append(page.Entries, r)
+		return true, nil
 	})
+	page.Next = next
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return LedgerPage{}, err
+	}
 	if err != nil {
 		return LedgerPage{}, fmt.Errorf("localcache: conflicts: %w", err)
 	}
@@ -172,36 +129,7 @@ func (s *Store) trimLedger(ctx context.Context) error {
 	s.ledger.mu.Lock()
 	defer s.ledger.mu.Unlock()
 	maxEntries, maxAge := s.ledgerLimits()
-	cutoff := s.opts.Now().Add(-maxAge).UnixNano()
-	var drop [][]byte
-	err := s.scan(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindLedger}})
-		defer it.Close()
-		var count int64
-		for it.Rewind(); it.Valid(); it.Next() {
-			count++
-		}
-		for it.Rewind(); it.Valid(); it.Next() {
-			key := it.Item().Key()
-			old := len(key) >= 9 && int64(binary.BigEndian.Uint64(key[1:9])) < cutoff
-			if count-int64(len(drop)) <= maxEntries && !old {
-				break
-			}
-			drop = append(drop, it.Item().KeyCopy(nil))
-		}
-		return nil
-	})
-	if err != nil || len(drop) == 0 {
-		return err
-	}
-	_, err = s.mutate(ctx, func(tx *mutTx) (any, error) {
-		for _, k := range drop {
-			tx.del(k)
-			tx.del(ledgerIDKey(string(k[9:])))
-		}
-		return nil, nil
-	})
-	return err
+	return s.trimTime(ctx, kindLedger, maxEntries, maxAge, func(k []byte) []byte { return ledgerIDKey(string(k[9:])) })
 }
 
 // Base returns the record that version of k had, from the local event

@@ -89,12 +89,14 @@ const (
 // 1.3 × memTableSize, the block and index caches (the index cache also holds
 // bloom filters, so table metadata stays bounded however large the LSM
 // grows), and, while compactions run, table builders of about twice the
-// table size each. Small memtables and tables keep those builders small;
-// compression is off because a compressing builder holds every block twice
-// and runs extra goroutines (and the bulky part of the data, values, lives in
-// the uncompressed value log anyway). Tables and value log files are mmapped:
-// their pages count as file-backed resident memory, which the kernel
-// reclaims under pressure.
+// table size each. Small memtables and tables (every level's tables are
+// baseTableSize: Badger's default doubles the size per level) keep those
+// builders small; compression is off because a compressing builder holds
+// every block twice and runs extra goroutines (and the bulky part of the
+// data, values, lives in the uncompressed value log anyway). Tables and value
+// log files are mmapped: their pages count as file-backed resident memory
+// until the next checkpoint has the kernel reclaim them (mapped.go), so what
+// stays resident is about the memtables and what was written or read since.
 //
 // valueThreshold: encoded records, events and journal entries below it are
 // stored inside the LSM tree; larger ones go to the value log, with a 12-byte
@@ -110,7 +112,7 @@ const (
 const (
 	memTableSize     = 8 << 20
 	numMemtables     = 2
-	baseTableSize    = 2 << 20
+	baseTableSize    = 1 << 20
 	blockCacheSize   = 8 << 20
 	indexCacheSize   = 8 << 20
 	valueLogFileSize = 64 << 20
@@ -174,7 +176,7 @@ func (o Options) badgerOptions() badger.Options {
 	}
 	// Badger requires the threshold to fit one transaction.
 	threshold = min(threshold, o.memTableSize*15/100)
-	return bo.
+	bo = bo.
 		WithLogger(badgerLogger{o.Logger.With("component", "badger")}).
 		// Durability comes from the write-ahead log (wal.go): Badger's own
 		// logs are synced only by checkpoints.
@@ -193,6 +195,10 @@ func (o Options) badgerOptions() badger.Options {
 		WithNumGoroutines(2).
 		WithBaseTableSize(baseTableSize).
 		WithCompression(options.None)
+	// Every level's tables are baseTableSize (Badger doubles the size per
+	// level by default): compaction builds at most that much per builder.
+	bo.TableSizeMultiplier = 1
+	return bo
 }
 
 // badgerLogger adapts a *slog.Logger to badger.Logger. Badger's info

@@ -21,8 +21,9 @@ import (
 //
 // Anonymous memory is what the store costs: the Go heap (cache, memtables,
 // table builders) and runtime. Badger also mmaps its tables and value log;
-// those pages show in VmRSS as file-backed memory (RssFile), which the
-// kernel reclaims under pressure, so the test logs them but does not count
+// those pages show in VmRSS as file-backed memory (RssFile). Checkpoints
+// have the kernel reclaim those of sealed files (mapped.go, tested always by
+// TestReleaseMappedKeepsData), so the test logs them but does not count
 // them. It logs the peak anonymous memory seen while writing as well.
 func TestMemoryBudget(t *testing.T) {
 	if os.Getenv("TAI_LOCALCACHE_RSS") != "1" {

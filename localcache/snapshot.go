@@ -36,8 +36,8 @@ import (
 // write). The write path only does the modulo and, one write in N, a map
 // insert. A state is due again at the next multiple; a due state lost in a
 // crash, or one of more than maxDueSnapshots waiting at once, is caught up
-// at its next multiple. Versions made on other nodes take no automatic
-// snapshot. Each state keeps its K newest snapshots (default 5), plus its
+// at its next multiple. Versions made on other nodes get theirs when the
+// pull loop stores their events (bootstrap.go). Each state keeps its K newest snapshots (default 5), plus its
 // oldest one while no event at or below it is left (the base of its
 // retained history, see Cleanup).
 //
@@ -315,6 +315,7 @@ func (s *Store) saveSnapshot(ctx context.Context, k Key, keep int, source func(t
 			return err
 		}
 		ops, err = planSnapshot(txn, snap, keep)
+		ops = append(ops, kv{key: snapOutKey(k, snap.Version), value: []byte{}}) // copied to the shared store (bootstrap.go)
 		taken = true
 		return err
 	})
@@ -378,7 +379,7 @@ func planSnapshot(txn *badger.Txn, snap *Snapshot, keep int) ([]kv, error) {
 		drop = drop[1:] // the oldest is the base of the retained history
 	}
 	for _, v := range drop {
-		ops = append(ops, kv{key: snapKey(k, v), del: true})
+		ops = append(ops, kv{key: snapKey(k, v), del: true}, kv{key: snapOutKey(k, v), del: true})
 	}
 	return ops, nil
 }

@@ -31,6 +31,7 @@ type Store struct {
 	cache  *cache
 	nodeID string
 	ledger ledgerState // the conflict ledger's retention (ledger.go)
+	txlog  txLogState  // the transaction log's retention (txlog.go)
 
 	// reqs carries write requests to the committer. Senders hold closeMu
 	// for reading, and Close closes reqs holding it for writing, so no send

@@ -75,12 +75,24 @@ func (s *Store) WriteStrong(ctx context.Context, f Fetcher, ws []Write) ([]Recor
 	if len(ws) == 0 {
 		return []Record{}, nil
 	}
-	keys := make([]Key, len(ws))
-	strict := make([]Write, len(ws))
-	for i, w := range ws {
-		keys[i] = w.Key
+	return s.writeStrongTxn(ctx, f, Txn{Writes: ws}, func(strict []Write) ([]Record, error) {
+		return s.writeStrict(ctx, strict)
+	})
+}
+
+// writeStrongTxn runs the steps of WriteStrong for t, whose writes are
+// stored (made strict) by write; t's checks are fetched and must be
+// committed locally as its writes' keys must.
+func (s *Store) writeStrongTxn(ctx context.Context, f Fetcher, t Txn, write func(strict []Write) ([]Record, error)) ([]Record, error) {
+	keys := make([]Key, 0, len(t.Writes)+len(t.Checks))
+	strict := make([]Write, len(t.Writes))
+	for i, w := range t.Writes {
+		keys = append(keys, w.Key)
 		w.Strict = true
 		strict[i] = w
+	}
+	for _, c := range t.Checks {
+		keys = append(keys, c.Key)
 	}
 	var recs []Record
 	for round := 0; ; round++ {
@@ -88,7 +100,7 @@ func (s *Store) WriteStrong(ctx context.Context, f Fetcher, ws []Write) ([]Recor
 		if err != nil {
 			return nil, fmt.Errorf("localcache: strong write %w", err)
 		}
-		recs, err = s.writeStrict(ctx, strict)
+		recs, err = write(strict)
 		if err == nil {
 			break
 		}

@@ -192,6 +192,7 @@ func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]sync
 			Time:        j.Time,
 			Strict:      j.Strict,
 			Fence:       j.Fence,
+			Checks:      syncChecks(j.Checks), // txn.go
 		})
 		return nil
 	})
@@ -295,8 +296,12 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 }
 
 // settle makes the record of k, whose last journal entry just left the
-// journal, the newer of remote (nil: the remote has no record) and the
-// record kept aside for k, and drops the one kept aside.
+// journal, the later of remote (nil: the remote has no record) and the
+// record kept aside for k, and drops the one kept aside. Both are records
+// the shared store held, so the later is the one of the higher version:
+// the shared store's own order, also when their vector clocks are
+// concurrent (a shared store written before changes had to have seen the
+// record they replace, see syncer.Decide).
 func (tx *mutTx) settle(cur *Record, k Key, remote *Record) error {
 	next := remote
 	aside, err := tx.aside(k)
@@ -305,11 +310,7 @@ func (tx *mutTx) settle(cur *Record, k Key, remote *Record) error {
 	}
 	if aside != nil {
 		tx.del(asideKey(k))
-		var base syncer.Record
-		if next != nil {
-			base = toSyncRecord(next)
-		}
-		if syncer.DecideApply(base, next != nil, false, toSyncRecord(aside)) == syncer.ApplyNewer {
+		if next == nil || aside.Version > next.Version {
 			next = aside
 		}
 	}
@@ -388,7 +389,12 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 				}
 				if aside != nil {
 					tx.del(asideKey(j.Key))
-					if syncer.DecideApply(toSyncRecord(&rec), true, false, toSyncRecord(aside)).Applied() {
+					if st := syncer.DecideApply(toSyncRecord(&rec), true, false, toSyncRecord(aside)); st.Applied() {
+						if st == syncer.ApplyDiverged {
+							if err := tx.noteDiverged(s.nodeID, &rec, aside); err != nil { // diverged.go
+								return nil, err
+							}
+						}
 						tx.putRecord(cur, aside)
 						continue
 					}
@@ -452,6 +458,11 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 			return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
 		}
 	}
+	plans, unlock, err := s.planHistories(ctx, b) // bootstrap.go
+	if err != nil {
+		return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
+	}
+	defer unlock()
 	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
 		statuses := make([]syncer.ApplyStatus, len(recs))
 		for i, r := range recs {
@@ -465,15 +476,25 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 			}
 			st := syncer.DecideApply(local, cur != nil, cur != nil && cur.journaled > 0, b.Records[i])
 			statuses[i] = st
+			if plans != nil && plans[i] != nil && historyStored(st) { // bootstrap.go
+				if err := tx.storeHistory(plans[i]); err != nil {
+					return nil, err
+				}
+			}
 			switch {
 			case st.Applied():
+				if st == syncer.ApplyDiverged {
+					if err := tx.noteDiverged(s.nodeID, cur, r); err != nil { // diverged.go
+						return nil, err
+					}
+				}
 				tx.putRecord(cur, r)
 			case st == syncer.ApplyPending:
 				aside, err := tx.aside(r.Key)
 				if err != nil {
 					return nil, err
 				}
-				if aside == nil || syncer.DecideApply(toSyncRecord(aside), true, false, b.Records[i]) == syncer.ApplyNewer {
+				if aside == nil || r.Version > aside.Version { // the shared store's order, as in settle
 					tx.set(asideKey(r.Key), encodeRecord(r))
 				}
 			}
@@ -486,6 +507,7 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 	if err != nil {
 		return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
 	}
+	s.trimLedgerAfterApply(ctx, res.(syncer.ApplyResult))
 	return res.(syncer.ApplyResult), nil
 }
 
@@ -521,11 +543,12 @@ func eventRecord(ev Event) syncer.Record {
 }
 
 func toSyncEvent(ev Event) syncer.Event {
-	action := ev.Action
-	if action != ActionDelete {
-		action = ActionPut // a transition is a put to the shared store
+	action, transition := ev.Action, ""
+	if action != ActionDelete && action != ActionPut {
+		action, transition = ActionPut, ev.Action // a transition is a put to the shared store
 	}
 	return syncer.Event{
+		Transition:  transition,
 		Key:         syncer.Key(ev.Key),
 		Action:      action,
 		FromVersion: ev.FromVersion,

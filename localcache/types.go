@@ -137,6 +137,9 @@ type JournalEntry struct {
 	Time        int64
 	Strict      bool  // a strong write: loses any conflict (syncer.Entry.Strict)
 	Fence       Fence // the write's fence (syncer.Entry.Fence)
+	// Checks, on the first entry of a transaction, are the versions of the
+	// states it checked without writing them (syncer.Entry.Checks).
+	Checks []CheckedVersion
 }
 
 // Errors. Write errors for one key are *KeyError values wrapping these.

@@ -57,7 +57,8 @@ func (p Perm) String() string {
 }
 
 // opPerms is the right each op needs; 0 for hello, ping, unwatch (which
-// only ends a watch of the same connection, allowed when it started) and
+// only ends a watch of the same connection, allowed when it started),
+// resolver_unregister and resolve (checked in resolver.go) and
 // unknown ops (which any connected peer may send). A new op must be listed here:
 // TestEveryOpHasAPerm checks it.
 var opPerms = [numOps]Perm{
@@ -87,6 +88,17 @@ var opPerms = [numOps]Perm{
 	opReplay:     PermRead,
 	opSnapshot:   PermAdmin, // upkeep of the local history
 	opCleanup:    PermAdmin,
+
+	// Deciding a governor's conflicts writes it; resolver_register also
+	// checks the read right (conflicts carry values), resolve the write
+	// right on the conflict's governor, and resolver_unregister only ends
+	// a registration of the same connection.
+	opResolverRegister: PermWrite,
+
+	// txn: write on the governors it writes, read on those it checks
+	// (authorize); txlog names states and actors of every governor.
+	opTxn:   PermWrite,
+	opTxLog: PermAdmin,
 }
 
 // Access is the server's access policy. The zero value allows every peer
@@ -115,7 +127,7 @@ type Access struct {
 	// Default, when set, is the rule of every governor not in Governors.
 	// nil: governors not listed are open to every connected peer.
 	Default *GovernorAccess `json:"default,omitempty"`
-	// Admin lists the uids that may run admin ops (stats, pending, failed, flush, validate, snapshot, cleanup). nil: every
+	// Admin lists the uids that may run admin ops (stats, pending, failed, flush, validate, snapshot, cleanup, txlog). nil: every
 	// connected peer; an empty, non-nil list: nobody.
 	Admin []uint32 `json:"admin,omitempty"`
 	// Locks lists the uids that may run lock ops. nil: every connected
@@ -228,6 +240,17 @@ func (c *conn) authorize(op int, req *wire.Request) *wire.Error {
 		for i := range req.Items {
 			if g := req.Items[i].Governor; !a.Allows(c.peer, perm, g) {
 				return deny(fmt.Sprintf("items[%d].governor", i), g)
+			}
+		}
+	case op == opTxn:
+		for i, o := range req.Ops {
+			p := PermWrite
+			if o.Op == wire.TxnCheck {
+				p = PermRead
+			}
+			if !a.Allows(c.peer, p, o.Governor) {
+				perm = p
+				return deny(fmt.Sprintf("ops[%d].governor", i), o.Governor)
 			}
 		}
 	default:

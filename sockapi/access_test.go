@@ -102,7 +102,7 @@ func TestAccessValidate(t *testing.T) {
 func TestEveryOpHasAPerm(t *testing.T) {
 	for op := range numOps {
 		switch op {
-		case opHello, opPing, opUnwatch, opOther:
+		case opHello, opPing, opUnwatch, opResolverUnregister, opResolve, opOther:
 			if opPerms[op] != 0 {
 				t.Errorf("%s needs %s; it must need none", opNames[op], opPerms[op])
 			}

@@ -73,17 +73,8 @@ func (s *Server) addConflictStats(st *wire.Stats) {
 // set.
 func (c *conn) opConflicts(req *wire.Request) {
 	e := checkHistoryScope(req)
-	if e == nil && len(req.Cursor) > maxCursor {
-		e = tooLarge("cursor", maxCursor, "cursor is %d bytes, limit %d", len(req.Cursor), maxCursor)
-	}
-	if e == nil && req.Limit < 0 {
-		e = invalid("limit", "limit must not be negative")
-	}
-	if e == nil && (req.From < 0 || req.To < 0) {
-		e = invalid("from", "from and to must not be negative")
-	}
-	if e == nil && req.From != 0 && req.To != 0 && req.From >= req.To {
-		e = invalid("to", "to (%d) must be after from (%d)", req.To, req.From)
+	if e == nil {
+		e = checkTimePage(req)
 	}
 	ledger, ok := c.s.store.(ConflictLedger)
 	if e == nil && !ok {
@@ -101,12 +92,7 @@ func (c *conn) opConflicts(req *wire.Request) {
 		Limit:    min(req.Limit, localcache.MaxLedgerLimit),
 		MaxBytes: c.s.opts.MaxFrame - frameReserve,
 	}
-	if req.From != 0 {
-		q.From = time.Unix(0, req.From)
-	}
-	if req.To != 0 {
-		q.Until = time.Unix(0, req.To)
-	}
+	q.From, q.Until = timeBounds(req)
 	page, err := ledger.Conflicts(c.ctx, q)
 	if err != nil {
 		c.replyError(req.ID, c.historyError(wire.OpConflicts, localcache.Key{Governor: req.Governor, State: req.State}, err))
@@ -121,12 +107,37 @@ func (c *conn) opConflicts(req *wire.Request) {
 	c.resp = wire.Response{}
 }
 
+// checkTimePage checks the paging fields of a query over a time-ordered
+// log (conflicts, txlog): cursor, limit, from and to.
+func checkTimePage(req *wire.Request) *wire.Error {
+	switch {
+	case len(req.Cursor) > maxCursor:
+		return tooLarge("cursor", maxCursor, "cursor is %d bytes, limit %d", len(req.Cursor), maxCursor)
+	case req.Limit < 0:
+		return invalid("limit", "limit must not be negative")
+	case req.From < 0 || req.To < 0:
+		return invalid("from", "from and to must not be negative")
+	case req.From != 0 && req.To != 0 && req.From >= req.To:
+		return invalid("to", "to (%d) must be after from (%d)", req.To, req.From)
+	}
+	return nil
+}
+
+// timeBounds returns the time range of a query checked by checkTimePage
+// (zero: open).
+func timeBounds(req *wire.Request) (from, until time.Time) {
+	if req.From != 0 {
+		from = time.Unix(0, req.From)
+	}
+	if req.To != 0 {
+		until = time.Unix(0, req.To)
+	}
+	return from, until
+}
+
 // wireConflict converts a ledger entry.
 func wireConflict(r *syncer.ConflictRecord) *wire.Conflict {
-	side := func(s conflict.Side) wire.ConflictSide {
-		return wire.ConflictSide{Value: wire.Raw(s.Value), Version: s.Version, Deleted: s.Deleted, UpdatedAt: s.UpdatedAt,
-			Origin: s.Origin, OpID: s.OpID, Clock: wire.Clock{Lamport: s.Clock.Lamport, HLC: s.Clock.HLC, Vector: s.Clock.Vector}}
-	}
+	side := wireSide
 	value, deleted := r.Final()
 	w := &wire.Conflict{
 		ID:          r.ID,
@@ -150,4 +161,10 @@ func wireConflict(r *syncer.ConflictRecord) *wire.Conflict {
 		w.Base = &wire.ConflictBase{Value: wire.Raw(b.Value), Version: b.Version, Deleted: b.Deleted}
 	}
 	return w
+}
+
+// wireSide converts one side of a conflict.
+func wireSide(s conflict.Side) wire.ConflictSide {
+	return wire.ConflictSide{Value: wire.Raw(s.Value), Version: s.Version, Deleted: s.Deleted, UpdatedAt: s.UpdatedAt,
+		Origin: s.Origin, OpID: s.OpID, Clock: wire.Clock{Lamport: s.Clock.Lamport, HLC: s.Clock.HLC, Vector: s.Clock.Vector}}
 }

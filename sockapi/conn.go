@@ -73,6 +73,8 @@ type conn struct {
 	out      outbox
 	watches  watches    // see watch.go
 	locks    *connLocks // see locks.go; nil until the first lock op
+	// resolvers: see resolver.go; nil until the first resolver_register
+	resolvers *connResolvers
 }
 
 func newConn(ctx context.Context, s *Server, nc net.Conn, id uint64) *conn {
@@ -123,6 +125,7 @@ func (c *conn) serve() {
 			c.nc.Close()
 		}
 		c.closeLocks()
+		c.closeResolvers()
 		c.closeWatches()
 		c.writes.Wait()
 		if !panicked {

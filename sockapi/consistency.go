@@ -404,12 +404,22 @@ func (c *conn) syncWait(m writeMode, k localcache.Key, seqs []uint64) *wire.Erro
 	draining := ctx.Err() == context.Canceled
 	cancel()
 	var (
-		pe *localcache.ParkedError
-		e  *wire.Error
+		pe   *localcache.ParkedError
+		lost *localcache.ConflictLostError
+		e    *wire.Error
 	)
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &lost): // a strict change: a transaction's (txn.go)
+		actual := lost.RemoteVersion
+		if lost.RemoteDeleted {
+			actual = 0
+		}
+		e = wire.Errorf(wire.CodeVersionConflict,
+			"the shared store held a concurrent change: the change gave way and none of it was applied (this sidecar's copy follows the shared store's)")
+		e.Actual = &actual
+		k = lost.Key
 	case errors.As(err, &pe) && pe.FenceRejected != nil: // fence.go
 		e = fenceRejected(pe.FenceRejected, fmt.Sprintf(
 			"the shared store rejected the change (journal entry %d is on the failed list; this sidecar's copy follows the shared store's)", pe.Seq))
@@ -469,6 +479,12 @@ func (c *conn) writeStrong(m writeMode, op string, k localcache.Key, ws []localc
 	if err == nil {
 		return recs, nil
 	}
+	return nil, c.strongError(m, op, k, err)
+}
+
+// strongError is the error to reply with when a strong write (or
+// transaction) failed with err.
+func (c *conn) strongError(m writeMode, op string, k localcache.Key, err error) *wire.Error {
 	var (
 		pe *localcache.ParkedError
 		e  *wire.Error
@@ -496,5 +512,5 @@ func (c *conn) writeStrong(m writeMode, op string, k localcache.Key, ws []localc
 	if k != (localcache.Key{}) {
 		e.Governor, e.State = k.Governor, k.State
 	}
-	return nil, e
+	return e
 }

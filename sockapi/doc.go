@@ -60,6 +60,11 @@
 //     request's actor and reason to every item; an empty batch succeeds
 //     without touching the store. batch_get replies with one entry per key,
 //     nil for a missing state.
+//   - txn (txn.go): puts, deletes and checks, at most wire.MaxTxnOps of
+//     them (wire.MaxTxnWrites writes), each state at most once, all or
+//     nothing at every level; a check takes exactly one of if_version,
+//     if_absent and exists. Every txn that passes validation is logged
+//     (txlog.go).
 //   - list: limit 0 means wire.DefaultListLimit, above wire.MaxListLimit is
 //     lowered to it, negative is InvalidArgument. Pages also stop before the
 //     reply would exceed max_frame; a non-empty cursor means "more".
@@ -96,6 +101,14 @@
 // write slots but outside the order of writes. The holder of a lock is the
 // connection; a bound lock is renewed while the connection lives, released
 // when it stops reading, and its loss is a push frame (LockLost).
+//
+// # Conflicts decided by apps (resolver.go)
+//
+// resolver_register makes the connection the app that decides the
+// conflicts of a governor (Options.Apps, a conflict.AppHub; Unavailable
+// without it); each conflict is a push frame carrying the registration's
+// id and the conflict, resolve answers it, and the registration ends with
+// resolver_unregister or the connection.
 //
 // # Errors
 //

@@ -28,6 +28,12 @@ func appendResponseFrame(b []byte, resp *wire.Response) (_ []byte, ok bool) {
 	if resp.Conflicts != nil {
 		return b, false // conflicts replies (conflicts.go)
 	}
+	if resp.Txn != nil || resp.TxLog != nil {
+		return b, false // txn and txlog replies (txn.go, txlog.go)
+	}
+	if resp.Resolver != nil || resp.Conflict != nil {
+		return b, false // resolver_register replies, conflicts pushed to apps (resolver.go)
+	}
 	if resp.Lock != nil || resp.Error != nil && (resp.Error.Lock != nil || resp.Error.Waited || resp.Error.Deadlock != nil) {
 		return b, false // lock replies and lock error details (locks.go)
 	}

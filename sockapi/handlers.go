@@ -95,6 +95,16 @@ func (c *conn) handle(body []byte) {
 		c.opLock(op, req) // locks.go
 	case opSnapshot, opTransition, opCleanup, opReplay:
 		c.opEventSourcing(op, req) // snapshots.go
+	case opResolverRegister:
+		c.opResolverRegister(req) // resolver.go
+	case opResolverUnregister:
+		c.opResolverUnregister(req)
+	case opResolve:
+		c.opResolve(req)
+	case opTxn:
+		c.opTxn(req) // txn.go
+	case opTxLog:
+		c.opTxLog(req) // txlog.go
 	default:
 		if req.Op == "" {
 			c.replyError(req.ID, invalid("op", "op is required"))

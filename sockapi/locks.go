@@ -112,11 +112,12 @@ func (l *connLocks) busy() bool {
 }
 
 // idleButLocking reports whether err, from the reader, is the idle timeout
-// of a connection that holds bound locks or waits for a lock, and then arms
+// of a connection that holds bound locks, waits for a lock or decides
+// conflicts for an app (resolver.go), and then arms
 // the idle deadline again: such a connection is not idle. A frame that has
 // begun to arrive keeps its deadlines (idle or read timeout).
 func (c *conn) idleButLocking(err error) bool {
-	if c.locks == nil || c.stopping.Load() || c.framing || !isTimeout(err) || !c.locks.busy() {
+	if c.stopping.Load() || c.framing || !isTimeout(err) || !(c.locks != nil && c.locks.busy() || c.resolving()) {
 		return false
 	}
 	c.idleAt = time.Now().Add(c.s.opts.IdleTimeout)

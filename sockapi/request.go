@@ -22,18 +22,18 @@ import (
 //     (duplicate keys: the last one wins);
 //   - each known field has one msgpack type, and nil means "absent" (the
 //     zero value): id, if_version, max_staleness_ms, timeout_ms, watch,
-//     after, version, token, lease_ms, wait_ms, max_age_ms, keep_events:
-//     non-negative integer;
+//     after, version, token, lease_ms, wait_ms, max_age_ms, keep_events,
+//     deadline_ms, conflict_id: non-negative integer;
 //     from, to, at: non-negative
 //     integer at most math.MaxInt64 (Unix ns); limit: integer
-//     (int64); versions: array of at most 64 uint32; keys, items: arrays of
-//     maps (not nil); fence: a map of resource (str) and token
+//     (int64); versions: array of at most 64 uint32; keys, items, ops:
+//     arrays of maps (not nil); exists (in ops): boolean; fence: a map of resource (str) and token
 //     (non-negative integer), other keys skipped;
-//     if_absent, delete, bind, dry_run, latest: boolean; value: any single msgpack
+//     if_absent, delete, bind, dry_run, latest, deleted: boolean; value: any single msgpack
 //     object, kept verbatim; every other known field: str (bin is not
 //     accepted for strings);
-//   - keys and items hold at most Options.MaxBatch entries (TooLarge
-//     otherwise);
+//   - keys and items hold at most Options.MaxBatch entries, ops at most
+//     wire.MaxTxnOps (TooLarge otherwise);
 //   - maps and arrays nest fewer than wire.MaxDepth levels, counting the
 //     request map as level 1 (the codec's own rule), and at most
 //     Options.MaxValueDepth levels inside a value.
@@ -458,6 +458,14 @@ func (s *scanner) decodeTopField(key []byte, req *wire.Request) (*fieldError, er
 		fe, err = s.boolField("dry_run", &req.DryRun)
 	case "latest":
 		fe, err = s.boolField("latest", &req.Latest)
+	case "deadline_ms":
+		fe, err = s.uintField("deadline_ms", &req.DeadlineMS) // resolver.go
+	case "conflict_id":
+		fe, err = s.uintField("conflict_id", &req.ConflictID)
+	case "choice":
+		fe, err = s.strField("choice", &req.Choice)
+	case "deleted":
+		fe, err = s.boolField("deleted", &req.Deleted)
 	case "limit":
 		var t mtype
 		var u uint64
@@ -484,6 +492,10 @@ func (s *scanner) decodeTopField(key []byte, req *wire.Request) (*fieldError, er
 		fe, err = s.decodeKeys(req)
 	case "items":
 		fe, err = s.decodeItems(req)
+	case "ops":
+		fe, err = s.decodeOps(req) // txn_request.go
+	case "outcome":
+		fe, err = s.strField("outcome", &req.Outcome)
 	default:
 		err = s.skip(1)
 	}
@@ -545,6 +557,10 @@ func opString(p []byte) string {
 		return wire.OpCleanup
 	case wire.OpReplay:
 		return wire.OpReplay
+	case wire.OpTxn:
+		return wire.OpTxn
+	case wire.OpTxLog:
+		return wire.OpTxLog
 	}
 	return string(p)
 }
@@ -695,9 +711,13 @@ func (s *scanner) decodeVersions(req *wire.Request) (*fieldError, error) {
 	return nil, nil
 }
 
-// listHead reads the header of keys or items: an array of at most
-// s.lim.batch entries, or nil (n < 0).
+// listHead reads the header of keys, items or ops: an array of at most
+// s.lim.batch entries (ops: wire.MaxTxnOps), or nil (n < 0).
 func (s *scanner) listHead(field string) (n int, fe *fieldError, err error) {
+	limit := s.lim.batch
+	if field == "ops" {
+		limit = wire.MaxTxnOps
+	}
 	t, u, _, err := s.head()
 	switch {
 	case err != nil:
@@ -706,9 +726,9 @@ func (s *scanner) listHead(field string) (n int, fe *fieldError, err error) {
 		return -1, nil, nil
 	case t != tArray:
 		return 0, typeError(field, "an array", t), nil
-	case u > uint64(s.lim.batch):
-		return 0, &fieldError{field: field, limit: int64(s.lim.batch),
-			msg: fmt.Sprintf("%s has %d entries, limit %d", field, u, s.lim.batch)}, nil
+	case u > uint64(limit):
+		return 0, &fieldError{field: field, limit: int64(limit),
+			msg: fmt.Sprintf("%s has %d entries, limit %d", field, u, limit)}, nil
 	}
 	return int(u), nil, nil
 }
@@ -754,7 +774,7 @@ const entryLevel = 3
 // decodeList decodes field, an array of maps, into a new []T. (Entry fields
 // are decoded by a direct call, not a func value: passing the scanner to an
 // indirect call would move it to the heap on every request.)
-func decodeList[T wire.Key | wire.Item](s *scanner, field string) ([]T, *fieldError, error) {
+func decodeList[T wire.Key | wire.Item | wire.TxnOp](s *scanner, field string) ([]T, *fieldError, error) {
 	n, fe, err := s.listHead(field)
 	if fe != nil || err != nil || n < 0 {
 		return nil, fe, err
@@ -780,7 +800,7 @@ func decodeList[T wire.Key | wire.Item](s *scanner, field string) ([]T, *fieldEr
 
 // decodeEntryField decodes the field named key of a keys or items entry,
 // skipping fields it does not know.
-func decodeEntryField[T wire.Key | wire.Item](s *scanner, key string, e *T) (*fieldError, error) {
+func decodeEntryField[T wire.Key | wire.Item | wire.TxnOp](s *scanner, key string, e *T) (*fieldError, error) {
 	switch e := any(e).(type) {
 	case *wire.Key:
 		switch key {
@@ -803,6 +823,10 @@ func decodeEntryField[T wire.Key | wire.Item](s *scanner, key string, e *T) (*fi
 			return s.uintPtrField("if_version", &e.IfVersion)
 		case "if_absent":
 			return s.boolField("if_absent", &e.IfAbsent)
+		}
+	case *wire.TxnOp:
+		if known, fe, err := s.txnOpField(key, e); known { // txn_request.go
+			return fe, err
 		}
 	}
 	return nil, s.skip(entryLevel)

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/txn"
@@ -140,6 +141,9 @@ type Options struct {
 	// the request sets no timeout_ms. Default 10 s. A request may ask for
 	// up to max(SyncTimeout, 1 minute).
 	SyncTimeout time.Duration
+	// TxnAttempts is how often a strong txn is tried when it loses to
+	// concurrent changes (txn.go). Default localcache.DefaultTxnAttempts.
+	TxnAttempts int
 	// WatchBuffer is how many changes a watch may fall behind (not yet
 	// written to the peer) before it is ended as lagging. Default
 	// localcache.DefaultSubscribeBuffer.
@@ -151,6 +155,12 @@ type Options struct {
 	// with Unavailable (not retryable), as distributed locks need the
 	// shared store.
 	Locks txn.Locks
+
+	// Apps are the apps that decide conflicts, for resolver_register and
+	// resolve (resolver.go): the hub whose Factory the push loop's "app"
+	// resolver was made by. Nil: resolver_register fails with Unavailable
+	// (not retryable), as conflicts need the shared store.
+	Apps *conflict.AppHub
 }
 
 // Defaults and bounds of Options.
@@ -572,6 +582,11 @@ const (
 	opTransition
 	opCleanup
 	opReplay
+	opResolverRegister
+	opResolverUnregister
+	opResolve
+	opTxn
+	opTxLog
 	opOther
 	numOps
 )
@@ -585,6 +600,8 @@ var opNames = [numOps]string{
 	opLockAcquire: wire.OpLockAcquire, opLockRelease: wire.OpLockRelease, opLockExtend: wire.OpLockExtend,
 	opLockStatus: wire.OpLockStatus, opConflicts: wire.OpConflicts,
 	opSnapshot: wire.OpSnapshot, opTransition: wire.OpTransition, opCleanup: wire.OpCleanup, opReplay: wire.OpReplay,
+	opResolverRegister: wire.OpResolverRegister, opResolverUnregister: wire.OpResolverUnregister, opResolve: wire.OpResolve,
+	opTxn: wire.OpTxn, opTxLog: wire.OpTxLog,
 	opOther: "other",
 }
 
@@ -642,6 +659,16 @@ func opIndex(op string) int {
 		return opCleanup
 	case wire.OpReplay:
 		return opReplay
+	case wire.OpResolverRegister:
+		return opResolverRegister
+	case wire.OpResolverUnregister:
+		return opResolverUnregister
+	case wire.OpResolve:
+		return opResolve
+	case wire.OpTxn:
+		return opTxn
+	case wire.OpTxLog:
+		return opTxLog
 	}
 	return opOther
 }

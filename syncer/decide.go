@@ -233,7 +233,12 @@ func Covers(remote Record, c Change) bool {
 }
 
 // Decide decides every change of a checked batch (see CheckBatch) against
-// the remote's current records, as every Remote's Commit does: cur returns
+// the remote's current records, as every Remote's Commit does. A change
+// that writes conflicts unless its base version is the remote's version and
+// its vector clock has seen the remote record's (every node's entry at
+// least as high): a matching version number alone does not say the change
+// was made on that record (a write made on a local value that later lost a
+// conflict has the winner's version number as its base). cur returns
 // the current record of a key and whether one exists, and lock the last
 // token granted on a lock (0: no record; nil: no lock has one), read in the
 // same transaction, for the changes with a Fence. A change whose op the
@@ -262,7 +267,8 @@ func Decide(b Batch, cur func(Key) (Record, bool), lock func(resource string) ui
 			if rejected == nil {
 				rejected = res.Rejected
 			}
-		case version != c.BaseVersion:
+		case version != c.BaseVersion || !c.CheckOnly && exists && !dominates(c.Record.Clock.Vector, remote.Clock.Vector) ||
+			c.CheckOnly && exists && c.Record.OpID != "" && remote.OpID != c.Record.OpID:
 			res.Status = Conflict
 			if conflict == nil {
 				conflict = &ConflictError{Key: c.Key, Expected: c.BaseVersion, Actual: version,

@@ -40,5 +40,11 @@
 // DecideApply says when a remote record replaces the local one. See
 // docs/decisions/0007-pull-loop.md.
 //
+// History (bootstrap.go, bootstrap_push.go): with a HistoryRemote, the
+// puller brings the remote events and snapshots of the records it applies
+// (FetchHistory, RemoteBatch.History), which is also how a fresh node
+// bootstraps; SnapshotPusher copies the local store's snapshots to the
+// remote. See docs/decisions/0019-shared-history-and-bootstrap.md.
+//
 // See docs/decisions/0005-remote-interface.md.
 package syncer

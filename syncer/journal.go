@@ -92,6 +92,10 @@ type Entry struct {
 	// remote rejects the change if the lock was granted again since (see
 	// Change.Fence). Fenced entries are never coalesced with others.
 	Fence Fence
+	// Checks, on the first entry of a transaction, are the versions of the
+	// states it checked without writing them: they are re-checked in the
+	// remote transaction that applies the batch (see txncheck.go).
+	Checks []Check
 }
 
 // Key returns the entry's key.

@@ -50,6 +50,11 @@ type RemoteBatch struct {
 	// governor. A read-repair (Fetch) leaves it empty.
 	Governor string
 	Cursor   Cursor
+	// History, when set, holds one entry per record (parallel to Records):
+	// the remote history of the record's key that the local store lacks
+	// (bootstrap.go). A HistoryApplier stores a record's history in the
+	// same transaction as the record, and only when it stores the record.
+	History []History
 }
 
 // ApplyStatus is what ApplyRemote did with one remote record.
@@ -165,6 +170,11 @@ type PullOptions struct {
 	PageSize int
 	// CallTimeout bounds one Changes or Get call (default 30s).
 	CallTimeout time.Duration
+	// History, when set with an applier that is a HistoryApplier, is where
+	// the history of the records pulled is read (bootstrap.go), as
+	// HistoryMode says ("": HistorySinceSnapshot).
+	History     HistoryRemote
+	HistoryMode HistoryMode
 }
 
 func (o PullOptions) withDefaults() PullOptions {
@@ -180,6 +190,9 @@ func (o PullOptions) withDefaults() PullOptions {
 	}
 	if o.CallTimeout <= 0 {
 		o.CallTimeout = 30 * time.Second
+	}
+	if o.HistoryMode == "" {
+		o.HistoryMode = HistorySinceSnapshot
 	}
 	return o
 }
@@ -306,7 +319,18 @@ func (p *Puller) lock(governor string) *sync.Mutex {
 
 // apply hands one group of remote records to the applier and counts it.
 func (p *Puller) apply(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
-	res, err := p.applier.ApplyRemote(ctx, b)
+	b, err := p.withHistory(ctx, b) // bootstrap.go
+	if err != nil {
+		return ApplyResult{}, fmt.Errorf("remote history: %w", err)
+	}
+	return p.applyRecords(ctx, b)
+}
+
+// applyRecords is apply without reading history: a Fetch (a read-through,
+// or a strong op catching up) does not wait for it; the change stream
+// delivers the record again later, and its history then comes along.
+func (p *Puller) applyRecords(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	res, err := p.applyChunks(ctx, b)
 	if err != nil {
 		return res, fmt.Errorf("apply remote records: %w", err)
 	}
@@ -419,7 +443,7 @@ func (p *Puller) Fetch(ctx context.Context, key Key) (Record, ApplyStatus, error
 		return Record{}, 0, fmt.Errorf("fetch %s: %w", key, err)
 	}
 	rec.Key = key
-	res, err := p.apply(ctx, RemoteBatch{Records: []Record{rec}})
+	res, err := p.applyRecords(ctx, RemoteBatch{Records: []Record{rec}})
 	if err != nil {
 		return Record{}, 0, fmt.Errorf("fetch %s: %w", key, err)
 	}

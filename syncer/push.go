@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -253,6 +254,11 @@ type part struct {
 	// conflict is the ledger record of the conflict the change won (or
 	// was merged in): committed with the change and acked with it.
 	conflict *ConflictRecord
+	// check marks a transaction's version check of a key it does not
+	// write: no entries, committed as a CheckOnly change on base (and
+	// checkOp, the op that made that version, when known).
+	check   bool
+	checkOp string
 }
 
 // unit is what must be committed together: one part (a run of one key's
@@ -287,6 +293,9 @@ func (u *unit) seqs() int {
 // the remote record's; merged, the newest record and event carry the
 // merged value.
 func (p *part) change() Change {
+	if p.check {
+		return Change{Key: p.key, BaseVersion: p.base, CheckOnly: true, Record: Record{OpID: p.checkOp}}
+	}
 	last := p.entries[len(p.entries)-1]
 	rec := last.Record.Clone()
 	rec.Key = p.key
@@ -317,7 +326,7 @@ func (p *part) change() Change {
 		rec.Value = append([]byte(nil), p.merged...)
 		rec.Deleted = false
 		ev := &evs[len(evs)-1]
-		ev.Action = ActionPut
+		ev.Action, ev.Transition = ActionPut, ""
 		ev.Value = rec.Value
 	}
 	return Change{Key: p.key, BaseVersion: p.base, Record: rec, Events: evs, Conflict: p.conflict, Fence: last.Fence}
@@ -502,6 +511,7 @@ func (s *Syncer) plan(ps *passState, entries []Entry) {
 			}
 			p.entries = append(p.entries, e)
 		}
+		parts = append(parts, checkParts(group)...) // txncheck.go
 		if len(parts) > 1 {
 			// An atomic local batch: one unit, ending every run it touches.
 			for _, p := range parts {
@@ -813,12 +823,24 @@ func (s *Syncer) judge(ctx context.Context, ps *passState, p *part, remote Recor
 	if dominates(first.Clock.Vector, remote.Clock.Vector) {
 		return decision{verdict: rebase}
 	}
-	if remote.Origin == first.Origin && remote.Clock.Vector[first.Origin]+1 >= first.Clock.Vector[first.Origin] {
+	if remote.Origin == first.Origin && remote.Clock.Vector[first.Origin]+1 >= first.Clock.Vector[first.Origin] &&
+		s.madeOn(ctx, p, remote) {
 		// The remote's last version is this node's, made with every earlier
 		// op of this node: whatever else it holds was settled then.
 		return decision{verdict: rebase}
 	}
 	return s.decide(ctx, p, remote)
+}
+
+// madeOn reports whether p's first entry was made on the value the remote
+// record holds. After this node's change won a conflict the remote holds
+// that change, on which its next local writes were made; after it was
+// merged the remote holds the merged value, which the next local writes
+// (made on the change before the merge) have not seen: rebasing them would
+// undo the merge, so they meet the remote as a true conflict.
+func (s *Syncer) madeOn(ctx context.Context, p *part, remote Record) bool {
+	base := s.base(ctx, p)
+	return base != nil && base.Deleted == remote.Deleted && bytes.Equal(base.Value, remote.Value)
 }
 
 // dominates reports whether vector a has seen everything b has.
@@ -891,6 +913,9 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 			return
 		}
 		for i, p := range parts {
+			if p.check {
+				continue
+			}
 			if results[i].Status == AlreadyApplied {
 				s.ackPart(ps, p, results[i])
 				continue
@@ -941,9 +966,14 @@ func (s *Syncer) settleAtomic(ctx context.Context, ps *passState, u *unit, b *ba
 			conflict = true
 		}
 	}
+	if s.checkFailed(ps, u, b, results) { // txncheck.go
+		return
+	}
 	if !conflict {
 		for i, p := range b.owner {
-			s.ackPart(ps, p, results[i])
+			if !p.check {
+				s.ackPart(ps, p, results[i])
+			}
 		}
 		s.finishUnit(ps, u)
 		return
@@ -958,6 +988,9 @@ func (s *Syncer) park(ps *passState, u *unit, err error) {
 	var rejected *FenceRejectedError
 	errors.As(err, &rejected)
 	for _, p := range u.parts {
+		if p.check {
+			continue
+		}
 		for _, e := range p.entries {
 			ps.parked = append(ps.parked, Parked{Seq: e.Seq, Key: p.key, OpID: e.OpID(), Reason: reason, Time: now,
 				FenceRejected: rejected})

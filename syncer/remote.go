@@ -173,6 +173,10 @@ type Event struct {
 	Origin      string
 	OpID        string
 	Clock       Clock
+	// Transition is the action name of the state machine transition that
+	// made a put ("" otherwise): kept with the event so that every node's
+	// history names it, ignored by conflict resolution (Action is ActionPut).
+	Transition string
 }
 
 // Change is one state's part of a Batch: the new record, the version it was
@@ -192,8 +196,9 @@ type Change struct {
 	Record Record
 	// Events are appended when the change is applied.
 	Events []Event
-	// CheckOnly asserts BaseVersion and writes nothing (Record and Events are
-	// ignored): a version check inside an atomic batch.
+	// CheckOnly asserts BaseVersion and writes nothing (Events are ignored,
+	// and Record but for its OpID: when set, the remote record must also
+	// have been made by that op): a version check inside an atomic batch.
 	CheckOnly bool
 	// Fence, when set, makes the change valid only while its lock has not
 	// been granted again (see Commit and CheckFence).

@@ -62,32 +62,42 @@ type ObserveConfig struct {
 // validate reports the first combination of settings that cannot work
 // (each setting is checked as it is read: config_settings.go).
 func (c *ObserveConfig) validate() error {
-	if c.AdminAddr != "" {
-		if _, err := c.adminNetwork(); err != nil {
-			return err
-		}
+	if c.AdminAddr == "" {
+		return nil
+	}
+	_, err := c.adminNetwork()
+	if errors.Is(err, errNotLoopback) {
+		return fmt.Errorf("--admin-addr %q is not a loopback address: the endpoint has no authentication; "+
+			"add --admin-allow-remote to serve it there anyway, or use unix:PATH", c.AdminAddr)
+	}
+	if err != nil {
+		return fmt.Errorf("--admin-addr %q: %w", c.AdminAddr, err)
 	}
 	return nil
 }
 
+// errNotLoopback: the admin address is not a loopback one, and
+// AdminAllowRemote is not set.
+var errNotLoopback = errors.New("not a loopback address")
+
 // adminNetwork checks AdminAddr and returns its network, "tcp" or "unix".
+// Its errors say what is wrong with the address, not which setting gave it.
 func (c *ObserveConfig) adminNetwork() (string, error) {
 	if path, ok := strings.CutPrefix(c.AdminAddr, "unix:"); ok {
 		if path == "" {
-			return "", errors.New("--admin-addr unix: needs a path")
+			return "", errors.New("unix: needs a path")
 		}
 		return "unix", nil
 	}
 	host, port, err := net.SplitHostPort(c.AdminAddr)
 	if err != nil {
-		return "", fmt.Errorf("--admin-addr %q: want host:port or unix:PATH", c.AdminAddr)
+		return "", errors.New("want host:port or unix:PATH")
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return "", fmt.Errorf("--admin-addr %q: bad port", c.AdminAddr)
+		return "", errors.New("bad port")
 	}
 	if !c.AdminAllowRemote && !isLoopback(host) {
-		return "", fmt.Errorf("--admin-addr %q is not a loopback address: the endpoint has no authentication; "+
-			"add --admin-allow-remote to serve it there anyway, or use unix:PATH", c.AdminAddr)
+		return "", errNotLoopback
 	}
 	return "tcp", nil
 }
@@ -332,7 +342,7 @@ func (t *telemetry) newAdmin(store *localcache.Store, loops *syncLoops, log *slo
 	}
 	network, err := t.cfg.adminNetwork()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--admin-addr %q: %w", t.cfg.AdminAddr, err)
 	}
 	a := &admin{log: log, state: &adminState{t: t, store: store, loops: loops}}
 	addr := t.cfg.AdminAddr

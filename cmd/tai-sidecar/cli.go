@@ -65,6 +65,11 @@ func cliCommands() map[string]cliCommand {
 			help: "take, release, extend or describe a lock (cli_locks.go)", flags: lockFlags},
 		"conflicts": {args: "GOV", nargs: 1,
 			help: "print the conflict ledger of a governor (conflicts this sidecar settled) as JSON lines", flags: conflictsFlags},
+		// cli_txn.go
+		"txn": {args: "[OPS|-]", optional: 1,
+			help:  "run one transaction of OPS, a JSON array of {op, governor, state, value, if_version, if_absent, exists} (- or none: standard input)",
+			flags: txnFlags},
+		"txlog": {help: "print the transaction log as JSON lines", flags: txlogFlags},
 		// cli_snapshots.go
 		"snapshot": {args: "GOV [STATE]", nargs: 1, optional: 1,
 			help: "take a snapshot of a state, or of every live state of a governor", flags: snapshotFlags},
@@ -91,7 +96,7 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 	name := args[0]
 	cmd, ok := cliCommands()[name]
 	if !ok {
-		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, snapshot, transition, cleanup, replay, lock, conflicts, ping or serve; see tai-sidecar help)", name)}
+		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, snapshot, transition, cleanup, replay, lock, conflicts, txn, txlog, ping or serve; see tai-sidecar help)", name)}
 	}
 	fs := flag.NewFlagSet("tai-sidecar "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)

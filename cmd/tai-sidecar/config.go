@@ -54,6 +54,7 @@ type setting struct {
 	text  string
 	src   source
 	where string // "--max-conns", "TAI_MAX_CONNS", "tai.yaml:3: max_conns"
+	file  string // the config file, when src is fromFile
 	line  int    // in the config file, when src is fromFile
 	flags []string
 }
@@ -72,6 +73,22 @@ func (s *setting) errorf(format string, args ...any) error {
 		return fmt.Errorf("%s: %s", s.where, msg)
 	}
 	return fmt.Errorf("%s %q: %s", s.where, s.text, msg)
+}
+
+// named names s, with its value, where it was given: how an error about a
+// rule between settings points at each setting involved. "--max-conns 10",
+// "TAI_MAX_CONNS=10", "max_conns 10 (tai.yaml:2)" or "--max-conns 1024
+// (default)".
+func (s *setting) named() string {
+	switch s.src {
+	case fromFlag:
+		return fmt.Sprintf("--%s %s", s.flag, s.text)
+	case fromEnv:
+		return fmt.Sprintf("%s=%s", s.where, s.text)
+	case fromFile:
+		return fmt.Sprintf("%s %s (%s:%d)", s.fileKey(), s.text, s.file, s.line)
+	}
+	return fmt.Sprintf("--%s %s (default)", s.flag, s.text)
 }
 
 // sourceName says where the value came from, for config print.
@@ -219,7 +236,7 @@ func (l *loaded) pick(s *setting, getenv func(string) string) {
 	}
 	if l.file != nil {
 		if v, ok := l.file.values[s.fileKey()]; ok {
-			s.text, s.src, s.line = v.text, fromFile, v.line
+			s.text, s.src, s.file, s.line = v.text, fromFile, l.file.path, v.line
 			s.where = fmt.Sprintf("%s:%d: %s", l.file.path, v.line, s.fileKey())
 			return
 		}

@@ -148,7 +148,11 @@ func parseChoice(governor, s string) (conflict.Choice, error) {
 	if governor != "*" {
 		one = conflict.Config{Governors: map[string]conflict.Choice{governor: ch}}
 	}
-	return ch, one.Validate(conflict.NewRegistry())
+	reg, err := knownResolvers() // serve_apps.go
+	if err != nil {
+		return ch, err
+	}
+	return ch, one.Validate(reg)
 }
 
 // orDefault is v, or def when v is 0 (not given).

@@ -155,7 +155,7 @@ func TestConfigPrintErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"config", "print", "--config", bad}, bad + `:2: max_conns_per_uid "6": above --max-conns 5`},
+		{[]string{"config", "print", "--config", bad}, bad + `:2: max_conns_per_uid "6": above max_conns 5 (` + bad + `:1)`},
 		{[]string{"config", "print", "--max-batch", "0"}, `config print: --max-batch "0": out of range [1, 500]`},
 		{[]string{"config", "print", "--format", "toml"}, `--format "toml": want yaml or json`},
 		{[]string{"config", "print", "extra"}, `unexpected argument "extra"`},

@@ -32,6 +32,22 @@ const (
 // for '-' unless it says otherwise.
 func (c *Config) settings() []*setting {
 	sec, syn, obs := &c.Security, &c.Sync, &c.Observe
+	// Settings that rules between settings name (their errors name where
+	// each setting involved was given: setting.named).
+	maxFrame := intSetting("max-frame", "TAI_MAX_FRAME", wire.DefaultMaxFrame, minMaxFrame, maxMaxFrame, "largest accepted frame in bytes", &c.MaxFrame)
+	maxConns := intSetting("max-conns", "TAI_MAX_CONNS", defaultMaxConns, 1, maxMaxConns, "most open connections", &sec.MaxConns)
+	project := strSetting("firestore-project", "TAI_FIRESTORE_PROJECT", "",
+		"Google Cloud project of the shared Firestore store (empty: local only). "+
+			"Credentials are Google's application default credentials; FIRESTORE_EMULATOR_HOST selects an emulator", &syn.Project, nil)
+	allowRemote := boolSetting("admin-allow-remote", "TAI_ADMIN_ALLOW_REMOTE",
+		"let --admin-addr listen on a non-loopback address; the endpoint has no authentication", &obs.AdminAllowRemote)
+	// needsProject refuses a setting of the shared store given without one.
+	needsProject := func(s *setting) error {
+		if s.text == "" || syn.Project != "" {
+			return nil
+		}
+		return s.errorf("needs --firestore-project (TAI_FIRESTORE_PROJECT, firestore_project), which is not set")
+	}
 	return []*setting{
 		strSetting("socket", "TAI_SOCKET", "./tai.sock", "Unix socket to serve on", &c.Socket, nonEmpty),
 		strSetting("data-dir", "TAI_DATA_DIR", "./tai-data", "directory for the local store", &c.DataDir, nonEmpty),
@@ -47,11 +63,11 @@ func (c *Config) settings() []*setting {
 		strSetting("log-format", "TAI_LOG_FORMAT", "text", "text or json", &c.LogFormat, oneOf("text", "json")),
 		int64Setting("cache-bytes", "TAI_CACHE_BYTES", 32<<20, 0, math.MaxInt64, "memory for the hot read cache, in bytes", &c.CacheBytes),
 		memoryLimitSetting(&c.MemoryLimit),
-		intSetting("max-frame", "TAI_MAX_FRAME", wire.DefaultMaxFrame, minMaxFrame, maxMaxFrame, "largest accepted frame in bytes", &c.MaxFrame),
+		maxFrame,
 		durSetting("shutdown-timeout", "TAI_SHUTDOWN_TIMEOUT", 10*time.Second, time.Millisecond, 0, "how long shutdown waits for in-flight requests", &c.ShutdownTimeout),
 
 		// Access and limits: security.go.
-		intSetting("max-conns", "TAI_MAX_CONNS", defaultMaxConns, 1, maxMaxConns, "most open connections", &sec.MaxConns),
+		maxConns,
 		withCheck(intSetting("max-conns-per-uid", "TAI_MAX_CONNS_PER_UID", defaultMaxConnsPerUID, 1, maxMaxConns,
 			"most open connections of one peer uid, at most --max-conns; the default follows a lower --max-conns", &sec.MaxConnsPerUID),
 			func(s *setting) error {
@@ -62,7 +78,7 @@ func (c *Config) settings() []*setting {
 					sec.MaxConnsPerUID = sec.MaxConns
 					return nil
 				}
-				return s.errorf("above --max-conns %d", sec.MaxConns)
+				return s.errorf("above %s", maxConns.named())
 			}),
 		intSetting("max-inflight", "TAI_MAX_INFLIGHT", defaultMaxInflight, 1, maxMaxInflight, "most writes running at once on one connection", &sec.MaxInflight),
 		durSetting("idle-timeout", "TAI_IDLE_TIMEOUT", defaultIdleTimeout, minIdleTimeout, maxIdleTimeout,
@@ -80,7 +96,7 @@ func (c *Config) settings() []*setting {
 					sec.MaxValue = most
 					return nil
 				}
-				return s.errorf("above %d, the largest value a --max-frame of %d carries", most, c.MaxFrame)
+				return s.errorf("above %d, the largest value %s carries", most, maxFrame.named())
 			}),
 		intSetting("max-batch", "TAI_MAX_BATCH", wire.MaxBatch, 1, wire.MaxBatch, "most entries in one batch_get or batch_put", &sec.MaxBatch),
 		intSetting("max-value-depth", "TAI_MAX_VALUE_DEPTH", sockapi.MaxValueDepthLimit, 1, sockapi.MaxValueDepthLimit,
@@ -104,13 +120,13 @@ func (c *Config) settings() []*setting {
 		idsSetting("allow-gid", "allow_gids", "TAI_ALLOW_GIDS", "peer primary gid allowed to connect", &sec.AllowGIDs, &sec.Access.AllowGIDs),
 
 		// The shared store: sync.go.
-		strSetting("firestore-project", "TAI_FIRESTORE_PROJECT", "",
-			"Google Cloud project of the shared Firestore store (empty: local only). "+
-				"Credentials are Google's application default credentials; FIRESTORE_EMULATOR_HOST selects an emulator", &syn.Project, nil),
-		strSetting("firestore-database", "TAI_FIRESTORE_DATABASE", "", "Firestore database id; empty: \"(default)\"", &syn.Database, nil),
-		strSetting("root", "TAI_ROOT", "", "document path everything is stored under, e.g. deployments/prod; empty: the database root", &syn.Root, nil),
+		project,
+		withCheck(strSetting("firestore-database", "TAI_FIRESTORE_DATABASE", "", "Firestore database id; empty: \"(default)\"", &syn.Database, nil),
+			needsProject),
+		withCheck(strSetting("root", "TAI_ROOT", "", "document path everything is stored under, e.g. deployments/prod; empty: the database root", &syn.Root, nil),
+			needsProject),
 		{
-			flag: "governors", env: []string{"TAI_GOVERNORS"}, list: true,
+			flag: "governors", env: []string{"TAI_GOVERNORS"}, list: true, check: needsProject,
 			usage: "governors to pull from the start, besides those with local states",
 			parse: func(s string) error {
 				syn.Governors = splitList(s)
@@ -125,15 +141,23 @@ func (c *Config) settings() []*setting {
 		},
 		durSetting("flush-timeout", "TAI_FLUSH_TIMEOUT", 5*time.Second, 0, 0,
 			"how long shutdown keeps pushing the journal to the shared store", &syn.FlushTimeout),
+		strSetting("history", "TAI_HISTORY", string(syncer.HistorySinceSnapshot),
+			"history pulled with the states this sidecar has none of (a fresh sidecar bootstraps with it): "+
+				"since_snapshot (the newest shared snapshot and the later events), full (every event), none",
+			&syn.History, func(s string) error { _, err := syncer.ParseHistoryMode(s); return err }),
 		{
 			flag: "resolvers", env: []string{"TAI_RESOLVERS"},
 			usage: "conflict resolver per governor: governor=resolver[:fallback],..., governor * for the rest, " +
-				"e.g. *=causal:version,orders=merge; resolvers lww, version, causal, merge; default lww. " +
+				"e.g. *=causal:version,orders=app:merge; resolvers lww, version, causal, merge, app (an app on the socket decides); default lww. " +
 				"In the config file, per_governor's resolver keys say the same",
 			parse: func(s string) error {
 				cfg, err := conflict.ParseConfig(s)
+				var reg *conflict.Registry
 				if err == nil {
-					err = cfg.Validate(conflict.NewRegistry())
+					reg, err = knownResolvers() // serve_apps.go
+				}
+				if err == nil {
+					err = cfg.Validate(reg)
 				}
 				syn.Resolvers = cfg
 				return err
@@ -150,13 +174,29 @@ func (c *Config) settings() []*setting {
 			"most conflict ledger entries kept locally (the oldest go first)", &syn.LedgerMaxEntries),
 		durSetting("ledger-max-age", "TAI_LEDGER_MAX_AGE", localcache.DefaultLedgerMaxAge, time.Minute, 0,
 			"how long conflict ledger entries are kept locally", &syn.LedgerMaxAge),
+		// Transactions: sockapi/txn.go.
+		intSetting("txn-attempts", "TAI_TXN_ATTEMPTS", localcache.DefaultTxnAttempts, 1, 100,
+			"most attempts of a strong transaction that loses to concurrent changes (backoff 10 ms to 1 s, with jitter)", &syn.TxnAttempts),
 
 		// Telemetry: admin.go.
-		strSetting("admin-addr", "TAI_ADMIN_ADDR", "",
+		withCheck(strSetting("admin-addr", "TAI_ADMIN_ADDR", "",
 			"admin endpoint (/healthz, /readyz, /status, /metrics): 127.0.0.1:PORT, [::1]:PORT, localhost:PORT or unix:PATH; default: none",
 			&obs.AdminAddr, nil),
-		boolSetting("admin-allow-remote", "TAI_ADMIN_ALLOW_REMOTE",
-			"let --admin-addr listen on a non-loopback address; the endpoint has no authentication", &obs.AdminAllowRemote),
+			func(s *setting) error {
+				if s.text == "" {
+					return nil
+				}
+				_, err := obs.adminNetwork()
+				if errors.Is(err, errNotLoopback) {
+					return s.errorf("%v and %s: the endpoint has no authentication; allow remote addresses to serve it there anyway, or use unix:PATH",
+						err, allowRemote.named())
+				}
+				if err != nil {
+					return s.errorf("%v", err)
+				}
+				return nil
+			}),
+		allowRemote,
 		boolSetting("otlp-traces", "TAI_OTLP_TRACES", "export traces with OTLP", &obs.OTLPTraces),
 		boolSetting("otlp-metrics", "TAI_OTLP_METRICS", "export metrics with OTLP", &obs.OTLPMetrics),
 		withEnv(strSetting("otlp-protocol", "TAI_OTLP_PROTOCOL", "grpc", "OTLP protocol: grpc or http/protobuf", &obs.OTLPProtocol,

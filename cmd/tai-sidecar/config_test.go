@@ -142,7 +142,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{"not a mapping", "- a\n- b\n", `:1: want a mapping of settings, not a list`},
 		{"two documents", "max_conns: 1\n---\nmax_conns: 2\n", "more than one YAML document"},
 		{"syntax", "max_conns: [1\n", "yaml:"},
-		{"per-uid above max", "max_conns: 10\nmax_conns_per_uid: 20\n", `:2: max_conns_per_uid "20": above --max-conns 10`},
+		{"per-uid above max", "max_conns: 10\nmax_conns_per_uid: 20\n", `:2: max_conns_per_uid "20": above max_conns 10 (FILE:1)`},
 		{"value above frame", "max_frame: 65536\nmax_value: 1000000\n", `:2: max_value "1000000": above 57344`},
 		{"batch above protocol", "max_batch: 501\n", `:1: max_batch "501": out of range [1, 500]`},
 		{"depth zero", "max_value_depth: 0\n", `:1: max_value_depth "0": out of range [1, 60]`},
@@ -228,7 +228,7 @@ func TestConfigPerGovernor(t *testing.T) {
 		got.Governors["orders"] != want.Governors["orders"] {
 		t.Fatalf("resolvers %v, want %v as --resolvers gives", got, want)
 	}
-	if _, err := l.cfg.Sync.resolverSet(); err != nil {
+	if _, err := l.cfg.Sync.resolverSet(newAppHub(l.cfg.Sync.Resolvers)); err != nil {
 		t.Fatal(err)
 	}
 	for g, w := range map[string][2]int{"orders": {10, 3}, "billing": {50, 7}, "other": {50, 3}, "*": {50, 3}} {

@@ -55,6 +55,12 @@ Commands:
   lock status RES                           print a lock's holder, token, remaining lease and waiters
   conflicts GOV [--state S] [--since T] [--until T] [--limit N]
                                             print the conflict ledger (conflicts this sidecar settled) as JSON lines
+  txn [OPS|-] [--actor A] [--reason R] [--fence RES:TOKEN] [--sync|--strong]
+                                            run one transaction: OPS is a JSON array of
+                                            {op: put|delete|check, governor, state, value, if_version, if_absent, exists}
+                                            (- or none: read from standard input)
+  txlog [--since T] [--until T] [--outcome committed|failed] [--governor GOV] [--limit N]
+                                            print the transaction log as JSON lines
   stats                                     print the sidecar's statistics
   status [--admin ADDR]                     print a summary: node, uptime, journal, cache, shared store
   config print [--config F] [--format yaml|json] [serve flags]

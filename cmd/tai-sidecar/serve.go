@@ -166,6 +166,9 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		Observer:   tel.requestObserver(),
 		Sync:       loops.sockSync(), // nil: local only
 		Locks:      locks.sockLocks(),
+		Apps:       loops.appHub(), // nil: local only (serve_apps.go)
+
+		TxnAttempts: c.Sync.TxnAttempts, // strong transactions (--txn-attempts)
 	}))
 
 	sigs := make(chan os.Signal, 2)
@@ -207,7 +210,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		g.Add(adm.run, adm.stop)
 	}
 	if loops != nil {
-		for _, run := range []func(context.Context) error{loops.push.Run, loops.pull.Run} {
+		for _, run := range []func(context.Context) error{loops.push.Run, loops.pull.Run, loops.snaps.Run} {
 			ctx, cancel := context.WithCancel(ctx)
 			g.Add(func() error { return run(ctx) }, func(error) { cancel() })
 		}

@@ -30,6 +30,9 @@ type SyncConfig struct {
 	Governors []string
 	// FlushTimeout bounds the final push at shutdown.
 	FlushTimeout time.Duration
+	// History says where the pulled history of a state this node has none
+	// of starts (--history: syncer.HistoryMode).
+	History string
 	// Resolvers says which conflict resolver settles the true conflicts
 	// of each governor: --resolvers, e.g. "*=causal:version,orders=merge"
 	// (zero: lww everywhere), or the config file's per_governor resolvers.
@@ -41,6 +44,9 @@ type SyncConfig struct {
 	StormWindow      time.Duration
 	LedgerMaxEntries int
 	LedgerMaxAge     time.Duration
+	// TxnAttempts is how often a strong txn is tried when it loses to
+	// concurrent changes (--txn-attempts; sockapi Options).
+	TxnAttempts int
 	// Fault, from TAI_FAULT, injects a failure for crash tests:
 	// "kill-after-remote-commit" makes the process SIGKILL itself right
 	// after the shared store applied a push, before the journal ack.
@@ -54,9 +60,14 @@ const faultKillAfterRemoteCommit = "kill-after-remote-commit"
 func (c *SyncConfig) Enabled() bool { return c.Project != "" }
 
 // resolverSet builds the conflict resolvers of --resolvers (or the config
-// file's per_governor resolvers).
-func (c *SyncConfig) resolverSet() (*conflict.Set, error) {
-	set, err := conflict.NewRegistry().Build(c.Resolvers)
+// file's per_governor resolvers); "app" asks the apps of hub
+// (serve_apps.go).
+func (c *SyncConfig) resolverSet(hub *conflict.AppHub) (*conflict.Set, error) {
+	reg, err := resolverRegistry(hub)
+	if err != nil {
+		return nil, err
+	}
+	set, err := reg.Build(c.Resolvers)
 	if err != nil {
 		return nil, fmt.Errorf("resolvers: %w", err)
 	}
@@ -79,7 +90,7 @@ func (c *SyncConfig) validate() error {
 	if c.Fault != "" && c.Fault != faultKillAfterRemoteCommit {
 		return fmt.Errorf("TAI_FAULT=%q: the only fault is %q", c.Fault, faultKillAfterRemoteCommit)
 	}
-	if _, err := c.resolverSet(); err != nil {
+	if _, err := c.resolverSet(newAppHub(c.Resolvers)); err != nil {
 		return err
 	}
 	if !c.Enabled() {
@@ -101,8 +112,11 @@ type syncLoops struct {
 	store  *localcache.Store
 	push   *syncer.Syncer
 	pull   *syncer.Puller
+	snaps  *syncer.SnapshotPusher // copies local snapshots to the shared store
 	// governors lists the served governors (readiness: admin.go).
 	governors func() []string
+	// apps are the apps that decide conflicts (serve_apps.go).
+	apps *conflict.AppHub
 }
 
 // openSync connects the shared store and builds the loops over store; nil
@@ -112,7 +126,8 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 		log.Info("no shared store configured: local only, changes stay in the journal")
 		return nil, nil
 	}
-	resolvers, err := c.resolverSet()
+	apps := newAppHub(c.Resolvers)
+	resolvers, err := c.resolverSet(apps)
 	if err != nil {
 		return nil, err
 	}
@@ -135,12 +150,16 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 	}
 	pushOpts := syncer.Options{Logger: log.With("component", "push"), Resolvers: resolvers,
 		StormThreshold: c.StormThreshold, StormWindow: c.StormWindow}
+	pullOpts := syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull"),
+		History: remote, HistoryMode: syncer.HistoryMode(c.History)}
 	return &syncLoops{
 		remote:    remote,
 		store:     store,
 		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(pushOpts)),
-		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull")}),
+		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), pullOpts),
+		snaps:     syncer.NewSnapshotPusher(store, remote, syncer.SnapshotPushOptions{Logger: log.With("component", "snapshots")}),
 		governors: governors,
+		apps:      apps,
 	}, nil
 }
 

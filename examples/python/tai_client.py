@@ -17,11 +17,13 @@ A TaiClient owns one connection and is not safe for use by several threads at
 once; open one client per thread.
 """
 
+import collections
 import dataclasses
 import itertools
 import select
 import socket
 import struct
+import time
 
 import msgpack
 
@@ -40,6 +42,7 @@ __all__ = [
     "Unavailable",
     "put_item",
     "delete_item",
+    "serve_conflicts",
 ]
 
 PROTOCOL_VERSION = 1
@@ -318,6 +321,10 @@ class TaiClient:
         self._ids = itertools.count(1)
         self._max_frame = DEFAULT_MAX_FRAME
         self._broken = None  # the error that ended the connection
+        # Server-push frames are dropped unless keep_pushes is true; then
+        # next_push() returns them in order.
+        self.keep_pushes = False
+        self._pushes = collections.deque()
         try:
             self._sock.settimeout(timeout)
             self._sock.connect(socket_path)
@@ -437,6 +444,22 @@ class TaiClient:
             raise _error_from_wire(reply["error"])
         return reply
 
+    def next_push(self, timeout=None):
+        """The next server-push frame as a dict, or None when none arrives
+        within timeout seconds (None: the client's timeout). Push frames are
+        kept only while keep_pushes is true: set it before the request that
+        makes the sidecar push (watch, resolver_register)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._pushes:
+            self._check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            readable, _, _ = select.select([self._sock], [], [], left)
+            if readable:
+                self._read(block=False)
+        return self._pushes.popleft()
+
     def recv_all(self, ids):
         """Replies to several requests, in the order of ids. An error reply
         is returned as a TaiError instance rather than raised."""
@@ -505,8 +528,10 @@ class TaiClient:
             del self._rbuf[: _HEADER.size + n]
             reply = msgpack.unpackb(body, raw=False, strict_map_key=False)
             if reply.get("push"):
-                # A server-push frame (a watch's change): this client starts
-                # no watches, so any push frame is left alone.
+                # A server-push frame (a watch's change, a conflict to
+                # decide): kept for next_push() if asked, else dropped.
+                if self.keep_pushes:
+                    self._pushes.append(reply)
                 continue
             rid = reply.get("id", 0)
             if rid == 0:
@@ -515,6 +540,55 @@ class TaiClient:
                 self._broken = _error_from_wire(err)
                 raise self._broken
             self._replies[rid] = reply
+
+
+# ---------------------------------------------------------------------------
+# Deciding conflicts
+
+
+def serve_conflicts(tai, governor, decide, deadline_ms=None, on_registered=None, on_refused=None):
+    """Registers tai's connection as the app that decides the conflicts of
+    governor (the sidecar must run with --resolvers 'GOVERNOR=app[:fallback]')
+    and answers each conflict with decide(conflict) until the connection
+    ends (then it raises ConnectionError). Use a TaiClient of its own.
+
+    conflict is the push frame's "conflict" map: id, governor, state,
+    deadline_ms, local and remote (value, version, deleted, updated_at,
+    origin, op_id, clock) and base (value, version, deleted; absent when the
+    sidecar does not know it); values are decoded. decide returns
+    (choice, value, reason): choice "local", "remote", "value" (value
+    replaces both sides) or "fallback" (the sidecar's fallback resolver
+    decides); reason may be None. An exception in decide declines the
+    conflict with its text as the reason. deadline_ms asks for that long to
+    answer (10 to 10000; None: the sidecar's 2000). on_registered(reply) is
+    called once registered; on_refused(conflict, error) with each answer the
+    sidecar refuses (e.g. too late: the fallback decided)."""
+    tai.keep_pushes = True
+    fields = {"governor": governor}
+    if deadline_ms:
+        fields["deadline_ms"] = deadline_ms
+    reply = tai.recv(tai.send("resolver_register", fields))
+    if on_registered:
+        on_registered(reply)
+    while True:
+        push = tai.next_push(timeout=3600)
+        if push is None or push.get("id") != reply["id"] or "conflict" not in push:
+            continue
+        conflict = push["conflict"]
+        try:
+            choice, value, reason = decide(conflict)
+        except Exception as e:  # noqa: BLE001 - any failure of decide declines
+            choice, value, reason = "fallback", None, f"{type(e).__name__}: {e}"[:1024]
+        answer = {"conflict_id": conflict["id"], "choice": choice}
+        if value is not None:
+            answer["value"] = value
+        if reason:
+            answer["reason"] = reason
+        try:
+            tai.recv(tai.send("resolve", answer))
+        except TaiError as e:
+            if on_refused:
+                on_refused(conflict, e)
 
 
 # ---------------------------------------------------------------------------

@@ -168,6 +168,21 @@ func goldenCases() []goldenCase {
 			Lock: &wire.Lock{Resource: "nightly-report", Holder: "node-b.m2x8c4r7t5pq.9", Token: 6, Held: true,
 				Expires: goldenTime + 12e9, RemainingMS: 12000},
 		}}},
+
+		// Conflicts decided by an app.
+		{"req_resolver_register", &wire.Request{ID: 17, Op: wire.OpResolverRegister, Governor: "shop", DeadlineMS: 2000}},
+		{"resp_resolver_register", &wire.Response{ID: 17, Resolver: &wire.Resolver{Governor: "shop", DeadlineMS: 2000}}},
+		{"push_conflict", &wire.Response{ID: 17, Push: true, Conflict: &wire.AppConflict{
+			ID: 1, Governor: "shop", State: "cart-42", DeadlineMS: 1998,
+			// Both sidecars created the state: the base is version 0.
+			Local: wire.ConflictSide{Value: mustMarshal(cartValue{Items: 1, Note: "gift"}), Version: 1, UpdatedAt: goldenTime,
+				Origin: "node-b", OpID: "node-b-7", Clock: wire.Clock{Lamport: 1, HLC: 115813899878400001, Vector: map[string]uint64{"node-b": 1}}},
+			Remote: wire.ConflictSide{Value: mustMarshal(cartValue{Items: 2, Note: "gift"}), Version: 1, UpdatedAt: goldenTime,
+				Origin: goldenNode, OpID: "node-a-9", Clock: wire.Clock{Lamport: 1, HLC: 115813899878400000, Vector: map[string]uint64{"node-a": 1}}},
+			Base: &wire.ConflictBase{Version: 0},
+		}}},
+		{"req_resolve", &wire.Request{ID: 18, Op: wire.OpResolve, ConflictID: 1, Choice: wire.ChoiceValue,
+			Value: mustMarshal(cartValue{Items: 3, Note: "gift"}), Reason: "both added items"}},
 	}
 }
 

@@ -55,6 +55,12 @@ const (
 	// MaxBatch is the most items in one batch_get or batch_put (Firestore's
 	// limit on writes in one commit).
 	MaxBatch = 500
+	// MaxTxnOps is the most operations (puts, deletes and checks) in one
+	// txn: Firestore's limit on writes in one transaction.
+	MaxTxnOps = 500
+	// MaxTxnWrites is the most puts and deletes in one txn: each stores a
+	// record and an event, two of Firestore's 500 writes per transaction.
+	MaxTxnWrites = 250
 	// MaxListLimit is the most records one list reply returns.
 	MaxListLimit = 1000
 	// DefaultListLimit applies when a list request sets no limit.
@@ -109,6 +115,10 @@ type Request struct {
 	Keys []Key `codec:"keys,omitempty"`
 	// batch_put
 	Items []Item `codec:"items,omitempty"`
+	// txn: the transaction's operations (see TxnOp); txlog: the outcome
+	// to list ("committed" or "failed"; "": both).
+	Ops     []TxnOp `codec:"ops,omitempty"`
+	Outcome string  `codec:"outcome,omitempty"`
 
 	// list, watch (prefix); list, failed, events (limit); list, events (cursor)
 	Prefix string `codec:"prefix,omitempty"`
@@ -148,6 +158,14 @@ type Request struct {
 	DryRun     bool   `codec:"dry_run,omitempty"`
 	Latest     bool   `codec:"latest,omitempty"`
 
+	// resolver_register: how long the app takes to answer a conflict (0:
+	// the default); resolve: the conflict answered, the choice, and (with
+	// value, and reason) the new value; deleted is refused.
+	DeadlineMS uint64 `codec:"deadline_ms,omitempty"`
+	ConflictID uint64 `codec:"conflict_id,omitempty"`
+	Choice     string `codec:"choice,omitempty"`
+	Deleted    bool   `codec:"deleted,omitempty"`
+
 	// W3C trace context, optional on every request.
 	Traceparent string `codec:"traceparent,omitempty"`
 }
@@ -178,7 +196,9 @@ type Item struct {
 // watch's id too, so that a client that never watches, or that forgot a
 // watch, drops it as a reply to no request in flight. A push frame without
 // Watch reports a lock bound to the connection that was lost (Lock and
-// Error LockLost); its ID is the id of the lock_acquire that took it.
+// Error LockLost); its ID is the id of the lock_acquire that took it. A
+// push frame with Conflict is a conflict for an app to decide; its ID is the
+// id of the resolver_register that asked for it.
 type Response struct {
 	ID    uint64 `codec:"id"`
 	Error *Error `codec:"error,omitempty"`
@@ -231,6 +251,15 @@ type Response struct {
 	// lock_acquire, lock_release, lock_extend, lock_status; push frames:
 	// a bound lock that was lost (with Error).
 	Lock *Lock `codec:"lock,omitempty"`
+	// resolver_register; push frames: a conflict for the app to answer
+	// (see AppConflict).
+	Resolver *Resolver    `codec:"resolver,omitempty"`
+	Conflict *AppConflict `codec:"conflict,omitempty"`
+	// txn: the transaction's id and attempts (Records holds the records
+	// it wrote, in the order of its puts and deletes).
+	Txn *TxnResult `codec:"txn,omitempty"`
+	// txlog: one page of the transaction log; Cursor continues it.
+	TxLog []*TxnLogEntry `codec:"txlog,omitempty"`
 }
 
 // Clock is the causal metadata of a change: Lamport and HLC (Unix ms << 16

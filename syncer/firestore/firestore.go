@@ -6,6 +6,8 @@
 //
 //	{root}/governors/{governor}/states/{state}   one document per state
 //	{root}/governors/{governor}/events/{op id}   one document per event
+//	{root}/governors/{governor}/states/{state}/snapshots/{version}
+//	                                             a snapshot of the state (snapshot.go)
 //	{root}/locks/{resource}                      txn/firestorelocks' locks, read to check fences (locks.go)
 //	{root}/conflicts/{id}                        the conflict ledger (ledger.go)
 //
@@ -184,6 +186,7 @@ type eventDoc struct {
 	Lamport     int64            `firestore:"lamport"`
 	HLC         int64            `firestore:"hlc"`
 	Vector      map[string]int64 `firestore:"vector"`
+	Transition  string           `firestore:"transition,omitempty"`
 	SyncTime    time.Time        `firestore:"sync_time,serverTimestamp"`
 }
 
@@ -234,7 +237,8 @@ func fromStateDoc(key syncer.Key, d stateDoc) syncer.Record {
 func toEventDoc(e syncer.Event) eventDoc {
 	return eventDoc{State: e.State, Action: e.Action, FromVersion: int64(e.FromVersion), ToVersion: int64(e.ToVersion),
 		Value: e.Value, Actor: e.Change.Actor, Reason: e.Change.Reason, ChangeTime: e.Change.Time, Origin: e.Origin,
-		OpID: e.OpID, Lamport: int64(e.Clock.Lamport), HLC: int64(e.Clock.HLC), Vector: toVector(e.Clock.Vector)}
+		OpID: e.OpID, Lamport: int64(e.Clock.Lamport), HLC: int64(e.Clock.HLC), Vector: toVector(e.Clock.Vector),
+		Transition: e.Transition}
 }
 
 func fromEventDoc(gov string, d eventDoc) syncer.Event {
@@ -244,7 +248,8 @@ func fromEventDoc(gov string, d eventDoc) syncer.Event {
 	return syncer.Event{Key: syncer.Key{Governor: gov, State: d.State}, Action: d.Action,
 		FromVersion: uint64(d.FromVersion), ToVersion: uint64(d.ToVersion), Value: d.Value,
 		Change: syncer.ChangeMeta{Actor: d.Actor, Reason: d.Reason, Time: d.ChangeTime}, Origin: d.Origin, OpID: d.OpID,
-		Clock: syncer.Clock{Lamport: uint64(d.Lamport), HLC: uint64(d.HLC), Vector: fromVector(d.Vector)}}
+		Clock:      syncer.Clock{Lamport: uint64(d.Lamport), HLC: uint64(d.HLC), Vector: fromVector(d.Vector)},
+		Transition: d.Transition}
 }
 
 // decodeState reads a state snapshot (which must exist).
@@ -516,10 +521,12 @@ func translate(ctx context.Context, op string, key syncer.Key, err error) error 
 // Kind returns the syncer error kind for an error of the Firestore client:
 // ErrNotFound, ErrUnavailable for what may succeed later (Unavailable,
 // DeadlineExceeded, Aborted: transaction contention, ResourceExhausted:
-// quota, Canceled, Internal, Unknown), ErrTooLarge for a request over
-// Firestore's size limits, ErrPermanent otherwise (InvalidArgument,
-// PermissionDenied, Unauthenticated, FailedPrecondition: a missing index,
-// AlreadyExists, OutOfRange, Unimplemented).
+// quota, Canceled, Internal, Unknown, and the InvalidArgument of a
+// transaction that expired before its commit: see expiredTransaction),
+// ErrTooLarge for a request over Firestore's size limits, ErrPermanent
+// otherwise (InvalidArgument, PermissionDenied, Unauthenticated,
+// FailedPrecondition: a missing index, AlreadyExists, OutOfRange,
+// Unimplemented).
 func Kind(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
@@ -537,6 +544,9 @@ func Kind(err error) error {
 			strings.Contains(msg, "too large") || strings.Contains(msg, "too many") {
 			return syncer.ErrTooLarge
 		}
+		if expiredTransaction(msg) {
+			return syncer.ErrUnavailable
+		}
 		return syncer.ErrPermanent
 	}
 	return syncer.ErrPermanent
@@ -546,3 +556,15 @@ var (
 	_ syncer.Remote  = (*Remote)(nil)
 	_ syncer.Watcher = (*Remote)(nil)
 )
+
+// expiredTransaction reports whether msg, the lower-cased message of an
+// InvalidArgument, says that the transaction a call used had expired or
+// been closed: Firestore ends a transaction that lived or idled too long
+// ("The referenced transaction has expired or is no longer valid"), and
+// its emulator one that waited too long for its locks ("Transaction is
+// invalid or closed"). Nothing of it was committed and a new transaction
+// may succeed: the commit is retried, not parked for good.
+func expiredTransaction(msg string) bool {
+	return strings.Contains(msg, "transaction") && (strings.Contains(msg, "expired") ||
+		strings.Contains(msg, "no longer valid") || strings.Contains(msg, "invalid or closed"))
+}

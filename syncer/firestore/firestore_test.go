@@ -57,6 +57,10 @@ func TestKind(t *testing.T) {
 		{status.Error(codes.Unauthenticated, "x"), syncer.ErrPermanent},
 		{status.Error(codes.InvalidArgument, "bad"), syncer.ErrPermanent},
 		{status.Error(codes.InvalidArgument, "Document exceeds the maximum size"), syncer.ErrTooLarge},
+		// An expired transaction (the emulator's words, then Firestore's):
+		// a new one may succeed.
+		{status.Error(codes.InvalidArgument, "Transaction is invalid or closed."), syncer.ErrUnavailable},
+		{status.Error(codes.InvalidArgument, "The referenced transaction has expired or is no longer valid."), syncer.ErrUnavailable},
 		{errors.New("connection reset"), syncer.ErrUnavailable},
 	}
 	for _, tc := range tests {

@@ -383,6 +383,19 @@ func testCompareAndSet(t *testing.T, ctx context.Context, r syncer.Remote) {
 	none := syncer.Key{Governor: "bank", State: "none"}
 	res = commit(t, ctx, r, true, syncer.Change{Key: none, CheckOnly: true})
 	wantStatus(t, res, syncer.Applied)
+
+	// A check naming the op that made the version: the right version made
+	// by another op fails it.
+	cur := get(t, ctx, r, limit)
+	w3 := change(acct, 2, "n", w.Record.Clock.Vector, "40")
+	other := syncer.Change{Key: limit, BaseVersion: cur.Version, CheckOnly: true, Record: syncer.Record{OpID: "not-" + cur.OpID}}
+	res, err = r.Commit(ctx, syncer.Batch{Changes: []syncer.Change{other, w3}, Atomic: true})
+	if !errors.Is(err, syncer.ErrConflict) {
+		t.Fatalf("check of another op's version: %v", err)
+	}
+	wantStatus(t, res, syncer.Conflict, syncer.Skipped)
+	same := syncer.Change{Key: limit, BaseVersion: cur.Version, CheckOnly: true, Record: syncer.Record{OpID: cur.OpID}}
+	wantStatus(t, commit(t, ctx, r, true, same, w3), syncer.Applied, syncer.Applied)
 }
 
 func testInvalid(t *testing.T, ctx context.Context, r syncer.Remote) {

@@ -1,0 +1,258 @@
+package localcache
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/tai-state/tai-state/syncer"
+)
+
+// Transactions through the push loop and strong transactions: against the
+// in-memory remote and Firestore on the emulator.
+
+func remoteMissing(t *testing.T, r syncer.Remote, k Key) {
+	t.Helper()
+	if rec, err := r.Get(context.Background(), syncer.Key(k)); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("remote %s: %+v, %v; want not found", k, rec, err)
+	}
+}
+
+func TestTxnPushChecks(t *testing.T) { forRemotes(t, testTxnPushChecks) }
+
+// testTxnPushChecks: an async transaction's checks are checked again in the
+// remote transaction. One whose checked state moved meanwhile gives way
+// whole (nothing of it reaches the remote; the local copy follows the
+// remote); one whose checks still hold is applied whole.
+func testTxnPushChecks(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	x, y, z := key("g", "x"), key("g", "y"), key("g", "z")
+	a.put(x, "1")
+	a.pushAll()
+	b.pullAll()
+
+	recs, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{{Key: y, Value: []byte("a")}, {Key: z, Value: []byte("a")}},
+		Checks: []TxnCheck{{Key: x, IfVersion: u64(1)}}})
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("txn: %+v, %v", recs, err)
+	}
+	b.put(x, "2")
+	b.pushAll()
+	rep := a.pushAll()
+	if rep.Superseded != 2 || rep.Pushed != 0 {
+		t.Fatalf("push of a transaction whose check failed: %+v, want 2 superseded", rep)
+	}
+	remoteMissing(t, remote, y)
+	remoteMissing(t, remote, z)
+	wantMissing(t, a.store, y)
+	wantMissing(t, a.store, z)
+	if err := a.store.WaitSynced(ctx, recs[0].Seq); !errors.Is(err, ErrVersionConflict) {
+		t.Fatalf("wait for the superseded transaction: %v, want a version conflict", err)
+	}
+
+	a.pullAll()
+	recs, err = a.store.WriteTxn(ctx, Txn{Writes: []Write{{Key: y, Value: []byte("a2")}, {Key: z, Value: []byte("a2")}},
+		Checks: []TxnCheck{{Key: x, IfVersion: u64(2)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := a.pushAll(); rep.Pushed != 2 {
+		t.Fatalf("push of a transaction whose check holds: %+v", rep)
+	}
+	for _, k := range []Key{y, z} {
+		if r := remoteGet(t, remote, k); string(r.Value) != "a2" || r.Version != 1 {
+			t.Fatalf("remote %s: %+v", k, r)
+		}
+	}
+	mustSynced(t, a, recs[1])
+}
+
+// commitThenFail applies the first commit and reports it failed, as a reply
+// lost after the remote committed.
+type commitThenFail struct {
+	syncer.Remote
+	done atomic.Bool
+}
+
+func (c *commitThenFail) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	res, err := c.Remote.Commit(ctx, b)
+	if err == nil && c.done.CompareAndSwap(false, true) {
+		return nil, syncer.ErrUnavailable
+	}
+	return res, err
+}
+
+func TestTxnPushExactlyOnce(t *testing.T) { forRemotes(t, testTxnPushExactlyOnce) }
+
+// testTxnPushExactlyOnce: a transaction the remote applied but whose reply
+// was lost is acked as already applied when pushed again, even though its
+// checked state moved since: it reaches the remote once.
+func testTxnPushExactlyOnce(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	shared := newRemote()
+	flaky := &commitThenFail{Remote: shared}
+	flaky.done.Store(true) // commits go through until the transaction's
+	a := newSyncNode(t, "a", flaky, "g")
+	b := newSyncNode(t, "b", shared, "g")
+	x, y := key("g", "x"), key("g", "y")
+	a.put(x, "1")
+	a.pushAll()
+	b.pullAll()
+	flaky.done.Store(false)
+	recs, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{{Key: y, Value: []byte("once")}}, Checks: []TxnCheck{{Key: x, IfVersion: u64(1)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.push.SyncOnce(ctx); err == nil {
+		t.Fatal("push with a lost reply: no error")
+	}
+	b.put(x, "2")
+	b.pushAll()
+	if rep := a.pushAll(); rep.AlreadyApplied != 1 {
+		t.Fatalf("second push: %+v, want the transaction already applied", rep)
+	}
+	mustSynced(t, a, recs[0])
+	evs, err := shared.Events(ctx, syncer.Key(y), 0, 0)
+	if r := remoteGet(t, shared, y); string(r.Value) != "once" || r.Version != 1 || err != nil || len(evs) != 1 {
+		t.Fatalf("remote %s: %+v, events %d (%v): want one version, one event", y, r, len(evs), err)
+	}
+	if got := a.get(y); got.Pending || got.Version != 1 {
+		t.Fatalf("local %s: %s", y, desc(&got))
+	}
+}
+
+func TestTxnPushWriteConflict(t *testing.T) { forRemotes(t, testTxnPushWriteConflict) }
+
+// testTxnPushWriteConflict: a transaction's write whose state another node
+// changed first loses whatever the clocks say: the whole transaction gives
+// way, so a transfer is never applied on balances it did not see.
+func testTxnPushWriteConflict(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	from, to := key("g", "from"), key("g", "to")
+	a.put(from, "100")
+	a.put(to, "100")
+	a.pushAll()
+	b.pullAll()
+	b.put(from, "50") // b moves 50 elsewhere first
+	b.pushAll()
+	if _, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{
+		{Key: from, Value: []byte("90"), IfVersion: u64(1)},
+		{Key: to, Value: []byte("110"), IfVersion: u64(1)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if rep := a.pushAll(); rep.Superseded != 2 {
+		t.Fatalf("push: %+v, want the transaction superseded", rep)
+	}
+	if r := remoteGet(t, remote, from); string(r.Value) != "50" {
+		t.Fatalf("remote from: %+v", r)
+	}
+	if r := remoteGet(t, remote, to); string(r.Value) != "100" || r.Version != 1 {
+		t.Fatalf("remote to: %+v", r)
+	}
+	if got := a.get(from); string(got.Value) != "50" {
+		t.Fatalf("local from: %s, want the remote's", desc(&got))
+	}
+}
+
+// downFetcher is a shared store that cannot be reached.
+type downFetcher struct{}
+
+func (downFetcher) Fetch(context.Context, syncer.Key) (syncer.Record, syncer.ApplyStatus, error) {
+	return syncer.Record{}, 0, syncer.ErrUnavailable
+}
+
+func TestTxnStrong(t *testing.T) { forRemotes(t, testTxnStrong) }
+
+// testTxnStrong: a strong transaction is checked against the shared store
+// and committed there before it returns; one that loses to a concurrent
+// change is tried again (attempts > 1) and then applies on the fresh
+// records; a precondition that fails against them is a version conflict;
+// an unreachable shared store is Unavailable, with nothing written.
+func testTxnStrong(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	runPush(t, a)
+	runPush(t, b)
+	p, q, r := key("g", "p"), key("g", "q"), key("g", "r")
+
+	recs, used, err := a.store.WriteTxnStrong(ctx, a.pull, Txn{Writes: []Write{{Key: p, Value: []byte("1")}, {Key: q, Value: []byte("1")}},
+		Checks: []TxnCheck{{Key: r, IfVersion: u64(0)}}}, 0)
+	if err != nil || used != 1 || len(recs) != 2 || recs[0].Pending {
+		t.Fatalf("strong txn: %+v, %d attempts, %v", recs, used, err)
+	}
+	for _, k := range []Key{p, q} {
+		if rec := remoteGet(t, remote, k); string(rec.Value) != "1" {
+			t.Fatalf("remote %s: %+v", k, rec)
+		}
+	}
+
+	// b changes p between a's read and a's commit, once: a's first
+	// attempt loses, the second applies.
+	var once sync.Once
+	slip := hookFetcher{Puller: a.pull, after: func() {
+		once.Do(func() {
+			if _, err := b.store.WriteStrong(ctx, b.pull, []Write{{Key: p, Value: []byte("b")}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}}
+	_, used, err = a.store.WriteTxnStrong(ctx, slip, Txn{Writes: []Write{{Key: p, Value: []byte("a")}, {Key: q, Value: []byte("a")}}}, 5)
+	if err != nil || used != 2 {
+		t.Fatalf("strong txn that lost once: %d attempts, %v; want 2 attempts", used, err)
+	}
+	if rec := remoteGet(t, remote, p); string(rec.Value) != "a" || rec.Version != 3 {
+		t.Fatalf("remote p: %+v", rec)
+	}
+
+	// A check that another node made fail: the retry reports the conflict.
+	once = sync.Once{}
+	slip.after = func() {
+		once.Do(func() {
+			if _, err := b.store.WriteStrong(ctx, b.pull, []Write{{Key: r, Value: []byte("b")}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	_, used, err = a.store.WriteTxnStrong(ctx, slip, Txn{Writes: []Write{{Key: q, Value: []byte("a2")}}, Checks: []TxnCheck{{Key: r, IfVersion: u64(0)}}}, 5)
+	wantConflict(t, err, 0, 1)
+	if used != 2 {
+		t.Fatalf("strong txn whose check failed remotely: %d attempts, want 2", used)
+	}
+	if rec := remoteGet(t, remote, q); string(rec.Value) != "a" {
+		t.Fatalf("remote q after the failed txn: %+v", rec)
+	}
+
+	// Every attempt lost: Unavailable after the configured attempts.
+	var n atomic.Int64
+	always := hookFetcher{Puller: a.pull, after: func() {
+		if _, err := b.store.WriteStrong(ctx, b.pull, []Write{{Key: q, Value: []byte(strconv.FormatInt(n.Add(1), 10))}}); err != nil {
+			t.Error(err)
+		}
+	}}
+	_, used, err = a.store.WriteTxnStrong(ctx, always, Txn{Writes: []Write{{Key: q, Value: []byte("a3")}}}, 2)
+	if !errors.Is(err, syncer.ErrUnavailable) || used != 2 {
+		t.Fatalf("strong txn losing every attempt: %d attempts, %v; want Unavailable after 2", used, err)
+	}
+
+	// Offline.
+	depth := a.store.Depth()
+	if _, _, err := a.store.WriteTxnStrong(ctx, downFetcher{}, Txn{Writes: []Write{{Key: key("g", "off"), Value: []byte("x")}}}, 0); !errors.Is(err, syncer.ErrUnavailable) {
+		t.Fatalf("strong txn offline: %v, want Unavailable", err)
+	}
+	if a.store.Depth() != depth {
+		t.Fatal("a strong txn offline was journaled")
+	}
+	wantMissing(t, a.store, key("g", "off"))
+}

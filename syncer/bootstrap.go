@@ -1,0 +1,233 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+)
+
+// History in the shared store (docs/decisions/0019). Besides each state's
+// record and its events, the shared store holds the snapshots nodes took
+// (their K newest per state). The pull loop brings a state's remote
+// history along with each remote record it applies, so that every node's
+// local event log holds the same history: the events of the versions
+// pulled, and, for a state the node has no history of yet (a fresh node:
+// bootstrap), the remote snapshots and events from a starting point that
+// HistoryMode chooses.
+
+// Snapshot is a state's record at one version, as a node took it, and when
+// it was taken (Unix nanoseconds). A snapshot of a deletion has Deleted set.
+type Snapshot struct {
+	Record
+	TakenAt int64
+}
+
+// SnapshotStatus is what PutSnapshot did.
+type SnapshotStatus uint8
+
+// Snapshot statuses.
+const (
+	// SnapshotStored: the snapshot was written.
+	SnapshotStored SnapshotStatus = iota + 1
+	// SnapshotExists: the remote has a snapshot of that version already
+	// (from this node or another); nothing was written.
+	SnapshotExists
+	// SnapshotUnsynced: the change that made the snapshot's version is not
+	// in the remote's event log yet; try again after it is pushed.
+	SnapshotUnsynced
+	// SnapshotMismatch: the remote's event log holds the change under
+	// another version (it was renumbered by a rebase), or holds another
+	// change at that version: the snapshot is not of the shared history
+	// and is never written.
+	SnapshotMismatch
+)
+
+func (s SnapshotStatus) String() string {
+	switch s {
+	case SnapshotStored:
+		return "stored"
+	case SnapshotExists:
+		return "exists"
+	case SnapshotUnsynced:
+		return "unsynced"
+	case SnapshotMismatch:
+		return "mismatch"
+	}
+	return "unknown"
+}
+
+// HistoryRemote is the part of a remote that holds history: its event log
+// and its snapshots. syncer/firestore implements it.
+type HistoryRemote interface {
+	// Events is Remote.Events.
+	Events(ctx context.Context, key Key, afterVersion uint64, limit int) ([]Event, error)
+	// PutSnapshot stores snap unless the remote has a snapshot of its key
+	// and version already, and only when the remote's event log holds
+	// snap.OpID at snap.Version (see SnapshotStatus). After a write it
+	// drops the key's snapshots beyond the keep newest (keep <= 0: none
+	// dropped).
+	PutSnapshot(ctx context.Context, snap Snapshot, keep int) (SnapshotStatus, error)
+	// Snapshots returns the snapshots of key with versions above
+	// afterVersion and at or below maxVersion, oldest first.
+	Snapshots(ctx context.Context, key Key, afterVersion, maxVersion uint64) ([]Snapshot, error)
+}
+
+// HistoryMode says where the history of a state a node has none of starts.
+type HistoryMode string
+
+// History modes.
+const (
+	// HistorySinceSnapshot starts at the newest remote snapshot at or below
+	// the version pulled, followed by the later events (the whole event
+	// log when the state has no snapshot).
+	HistorySinceSnapshot HistoryMode = "since_snapshot"
+	// HistoryFull brings the whole remote event log and every remote
+	// snapshot at or below the version pulled.
+	HistoryFull HistoryMode = "full"
+	// HistoryNone brings no history: pulled versions stay gaps in the
+	// local log.
+	HistoryNone HistoryMode = "none"
+)
+
+// ParseHistoryMode checks a history mode's name ("" is
+// HistorySinceSnapshot).
+func ParseHistoryMode(s string) (HistoryMode, error) {
+	switch m := HistoryMode(s); m {
+	case "":
+		return HistorySinceSnapshot, nil
+	case HistorySinceSnapshot, HistoryFull, HistoryNone:
+		return m, nil
+	}
+	return "", fmt.Errorf("history %q: want %q, %q or %q", s, HistorySinceSnapshot, HistoryFull, HistoryNone)
+}
+
+// History is the remote history of one state that an applier stores with
+// the state's record: snapshots and events, each in version order, all of
+// versions above what the local store holds of the state and at or below
+// the record's version.
+type History struct {
+	Snapshots []Snapshot
+	Events    []Event
+}
+
+// Empty says h holds nothing.
+func (h History) Empty() bool { return len(h.Snapshots) == 0 && len(h.Events) == 0 }
+
+// HistoryApplier is an Applier that stores remote history (see
+// RemoteBatch.History).
+type HistoryApplier interface {
+	Applier
+	// HistoryTop returns the highest version of key that the local history
+	// holds (an event or a snapshot; 0: none).
+	HistoryTop(ctx context.Context, key Key) (uint64, error)
+}
+
+// historyPage is how many events one Events call asks for.
+const historyPage = 1000
+
+// FetchHistory reads the remote history of key above top (what the local
+// store holds, see HistoryApplier.HistoryTop) up to version, as mode says:
+// with top 0 and HistorySinceSnapshot, the newest snapshot at or below
+// version and the events after it; with HistoryFull every snapshot and
+// event; with top > 0, the snapshots and events after top (a node that has
+// a history of a state continues it). Errors are the remote's.
+func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode) (History, error) {
+	var h History
+	if mode == HistoryNone || version <= top {
+		return h, nil
+	}
+	after := top
+	snaps, err := r.Snapshots(ctx, key, top, version)
+	if err != nil {
+		return History{}, fmt.Errorf("snapshots of %s: %w", key, err)
+	}
+	if n := len(snaps); n > 0 && top == 0 && mode == HistorySinceSnapshot {
+		snaps = snaps[n-1:]
+		after = snaps[0].Version
+	}
+	h.Snapshots = snaps
+	for after < version {
+		evs, err := r.Events(ctx, key, after, historyPage)
+		if err != nil {
+			return History{}, fmt.Errorf("events of %s: %w", key, err)
+		}
+		for _, e := range evs {
+			if e.ToVersion <= after {
+				return History{}, fmt.Errorf("events of %s: %w: version %d after %d", key, ErrPermanent, e.ToVersion, after)
+			}
+			if e.ToVersion > version {
+				return h, nil
+			}
+			e.Key = key
+			h.Events = append(h.Events, e)
+			after = e.ToVersion
+		}
+		if len(evs) < historyPage {
+			break
+		}
+	}
+	return h, nil
+}
+
+// withHistory returns b with the remote history of each record the local
+// store lacks (nil History when the puller brings none).
+func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, error) {
+	mode := p.opts.HistoryMode
+	ha, ok := p.applier.(HistoryApplier)
+	if !ok || p.opts.History == nil || mode == HistoryNone {
+		return b, nil
+	}
+	b.History = make([]History, len(b.Records))
+	for i, r := range b.Records {
+		top, err := ha.HistoryTop(ctx, r.Key)
+		if err != nil {
+			return b, fmt.Errorf("local history of %s: %w", r.Key, err)
+		}
+		if top >= r.Version {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+		h, err := FetchHistory(cctx, p.opts.History, r.Key, top, r.Version, mode)
+		cancel()
+		if err != nil {
+			return b, err
+		}
+		b.History[i] = h
+	}
+	return b, nil
+}
+
+// historyChunk is about the most history items (events and snapshots) one
+// ApplyRemote call stores: a page of records with long histories is
+// applied in several calls.
+const historyChunk = 2000
+
+// applyChunks applies b in calls of about historyChunk history items
+// each, the records in order; only the last call stores the governor's
+// cursor, so a crash between them redoes the page from the old cursor
+// (the records applied already are then stale, and their history is in).
+func (p *Puller) applyChunks(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	if b.History == nil || len(b.Records) == 0 {
+		return p.applier.ApplyRemote(ctx, b)
+	}
+	var out ApplyResult
+	for start := 0; start < len(b.Records); {
+		end, items := start, 0
+		for end < len(b.Records) && (end == start || items+historyItems(b.History[end]) <= historyChunk) {
+			items += historyItems(b.History[end])
+			end++
+		}
+		part := RemoteBatch{Records: b.Records[start:end], History: b.History[start:end]}
+		if end == len(b.Records) {
+			part.Governor, part.Cursor = b.Governor, b.Cursor
+		}
+		res, err := p.applier.ApplyRemote(ctx, part)
+		if err != nil {
+			return out, err
+		}
+		out.Statuses = append(out.Statuses, res.Statuses...)
+		start = end
+	}
+	return out, nil
+}
+
+func historyItems(h History) int { return len(h.Events) + len(h.Snapshots) }

@@ -1,0 +1,88 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+// histApplier is a MemJournal that holds no history and records the
+// batches it is given.
+type histApplier struct {
+	*MemJournal
+	mu      sync.Mutex
+	batches []RemoteBatch
+}
+
+func (a *histApplier) HistoryTop(context.Context, Key) (uint64, error) { return 0, nil }
+
+func (a *histApplier) ApplyRemote(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	a.mu.Lock()
+	a.batches = append(a.batches, b)
+	a.mu.Unlock()
+	return a.MemJournal.ApplyRemote(ctx, b)
+}
+
+// histRemote is a history remote whose every state has versions 1..n.
+type histRemote struct{ n uint64 }
+
+func (r histRemote) Events(_ context.Context, k Key, after uint64, limit int) ([]Event, error) {
+	var out []Event
+	for v := after + 1; v <= r.n && len(out) < limit; v++ {
+		out = append(out, Event{Key: k, Action: ActionPut, FromVersion: v - 1, ToVersion: v, OpID: fmt.Sprint("op-", v)})
+	}
+	return out, nil
+}
+
+func (histRemote) PutSnapshot(context.Context, Snapshot, int) (SnapshotStatus, error) {
+	return SnapshotStored, nil
+}
+
+func (histRemote) Snapshots(context.Context, Key, uint64, uint64) ([]Snapshot, error) {
+	return nil, nil
+}
+
+// A page of records with long histories is applied in several calls of
+// about historyChunk items, in order, the cursor stored by the last one
+// only; every event up to each record's version comes along, in pages.
+func TestPullHistoryChunks(t *testing.T) {
+	const states, versions = 7, 900 // two states per call: 4 calls
+	a := &histApplier{MemJournal: NewMemJournal("n")}
+	var recs []Record
+	for i := range states {
+		recs = append(recs, Record{Key: Key{Governor: "g", State: fmt.Sprint("s", i)}, Version: versions, OpID: "op",
+			Origin: "x", Clock: Clock{Vector: map[string]uint64{"x": versions}}})
+	}
+	p := NewPuller(a, nil, PullOptions{History: histRemote{n: versions}, HistoryMode: HistoryFull})
+	res, err := p.apply(context.Background(), RemoteBatch{Records: recs, Governor: "g", Cursor: "c1"})
+	if err != nil || len(res.Statuses) != states || res.Count(ApplyNewer) != states {
+		t.Fatalf("apply: %+v, %v", res, err)
+	}
+	if len(a.batches) != 4 {
+		t.Fatalf("%d ApplyRemote calls, want 4", len(a.batches))
+	}
+	seen := 0
+	for i, b := range a.batches {
+		items := 0
+		for j, h := range b.History {
+			items += len(h.Events)
+			if n := len(h.Events); n != versions || h.Events[0].ToVersion != 1 || h.Events[n-1].ToVersion != versions {
+				t.Fatalf("history of %s: %d events", b.Records[j].Key, n)
+			}
+			if b.Records[j].Key != recs[seen].Key {
+				t.Fatalf("call %d holds %s, want %s next", i, b.Records[j].Key, recs[seen].Key)
+			}
+			seen++
+		}
+		if items > historyChunk && len(b.Records) > 1 {
+			t.Fatalf("call %d holds %d items", i, items)
+		}
+		if last := i == len(a.batches)-1; (b.Governor == "g" && b.Cursor == "c1") != last {
+			t.Fatalf("call %d: governor %q cursor %q", i, b.Governor, b.Cursor)
+		}
+	}
+	if c, _ := a.Cursor(context.Background(), "g"); c != "c1" {
+		t.Fatalf("cursor %q", c)
+	}
+}

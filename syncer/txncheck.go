@@ -1,0 +1,96 @@
+package syncer
+
+// Transactions (docs/decisions/0017): a local transaction is an atomic batch
+// whose first entry also carries the versions of the states it checked
+// without writing them. The push loop commits those checks as CheckOnly
+// changes in the batch's remote transaction, so a check holds when the
+// batch is applied, not only when it was made. A check that no longer holds
+// makes the whole transaction give way: nothing of it is written, its
+// entries are superseded and the local side adopts the remote records of
+// its keys, as for a strict change that loses a conflict.
+
+// Check is one version check of a transaction: the remote must hold Key at
+// Version (a tombstone counts with its version; 0: the remote has no record
+// of Key), made by OpID when that is set, when the transaction is applied.
+// (Versions alone could match a different history: a local change that
+// lost a conflict had the winner's version number.)
+type Check struct {
+	Key     Key
+	Version uint64
+	OpID    string
+}
+
+// checkParts returns a part per check of group's entries (a transaction's
+// checks ride on its first entry).
+func checkParts(group []Entry) []*part {
+	var out []*part
+	for _, e := range group {
+		for _, c := range e.Checks {
+			out = append(out, &part{key: c.Key, base: c.Version, check: true, checkOp: c.OpID})
+		}
+	}
+	return out
+}
+
+// checkFailed settles an atomic unit's commit in which a check conflicted,
+// and reports whether one did. If the remote already covers every write of
+// the unit (the transaction was applied before, and its ack was lost), the
+// writes are acked as already applied; otherwise the transaction gives way
+// (see above).
+func (s *Syncer) checkFailed(ps *passState, u *unit, b *batch, results []Result) bool {
+	failed := -1
+	applied := true
+	for i, p := range b.owner {
+		switch {
+		case p.check && results[i].Status == Conflict && failed < 0:
+			failed = i
+		case !p.check:
+			last := p.entries[len(p.entries)-1].Record
+			applied = applied && results[i].Exists && Covers(results[i].Remote, Change{Record: last})
+		}
+	}
+	if failed < 0 {
+		return false
+	}
+	for i, p := range b.owner {
+		if p.check {
+			continue
+		}
+		if applied {
+			s.ackPart(ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote})
+			continue
+		}
+		remote := results[i].Remote
+		if !results[i].Exists {
+			remote = Record{Key: p.key}
+		}
+		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomeSuperseded, Remote: remote})
+		ps.rep.Superseded += len(p.entries)
+	}
+	if !applied {
+		c := b.owner[failed]
+		s.log.Info("push: a transaction's check failed, the transaction gives way", "key", c.key.String(),
+			"checked_version", c.base, "remote_version", results[failed].Remote.Version, "remote_exists", results[failed].Exists)
+	}
+	s.finishUnit(ps, u)
+	return true
+}
+
+// AppendTxn appends ws as one transaction that also checks checks (see
+// Check), like Append. The checks are attached after the writes are
+// appended: append before the push loop runs (it is for tests).
+func (j *MemJournal) AppendTxn(checks []Check, ws ...MemWrite) ([]Entry, error) {
+	out, err := j.Append(ws...)
+	if err != nil || len(out) == 0 || len(checks) == 0 {
+		return out, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := range j.pending {
+		if j.pending[i].Seq == out[0].Seq {
+			j.pending[i].Checks = append([]Check(nil), checks...)
+		}
+	}
+	out[0].Checks = append([]Check(nil), checks...)
+	return out, nil
+}

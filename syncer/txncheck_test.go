@@ -1,0 +1,113 @@
+package syncer_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
+	"github.com/tai-state/tai-state/syncer/memremote"
+)
+
+// txnRemotes are the remotes the transaction push scenarios run against.
+var txnRemotes = []struct {
+	name string
+	open func(t *testing.T) syncer.Remote
+}{
+	{"memremote", func(*testing.T) syncer.Remote { return memremote.New() }},
+	{"firestore", func(t *testing.T) syncer.Remote { return firestoretest.Open(t) }},
+}
+
+// TestPushTxnChecks: a transaction's checks ride in the remote transaction
+// that applies its writes as CheckOnly changes. While they hold the writes
+// are applied whole; once a checked state moved the transaction gives way
+// whole (nothing written, its entries superseded, the local side adopting
+// the remote records of its keys) without holding back other keys; a
+// single write with a check is atomic too.
+func TestPushTxnChecks(t *testing.T) {
+	for _, be := range txnRemotes {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			r := be.open(t)
+			a, b := syncer.NewMemJournal("a"), syncer.NewMemJournal("b")
+			pa, pb := syncer.New(a, r, syncer.Options{}), syncer.New(b, r, syncer.Options{})
+			key := func(s string) syncer.Key { return syncer.Key{Governor: "g", State: s} }
+			push := func(s *syncer.Syncer) syncer.Report {
+				t.Helper()
+				rep, err := s.SyncOnce(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return rep
+			}
+			mustAppend := func(j *syncer.MemJournal, checks []syncer.Check, ws ...syncer.MemWrite) {
+				t.Helper()
+				if _, err := j.AppendTxn(checks, ws...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// b creates the checked state.
+			mustAppend(b, nil, syncer.MemWrite{Key: key("x"), Value: []byte("1")})
+			push(pb)
+
+			// Holds: x is at 1 (a's check says so), y does not exist.
+			mustAppend(a, []syncer.Check{{Key: key("x"), Version: 1}, {Key: key("none"), Version: 0}},
+				syncer.MemWrite{Key: key("y"), Value: []byte("a"), Strict: true},
+				syncer.MemWrite{Key: key("w"), Value: []byte("a"), Strict: true})
+			if rep := push(pa); rep.Pushed != 2 {
+				t.Fatalf("transaction whose checks hold: %+v", rep)
+			}
+			if rec, err := r.Get(ctx, key("y")); err != nil || string(rec.Value) != "a" {
+				t.Fatalf("remote y: %+v, %v", rec, err)
+			}
+
+			// b moves x; a's next transaction (checked on x at 1) gives
+			// way, a single write too; an unrelated write goes through.
+			mustAppend(b, nil, syncer.MemWrite{Key: key("x"), Value: []byte("2")})
+			push(pb)
+			mustAppend(a, []syncer.Check{{Key: key("x"), Version: 1}},
+				syncer.MemWrite{Key: key("y"), Value: []byte("a2"), Strict: true},
+				syncer.MemWrite{Key: key("z"), Value: []byte("a2"), Strict: true})
+			mustAppend(a, []syncer.Check{{Key: key("x"), Version: 1}}, syncer.MemWrite{Key: key("v"), Value: []byte("a2"), Strict: true})
+			mustAppend(a, nil, syncer.MemWrite{Key: key("free"), Value: []byte("a")})
+			rep := push(pa)
+			if rep.Superseded != 3 || rep.Pushed != 1 || rep.Parked != 0 {
+				t.Fatalf("transactions whose check failed: %+v, want 3 superseded, 1 pushed", rep)
+			}
+			if rec, err := r.Get(ctx, key("y")); err != nil || string(rec.Value) != "a" || rec.Version != 1 {
+				t.Fatalf("remote y after the failed transaction: %+v, %v", rec, err)
+			}
+			for _, k := range []string{"z", "v"} {
+				if rec, err := r.Get(ctx, key(k)); !errors.Is(err, syncer.ErrNotFound) {
+					t.Fatalf("remote %s after the failed transaction: %+v, %v", k, rec, err)
+				}
+				if rec, ok := a.Record(key(k)); ok {
+					t.Fatalf("local %s after the failed transaction: %+v, want none", k, rec)
+				}
+			}
+			if rec, ok := a.Record(key("y")); !ok || string(rec.Value) != "a" {
+				t.Fatalf("local y after the failed transaction: %+v, want the remote's", rec)
+			}
+			if a.Depth() != 0 {
+				t.Fatalf("journal depth %d after the push", a.Depth())
+			}
+
+			// The right version made by another op (a history the
+			// transaction did not see) fails the check too; the op that
+			// made it passes.
+			x, err := r.Get(ctx, key("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustAppend(a, []syncer.Check{{Key: key("x"), Version: x.Version, OpID: "other-op"}}, syncer.MemWrite{Key: key("u"), Value: []byte("a"), Strict: true})
+			if rep := push(pa); rep.Superseded != 1 {
+				t.Fatalf("check of the right version made by another op: %+v, want superseded", rep)
+			}
+			mustAppend(a, []syncer.Check{{Key: key("x"), Version: x.Version, OpID: x.OpID}}, syncer.MemWrite{Key: key("u"), Value: []byte("a"), Strict: true})
+			if rep := push(pa); rep.Pushed != 1 {
+				t.Fatalf("check of the version and op the remote holds: %+v, want pushed", rep)
+			}
+		})
+	}
+}

@@ -231,19 +231,12 @@ func (g *guideRun) environ() []string { return guideEnviron() }
 func guideEnviron() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "TAI_") || strings.HasPrefix(kv, "PATH=") || strings.HasPrefix(kv, "GORACE=") {
+		if strings.HasPrefix(kv, "TAI_") || strings.HasPrefix(kv, "PATH=") {
 			continue
 		}
 		env = append(env, kv)
 	}
-	// A binary built with -race sleeps a second at exit unless told not to;
-	// the sessions run it dozens of times.
-	gorace := "atexit_sleep_ms=0"
-	if v := os.Getenv("GORACE"); v != "" {
-		gorace = v + " " + gorace
-	}
-	return append(env, "PATH="+filepath.Dir(sidecarBin)+string(os.PathListSeparator)+os.Getenv("PATH"), "PYTHONDONTWRITEBYTECODE=1",
-		"GORACE="+gorace)
+	return append(env, "PATH="+filepath.Dir(sidecarBin)+string(os.PathListSeparator)+os.Getenv("PATH"), "PYTHONDONTWRITEBYTECODE=1")
 }
 
 // console runs a shell session and checks each command's output.

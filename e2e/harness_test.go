@@ -43,6 +43,14 @@ func buildAndRun(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build tai-sidecar:", err)
 		return 1
 	}
+	// A binary built with -race sleeps a second at exit unless told not to;
+	// the tests run the CLI and restart sidecars hundreds of times. Every
+	// process they start inherits this.
+	gorace := "atexit_sleep_ms=0"
+	if v := os.Getenv("GORACE"); v != "" {
+		gorace = v + " " + gorace
+	}
+	os.Setenv("GORACE", gorace)
 	return m.Run()
 }
 

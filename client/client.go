@@ -88,7 +88,7 @@ type Client struct {
 
 	mu       sync.Mutex
 	slots    []*slot
-	sessions map[*conn]struct{} // connections of lock calls: see locks.go
+	sessions map[*conn]struct{} // connections of lock calls and ServeConflicts: see dialSession
 	closed   bool
 }
 
@@ -644,10 +644,8 @@ func (c *Client) PendingPage(ctx context.Context, after uint64, limit int) (*wir
 // start), at most limit entries (0: the sidecar's default, 100; at most
 // 1000), and the after of the next page (0 when there is none).
 func (c *Client) Failed(ctx context.Context, after uint64, limit int) ([]*wire.Failed, uint64, error) {
-	if limit < 0 {
-		e := errorf(wire.CodeInvalidArgument, "failed limit %d is negative", limit)
-		e.Field = "limit"
-		return nil, 0, e
+	if err := checkLimit(wire.OpFailed, limit); err != nil {
+		return nil, 0, err
 	}
 	resp, err := c.do(ctx, &wire.Request{Op: wire.OpFailed, After: after, Limit: limit})
 	if err != nil {

@@ -32,17 +32,11 @@ func (c *Client) Conflicts(ctx context.Context, gov string, opts ConflictsOption
 	if err := c.checkScope(gov, opts.State); err != nil {
 		return nil, "", err
 	}
-	if opts.Limit < 0 {
-		e := errorf(wire.CodeInvalidArgument, "conflicts limit %d is negative", opts.Limit)
-		e.Field = "limit"
-		return nil, "", e
-	}
-	req := &wire.Request{Op: wire.OpConflicts, Governor: gov, State: opts.State, Limit: opts.Limit, Cursor: opts.Cursor}
-	var err error
-	if req.From, err = unixNanos("from", opts.Since); err != nil {
+	if err := checkLimit(wire.OpConflicts, opts.Limit); err != nil {
 		return nil, "", err
 	}
-	if req.To, err = unixNanos("to", opts.Until); err != nil {
+	req := &wire.Request{Op: wire.OpConflicts, Governor: gov, State: opts.State, Limit: opts.Limit, Cursor: opts.Cursor}
+	if err := setTimeRange(req, opts.Since, opts.Until); err != nil {
 		return nil, "", err
 	}
 	resp, err := c.do(ctx, req)

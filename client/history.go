@@ -60,17 +60,11 @@ func (c *Client) Events(ctx context.Context, gov string, opts EventsOptions) ([]
 	if err := c.checkScope(gov, opts.State); err != nil {
 		return nil, "", err
 	}
-	if opts.Limit < 0 {
-		e := errorf(wire.CodeInvalidArgument, "events limit %d is negative", opts.Limit)
-		e.Field = "limit"
-		return nil, "", e
-	}
-	req := &wire.Request{Op: wire.OpEvents, Governor: gov, State: opts.State, Action: opts.Action, Limit: opts.Limit, Cursor: opts.Cursor}
-	var err error
-	if req.From, err = unixNanos("from", opts.From); err != nil {
+	if err := checkLimit(wire.OpEvents, opts.Limit); err != nil {
 		return nil, "", err
 	}
-	if req.To, err = unixNanos("to", opts.To); err != nil {
+	req := &wire.Request{Op: wire.OpEvents, Governor: gov, State: opts.State, Action: opts.Action, Limit: opts.Limit, Cursor: opts.Cursor}
+	if err := setTimeRange(req, opts.From, opts.To); err != nil {
 		return nil, "", err
 	}
 	resp, err := c.do(ctx, req)
@@ -204,4 +198,25 @@ func unixNanos(field string, t time.Time) (int64, error) {
 		return 0, e
 	}
 	return t.UnixNano(), nil
+}
+
+// checkLimit refuses a negative page size of op with InvalidArgument.
+func checkLimit(op string, limit int) error {
+	if limit < 0 {
+		e := errorf(wire.CodeInvalidArgument, "%s limit %d is negative", op, limit)
+		e.Field = "limit"
+		return e
+	}
+	return nil
+}
+
+// setTimeRange sets req's from and to (Unix nanoseconds) for a query over
+// [from, to]; a zero time leaves that end open.
+func setTimeRange(req *wire.Request, from, to time.Time) error {
+	var err error
+	if req.From, err = unixNanos("from", from); err != nil {
+		return err
+	}
+	req.To, err = unixNanos("to", to)
+	return err
 }

@@ -336,6 +336,24 @@ func sessionFrom(ctx context.Context, c *Client) *lockSession {
 
 // openSession dials a connection for lock calls. Client.Close closes it too.
 func (c *Client) openSession(ctx context.Context) (*lockSession, error) {
+	s := &lockSession{c: c, lost: make(map[uint64]chan *Error)}
+	cn, err := c.dialSession(ctx, func(cn *conn) { cn.locks = s })
+	if err != nil {
+		return nil, err
+	}
+	s.cn = cn
+	return s, nil
+}
+
+// close closes the session's connection: the sidecar releases its bound
+// locks and ends its waits.
+func (s *lockSession) close() { s.c.closeSession(s.cn) }
+
+// dialSession dials a connection of its own for a session (lock calls,
+// ServeConflicts): attach runs under the connection's lock before any frame
+// can arrive, to route its push frames. Client.Close closes the connection
+// too; closeSession closes it earlier.
+func (c *Client) dialSession(ctx context.Context, attach func(*conn)) (*conn, error) {
 	if _, err := c.getSlots(); err != nil {
 		return nil, err
 	}
@@ -343,9 +361,8 @@ func (c *Client) openSession(ctx context.Context) (*lockSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &lockSession{c: c, cn: cn, lost: make(map[uint64]chan *Error)}
 	cn.mu.Lock()
-	cn.locks = s
+	attach(cn)
 	cn.mu.Unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -357,16 +374,15 @@ func (c *Client) openSession(ctx context.Context) (*lockSession, error) {
 		c.sessions = make(map[*conn]struct{})
 	}
 	c.sessions[cn] = struct{}{}
-	return s, nil
+	return cn, nil
 }
 
-// close closes the session's connection: the sidecar releases its bound
-// locks and ends its waits.
-func (s *lockSession) close() {
-	s.c.mu.Lock()
-	delete(s.c.sessions, s.cn)
-	s.c.mu.Unlock()
-	s.cn.close(ErrClosed)
+// closeSession closes a connection dialSession opened.
+func (c *Client) closeSession(cn *conn) {
+	c.mu.Lock()
+	delete(c.sessions, cn)
+	c.mu.Unlock()
+	cn.close(ErrClosed)
 }
 
 // send queues req (whose id is set if it has none) on the session's

@@ -174,38 +174,18 @@ type resolverSession struct {
 // openResolver dials a connection for ServeConflicts. Client.Close closes
 // it too.
 func (c *Client) openResolver(ctx context.Context) (*resolverSession, error) {
-	if _, err := c.getSlots(); err != nil {
-		return nil, err
-	}
-	cn, err := c.dial(ctx)
+	s := &resolverSession{c: c, conflicts: make(chan *wire.AppConflict, conflictBacklog),
+		received: make(map[uint64]time.Time)}
+	cn, err := c.dialSession(ctx, func(cn *conn) { cn.resolver = s })
 	if err != nil {
 		return nil, err
 	}
-	s := &resolverSession{c: c, cn: cn, conflicts: make(chan *wire.AppConflict, conflictBacklog),
-		received: make(map[uint64]time.Time)}
-	cn.mu.Lock()
-	cn.resolver = s
-	cn.mu.Unlock()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		cn.close(ErrClosed)
-		return nil, ErrClosed
-	}
-	if c.sessions == nil {
-		c.sessions = make(map[*conn]struct{})
-	}
-	c.sessions[cn] = struct{}{}
+	s.cn = cn
 	return s, nil
 }
 
 // close closes the connection: the sidecar ends the registration.
-func (s *resolverSession) close() {
-	s.c.mu.Lock()
-	delete(s.c.sessions, s.cn)
-	s.c.mu.Unlock()
-	s.cn.close(ErrClosed)
-}
+func (s *resolverSession) close() { s.c.closeSession(s.cn) }
 
 // push takes a conflict pushed on the session's connection. The
 // connection's reader calls it: it does not block, and drops a conflict

@@ -158,10 +158,8 @@ func (c *Client) Replay(ctx context.Context, gov string, opts ReplayOptions) (it
 	if err := c.checkScope(gov, opts.State); err != nil {
 		return nil, "", false, err
 	}
-	if opts.Limit < 0 {
-		e := errorf(wire.CodeInvalidArgument, "replay limit %d is negative", opts.Limit)
-		e.Field = "limit"
-		return nil, "", false, e
+	if err := checkLimit(wire.OpReplay, opts.Limit); err != nil {
+		return nil, "", false, err
 	}
 	resp, err := c.do(ctx, &wire.Request{Op: wire.OpReplay, Governor: gov, State: opts.State, Latest: opts.Latest,
 		Limit: opts.Limit, Cursor: opts.Cursor})

@@ -122,17 +122,11 @@ type TxLogOptions struct {
 // TxLog returns one page of the sidecar's transaction log, oldest first,
 // and the cursor of the next page ("" when the query is complete).
 func (c *Client) TxLog(ctx context.Context, opts TxLogOptions) ([]*wire.TxnLogEntry, string, error) {
-	if opts.Limit < 0 {
-		e := errorf(wire.CodeInvalidArgument, "txlog limit %d is negative", opts.Limit)
-		e.Field = "limit"
-		return nil, "", e
-	}
-	req := &wire.Request{Op: wire.OpTxLog, Governor: opts.Governor, Outcome: opts.Outcome, Limit: opts.Limit, Cursor: opts.Cursor}
-	var err error
-	if req.From, err = unixNanos("from", opts.Since); err != nil {
+	if err := checkLimit(wire.OpTxLog, opts.Limit); err != nil {
 		return nil, "", err
 	}
-	if req.To, err = unixNanos("to", opts.Until); err != nil {
+	req := &wire.Request{Op: wire.OpTxLog, Governor: opts.Governor, Outcome: opts.Outcome, Limit: opts.Limit, Cursor: opts.Cursor}
+	if err := setTimeRange(req, opts.Since, opts.Until); err != nil {
 		return nil, "", err
 	}
 	resp, err := c.do(ctx, req)

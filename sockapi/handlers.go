@@ -193,18 +193,9 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 	if e == nil {
 		e = checkWriteFields("", del, req.Value, req.IfVersion, req.IfAbsent, c.s.opts.MaxValue)
 	}
-	if e == nil {
-		e = checkMeta("actor", req.Actor)
-	}
-	if e == nil {
-		e = checkMeta("reason", req.Reason)
-	}
-	if e == nil {
-		e = checkFence(req.Fence) // fence.go
-	}
 	var m writeMode
 	if e == nil {
-		m, e = c.writeConsistency(req)
+		m, e = c.checkWrite(req)
 	}
 	if e != nil {
 		c.replyError(req.ID, e)
@@ -357,22 +348,27 @@ func (c *conn) batchTooLarge(got []*localcache.Record) *wire.Error {
 	return nil
 }
 
+// checkWrite checks what every write request may carry besides its
+// states: actor, reason, fence and write consistency.
+func (c *conn) checkWrite(req *wire.Request) (writeMode, *wire.Error) {
+	if e := checkMeta("actor", req.Actor); e != nil {
+		return writeMode{}, e
+	}
+	if e := checkMeta("reason", req.Reason); e != nil {
+		return writeMode{}, e
+	}
+	if e := checkFence(req.Fence); e != nil { // fence.go
+		return writeMode{}, e
+	}
+	return c.writeConsistency(req)
+}
+
 // opBatchPut applies up to Options.MaxBatch writes atomically. Each item obeys
 // the put/delete rules, and a batch writes each state at most once. actor,
 // reason and fence apply to every item. An empty batch succeeds without
 // touching the store.
 func (c *conn) opBatchPut(req *wire.Request) {
-	e := checkMeta("actor", req.Actor)
-	if e == nil {
-		e = checkMeta("reason", req.Reason)
-	}
-	if e == nil {
-		e = checkFence(req.Fence) // fence.go
-	}
-	var m writeMode
-	if e == nil {
-		m, e = c.writeConsistency(req)
-	}
+	m, e := c.checkWrite(req)
 	if max := c.s.opts.MaxBatch; e == nil && len(req.Items) > max {
 		e = tooLarge("items", max, "items has %d entries, limit %d", len(req.Items), max)
 	}

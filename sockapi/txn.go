@@ -150,17 +150,7 @@ func echoOp(op string) string {
 // opTxn runs a transaction. The reply holds the records it wrote (in the
 // order of its puts and deletes) and txn {id, attempts}.
 func (c *conn) opTxn(req *wire.Request) {
-	e := checkMeta("actor", req.Actor)
-	if e == nil {
-		e = checkMeta("reason", req.Reason)
-	}
-	if e == nil {
-		e = checkFence(req.Fence) // fence.go
-	}
-	var m writeMode
-	if e == nil {
-		m, e = c.writeConsistency(req)
-	}
+	m, e := c.checkWrite(req)
 	var t *txnRequest
 	if e == nil {
 		t, e = c.checkTxn(req)

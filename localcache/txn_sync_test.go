@@ -164,6 +164,57 @@ func testTxnPushWriteConflict(t *testing.T, newRemote func() syncer.Remote) {
 	}
 }
 
+func TestTxnPushChainGivesWay(t *testing.T) { forRemotes(t, testTxnPushChainGivesWay) }
+
+// testTxnPushChainGivesWay: a transaction made on the local result of an
+// earlier one that gives way gives way too, even where the remote holds
+// nothing it has not seen: its values were computed from balances that never
+// reached the remote. Otherwise a transfer's debit would land without the
+// earlier credit it was computed with, and money would vanish.
+func testTxnPushChainGivesWay(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	x, y, z := key("g", "x"), key("g", "y"), key("g", "z")
+	for _, k := range []Key{x, y, z} {
+		a.put(k, "100")
+	}
+	a.pushAll()
+	b.pullAll()
+	b.put(y, "50") // b moves 50 from y elsewhere first
+	b.pushAll()
+	// a: 10 from x to y (gives way: y moved), then 10 from x to z, made on
+	// the first transfer's x.
+	if _, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{
+		{Key: x, Value: []byte("90"), IfVersion: u64(1)},
+		{Key: y, Value: []byte("110"), IfVersion: u64(1)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{
+		{Key: x, Value: []byte("80"), IfVersion: u64(2)},
+		{Key: z, Value: []byte("110"), IfVersion: u64(1)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := a.pushAll(); rep.Superseded != 4 || rep.Pushed != 0 {
+		t.Fatalf("push: %+v, want both transactions superseded", rep)
+	}
+	for k, want := range map[Key]string{x: "100", y: "50", z: "100"} {
+		if r := remoteGet(t, remote, k); string(r.Value) != want {
+			t.Fatalf("remote %s: %q, want %q", k, r.Value, want)
+		}
+		if got := a.get(k); string(got.Value) != want {
+			t.Fatalf("local %s: %s, want the remote's %q", k, desc(&got), want)
+		}
+	}
+	if err := a.store.WaitSynced(ctx, recs[0].Seq); !errors.Is(err, ErrVersionConflict) {
+		t.Fatalf("wait for the second transaction: %v, want a version conflict", err)
+	}
+}
+
 // downFetcher is a shared store that cannot be reached.
 type downFetcher struct{}
 

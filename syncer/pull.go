@@ -164,6 +164,10 @@ type PullOptions struct {
 	// Interval is the poll interval without a Watcher, and how often Run
 	// refreshes the governor list (default 1s).
 	Interval time.Duration
+	// Resync is how often Run also polls a governor while its watch is up
+	// (default 1m): a listener that silently stops delivering costs at most
+	// that much staleness.
+	Resync time.Duration
 	// Backoff is the wait after failures (default 100ms to 30s).
 	Backoff Backoff
 	// PageSize is how many records one Changes call asks for (default 1000).
@@ -185,6 +189,9 @@ func (o PullOptions) withDefaults() PullOptions {
 		o.Interval = time.Second
 	}
 	o.Backoff = o.Backoff.withDefaults()
+	if o.Resync <= 0 {
+		o.Resync = time.Minute
+	}
 	if o.PageSize <= 0 {
 		o.PageSize = 1000
 	}
@@ -244,6 +251,20 @@ func (p *Puller) setFresh(governor string, f freshness) {
 	}
 	p.fresh[governor] = f
 	p.mu.Unlock()
+}
+
+// notePolled records a complete poll of governor that started at start:
+// it never takes a live governor's freshness, nor moves it back.
+func (p *Puller) notePolled(governor string, start time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fresh == nil {
+		p.fresh = make(map[string]freshness)
+	}
+	f, ok := p.fresh[governor]
+	if !ok || !f.live && start.After(f.at) {
+		p.fresh[governor] = freshness{at: start}
+	}
 }
 
 // NewPuller returns a Puller that applies remote's changes to applier.
@@ -411,7 +432,7 @@ func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullRep
 		}
 		rep.Calls++
 		if len(recs) == 0 && next == cur {
-			p.setFresh(governor, freshness{at: start})
+			p.notePolled(governor, start)
 			return nil
 		}
 		res, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next})
@@ -420,7 +441,7 @@ func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullRep
 		}
 		rep.add(res)
 		if len(recs) < p.opts.PageSize {
-			p.setFresh(governor, freshness{at: start})
+			p.notePolled(governor, start)
 			return nil
 		}
 		cur = next
@@ -551,33 +572,81 @@ func (p *Puller) runGovernor(ctx context.Context, governor string) {
 
 // watch runs one Watch of governor from its stored cursor; it returns when
 // the watch ends (always with an error).
+//
+// The governor counts as live (FreshAt: now) only after the watch's first
+// delivery and a poll from the stored cursor: a listener's first snapshot
+// may lack a change committed while the listener started (Firestore's
+// emulator shows it). While the watch is up the governor is also polled
+// every Resync, so a listener that silently stops delivering costs at most
+// that much staleness.
 func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures *atomic.Int64) error {
 	cur, err := p.applier.Cursor(ctx, governor)
 	if err != nil {
 		return fmt.Errorf("read cursor: %w", err)
 	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var resyncs sync.WaitGroup
+	defer resyncs.Wait()
 	l := p.lock(governor)
 	live := false
-	err = w.Watch(ctx, governor, cur, func(recs []Record, next Cursor) error {
+	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor) error {
 		if len(recs) > 0 || next != cur {
-			l.Lock()
-			defer l.Unlock()
-			if _, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
+			if err := p.applyDelivery(ctx, l, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
 				return err
 			}
 			cur = next
 		}
 		failures.Store(0) // the watch is up
 		if !live {
+			var rep PullReport
+			if err := p.pullGovernor(ctx, governor, &rep); err != nil {
+				return fmt.Errorf("poll after the watch started: %w", err)
+			}
 			live = true
 			p.setFresh(governor, freshness{live: true})
+			resyncs.Go(func() { p.resync(wctx, governor) })
 		}
 		return nil
 	})
+	cancel()
 	if live {
 		p.setFresh(governor, freshness{at: time.Now()})
 	}
 	return err
+}
+
+// applyDelivery applies one watch delivery under the governor's lock l.
+func (p *Puller) applyDelivery(ctx context.Context, l *sync.Mutex, b RemoteBatch) error {
+	l.Lock()
+	defer l.Unlock()
+	_, err := p.apply(ctx, b)
+	return err
+}
+
+// resync polls governor every Resync until ctx is done (the watch ended).
+// A failed poll is logged; the watch, not the poll, decides when to
+// restart.
+func (p *Puller) resync(ctx context.Context, governor string) {
+	t := time.NewTicker(p.opts.Resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var rep PullReport
+		err := p.pullGovernor(ctx, governor, &rep)
+		if err != nil && ctx.Err() == nil {
+			p.noteError(fmt.Errorf("resync governor %s: %w", governor, err))
+			p.log.Warn("pull resync failed", "governor", governor, "err", err)
+		}
+		if rep.Applied+rep.Diverged > 0 {
+			p.log.Warn("pull resync found changes the watch had not delivered", "governor", governor,
+				"applied", rep.Applied, "diverged", rep.Diverged)
+		}
+	}
 }
 
 // ApplyRemote implements Applier: the records kept aside for pending keys

@@ -206,6 +206,7 @@ func TestPull(t *testing.T) {
 		{"ChangeBetweenCommitAndAck", testPullCommitAckWindow},
 		{"WatchDelivers", testPullWatchDelivers},
 		{"WatchBreaksAndCatchesUp", testPullWatchBreaks},
+		{"DeafWatchIsPolled", testPullDeafWatch},
 		{"Fetch", testPullFetch},
 		{"TwoNodesConverge", testPullTwoNodes},
 		{"ConcurrentPushPull", testPullConcurrent},
@@ -449,6 +450,51 @@ func testPullWatchDelivers(t *testing.T, ctx context.Context, r syncer.Remote) {
 	if st := c.p.Stats(); st.Passes != 0 {
 		t.Fatalf("polled with a watcher: %+v", st)
 	}
+}
+
+// deafWatch is a listener that goes wrong without an error: its first
+// delivery lacks its records (a change committed while it started), and it
+// delivers nothing after that.
+type deafWatch struct {
+	syncer.Remote
+}
+
+func (d deafWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+	first := true
+	return d.Remote.(syncer.Watcher).Watch(ctx, g, since, func(_ []syncer.Record, _ syncer.Cursor) error {
+		if !first {
+			return nil
+		}
+		first = false
+		return fn(nil, since)
+	})
+}
+
+// testPullDeafWatch: a change the watch's first delivery lacks is pulled
+// before the governor counts as live, and changes a stalled watch does not
+// deliver are pulled every Resync.
+func testPullDeafWatch(t *testing.T, ctx context.Context, r syncer.Remote) {
+	a := newNode("node-a", r, syncer.PullOptions{})
+	put(t, a.j, key("before"), "v")
+	syncOnce(t, ctx, a.s)
+
+	j := syncer.NewMemJournal("node-c")
+	c := &node{j: j, p: syncer.NewPuller(j, deafWatch{Remote: r}, syncer.PullOptions{Governors: []string{"g"},
+		Interval: time.Hour, Resync: 100 * time.Millisecond}), s: syncer.New(j, r, fastPush)}
+	runLoops(t, ctx, c)
+	waitFor(t, 20*time.Second, func() bool {
+		_, live := c.p.FreshAt("g")
+		return live
+	}, "the governor is pulled")
+	if !matchesRemote(ctx, c, r, key("before")) {
+		t.Fatal("the governor counts as pulled without the change the watch's first delivery lacked")
+	}
+	if at, _ := c.p.FreshAt("g"); time.Since(at) > time.Second {
+		t.Fatalf("watch up, fresh as of %v ago", time.Since(at))
+	}
+	put(t, a.j, key("after"), "v")
+	syncOnce(t, ctx, a.s)
+	waitFor(t, 20*time.Second, func() bool { return matchesRemote(ctx, c, r, key("after")) }, "resync delivers")
 }
 
 // testPullWatchBreaks: the listener breaks (the node loses the remote),

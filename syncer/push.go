@@ -820,6 +820,16 @@ func (s *Syncer) judge(ctx context.Context, ps *passState, p *part, remote Recor
 		p.entries = p.entries[covered:]
 	}
 	first := p.entries[0].Record
+	if p.entries[0].Strict {
+		// A strict change (a transaction's, a strong write's) is applied
+		// only on the very record it was made on. Having seen the remote
+		// record is not enough: its base may be a local change that gave
+		// way since, and its value was computed from that.
+		if sameVector(remote.Clock.Vector, baseVector(first)) {
+			return decision{verdict: rebase}
+		}
+		return s.decide(ctx, p, remote)
+	}
 	if dominates(first.Clock.Vector, remote.Clock.Vector) {
 		return decision{verdict: rebase}
 	}

@@ -283,6 +283,8 @@ type Server struct {
 	nextConn  uint64
 	// holders names this process in lock holder ids (locks.go).
 	holders holderNames
+	// writers run the connections' writes (workers.go).
+	writers workers
 
 	// onPanic, when set, is called with every recovered panic (tests).
 	onPanic func(v any)
@@ -291,6 +293,7 @@ type Server struct {
 // NewServer returns a server for store. It starts nothing.
 func NewServer(store Store, opts Options) *Server {
 	opts = opts.withDefaults()
+	done := make(chan struct{})
 	return &Server{
 		store:    store,
 		opts:     opts,
@@ -299,8 +302,9 @@ func NewServer(store Store, opts Options) *Server {
 		start:    time.Now(),
 		conns:    make(map[*conn]struct{}),
 		uidConns: make(map[uint32]int),
-		done:     make(chan struct{}),
+		done:     done,
 		draining: make(chan struct{}),
+		writers:  newWorkers(done),
 	}
 }
 

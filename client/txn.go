@@ -108,7 +108,8 @@ type TxLogOptions struct {
 	// Since and Until bound the start time: Since <= time < Until; a zero
 	// bound is open.
 	Since, Until time.Time
-	// Outcome keeps only "committed" or "failed" transactions ("": both).
+	// Outcome keeps only "committed", "failed" or "gave_way" transactions
+	// ("": all).
 	Outcome string
 	// Governor keeps only transactions with an operation on it ("": all).
 	Governor string

@@ -504,6 +504,9 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 		ops := writeOps(rec, &ev, &j, userMeta)
 		st.ops = append(st.ops, ops[:]...)
 	}
+	if r.txn != nil && r.txn.logKey != nil {
+		st.ops = append(st.ops, kv{key: txPushKey(batchID), value: r.txn.logKey}) // txlog.go
+	}
 	st.meta = mm
 	*m = mm
 	return st, nil

@@ -20,6 +20,7 @@ import (
 //	x + BE u64 time + id                 conflict ledger entry, in decision time order (ledger.go)
 //	y + id                               the ledger entry of conflict id: its x key's time (once per id)
 //	v + BE u64 time + id                 transaction log entry, in start time order (txlog.go)
+//	w + batch id                         an async transaction on its way to the shared store: its v key (txlog.go)
 //	m + name                             meta (counters, node id, format)
 //
 // enc(key) is BE u16 len(governor) + governor + state: the length prefix
@@ -44,6 +45,7 @@ const (
 	kindLedger  = 'x'
 	kindLedgID  = 'y'
 	kindTxLog   = 'v'
+	kindTxPush  = 'w'
 )
 
 // Meta keys.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 )
 
@@ -254,6 +255,13 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				if j.Strict && a.Outcome == syncer.OutcomeSuperseded {
 					lost := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted}
 					tx.after = append(tx.after, func() { s.noteLost(seq, lost) })
+					if err := tx.txSettle(j.BatchID, wire.TxnGaveWay, string(wire.CodeVersionConflict), txGaveWayMessage); err != nil {
+						return nil, err
+					}
+				} else if j.Strict {
+					if err := tx.txSettle(j.BatchID, "", "", ""); err != nil {
+						return nil, err
+					}
 				}
 			}
 			if removed == 0 {
@@ -362,6 +370,16 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 			tx.del(journalKey(p.Seq))
 			tx.set(parkedKey(p.Seq), encodeParked(&ParkedEntry{JournalEntry: j, Reason: p.Reason, ParkedAt: p.Time.UnixNano(),
 				FenceRejected: p.FenceRejected}))
+			if j.Strict {
+				code := wire.CodeUnavailable
+				if p.FenceRejected != nil {
+					code = wire.CodeFenceRejected
+				}
+				msg := fmt.Sprintf("the shared store refused it for good: %s (journal entry %d is on the failed list)", p.Reason, p.Seq)
+				if err := tx.txSettle(j.BatchID, wire.TxnFailed, string(code), msg); err != nil {
+					return nil, err
+				}
+			}
 			tx.m.journal--
 			tx.m.parked++
 			cur, err := tx.record(j.Key)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,9 +45,9 @@ type TxnLogOp struct {
 	Version uint64
 }
 
-// TxnLogEntry is one transaction in the log. Outcome is "committed" or
-// "failed"; Code and Error are a failed transaction's error code and
-// message.
+// TxnLogEntry is one transaction in the log. Outcome is "committed",
+// "failed" or "gave_way" (wire.TxnCommitted...); Code and Error say why a
+// transaction failed or gave way.
 type TxnLogEntry struct {
 	ID          string
 	Time        time.Time // when it started
@@ -59,6 +60,9 @@ type TxnLogEntry struct {
 	Outcome     string
 	Code        string
 	Error       string
+	// Batch, for LogTxn (not stored), is the first record's OpID of an
+	// async transaction written with Txn.LogID: see txPushKey.
+	Batch string
 }
 
 // TxLogQuery selects transaction log entries: those started at From or
@@ -85,10 +89,20 @@ type TxLogPage struct {
 // LogTxn adds e to the transaction log (durably) and applies the
 // retention now and then.
 func (s *Store) LogTxn(ctx context.Context, e TxnLogEntry) error {
-	v := encodeTxnLog(&e)
 	key := timeKey(kindTxLog, e.Time.UnixNano(), e.ID)
 	if _, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
-		tx.set(key, v)
+		if e.Batch != "" {
+			// The shared store may have settled it already.
+			v, err := tx.get(txPushKey(e.Batch))
+			if err != nil {
+				return nil, err
+			}
+			if settled, ok := decodeTxSettled(v); ok {
+				e.Outcome, e.Code, e.Error = settled.Outcome, settled.Code, settled.Error
+				tx.del(txPushKey(e.Batch))
+			}
+		}
+		tx.set(key, encodeTxnLog(&e))
 		return nil, nil
 	}); err != nil {
 		return fmt.Errorf("localcache: log transaction %s: %w", e.ID, err)
@@ -101,6 +115,66 @@ func (s *Store) LogTxn(ctx context.Context, e TxnLogEntry) error {
 		}
 	}
 	return nil
+}
+
+// An async transaction written with Txn.LogID leaves, in its commit, the
+// key txPushKey(its batch id) holding its log entry's key. When the push
+// loop settles the transaction's journal entries (Ack, Park), txSettle
+// updates the log entry: gave_way or failed, or nothing when it was
+// applied; and drops the key. If LogTxn has not run yet (the shared store
+// answered first), the key keeps the outcome for LogTxn: a value starting
+// with txSettledMark, then the outcome, code and message.
+
+func txPushKey(batch string) []byte { return append([]byte{kindTxPush}, batch...) }
+
+const txSettledMark = '!'
+
+// txGaveWayMessage is the message of a transaction that gave way.
+const txGaveWayMessage = "gave way in the shared store: another sidecar changed a state it wrote or checked first; " +
+	"nothing of it was applied there, and this sidecar's copies of its states are the shared store's"
+
+// txSettle records the outcome of the async transaction of batch, if it
+// has a log entry: outcome "" means it was applied (nothing changes). Only
+// the first settlement of a batch counts.
+func (tx *mutTx) txSettle(batch string, outcome, code, msg string) error {
+	pk := txPushKey(batch)
+	v, err := tx.get(pk)
+	if err != nil || v == nil {
+		return err
+	}
+	if _, ok := decodeTxSettled(v); ok {
+		return nil
+	}
+	if outcome == "" {
+		tx.del(pk)
+		return nil
+	}
+	ev, err := tx.get(v)
+	if err != nil {
+		return err
+	}
+	if ev == nil {
+		b := append([]byte{txSettledMark}, encodeTxnLog(&TxnLogEntry{Outcome: outcome, Code: code, Error: msg})...)
+		tx.set(pk, b)
+		return nil
+	}
+	e, err := decodeTxnLog(ev)
+	if err != nil {
+		return fmt.Errorf("transaction log entry %x: %w", v, err)
+	}
+	e.Outcome, e.Code, e.Error = outcome, code, msg
+	tx.set(slices.Clone(v), encodeTxnLog(&e))
+	tx.del(pk)
+	return nil
+}
+
+// decodeTxSettled returns the outcome a txPushKey value keeps for LogTxn.
+func decodeTxSettled(v []byte) (TxnLogEntry, bool) {
+	if len(v) == 0 || v[0] != txSettledMark {
+		return TxnLogEntry{}, false
+	}
+	e, err := decodeTxnLog(v[1:])
+	return e, err == nil
 }
 
 // TxLog returns a page of the transaction log. Invalid arguments are

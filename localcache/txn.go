@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
@@ -32,6 +33,13 @@ type TxnCheck struct {
 type Txn struct {
 	Writes []Write
 	Checks []TxnCheck
+	// LogID and LogTime, when LogID is set, name the transaction log
+	// entry the caller writes (LogTxn, with TxnLogEntry.Batch the first
+	// record's OpID) once WriteTxn returns: for an async transaction, whose
+	// fate in the shared store comes later. If it gives way there, the
+	// entry's outcome becomes TxnGaveWay (txlog.go).
+	LogID   string
+	LogTime time.Time
 }
 
 // CheckedVersion is the version of a checked state that a transaction was
@@ -46,6 +54,7 @@ type CheckedVersion struct {
 // txnChecks marks a committer request as a transaction's.
 type txnChecks struct {
 	checks []TxnCheck
+	logKey []byte // the transaction log key of Txn.LogID; nil: none
 }
 
 // WriteTxn applies t atomically: if every check and every write's
@@ -68,7 +77,11 @@ func (s *Store) WriteTxn(ctx context.Context, t Txn) ([]Record, error) {
 	if len(prepared) == 0 {
 		return []Record{}, s.checkLocal(ctx, t.Checks)
 	}
-	rep := s.send(ctx, &request{ctx: ctx, writes: prepared, txn: &txnChecks{checks: t.Checks},
+	tc := &txnChecks{checks: t.Checks}
+	if t.LogID != "" {
+		tc.logKey = timeKey(kindTxLog, t.LogTime.UnixNano(), t.LogID)
+	}
+	rep := s.send(ctx, &request{ctx: ctx, writes: prepared, txn: tc,
 		bytes: size, done: make(chan reply, 1)})
 	return rep.recs, rep.err
 }

@@ -7,7 +7,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 )
 
@@ -306,4 +310,101 @@ func testTxnStrong(t *testing.T, newRemote func() syncer.Remote) {
 		t.Fatal("a strong txn offline was journaled")
 	}
 	wantMissing(t, a.store, key("g", "off"))
+}
+
+func TestTxnLogGaveWay(t *testing.T) { forRemotes(t, testTxnLogGaveWay) }
+
+// testTxnLogGaveWay: an async transaction logged as committed becomes
+// gave_way in the transaction log when it gives way in the shared store,
+// also when the push settled it before it was logged; one the shared store
+// applied stays committed. No bookkeeping is left behind.
+func testTxnLogGaveWay(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	x, y := key("g", "x"), key("g", "y")
+	a.put(x, "1")
+	a.put(y, "1")
+	a.pushAll()
+	b.pullAll()
+
+	start := time.Now()
+	txn := func(id string, value string) []Record {
+		t.Helper()
+		recs, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{{Key: x, Value: []byte(value)}, {Key: y, Value: []byte(value)}},
+			LogID: id, LogTime: start})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	logTxn := func(id string, recs []Record) {
+		t.Helper()
+		err := a.store.LogTxn(ctx, TxnLogEntry{ID: id, Time: start, Consistency: "async", Outcome: wire.TxnCommitted,
+			Attempts: 1, Batch: recs[0].OpID})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Logged, then gives way.
+	logTxn("t1", txn("t1", "a1"))
+	b.put(x, "b1")
+	b.pushAll()
+	if rep := a.pushAll(); rep.Superseded != 2 {
+		t.Fatalf("push of t1: %+v", rep)
+	}
+	// Gives way before it is logged.
+	a.pullAll()
+	recs := txn("t2", "a2")
+	b.pullAll()
+	b.put(y, "b2")
+	b.pushAll()
+	if rep := a.pushAll(); rep.Superseded != 2 {
+		t.Fatalf("push of t2: %+v", rep)
+	}
+	logTxn("t2", recs)
+	// Applied.
+	a.pullAll()
+	logTxn("t3", txn("t3", "a3"))
+	if rep := a.pushAll(); rep.Pushed != 2 {
+		t.Fatalf("push of t3: %+v", rep)
+	}
+
+	page, err := a.store.TxLog(ctx, TxLogQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]TxnLogEntry{}
+	for _, e := range page.Entries {
+		got[e.ID] = e
+	}
+	for id, want := range map[string]string{"t1": wire.TxnGaveWay, "t2": wire.TxnGaveWay, "t3": wire.TxnCommitted} {
+		e := got[id]
+		if e.Outcome != want {
+			t.Errorf("%s: outcome %q (%s %s), want %q", id, e.Outcome, e.Code, e.Error, want)
+		}
+		if want == wire.TxnGaveWay && (e.Code != string(wire.CodeVersionConflict) || e.Error == "") {
+			t.Errorf("%s: code %q, error %q", id, e.Code, e.Error)
+		}
+	}
+	if gw, err := a.store.TxLog(ctx, TxLogQuery{Outcome: wire.TxnGaveWay}); err != nil || len(gw.Entries) != 2 {
+		t.Errorf("txlog outcome gave_way: %d entries, %v", len(gw.Entries), err)
+	}
+	if err := a.store.barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	left := 0
+	err = a.store.db.View(func(tx *badger.Txn) error {
+		it := tx.NewIterator(badger.IteratorOptions{Prefix: []byte{kindTxPush}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			left++
+		}
+		return nil
+	})
+	if err != nil || left != 0 {
+		t.Fatalf("%d transactions still marked on their way to the shared store (%v)", left, err)
+	}
 }

@@ -14,8 +14,12 @@ func (c *conn) opTxLog(req *wire.Request) {
 	if e == nil && req.Governor != "" {
 		e = checkName("governor", "governor", req.Governor)
 	}
-	if e == nil && req.Outcome != "" && req.Outcome != wire.TxnCommitted && req.Outcome != wire.TxnFailed {
-		e = invalid("outcome", "outcome %q is not %q or %q", echoOp(req.Outcome), wire.TxnCommitted, wire.TxnFailed)
+	switch req.Outcome {
+	case "", wire.TxnCommitted, wire.TxnFailed, wire.TxnGaveWay:
+	default:
+		if e == nil {
+			e = invalid("outcome", "outcome %q is not %q, %q or %q", echoOp(req.Outcome), wire.TxnCommitted, wire.TxnFailed, wire.TxnGaveWay)
+		}
 	}
 	ts, ok := c.s.store.(TxnStore)
 	if e == nil && !ok {

@@ -201,8 +201,18 @@ func (c *conn) opTxn(req *wire.Request) {
 			for i := range rs {
 				rs[i].Pending = false
 			}
-		} else if rs, err = ts.WriteTxn(c.ctx, t.txn); err != nil {
-			e = c.storeError(wire.OpTxn, localcache.Key{}, err)
+		} else {
+			tx := t.txn
+			if !m.sync && c.s.opts.Sync != nil {
+				// Its fate in the shared store comes later: the log
+				// entry is updated if it gives way there.
+				tx.LogID, tx.LogTime = entry.ID, entry.Time
+			}
+			if rs, err = ts.WriteTxn(c.ctx, tx); err != nil {
+				e = c.storeError(wire.OpTxn, localcache.Key{}, err)
+			} else if tx.LogID != "" && len(rs) > 0 {
+				entry.Batch = rs[0].OpID
+			}
 		}
 		if e == nil && len(rs) != len(t.txn.Writes) {
 			e = c.storeError(wire.OpTxn, localcache.Key{}, fmt.Errorf("store returned %d records for %d writes", len(rs), len(t.txn.Writes)))

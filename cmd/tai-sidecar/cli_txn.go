@@ -89,7 +89,7 @@ func txlogFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string
 	var since, until sinceFlag // cli_conflicts.go
 	fs.Var(&since, "since", "only transactions started at or after `T` (RFC 3339, or a duration before now such as 1h)")
 	fs.Var(&until, "until", "only transactions started before `T` (RFC 3339, or a duration before now)")
-	outcome := fs.String("outcome", "", "only transactions with outcome `O`: committed or failed")
+	outcome := fs.String("outcome", "", "only transactions with outcome `O`: committed, failed or gave_way")
 	gov := fs.String("governor", "", "only transactions with an operation on governor `GOV`")
 	limit := fs.Int("limit", 0, "print at most `N` transactions (0: all)")
 	return func(ctx context.Context, c *client.Client, _ []string, out *json.Encoder) error {

@@ -15,10 +15,16 @@ const (
 	TxnCheck  = "check"
 )
 
-// Transaction outcomes, in the txn log.
+// Transaction outcomes, in the txn log. An async transaction is committed
+// when it is durable on the sidecar; it becomes gave_way if it then gives
+// way in the shared store (another sidecar changed a state it wrote or
+// checked first: nothing of it was applied there, and the sidecar's copies
+// became the shared store's), or failed if the shared store refused it for
+// good (it is on the failed list).
 const (
 	TxnCommitted = "committed"
 	TxnFailed    = "failed"
+	TxnGaveWay   = "gave_way"
 )
 
 // TxnOp is one operation of a txn request. A put carries Value; a delete

@@ -512,7 +512,7 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 	wait, done := c.order.enter(keys)
 	end := c.takeObservation()
 	c.writes.Add(1)
-	c.s.writers.run(func() {
+	go func() {
 		defer c.writes.Done()
 		defer c.endOnPanic()
 		defer func() { <-c.sem }()
@@ -536,7 +536,7 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 		if end != nil {
 			end(replyCodeOf(resp))
 		}
-	})
+	}()
 }
 
 // endOnPanic, deferred by a goroutine of the connection (by one that holds

@@ -283,8 +283,6 @@ type Server struct {
 	nextConn  uint64
 	// holders names this process in lock holder ids (locks.go).
 	holders holderNames
-	// writers run the connections' writes (workers.go).
-	writers workers
 
 	// onPanic, when set, is called with every recovered panic (tests).
 	onPanic func(v any)
@@ -293,7 +291,6 @@ type Server struct {
 // NewServer returns a server for store. It starts nothing.
 func NewServer(store Store, opts Options) *Server {
 	opts = opts.withDefaults()
-	done := make(chan struct{})
 	return &Server{
 		store:    store,
 		opts:     opts,
@@ -302,9 +299,8 @@ func NewServer(store Store, opts Options) *Server {
 		start:    time.Now(),
 		conns:    make(map[*conn]struct{}),
 		uidConns: make(map[uint32]int),
-		done:     done,
+		done:     make(chan struct{}),
 		draining: make(chan struct{}),
-		writers:  newWorkers(done),
 	}
 }
 

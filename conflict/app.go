@@ -25,6 +25,18 @@ const (
 	MaxAppDeadline     = 10 * time.Second
 )
 
+// An app that lets a conflict's deadline pass is bypassed for a while: the
+// fallback decides the governor's conflicts at once, without asking it,
+// for appBypassFactor deadlines, doubling with each further miss up to
+// maxAppBypass; the first conflict after that is asked again, and an answer
+// in time ends the bypass. The push loop settles conflicts one at a time,
+// so without it an app that is connected but stuck would hold every push
+// up by a deadline per conflict.
+const (
+	appBypassFactor = 10
+	maxAppBypass    = 2 * time.Minute
+)
+
 // DefaultAppBacklog is how many conflicts may wait for one app's answer at
 // once when AppOptions.Backlog is zero; more go to the fallback at once.
 const DefaultAppBacklog = 256
@@ -199,6 +211,10 @@ type AppSession struct {
 	pending map[uint64]*appWait
 	settled map[uint64]error // ids answered (ErrAnswered) or expired (ErrLate)
 	order   []uint64         // settled ids, oldest first
+	// bypass, when not zero, is how long after missedAt the app is not
+	// asked (see appBypassFactor).
+	bypass   time.Duration
+	missedAt time.Time
 }
 
 // appWait is a conflict waiting for the app's answer.
@@ -258,8 +274,26 @@ func (s *AppSession) Answer(id uint64, a AppAnswer) error {
 	}
 	delete(s.pending, id)
 	s.settleLocked(id, ErrAnswered)
+	s.bypass = 0  // answered in time
 	w.answer <- a // capacity 1, sent once
 	return nil
+}
+
+// bypassedLocked returns how much longer the app is bypassed (0: it is
+// asked). s.mu must be held.
+func (s *AppSession) bypassedLocked(now time.Time) time.Duration {
+	if s.bypass == 0 {
+		return 0
+	}
+	return max(s.missedAt.Add(s.bypass).Sub(now), 0)
+}
+
+// missed notes a deadline the app let pass: it is bypassed for longer.
+func (s *AppSession) missed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bypass = min(max(2*s.bypass, appBypassFactor*s.deadline), maxAppBypass)
+	s.missedAt = time.Now()
 }
 
 // Close ends the registration: conflicts waiting for the app go to the
@@ -306,6 +340,12 @@ func (s *AppSession) ask(ctx context.Context, c Conflict) (AppAnswer, error) {
 		s.mu.Unlock()
 		return AppAnswer{}, errors.New("the app went away (disconnected or unregistered)")
 	}
+	if left := s.bypassedLocked(time.Now()); left > 0 {
+		ago := time.Since(s.missedAt)
+		s.mu.Unlock()
+		return AppAnswer{}, fmt.Errorf("not asked: the app let a conflict's deadline pass %v ago, and is asked again in %v",
+			ago.Round(time.Millisecond), left.Round(time.Millisecond))
+	}
 	s.pending[id] = w
 	s.mu.Unlock()
 	select {
@@ -315,11 +355,13 @@ func (s *AppSession) ask(ctx context.Context, c Conflict) (AppAnswer, error) {
 		return AppAnswer{}, fmt.Errorf("%d conflicts already wait for the app", cap(s.ch))
 	}
 	var why error
+	timedOut := false
 	select {
 	case a := <-w.answer:
 		return a, nil
 	case <-timer.C:
 		why = fmt.Errorf("no answer within %v (timeout)", s.deadline)
+		timedOut = true
 	case <-s.done:
 		why = errors.New("the app went away (disconnected or unregistered) before it answered")
 	case <-ctx.Done():
@@ -331,6 +373,9 @@ func (s *AppSession) ask(ctx context.Context, c Conflict) (AppAnswer, error) {
 	case a := <-w.answer:
 		return a, nil
 	default:
+		if timedOut {
+			s.missed()
+		}
 		return AppAnswer{}, why
 	}
 }

@@ -374,3 +374,46 @@ func TestAppResolverContext(t *testing.T) {
 		t.Fatalf("decision %+v", d)
 	}
 }
+
+// TestAppResolverBypass: an app that lets a deadline pass is not asked for
+// a while (the fallback decides at once and says why); then it is asked
+// again, and an answer in time ends the bypass.
+func TestAppResolverBypass(t *testing.T) {
+	hub := conflict.NewAppHub(conflict.AppOptions{})
+	set := appSet(t, hub, "lww")
+	const deadline = 100 * time.Millisecond
+	s, err := hub.Attach("g", deadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if d, err := set.Resolve(ctx, appConflict("s1")); err != nil || !strings.Contains(d.Reason, "timeout") {
+		t.Fatalf("first conflict: %+v, %v", d, err)
+	}
+	missed := <-s.Conflicts()
+	for _, state := range []string{"s2", "s3"} {
+		d, err := set.Resolve(ctx, appConflict(state))
+		if err != nil || d.Resolver != "app>lww" || !strings.HasPrefix(d.Reason, "app: not asked: the app let a conflict's deadline pass") {
+			t.Fatalf("%s while bypassed: %+v, %v", state, d, err)
+		}
+	}
+	select {
+	case ac := <-s.Conflicts():
+		t.Fatalf("conflict %d (%s) handed to a bypassed app", ac.ID, ac.Conflict.Key.State)
+	default:
+	}
+	if err := s.Answer(missed.ID, conflict.AppAnswer{Choice: conflict.ChooseLocal}); !errors.Is(err, conflict.ErrLate) {
+		t.Fatalf("late answer: %v", err)
+	}
+
+	// After the bypass (10 deadlines) it is asked again; it answers now.
+	time.Sleep(10*deadline + 10*time.Millisecond)
+	for _, state := range []string{"s4", "s5"} {
+		answerNext(t, s, conflict.AppAnswer{Choice: conflict.ChooseRemote})
+		d, err := set.Resolve(ctx, appConflict(state))
+		if err != nil || d.Resolver != conflict.NameApp || d.Winner != conflict.Remote {
+			t.Fatalf("%s after the bypass: %+v, %v", state, d, err)
+		}
+	}
+}

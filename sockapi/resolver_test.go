@@ -206,6 +206,8 @@ func TestResolverValidation(t *testing.T) {
 	if r.Error.Retryable || r.Error.Governor != "g" {
 		t.Fatalf("late answer: %+v", r.Error)
 	}
+	// The app is not asked for 10 deadlines after it let one pass.
+	time.Sleep(10*50*time.Millisecond + 50*time.Millisecond)
 	done = resolveAsync(set, testConflict(t, "g"))
 	p = app.recv()
 	if r := app.call(wire.Request{Op: wire.OpResolve, ConflictID: p.Conflict.ID, Choice: "remote"}); r.Error != nil {

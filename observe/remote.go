@@ -64,7 +64,8 @@ func Outcome(err error) string {
 }
 
 // RemoteObserver instruments calls to the shared store: Wrap decorates a
-// syncer.Remote so that each Get, Commit, Changes and Events gets a client
+// syncer.Remote (WrapHistory a syncer.HistoryRemote) so that each Get,
+// Commit, Changes, Events, PutSnapshot and Snapshots gets a client
 // span (method and outcome attributes; an error status for failures, not
 // for not_found, conflict or fence_rejected), counts in tai.remote.calls by method and
 // outcome, and a duration in tai.remote.call.duration by method. Commits
@@ -253,6 +254,39 @@ func (i *instrumented) Conflicts(ctx context.Context, q syncer.ConflictQuery) ([
 	recs, err := i.r.Conflicts(ctx, q)
 	done(err, attrRecords.Int(len(recs)))
 	return recs, err
+}
+
+// WrapHistory returns h instrumented as Wrap does a Remote: its Events,
+// PutSnapshot and Snapshots calls (bootstrap and snapshot copies) count
+// and trace as methods events, put_snapshot and snapshots.
+func (o *RemoteObserver) WrapHistory(h syncer.HistoryRemote) syncer.HistoryRemote {
+	return &instrumentedHistory{o: o, h: h}
+}
+
+type instrumentedHistory struct {
+	o *RemoteObserver
+	h syncer.HistoryRemote
+}
+
+func (i *instrumentedHistory) Events(ctx context.Context, key syncer.Key, afterVersion uint64, limit int) ([]syncer.Event, error) {
+	ctx, done := i.o.call(ctx, "events")
+	es, err := i.h.Events(ctx, key, afterVersion, limit)
+	done(err, attrRecords.Int(len(es)))
+	return es, err
+}
+
+func (i *instrumentedHistory) PutSnapshot(ctx context.Context, snap syncer.Snapshot, keep int) (syncer.SnapshotStatus, error) {
+	ctx, done := i.o.call(ctx, "put_snapshot")
+	st, err := i.h.PutSnapshot(ctx, snap, keep)
+	done(err)
+	return st, err
+}
+
+func (i *instrumentedHistory) Snapshots(ctx context.Context, key syncer.Key, afterVersion, maxVersion uint64) ([]syncer.Snapshot, error) {
+	ctx, done := i.o.call(ctx, "snapshots")
+	ss, err := i.h.Snapshots(ctx, key, afterVersion, maxVersion)
+	done(err, attrRecords.Int(len(ss)))
+	return ss, err
 }
 
 type instrumentedWatcher struct {

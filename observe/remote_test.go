@@ -152,3 +152,65 @@ func TestOutcome(t *testing.T) {
 		}
 	}
 }
+
+// fakeHistory answers history calls: one event, one snapshot; PutSnapshot
+// fails as an unreachable store would.
+type fakeHistory struct{}
+
+func (fakeHistory) Events(context.Context, syncer.Key, uint64, int) ([]syncer.Event, error) {
+	return []syncer.Event{{ToVersion: 1}}, nil
+}
+
+func (fakeHistory) PutSnapshot(context.Context, syncer.Snapshot, int) (syncer.SnapshotStatus, error) {
+	return 0, syncer.ErrUnavailable
+}
+
+func (fakeHistory) Snapshots(context.Context, syncer.Key, uint64, uint64) ([]syncer.Snapshot, error) {
+	return []syncer.Snapshot{{}}, nil
+}
+
+// TestRemoteObserverHistory: history calls (bootstrap, snapshot copies)
+// are counted and traced like the others.
+func TestRemoteObserverHistory(t *testing.T) {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	reader := sdkmetric.NewManualReader()
+	obs, err := observe.NewRemoteObserver(tp, sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := obs.WrapHistory(fakeHistory{})
+	ctx := context.Background()
+	k := syncer.Key{Governor: "g", State: "s"}
+	if es, err := h.Events(ctx, k, 0, 10); err != nil || len(es) != 1 {
+		t.Fatalf("events: %v %v", es, err)
+	}
+	if ss, err := h.Snapshots(ctx, k, 0, 10); err != nil || len(ss) != 1 {
+		t.Fatalf("snapshots: %v %v", ss, err)
+	}
+	if _, err := h.PutSnapshot(ctx, syncer.Snapshot{}, 5); err == nil {
+		t.Fatal("put_snapshot: no error")
+	}
+	sums, _ := collect(t, reader)
+	for k, want := range map[string]int64{
+		"tai.remote.calls{tai.remote.method=events,tai.remote.outcome=ok}":                1,
+		"tai.remote.calls{tai.remote.method=snapshots,tai.remote.outcome=ok}":             1,
+		"tai.remote.calls{tai.remote.method=put_snapshot,tai.remote.outcome=unavailable}": 1,
+	} {
+		if sums[k] != want {
+			t.Errorf("%s = %d, want %d", k, sums[k], want)
+		}
+	}
+	names := map[string]bool{}
+	for _, s := range spans.Ended() {
+		names[s.Name()] = true
+	}
+	for _, n := range []string{"remote.events", "remote.snapshots", "remote.put_snapshot"} {
+		if !names[n] {
+			t.Errorf("no span %s (spans: %v)", n, names)
+		}
+	}
+	if r := obs.Reachability(); r.Outcome != observe.OutcomeUnavailable {
+		t.Errorf("reachability after a failed put_snapshot: %+v", r)
+	}
+}

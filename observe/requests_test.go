@@ -158,29 +158,39 @@ func TestRequestSpansContinueTraceparent(t *testing.T) {
 		t.Errorf("an invalid traceparent must start a new trace: parent %v", bad.Parent())
 	}
 
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	counts := map[string]int64{}
-	var histOps int
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				if m.Name == "tai.requests" {
-					for _, p := range d.DataPoints {
-						op, _ := p.Attributes.Value("tai.op")
-						st, _ := p.Attributes.Value("tai.status")
-						counts[op.AsString()+"/"+st.AsString()] += p.Value
+	// The metrics are recorded right after the span ends: collect until
+	// the put's are in.
+	read := func() (map[string]int64, int) {
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		counts := map[string]int64{}
+		var histOps int
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				switch d := m.Data.(type) {
+				case metricdata.Sum[int64]:
+					if m.Name == "tai.requests" {
+						for _, p := range d.DataPoints {
+							op, _ := p.Attributes.Value("tai.op")
+							st, _ := p.Attributes.Value("tai.status")
+							counts[op.AsString()+"/"+st.AsString()] += p.Value
+						}
 					}
-				}
-			case metricdata.Histogram[float64]:
-				if m.Name == "tai.request.duration" {
-					histOps = len(d.DataPoints)
+				case metricdata.Histogram[float64]:
+					if m.Name == "tai.request.duration" {
+						histOps = len(d.DataPoints)
+					}
 				}
 			}
 		}
+		return counts, histOps
+	}
+	counts, histOps := read()
+	for (counts["put/ok"] == 0 || histOps < 3) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		counts, histOps = read()
 	}
 	want := map[string]int64{"hello/ok": 1, "put/ok": 1, "get/ok": 1, "get/NotFound": 1}
 	for k, n := range want {

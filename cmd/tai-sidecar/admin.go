@@ -299,6 +299,14 @@ func (t *telemetry) wrapRemote(r syncer.Remote) syncer.Remote {
 	return t.remote.Wrap(r)
 }
 
+// wrapHistory instruments h like wrapRemote.
+func (t *telemetry) wrapHistory(h syncer.HistoryRemote) syncer.HistoryRemote {
+	if t == nil {
+		return h
+	}
+	return t.remote.WrapHistory(h)
+}
+
 // pushOptions adds the pass hook to o.
 func (t *telemetry) pushOptions(o syncer.Options) syncer.Options {
 	if t != nil {

@@ -151,13 +151,13 @@ func openSync(ctx context.Context, c *SyncConfig, store *localcache.Store, log *
 	pushOpts := syncer.Options{Logger: log.With("component", "push"), Resolvers: resolvers,
 		StormThreshold: c.StormThreshold, StormWindow: c.StormWindow}
 	pullOpts := syncer.PullOptions{ListGovernors: governors, Logger: log.With("component", "pull"),
-		History: remote, HistoryMode: syncer.HistoryMode(c.History)}
+		History: tel.wrapHistory(remote), HistoryMode: syncer.HistoryMode(c.History)}
 	return &syncLoops{
 		remote:    remote,
 		store:     store,
 		push:      syncer.New(store, tel.wrapRemote(pushTo), tel.pushOptions(pushOpts)),
 		pull:      syncer.NewPuller(store, tel.wrapRemote(remote), pullOpts),
-		snaps:     syncer.NewSnapshotPusher(store, remote, syncer.SnapshotPushOptions{Logger: log.With("component", "snapshots")}),
+		snaps:     syncer.NewSnapshotPusher(store, tel.wrapHistory(remote), syncer.SnapshotPushOptions{Logger: log.With("component", "snapshots")}),
 		governors: governors,
 		apps:      apps,
 	}, nil

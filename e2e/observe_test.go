@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -190,6 +191,38 @@ func TestLogsCarryNoValues(t *testing.T) {
 	for _, v := range []string{secret, actor} {
 		if strings.Contains(logs, v) {
 			t.Errorf("the logs carry %q:\n%s", v, logs)
+		}
+	}
+}
+
+// TestChecklistMetricsScraped: every Prometheus series the guide's
+// production checklist tells operators to watch is on /metrics of a real
+// sidecar with a shared store, before anything went wrong.
+func TestChecklistMetricsScraped(t *testing.T) {
+	src, err := os.ReadFile("../docs/guide.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guide := string(src)
+	start := strings.Index(guide, "## Production checklist")
+	end := strings.Index(guide, "## Troubleshooting")
+	if start < 0 || end < start {
+		t.Fatal("docs/guide.md: no production checklist section")
+	}
+	names := regexp.MustCompile("`(tai_[a-z_]+)`").FindAllStringSubmatch(guide[start:end], -1)
+	if len(names) == 0 {
+		t.Fatal("the production checklist names no tai_ metric")
+	}
+	fs := newShared(t)
+	s := startSidecar(t, append(fs.args("node-a", "obs"), "--admin-addr", "127.0.0.1:0")...)
+	if _, err := s.Client().Put(context.Background(), "obs", "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + adminAddr(t, s)
+	_, m := httpGet(t, base+"/metrics")
+	for _, n := range names {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(n[1]) + `[{ ]`).MatchString(m) {
+			t.Errorf("the checklist's %s is not on /metrics", n[1])
 		}
 	}
 }

@@ -507,6 +507,11 @@ func testPullWatchBreaks(t *testing.T, ctx context.Context, r syncer.Remote) {
 	put(t, a.j, key("first"), "v")
 	syncOnce(t, ctx, a.s)
 	waitFor(t, 20*time.Second, func() bool { return matchesRemote(ctx, c, r, key("first")) }, "first delivery")
+	// The watch is trusted once the poll after its first delivery is done.
+	waitFor(t, 20*time.Second, func() bool {
+		at, ok := c.p.FreshAt(key("first").Governor)
+		return ok && time.Since(at) < time.Second
+	}, "the governor is live")
 
 	c.r.setOffline(true)
 	for i := range 10 {

@@ -25,6 +25,9 @@ from tai_client import (  # noqa: E402
     VersionConflict,
     delete_item,
     put_item,
+    txn_check,
+    txn_delete,
+    txn_put,
 )
 
 RUN = f"{os.getpid()}-{time.time_ns()}"
@@ -203,6 +206,32 @@ def check_batch(c):
     check(got[1] is None, "failed batch created c")
 
 
+def check_txn(c):
+    g = gov("txn")
+    c.put(g, "alice", 100)
+    c.put(g, "bob", 20)
+    c.put(g, "closed", True)
+    res = c.txn([txn_put(g, "alice", 70, if_version=1), txn_put(g, "bob", 50, if_version=1),
+                 txn_delete(g, "closed"), txn_check(g, "audit", exists=False)],
+                actor="teller", reason="transfer 30")
+    check([r.version for r in res.records] == [2, 2, 2], f"txn versions {[r.version for r in res.records]}")
+    check(res.id and res.attempts == 1, f"txn id {res.id!r}, attempts {res.attempts}")
+    check(c.get(g, "bob").value == 50 and c.get(g, "alice").change.get("actor") == "teller", "txn not applied")
+    # A failed precondition: nothing is written, and the error names the state.
+    e = expect_error(VersionConflict, c.txn, [txn_put(g, "alice", 0, if_version=2), txn_put(g, "bob", 0, if_version=1)])
+    check(e.state == "bob" and e.expected == 1 and e.actual == 2, f"conflict on {e.state}: {e.expected}/{e.actual}")
+    check(c.get(g, "alice").value == 70, "a failed txn wrote alice")
+    e = expect_error(VersionConflict, c.txn, [txn_put(g, "x", 1), txn_check(g, "alice", exists=False)])
+    expect_error(NotFound, c.get, g, "x")
+    # The transaction log has both outcomes.
+    entries, _ = c.txlog(governor=g)
+    outcomes = sorted(en["outcome"] for en in entries)
+    check(outcomes == ["committed", "failed", "failed"], f"txlog outcomes {outcomes}")
+    committed, _ = c.txlog(outcome="committed", governor=g)
+    check(len(committed) == 1 and committed[0]["id"] == res.id and committed[0]["actor"] == "teller",
+          f"committed entries {committed}")
+
+
 def check_list(c):
     g = gov("list")
     names = [f"item-{i:02d}" for i in range(23)]
@@ -303,6 +332,7 @@ CHECKS = [
     check_delete,
     check_pipeline,
     check_batch,
+    check_txn,
     check_list,
     check_unicode,
     check_binary,

@@ -192,6 +192,50 @@ def delete_item(governor, state, if_version=None):
     return item
 
 
+def txn_put(governor, state, value, if_version=None, if_absent=False):
+    """One put in a txn."""
+    op = {"op": "put", "governor": governor, "state": state, "value": value}
+    if if_version is not None:
+        op["if_version"] = if_version
+    if if_absent:
+        op["if_absent"] = True
+    return op
+
+
+def txn_delete(governor, state, if_version=None):
+    """One delete in a txn."""
+    op = {"op": "delete", "governor": governor, "state": state}
+    if if_version is not None:
+        op["if_version"] = if_version
+    return op
+
+
+def txn_check(governor, state, if_version=None, exists=None):
+    """One check in a txn: exactly one of if_version (0: must not exist) and
+    exists (True: must exist; False: must not)."""
+    op = {"op": "check", "governor": governor, "state": state}
+    if if_version is not None:
+        op["if_version"] = if_version
+    if exists is not None:
+        op["exists"] = exists
+    return op
+
+
+@dataclasses.dataclass
+class TxnResult:
+    """A txn's reply: the records written (puts and deletes, in order, without
+    values), its id in the transaction log, and how many attempts it took."""
+
+    records: list
+    id: str
+    attempts: int
+
+
+def _txn_result(reply):
+    t = reply.get("txn") or {}
+    return TxnResult(records=_records(reply), id=t.get("id", ""), attempts=t.get("attempts", 0))
+
+
 def _meta(fields, actor, reason):
     if actor:
         fields["actor"] = actor
@@ -268,6 +312,24 @@ def _batch_get(keys, consistency=None, max_staleness_ms=None):
 def _batch_put(items, actor=None, reason=None, consistency=None, timeout_ms=None):
     fields = _write_level({"items": list(items)}, consistency, timeout_ms)
     return "batch_put", _meta(fields, actor, reason), _records
+
+
+def _txn(ops, actor=None, reason=None, consistency=None, timeout_ms=None):
+    fields = _write_level({"ops": list(ops)}, consistency, timeout_ms)
+    return "txn", _meta(fields, actor, reason), _txn_result
+
+
+def _txlog(outcome=None, governor=None, limit=None, cursor=""):
+    fields = {}
+    if outcome:
+        fields["outcome"] = outcome
+    if governor:
+        fields["governor"] = governor
+    if limit:
+        fields["limit"] = limit
+    if cursor:
+        fields["cursor"] = cursor
+    return "txlog", fields, lambda reply: (reply.get("txlog") or [], reply.get("cursor", ""))
 
 
 def _list(governor, prefix="", limit=None, cursor="", consistency=None):
@@ -377,6 +439,19 @@ class TaiClient:
         """Applies put_item/delete_item items atomically: all or none.
         Returns one Record per item, in order."""
         return self._call(*_batch_put(items, actor, reason, consistency, timeout_ms))
+
+    def txn(self, ops, actor=None, reason=None, consistency=None, timeout_ms=None):
+        """Runs ops (txn_put, txn_delete, txn_check) all or nothing and
+        returns a TxnResult. A failed check or precondition raises
+        VersionConflict naming the state; nothing is written then.
+        consistency: "async" (default), "sync" or "strong"."""
+        return self._call(*_txn(ops, actor, reason, consistency, timeout_ms))
+
+    def txlog(self, outcome=None, governor=None, limit=None, cursor=""):
+        """One page of the transaction log: (entries, cursor), entries as
+        dicts (id, time, ops, attempts, outcome, code, error, ...); outcome
+        "committed", "failed" or "gave_way" filters."""
+        return self._call(*_txlog(outcome, governor, limit, cursor))
 
     def list(self, governor, prefix="", limit=None, cursor="", consistency=None):
         """One page of live states in name order: (records, cursor). Pass

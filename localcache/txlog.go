@@ -60,9 +60,6 @@ type TxnLogEntry struct {
 	Outcome     string
 	Code        string
 	Error       string
-	// Batch, for LogTxn (not stored), is the first record's OpID of an
-	// async transaction written with Txn.LogID: see txPushKey.
-	Batch string
 }
 
 // TxLogQuery selects transaction log entries: those started at From or
@@ -91,15 +88,14 @@ type TxLogPage struct {
 func (s *Store) LogTxn(ctx context.Context, e TxnLogEntry) error {
 	key := timeKey(kindTxLog, e.Time.UnixNano(), e.ID)
 	if _, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
-		if e.Batch != "" {
-			// The shared store may have settled it already.
-			v, err := tx.get(txPushKey(e.Batch))
-			if err != nil {
-				return nil, err
-			}
-			if settled, ok := decodeTxSettled(v); ok {
-				e.Outcome, e.Code, e.Error = settled.Outcome, settled.Code, settled.Error
-				tx.del(txPushKey(e.Batch))
+		// The shared store may have settled it already (txSettle).
+		prev, err := tx.get(key)
+		if err != nil {
+			return nil, err
+		}
+		if prev != nil {
+			if p, err := decodeTxnLog(prev); err == nil && p.Outcome != "" {
+				e.Outcome, e.Code, e.Error = p.Outcome, p.Code, p.Error
 			}
 		}
 		tx.set(key, encodeTxnLog(&e))
@@ -119,62 +115,48 @@ func (s *Store) LogTxn(ctx context.Context, e TxnLogEntry) error {
 
 // An async transaction written with Txn.LogID leaves, in its commit, the
 // key txPushKey(its batch id) holding its log entry's key. When the push
-// loop settles the transaction's journal entries (Ack, Park), txSettle
-// updates the log entry: gave_way or failed, or nothing when it was
-// applied; and drops the key. If LogTxn has not run yet (the shared store
-// answered first), the key keeps the outcome for LogTxn: a value starting
-// with txSettledMark, then the outcome, code and message.
+// loop settles the transaction's journal entries (Ack, Park), txSettle drops
+// that key and, unless the transaction was applied, sets the log entry's
+// outcome: gave_way or failed. If LogTxn has not run yet (the shared store
+// answered first, or the process died in between), txSettle writes the
+// entry with what its key tells (id, start time) and the outcome, which
+// LogTxn then keeps.
 
 func txPushKey(batch string) []byte { return append([]byte{kindTxPush}, batch...) }
-
-const txSettledMark = '!'
 
 // txGaveWayMessage is the message of a transaction that gave way.
 const txGaveWayMessage = "gave way in the shared store: another sidecar changed a state it wrote or checked first; " +
 	"nothing of it was applied there, and this sidecar's copies of its states are the shared store's"
 
 // txSettle records the outcome of the async transaction of batch, if it
-// has a log entry: outcome "" means it was applied (nothing changes). Only
-// the first settlement of a batch counts.
+// has a log entry on its way: outcome "" means it was applied (the entry
+// stays committed). Only the first settlement of a batch counts.
 func (tx *mutTx) txSettle(batch string, outcome, code, msg string) error {
 	pk := txPushKey(batch)
-	v, err := tx.get(pk)
-	if err != nil || v == nil {
+	key, err := tx.get(pk)
+	if err != nil || key == nil {
 		return err
 	}
-	if _, ok := decodeTxSettled(v); ok {
-		return nil
-	}
+	tx.del(pk)
 	if outcome == "" {
-		tx.del(pk)
 		return nil
 	}
-	ev, err := tx.get(v)
+	if len(key) < 9 || key[0] != kindTxLog {
+		return fmt.Errorf("%w: transaction %s on its way to the shared store names log key %x", errCorrupt, batch, key)
+	}
+	e := TxnLogEntry{ID: string(key[9:]), Time: time.Unix(0, int64(binary.BigEndian.Uint64(key[1:9])))}
+	v, err := tx.get(key)
 	if err != nil {
 		return err
 	}
-	if ev == nil {
-		b := append([]byte{txSettledMark}, encodeTxnLog(&TxnLogEntry{Outcome: outcome, Code: code, Error: msg})...)
-		tx.set(pk, b)
-		return nil
-	}
-	e, err := decodeTxnLog(ev)
-	if err != nil {
-		return fmt.Errorf("transaction log entry %x: %w", v, err)
+	if v != nil {
+		if e, err = decodeTxnLog(v); err != nil {
+			return fmt.Errorf("transaction log entry %x: %w", key, err)
+		}
 	}
 	e.Outcome, e.Code, e.Error = outcome, code, msg
-	tx.set(slices.Clone(v), encodeTxnLog(&e))
-	tx.del(pk)
+	tx.set(slices.Clone(key), encodeTxnLog(&e))
 	return nil
-}
-
-// decodeTxSettled returns the outcome a txPushKey value keeps for LogTxn.
-func decodeTxSettled(v []byte) (TxnLogEntry, bool) {
-	if len(v) == 0 || v[0] != txSettledMark {
-		return TxnLogEntry{}, false
-	}
-	e, err := decodeTxnLog(v[1:])
-	return e, err == nil
 }
 
 // TxLog returns a page of the transaction log. Invalid arguments are

@@ -34,10 +34,10 @@ type Txn struct {
 	Writes []Write
 	Checks []TxnCheck
 	// LogID and LogTime, when LogID is set, name the transaction log
-	// entry the caller writes (LogTxn, with TxnLogEntry.Batch the first
-	// record's OpID) once WriteTxn returns: for an async transaction, whose
-	// fate in the shared store comes later. If it gives way there, the
-	// entry's outcome becomes TxnGaveWay (txlog.go).
+	// entry the caller writes (LogTxn, with that ID and Time) once WriteTxn
+	// returns: for an async transaction, whose fate in the shared store
+	// comes later. If it gives way there, the entry's outcome becomes
+	// gave_way (txlog.go).
 	LogID   string
 	LogTime time.Time
 }

@@ -316,8 +316,8 @@ func TestTxnLogGaveWay(t *testing.T) { forRemotes(t, testTxnLogGaveWay) }
 
 // testTxnLogGaveWay: an async transaction logged as committed becomes
 // gave_way in the transaction log when it gives way in the shared store,
-// also when the push settled it before it was logged; one the shared store
-// applied stays committed. No bookkeeping is left behind.
+// also when the push settled it before it was logged, or it never was; one
+// the shared store applied stays committed. No bookkeeping is left behind.
 func testTxnLogGaveWay(t *testing.T, newRemote func() syncer.Remote) {
 	ctx := context.Background()
 	remote := newRemote()
@@ -342,7 +342,7 @@ func testTxnLogGaveWay(t *testing.T, newRemote func() syncer.Remote) {
 	logTxn := func(id string, recs []Record) {
 		t.Helper()
 		err := a.store.LogTxn(ctx, TxnLogEntry{ID: id, Time: start, Consistency: "async", Outcome: wire.TxnCommitted,
-			Attempts: 1, Batch: recs[0].OpID})
+			Attempts: 1, Ops: []TxnLogOp{{Op: "put", Key: x, Version: recs[0].Version}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -371,6 +371,15 @@ func testTxnLogGaveWay(t *testing.T, newRemote func() syncer.Remote) {
 	if rep := a.pushAll(); rep.Pushed != 2 {
 		t.Fatalf("push of t3: %+v", rep)
 	}
+	// Never logged (the process died before LogTxn), gives way: the log
+	// still gets an entry for it.
+	txn("t4", "a4")
+	b.pullAll()
+	b.put(x, "b4")
+	b.pushAll()
+	if rep := a.pushAll(); rep.Superseded != 2 {
+		t.Fatalf("push of t4: %+v", rep)
+	}
 
 	page, err := a.store.TxLog(ctx, TxLogQuery{})
 	if err != nil {
@@ -380,16 +389,19 @@ func testTxnLogGaveWay(t *testing.T, newRemote func() syncer.Remote) {
 	for _, e := range page.Entries {
 		got[e.ID] = e
 	}
-	for id, want := range map[string]string{"t1": wire.TxnGaveWay, "t2": wire.TxnGaveWay, "t3": wire.TxnCommitted} {
+	for id, want := range map[string]string{"t1": wire.TxnGaveWay, "t2": wire.TxnGaveWay, "t3": wire.TxnCommitted, "t4": wire.TxnGaveWay} {
 		e := got[id]
-		if e.Outcome != want {
-			t.Errorf("%s: outcome %q (%s %s), want %q", id, e.Outcome, e.Code, e.Error, want)
+		if e.Outcome != want || !e.Time.Equal(start) {
+			t.Errorf("%s: outcome %q (%s %s) at %v, want %q at %v", id, e.Outcome, e.Code, e.Error, e.Time, want, start)
 		}
 		if want == wire.TxnGaveWay && (e.Code != string(wire.CodeVersionConflict) || e.Error == "") {
 			t.Errorf("%s: code %q, error %q", id, e.Code, e.Error)
 		}
+		if logged := id != "t4"; logged != (len(e.Ops) == 1 && e.Consistency == "async") {
+			t.Errorf("%s: the logged entry's content is lost or invented: %+v", id, e)
+		}
 	}
-	if gw, err := a.store.TxLog(ctx, TxLogQuery{Outcome: wire.TxnGaveWay}); err != nil || len(gw.Entries) != 2 {
+	if gw, err := a.store.TxLog(ctx, TxLogQuery{Outcome: wire.TxnGaveWay}); err != nil || len(gw.Entries) != 3 {
 		t.Errorf("txlog outcome gave_way: %d entries, %v", len(gw.Entries), err)
 	}
 	if err := a.store.barrier(ctx); err != nil {

@@ -210,8 +210,6 @@ func (c *conn) opTxn(req *wire.Request) {
 			}
 			if rs, err = ts.WriteTxn(c.ctx, tx); err != nil {
 				e = c.storeError(wire.OpTxn, localcache.Key{}, err)
-			} else if tx.LogID != "" && len(rs) > 0 {
-				entry.Batch = rs[0].OpID
 			}
 		}
 		if e == nil && len(rs) != len(t.txn.Writes) {

@@ -643,7 +643,9 @@ func (p *Puller) resync(ctx context.Context, governor string) {
 			p.log.Warn("pull resync failed", "governor", governor, "err", err)
 		}
 		if rep.Applied+rep.Diverged > 0 {
-			p.log.Warn("pull resync found changes the watch had not delivered", "governor", governor,
+			// Usually the watch had stopped delivering; a change committed
+			// just before the poll may also have been on its way.
+			p.log.Info("pull resync applied changes the watch had not delivered", "governor", governor,
 				"applied", rep.Applied, "diverged", rep.Diverged)
 		}
 	}

@@ -876,6 +876,8 @@ func (s *Store) uncacheStaged(st *staged) {
 
 // noteSync updates the recent log sync time (a moving average).
 func (s *Store) noteSync(d time.Duration) {
+	s.walSyncs.Add(1)
+	s.walSyncNanos.Add(uint64(max(d, 0)))
 	if s.syncEWMA == 0 {
 		s.syncEWMA = d
 		return

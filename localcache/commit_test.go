@@ -41,7 +41,12 @@ func TestGroupCommitShares(t *testing.T) {
 	if st.Commits >= st.CommitWrites {
 		t.Fatalf("%d commits for %d writes: no grouping", st.Commits, st.CommitWrites)
 	}
-	t.Logf("%d writes in %d commits", st.CommitWrites, st.Commits)
+	// One write-ahead log append (and fdatasync) per committed group.
+	if st.WALSyncs == 0 || st.WALSyncs > st.Commits || st.WALSyncTime <= 0 {
+		t.Fatalf("%d log appends taking %v for %d commits", st.WALSyncs, st.WALSyncTime, st.Commits)
+	}
+	t.Logf("%d writes in %d commits, %d log appends, %v each on average", st.CommitWrites, st.Commits, st.WALSyncs,
+		st.WALSyncTime/time.Duration(st.WALSyncs))
 }
 
 // TestGroupStagedView queues writes to one key into a single group and checks

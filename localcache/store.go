@@ -70,6 +70,8 @@ type Store struct {
 	metaParked   atomic.Int64
 	commits      atomic.Uint64
 	commitWrites atomic.Uint64
+	walSyncs     atomic.Uint64 // write-ahead log appends (write and fdatasync)
+	walSyncNanos atomic.Uint64 // their total duration
 
 	// wal is the write-ahead log (nil in memory). The committer appends to
 	// it; applied is the last group the applier applied to Badger and the
@@ -733,6 +735,8 @@ func (s *Store) Stats() Stats {
 		Parked:       s.metaParked.Load(),
 		Commits:      s.commits.Load(),
 		CommitWrites: s.commitWrites.Load(),
+		WALSyncs:     s.walSyncs.Load(),
+		WALSyncTime:  time.Duration(s.walSyncNanos.Load()),
 	}
 	st.CacheHits, st.CacheMisses, st.CacheBytes = s.cache.stats()
 	if !s.opts.InMemory {

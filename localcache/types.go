@@ -3,6 +3,7 @@ package localcache
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Key names one state: governor › state.
@@ -207,4 +208,9 @@ type Stats struct {
 	LSMBytes     int64 // size of the LSM tree files on disk (0 in memory)
 	VlogBytes    int64 // size of the value log files on disk (0 in memory)
 	WALBytes     int64 // records in the write-ahead log, not yet checkpointed (0 in memory)
+	// WALSyncs is how many commit groups were appended to the write-ahead
+	// log (one write and one fdatasync each), WALSyncTime their total
+	// duration: the disk's share of a write's latency.
+	WALSyncs    uint64
+	WALSyncTime time.Duration
 }

@@ -51,7 +51,7 @@ func TestRegisterGauges(t *testing.T) {
 			t.Errorf("%s = %d, want %d", k, sums[k], want)
 		}
 	}
-	for _, n := range []string{"tai.journal.oldest_age", "tai.journal.parked", "tai.cache.hits", "tai.cache.misses", "tai.cache.hit_ratio", "tai.push.last_success"} {
+	for _, n := range []string{"tai.store.wal.syncs", "tai.store.wal.sync_time", "tai.journal.oldest_age", "tai.journal.parked", "tai.cache.hits", "tai.cache.misses", "tai.cache.hit_ratio", "tai.push.last_success"} {
 		if !names[n] {
 			t.Errorf("metric %s missing", n)
 		}

@@ -88,6 +88,12 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		insts = append(insts, g)
 		return g
 	}
+	fcounter := func(name, unit, desc string) metric.Float64ObservableCounter {
+		c, err := m.Float64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		insts = append(insts, c)
+		return c
+	}
 	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
 		c, err := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
 		errs = append(errs, err)
@@ -100,6 +106,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	parked := gauge("tai.journal.parked", "{entry}", "Journal entries the shared store rejected for good.")
 	states := gauge("tai.states", "{state}", "Live states in the local store.")
 	commits := counter("tai.store.commits", "{commit}", "Local store transactions committed.")
+	walSyncs := counter("tai.store.wal.syncs", "{sync}", "Commit groups appended to the write-ahead log, one fdatasync each.")
+	walSyncTime := fcounter("tai.store.wal.sync_time", "s", "Total time of those appends: divided by tai.store.wal.syncs, the disk's latency per write.")
 	hits := counter("tai.cache.hits", "{read}", "Reads served by the hot read cache.")
 	misses := counter("tai.cache.misses", "{read}", "Reads the hot read cache missed.")
 	ratio := fgauge("tai.cache.hit_ratio", "1", "Cache hits / (hits + misses) since start (0 before any read).")
@@ -156,6 +164,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		o.ObserveInt64(parked, st.Parked)
 		o.ObserveInt64(states, st.States)
 		o.ObserveInt64(commits, int64(st.Commits))
+		o.ObserveInt64(walSyncs, int64(st.WALSyncs))
+		o.ObserveFloat64(walSyncTime, st.WALSyncTime.Seconds())
 		o.ObserveInt64(hits, int64(st.CacheHits))
 		o.ObserveInt64(misses, int64(st.CacheMisses))
 		r := 0.0

@@ -108,7 +108,8 @@ func TestAdminEndpointAndStatus(t *testing.T) {
 	if depth, ok := metricValue(m, `tai_journal_depth`); !ok || depth != n {
 		t.Errorf("tai_journal_depth = %v (present %v), want %d: local only, every write stays in the journal", depth, ok, n)
 	}
-	for _, name := range []string{"tai_journal_oldest_age_seconds", "tai_request_duration_seconds_count{tai_op=\"put\"}", "tai_cache_hit_ratio", "tai_states"} {
+	for _, name := range []string{"tai_journal_oldest_age_seconds", "tai_request_duration_seconds_count{tai_op=\"put\"}", "tai_cache_hit_ratio", "tai_states",
+		"tai_store_wal_syncs_total", "tai_store_wal_sync_time_seconds_total"} {
 		if _, ok := metricValue(m, name); !ok {
 			t.Errorf("metric %s missing from /metrics", name)
 		}

@@ -234,8 +234,14 @@ func (i *instrumented) Changes(ctx context.Context, governor string, since synce
 }
 
 func (i *instrumented) Events(ctx context.Context, key syncer.Key, afterVersion uint64, limit int) ([]syncer.Event, error) {
-	ctx, done := i.o.call(ctx, "events")
-	es, err := i.r.Events(ctx, key, afterVersion, limit)
+	return i.o.events(ctx, i.r.Events, key, afterVersion, limit)
+}
+
+// events is one Events call through fn, counted and traced.
+func (o *RemoteObserver) events(ctx context.Context, fn func(context.Context, syncer.Key, uint64, int) ([]syncer.Event, error),
+	key syncer.Key, afterVersion uint64, limit int) ([]syncer.Event, error) {
+	ctx, done := o.call(ctx, "events")
+	es, err := fn(ctx, key, afterVersion, limit)
 	done(err, attrRecords.Int(len(es)))
 	return es, err
 }
@@ -269,10 +275,7 @@ type instrumentedHistory struct {
 }
 
 func (i *instrumentedHistory) Events(ctx context.Context, key syncer.Key, afterVersion uint64, limit int) ([]syncer.Event, error) {
-	ctx, done := i.o.call(ctx, "events")
-	es, err := i.h.Events(ctx, key, afterVersion, limit)
-	done(err, attrRecords.Int(len(es)))
-	return es, err
+	return i.o.events(ctx, i.h.Events, key, afterVersion, limit)
 }
 
 func (i *instrumentedHistory) PutSnapshot(ctx context.Context, snap syncer.Snapshot, keep int) (syncer.SnapshotStatus, error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/tai-state/tai-state/sockapi"
 	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/firestore"
 )
 
 // Defaults and bounds of serve's request limits. docs/security.md lists
@@ -174,6 +175,9 @@ func (c *Config) settings() []*setting {
 			"most conflict ledger entries kept locally (the oldest go first)", &syn.LedgerMaxEntries),
 		durSetting("ledger-max-age", "TAI_LEDGER_MAX_AGE", localcache.DefaultLedgerMaxAge, time.Minute, 0,
 			"how long conflict ledger entries are kept locally", &syn.LedgerMaxAge),
+		durSetting("ledger-ttl", "TAI_LEDGER_TTL", firestore.DefaultLedgerTTL, time.Hour, 0,
+			"how long the shared conflict ledger keeps a decision: each Firestore ledger document gets expire_at = decision time + this, "+
+				"for a Firestore TTL policy on field expire_at of collection group conflicts", &syn.LedgerTTL),
 		// Transactions: sockapi/txn.go.
 		intSetting("txn-attempts", "TAI_TXN_ATTEMPTS", localcache.DefaultTxnAttempts, 1, 100,
 			"most attempts of a strong transaction that loses to concurrent changes (backoff 10 ms to 1 s, with jitter)", &syn.TxnAttempts),

@@ -44,6 +44,9 @@ type SyncConfig struct {
 	StormWindow      time.Duration
 	LedgerMaxEntries int
 	LedgerMaxAge     time.Duration
+	// LedgerTTL sets the expire_at of the shared ledger's documents
+	// (--ledger-ttl; firestore Config).
+	LedgerTTL time.Duration
 	// TxnAttempts is how often a strong txn is tried when it loses to
 	// concurrent changes (--txn-attempts; sockapi Options).
 	TxnAttempts int
@@ -103,7 +106,7 @@ func (c *SyncConfig) validate() error {
 }
 
 func (c *SyncConfig) firestoreConfig() firestore.Config {
-	return firestore.Config{ProjectID: c.Project, DatabaseID: c.Database, Root: c.Root}
+	return firestore.Config{ProjectID: c.Project, DatabaseID: c.Database, Root: c.Root, LedgerTTL: c.LedgerTTL}
 }
 
 // syncLoops are the push and pull loops of a sidecar with a shared store.

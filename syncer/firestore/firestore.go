@@ -63,6 +63,12 @@ type Config struct {
 	// Firestore aborts it for contention (default 20, more than the
 	// client's 5: the emulator and busy keys abort often).
 	MaxAttempts int
+	// LedgerTTL is how long the conflict ledger keeps a decision: each
+	// ledger document's expire_at is its decision time plus LedgerTTL
+	// (default DefaultLedgerTTL). Firestore deletes expired documents once
+	// a TTL policy on field expire_at of collection group conflicts is
+	// enabled (gcloud firestore fields ttls update).
+	LedgerTTL time.Duration
 	// ClientOptions are passed to the client (credentials and so on); by
 	// default the standard Google application default credentials are used.
 	ClientOptions []option.ClientOption
@@ -84,6 +90,9 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	if c.LedgerTTL < 0 {
+		return errors.New("firestore: negative LedgerTTL")
+	}
 	if c.MaxAttempts < 0 {
 		return errors.New("firestore: negative MaxAttempts")
 	}
@@ -97,6 +106,7 @@ type Remote struct {
 	ownClient   bool
 	root        string
 	maxAttempts int
+	ledgerTTL   time.Duration
 }
 
 // Open connects to the database cfg names. Close the Remote when done.
@@ -124,7 +134,11 @@ func New(client *firestore.Client, cfg Config) *Remote {
 	if n == 0 {
 		n = 20
 	}
-	return &Remote{client: client, root: cfg.Root, maxAttempts: n}
+	ttl := cfg.LedgerTTL
+	if ttl == 0 {
+		ttl = DefaultLedgerTTL
+	}
+	return &Remote{client: client, root: cfg.Root, maxAttempts: n, ledgerTTL: ttl}
 }
 
 // Close closes the client if Open made it.
@@ -339,7 +353,7 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 				}
 			}
 			if c.Conflict != nil { // the ledger record of the conflict the change won
-				if err := tx.Set(r.conflicts().Doc(c.Conflict.ID), toConflictDoc(*c.Conflict)); err != nil {
+				if err := tx.Set(r.conflicts().Doc(c.Conflict.ID), r.conflictDoc(*c.Conflict)); err != nil {
 					return err
 				}
 			}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore"
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
@@ -88,5 +90,34 @@ func TestRootsAreSeparate(t *testing.T) {
 	}
 	if recs, _, err := b.Changes(ctx, "g", "", 0); err != nil || len(recs) != 0 {
 		t.Fatalf("root b's changes: %v %v", err, recs)
+	}
+}
+
+// TestLedgerExpireAt: every ledger document carries expire_at, its decision
+// time plus Config.LedgerTTL, for a Firestore TTL policy.
+func TestLedgerExpireAt(t *testing.T) {
+	client, root := firestoretest.Client(t)
+	const ttl = 48 * time.Hour
+	r := firestore.New(client, firestore.Config{Root: root, LedgerTTL: ttl})
+	ctx := context.Background()
+	decided := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	rec := syncer.ConflictRecord{ID: "c1", Key: syncer.Key{Governor: "g", State: "s"}, Time: decided, Node: "n1",
+		Resolver: "lww", Winner: conflict.Remote}
+	if err := r.LogConflicts(ctx, []syncer.ConflictRecord{rec}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := client.Doc(root + "/conflicts/c1").Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := snap.DataAt("expire_at")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at, ok := v.(time.Time); !ok || !at.Equal(decided.Add(ttl)) {
+		t.Fatalf("expire_at %v, want %v", v, decided.Add(ttl))
+	}
+	if err := (firestore.Config{ProjectID: "p", LedgerTTL: -time.Hour}).Validate(); err == nil {
+		t.Fatal("a negative LedgerTTL is valid")
 	}
 }

@@ -22,6 +22,9 @@ import (
 // project needs composite indexes on (governor, time_ns, id) and (governor,
 // state, time_ns, id); the emulator needs none.
 
+// DefaultLedgerTTL is Config.LedgerTTL's default: 90 days.
+const DefaultLedgerTTL = 90 * 24 * time.Hour
+
 // ledgerWrites is the most records one LogConflicts transaction writes
 // (Firestore allows 500 writes per commit).
 const ledgerWrites = 250
@@ -53,6 +56,7 @@ type conflictDoc struct {
 	State       string    `firestore:"state"`
 	TimeNS      int64     `firestore:"time_ns"`
 	DecidedAt   time.Time `firestore:"decided_at"`
+	ExpireAt    time.Time `firestore:"expire_at"` // for a TTL policy: DecidedAt + Config.LedgerTTL
 	Node        string    `firestore:"node"`
 	Resolver    string    `firestore:"resolver"`
 	Reason      string    `firestore:"reason"`
@@ -87,9 +91,10 @@ func fromSideDoc(d sideDoc) conflict.Side {
 		Clock: conflict.Clock{Lamport: uint64(d.Lamport), HLC: uint64(d.HLC), Vector: fromVector(d.Vector)}}
 }
 
-func toConflictDoc(c syncer.ConflictRecord) conflictDoc {
+// conflictDoc is c as r stores it.
+func (r *Remote) conflictDoc(c syncer.ConflictRecord) conflictDoc {
 	d := conflictDoc{ID: c.ID, Governor: c.Key.Governor, State: c.Key.State, TimeNS: c.Time.UnixNano(),
-		DecidedAt: c.Time, Node: c.Node, Resolver: c.Resolver, Reason: c.Reason, Winner: c.Winner.String(),
+		DecidedAt: c.Time, ExpireAt: c.Time.Add(r.ledgerTTL), Node: c.Node, Resolver: c.Resolver, Reason: c.Reason, Winner: c.Winner.String(),
 		Merged: c.Merged, Entries: int64(c.Entries), BaseVersion: int64(c.BaseVersion),
 		Local: toSideDoc(c.Local), Remote: toSideDoc(c.Remote), Omitted: c.Omitted}
 	if c.Base != nil {
@@ -148,7 +153,7 @@ func (r *Remote) LogConflicts(ctx context.Context, recs []syncer.ConflictRecord)
 				if snap.Exists() {
 					continue
 				}
-				if err := tx.Create(refs[i], toConflictDoc(chunk[i])); err != nil {
+				if err := tx.Create(refs[i], r.conflictDoc(chunk[i])); err != nil {
 					return err
 				}
 			}

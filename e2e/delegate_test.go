@@ -85,51 +85,81 @@ var pythonDelegate = delegateApp{
 		}
 		cmd := exec.Command(debianPython, "../examples/python/resolver_example.py", socket, gov)
 		cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
-		var stderr syncBuffer
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		lines := make(chan string)
-		go func() {
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				lines <- sc.Text()
-			}
-			close(lines)
-		}()
-		t.Cleanup(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-			if t.Failed() {
-				t.Logf("python app stderr:\n%s", stderr.String())
-			}
-		})
-		select {
-		case l, ok := <-lines:
-			if !ok || !strings.HasPrefix(l, "registered ") {
-				t.Fatalf("python app: first line %q (closed: %v), want registered; stderr:\n%s", l, !ok, stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("python app: not registered after 30s; stderr:\n%s", stderr.String())
-		}
-		go func() { // the rest of its output goes with stderr, shown on failure
-			for l := range lines {
-				stderr.Write([]byte(l + "\n"))
-			}
-		}()
-		return func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
+		return startApp(t, "python app", cmd, "registered ")
 	},
 }
 
-// TestDelegateGoApp and TestDelegatePythonApp: two sidecars on the
+// cliSum is the CLI delegate's command: a shell pipeline into python3
+// (JSON only, no msgpack) that sums the counters.
+const cliSum = `/usr/bin/python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+if c["base"] is None:
+    print(json.dumps({"choice": "fallback", "reason": "no base"}))
+else:
+    b, l, r = c["base"]["value"]["n"], c["local"]["value"]["n"], c["remote"]["value"]["n"]
+    print(json.dumps({"choice": "value", "value": {"n": b + (l - b) + (r - b)}, "reason": "summed by cli"}))
+'`
+
+// cliDelegate is tai-sidecar resolver --exec: a shell command decides.
+var cliDelegate = delegateApp{
+	reason: "summed by cli",
+	start: func(t *testing.T, socket, gov string) func() {
+		cmd := exec.Command(sidecarBin, "--socket", socket, "resolver", gov, "--exec", cliSum)
+		return startApp(t, "resolver command", cmd, `{"deadline_ms":`)
+	},
+}
+
+// startApp starts cmd, an app that prints a line starting with registered
+// once it decides conflicts, and waits for that line. The rest of its
+// output is shown if the test fails. The returned function stops it.
+func startApp(t *testing.T, name string, cmd *exec.Cmd, registered string) func() {
+	t.Helper()
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, stderr.String())
+		}
+	})
+	select {
+	case l, ok := <-lines:
+		if !ok || !strings.HasPrefix(l, registered) {
+			t.Fatalf("%s: first line %q (closed: %v), want %s...; stderr:\n%s", name, l, !ok, registered, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: not registered after 30s; stderr:\n%s", name, stderr.String())
+	}
+	go func() { // the rest of its output goes with stderr, shown on failure
+		for l := range lines {
+			stderr.Write([]byte(l + "\n"))
+		}
+	}()
+	return func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+}
+
+// TestDelegateGoApp, TestDelegatePythonApp and TestDelegateCLI (tai-sidecar
+// resolver --exec with a shell command): two sidecars on the
 // emulator, governor cnt delegated to an app with lww as the fallback
 // (--resolvers cnt=app:lww). b loses Firestore, both sidecars change the
 // same counter, b gets Firestore back and its push meets the conflict: the
@@ -139,6 +169,7 @@ var pythonDelegate = delegateApp{
 // such conflict is decided by lww, and the ledger says why.
 func TestDelegateGoApp(t *testing.T)     { testDelegate(t, goDelegate) }
 func TestDelegatePythonApp(t *testing.T) { testDelegate(t, pythonDelegate) }
+func TestDelegateCLI(t *testing.T)       { testDelegate(t, cliDelegate) }
 
 func testDelegate(t *testing.T, app delegateApp) {
 	const gov = "cnt"

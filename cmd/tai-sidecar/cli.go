@@ -70,6 +70,10 @@ func cliCommands() map[string]cliCommand {
 			help:  "run one transaction of OPS, a JSON array of {op, governor, state, value, if_version, if_absent, exists} (- or none: standard input)",
 			flags: txnFlags},
 		"txlog": {help: "print the transaction log as JSON lines", flags: txlogFlags},
+		// cli_resolver.go
+		"resolver": {args: "GOV", nargs: 1,
+			help:  "decide the conflicts of a governor delegated to an app (--resolvers GOV=app:FALLBACK) with --exec COMMAND, until interrupted; print each decision as a JSON line",
+			flags: resolverFlags},
 		// cli_snapshots.go
 		"snapshot": {args: "GOV [STATE]", nargs: 1, optional: 1,
 			help: "take a snapshot of a state, or of every live state of a governor", flags: snapshotFlags},
@@ -96,7 +100,7 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 	name := args[0]
 	cmd, ok := cliCommands()[name]
 	if !ok {
-		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, snapshot, transition, cleanup, replay, lock, conflicts, txn, txlog, ping or serve; see tai-sidecar help)", name)}
+		return &usageError{fmt.Sprintf("unknown command %q (want get, put, delete, list, watch, stats, pending, failed, flush, events, state-at, validate, history, snapshot, transition, cleanup, replay, lock, conflicts, txn, txlog, resolver, ping or serve; see tai-sidecar help)", name)}
 	}
 	fs := flag.NewFlagSet("tai-sidecar "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -796,7 +796,7 @@ func applyWriteOptions(req *wire.Request, opts []WriteOption, preconditions bool
 		}
 	}
 	if !preconditions && (o.ifVersion != nil || o.ifAbsent) {
-		return errorf(wire.CodeInvalidArgument, "batch preconditions are set per item, not as options")
+		return errorf(wire.CodeInvalidArgument, "%s preconditions are set per item (if_version, if_absent), not as options", req.Op)
 	}
 	req.IfVersion, req.IfAbsent = o.ifVersion, o.ifAbsent
 	req.Actor, req.Reason = o.actor, o.reason

@@ -73,10 +73,10 @@ func resolverFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []str
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		var mu sync.Mutex // out is shared by the conflicts' goroutines
-		print := func(v any) {
+		emit := func(v any) {
 			mu.Lock()
 			defer mu.Unlock()
-			out.Encode(v)
+			_ = out.Encode(v) // stdout gone: the decisions still reach the sidecar
 		}
 		decide := func(ctx context.Context, cf client.Conflict) (client.Resolution, error) {
 			res, err := runResolver(ctx, *command, cf)
@@ -84,11 +84,11 @@ func resolverFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []str
 			if err != nil {
 				line["choice"], line["error"] = wire.ChoiceFallback, err.Error()
 			}
-			print(line)
+			emit(line)
 			return res, err
 		}
 		registered := func(d time.Duration) {
-			print(map[string]any{"registered": pos[0], "deadline_ms": d.Milliseconds()})
+			emit(map[string]any{"registered": pos[0], "deadline_ms": d.Milliseconds()})
 		}
 		return c.ServeConflicts(ctx, pos[0], decide, client.AnswerWithin(*deadline), client.OnRegistered(registered))
 	}

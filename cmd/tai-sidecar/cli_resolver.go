@@ -119,16 +119,9 @@ func runResolver(ctx context.Context, command string, cf client.Conflict) (clien
 // conflictJSON is cf as the command reads it.
 func conflictJSON(cf client.Conflict) ([]byte, error) {
 	side := func(s wire.ConflictSide) (resolverSide, error) {
-		out := resolverSide{Value: json.RawMessage("null"), Version: s.Version, Deleted: s.Deleted,
-			UpdatedAt: time.Unix(0, s.UpdatedAt).UTC(), Origin: s.Origin, OpID: s.OpID}
-		if !s.Deleted && len(s.Value) > 0 {
-			v, err := msgpackToJSON(s.Value)
-			if err != nil {
-				return out, err
-			}
-			out.Value = v
-		}
-		return out, nil
+		v, err := valueJSON(s.Value, s.Deleted)
+		return resolverSide{Value: v, Version: s.Version, Deleted: s.Deleted,
+			UpdatedAt: time.Unix(0, s.UpdatedAt).UTC(), Origin: s.Origin, OpID: s.OpID}, err
 	}
 	rc := resolverConflict{ID: cf.ID, Governor: cf.Governor, State: cf.State, Deadline: cf.Deadline.UTC()}
 	var err error
@@ -139,14 +132,21 @@ func conflictJSON(cf client.Conflict) ([]byte, error) {
 		return nil, fmt.Errorf("remote value: %w", err)
 	}
 	if b := cf.Base; b != nil {
-		rc.Base = &resolverBase{Value: json.RawMessage("null"), Version: b.Version, Deleted: b.Deleted}
-		if !b.Deleted && len(b.Value) > 0 {
-			if rc.Base.Value, err = msgpackToJSON(b.Value); err != nil {
-				return nil, fmt.Errorf("base value: %w", err)
-			}
+		v, err := valueJSON(b.Value, b.Deleted)
+		if err != nil {
+			return nil, fmt.Errorf("base value: %w", err)
 		}
+		rc.Base = &resolverBase{Value: v, Version: b.Version, Deleted: b.Deleted}
 	}
 	return json.Marshal(rc)
+}
+
+// valueJSON is a msgpack value as JSON: null for a tombstone or no value.
+func valueJSON(raw []byte, deleted bool) (json.RawMessage, error) {
+	if deleted || len(raw) == 0 {
+		return json.RawMessage("null"), nil
+	}
+	return msgpackToJSON(raw)
 }
 
 // parseAnswer reads the command's answer.

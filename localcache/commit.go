@@ -226,6 +226,7 @@ func (s *Store) send(ctx context.Context, r *request) reply {
 func (s *Store) committer() {
 	defer close(s.committerDone)
 	defer close(s.applyQ)
+	defer s.dropView()
 	var group []*request
 	for {
 		if s.opts.hookGroup != nil {
@@ -299,10 +300,9 @@ func (s *Store) commitGroup(group []*request) {
 	}
 	now := s.opts.Now()
 	m := s.meta
-	// Prune before the read transaction begins: its snapshot then holds
-	// every group the pruned entries came from.
+	s.refreshView()
 	s.pruneOverlay()
-	g := &groupView{s: s, recs: make(map[Key]*Record), rtxn: s.db.NewTransaction(false)}
+	g := &groupView{s: s, recs: make(map[Key]*Record)}
 	defer g.discard()
 	accepted := make([]*staged, 0, len(group))
 	for _, r := range group {
@@ -334,7 +334,6 @@ type groupView struct {
 	s    *Store
 	recs map[Key]*Record // nil: removed
 	raw  map[string]kv
-	rtxn *badger.Txn
 	// fresh is a read transaction opened, after every logged group was
 	// applied, for reads of keys other than state records (mutations).
 	fresh *badger.Txn
@@ -351,7 +350,7 @@ func (g *groupView) record(k Key) (*Record, error) {
 	if rec := g.s.cache.peek(k); rec != nil {
 		return rec, nil
 	}
-	return readRecord(g.rtxn, k)
+	return readRecord(g.s.readView(), k)
 }
 
 // get returns the current value of a key that is not a state record (nil:
@@ -395,7 +394,9 @@ func (g *groupView) add(st *staged) {
 }
 
 func (g *groupView) discard() {
-	g.rtxn.Discard()
+	if g.s.wal == nil {
+		g.s.dropView() // in memory the group is committed now, and no overlay has it
+	}
 	if g.fresh != nil {
 		g.fresh.Discard()
 	}
@@ -512,9 +513,9 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 	return st, nil
 }
 
-// part is the requests of one Badger transaction, built and not committed.
+// part is the requests of one Badger transaction. The transaction is built
+// where it is committed (see txnLimits).
 type part struct {
-	txn *badger.Txn
 	sts []*staged
 }
 
@@ -526,24 +527,14 @@ type part struct {
 func (s *Store) commitStaged(acc []*staged) {
 	var parts []part
 	for lo := 0; lo < len(acc); {
-		n := len(acc) - lo
-		var txn *badger.Txn
-		var err error
-		for {
-			var fitted int
-			txn, fitted, err = s.build(acc[lo : lo+n])
-			if !errors.Is(err, badger.ErrTxnTooBig) || n == 1 {
-				break
-			}
-			n = max(1, min(n-1, fitted))
-		}
+		n, err := s.limits.fit(acc[lo:])
 		if err != nil {
 			s.commitParts(parts)
-			s.failed(acc[lo:lo+n], err)
-			s.restage(acc[lo+n:])
+			s.failed(acc[lo:lo+1], err)
+			s.restage(acc[lo+1:])
 			return
 		}
-		parts = append(parts, part{txn: txn, sts: acc[lo : lo+n]})
+		parts = append(parts, part{sts: acc[lo : lo+n]})
 		lo += n
 	}
 	s.commitParts(parts)
@@ -632,8 +623,11 @@ func (s *Store) commitParts(parts []part) {
 // commitMemory commits parts in memory, publishes and answers them.
 func (s *Store) commitMemory(parts []part) {
 	for i, p := range parts {
-		err := p.txn.Commit()
-		p.txn.Discard()
+		txn, err := s.build(p.sts)
+		if err == nil {
+			err = txn.Commit()
+			txn.Discard()
+		}
 		if err == nil {
 			s.meta = p.sts[len(p.sts)-1].meta
 			s.published(p.sts)
@@ -649,7 +643,6 @@ func (s *Store) commitMemory(parts []part) {
 		// Nothing was applied; the parts after it are staged again.
 		var rest []*staged
 		for _, q := range parts[i+1:] {
-			q.txn.Discard()
 			rest = append(rest, q.sts...)
 		}
 		s.failed(p.sts, err)
@@ -661,9 +654,12 @@ func (s *Store) commitMemory(parts []part) {
 // Pipeline.
 //
 // On disk, a group's Badger apply overlaps the next group's log append and
-// sync: the committer (stage 1) gathers, stages, builds the transactions and
-// appends the group to the log, then hands it to the applier (stage 2),
-// which commits the transactions in Badger and updates the cache. The
+// sync: the committer (stage 1) gathers, stages, cuts the group into
+// transactions (txnLimits) and appends it to the log, then hands it to the
+// applier (stage 2), which builds and commits the transactions in Badger and
+// updates the cache. The committer never waits for Badger's commits: it
+// stages against the overlay, the cache and a read view kept across groups
+// (readView). The
 // committer answers the group's writers as soon as the group is durable in
 // the log, before it hands it on: the apply is off the writers' path.
 //
@@ -710,10 +706,60 @@ type overlayGroup struct {
 	keys []Key
 }
 
+// The committer's read view.
+//
+// Staging reads a record from Badger only when it is in neither the
+// overlay nor the cache. Opening a Badger transaction waits until every
+// commit in progress is done, the applier's included, which would put each
+// group's apply on the next group's path. So the committer keeps one read
+// transaction (s.rview) across groups, and prunes the overlay only of groups
+// that transaction's snapshot holds (s.rviewApplied: the last group applied
+// when it was opened). It opens a newer one when the applier is idle, which
+// costs no wait, or when the view has fallen maxViewLag groups behind,
+// which bounds the overlay and how long the view holds old versions in
+// Badger.
+const maxViewLag = 64
+
+// readView returns the committer's read transaction, opening it if needed.
+// Committer only.
+func (s *Store) readView() *badger.Txn {
+	if s.rview == nil {
+		s.rviewApplied = s.applied.Load() // before: the snapshot holds at least this
+		s.rview = s.db.NewTransaction(false)
+	}
+	return s.rview
+}
+
+// refreshView drops the read view if a newer one is due (see readView).
+// Committer only.
+func (s *Store) refreshView() {
+	if s.rview == nil {
+		return
+	}
+	applied := s.applied.Load()
+	if applied == s.rviewApplied {
+		return
+	}
+	if applied == s.logged.Load() || applied-s.rviewApplied >= maxViewLag {
+		s.dropView()
+	}
+}
+
+func (s *Store) dropView() {
+	if s.rview != nil {
+		s.rview.Discard()
+		s.rview = nil
+	}
+}
+
 // pruneOverlay drops the overlay entries of groups the applier has applied
-// (unless a later group superseded them). Committer only.
+// and the read view holds (unless a later group superseded them). Committer
+// only.
 func (s *Store) pruneOverlay() {
 	applied := s.applied.Load()
+	if s.rview != nil {
+		applied = min(applied, s.rviewApplied)
+	}
 	if len(s.overlayGroups) == 0 || s.overlayGroups[0].seq > applied {
 		return
 	}
@@ -765,11 +811,15 @@ func (s *Store) apply(job applyJob) {
 		return
 	}
 	for i, p := range job.parts {
-		if err := p.txn.Commit(); err != nil {
+		txn, err := s.build(p.sts)
+		if err == nil {
+			err = txn.Commit()
+			txn.Discard()
+		}
+		if err != nil {
 			s.applyFailed(job.parts[i:], fmt.Errorf("apply group %d: %w", job.seq, err))
 			return
 		}
-		p.txn.Discard()
 		for _, st := range p.sts {
 			s.cacheStaged(st)
 		}
@@ -788,9 +838,6 @@ func (s *Store) apply(job applyJob) {
 // back to zero), so point reads still see them; scans that would miss them
 // get the failure.
 func (s *Store) applyFailed(parts []part, cause error) {
-	for _, p := range parts {
-		p.txn.Discard()
-	}
 	err := s.fail(cause)
 	s.log.Error("acknowledged writes are in the write-ahead log but not in the store: refusing writes and scans until it is reopened",
 		"err", err, "writes", countWrites(parts))
@@ -845,7 +892,6 @@ func (s *Store) wakeBarrier() {
 func (s *Store) unknown(parts []part, cause error) {
 	err := errNotAcked{s.fail(cause)}
 	for _, p := range parts {
-		p.txn.Discard()
 		for _, st := range p.sts {
 			s.uncacheStaged(st)
 			st.req.done <- reply{err: err}
@@ -916,10 +962,9 @@ func encodeWALGroup(b []byte, seq uint64, parts []part) []byte {
 }
 
 // build returns a write transaction holding part's entries and the meta
-// after its last request. On ErrTxnTooBig, fitted is how many requests fit
-// whole.
-func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
-	txn = s.db.NewTransaction(true)
+// after its last request. Parts are cut with txnLimits.fit, so they fit.
+func (s *Store) build(part []*staged) (*badger.Txn, error) {
+	txn := s.db.NewTransaction(true)
 	for _, st := range part {
 		for _, op := range st.ops {
 			var err error
@@ -930,16 +975,15 @@ func (s *Store) build(part []*staged) (txn *badger.Txn, fitted int, err error) {
 			}
 			if err != nil {
 				txn.Discard()
-				return nil, fitted, err
+				return nil, err
 			}
 		}
-		fitted++
 	}
 	if err := txn.SetEntry(badger.NewEntry(metaCounters, encodeMeta(part[len(part)-1].meta))); err != nil {
 		txn.Discard()
-		return nil, fitted - 1, err
+		return nil, err
 	}
-	return txn, fitted, nil
+	return txn, nil
 }
 
 // published makes a part committed in memory visible: cache, counters,

@@ -152,6 +152,30 @@ func TestPipelineOverlapSeesLoggedGroups(t *testing.T) {
 	checkChains(t, s, keys, succ)
 }
 
+// TestPipelineReadViewSeesLoggedGroups is TestPipelineOverlapSeesLoggedGroups
+// without the read cache, so that staging reads every record the overlay
+// does not hold from the committer's read view, which it keeps across
+// groups while the applier is busy: the overlay must keep each group the
+// view's snapshot does not hold, or a precondition would be checked
+// against an old version.
+func TestPipelineReadViewSeesLoggedGroups(t *testing.T) {
+	dir := t.TempDir()
+	var sp atomic.Pointer[Store]
+	var overlapped atomic.Int64
+	s := openDisk(t, dir, holdApply(&sp, &overlapped), func(o *Options) { o.CacheBytes = -1 })
+	sp.Store(s)
+	var keys []Key
+	for i := range 12 {
+		keys = append(keys, key("g", "k"+itoa(i)))
+	}
+	succ := chainWriters(t, s, keys, 24, 4)
+	if overlapped.Load() == 0 {
+		t.Fatal("no group was staged while the one before it waited to be applied")
+	}
+	checkChains(t, s, keys, succ)
+	closeStore(t, s)
+}
+
 // TestPipelineApplyFailure fails the apply of one group while the next is
 // already logged: both groups' writers were acknowledged (the groups are in
 // the log), point reads see them, the store refuses writes, and the next

@@ -123,11 +123,16 @@ type Store struct {
 	// snaps takes automatic snapshots (snapshot.go).
 	snaps snapshotter
 
+	// limits cut groups into Badger transactions (see txnLimits).
+	limits txnLimits
+
 	// Owned by the committer.
-	walBuf    []byte
-	syncEWMA  time.Duration // recent write-ahead log append+sync time
-	lastGroup int           // requests in the last group
-	backlog   int           // requests queued when it was handed on
+	rview        *badger.Txn // see readView
+	rviewApplied uint64
+	walBuf       []byte
+	syncEWMA     time.Duration // recent write-ahead log append+sync time
+	lastGroup    int           // requests in the last group
+	backlog      int           // requests queued when it was handed on
 	// overlay holds the records of groups logged and not yet applied, and
 	// overlayGroups their keys, oldest group first (see Pipeline). The
 	// committer writes overlay holding ovMu; point reads read it holding
@@ -158,6 +163,7 @@ func Open(opts Options) (*Store, error) {
 		log:           opts.Logger,
 		db:            db,
 		cache:         newCache(opts.CacheBytes),
+		limits:        newTxnLimits(db),
 		reqs:          make(chan *request, 4096),
 		abort:         make(chan struct{}),
 		committerDone: make(chan struct{}),

@@ -105,6 +105,65 @@ func TestConflictLedger(t *testing.T) {
 	}
 }
 
+// loseDecidedReply is a remote that loses the reply of the first commit
+// that carries a conflict decision, after the commit took effect.
+type loseDecidedReply struct {
+	syncer.Remote
+	mu   sync.Mutex
+	lost int
+}
+
+func (r *loseDecidedReply) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	res, err := r.Remote.Commit(ctx, b)
+	if err != nil {
+		return res, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range b.Changes {
+		if c.Conflict != nil && r.lost == 0 {
+			r.lost++
+			return nil, syncer.Errorf("commit", c.Key, syncer.ErrUnavailable, "reply lost (injected)")
+		}
+	}
+	return res, nil
+}
+
+// TestConflictLedgerLostReply: the commit of a change that won a conflict
+// (its decision committed with it) reaches the remote, and the reply is
+// lost. The next pass finds the change applied and decides nothing, and the
+// decision still reaches the deciding node's ledger, once.
+func TestConflictLedgerLostReply(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			r := &loseDecidedReply{Remote: be.open(t)}
+			a := resolverNode("node-a", r, resolverSet(t, "*=lww"), nil, nil)
+			b := resolverNode("node-b", r, resolverSet(t, "*=lww"), nil, nil)
+			k := key("ledger-lost-reply")
+			t0 := time.Now()
+			a.j.SetClock(func() time.Time { return t0 })
+			b.j.SetClock(func() time.Time { return t0.Add(time.Second) }) // b's write is later: b wins
+			put(t, a.j, k, "a1")
+			put(t, b.j, k, "b1")
+			syncOnce(t, ctx, a.s)
+			if _, err := b.s.SyncOnce(ctx); !syncer.IsTransient(err) || r.lost != 1 {
+				t.Fatalf("pass with the reply lost: %v (replies lost: %d)", err, r.lost)
+			}
+			if b.j.Depth() != 1 || len(b.j.Conflicts()) != 0 {
+				t.Fatalf("after the lost reply: depth %d, %d ledger records", b.j.Depth(), len(b.j.Conflicts()))
+			}
+			rep := syncOnce(t, ctx, b.s)
+			if rep.AlreadyApplied != 1 || rep.Conflicts != 0 {
+				t.Fatalf("pass after: %+v", rep)
+			}
+			converge(t, ctx, r, k, a, b)
+			checkExplains(t, ctx, r, b, k, conflict.Local)
+		})
+	}
+}
+
 // TestConflictLedgerWriteFails: a change that lost stays pending while its
 // record cannot be written to the remote's ledger, and is acked with it
 // once it can.

@@ -692,7 +692,7 @@ func (s *Syncer) settle(ctx context.Context, ps *passState, b *batch, out outcom
 			u := b.units[unitIndex(b, p)]
 			switch res.Status {
 			case Applied, AlreadyApplied:
-				s.ackPart(ps, p, res)
+				s.ackPart(ctx, ps, p, res)
 				s.finishUnit(ps, u)
 			case Conflict:
 				s.resolve(ctx, ps, u, []*part{p}, []Result{res})
@@ -768,13 +768,61 @@ func unitIndex(b *batch, p *part) int {
 }
 
 // ackPart acks p's entries after res (Applied or AlreadyApplied).
-func (s *Syncer) ackPart(ps *passState, p *part, res Result) {
+func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result) {
 	outcome, n := OutcomePushed, &ps.rep.Pushed
+	decision := p.conflict
 	if res.Status == AlreadyApplied {
 		outcome, n = OutcomeAlreadyApplied, &ps.rep.AlreadyApplied
+		if decision == nil {
+			decision = s.lostDecision(ctx, p, res)
+		}
 	}
-	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote, Conflict: p.conflict})
+	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote, Conflict: decision})
 	*n += len(p.entries)
+}
+
+// lostDecisionWindow is how long before a change's local time its decision
+// may be dated (the same node's clock: only a clock stepped back moves it
+// earlier).
+const lostDecisionWindow = time.Minute
+
+// lostDecision finds the ledger record of a conflict decided over p's
+// change in an earlier attempt whose commit reached the remote but whose
+// reply did not (or whose ack was lost in a crash): the record was
+// committed with the change, and the local ledger must get it too. Only a
+// change the remote holds at another version than the local one can have
+// been committed after a decision (a rebase renumbers it), so only then is
+// the remote's ledger asked. A failed query is logged and the change acked
+// without the record.
+func (s *Syncer) lostDecision(ctx context.Context, p *part, res Result) *ConflictRecord {
+	last := p.entries[len(p.entries)-1].Record
+	if !res.Exists || res.Remote.Version == last.Version {
+		return nil
+	}
+	ops := make(map[string]bool, len(p.entries))
+	for _, e := range p.entries {
+		ops[e.Record.OpID] = true
+	}
+	from := time.Unix(0, p.entries[0].Record.UpdatedAt).Add(-lostDecisionWindow)
+	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	defer cancel()
+	s.mu.Lock()
+	s.stats.RemoteCalls++
+	s.mu.Unlock()
+	recs, err := s.remote.Conflicts(cctx, ConflictQuery{Governor: p.key.Governor, State: p.key.State, From: from})
+	if err != nil {
+		s.log.Warn("push: a change was already applied; its conflict decision, if any, stays out of the local ledger",
+			"key", p.key.String(), "err", err)
+		return nil
+	}
+	for i := len(recs) - 1; i >= 0; i-- {
+		if ops[recs[i].Local.OpID] && recs[i].Winner != conflict.Remote {
+			s.log.Info("push: a change was already applied with a conflict decision; the decision joins the local ledger",
+				"key", p.key.String(), "conflict", recs[i].ID, "resolver", recs[i].Resolver)
+			return &recs[i]
+		}
+	}
+	return nil
 }
 
 // finishUnit removes u from the head of its keys' queues.
@@ -927,7 +975,7 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 				continue
 			}
 			if results[i].Status == AlreadyApplied {
-				s.ackPart(ps, p, results[i])
+				s.ackPart(ctx, ps, p, results[i])
 				continue
 			}
 			remote := results[i].Remote
@@ -976,13 +1024,13 @@ func (s *Syncer) settleAtomic(ctx context.Context, ps *passState, u *unit, b *ba
 			conflict = true
 		}
 	}
-	if s.checkFailed(ps, u, b, results) { // txncheck.go
+	if s.checkFailed(ctx, ps, u, b, results) { // txncheck.go
 		return
 	}
 	if !conflict {
 		for i, p := range b.owner {
 			if !p.check {
-				s.ackPart(ps, p, results[i])
+				s.ackPart(ctx, ps, p, results[i])
 			}
 		}
 		s.finishUnit(ps, u)

@@ -9,6 +9,8 @@ package syncer
 // entries are superseded and the local side adopts the remote records of
 // its keys, as for a strict change that loses a conflict.
 
+import "context"
+
 // Check is one version check of a transaction: the remote must hold Key at
 // Version (a tombstone counts with its version; 0: the remote has no record
 // of Key), made by OpID when that is set, when the transaction is applied.
@@ -37,7 +39,7 @@ func checkParts(group []Entry) []*part {
 // the unit (the transaction was applied before, and its ack was lost), the
 // writes are acked as already applied; otherwise the transaction gives way
 // (see above).
-func (s *Syncer) checkFailed(ps *passState, u *unit, b *batch, results []Result) bool {
+func (s *Syncer) checkFailed(ctx context.Context, ps *passState, u *unit, b *batch, results []Result) bool {
 	failed := -1
 	applied := true
 	for i, p := range b.owner {
@@ -57,7 +59,7 @@ func (s *Syncer) checkFailed(ps *passState, u *unit, b *batch, results []Result)
 			continue
 		}
 		if applied {
-			s.ackPart(ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote})
+			s.ackPart(ctx, ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote})
 			continue
 		}
 		remote := results[i].Remote

@@ -62,7 +62,7 @@ func (c *Config) settings() []*setting {
 		strSetting("log-level", "TAI_LOG_LEVEL", "info", "debug, info, warn or error", &c.LogLevel,
 			func(s string) error { _, err := parseLevel(s); return err }),
 		strSetting("log-format", "TAI_LOG_FORMAT", "text", "text or json", &c.LogFormat, oneOf("text", "json")),
-		int64Setting("cache-bytes", "TAI_CACHE_BYTES", 32<<20, 0, math.MaxInt64, "memory for the hot read cache, in bytes", &c.CacheBytes),
+		int64Setting("cache-bytes", "TAI_CACHE_BYTES", localcache.DefaultCacheBytes, 0, math.MaxInt64, "memory for the hot read cache, in bytes", &c.CacheBytes),
 		memoryLimitSetting(&c.MemoryLimit),
 		maxFrame,
 		durSetting("shutdown-timeout", "TAI_SHUTDOWN_TIMEOUT", 10*time.Second, time.Millisecond, 0, "how long shutdown waits for in-flight requests", &c.ShutdownTimeout),

@@ -789,14 +789,15 @@ const lostDecisionWindow = time.Minute
 // lostDecision finds the ledger record of a conflict decided over p's
 // change in an earlier attempt whose commit reached the remote but whose
 // reply did not (or whose ack was lost in a crash): the record was
-// committed with the change, and the local ledger must get it too. Only a
-// change the remote holds at another version than the local one can have
-// been committed after a decision (a rebase renumbers it), so only then is
-// the remote's ledger asked. A failed query is logged and the change acked
-// without the record.
+// committed with the change, and the local ledger must get it too. A
+// change committed after a decision is renumbered on the remote's version
+// and carries the remote's vector clock entries too, so only a remote
+// record at another version or with another vector clock than the local
+// change has the remote's ledger asked. A failed query is logged and the
+// change acked without the record.
 func (s *Syncer) lostDecision(ctx context.Context, p *part, res Result) *ConflictRecord {
 	last := p.entries[len(p.entries)-1].Record
-	if !res.Exists || res.Remote.Version == last.Version {
+	if !res.Exists || res.Remote.Version == last.Version && sameVector(res.Remote.Clock.Vector, last.Clock.Vector) {
 		return nil
 	}
 	ops := make(map[string]bool, len(p.entries))

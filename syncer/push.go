@@ -805,11 +805,8 @@ func (s *Syncer) lostDecision(ctx context.Context, p *part, res Result) *Conflic
 		ops[e.Record.OpID] = true
 	}
 	from := time.Unix(0, p.entries[0].Record.UpdatedAt).Add(-lostDecisionWindow)
-	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	cctx, cancel := s.ledgerCall(ctx)
 	defer cancel()
-	s.mu.Lock()
-	s.stats.RemoteCalls++
-	s.mu.Unlock()
 	recs, err := s.remote.Conflicts(cctx, ConflictQuery{Governor: p.key.Governor, State: p.key.State, From: from})
 	if err != nil {
 		s.log.Warn("push: a change was already applied; its conflict decision, if any, stays out of the local ledger",

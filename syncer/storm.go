@@ -97,10 +97,16 @@ func (s *Syncer) logConflicts(ctx context.Context, records []*ConflictRecord) er
 	if len(recs) == 0 {
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	cctx, cancel := s.ledgerCall(ctx)
 	defer cancel()
+	return s.remote.LogConflicts(cctx, recs)
+}
+
+// ledgerCall counts one call to the remote's ledger and bounds it by
+// CommitTimeout.
+func (s *Syncer) ledgerCall(ctx context.Context) (context.Context, context.CancelFunc) {
 	s.mu.Lock()
 	s.stats.RemoteCalls++
 	s.mu.Unlock()
-	return s.remote.LogConflicts(cctx, recs)
+	return context.WithTimeout(ctx, s.opts.CommitTimeout)
 }

@@ -132,35 +132,67 @@ func (r *loseDecidedReply) Commit(ctx context.Context, b syncer.Batch) ([]syncer
 // TestConflictLedgerLostReply: the commit of a change that won a conflict
 // (its decision committed with it) reaches the remote, and the reply is
 // lost. The next pass finds the change applied and decides nothing, and the
-// decision still reaches the deciding node's ledger, once.
+// decision still reaches the deciding node's ledger, once: whether the
+// change is all the next pass pushes (the commit answers AlreadyApplied) or
+// a later local write follows it (the commit conflicts, and the applied
+// change is found covered by the remote record).
 func TestConflictLedgerLostReply(t *testing.T) {
 	for _, be := range backends {
-		t.Run(be.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			r := &loseDecidedReply{Remote: be.open(t)}
-			a := resolverNode("node-a", r, resolverSet(t, "*=lww"), nil, nil)
-			b := resolverNode("node-b", r, resolverSet(t, "*=lww"), nil, nil)
-			k := key("ledger-lost-reply")
-			t0 := time.Now()
-			a.j.SetClock(func() time.Time { return t0 })
-			b.j.SetClock(func() time.Time { return t0.Add(time.Second) }) // b's write is later: b wins
-			put(t, a.j, k, "a1")
-			put(t, b.j, k, "b1")
-			syncOnce(t, ctx, a.s)
-			if _, err := b.s.SyncOnce(ctx); !syncer.IsTransient(err) || r.lost != 1 {
-				t.Fatalf("pass with the reply lost: %v (replies lost: %d)", err, r.lost)
-			}
-			if b.j.Depth() != 1 || len(b.j.Conflicts()) != 0 {
-				t.Fatalf("after the lost reply: depth %d, %d ledger records", b.j.Depth(), len(b.j.Conflicts()))
-			}
-			rep := syncOnce(t, ctx, b.s)
-			if rep.AlreadyApplied != 1 || rep.Conflicts != 0 {
-				t.Fatalf("pass after: %+v", rep)
-			}
-			converge(t, ctx, r, k, a, b)
-			checkExplains(t, ctx, r, b, k, conflict.Local)
-		})
+		for _, writeAfter := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/writeAfter=%v", be.name, writeAfter), func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				r := &loseDecidedReply{Remote: be.open(t)}
+				a := resolverNode("node-a", r, resolverSet(t, "*=lww"), nil, nil)
+				b := resolverNode("node-b", r, resolverSet(t, "*=lww"), nil, nil)
+				k := key(fmt.Sprintf("ledger-lost-reply-%v", writeAfter))
+				t0 := time.Now()
+				a.j.SetClock(func() time.Time { return t0 })
+				b.j.SetClock(func() time.Time { return t0.Add(time.Second) }) // b's write is later: b wins
+				put(t, a.j, k, "a1")
+				put(t, b.j, k, "b1")
+				syncOnce(t, ctx, a.s)
+				if _, err := b.s.SyncOnce(ctx); !syncer.IsTransient(err) || r.lost != 1 {
+					t.Fatalf("pass with the reply lost: %v (replies lost: %d)", err, r.lost)
+				}
+				if b.j.Depth() != 1 || len(b.j.Conflicts()) != 0 {
+					t.Fatalf("after the lost reply: depth %d, %d ledger records", b.j.Depth(), len(b.j.Conflicts()))
+				}
+				if writeAfter {
+					put(t, b.j, k, "b2")
+				}
+				rep := syncOnce(t, ctx, b.s)
+				if rep.AlreadyApplied != 1 || !writeAfter && rep.Conflicts != 0 {
+					t.Fatalf("pass after: %+v", rep)
+				}
+				rem := converge(t, ctx, r, k, a, b)
+				if !writeAfter {
+					checkExplains(t, ctx, r, b, k, conflict.Local)
+					return
+				}
+				if string(rem.Value) != "b2" {
+					t.Fatalf("remote %q, want b2", rem.Value)
+				}
+				// The remote's ledger holds the decision over b1, and maybe
+				// one over b2 (the journal here keeps no event log, so b2's
+				// base is unknown): the deciding node's must hold the same.
+				local, remote := b.j.Conflicts(), remoteLedger(t, ctx, r, k)
+				ids := make(map[string]bool)
+				for _, x := range local {
+					ids[x.ID] = true
+				}
+				first := false
+				for _, x := range remote {
+					first = first || x.Local.OpID == "node-b-1" && x.Winner == conflict.Local
+					if !ids[x.ID] {
+						t.Errorf("the remote's decision %s (%s over %s) is not in the deciding node's ledger", x.ID, x.Local.OpID, x.Remote.OpID)
+					}
+				}
+				if !first || len(local) != len(remote) {
+					t.Fatalf("deciding node's ledger %+v, remote's %+v", local, remote)
+				}
+			})
+		}
 	}
 }
 

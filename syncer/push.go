@@ -774,7 +774,7 @@ func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result
 	if res.Status == AlreadyApplied {
 		outcome, n = OutcomeAlreadyApplied, &ps.rep.AlreadyApplied
 		if decision == nil {
-			decision = s.lostDecision(ctx, p, res)
+			decision = s.lostDecision(ctx, p.key, p.entries, res.Remote, res.Exists)
 		}
 	}
 	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote, Conflict: decision})
@@ -786,8 +786,9 @@ func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result
 // earlier).
 const lostDecisionWindow = time.Minute
 
-// lostDecision finds the ledger record of a conflict decided over p's
-// change in an earlier attempt whose commit reached the remote but whose
+// lostDecision finds the ledger record of a conflict decided over
+// entries, a change of key k the remote already has (its record is
+// remote), in an earlier attempt whose commit reached the remote but whose
 // reply did not (or whose ack was lost in a crash): the record was
 // committed with the change, and the local ledger must get it too. A
 // change committed after a decision is renumbered on the remote's version
@@ -795,28 +796,28 @@ const lostDecisionWindow = time.Minute
 // record at another version or with another vector clock than the local
 // change has the remote's ledger asked. A failed query is logged and the
 // change acked without the record.
-func (s *Syncer) lostDecision(ctx context.Context, p *part, res Result) *ConflictRecord {
-	last := p.entries[len(p.entries)-1].Record
-	if !res.Exists || res.Remote.Version == last.Version && sameVector(res.Remote.Clock.Vector, last.Clock.Vector) {
+func (s *Syncer) lostDecision(ctx context.Context, k Key, entries []Entry, remote Record, exists bool) *ConflictRecord {
+	last := entries[len(entries)-1].Record
+	if !exists || remote.Version == last.Version && sameVector(remote.Clock.Vector, last.Clock.Vector) {
 		return nil
 	}
-	ops := make(map[string]bool, len(p.entries))
-	for _, e := range p.entries {
+	ops := make(map[string]bool, len(entries))
+	for _, e := range entries {
 		ops[e.Record.OpID] = true
 	}
-	from := time.Unix(0, p.entries[0].Record.UpdatedAt).Add(-lostDecisionWindow)
+	from := time.Unix(0, entries[0].Record.UpdatedAt).Add(-lostDecisionWindow)
 	cctx, cancel := s.ledgerCall(ctx)
 	defer cancel()
-	recs, err := s.remote.Conflicts(cctx, ConflictQuery{Governor: p.key.Governor, State: p.key.State, From: from})
+	recs, err := s.remote.Conflicts(cctx, ConflictQuery{Governor: k.Governor, State: k.State, From: from})
 	if err != nil {
 		s.log.Warn("push: a change was already applied; its conflict decision, if any, stays out of the local ledger",
-			"key", p.key.String(), "err", err)
+			"key", k.String(), "err", err)
 		return nil
 	}
 	for i := len(recs) - 1; i >= 0; i-- {
 		if ops[recs[i].Local.OpID] && recs[i].Winner != conflict.Remote {
 			s.log.Info("push: a change was already applied with a conflict decision; the decision joins the local ledger",
-				"key", p.key.String(), "conflict", recs[i].ID, "resolver", recs[i].Resolver)
+				"key", k.String(), "conflict", recs[i].ID, "resolver", recs[i].Resolver)
 			return &recs[i]
 		}
 	}
@@ -861,7 +862,15 @@ func (s *Syncer) judge(ctx context.Context, ps *passState, p *part, remote Recor
 		covered++
 	}
 	if covered > 0 {
-		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries[:covered]), Outcome: OutcomeAlreadyApplied, Remote: remote})
+		// An earlier commit of these entries reached the remote, its reply
+		// did not: a decision it carried is in the remote's ledger only.
+		decided := p.conflict
+		if decided == nil {
+			decided = s.lostDecision(ctx, p.key, p.entries[:covered], remote, exists)
+		}
+		p.conflict, p.merged = nil, nil
+		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries[:covered]), Outcome: OutcomeAlreadyApplied,
+			Remote: remote, Conflict: decided})
 		ps.rep.AlreadyApplied += covered
 		p.entries = p.entries[covered:]
 	}

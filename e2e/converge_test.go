@@ -442,8 +442,10 @@ func checkLWWFinal(t *testing.T, r *convRound, final syncer.Record, decisions []
 }
 
 // checkMergeFinal: every writer's own field holds its last acknowledged
-// value in the final document of a merge state, unless a decision went to
-// the fallback without a base (the ledger then explains the loss).
+// value in the final document of a merge state. Every change here is made
+// on a version whose event is in the local or the shared event log, so a
+// decision that fell back for want of a base is a failure too (the field
+// it dropped is reported with the state's decisions).
 func checkMergeFinal(t *testing.T, r *convRound, gov, state string, final syncer.Record, decisions []syncer.ConflictRecord) {
 	t.Helper()
 	r.mu.Lock()

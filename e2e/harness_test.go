@@ -122,7 +122,9 @@ func (s *sidecar) Start() {
 func (s *sidecar) launch() {
 	s.t.Helper()
 	s.mu.Lock()
-	args := append([]string{"serve", "--socket", s.Socket, "--data-dir", s.DataDir, "--log-level", "debug"}, s.args...)
+	// Every log record is kept (--log-burst 0): a failing test prints them.
+	args := append([]string{"serve", "--socket", s.Socket, "--data-dir", s.DataDir, "--log-level", "debug", "--log-burst", "0"},
+		s.args...)
 	cmd := exec.Command(sidecarBin, args...)
 	cmd.Env = append(os.Environ(), s.Env...)
 	if s.logs == nil {

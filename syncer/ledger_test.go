@@ -278,6 +278,64 @@ func TestMergeUpdates(t *testing.T) {
 	}
 }
 
+// TestMergeOnAMergedRecord: a node's change made on a record that another
+// node merged (committed on top of the remote's record, so its vector clock
+// holds both sides) meets a conflict: its base is that merged version, found
+// in the remote's event log (the journal here keeps none) by its version and
+// vector clock, and the merge keeps both nodes' fields.
+func TestMergeOnAMergedRecord(t *testing.T) {
+	doc := func(a, b byte) []byte { return []byte{0x82, 0xa1, 'a', a, 0xa1, 'b', b} } // {"a": a, "b": b}
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			r := be.open(t)
+			set := resolverSet(t, "*=merge")
+			a := resolverNode("node-a", r, set, nil, nil)
+			b := resolverNode("node-b", r, set, nil, nil)
+			k := key("merge-on-merged")
+			write := func(n *node, v []byte) {
+				t.Helper()
+				if _, err := n.j.Append(syncer.MemWrite{Key: k, Value: v}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write(a, doc(1, 1))
+			syncOnce(t, ctx, a.s)
+			converge(t, ctx, r, k, a, b)
+			// b's change is merged over a's: v3, b's op, both vectors.
+			write(a, doc(2, 1))
+			write(b, doc(1, 2))
+			syncOnce(t, ctx, a.s)
+			syncOnce(t, ctx, b.s)
+			if rem := converge(t, ctx, r, k, a, b); !bytes.Equal(rem.Value, doc(2, 2)) || rem.Version != 3 {
+				t.Fatalf("after the first merge: v%d %x", rem.Version, rem.Value)
+			}
+			// Both change their field of v3; b is first, a's change merges
+			// against v3.
+			write(a, doc(3, 2))
+			write(b, doc(2, 3))
+			syncOnce(t, ctx, b.s)
+			if rep := syncOnce(t, ctx, a.s); rep.Conflicts != 1 || rep.Pushed != 1 {
+				t.Fatalf("a's push %+v: want a merged change pushed", rep)
+			}
+			if rem := converge(t, ctx, r, k, a, b); !bytes.Equal(rem.Value, doc(3, 3)) {
+				t.Fatalf("remote %x, want %x: a field change was lost", rem.Value, doc(3, 3))
+			}
+			var second *syncer.ConflictRecord
+			for _, rec := range a.j.Conflicts() {
+				if rec.Local.Origin == "node-a" {
+					second = &rec
+				}
+			}
+			if second == nil || second.Resolver != "merge" || second.Base == nil || second.Base.Version != 3 ||
+				!bytes.Equal(second.Base.Value, doc(2, 2)) {
+				t.Fatalf("a's decision %+v: want a merge against v3", second)
+			}
+		})
+	}
+}
+
 // TestConflictStorm: more than the threshold of conflicts on one state in
 // the window is one storm, counted and logged once; another state's few
 // conflicts are none.

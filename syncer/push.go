@@ -312,14 +312,12 @@ func (p *part) change() Change {
 			evs[i].ToVersion = v
 		}
 		rec.Version = v
-		rec.Clock.Lamport = max(rec.Clock.Lamport, p.remote.Clock.Lamport+1)
-		if rec.Clock.Vector == nil {
-			rec.Clock.Vector = make(map[string]uint64)
-		}
-		for n, x := range p.remote.Clock.Vector {
-			if x > rec.Clock.Vector[n] {
-				rec.Clock.Vector[n] = x
-			}
+		rec.Clock = rebaseClock(rec.Clock, p.remote.Clock)
+		// Each event comes after the remote record now, and the last one
+		// makes the record: a change made on it (on another node, which
+		// pulled it) looks its base up by this version and vector clock.
+		for i := range evs {
+			evs[i].Clock = rebaseClock(evs[i].Clock, p.remote.Clock)
 		}
 	}
 	if p.merged != nil {
@@ -330,6 +328,22 @@ func (p *part) change() Change {
 		ev.Value = rec.Value
 	}
 	return Change{Key: p.key, BaseVersion: p.base, Record: rec, Events: evs, Conflict: p.conflict, Fence: last.Fence}
+}
+
+// rebaseClock is clock c of a change committed on top of the remote record
+// whose clock is remote: its Lamport clock after the remote's, its vector
+// clock merged with the remote's. c is not modified.
+func rebaseClock(c, remote Clock) Clock {
+	out := Clock{Lamport: max(c.Lamport, remote.Lamport+1), HLC: c.HLC, Vector: maps.Clone(c.Vector)}
+	if out.Vector == nil {
+		out.Vector = make(map[string]uint64, len(remote.Vector))
+	}
+	for n, x := range remote.Vector {
+		if x > out.Vector[n] {
+			out.Vector[n] = x
+		}
+	}
+	return out
 }
 
 func seqsOf(es []Entry) []uint64 {

@@ -209,6 +209,10 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 	if adm != nil {
 		g.Add(adm.run, adm.stop)
 	}
+	{
+		ctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error { return releaseIdleHeap(ctx, log.With("component", "memory")) }, func(error) { cancel() })
+	}
 	if loops != nil {
 		for _, run := range []func(context.Context) error{loops.push.Run, loops.pull.Run, loops.snaps.Run} {
 			ctx, cancel := context.WithCancel(ctx)

@@ -40,25 +40,25 @@ type idleRelease struct {
 	sample  func() heapSample
 	release func()
 	last    uint64 // allocs at the last look
-	busy    bool   // allocated since the last release
+	busy    bool   // an interval since the last release allocated idleAllocBytes or more
 }
 
 // tick looks at the heap once and releases it if the sidecar went quiet
-// after being busy. It reports whether it released.
-func (r *idleRelease) tick() bool {
+// after being busy. It returns what it read, and whether it released.
+func (r *idleRelease) tick() (heapSample, bool) {
 	s := r.sample()
 	grew := s.allocs - r.last
 	r.last = s.allocs
 	if grew >= idleAllocBytes {
 		r.busy = true
-		return false
+		return s, false
 	}
 	if !r.busy || s.reclaimable < idleMinRelease {
-		return false
+		return s, false
 	}
 	r.busy = false
 	r.release()
-	return true
+	return s, true
 }
 
 // releaseIdleHeap runs idle releases every idleInterval until ctx ends.
@@ -73,10 +73,8 @@ func releaseIdleHeap(ctx context.Context, log *slog.Logger) error {
 			return nil
 		case <-t.C:
 		}
-		before := r.sample().reclaimable
-		if r.tick() {
-			log.Debug("quiet: heap returned to the system", "reclaimable_bytes", before,
-				"still_reclaimable_bytes", r.sample().reclaimable)
+		if s, released := r.tick(); released {
+			log.Debug("quiet: free heap returned to the system", "reclaimable_bytes", s.reclaimable)
 		}
 	}
 }

@@ -27,7 +27,7 @@ func TestIdleRelease(t *testing.T) {
 	for i, st := range steps {
 		s.allocs += st.alloc
 		s.reclaimable = st.reclaimable
-		if got := r.tick(); got != st.want {
+		if _, got := r.tick(); got != st.want {
 			t.Fatalf("step %d (%+v): released %v, want %v", i, st, got, st.want)
 		}
 	}

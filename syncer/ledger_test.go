@@ -294,12 +294,7 @@ func TestMergeOnAMergedRecord(t *testing.T) {
 			a := resolverNode("node-a", r, set, nil, nil)
 			b := resolverNode("node-b", r, set, nil, nil)
 			k := key("merge-on-merged")
-			write := func(n *node, v []byte) {
-				t.Helper()
-				if _, err := n.j.Append(syncer.MemWrite{Key: k, Value: v}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			write := func(n *node, v []byte) { put(t, n.j, k, string(v)) }
 			write(a, doc(1, 1))
 			syncOnce(t, ctx, a.s)
 			converge(t, ctx, r, k, a, b)

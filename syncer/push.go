@@ -332,18 +332,11 @@ func (p *part) change() Change {
 
 // rebaseClock is clock c of a change committed on top of the remote record
 // whose clock is remote: its Lamport clock after the remote's, its vector
-// clock merged with the remote's. c is not modified.
+// clock merged with the remote's (a new map: c's is not modified).
 func rebaseClock(c, remote Clock) Clock {
-	out := Clock{Lamport: max(c.Lamport, remote.Lamport+1), HLC: c.HLC, Vector: maps.Clone(c.Vector)}
-	if out.Vector == nil {
-		out.Vector = make(map[string]uint64, len(remote.Vector))
-	}
-	for n, x := range remote.Vector {
-		if x > out.Vector[n] {
-			out.Vector[n] = x
-		}
-	}
-	return out
+	c.Lamport = max(c.Lamport, remote.Lamport+1)
+	c.Vector = conflict.Vector(c.Vector).Merge(remote.Vector)
+	return c
 }
 
 func seqsOf(es []Entry) []uint64 {
@@ -783,16 +776,24 @@ func unitIndex(b *batch, p *part) int {
 
 // ackPart acks p's entries after res (Applied or AlreadyApplied).
 func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result) {
-	outcome, n := OutcomePushed, &ps.rep.Pushed
-	decision := p.conflict
 	if res.Status == AlreadyApplied {
-		outcome, n = OutcomeAlreadyApplied, &ps.rep.AlreadyApplied
-		if decision == nil {
-			decision = s.lostDecision(ctx, p.key, p.entries, res.Remote, res.Exists)
-		}
+		s.ackApplied(ctx, ps, p.key, p.entries, res.Remote, res.Exists, p.conflict)
+		return
 	}
-	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: outcome, Remote: res.Remote, Conflict: decision})
-	*n += len(p.entries)
+	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomePushed, Remote: res.Remote, Conflict: p.conflict})
+	ps.rep.Pushed += len(p.entries)
+}
+
+// ackApplied acks entries of k that the remote already has (its record is
+// remote) with the decision made over them: decided, or else the one an
+// earlier attempt committed whose reply was lost (lostDecision).
+func (s *Syncer) ackApplied(ctx context.Context, ps *passState, k Key, entries []Entry, remote Record, exists bool,
+	decided *ConflictRecord) {
+	if decided == nil {
+		decided = s.lostDecision(ctx, k, entries, remote, exists)
+	}
+	ps.acks = append(ps.acks, Ack{Key: k, Seqs: seqsOf(entries), Outcome: OutcomeAlreadyApplied, Remote: remote, Conflict: decided})
+	ps.rep.AlreadyApplied += len(entries)
 }
 
 // lostDecisionWindow is how long before a change's local time its decision
@@ -878,14 +879,8 @@ func (s *Syncer) judge(ctx context.Context, ps *passState, p *part, remote Recor
 	if covered > 0 {
 		// An earlier commit of these entries reached the remote, its reply
 		// did not: a decision it carried is in the remote's ledger only.
-		decided := p.conflict
-		if decided == nil {
-			decided = s.lostDecision(ctx, p.key, p.entries[:covered], remote, exists)
-		}
+		s.ackApplied(ctx, ps, p.key, p.entries[:covered], remote, exists, p.conflict)
 		p.conflict, p.merged = nil, nil
-		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries[:covered]), Outcome: OutcomeAlreadyApplied,
-			Remote: remote, Conflict: decided})
-		ps.rep.AlreadyApplied += covered
 		p.entries = p.entries[covered:]
 	}
 	first := p.entries[0].Record

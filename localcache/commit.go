@@ -30,6 +30,11 @@ import (
 //
 // A group larger than Badger's transaction limit is committed in several
 // transactions, split between requests (a WriteBatch is never split).
+//
+// A writer that finds the committer idle, nothing queued and the last group
+// a single request commits its own request the same way, on its own
+// goroutine (see leadAlone): a lone writer, the common case at low load,
+// then pays no goroutine hand-off on its way to the log and back.
 const (
 	maxGroupWrites = 2048
 	maxGroupBytes  = 16 << 20
@@ -199,6 +204,10 @@ func (s *Store) send(ctx context.Context, r *request) reply {
 		s.closeMu.RUnlock()
 		return reply{err: ErrClosed}
 	}
+	if s.leadAlone(r) {
+		s.closeMu.RUnlock()
+		return <-r.done
+	}
 	select {
 	case s.reqs <- r:
 		s.closeMu.RUnlock()
@@ -214,8 +223,35 @@ func (s *Store) send(ctx context.Context, r *request) reply {
 	}
 }
 
-// committer is the single goroutine that writes. It runs until Close closes
-// reqs and it has drained them.
+// leadAlone commits r on the calling goroutine, and reports whether it did,
+// when the committer is idle, nothing is queued, the last group had a single
+// request and the applier has no group: a lone writer then skips two
+// goroutine hand-offs (to the committer and back), which cost about as much
+// as its commit's own CPU. Requests queued meanwhile wait for the committer,
+// which gathers them into the next group as before. With the applier idle,
+// handing the group on does not wait for an apply, so the apply stays off
+// the writer's path (see Pipeline). The caller holds closeMu for reading,
+// so Close waits for the commit, and no such commit starts once reqs is
+// closed. A test's hookGroup sends every request through the committer.
+func (s *Store) leadAlone(r *request) bool {
+	if s.opts.hookGroup != nil || len(s.reqs) > 0 || !s.commitMu.TryLock() {
+		return false
+	}
+	defer s.commitMu.Unlock()
+	if s.lastGroup+s.backlog > 1 || len(s.reqs) > 0 || s.inflight.Load() > 0 {
+		return false // writers are busy or the applier is: the committer's turn
+	}
+	if s.opts.hookLead != nil {
+		s.opts.hookLead()
+	}
+	s.commitGroup([]*request{r})
+	s.lastGroup, s.backlog = 1, len(s.reqs)
+	return true
+}
+
+// committer is the goroutine that writes groups. It runs until Close closes
+// reqs and it has drained them. It holds commitMu while it gathers and
+// commits a group (see leadAlone).
 //
 // On disk it gathers a little longer than what is queued: the writers it
 // just answered usually send their next write within a fraction of a log
@@ -226,7 +262,11 @@ func (s *Store) send(ctx context.Context, r *request) reply {
 func (s *Store) committer() {
 	defer close(s.committerDone)
 	defer close(s.applyQ)
-	defer s.dropView()
+	defer func() {
+		s.commitMu.Lock()
+		s.dropView()
+		s.commitMu.Unlock()
+	}()
 	var group []*request
 	for {
 		if s.opts.hookGroup != nil {
@@ -236,6 +276,7 @@ func (s *Store) committer() {
 		if !ok {
 			return
 		}
+		s.commitMu.Lock()
 		group = append(group[:0], r)
 		n, size := len(r.writes), r.bytes
 		take := func(r *request) {
@@ -275,6 +316,7 @@ func (s *Store) committer() {
 		}
 		s.commitGroup(group)
 		s.lastGroup, s.backlog = len(group), len(s.reqs)
+		s.commitMu.Unlock()
 		clear(group)
 		if !ok {
 			return

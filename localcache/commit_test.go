@@ -49,6 +49,50 @@ func TestGroupCommitShares(t *testing.T) {
 		st.WALSyncTime/time.Duration(st.WALSyncs))
 }
 
+// TestLoneWriterLeads checks both ways a write is committed: a writer alone
+// commits its own request, writers that overlap are grouped by the
+// committer, and either way every write is stored exactly once.
+func TestLoneWriterLeads(t *testing.T) {
+	dir := t.TempDir()
+	var leads atomic.Int64
+	s := openDisk(t, dir, func(o *Options) { o.hookLead = func() { leads.Add(1) } })
+	want := map[Key]uint64{}
+	for i := range 20 {
+		k := key("g", "serial"+itoa(i%5))
+		want[k]++
+		// A group still being applied sends the next write to the committer.
+		waitFor(t, "the applier idle", func() bool { return s.inflight.Load() == 0 })
+		putVersion(t, s, k, want[k])
+	}
+	if n := leads.Load(); n != 20 {
+		t.Fatalf("%d of 20 serial writes committed themselves", n)
+	}
+	const writers, each = 32, 30
+	var wg sync.WaitGroup
+	for w := range writers {
+		k := key("g", "w"+itoa(w))
+		want[k] = each
+		wg.Go(func() {
+			for v := uint64(1); v <= each; v++ {
+				putVersion(t, s, k, v)
+			}
+		})
+	}
+	wg.Wait()
+	st := s.Stats()
+	if total := uint64(20 + writers*each); st.CommitWrites != total || st.Commits >= total {
+		t.Fatalf("%d commits of %d writes, want %d writes in fewer commits", st.Commits, st.CommitWrites, total)
+	}
+	if n := leads.Load(); n >= 20+writers*each {
+		t.Fatalf("all %d writes committed themselves: the committer grouped none", n)
+	}
+	t.Logf("%d writes in %d commits, %d of them by a lone writer", st.CommitWrites, st.Commits, leads.Load())
+	closeStore(t, s)
+	s = openDisk(t, dir)
+	defer closeStore(t, s)
+	checkExactlyOnce(t, s, want)
+}
+
 // TestGroupStagedView queues writes to one key into a single group and checks
 // that each sees the ones before it.
 func TestGroupStagedView(t *testing.T) {

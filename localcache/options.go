@@ -60,6 +60,9 @@ type Options struct {
 	// hookGroup, when set, is called by the committer before it gathers a
 	// group (tests block it to make requests queue up).
 	hookGroup func()
+	// hookLead, when set, is called by a lone writer that commits its own
+	// request (see leadAlone).
+	hookLead func()
 	// hookAfterWAL, when set, is called by the applier after a group is
 	// durable in the write-ahead log and before it is applied to Badger; an
 	// error stands for a crash there (tests).

@@ -126,7 +126,11 @@ type Store struct {
 	// limits cut groups into Badger transactions (see txnLimits).
 	limits txnLimits
 
-	// Owned by the committer.
+	// commitMu is held by whoever commits a group: the committer goroutine,
+	// or a lone writer committing its own request (see leadAlone). It
+	// guards meta and the fields below, which the doc comments call the
+	// committer's.
+	commitMu     sync.Mutex
 	rview        *badger.Txn // see readView
 	rviewApplied uint64
 	walBuf       []byte

@@ -31,7 +31,9 @@ const (
 
 // conn is one client connection. One goroutine, the reader, runs serve: it
 // reads frames, checks and decodes them, answers reads inline and starts a
-// goroutine per write (at most MaxInflight at once). Replies go through out.
+// goroutine per write (at most MaxInflight at once), or serves a local write
+// itself while the peer does not pipeline (see inlineWrite). Replies go
+// through out.
 type conn struct {
 	s   *Server
 	nc  net.Conn
@@ -56,6 +58,9 @@ type conn struct {
 	keys    []localcache.Key
 	hello   bool
 	closed  bool // a fatal reply was sent: stop reading
+	// pipelined: the peer has had several requests in flight (see
+	// inlineWrite).
+	pipelined bool
 
 	// framing: part of a frame has arrived (see frameTimer); frameTimed:
 	// idleAt is that frame's ReadTimeout deadline, not the idle one.
@@ -487,6 +492,46 @@ func (o *outbox) waitBelow(limit int) bool {
 		}
 	}
 	return o.err == nil
+}
+
+// write runs fn, a put, delete or batch_put in mode m, and queues its reply:
+// on the reader itself when the write is local (neither strong nor sync)
+// and the connection is not pipelining (see inlineWrite), otherwise with
+// goWrite. then is as for goWrite.
+func (c *conn) write(m writeMode, id uint64, keys []localcache.Key, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
+	if then != nil || m.strong || m.sync || !c.inlineWrite() {
+		c.goWrite(id, keys, fn, then)
+		return
+	}
+	resp := fn()
+	if c.fr.br.Buffered() > 0 || c.raw.pending() {
+		// Sent before the peer could see this reply: it pipelines.
+		c.pipelined = true
+	}
+	resp.ID = id
+	c.out.put(resp, "")
+	c.out.flush() // the peer waits for it; the next read may block
+}
+
+// inlineWrite reports whether a write may run on the reader: a peer that
+// sends one request and waits for its reply gains nothing from a goroutine
+// per write, and the reader saves starting one and handing the reply over.
+// It may not when another write of the connection is running, and never
+// again once the connection has shown that it pipelines: a frame was
+// buffered behind a write, or bytes arrived while a write ran on the reader
+// (seen before its reply is sent, so they were sent without waiting for
+// it). The requests of a pipelining peer must reach the store together, to
+// share a commit, and not wait behind each other's. Only with the raw
+// socket, which can look for such bytes without reading them.
+func (c *conn) inlineWrite() bool {
+	if c.pipelined || c.raw == nil || c.order.inflight.Load() > 0 {
+		return false
+	}
+	if c.fr.buffered() {
+		c.pipelined = true
+		return false
+	}
+	return true
 }
 
 // goWrite runs fn, a write, on its own goroutine and queues its reply. It

@@ -34,6 +34,9 @@ type fakeStore struct {
 	// entered receives a value as each write starts waiting.
 	gate    chan struct{}
 	entered chan struct{}
+	// hold, set before the server starts, gates the writes of some states
+	// only: a write of state S waits like the gate until hold[S] is closed.
+	hold map[string]chan struct{}
 	// fail, when set, is returned by every call.
 	fail error
 
@@ -119,15 +122,21 @@ func (f *fakeStore) validate(w localcache.Write) error {
 	return nil
 }
 
-func (f *fakeStore) wait(ctx context.Context) error {
-	if f.gate == nil {
+func (f *fakeStore) wait(ctx context.Context, ws []localcache.Write) error {
+	gate := f.gate
+	for _, w := range ws {
+		if h := f.hold[w.Key.State]; h != nil {
+			gate = h
+		}
+	}
+	if gate == nil {
 		return nil
 	}
 	if f.entered != nil {
 		f.entered <- struct{}{}
 	}
 	select {
-	case <-f.gate:
+	case <-gate:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -152,7 +161,7 @@ func (f *fakeStore) WriteBatch(ctx context.Context, ws []localcache.Write) ([]lo
 			return nil, fmt.Errorf("%w: %v", localcache.ErrInvalid, err)
 		}
 	}
-	if err := f.wait(ctx); err != nil {
+	if err := f.wait(ctx, ws); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()

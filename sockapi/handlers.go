@@ -21,7 +21,8 @@ const maxCursor = 4 * wire.MaxNameSize
 const maxOpEcho = 64
 
 // handle serves one request frame. Reads are answered before it returns;
-// writes are started on their own goroutine (goWrite).
+// writes are started on their own goroutine (goWrite), or served before it
+// returns while the peer does not pipeline (write).
 //
 // Order of checks: decoding (shape and field types, see parseRequest), the
 // hello rule (any op but hello before hello: ProtocolError, then the
@@ -216,7 +217,7 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 		op = wire.OpDelete
 	}
 	var seq uint64
-	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
+	c.write(m, req.ID, []localcache.Key{k}, func() *wire.Response {
 		if m.strong {
 			rs, e := c.writeStrong(m, op, k, []localcache.Write{w})
 			if e != nil {
@@ -414,7 +415,7 @@ func (c *conn) opBatchPut(req *wire.Request) {
 		}
 	}
 	var seqs []uint64
-	c.goWrite(req.ID, keys, func() *wire.Response {
+	c.write(m, req.ID, keys, func() *wire.Response {
 		var rs []localcache.Record
 		var err error
 		if m.strong {

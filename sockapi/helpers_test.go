@@ -144,6 +144,20 @@ func (c *client) send(v any) {
 	c.writeRaw(frame)
 }
 
+// sendAll writes the frames of vs in one write, as a pipelining client
+// does: the server finds them buffered together.
+func (c *client) sendAll(vs ...any) {
+	c.t.Helper()
+	var frames []byte
+	for _, v := range vs {
+		var err error
+		if frames, err = c.enc.AppendFrame(frames, v); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	c.writeRaw(frames)
+}
+
 // recv reads one reply.
 func (c *client) recv() wire.Response {
 	c.t.Helper()

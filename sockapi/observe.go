@@ -10,8 +10,9 @@ import "github.com/tai-state/tai-state/sockapi/wire"
 // could not be decoded) and the traceparent the request carried ("" when
 // none; not validated: the observer must check it). The function it returns
 // is called once, after the reply was queued, with the reply's error code
-// ("" for success). For reads that is before the next request is read; a
-// write ends on its own goroutine once the store has answered.
+// ("" for success). For reads, and writes served on the reader, that is
+// before the next request is read; a write on its own goroutine ends there
+// once the store has answered.
 //
 // Both are called from many connection goroutines at once: implementations
 // must be safe for concurrent use, cheap, and must not block.

@@ -131,11 +131,13 @@ func TestOutOfOrderReplies(t *testing.T) {
 	ts := startServer(t, store, Options{})
 	c := ts.hello()
 
-	c.send(&wire.Request{ID: 1, Op: wire.OpPut, Governor: "g", State: "p", Value: mustMarshal(t, 1)})
+	c.sendAll(
+		&wire.Request{ID: 1, Op: wire.OpPut, Governor: "g", State: "p", Value: mustMarshal(t, 1)},
+		&wire.Request{ID: 2, Op: wire.OpGet, Governor: "g", State: "s"},
+		&wire.Request{ID: 3, Op: wire.OpPing},
+		&wire.Request{ID: 4, Op: wire.OpDelete, Governor: "g", State: "s"},
+	)
 	<-store.entered
-	c.send(&wire.Request{ID: 2, Op: wire.OpGet, Governor: "g", State: "s"})
-	c.send(&wire.Request{ID: 3, Op: wire.OpPing})
-	c.send(&wire.Request{ID: 4, Op: wire.OpDelete, Governor: "g", State: "s"})
 	<-store.entered
 	for _, want := range []uint64{2, 3} {
 		if r := c.recv(); r.ID != want || r.Error != nil {
@@ -156,6 +158,73 @@ func TestOutOfOrderReplies(t *testing.T) {
 	}
 }
 
+// TestWriteInlineUntilPipelined checks how a connection's writes run: on
+// the reader while the peer waits for each reply (a request sent meanwhile
+// waits for the write), and on their own goroutines once the peer has had
+// two requests in flight, found either way: a frame that arrived during a
+// write served on the reader, or frames buffered behind a write.
+func TestWriteInlineUntilPipelined(t *testing.T) {
+	for _, how := range []string{"arrived during a write", "buffered behind a write"} {
+		t.Run(how, func(t *testing.T) {
+			store := newFakeStore()
+			store.entered = make(chan struct{}, 16)
+			held, later := make(chan struct{}), make(chan struct{})
+			store.hold = map[string]chan struct{}{"10": held, "20": later}
+			ts := startServer(t, store, Options{})
+			c := ts.hello()
+			put := func(id uint64) *wire.Request {
+				return &wire.Request{ID: id, Op: wire.OpPut, Governor: "g", State: fmt.Sprint(id), Value: mustMarshal(t, id)}
+			}
+			for id := uint64(1); id <= 3; id++ { // one request at a time
+				if r := c.call(*put(id)); r.Error != nil || r.Record.State != fmt.Sprint(id) || r.Record.Version != 1 {
+					t.Fatalf("put %d: %+v", id, r)
+				}
+			}
+			if how == "arrived during a write" {
+				c.send(put(10))
+				<-store.entered
+				c.send(&wire.Request{ID: 11, Op: wire.OpPing})
+				// The reader is serving the write: the ping waits for it.
+				c.nc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				if _, err := wire.ReadFrame(c.br, nil, 1<<20); !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("a reply came while the write served on the reader was held (err %v)", err)
+				}
+				close(held)
+				for _, want := range []uint64{10, 11} {
+					if r := c.recv(); r.ID != want || r.Error != nil {
+						t.Fatalf("got reply %d (%v), want %d", r.ID, r.Error, want)
+					}
+				}
+			} else {
+				c.sendAll(put(10), &wire.Request{ID: 11, Op: wire.OpPing})
+				<-store.entered
+				if r := c.recv(); r.ID != 11 {
+					t.Fatalf("got reply %d, want the ping's (11) while the write is held", r.ID)
+				}
+				close(held)
+				if r := c.recv(); r.ID != 10 || r.Error != nil {
+					t.Fatalf("got reply %d (%v), want 10", r.ID, r.Error)
+				}
+			}
+			// The connection pipelines now: a held write does not hold up
+			// a request sent after it on its own.
+			c.send(put(20))
+			<-store.entered
+			c.send(&wire.Request{ID: 21, Op: wire.OpPing})
+			if r := c.recv(); r.ID != 21 {
+				t.Fatalf("got reply %d, want the ping's (21) while the write is held", r.ID)
+			}
+			close(later)
+			if r := c.recv(); r.ID != 20 || r.Error != nil {
+				t.Fatalf("got reply %d (%v), want 20", r.ID, r.Error)
+			}
+			if n := store.writes.Load(); n != 5 {
+				t.Fatalf("%d writes reached the store, want 5", n)
+			}
+		})
+	}
+}
+
 // TestMaxInflight checks the per-connection cap on running writes: the
 // server stops reading when it is reached and resumes as writes finish.
 func TestMaxInflight(t *testing.T) {
@@ -164,10 +233,11 @@ func TestMaxInflight(t *testing.T) {
 	store.entered = make(chan struct{}, 100)
 	ts := startServer(t, store, Options{MaxInflight: 4})
 	c := ts.hello()
+	var reqs []any
 	for i := range 10 {
-		c.send(&wire.Request{ID: uint64(10 + i), Op: wire.OpPut, Governor: "g", State: fmt.Sprint(i), Value: mustMarshal(t, i)})
+		reqs = append(reqs, &wire.Request{ID: uint64(10 + i), Op: wire.OpPut, Governor: "g", State: fmt.Sprint(i), Value: mustMarshal(t, i)})
 	}
-	c.send(&wire.Request{ID: 99, Op: wire.OpPing})
+	c.sendAll(append(reqs, &wire.Request{ID: 99, Op: wire.OpPing})...)
 	for range 4 {
 		<-store.entered
 	}
@@ -379,9 +449,11 @@ func TestShutdownFinishesInflightWrites(t *testing.T) {
 	c := ts.hello()
 	idle := ts.hello()
 	const n = 5
+	var reqs []any
 	for i := range n {
-		c.send(&wire.Request{ID: uint64(i + 1), Op: wire.OpPut, Governor: "g", State: fmt.Sprint(i), Value: mustMarshal(t, i)})
+		reqs = append(reqs, &wire.Request{ID: uint64(i + 1), Op: wire.OpPut, Governor: "g", State: fmt.Sprint(i), Value: mustMarshal(t, i)})
 	}
+	c.sendAll(reqs...)
 	for range n {
 		<-store.entered
 	}
@@ -604,9 +676,11 @@ func TestNoGoroutinesAfterShutdown(t *testing.T) {
 	store.entered = make(chan struct{}, 64)
 	ts := startServer(t, store, Options{})
 	busy := ts.hello()
+	var reqs []any
 	for i := range 8 {
-		busy.send(&wire.Request{ID: uint64(i + 1), Op: wire.OpPut, Governor: "g", State: fmt.Sprint(i), Value: mustMarshal(t, i)})
+		reqs = append(reqs, &wire.Request{ID: uint64(i + 1), Op: wire.OpPut, Governor: "g", State: fmt.Sprint(i), Value: mustMarshal(t, i)})
 	}
+	busy.sendAll(reqs...)
 	for range 8 {
 		<-store.entered
 	}

@@ -117,6 +117,15 @@ func (s *rawSockIO) Read(p []byte) (int, error) {
 	}
 }
 
+// pending reports whether the socket holds bytes not read yet, without
+// reading them (reader only, inside serve's callback).
+func (s *rawSockIO) pending() bool {
+	var b [1]byte
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, s.fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return e == 0 && n > 0
+}
+
 // guessed reports whether the last errWouldBlock rested on a short read
 // rather than on EAGAIN: the socket may hold an end of stream or an error
 // whose poller event is used up (see probeDelay).

@@ -14,5 +14,7 @@ func (*rawSockIO) serve(func() bool) error { panic("sockapi: no raw socket I/O o
 
 func (*rawSockIO) guessed() bool { panic("sockapi: no raw socket I/O on this system") }
 
+func (*rawSockIO) pending() bool { panic("sockapi: no raw socket I/O on this system") }
+
 func (*rawSockIO) Read([]byte) (int, error)  { panic("sockapi: no raw socket I/O on this system") }
 func (*rawSockIO) Write([]byte) (int, error) { panic("sockapi: no raw socket I/O on this system") }

@@ -2,6 +2,7 @@ package localcache
 
 import (
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -20,17 +21,13 @@ func TestCacheBudget(t *testing.T) {
 		if b := sh.bytes.Load(); b > c.budget {
 			t.Fatalf("shard %d holds %d bytes, budget %d", i, b, c.budget)
 		}
-		n := 0
-		sh.m.Range(func(_, v any) bool {
-			e := v.(*centry)
+		for _, e := range sh.m {
 			if sh.ring[e.pos] != e {
 				t.Fatalf("ring and map disagree about %s", e.key)
 			}
-			n++
-			return true
-		})
-		if n != len(sh.ring) {
-			t.Fatalf("shard %d: %d map entries, %d in ring", i, n, len(sh.ring))
+		}
+		if len(sh.m) != len(sh.ring) {
+			t.Fatalf("shard %d: %d map entries, %d in ring", i, len(sh.m), len(sh.ring))
 		}
 	}
 	_, _, total := c.stats()
@@ -85,5 +82,72 @@ func TestCacheFillRules(t *testing.T) {
 	none.set(k, rec(1))
 	if none.get(k) != nil || none.peek(k) != nil {
 		t.Fatal("nil cache returned a record")
+	}
+}
+
+// TestCacheConcurrent reads, writes and drops entries from many goroutines
+// at once with a budget small enough to evict all the time (run with
+// -race): a writer sees its own write or nothing, a reader never gets
+// another key's record, and the shards' maps, rings and byte counts agree
+// at the end.
+func TestCacheConcurrent(t *testing.T) {
+	c := newCache(64 << 10)
+	const writers, readers, perWriter, versions = 4, 4, 50, 200
+	value := []byte(strings.Repeat("v", 256))
+	keyOf := func(w, i int) Key { return key("g", "w"+itoa(w)+"-"+itoa(i)) }
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range writers {
+		wg.Go(func() {
+			for v := uint64(1); v <= versions; v++ {
+				for i := range perWriter {
+					k := keyOf(w, i)
+					c.set(k, &Record{Key: k, Version: v, Value: value})
+					if got := c.get(k); got != nil && got.Version != v {
+						t.Errorf("%s: wrote v%d, read v%d", k, v, got.Version)
+						return
+					}
+				}
+			}
+		})
+	}
+	var readerWG sync.WaitGroup
+	for r := range readers {
+		readerWG.Go(func() {
+			for n := r; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := keyOf(n%writers, n%perWriter)
+				if rec := c.get(k); rec != nil && rec.Key != k {
+					t.Errorf("get %s returned %s", k, rec.Key)
+					return
+				}
+				if n%97 == 0 {
+					c.invalidate(k)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	readerWG.Wait()
+	for i := range c.shards {
+		sh := &c.shards[i]
+		if len(sh.m) != len(sh.ring) {
+			t.Fatalf("shard %d: %d map entries, %d in ring", i, len(sh.m), len(sh.ring))
+		}
+		var bytes int64
+		for _, e := range sh.ring {
+			if sh.m[e.key] != e {
+				t.Fatalf("shard %d: ring and map disagree about %s", i, e.key)
+			}
+			bytes += e.size
+		}
+		if bytes != sh.bytes.Load() || bytes > c.budget {
+			t.Fatalf("shard %d: entries of %d bytes, counted %d, budget %d", i, bytes, sh.bytes.Load(), c.budget)
+		}
 	}
 }

@@ -222,9 +222,7 @@ func (c *conn) pump() bool {
 				// Once per frame: a peer trickling one frame's bytes
 				// does not keep an idle connection open.
 				c.armed = true
-				c.idleAt = time.Now().Add(t)
-				c.probing = false // replaced by the idle deadline
-				c.setReadDeadline(c.idleAt)
+				c.armIdle(t)
 			}
 		}
 		body, err := c.fr.next()
@@ -250,6 +248,27 @@ func (c *conn) pump() bool {
 	}
 	return true
 }
+
+// armIdle moves the idle deadline to at least t from now. Moving a
+// deadline costs a timer update in the runtime, so it moves to t + t/8 from
+// now, and only once less than t is left: a busy connection moves it about
+// once per t/8, not once per request, and an idle one is closed between t
+// and t + t/8 after its last request. A pending probe stays in force (it
+// costs a timer update too); probeExpired puts the idle deadline back.
+func (c *conn) armIdle(t time.Duration) {
+	now := time.Now()
+	if !c.idleAt.Before(now.Add(t)) {
+		return
+	}
+	c.idleAt = now.Add(t + t/idleSlack)
+	if !c.probing {
+		c.setReadDeadline(c.idleAt)
+	}
+}
+
+// idleSlack: the idle and write deadlines are set 1/idleSlack later than
+// IdleTimeout, so that they need not move on every request (see armIdle).
+const idleSlack = 8
 
 // beforeWait arms a probe (see probeDelay) when the wait pump is about to
 // return to rests on a short read and no probe is armed yet. An armed probe
@@ -363,6 +382,9 @@ type outbox struct {
 	writing bool
 	err     error
 	queued  atomic.Int32 // finished writes about to add their reply
+	// deadline is the socket's write deadline, touched only by the one
+	// goroutine writing (writing set).
+	deadline time.Time
 }
 
 func (o *outbox) init(c *conn) {
@@ -450,7 +472,11 @@ func (o *outbox) flushLocked() {
 		o.buf, o.spare = o.spare[:0], nil
 		o.mu.Unlock()
 		if idle > 0 {
-			o.c.nc.SetWriteDeadline(time.Now().Add(idle))
+			// As for the idle deadline (armIdle): at least idle from now.
+			if now := time.Now(); o.deadline.Before(now.Add(idle)) {
+				o.deadline = now.Add(idle + idle/idleSlack)
+				o.c.nc.SetWriteDeadline(o.deadline)
+			}
 		}
 		_, err := o.c.w.Write(b)
 		o.mu.Lock()

@@ -118,8 +118,9 @@ type Options struct {
 	// zero value allows every peer every op.
 	Access Access
 	// IdleTimeout closes a connection on which no complete request arrived
-	// for that long, or whose peer did not take a reply for that long. 0
-	// means no timeout.
+	// for that long, or whose peer did not take a reply for that long (up
+	// to an eighth longer: the deadlines are not moved on every request).
+	// 0 means no timeout.
 	IdleTimeout time.Duration
 	// ReadTimeout closes a connection whose peer started a request frame
 	// and did not send all of it within that long, after a Timeout error

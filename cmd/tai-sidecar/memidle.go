@@ -15,15 +15,21 @@ import (
 // burst of writes the sidecar stays as large as at the burst's height, for
 // minutes, though most of it is garbage. The runtime's own scavenger hands
 // back only what lies above the last collection's goal. So once allocation
-// has stopped for a whole interval after a busy one, and enough of the heap
-// would come back, the sidecar collects and releases every free page at once
-// (debug.FreeOSMemory): one collection per burst, on no request's path.
+// has (nearly) stopped for a whole interval after a busy one, and enough of
+// the heap would come back, the sidecar collects and releases every free
+// page at once (debug.FreeOSMemory): one collection per burst, on no
+// request's path. Nearly: Badger's compactions go on allocating for a while
+// after a burst of writes, so an interval is quiet when it allocated less
+// than a sixteenth of the busiest interval since the last release (and less
+// than idleAllocBytes in any case).
 
 const (
 	// idleInterval is how often allocation is looked at: a whole interval
-	// with less than idleAllocBytes allocated is quiet.
+	// with less than idleAllocBytes allocated, or less than 1/idleQuietShare
+	// of the busiest interval since the last release, is quiet.
 	idleInterval   = 2 * time.Second
 	idleAllocBytes = 1 << 20
+	idleQuietShare = 16
 	// idleMinRelease is the least heap a release must be able to return:
 	// free pages and the unused parts of spans, which a collection frees.
 	idleMinRelease = 16 << 20
@@ -40,7 +46,8 @@ type idleRelease struct {
 	sample  func() heapSample
 	release func()
 	last    uint64 // allocs at the last look
-	busy    bool   // an interval since the last release allocated idleAllocBytes or more
+	busy    bool   // an interval since the last release was not quiet
+	peak    uint64 // the most allocated in one interval since the last release
 }
 
 // tick looks at the heap once and releases it if the sidecar went quiet
@@ -49,14 +56,15 @@ func (r *idleRelease) tick() (heapSample, bool) {
 	s := r.sample()
 	grew := s.allocs - r.last
 	r.last = s.allocs
-	if grew >= idleAllocBytes {
+	if grew >= max(idleAllocBytes, r.peak/idleQuietShare) {
 		r.busy = true
+		r.peak = max(r.peak, grew)
 		return s, false
 	}
 	if !r.busy || s.reclaimable < idleMinRelease {
 		return s, false
 	}
-	r.busy = false
+	r.busy, r.peak = false, 0
 	r.release()
 	return s, true
 }

@@ -23,6 +23,11 @@ func TestIdleRelease(t *testing.T) {
 		{0, idleMinRelease - 1, false},        // quiet, too little to return
 		{0, 64 << 20, true},                   // more to return, still quiet after the busy spell
 		{idleAllocBytes - 1, 64 << 20, false}, // below the threshold: quiet, and nothing new since the release
+		{160 << 20, 64 << 20, false},          // a burst
+		{8 << 20, 64 << 20, true},             // its tail, under a sixteenth of it: quiet, release
+		{8 << 20, 64 << 20, false},            // the same pace with no burst before: busy
+		{4 << 20, 64 << 20, false},            // over a sixteenth of that: still busy
+		{256 << 10, 64 << 20, true},           // under both thresholds: quiet, release
 	}
 	for i, st := range steps {
 		s.allocs += st.alloc
@@ -31,8 +36,8 @@ func TestIdleRelease(t *testing.T) {
 			t.Fatalf("step %d (%+v): released %v, want %v", i, st, got, st.want)
 		}
 	}
-	if released != 2 {
-		t.Fatalf("%d releases, want 2", released)
+	if released != 4 {
+		t.Fatalf("%d releases, want 4", released)
 	}
 }
 

@@ -100,10 +100,7 @@ func (c *cache) get(k Key) *Record {
 		return nil
 	}
 	sh := c.shard(k)
-	sh.mu.RLock()
-	e := sh.m[k]
-	sh.mu.RUnlock()
-	if e != nil {
+	if e := sh.load(k); e != nil {
 		if !e.ref.Load() {
 			e.ref.Store(true)
 		}
@@ -120,14 +117,17 @@ func (c *cache) peek(k Key) *Record {
 	if c == nil {
 		return nil
 	}
-	sh := c.shard(k)
-	sh.mu.RLock()
-	e := sh.m[k]
-	sh.mu.RUnlock()
-	if e != nil {
+	if e := c.shard(k).load(k); e != nil {
 		return e.rec
 	}
 	return nil
+}
+
+// load returns k's entry, or nil.
+func (sh *cacheShard) load(k Key) *centry {
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return sh.m[k]
 }
 
 // epoch returns the write epoch of k's shard; pass it to fill.

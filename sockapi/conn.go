@@ -256,14 +256,21 @@ func (c *conn) pump() bool {
 // and t + t/8 after its last request. A pending probe stays in force (it
 // costs a timer update too); probeExpired puts the idle deadline back.
 func (c *conn) armIdle(t time.Duration) {
-	now := time.Now()
-	if !c.idleAt.Before(now.Add(t)) {
-		return
-	}
-	c.idleAt = now.Add(t + t/idleSlack)
-	if !c.probing {
+	var moved bool
+	if c.idleAt, moved = atLeast(c.idleAt, t); moved && !c.probing {
 		c.setReadDeadline(c.idleAt)
 	}
+}
+
+// atLeast returns deadline d moved, if less than t is left before it, to t
+// plus 1/idleSlack from now, and whether it moved: the rule of the idle and
+// write deadlines (see armIdle).
+func atLeast(d time.Time, t time.Duration) (time.Time, bool) {
+	now := time.Now()
+	if !d.Before(now.Add(t)) {
+		return d, false
+	}
+	return now.Add(t + t/idleSlack), true
 }
 
 // idleSlack: the idle and write deadlines are set 1/idleSlack later than
@@ -472,9 +479,8 @@ func (o *outbox) flushLocked() {
 		o.buf, o.spare = o.spare[:0], nil
 		o.mu.Unlock()
 		if idle > 0 {
-			// As for the idle deadline (armIdle): at least idle from now.
-			if now := time.Now(); o.deadline.Before(now.Add(idle)) {
-				o.deadline = now.Add(idle + idle/idleSlack)
+			var moved bool
+			if o.deadline, moved = atLeast(o.deadline, idle); moved {
 				o.c.nc.SetWriteDeadline(o.deadline)
 			}
 		}
@@ -521,11 +527,11 @@ func (o *outbox) waitBelow(limit int) bool {
 }
 
 // write runs fn, a put, delete or batch_put in mode m, and queues its reply:
-// on the reader itself when the write is local (neither strong nor sync)
-// and the connection is not pipelining (see inlineWrite), otherwise with
-// goWrite. then is as for goWrite.
+// on the reader itself when the write is local (neither strong nor sync,
+// so then is nil) and the connection is not pipelining (see inlineWrite),
+// otherwise with goWrite. then is as for goWrite.
 func (c *conn) write(m writeMode, id uint64, keys []localcache.Key, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
-	if then != nil || m.strong || m.sync || !c.inlineWrite() {
+	if m.strong || m.sync || !c.inlineWrite() {
 		c.goWrite(id, keys, fn, then)
 		return
 	}

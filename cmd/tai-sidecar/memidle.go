@@ -73,18 +73,11 @@ func (r *idleRelease) tick() (heapSample, bool) {
 func releaseIdleHeap(ctx context.Context, log *slog.Logger) error {
 	r := &idleRelease{sample: readHeapSample, release: debug.FreeOSMemory}
 	r.last = r.sample().allocs
-	t := time.NewTicker(idleInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return onTicks(ctx, idleInterval, func() {
 		if s, released := r.tick(); released {
 			log.Debug("quiet: free heap returned to the system", "reclaimable_bytes", s.reclaimable)
 		}
-	}
+	})
 }
 
 var heapMetrics = []string{"/gc/heap/allocs:bytes", "/memory/classes/heap/free:bytes", "/memory/classes/heap/unused:bytes"}

@@ -79,14 +79,7 @@ type cleaner interface {
 // and returns nil then. A failed round is logged and tried again at the
 // next tick.
 func runLockCleanup(ctx context.Context, locks cleaner, every, grace time.Duration, log *slog.Logger) error {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	return onTicks(ctx, every, func() {
 		cctx, cancel := context.WithTimeout(ctx, every)
 		n, err := locks.Cleanup(cctx, grace)
 		cancel()
@@ -95,6 +88,20 @@ func runLockCleanup(ctx context.Context, locks cleaner, every, grace time.Durati
 			log.Warn("lock cleanup failed; trying again later", "deleted", n, "err", err)
 		case n > 0:
 			log.Info("lock cleanup", "deleted", n)
+		}
+	})
+}
+
+// onTicks calls fn every interval until ctx ends, and returns nil then.
+func onTicks(ctx context.Context, every time.Duration, fn func()) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			fn()
 		}
 	}
 }

@@ -307,14 +307,16 @@ func (s *AppSession) Close() {
 	}
 	s.closed = true
 	s.pending = nil
-	close(s.done)
 	s.mu.Unlock()
+	// Off the hub before done closes: whoever sees done (a conflict that
+	// was waiting for this app) finds the governor without an app.
 	h := s.hub
 	h.mu.Lock()
 	if h.byGov[s.governor] == s {
 		delete(h.byGov, s.governor)
 	}
 	h.mu.Unlock()
+	close(s.done)
 }
 
 // settleLocked remembers how id ended. s.mu must be held.

@@ -254,11 +254,13 @@ func (s *Store) leadAlone(r *request) bool {
 // commits a group (see leadAlone).
 //
 // On disk it gathers a little longer than what is queued: the writers it
-// just answered usually send their next write within a fraction of a log
-// sync, and a group that waits for them shares one sync among all writers
-// instead of settling into two alternating halves. It waits until as many
+// just answered usually come back with their next write within a log sync or
+// so, and a group that waits for them shares one sync among all of them.
+// Without the wait the first writer back is committed alone and the others
+// queue behind its sync: the writers split into a group of one and a group
+// of the rest, two syncs for what one would carry. It waits until as many
 // requests arrived as it answered last time (plus those that were already
-// queued then), and at most half a recent sync time after answering.
+// queued then), and at most gatherSyncs recent sync times after answering.
 func (s *Store) committer() {
 	defer close(s.committerDone)
 	defer close(s.applyQ)
@@ -297,7 +299,7 @@ func (s *Store) committer() {
 			}
 		}
 		if target := s.backlog + s.lastGroup; ok && s.wal != nil && len(group) < target {
-			if wait := s.syncEWMA/2 - time.Since(time.Unix(0, s.repliedAt.Load())); wait > 0 {
+			if wait := s.syncEWMA*gatherSyncs/2 - time.Since(time.Unix(0, s.repliedAt.Load())); wait > 0 {
 				timer := time.NewTimer(min(wait, maxGatherWait))
 			wait:
 				for len(group) < target && n < maxGroupWrites && size < maxGroupBytes {
@@ -973,8 +975,20 @@ func (s *Store) noteSync(d time.Duration) {
 	s.syncEWMA += (d - s.syncEWMA) / 8
 }
 
-// maxGatherWait caps the committer's wait for more writers.
-const maxGatherWait = 2 * time.Millisecond
+const (
+	// gatherSyncs is how long, in halves of the recent log sync time, the
+	// committer waits after answering a group for its writers to come back
+	// (see committer). Put c=16 over the socket, 256 B values: at one half
+	// the groups split into one write and fifteen (8.3 writes a group); at
+	// three halves they hold 14.5, for 7 to 15% more puts/s and 10 to 17%
+	// less CPU per put (c=4 and c=32 gain too). At c=64 the writers' round
+	// trip is longer than a sync, so the wait no longer hides it: 0 to 10%
+	// fewer puts/s there.
+	gatherSyncs = 3
+
+	// maxGatherWait caps the committer's wait for more writers.
+	maxGatherWait = 2 * time.Millisecond
+)
 
 // encodeWALGroup appends the write-ahead log payload of parts (group seq) to
 // b: every entry of their transactions, in order, with the meta counters

@@ -980,10 +980,10 @@ const (
 	// committer waits after answering a group for its writers to come back
 	// (see committer). Put c=16 over the socket, 256 B values: at one half
 	// the groups split into one write and fifteen (8.3 writes a group); at
-	// three halves they hold 14.5, for 7 to 15% more puts/s and 10 to 17%
-	// less CPU per put (c=4 and c=32 gain too). At c=64 the writers' round
-	// trip is longer than a sync, so the wait no longer hides it: 0 to 10%
-	// fewer puts/s there.
+	// three halves they hold 14.5 or more, for 7 to 35% more puts/s and 10
+	// to 20% less CPU per put (c=4 and c=32 gain too). At c=64 the writers'
+	// round trip is much longer than a sync and the wait no longer pays: up
+	// to 10% fewer puts/s there (docs/decisions/0002).
 	gatherSyncs = 3
 
 	// maxGatherWait caps the committer's wait for more writers.

@@ -25,7 +25,18 @@ type counterDoc struct {
 // that was in flight per writer went through unacknowledged, and every version
 // holds the value written for it (nothing applied twice). The journal must
 // hold exactly one entry per version.
+//
+// It runs twice: with the writers sharing one client, whose connections
+// carry many requests at once (the sidecar serves their writes concurrently),
+// and with a client of one connection per writer, each sending a request only
+// after the last reply (the sidecar serves such a connection's writes on its
+// reader; see docs/protocol.md).
 func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
+	t.Run("pipelined", func(t *testing.T) { testKill9(t, false) })
+	t.Run("connection per writer", func(t *testing.T) { testKill9(t, true) })
+}
+
+func testKill9(t *testing.T, connPerWriter bool) {
 	const (
 		writers       = 8
 		keysPerWriter = 4
@@ -46,13 +57,20 @@ func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
 		}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
-		c := client.New(sc.Socket)
+		shared := client.New(sc.Socket)
 		ctx, cancel := context.WithCancel(context.Background())
 		var total int64
 		for w := 0; w < writers; w++ {
+			c := shared
+			if connPerWriter {
+				c = &client.Client{Socket: sc.Socket, Conns: 1}
+			}
 			wg.Add(1)
 			go func(w int) {
 				defer wg.Done()
+				if c != shared {
+					defer c.Close()
+				}
 				for i := 0; ; i++ {
 					name := key(w, i%keysPerWriter)
 					mu.Lock()
@@ -85,13 +103,13 @@ func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
 		sc.Kill()
 		wg.Wait()
 		cancel()
-		c.Close()
+		shared.Close()
 		if total == 0 {
 			t.Fatalf("cycle %d: no write was acknowledged", cycle)
 		}
 
 		sc.Start()
-		c = sc.Client()
+		c := sc.Client()
 		var versions uint64
 		for w := 0; w < writers; w++ {
 			for k := 0; k < keysPerWriter; k++ {

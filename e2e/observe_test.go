@@ -114,6 +114,13 @@ func TestAdminEndpointAndStatus(t *testing.T) {
 			t.Errorf("metric %s missing from /metrics", name)
 		}
 	}
+	// Each commit group is one observation of the log sync histogram (the
+	// two are read at slightly different moments of one scrape: a group
+	// committed in between may show in one only).
+	syncs, _ := metricValue(m, "tai_store_wal_syncs_total")
+	if obs, ok := metricValue(m, "tai_store_wal_sync_duration_seconds_count"); !ok || obs < n || obs < syncs-1 || obs > syncs+1 {
+		t.Errorf("tai_store_wal_sync_duration_seconds_count = %v (present %v), want tai_store_wal_syncs_total = %v", obs, ok, syncs)
+	}
 	if !strings.Contains(m, `target_info{service_instance_id=`) {
 		t.Errorf("no target_info with the node id")
 	}

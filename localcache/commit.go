@@ -618,8 +618,12 @@ func (s *Store) commitParts(parts []part) {
 	s.walBuf = encodeWALGroup(s.walBuf[:0], seq, parts)
 	start := time.Now()
 	err := s.wal.append(s.walBuf)
-	s.noteSync(time.Since(start))
+	took := time.Since(start)
+	s.noteSync(took)
 	n := len(s.walBuf)
+	if s.opts.OnLogSync != nil {
+		s.opts.OnLogSync(took, n)
+	}
 	if cap(s.walBuf) > 4<<20 {
 		s.walBuf = nil
 	}

@@ -53,6 +53,11 @@ type Options struct {
 	// dropped. 0: DefaultLedgerMaxEntries, DefaultLedgerMaxAge.
 	LedgerMaxEntries int
 	LedgerMaxAge     time.Duration
+	// OnLogSync, when set, is called after each append and fdatasync of the
+	// write-ahead log (one per commit group) with the time it took and the
+	// bytes appended, including failed ones. It runs on the commit path,
+	// with every writer of the group waiting: it must be fast.
+	OnLogSync func(d time.Duration, bytes int)
 
 	// memTableSize overrides the Badger memtable size (tests use a small one
 	// to exercise transaction splitting).

@@ -2,9 +2,13 @@ package observe_test
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/observe"
@@ -55,5 +59,55 @@ func TestRegisterGauges(t *testing.T) {
 		if !names[n] {
 			t.Errorf("metric %s missing", n)
 		}
+	}
+}
+
+// TestLogSyncs: every commit group of an on-disk store is one observation of
+// tai.store.wal.sync.duration, and their sum is the store's own total.
+func TestLogSyncs(t *testing.T) {
+	ctx := context.Background()
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	hook, err := observe.LogSyncs(mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bytes atomic.Int64
+	store, err := localcache.Open(localcache.Options{Dir: t.TempDir(), NodeID: "n1",
+		OnLogSync: func(d time.Duration, n int) { bytes.Add(int64(n)); hook(d, n) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close(ctx)
+	const writes = 5
+	for i := range writes {
+		if _, err := store.Write(ctx, localcache.Write{Key: localcache.Key{Governor: "g", State: fmt.Sprint("s", i)}, Value: []byte{0x01}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	var h *metricdata.HistogramDataPoint[float64]
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == "tai.store.wal.sync.duration" {
+				h = &m.Data.(metricdata.Histogram[float64]).DataPoints[0]
+			}
+		}
+	}
+	if h == nil {
+		t.Fatal("tai.store.wal.sync.duration not reported")
+	}
+	st := store.Stats()
+	if h.Count != st.WALSyncs || st.WALSyncs < 1 || st.WALSyncs > writes {
+		t.Fatalf("%d observations, %d log syncs for %d serial writes", h.Count, st.WALSyncs, writes)
+	}
+	if d := time.Duration(h.Sum * float64(time.Second)); d <= 0 || d > st.WALSyncTime+time.Microsecond || d < st.WALSyncTime-time.Microsecond {
+		t.Fatalf("histogram sum %v, store's total %v", d, st.WALSyncTime)
+	}
+	if bytes.Load() == 0 {
+		t.Fatal("the hook saw no bytes appended")
 	}
 }

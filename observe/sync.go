@@ -49,6 +49,23 @@ func PushPasses(tp trace.TracerProvider, mp metric.MeterProvider) (func(context.
 	}, nil
 }
 
+// LogSyncs returns a localcache.Options.OnLogSync hook that records the
+// histogram tai.store.wal.sync.duration (seconds): how long each commit
+// group's append and fdatasync of the write-ahead log took. Every write of
+// the group waited that long, so its tail is the tail of write latency that
+// the disk causes.
+func LogSyncs(mp metric.MeterProvider) (func(time.Duration, int), error) {
+	dur, err := mp.Meter(scope).Float64Histogram("tai.store.wal.sync.duration", metric.WithUnit("s"),
+		metric.WithDescription("Duration of each write-ahead log append and fdatasync (one per commit group)."),
+		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+	if err != nil {
+		return nil, fmt.Errorf("observe: %w", err)
+	}
+	return func(d time.Duration, _ int) {
+		dur.Record(context.Background(), d.Seconds())
+	}, nil
+}
+
 // Store is what the store gauges read; *localcache.Store implements it.
 type Store interface {
 	Depth() int64

@@ -135,6 +135,7 @@ type telemetry struct {
 	req    *observe.Requests
 	remote *observe.RemoteObserver
 	onPass func(context.Context) (context.Context, func(syncer.Report, error))
+	onSync func(time.Duration, int) // nil: no metrics
 	start  time.Time
 	node   string
 }
@@ -190,6 +191,9 @@ func startTelemetry(ctx context.Context, c *ObserveConfig, node string, log *slo
 		if t.remote, err = observe.NewRemoteObserver(tp, mp); err == nil {
 			t.onPass, err = observe.PushPasses(tp, mp)
 		}
+	}
+	if err == nil && t.mp != nil {
+		t.onSync, err = observe.LogSyncs(mp)
 	}
 	if err != nil {
 		t.shutdown(log)
@@ -313,6 +317,14 @@ func (t *telemetry) pushOptions(o syncer.Options) syncer.Options {
 		o.OnPass = t.onPass
 	}
 	return o
+}
+
+// logSyncs returns the store's OnLogSync hook (nil without metrics).
+func (t *telemetry) logSyncs() func(time.Duration, int) {
+	if t == nil {
+		return nil
+	}
+	return t.onSync
 }
 
 // registerGauges makes the metrics read at collection time.

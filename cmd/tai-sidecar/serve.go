@@ -121,6 +121,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		LedgerMaxAge:     c.Sync.LedgerMaxAge,
 		// Per-governor snapshot interval and retention (per_governor).
 		Snapshots: c.Snapshots.For,
+		OnLogSync: tel.logSyncs(),
 	})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)

@@ -408,3 +408,39 @@ func TestReadYourWritesUnderPipeline(t *testing.T) {
 		t.Log("no group overlapped the next one's log sync")
 	}
 }
+
+// TestReadViewLag: with the applier idle the committer renews its read view
+// only every viewRefreshLag groups, so staging must find the groups since in
+// the overlay. A chain of compare-and-set writes to one key, each its own
+// group, all succeed; the overlay holds the groups the view lacks and no
+// more.
+func TestReadViewLag(t *testing.T) {
+	s := openDisk(t, t.TempDir())
+	defer closeStore(t, s)
+	ctx := context.Background()
+	k := key("g", "chain")
+	most := 0
+	for i := 1; i <= 3*viewRefreshLag+1; i++ {
+		rec, err := s.Write(ctx, Write{Key: k, Value: []byte{byte(i)}, IfVersion: u64(uint64(i - 1))})
+		if err != nil || rec.Version != uint64(i) {
+			t.Fatalf("write %d: v%d, %v", i, rec.Version, err)
+		}
+		if err := s.barrier(ctx); err != nil {
+			t.Fatal(err)
+		}
+		s.commitMu.Lock()
+		n := len(s.overlayGroups)
+		s.commitMu.Unlock()
+		if n > viewRefreshLag+1 {
+			t.Fatalf("after write %d the overlay holds %d groups, want at most %d", i, n, viewRefreshLag+1)
+		}
+		most = max(most, n)
+	}
+	if most < viewRefreshLag {
+		t.Fatalf("the overlay held at most %d groups: the view was renewed sooner than every %d groups", most, viewRefreshLag)
+	}
+	rec, err := s.Get(ctx, k)
+	if err != nil || rec.Version != 3*viewRefreshLag+1 || rec.Value[0] != byte(3*viewRefreshLag+1) {
+		t.Fatalf("get = v%d %v, %v", rec.Version, rec.Value, err)
+	}
+}

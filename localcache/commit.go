@@ -618,12 +618,8 @@ func (s *Store) commitParts(parts []part) {
 	s.walBuf = encodeWALGroup(s.walBuf[:0], seq, parts)
 	start := time.Now()
 	err := s.wal.append(s.walBuf)
-	took := time.Since(start)
-	s.noteSync(took)
 	n := len(s.walBuf)
-	if s.opts.OnLogSync != nil {
-		s.opts.OnLogSync(took, n)
-	}
+	s.noteSync(time.Since(start), n)
 	if cap(s.walBuf) > 4<<20 {
 		s.walBuf = nil
 	}
@@ -975,8 +971,12 @@ func (s *Store) uncacheStaged(st *staged) {
 	}
 }
 
-// noteSync updates the recent log sync time (a moving average).
-func (s *Store) noteSync(d time.Duration) {
+// noteSync records a log append of n bytes and its sync, which took d: the
+// counters, the recent sync time (a moving average) and OnLogSync.
+func (s *Store) noteSync(d time.Duration, n int) {
+	if s.opts.OnLogSync != nil {
+		s.opts.OnLogSync(d, n)
+	}
 	s.walSyncs.Add(1)
 	s.walSyncNanos.Add(uint64(max(d, 0)))
 	if s.syncEWMA == 0 {

@@ -22,6 +22,10 @@ type Memory struct {
 	waits     map[string]*memWait
 	waitSeq   uint64
 	deadlocks []Deadlock
+
+	// What waits did, for tests: grant attempts after a wake-up, and graph
+	// walks.
+	waitTries, waitWalks int
 }
 
 type memLock struct {
@@ -35,6 +39,7 @@ type memWait struct {
 	id       uint64
 	resource string
 	wake     chan struct{}
+	poked    bool // guarded by Memory.mu
 }
 
 // NewMemory returns empty in-memory locks. log may be nil.
@@ -51,10 +56,14 @@ func (m *Memory) heldLocked(resource string, now time.Time) (*memLock, bool) {
 	return l, l != nil && l.holder != "" && now.Before(l.expires)
 }
 
-// broadcastLocked wakes every waiter.
-func (m *Memory) broadcastLocked() {
+// wakeLocked wakes the waiters of resource: its lock was released.
+// Nothing else wakes a waiter but a poke (see Wait): a grant or an extended
+// lease leaves the lock held, and a waiter's timer covers the lease's end.
+func (m *Memory) wakeLocked(resource string) {
 	for _, w := range m.waits {
-		signal(w.wake)
+		if w.resource == resource {
+			signal(w.wake)
+		}
 	}
 }
 
@@ -70,7 +79,6 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 		m.locks[resource] = l
 	}
 	l.holder, l.token, l.lease, l.expires = holder, l.token+1, lease, now.Add(lease)
-	m.broadcastLocked()
 	return Grant{Resource: resource, Holder: holder, Token: l.token, Lease: lease, Expires: l.expires,
 		Deadline: start.Add(lease)}, nil
 }
@@ -101,13 +109,11 @@ func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wa
 	m.waitSeq++
 	w := &memWait{id: m.waitSeq, resource: resource, wake: make(chan struct{}, 1)}
 	m.waits[holder] = w
-	m.broadcastLocked()
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
 		if m.waits[holder] == w {
 			delete(m.waits, holder)
-			m.broadcastLocked()
 		}
 		m.mu.Unlock()
 	}()
@@ -127,6 +133,7 @@ type memWaitBackend struct {
 func (b *memWaitBackend) Try(context.Context) (Grant, *HeldError, error) {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
+	b.m.waitTries++
 	g, h := b.m.tryLocked(b.resource, b.holder, b.lease, time.Now())
 	return g, h, nil
 }
@@ -134,6 +141,7 @@ func (b *memWaitBackend) Try(context.Context) (Grant, *HeldError, error) {
 func (b *memWaitBackend) View(_ context.Context, fn func(WaitGraph) error) error {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
+	b.m.waitWalks++
 	return fn(memGraph{b.m, time.Now()})
 }
 
@@ -141,9 +149,18 @@ func (b *memWaitBackend) Poke(_ context.Context, waiter string) error {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
 	if w := b.m.waits[waiter]; w != nil {
+		w.poked = true
 		signal(w.wake)
 	}
 	return nil
+}
+
+func (b *memWaitBackend) Poked() bool {
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	p := b.w.poked
+	b.w.poked = false
+	return p
 }
 
 func (b *memWaitBackend) Record(_ context.Context, d Deadlock) error {
@@ -205,7 +222,7 @@ func (m *Memory) Release(ctx context.Context, g Grant) error {
 		return err
 	}
 	l.holder, l.expires = "", now
-	m.broadcastLocked()
+	m.wakeLocked(g.Resource)
 	return nil
 }
 
@@ -229,7 +246,6 @@ func (m *Memory) Extend(ctx context.Context, g Grant, lease time.Duration) (Gran
 		return Grant{}, err
 	}
 	l.lease, l.expires = lease, start.Add(lease)
-	m.broadcastLocked()
 	g.Lease, g.Expires, g.Deadline = lease, l.expires, start.Add(lease)
 	return g, nil
 }

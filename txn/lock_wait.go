@@ -25,30 +25,43 @@ type WaitBackend interface {
 	Record(ctx context.Context, d Deadlock) error
 	// Wake is signalled when the lock or this wait's record changed.
 	Wake() <-chan struct{}
+	// Poked reports whether another waiter poked this one since the last
+	// call, and clears it.
+	Poked() bool
 }
 
 // Wait is Acquire's wait, for implementations of Locks: after held (whose
 // Resource is the lock waited for) was seen, it waits until the lock is
 // granted, the wait times out, ctx ends, or this wait is the victim of a
-// deadlock. It walks the wait-for graph before waiting and each time it
-// wakes. A wait is woken by a change of the lock or of its own wait record
-// (another waiter found a cycle whose victim it is) and by a timer at the
-// end of the holder's lease; it never polls.
+// deadlock. A wait is woken by a change of the lock or of its own wait
+// record (another waiter found a cycle whose victim it is) and by a timer at
+// the end of the holder's lease; it never polls.
+//
+// It walks the wait-for graph before it first waits, and again when it wakes
+// to a new grant of the lock (another holder, or the same holder's new
+// token) or was poked. Nothing else can close a cycle through it: a cycle
+// needs a new edge, a new wait is walked by its own waiter once it is
+// recorded, and a new grant of this lock by this lock's waiters. So a lease
+// extended, or a wake that finds the lock as it was, costs no walk.
 func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, wait time.Duration,
 	held *HeldError) (Grant, error) {
 	deadline := time.Now().Add(wait)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	poked := map[string]bool{}
+	var walked *HeldError // the grant the graph was last walked against
 	for {
 		var cycle []WaitEdge
-		err := b.View(ctx, func(g WaitGraph) error {
-			var err error
-			cycle, err = findCycle(g, holder, held.Resource)
-			return err
-		})
-		if err != nil {
-			return Grant{}, err
+		if b.Poked() || walked == nil || held.Holder != walked.Holder || held.Token != walked.Token {
+			err := b.View(ctx, func(g WaitGraph) error {
+				var err error
+				cycle, err = findCycle(g, holder, held.Resource)
+				return err
+			})
+			if err != nil {
+				return Grant{}, err
+			}
+			walked = held
 		}
 		if cycle != nil {
 			v := victim(cycle)

@@ -72,6 +72,6 @@ func (f *Locks) Acquire(ctx context.Context, resource, holder string, lease, wai
 		return txn.Grant{}, err
 	}
 	defer w.stop()
-	b := &fsWaitBackend{f: f, w: w, lease: lease}
+	b := &fsWaitBackend{f: f, w: w, lease: lease, read: held.Expires.Add(-held.Remaining)}
 	return txn.Wait(ctx, b, f.log, holder, wait, held)
 }

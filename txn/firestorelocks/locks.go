@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/firestore"
@@ -45,6 +46,11 @@ type Locks struct {
 	root        string
 	maxAttempts int
 	log         *slog.Logger
+
+	// What waits did: grant transactions run and skipped (see
+	// fsWaitBackend.Try), graph walks, and lock snapshots delivered to
+	// their listeners.
+	waitTries, waitSkips, waitWalks, lockDeliveries atomic.Int64
 }
 
 // New returns locks on client under cfg.Root. It does not close the

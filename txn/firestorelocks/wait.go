@@ -21,6 +21,12 @@ type fsWait struct {
 	wakeCh           chan struct{}
 	cancel           context.CancelFunc
 	wg               sync.WaitGroup
+
+	mu     sync.Mutex
+	seen   lockState // the lock as its listener last delivered it
+	seenAt time.Time // when (local clock), zero before the first delivery
+	pokes  int64     // the wait record's pokes last delivered
+	poked  bool      // pokes went up since Poked last looked
 }
 
 // startWait records holder's wait for resource and starts listening to the
@@ -52,16 +58,19 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 	w := &fsWait{f: f, resource: resource, holder: holder, id: id, wakeCh: make(chan struct{}, 1)}
 	lctx, cancel := context.WithCancel(ctx)
 	w.cancel = cancel
-	for _, r := range []*firestore.DocumentRef{f.lockRef(resource), ref} {
+	for i, r := range []*firestore.DocumentRef{f.lockRef(resource), ref} {
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
 			it := r.Snapshots(lctx)
 			defer it.Stop()
 			for {
-				_, err := it.Next()
+				snap, err := it.Next()
 				if err != nil && lctx.Err() != nil {
 					return
+				}
+				if err == nil {
+					w.note(i == 0, snap)
 				}
 				select { // wake the waiter without blocking: one wake-up pending is enough
 				case w.wakeCh <- struct{}{}:
@@ -76,6 +85,55 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 	}
 	return w, nil
 }
+
+// note records what a listener delivered: the lock's state, or whether the
+// wait record's pokes went up.
+func (w *fsWait) note(lock bool, snap *firestore.DocumentSnapshot) {
+	if lock {
+		s, err := decodeLock(snap)
+		if err != nil {
+			return // a real attempt will report it
+		}
+		w.f.lockDeliveries.Add(1)
+		w.mu.Lock()
+		w.seen, w.seenAt = s, time.Now()
+		w.mu.Unlock()
+		return
+	}
+	var d waitDoc
+	if !snap.Exists() || snap.DataTo(&d) != nil || d.WaitID != w.id {
+		return
+	}
+	w.mu.Lock()
+	if d.Pokes > w.pokes {
+		w.pokes, w.poked = d.Pokes, true
+	}
+	w.mu.Unlock()
+}
+
+// heldSince returns the lock as its listener last delivered it, when that
+// is at least as recent as after (a store read time) and shows the lock
+// held for at least skipMargin more, judged by the store's clock at the
+// delivery plus the local time elapsed since; nil otherwise.
+func (w *fsWait) heldSince(after time.Time) *txn.HeldError {
+	w.mu.Lock()
+	s, at := w.seen, w.seenAt
+	w.mu.Unlock()
+	if at.IsZero() || s.now.Before(after) || !s.held() {
+		return nil
+	}
+	left := s.end().Sub(s.now.Add(time.Since(at)))
+	if left < skipMargin {
+		return nil
+	}
+	h := s.heldError()
+	h.Remaining = left
+	return h
+}
+
+// skipMargin is how much of a lease the lock's listener must show left for a
+// wake-up to skip the grant transaction.
+const skipMargin = 100 * time.Millisecond
 
 // stop ends the listeners and deletes the wait's record (if still this
 // wait's), under a short timeout of its own: the caller's context may have
@@ -129,10 +187,33 @@ type fsWaitBackend struct {
 	f     *Locks
 	w     *fsWait
 	lease time.Duration
+	read  time.Time // the read time of the last grant transaction
 }
 
+// Try runs the grant transaction, unless the lock's listener has shown the
+// lock held since that transaction last ran (a new holder or token, or an
+// extended lease): a wake-up on such a change would only read the lock
+// again, in a transaction that contends with its holder's. The listener's
+// next delivery, or the lease's end, wakes the wait again.
 func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, error) {
-	return b.f.try(ctx, b.w.resource, b.w.holder, b.lease)
+	if h := b.w.heldSince(b.read); h != nil {
+		b.f.waitSkips.Add(1)
+		return txn.Grant{}, h, nil
+	}
+	b.f.waitTries.Add(1)
+	g, h, err := b.f.try(ctx, b.w.resource, b.w.holder, b.lease)
+	if h != nil {
+		b.read = h.Expires.Add(-h.Remaining)
+	}
+	return g, h, err
+}
+
+func (b *fsWaitBackend) Poked() bool {
+	b.w.mu.Lock()
+	defer b.w.mu.Unlock()
+	p := b.w.poked
+	b.w.poked = false
+	return p
 }
 
 func (b *fsWaitBackend) Wake() <-chan struct{} { return b.w.wakeCh }
@@ -140,6 +221,7 @@ func (b *fsWaitBackend) Wake() <-chan struct{} { return b.w.wakeCh }
 // View shows the graph in a read-only transaction: one consistent
 // snapshot, judged at its read time.
 func (b *fsWaitBackend) View(ctx context.Context, fn func(txn.WaitGraph) error) error {
+	b.f.waitWalks.Add(1)
 	err := b.f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
 		return fn(fsGraph{b.f, tx})
 	}, firestore.ReadOnly)

@@ -1,0 +1,91 @@
+package txn
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestMemoryWakesOnlyOnRelease: waiters of a lock are not woken by
+// another lock's traffic, nor by their own lock's lease being extended;
+// its release wakes them, and each gets it in turn.
+func TestMemoryWakesOnlyOnRelease(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := NewMemory(nil)
+	counts := func() (tries, walks int) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.waitTries, m.waitWalks
+	}
+	g, err := m.Acquire(ctx, "res", "leader", time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	type result struct {
+		g   Grant
+		err error
+	}
+	results := make(chan result, n)
+	for i := range n {
+		go func() {
+			holder := fmt.Sprintf("w-%d", i)
+			g, err := m.Acquire(ctx, "res", holder, time.Minute, time.Minute)
+			if err == nil {
+				err = m.Release(ctx, g) // the next waiter's turn
+			}
+			results <- result{g, err}
+		}()
+	}
+	for {
+		st, err := m.Status(ctx, "res")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, walks := counts(); len(st.Waiters) == n && walks == n {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	for range 50 { // another lock's traffic
+		o, err := m.Acquire(ctx, "other", "busy", time.Minute, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o, err = m.Extend(ctx, o, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Release(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		if g, err = m.Extend(ctx, g, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // a wake-up, if any, has run by now
+	if tries, walks := counts(); tries != 0 || walks != n {
+		t.Fatalf("after extends and another lock's traffic the %d waiters tried %d times and walked the graph %d times, want 0 and %d",
+			n, tries, walks, n)
+	}
+
+	if err := m.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	last := g.Token
+	tokens := map[uint64]bool{}
+	for range n {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("waiter: %v", r.err)
+		}
+		if r.g.Token <= last || tokens[r.g.Token] {
+			t.Fatalf("token %d after %d (seen: %v)", r.g.Token, last, tokens)
+		}
+		tokens[r.g.Token] = true
+	}
+}

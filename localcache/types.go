@@ -3,6 +3,7 @@ package localcache
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -32,13 +33,7 @@ type Clock struct {
 
 // Clone returns c with its own copy of Vector.
 func (c Clock) Clone() Clock {
-	if c.Vector != nil {
-		v := make(map[string]uint64, len(c.Vector))
-		for n, x := range c.Vector {
-			v[n] = x
-		}
-		c.Vector = v
-	}
+	c.Vector = maps.Clone(c.Vector)
 	return c
 }
 

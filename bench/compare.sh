@@ -13,6 +13,11 @@
 #   put c=1             tai: put                              append 256 B + fdatasync loop (tai-bench -fsync-baseline)
 #   get c=1 p99         tai p99 against an absolute target (redis p99 shown for reference)
 #   RSS                 sidecar VmRSS $RSS_SETTLE s after writing $RSS_KEYS keys of 256 B into a fresh store
+#                       and going quiet
+#
+# Before every measurement, of tai or of a baseline, the script waits until
+# tai-sidecar is quiet (it goes on compacting Badger's tables for seconds
+# after a burst of puts, which would take CPU from whatever runs next).
 #
 # Everything runs against Unix sockets in a temporary directory, stops by
 # itself and is cleaned up on exit. Needs redis-server and redis-benchmark
@@ -192,6 +197,21 @@ measure() {
 	add "$key" "$(awk -v d="$((after - before))" -v t="$TICK" -v n="$n" 'BEGIN { printf "%.1f", d / t * 1e6 / n }')"
 }
 
+# quiesce PID: waits (up to 20 s) until PID used under 4% of a core over half
+# a second. tai-sidecar goes on compacting Badger's tables for seconds after a
+# burst of puts; that work would otherwise land in whichever shape runs next,
+# for tai or for its baseline (the machine has 2 cores). Redis has none to do.
+quiesce() {
+	local pid=$1 start=$SECONDS before after
+	while ((SECONDS - start < 20)); do
+		before=$(cpu_ticks "$pid")
+		sleep 0.5
+		after=$(cpu_ticks "$pid")
+		((after - before > TICK / 50)) || break
+	done
+	((SECONDS - start < 2)) || log "waited $((SECONDS - start)) s for tai-sidecar to go quiet"
+}
+
 # --- results --------------------------------------------------------------------
 
 declare -A VALS # "shape side" -> space-separated values, one per round
@@ -242,30 +262,41 @@ redis_bench setup-redis-hot "$R_MEM" 1 set $CONNS "$((KEYS * HOT))"
 
 for r in $(seq 1 "$ROUNDS"); do
 	log "round $r of $ROUNDS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+	quiesce "$TAI_PID"
 	measure "get16 taicpu" "$TAI_PID" "$N_GET" tai_bench "get16-$r" -c $CONNS -keys "$KEYS" -governor fresh -ops get -n "$N_GET"
+	quiesce "$TAI_PID"
 	measure "get16 basecpu" "$R_MEM_PID" "$N_GET" redis_bench "rget16-$r" "$R_MEM" 0 get $CONNS "$N_GET"
 	add "get16 tai" "$(jf "get16-$r" .ops_per_sec)"
 	add "get16 base" "$(csv_field "rget16-$r" rps)"
 
+	quiesce "$TAI_PID"
 	measure "get16hot taicpu" "$TAI_PID" "$N_GET" tai_bench "get16hot-$r" -c $CONNS -keys "$KEYS" -governor hot -ops get -n "$N_GET"
+	quiesce "$TAI_PID"
 	measure "get16hot basecpu" "$R_MEM_PID" "$N_GET" redis_bench "rget16hot-$r" "$R_MEM" 1 get $CONNS "$N_GET"
 	add "get16hot tai" "$(jf "get16hot-$r" .ops_per_sec)"
 	add "get16hot base" "$(csv_field "rget16hot-$r" rps)"
 
+	quiesce "$TAI_PID"
 	measure "put16 taicpu" "$TAI_PID" "$N_PUT" tai_bench "put16-$r" -c $CONNS -keys "$KEYS" -governor put16 -ops put -n "$N_PUT"
+	quiesce "$TAI_PID"
 	measure "put16 basecpu" "$R_AOF_PID" "$N_PUT" redis_bench "rset16-$r" "$R_AOF" 0 set $CONNS "$N_PUT"
 	add "put16 tai" "$(jf "put16-$r" .ops_per_sec)"
 	add "put16 base" "$(csv_field "rset16-$r" rps)"
 
+	quiesce "$TAI_PID"
 	tai_bench "put1-$r" -c 1 -keys "$KEYS" -governor put1 -ops put -n "$N_PUT1"
+	quiesce "$TAI_PID"
 	run "$W/tai-bench" -fsync-baseline "$W/fsync.dat" -d "$SIZE" -n "$N_PUT1" -json >"$W/fsync-$r.json"
 	rm -f "$W/fsync.dat"
+	quiesce "$TAI_PID"
 	redis_bench "rset1-$r" "$R_AOF" 0 set 1 "$N_PUT1"
 	add "put1 tai" "$(jf "put1-$r" .ops_per_sec)"
 	add "put1 base" "$(jf "fsync-$r" .ops_per_sec)"
 	add "put1 redis" "$(csv_field "rset1-$r" rps)"
 
+	quiesce "$TAI_PID"
 	tai_bench "get1-$r" -c 1 -keys "$KEYS" -governor fresh -ops get -n "$N_GET1"
+	quiesce "$TAI_PID"
 	redis_bench "rget1-$r" "$R_MEM" 0 get 1 "$N_GET1"
 	add "get1p99 tai" "$(jf "get1-$r" .per_op.get.p99_us)"
 	add "get1p99 base" "$(awk -v v="$(csv_field "rget1-$r" p99_latency_ms)" 'BEGIN { print v * 1000 }')"
@@ -280,8 +311,13 @@ tai_bench rss -c $CONNS -P 32 -keys "$RSS_KEYS" -governor rss -ops put -seq -n "
 status() { awk -v f="$1:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$TAI_PID/status"; }
 RSS_NOW=$(status VmRSS)
 # The sidecar hands its free heap back once allocation stops for a 2 s
-# interval (cmd/tai-sidecar/memidle.go): the figure is taken RSS_SETTLE
-# seconds after the last put, with the one right after it beside it.
+# interval (cmd/tai-sidecar/memidle.go), which Badger's compactions can put
+# off for seconds after the last put: the figure is taken once the sidecar
+# is quiet and RSS_SETTLE seconds more have passed, with the one right after
+# the last put beside it.
+RSS_QUIET=$SECONDS
+quiesce "$TAI_PID"
+RSS_QUIET=$((SECONDS - RSS_QUIET))
 sleep "$RSS_SETTLE"
 RSS=$(status VmRSS) HWM=$(status VmHWM) RSS_ANON=$(status RssAnon) RSS_FILE=$(status RssFile)
 STATS_RSS=$("$W/tai-sidecar" --socket "$TAI_SOCK" stats)
@@ -325,7 +361,7 @@ b=$(median "get1p99 base")
 row "get c=1 p99 (µs)" "$(num "$t")" "redis GET c=1 p99" "$(num "$b")" "$(ratio "$t" "$b")" "< 150 µs" "$(meets "$t" "<" 150)"
 row "sidecar RSS after $RSS_KEYS puts (MiB)" "$RSS (peak $HWM)" "-" "-" "-" "< 150 MiB" "$(meets "$RSS" "<" 150)"
 echo
-echo "RSS detail (MiB): $RSS_SETTLE s after the last put; right after it $RSS_NOW;" \
+echo "RSS detail (MiB): $RSS_SETTLE s after the sidecar went quiet ($RSS_QUIET s after the last put); right after it $RSS_NOW;" \
 	"anonymous $RSS_ANON, file-backed (mmapped tables and logs) $RSS_FILE;" \
 	"store on disk $DATA_MIB MiB ($(jq -r '"LSM \(.lsm_bytes / 1048576 | floor) MiB, value log \(.vlog_bytes / 1048576 | floor) MiB, \(.states) states"' <<<"$STATS_RSS"))."
 echo "Group commit: $(jq -r '"\(.commit_writes) writes in \(.commits) commits, \(.commit_writes / .commits * 10 | floor / 10) per commit"' <<<"$STATS_MAIN") in the main store;" \

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,7 +40,7 @@ type memWait struct {
 	id       uint64
 	resource string
 	wake     chan struct{}
-	poked    bool // guarded by Memory.mu
+	poked    atomic.Bool // set by Poke, cleared by Poked
 }
 
 // NewMemory returns empty in-memory locks. log may be nil.
@@ -149,19 +150,13 @@ func (b *memWaitBackend) Poke(_ context.Context, waiter string) error {
 	b.m.mu.Lock()
 	defer b.m.mu.Unlock()
 	if w := b.m.waits[waiter]; w != nil {
-		w.poked = true
+		w.poked.Store(true)
 		signal(w.wake)
 	}
 	return nil
 }
 
-func (b *memWaitBackend) Poked() bool {
-	b.m.mu.Lock()
-	defer b.m.mu.Unlock()
-	p := b.w.poked
-	b.w.poked = false
-	return p
-}
+func (b *memWaitBackend) Poked() bool { return b.w.poked.Swap(false) }
 
 func (b *memWaitBackend) Record(_ context.Context, d Deadlock) error {
 	b.m.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/firestore"
@@ -23,10 +24,10 @@ type fsWait struct {
 	wg               sync.WaitGroup
 
 	mu     sync.Mutex
-	seen   lockState // the lock as its listener last delivered it
-	seenAt time.Time // when (local clock), zero before the first delivery
-	pokes  int64     // the wait record's pokes last delivered
-	poked  bool      // pokes went up since Poked last looked
+	seen   lockState   // the lock as its listener last delivered it
+	seenAt time.Time   // when (local clock), zero before the first delivery
+	pokes  int64       // the wait record's pokes last delivered
+	poked  atomic.Bool // pokes went up since Poked last looked
 }
 
 // startWait records holder's wait for resource and starts listening to the
@@ -106,7 +107,8 @@ func (w *fsWait) note(lock bool, snap *firestore.DocumentSnapshot) {
 	}
 	w.mu.Lock()
 	if d.Pokes > w.pokes {
-		w.pokes, w.poked = d.Pokes, true
+		w.pokes = d.Pokes
+		w.poked.Store(true)
 	}
 	w.mu.Unlock()
 }
@@ -208,13 +210,7 @@ func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, err
 	return g, h, err
 }
 
-func (b *fsWaitBackend) Poked() bool {
-	b.w.mu.Lock()
-	defer b.w.mu.Unlock()
-	p := b.w.poked
-	b.w.poked = false
-	return p
-}
+func (b *fsWaitBackend) Poked() bool { return b.w.poked.Swap(false) }
 
 func (b *fsWaitBackend) Wake() <-chan struct{} { return b.w.wakeCh }
 

@@ -67,10 +67,16 @@ func TestMemoryWakesOnlyOnRelease(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(50 * time.Millisecond) // a wake-up, if any, has run by now
-	if tries, walks := counts(); tries != 0 || walks != n {
-		t.Fatalf("after extends and another lock's traffic the %d waiters tried %d times and walked the graph %d times, want 0 and %d",
-			n, tries, walks, n)
+	// A wake-up either is still pending or has run its attempt by now.
+	m.mu.Lock()
+	pending := 0
+	for _, w := range m.waits {
+		pending += len(w.wake)
+	}
+	m.mu.Unlock()
+	if tries, walks := counts(); tries != 0 || walks != n || pending != 0 {
+		t.Fatalf("after extends and another lock's traffic the %d waiters tried %d times and walked the graph %d times, want 0 and %d (%d wake-ups pending)",
+			n, tries, walks, n, pending)
 	}
 
 	if err := m.Release(ctx, g); err != nil {

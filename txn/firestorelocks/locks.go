@@ -48,9 +48,10 @@ type Locks struct {
 	log         *slog.Logger
 
 	// What waits did: grant transactions run and skipped (see
-	// fsWaitBackend.Try), graph walks, and lock snapshots delivered to
-	// their listeners.
-	waitTries, waitSkips, waitWalks, lockDeliveries atomic.Int64
+	// fsWaitBackend.Try), graph walks, lock snapshots delivered to their
+	// listeners, and deliveries handled (a wait attempted and walked as it
+	// had to after them, and is waiting again).
+	waitTries, waitSkips, waitWalks, lockDeliveries, deliveriesHandled atomic.Int64
 }
 
 // New returns locks on client under cfg.Root. It does not close the

@@ -28,6 +28,9 @@ type fsWait struct {
 	seenAt time.Time   // when (local clock), zero before the first delivery
 	pokes  int64       // the wait record's pokes last delivered
 	poked  atomic.Bool // pokes went up since Poked last looked
+	// delivered counts the lock's snapshots delivered (for tests, with
+	// Locks.deliveriesHandled).
+	delivered atomic.Int64
 }
 
 // startWait records holder's wait for resource and starts listening to the
@@ -96,6 +99,7 @@ func (w *fsWait) note(lock bool, snap *firestore.DocumentSnapshot) {
 			return // a real attempt will report it
 		}
 		w.f.lockDeliveries.Add(1)
+		w.delivered.Add(1)
 		w.mu.Lock()
 		w.seen, w.seenAt = s, time.Now()
 		w.mu.Unlock()
@@ -190,6 +194,9 @@ type fsWaitBackend struct {
 	w     *fsWait
 	lease time.Duration
 	read  time.Time // the read time of the last grant transaction
+	// tried is how many lock snapshots had been delivered when Try last
+	// ran; counted is how many of them Wake counted as handled.
+	tried, counted int64
 }
 
 // Try runs the grant transaction, unless the lock's listener has shown the
@@ -198,6 +205,7 @@ type fsWaitBackend struct {
 // again, in a transaction that contends with its holder's. The listener's
 // next delivery, or the lease's end, wakes the wait again.
 func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, error) {
+	b.tried = b.w.delivered.Load()
 	if h := b.w.heldSince(b.read); h != nil {
 		b.f.waitSkips.Add(1)
 		return txn.Grant{}, h, nil
@@ -212,7 +220,15 @@ func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, err
 
 func (b *fsWaitBackend) Poked() bool { return b.w.poked.Swap(false) }
 
-func (b *fsWaitBackend) Wake() <-chan struct{} { return b.w.wakeCh }
+// Wake is called each time Wait is about to wait: the deliveries seen by the
+// last Try have then been handled, the walk that followed it included.
+func (b *fsWaitBackend) Wake() <-chan struct{} {
+	if b.tried > b.counted {
+		b.f.deliveriesHandled.Add(b.tried - b.counted)
+		b.counted = b.tried
+	}
+	return b.w.wakeCh
+}
 
 // View shows the graph in a read-only transaction: one consistent
 // snapshot, judged at its read time.

@@ -58,9 +58,10 @@ func TestWaitersSkipExtends(t *testing.T) {
 			results <- result{g, err}
 		}()
 	}
+	handled := func() bool { return ws.deliveriesHandled.Load() == ws.lockDeliveries.Load() }
 	eventually(t, ctx, "every waiter recorded, walked and listening", func() bool {
 		st, err := own.Status(ctx, "res")
-		return err == nil && len(st.Waiters) == n && ws.waitWalks.Load() >= n && ws.lockDeliveries.Load() >= n
+		return err == nil && len(st.Waiters) == n && ws.waitWalks.Load() >= n && ws.lockDeliveries.Load() >= n && handled()
 	})
 	tries, walks, delivered, skips := ws.waitTries.Load(), ws.waitWalks.Load(), ws.lockDeliveries.Load(), ws.waitSkips.Load()
 
@@ -73,8 +74,7 @@ func TestWaitersSkipExtends(t *testing.T) {
 			return ws.lockDeliveries.Load() >= delivered+n*int64(k)
 		})
 	}
-	eventually(t, ctx, "the waiters woken", func() bool { return ws.waitSkips.Load()+ws.waitTries.Load() > skips+tries })
-	time.Sleep(200 * time.Millisecond) // the last wake-ups run
+	eventually(t, ctx, "every delivery handled", handled)
 	if dt, dw := ws.waitTries.Load()-tries, ws.waitWalks.Load()-walks; dt != 0 || dw != 0 {
 		t.Fatalf("%d extensions cost the %d waiters %d grant transactions and %d graph walks, want none", extends, n, dt, dw)
 	}

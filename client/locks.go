@@ -24,8 +24,9 @@ import (
 // Acquire, which dials one for the call: two goroutines waiting on one
 // pooled connection would be one holder waiting for itself.
 //
-// Errors are *Error replies: ErrLockHeld (Error.Lock says who holds it;
-// Error.Waited when the wait ended in vain), ErrLockLost (the grant is no
+// Errors are *Error replies: ErrLockHeld (Error.Lock says who holds it, or
+// in Next which waiter a released lock is being handed to; Error.Waited
+// when the wait ended in vain), ErrLockLost (the grant is no
 // longer current), ErrDeadlockDetected (Error.Deadlock is the cycle: release
 // the locks held and try again), ErrUnavailable (among others: a sidecar
 // without a shared store, not retryable).
@@ -85,6 +86,9 @@ type LockStatus struct {
 	Token uint64
 	// Waiters are the holders waiting for the lock.
 	Waiters []string
+	// Next is the waiter a released lock is being handed to ("" if none):
+	// waiters get a lock in the order they began to wait.
+	Next string
 }
 
 // LockOption sets the lease or the wait of a lock call.
@@ -213,7 +217,7 @@ func (c *Client) LockStatus(ctx context.Context, resource string) (*LockStatus, 
 		return nil, protocolErrorf("lock_status reply carries no lock")
 	}
 	st := &LockStatus{Resource: w.Resource, Held: w.Held, Holder: w.Holder, Token: w.Token, Waiters: w.Waiters,
-		Remaining: time.Duration(w.RemainingMS) * time.Millisecond}
+		Next: w.Next, Remaining: time.Duration(w.RemainingMS) * time.Millisecond}
 	if w.Expires != 0 {
 		st.Expires = time.Unix(0, w.Expires)
 	}

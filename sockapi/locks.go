@@ -519,7 +519,7 @@ func grantToWire(g txn.Grant, bound bool) *wire.Lock {
 }
 
 func statusToWire(st txn.Status) *wire.Lock {
-	w := &wire.Lock{Resource: st.Resource, Token: st.Token, Held: st.Held, Waiters: st.Waiters}
+	w := &wire.Lock{Resource: st.Resource, Token: st.Token, Held: st.Held, Waiters: st.Waiters, Next: st.Next}
 	if st.Held {
 		w.Holder, w.Expires, w.RemainingMS = st.Holder, st.Expires.UnixNano(), ceilMS(st.Remaining)
 	}
@@ -541,14 +541,22 @@ func (c *conn) lockError(l *connLocks, resource string, err error) *wire.Error {
 		if who == l.holder {
 			who = "this connection (locks are not re-entrant)"
 		}
-		e = wire.Errorf(wire.CodeLockHeld, "lock %q is held by %s with token %d for %v more", held.Resource, who,
-			held.Token, time.Duration(ceilMS(held.Remaining))*time.Millisecond)
+		left := time.Duration(ceilMS(held.Remaining)) * time.Millisecond
+		if held.Handoff {
+			e = wire.Errorf(wire.CodeLockHeld, "lock %q was released and is being handed to %s, which waited for it "+
+				"longer, for at most %v more", held.Resource, held.Holder, left)
+			e.Lock = &wire.Lock{Resource: held.Resource, Token: held.Token, Next: held.Holder,
+				Expires: held.Expires.UnixNano(), RemainingMS: ceilMS(held.Remaining)}
+		} else {
+			e = wire.Errorf(wire.CodeLockHeld, "lock %q is held by %s with token %d for %v more", held.Resource, who,
+				held.Token, left)
+			e.Lock = &wire.Lock{Resource: held.Resource, Holder: held.Holder, Token: held.Token, Held: true,
+				Expires: held.Expires.UnixNano(), RemainingMS: ceilMS(held.Remaining)}
+		}
 		if held.Waited {
 			e.Message += ": the wait ended"
 			e.Waited = true
 		}
-		e.Lock = &wire.Lock{Resource: held.Resource, Holder: held.Holder, Token: held.Token, Held: true,
-			Expires: held.Expires.UnixNano(), RemainingMS: ceilMS(held.Remaining)}
 	case errors.As(err, &lost):
 		e = wire.Errorf(wire.CodeLockLost, "%s", lost.Error())
 		e.Lock = &wire.Lock{Resource: lost.Grant.Resource, Holder: lost.Holder, Token: lost.Token, Held: lost.Holder != "" && !lost.Expired}

@@ -706,6 +706,12 @@ func TestLockErrorsMapping(t *testing.T) {
 			t.Errorf("store message sent: %q", e.Message)
 		}
 	}
+	// A lock being handed to a waiter names it in next, not as its holder.
+	e := c.lockError(l, "r", &txn.HeldError{Resource: "r", Holder: "w", Token: 3, Remaining: time.Second, Handoff: true})
+	if e.Code != wire.CodeLockHeld || e.Lock == nil || e.Lock.Next != "w" || e.Lock.Holder != "" || e.Lock.Held ||
+		e.Lock.RemainingMS != 1000 || !strings.Contains(e.Message, "handed to w") {
+		t.Errorf("handoff: %+v lock %+v", e, e.Lock)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	closing := &connLocks{holder: "me", ctx: ctx}

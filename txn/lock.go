@@ -18,6 +18,13 @@ const DefaultLease = 30 * time.Second
 // accept.
 const MaxLease = 24 * time.Hour
 
+// HandoffWindow is how long a released lock is kept for the waiter it is
+// handed to (see Locks). A live waiter takes it within a round trip to the
+// store; the window only matters when that waiter is gone without having
+// ended its wait (its sidecar died): then the lock is free for all when the
+// window ends, and later releases pass that waiter over.
+const HandoffWindow = 3 * time.Second
+
 // maxHops bounds a walk of the wait-for graph: a longer chain is not
 // followed further (and reported as no cycle).
 const maxHops = 64
@@ -37,6 +44,13 @@ const maxHops = 64
 // ErrLockHeld: the wait ended), ErrDeadlock (*DeadlockError), ErrUnavailable
 // (the shared store is unreachable or the context ended: the call may or may
 // not have taken effect), ErrPermanent (the store refused the request).
+//
+// Waiters are served in the order they began to wait. Release hands the
+// lock to the holder that has waited longest: for HandoffWindow nobody else
+// can take it (Acquire fails with a *HeldError whose Handoff is set), and
+// only that waiter is woken, so a release costs one grant however many
+// wait. A lock whose lease runs out without a release goes to whichever
+// waiter takes it first.
 type Locks interface {
 	// Acquire grants resource to holder for lease (0: DefaultLease). If
 	// another holder has it, Acquire fails with a *HeldError at once when
@@ -109,6 +123,9 @@ type Status struct {
 	Token uint64
 	// Waiters are the holders waiting for the lock, sorted.
 	Waiters []string
+	// Next is the waiter a released lock is being handed to ("" if none);
+	// Held is then false.
+	Next string
 }
 
 // WaitEdge is one step of the wait-for graph: Waiter waits for Resource,
@@ -165,10 +182,18 @@ type HeldError struct {
 	Expires   time.Time     // by the store's clock
 	Remaining time.Duration // of the lease, when last seen
 	Waited    bool          // the caller waited for it
+	// Handoff: the lock was released and is being handed to Holder, a
+	// waiter that has waited longer; Expires and Remaining are the end of
+	// its HandoffWindow, and Token the last token granted.
+	Handoff bool
 }
 
 func (e *HeldError) Error() string {
-	s := fmt.Sprintf("lock %s: held by %s (token %d) for %s more", e.Resource, e.Holder, e.Token,
+	verb := "held by"
+	if e.Handoff {
+		verb = "being handed to waiter"
+	}
+	s := fmt.Sprintf("lock %s: %s %s (token %d) for %s more", e.Resource, verb, e.Holder, e.Token,
 		e.Remaining.Round(time.Millisecond))
 	if e.Waited {
 		s += ": " + ErrTimeout.Error()

@@ -15,7 +15,8 @@ import (
 // without a shared store. Its clock is the local one. The zero value is not
 // usable: call NewMemory.
 type Memory struct {
-	log *slog.Logger
+	log     *slog.Logger
+	handoff time.Duration // HandoffWindow (shorter in tests)
 
 	mu        sync.Mutex
 	locks     map[string]*memLock
@@ -34,10 +35,24 @@ type memLock struct {
 	token   uint64
 	lease   time.Duration
 	expires time.Time // lease end (when held) or release time
+	// A released lock being handed to a waiter: its holder name and wait
+	// id, until nextUntil.
+	next      string
+	nextWait  uint64
+	nextUntil time.Time
+}
+
+// handedTo returns the waiter a released l is being handed to at now ("" if
+// none).
+func (l *memLock) handedTo(now time.Time) string {
+	if l.holder == "" && l.next != "" && now.Before(l.nextUntil) {
+		return l.next
+	}
+	return ""
 }
 
 type memWait struct {
-	id       uint64
+	id       uint64 // waits begun later have larger ids
 	resource string
 	wake     chan struct{}
 	poked    atomic.Bool // set by Poke, cleared by Poked
@@ -48,7 +63,7 @@ func NewMemory(log *slog.Logger) *Memory {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Memory{log: log, locks: map[string]*memLock{}, waits: map[string]*memWait{}}
+	return &Memory{log: log, handoff: HandoffWindow, locks: map[string]*memLock{}, waits: map[string]*memWait{}}
 }
 
 // heldLocked returns the holder of resource at now ("" if free).
@@ -57,14 +72,23 @@ func (m *Memory) heldLocked(resource string, now time.Time) (*memLock, bool) {
 	return l, l != nil && l.holder != "" && now.Before(l.expires)
 }
 
-// wakeLocked wakes the waiters of resource: its lock was released.
-// Nothing else wakes a waiter but a poke (see Wait): a grant or an extended
-// lease leaves the lock held, and a waiter's timer covers the lease's end.
-func (m *Memory) wakeLocked(resource string) {
-	for _, w := range m.waits {
-		if w.resource == resource {
-			signal(w.wake)
+// handOffLocked hands the released lock l of resource to the waiter that
+// has waited longest, other than the wait skip (0: none), and wakes that
+// waiter only; with none left, l is free for all. Nothing else wakes a
+// waiter but a poke (see Wait): a grant or an extended lease leaves the lock
+// held, a handoff keeps it from the other waiters, and their timers cover
+// the ends of leases and of handoffs.
+func (m *Memory) handOffLocked(resource string, l *memLock, now time.Time, skip uint64) {
+	l.next, l.nextWait = "", 0
+	var head *memWait
+	for holder, w := range m.waits {
+		if w.resource == resource && w.id != skip && (head == nil || w.id < head.id) {
+			head, l.next = w, holder
 		}
+	}
+	if head != nil {
+		l.nextWait, l.nextUntil = head.id, now.Add(m.handoff)
+		signal(head.wake)
 	}
 }
 
@@ -75,11 +99,18 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 		return Grant{}, &HeldError{Resource: resource, Holder: l.holder, Token: l.token, Expires: l.expires,
 			Remaining: l.expires.Sub(now)}
 	}
+	if l != nil {
+		if next := l.handedTo(now); next != "" && next != holder {
+			return Grant{}, &HeldError{Resource: resource, Holder: next, Token: l.token, Expires: l.nextUntil,
+				Remaining: l.nextUntil.Sub(now), Handoff: true}
+		}
+	}
 	if l == nil {
 		l = &memLock{token: m.floor}
 		m.locks[resource] = l
 	}
 	l.holder, l.token, l.lease, l.expires = holder, l.token+1, lease, now.Add(lease)
+	l.next, l.nextWait = "", 0
 	return Grant{Resource: resource, Holder: holder, Token: l.token, Lease: lease, Expires: l.expires,
 		Deadline: start.Add(lease)}, nil
 }
@@ -111,15 +142,24 @@ func (m *Memory) Acquire(ctx context.Context, resource, holder string, lease, wa
 	w := &memWait{id: m.waitSeq, resource: resource, wake: make(chan struct{}, 1)}
 	m.waits[holder] = w
 	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		if m.waits[holder] == w {
-			delete(m.waits, holder)
-		}
-		m.mu.Unlock()
-	}()
+	defer m.endWait(holder, w)
 	b := &memWaitBackend{m: m, w: w, resource: resource, holder: holder, lease: lease}
 	return Wait(ctx, b, m.log, holder, wait, held)
+}
+
+// endWait ends holder's wait w. A wait that ends while the lock is being
+// handed to it passes the lock on.
+func (m *Memory) endWait(holder string, w *memWait) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.waits[holder] == w {
+		delete(m.waits, holder)
+	}
+	if l := m.locks[w.resource]; l != nil && l.nextWait == w.id {
+		if now := time.Now(); l.handedTo(now) != "" {
+			m.handOffLocked(w.resource, l, now, w.id)
+		}
+	}
 }
 
 type memWaitBackend struct {
@@ -217,7 +257,7 @@ func (m *Memory) Release(ctx context.Context, g Grant) error {
 		return err
 	}
 	l.holder, l.expires = "", now
-	m.wakeLocked(g.Resource)
+	m.handOffLocked(g.Resource, l, now, 0)
 	return nil
 }
 
@@ -264,6 +304,9 @@ func (m *Memory) Status(ctx context.Context, resource string) (Status, error) {
 	if held {
 		st.Held, st.Holder, st.Expires, st.Remaining = true, l.holder, l.expires, l.expires.Sub(now)
 	}
+	if l != nil {
+		st.Next = l.handedTo(now)
+	}
 	for waiter, w := range m.waits {
 		if w.resource == resource {
 			st.Waiters = append(st.Waiters, waiter)
@@ -287,7 +330,7 @@ func (m *Memory) Cleanup(ctx context.Context, grace time.Duration) (int, error) 
 	cut := time.Now().Add(-grace)
 	n := 0
 	for r, l := range m.locks {
-		if l.expires.Before(cut) { // released, or expired, before the cut
+		if l.expires.Before(cut) && !l.nextUntil.After(cut) { // released, or expired, and any handoff ended, before the cut
 			m.floor = max(m.floor, l.token)
 			delete(m.locks, r)
 			n++

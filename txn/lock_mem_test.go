@@ -2,6 +2,7 @@ package txn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -93,5 +94,77 @@ func TestMemoryWakesOnlyOnRelease(t *testing.T) {
 			t.Fatalf("token %d after %d (seen: %v)", r.g.Token, last, tokens)
 		}
 		tokens[r.g.Token] = true
+	}
+}
+
+// TestMemoryHandoff: a release hands the lock to the longest waiting
+// holder only. When that wait ends without taking it, the lock passes on to
+// the next; when its waiter never comes, the others may take it once the
+// handoff window ends.
+func TestMemoryHandoff(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := NewMemory(nil)
+	m.handoff = 300 * time.Millisecond
+	// ghost is a wait whose waiter never wakes (as one whose goroutine is
+	// stuck), recorded before the real waiters.
+	ghost := func(holder string) *memWait {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.waitSeq++
+		w := &memWait{id: m.waitSeq, resource: "res", wake: make(chan struct{}, 1)}
+		m.waits[holder] = w
+		return w
+	}
+	acquire := func(holder string, wait time.Duration) (Grant, error) {
+		return m.Acquire(ctx, "res", holder, time.Minute, wait)
+	}
+	g, err := acquire("leader", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := ghost("slow")
+	done := make(chan error, 1)
+	go func() {
+		g, err := acquire("next", time.Minute)
+		if err == nil {
+			err = m.Release(ctx, g)
+		}
+		done <- err
+	}()
+	for st, _ := m.Status(ctx, "res"); len(st.Waiters) < 2; st, _ = m.Status(ctx, "res") {
+		time.Sleep(time.Millisecond)
+	}
+
+	if err := m.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := m.Status(ctx, "res")
+	var held *HeldError
+	if _, err := acquire("newcomer", 0); !errors.As(err, &held) || !held.Handoff || held.Holder != "slow" || st.Next != "slow" {
+		t.Fatalf("right after the release: Acquire %v, status %+v; want the lock handed to slow", err, st)
+	}
+	if len(slow.wake) != 1 {
+		t.Fatal("the release did not wake the waiter it handed the lock to")
+	}
+	m.endWait("slow", slow) // slow gives up: the lock passes on to next at once
+	if err := <-done; err != nil {
+		t.Fatalf("next: %v", err)
+	}
+
+	// A handoff whose waiter never comes ends with the window.
+	if g, err = acquire("leader", 0); err != nil {
+		t.Fatal(err)
+	}
+	ghost("gone")
+	if err := m.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if g, err = acquire("late", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < m.handoff/2 {
+		t.Fatalf("late took the lock %v after the release, within gone's handoff window (%v)", took, m.handoff)
 	}
 }

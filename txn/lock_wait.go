@@ -42,7 +42,8 @@ type WaitBackend interface {
 // token) or was poked. Nothing else can close a cycle through it: a cycle
 // needs a new edge, a new wait is walked by its own waiter once it is
 // recorded, and a new grant of this lock by this lock's waiters. So a lease
-// extended, or a wake that finds the lock as it was, costs no walk.
+// extended, a lock handed to another waiter, or a wake that finds the lock
+// as it was, costs no walk.
 func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, wait time.Duration,
 	held *HeldError) (Grant, error) {
 	deadline := time.Now().Add(wait)
@@ -52,7 +53,9 @@ func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, w
 	var walked *HeldError // the grant the graph was last walked against
 	for {
 		var cycle []WaitEdge
-		if b.Poked() || walked == nil || held.Holder != walked.Holder || held.Token != walked.Token {
+		// A handoff is no edge of the graph: the waiter it goes to is not
+		// its holder yet.
+		if b.Poked() || !held.Handoff && (walked == nil || held.Holder != walked.Holder || held.Token != walked.Token) {
 			err := b.View(ctx, func(g WaitGraph) error {
 				var err error
 				cycle, err = findCycle(g, holder, held.Resource)

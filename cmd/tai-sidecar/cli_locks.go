@@ -22,6 +22,7 @@ type lockJSON struct {
 	Deadline    string   `json:"deadline,omitempty"`
 	RemainingMS int64    `json:"remaining_ms,omitempty"`
 	Waiters     []string `json:"waiters,omitempty"`
+	Next        string   `json:"next,omitempty"` // status only
 	Released    bool     `json:"released,omitempty"`
 }
 
@@ -91,7 +92,7 @@ func lockFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string,
 			return err
 		}
 		j := lockJSON{Resource: st.Resource, Held: &st.Held, Holder: st.Holder, Token: st.Token, Waiters: st.Waiters,
-			RemainingMS: (st.Remaining + time.Millisecond - 1).Milliseconds()}
+			Next: st.Next, RemainingMS: (st.Remaining + time.Millisecond - 1).Milliseconds()}
 		if st.Held {
 			j.Expires = formatNanos(st.Expires.UnixNano())
 		}

@@ -42,6 +42,10 @@ type Lock struct {
 	Held        bool     `codec:"held,omitempty"`
 	RemainingMS uint64   `codec:"remaining_ms,omitempty"`
 	Waiters     []string `codec:"waiters,omitempty"`
+	// Next: lock_status and LockHeld errors: the waiter a released lock is
+	// being handed to (Held is then false; in an error, RemainingMS is how
+	// long the handoff may still take).
+	Next string `codec:"next,omitempty"`
 }
 
 // Deadlock is the detail of a DeadlockDetected error: the cycle of waits

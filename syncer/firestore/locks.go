@@ -26,11 +26,19 @@ type LockDoc struct {
 	Holder   string `firestore:"holder"` // "" when released
 	Token    int64  `firestore:"token"`  // the last token granted
 	LeaseMS  int64  `firestore:"lease_ms"`
-	// FreeAt is when the lock is free by the store's clock (the release,
-	// or the lease's end), for txn's cleanup query only: for a lease, the
-	// read time of the granting transaction plus the lease, a little before
-	// the real end.
+	// FreeAt is when the lock is free by the store's clock (the release or
+	// the end of its handoff, or the lease's end), for txn's cleanup query
+	// only: for a lease, the read time of the granting transaction plus the
+	// lease, a little before the real end.
 	FreeAt time.Time `firestore:"free_at"`
+	// Next and NextWait name the waiter (holder and wait id) a released
+	// lock is being handed to, until NextUntil by the store's clock; Passed
+	// are the waits whose handoff lapsed, which later releases pass over
+	// (see txn/firestorelocks).
+	Next      string    `firestore:"next,omitempty"`
+	NextWait  string    `firestore:"next_wait,omitempty"`
+	NextUntil time.Time `firestore:"next_until,omitempty"`
+	Passed    []string  `firestore:"passed,omitempty"`
 }
 
 // LockRef returns the lock document of resource under root ("" for the

@@ -24,8 +24,7 @@ func (f *Locks) try(ctx context.Context, resource, holder string, lease time.Dur
 		if err != nil {
 			return err
 		}
-		if s.held() {
-			held = s.heldError()
+		if held = s.blocked(holder); held != nil {
 			return nil
 		}
 		last := s.doc.Token
@@ -43,7 +42,15 @@ func (f *Locks) try(ctx context.Context, resource, holder string, lease time.Dur
 			last = fl.Token
 		}
 		d := lockDoc{Resource: resource, Holder: holder, Token: last + 1, LeaseMS: lease.Milliseconds(),
-			FreeAt: s.now.Add(lease)}
+			FreeAt: s.now.Add(lease), Passed: s.doc.Passed}
+		if s.doc.Holder == "" && s.doc.Next != "" && s.doc.Next != holder {
+			// The lock was handed to another waiter, which did not take it
+			// in time: it is presumed gone, and later releases pass it over.
+			d.Passed = append(d.Passed, s.doc.NextWait)
+			if len(d.Passed) > maxPassed {
+				d.Passed = d.Passed[len(d.Passed)-maxPassed:]
+			}
+		}
 		g = txn.Grant{Resource: resource, Holder: holder, Token: uint64(d.Token), Lease: lease, Expires: d.FreeAt,
 			Deadline: start.Add(lease)}
 		return tx.Set(ref, d)
@@ -71,7 +78,7 @@ func (f *Locks) Acquire(ctx context.Context, resource, holder string, lease, wai
 	if err != nil {
 		return txn.Grant{}, err
 	}
-	defer w.stop()
 	b := &fsWaitBackend{f: f, w: w, lease: lease, read: held.Expires.Add(-held.Remaining)}
+	defer b.stop()
 	return txn.Wait(ctx, b, f.log, holder, wait, held)
 }

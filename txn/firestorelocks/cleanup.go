@@ -61,6 +61,8 @@ func (f *Locks) Cleanup(ctx context.Context, grace time.Duration) (int, error) {
 					free := s.start // released at its update time
 					if s.doc.Holder != "" {
 						free = s.end()
+					} else if s.doc.NextUntil.After(free) {
+						free = s.doc.NextUntil // and handed to a waiter until then
 					}
 					if !free.Add(grace).After(s.now) {
 						floor = max(floor, s.doc.Token)

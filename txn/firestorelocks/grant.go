@@ -28,7 +28,9 @@ func (f *Locks) current(tx *firestore.Transaction, op string, g txn.Grant) (lock
 }
 
 // Release implements txn.Locks. The document stays, free, so the token
-// survives; Cleanup deletes it later.
+// survives; Cleanup deletes it later. It reads the lock's waits and names
+// in it the waiter it is handed to, whose listener wakes it; the others'
+// listeners show them that the lock is not theirs to take.
 func (f *Locks) Release(ctx context.Context, g txn.Grant) error {
 	if err := txn.CheckGrant(g); err != nil {
 		return err
@@ -38,8 +40,13 @@ func (f *Locks) Release(ctx context.Context, g txn.Grant) error {
 		if err != nil {
 			return err
 		}
+		waits, err := f.waitsFor(tx, g.Resource)
+		if err != nil {
+			return err
+		}
 		d := s.doc
-		d.Holder, d.FreeAt = "", s.now
+		d.Holder = ""
+		f.handOff(&d, waits, s.now, "")
 		return tx.Set(f.lockRef(g.Resource), d)
 	})
 	if err != nil {
@@ -91,7 +98,7 @@ func (f *Locks) Status(ctx context.Context, resource string) (txn.Status, error)
 	if err != nil {
 		return txn.Status{}, err
 	}
-	st := txn.Status{Resource: resource, Token: uint64(s.doc.Token)}
+	st := txn.Status{Resource: resource, Token: uint64(s.doc.Token), Next: s.handedTo()}
 	if s.held() {
 		st.Held, st.Holder, st.Expires, st.Remaining = true, s.doc.Holder, s.end(), s.end().Sub(s.now)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -46,11 +47,12 @@ type Locks struct {
 	root        string
 	maxAttempts int
 	log         *slog.Logger
+	handoff     time.Duration // txn.HandoffWindow (shorter in tests)
 
 	// What waits did: grant transactions run and skipped (see
 	// fsWaitBackend.Try), graph walks, lock snapshots delivered to their
 	// listeners, and deliveries handled (a wait attempted and walked as it
-	// had to after them, and is waiting again).
+	// had to after them, and is waiting again, or ended).
 	waitTries, waitSkips, waitWalks, lockDeliveries, deliveriesHandled atomic.Int64
 }
 
@@ -71,7 +73,7 @@ func New(client *firestore.Client, cfg Config) (*Locks, error) {
 	if cfg.MaxAttempts < 0 {
 		return nil, txn.Invalidf("negative MaxAttempts")
 	}
-	f := &Locks{client: client, root: cfg.Root, maxAttempts: cfg.MaxAttempts, log: cfg.Logger}
+	f := &Locks{client: client, root: cfg.Root, maxAttempts: cfg.MaxAttempts, log: cfg.Logger, handoff: txn.HandoffWindow}
 	if f.maxAttempts == 0 {
 		f.maxAttempts = 20
 	}
@@ -109,6 +111,7 @@ type waitDoc struct {
 	Resource string    `firestore:"resource"`
 	WaitID   string    `firestore:"wait_id"`
 	Holds    []string  `firestore:"holds"`
+	Since    time.Time `firestore:"since"` // the wait's start, by the store's clock: its place in the queue
 	Until    time.Time `firestore:"until"` // the wait's end, by the store's clock
 	Pokes    int64     `firestore:"pokes"` // bumped to wake the waiter
 }
@@ -142,6 +145,72 @@ func (s lockState) held() bool { return s.exists && s.doc.Holder != "" && s.now.
 func (s lockState) heldError() *txn.HeldError {
 	return &txn.HeldError{Resource: s.doc.Resource, Holder: s.doc.Holder, Token: uint64(s.doc.Token), Expires: s.end(),
 		Remaining: s.end().Sub(s.now)}
+}
+
+// handedTo returns the waiter a released lock is being handed to ("" if
+// none).
+func (s lockState) handedTo() string {
+	if s.exists && s.doc.Holder == "" && s.doc.Next != "" && s.now.Before(s.doc.NextUntil) {
+		return s.doc.Next
+	}
+	return ""
+}
+
+// blocked returns why holder cannot take the lock: a lease runs, or the
+// lock is being handed to another waiter; nil if it can.
+func (s lockState) blocked(holder string) *txn.HeldError {
+	if s.held() {
+		return s.heldError()
+	}
+	if next := s.handedTo(); next != "" && next != holder {
+		return &txn.HeldError{Resource: s.doc.Resource, Holder: next, Token: uint64(s.doc.Token),
+			Expires: s.doc.NextUntil, Remaining: s.doc.NextUntil.Sub(s.now), Handoff: true}
+	}
+	return nil
+}
+
+// maxPassed bounds a lock's list of waits whose handoff lapsed.
+const maxPassed = 16
+
+// handOff sets up d, a released lock read at now, to be handed to the
+// longest waiting of waits (the lock's waits, read in the same
+// transaction), passing over the wait skip and those in d.Passed; with none
+// left the lock is free for all. It keeps in d.Passed only the waits still
+// recorded.
+func (f *Locks) handOff(d *lockDoc, waits []waitDoc, now time.Time, skip string) {
+	var head *waitDoc
+	passed := d.Passed[:0:0]
+	for i := range waits {
+		w := &waits[i]
+		switch {
+		case !w.Until.After(now) || w.WaitID == skip:
+		case slices.Contains(d.Passed, w.WaitID):
+			passed = append(passed, w.WaitID)
+		case head == nil || w.Since.Before(head.Since) || w.Since.Equal(head.Since) && w.Waiter < head.Waiter:
+			head = w
+		}
+	}
+	d.Next, d.NextWait, d.NextUntil, d.Passed, d.FreeAt = "", "", time.Time{}, passed, now
+	if head != nil {
+		d.Next, d.NextWait, d.NextUntil = head.Waiter, head.WaitID, now.Add(f.handoff)
+		d.FreeAt = d.NextUntil
+	}
+}
+
+// waitsFor reads the recorded waits for resource in tx.
+func (f *Locks) waitsFor(tx *firestore.Transaction, resource string) ([]waitDoc, error) {
+	snaps, err := tx.Documents(f.coll("lockwaits").Where("resource", "==", resource)).GetAll()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]waitDoc, 0, len(snaps))
+	for _, snap := range snaps {
+		var d waitDoc
+		if snap.DataTo(&d) == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }
 
 // Error is a failed call to the store. It matches Kind (txn.ErrUnavailable or

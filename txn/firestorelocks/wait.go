@@ -54,7 +54,7 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 			}
 		}
 		return tx.Set(ref, waitDoc{Waiter: holder, Resource: resource, WaitID: id, Holds: holds,
-			Until: snap.ReadTime.Add(wait)})
+			Since: snap.ReadTime, Until: snap.ReadTime.Add(wait)})
 	})
 	if err != nil {
 		return nil, translate(ctx, "record lock wait", resource, err)
@@ -117,52 +117,71 @@ func (w *fsWait) note(lock bool, snap *firestore.DocumentSnapshot) {
 	w.mu.Unlock()
 }
 
-// heldSince returns the lock as its listener last delivered it, when that
-// is at least as recent as after (a store read time) and shows the lock
-// held for at least skipMargin more, judged by the store's clock at the
-// delivery plus the local time elapsed since; nil otherwise.
-func (w *fsWait) heldSince(after time.Time) *txn.HeldError {
+// blockedSince returns the lock as its listener last delivered it, when
+// that is at least as recent as after (a store read time) and shows the lock
+// held, or being handed to another waiter, for at least skipMargin more,
+// judged by the store's clock at the delivery plus the local time elapsed
+// since; nil otherwise.
+func (w *fsWait) blockedSince(after time.Time) *txn.HeldError {
 	w.mu.Lock()
 	s, at := w.seen, w.seenAt
 	w.mu.Unlock()
-	if at.IsZero() || s.now.Before(after) || !s.held() {
+	if at.IsZero() || s.now.Before(after) {
 		return nil
 	}
-	left := s.end().Sub(s.now.Add(time.Since(at)))
-	if left < skipMargin {
+	h := s.blocked(w.holder)
+	if h == nil {
 		return nil
 	}
-	h := s.heldError()
-	h.Remaining = left
+	h.Remaining = h.Expires.Sub(s.now.Add(time.Since(at)))
+	if h.Remaining < skipMargin {
+		return nil
+	}
 	return h
 }
 
-// skipMargin is how much of a lease the lock's listener must show left for a
-// wake-up to skip the grant transaction.
+// skipMargin is how much of a lease or handoff the lock's listener must show
+// left for a wake-up to skip the grant transaction.
 const skipMargin = 100 * time.Millisecond
 
 // stop ends the listeners and deletes the wait's record (if still this
 // wait's), under a short timeout of its own: the caller's context may have
-// ended.
+// ended. If the lock is being handed to this wait, it passes it on.
 func (w *fsWait) stop() {
 	w.cancel()
 	w.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ref := w.f.waitRef(w.holder)
+	ref, lref := w.f.waitRef(w.holder), w.f.lockRef(w.resource)
 	err := w.f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
 		snap, err := tx.Get(ref)
-		if err != nil {
-			if notFound(err) {
-				return nil
-			}
+		if err != nil && !notFound(err) {
 			return err
 		}
 		var d waitDoc
-		if err := snap.DataTo(&d); err != nil || d.WaitID != w.id {
-			return nil
+		mine := snap.Exists() && snap.DataTo(&d) == nil && d.WaitID == w.id
+		s, err := getLock(tx, lref)
+		if err != nil {
+			return err
 		}
-		return tx.Delete(ref)
+		var pass *lockDoc
+		if s.handedTo() != "" && s.doc.NextWait == w.id {
+			waits, err := w.f.waitsFor(tx, w.resource)
+			if err != nil {
+				return err
+			}
+			pass = &s.doc
+			w.f.handOff(pass, waits, s.now, w.id)
+		}
+		if mine {
+			if err := tx.Delete(ref); err != nil {
+				return err
+			}
+		}
+		if pass != nil {
+			return tx.Set(lref, *pass)
+		}
+		return nil
 	})
 	if err != nil {
 		w.f.log.Warn("delete lock wait record (Cleanup deletes it later)", "holder", w.holder, "err", err)
@@ -200,13 +219,14 @@ type fsWaitBackend struct {
 }
 
 // Try runs the grant transaction, unless the lock's listener has shown the
-// lock held since that transaction last ran (a new holder or token, or an
-// extended lease): a wake-up on such a change would only read the lock
-// again, in a transaction that contends with its holder's. The listener's
-// next delivery, or the lease's end, wakes the wait again.
+// lock held, or handed to another waiter, since that transaction last ran
+// (a new holder or token, an extended lease, a release): a wake-up on such a
+// change would only read the lock again, in a transaction that contends
+// with its holder's. The listener's next delivery, or the end of the lease
+// or handoff, wakes the wait again.
 func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, error) {
 	b.tried = b.w.delivered.Load()
-	if h := b.w.heldSince(b.read); h != nil {
+	if h := b.w.blockedSince(b.read); h != nil {
 		b.f.waitSkips.Add(1)
 		return txn.Grant{}, h, nil
 	}
@@ -216,6 +236,13 @@ func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, err
 		b.read = h.Expires.Add(-h.Remaining)
 	}
 	return g, h, err
+}
+
+// stop ends the wait; every lock snapshot its listener delivered counts as
+// handled.
+func (b *fsWaitBackend) stop() {
+	b.w.stop()
+	b.f.deliveriesHandled.Add(b.w.delivered.Load() - b.counted)
 }
 
 func (b *fsWaitBackend) Poked() bool { return b.w.poked.Swap(false) }

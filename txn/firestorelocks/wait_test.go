@@ -3,8 +3,10 @@ package firestorelocks
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,24 +21,7 @@ import (
 // listener, and costs them no transaction: no grant attempt, no graph walk.
 // The release then hands the lock to each waiter in turn.
 func TestWaitersSkipExtends(t *testing.T) {
-	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
-		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: run through scripts/test.sh or scripts/emulator.sh run")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	root := "tests/" + rand.Text()
-	open := func() *Locks {
-		c, err := firestore.NewClient(ctx, firestoretest.Project)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		l, err := New(c, Config{Root: root, MaxAttempts: 50})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
+	ctx, open := setup(t)
 	own, ws := open(), open() // the holder's sidecar, and the waiters'
 
 	g, err := own.Acquire(ctx, "res", "leader", time.Minute, 0)
@@ -96,6 +81,197 @@ func TestWaitersSkipExtends(t *testing.T) {
 	}
 	if ws.waitTries.Load() == tries {
 		t.Fatal("the release was granted without a grant transaction")
+	}
+}
+
+// setup returns a context for the test and a function that opens Locks,
+// each on a client of its own (as sidecars have), under one new root.
+func setup(t *testing.T) (context.Context, func() *Locks) {
+	t.Helper()
+	if os.Getenv("FIRESTORE_EMULATOR_HOST") == "" {
+		t.Fatal("FIRESTORE_EMULATOR_HOST is not set: run through scripts/test.sh or scripts/emulator.sh run")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	root := "tests/" + rand.Text()
+	return ctx, func() *Locks {
+		c, err := firestore.NewClient(ctx, firestoretest.Project)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		l, err := New(c, Config{Root: root, MaxAttempts: 50})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+}
+
+// TestReleaseWakesOnlyTheNext: each release hands the lock to the waiter
+// that has waited longest, and costs one grant transaction, that waiter's:
+// the others' listeners show them the lock is not theirs.
+func TestReleaseWakesOnlyTheNext(t *testing.T) {
+	ctx, open := setup(t)
+	own, ws := open(), open()
+	g, err := own.Acquire(ctx, "res", "leader", time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	grants := make(chan txn.Grant)
+	errs := make(chan error, n)
+	turn := make([]chan struct{}, n) // closed: release the lock
+	for i := range n {
+		turn[i] = make(chan struct{})
+		holder := fmt.Sprintf("w-%d", i)
+		go func() {
+			g, err := ws.Acquire(ctx, "res", holder, time.Minute, time.Minute)
+			if err != nil {
+				errs <- err
+				return
+			}
+			grants <- g
+			<-turn[i]
+			errs <- ws.Release(ctx, g)
+		}()
+		eventually(t, ctx, holder+" waiting", func() bool {
+			st, err := own.Status(ctx, "res")
+			return err == nil && len(st.Waiters) == i+1
+		})
+	}
+	handled := func() bool { return ws.deliveriesHandled.Load() == ws.lockDeliveries.Load() }
+	eventually(t, ctx, "every waiter listening", func() bool { return ws.lockDeliveries.Load() >= n && handled() })
+
+	tries, delivered := ws.waitTries.Load(), ws.lockDeliveries.Load()
+	if err := own.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		var got txn.Grant
+		select {
+		case got = <-grants:
+		case err := <-errs:
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("w-%d", i); got.Holder != want {
+			t.Fatalf("release %d went to %s, want %s (the longest waiting)", i, got.Holder, want)
+		}
+		// Every waiter left has seen the lock change and acted on it.
+		left := int64(n - 1 - i)
+		eventually(t, ctx, "the release delivered to every waiter left", func() bool {
+			return ws.lockDeliveries.Load() >= delivered+left && handled()
+		})
+		if d := ws.waitTries.Load() - tries; d != 1 {
+			t.Fatalf("release %d cost %d grant transactions with %d waiters, want 1", i, d, left+1)
+		}
+		tries, delivered = ws.waitTries.Load(), ws.lockDeliveries.Load()
+		close(turn[i])
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestHandoffPassesOn: a wait that ends while the lock is being handed to
+// it passes the lock on to the next waiter at once; and a handoff whose
+// waiter is gone (its sidecar died, its record stays) ends with the window,
+// and later releases pass that waiter over.
+func TestHandoffPassesOn(t *testing.T) {
+	ctx, open := setup(t)
+	own, ws := open(), open()
+	ws.handoff = time.Hour // a wait passing the lock on must not wait for the window
+	acquired := func(l *Locks, holder string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			g, err := l.Acquire(ctx, "res", holder, time.Minute, time.Minute)
+			if err == nil {
+				err = l.Release(ctx, g)
+			}
+			done <- err
+		}()
+		return done
+	}
+	waiting := func(n int) {
+		eventually(t, ctx, fmt.Sprint(n, " waiting"), func() bool {
+			st, err := own.Status(ctx, "res")
+			return err == nil && len(st.Waiters) == n
+		})
+	}
+
+	g, err := ws.Acquire(ctx, "res", "leader", time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bob's wait is recorded and listening, but nobody runs it: it ends
+	// when the test says.
+	bob, err := ws.startWait(ctx, "res", "bob", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting(1)
+	carol := acquired(ws, "carol")
+	waiting(2)
+	if err := ws.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	var held *txn.HeldError
+	if _, err := own.Acquire(ctx, "res", "newcomer", time.Minute, 0); !errors.As(err, &held) || !held.Handoff || held.Holder != "bob" {
+		t.Fatalf("a newcomer's Acquire after the release: %v, want the lock being handed to bob", err)
+	}
+	if st, err := own.Status(ctx, "res"); err != nil || st.Next != "bob" || st.Held {
+		t.Fatalf("Status after the release: %+v, %v; want it handed to bob", st, err)
+	}
+	bob.stop()
+	if err := <-carol; err != nil {
+		t.Fatalf("carol, after bob's wait ended: %v", err)
+	}
+
+	// A waiter that is gone: its record says it waits, but nobody listens.
+	own.handoff = 500 * time.Millisecond
+	if g, err = own.Acquire(ctx, "res", "leader", time.Minute, 0); err != nil {
+		t.Fatal(err)
+	}
+	ghost := waitDoc{Waiter: "ghost", Resource: "res", WaitID: "ghost-wait", Since: time.Now().Add(-time.Minute),
+		Until: time.Now().Add(time.Hour)}
+	if _, err := own.waitRef("ghost").Set(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
+	waiting(1)
+	dave := acquired(ws, "dave")
+	waiting(2)
+	if err := own.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	if err := <-dave; err != nil {
+		t.Fatalf("dave, after the handoff to ghost ended: %v", err)
+	}
+	if took := time.Since(released); took < own.handoff/2 {
+		t.Fatalf("dave took the lock %v after the release, within ghost's handoff window (%v)", took, own.handoff)
+	}
+	// The next release passes ghost over.
+	if g, err = own.Acquire(ctx, "res", "leader", time.Minute, 0); err != nil {
+		t.Fatal(err)
+	}
+	erin := acquired(ws, "erin")
+	waiting(2)
+	if err := own.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := own.lockRef("res").Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := decodeLock(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.doc.Next == "ghost" || !slices.Contains(s.doc.Passed, "ghost-wait") {
+		t.Fatalf("the release after ghost's lapsed handoff: lock %+v, want ghost passed over", s.doc)
+	}
+	if err := <-erin; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -1,9 +1,9 @@
 // Package locktest is the conformance suite for txn.Locks implementations,
 // as testing/fstest is for file systems: an implementation's tests call Run
 // with a constructor, and the suite checks grants and tokens, holding
-// errors, leases and their expiry, waiting (prompt wake-up, timeout),
-// mutual exclusion with fenced writes, cleanup that keeps tokens growing,
-// and deadlock detection.
+// errors, leases and their expiry, waiting (prompt wake-up, timeout, the
+// order of waiters), mutual exclusion with fenced writes, cleanup that keeps
+// tokens growing, and deadlock detection.
 package locktest
 
 import (
@@ -70,6 +70,7 @@ func Run(t *testing.T, o Options, newLocks func(t *testing.T, share txn.Locks) t
 		{"WaitWakesOnRelease", testWaitWakes},
 		{"WaitWakesOnExpiry", testWaitExpiry},
 		{"WaitTimeout", testWaitTimeout},
+		{"WaitersInOrder", testWaitersInOrder},
 		{"MutualExclusion", func(t *testing.T, ctx context.Context, l txn.Locks, more func() txn.Locks) {
 			testMutualExclusion(t, ctx, l, more, o)
 		}},
@@ -364,6 +365,68 @@ func testWaitTimeout(t *testing.T, ctx context.Context, l txn.Locks, _ func() tx
 		t.Fatalf("Acquire whose context ends: %v, want ErrUnavailable", err)
 	}
 	release(t, ctx, l, g)
+}
+
+// testWaitersInOrder: waiters get the lock in the order they began to
+// wait, and a newcomer that does not wait cannot take it from them, neither
+// while one holds it nor between two waiters' turns.
+func testWaitersInOrder(t *testing.T, ctx context.Context, l txn.Locks, more func() txn.Locks) {
+	g := acquire(t, ctx, l, "res", "alice", time.Minute, 0)
+	const n = 4
+	sidecars := []txn.Locks{more(), more()}
+	order := make(chan string, n)
+	errs := make(chan error, 2*n)
+	// checked[i] is closed once w-i has tried to take the lock as a
+	// newcomer after its release; w-(i+1) holds the lock until then.
+	checked := make([]chan struct{}, n)
+	for i := range checked {
+		checked[i] = make(chan struct{})
+	}
+	eve := func(when string) {
+		if _, err := l.Acquire(ctx, "res", "eve", time.Second, 0); !errors.Is(err, txn.ErrLockHeld) {
+			errs <- fmt.Errorf("a newcomer's Acquire %s: %v, want ErrLockHeld", when, err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		holder := fmt.Sprintf("w-%d", i)
+		wg.Go(func() {
+			defer close(checked[i])
+			sc := sidecars[i%len(sidecars)]
+			g, err := sc.Acquire(ctx, "res", holder, time.Minute, 30*time.Second)
+			if err != nil {
+				errs <- fmt.Errorf("%s: Acquire: %w", holder, err)
+				return
+			}
+			order <- holder
+			eve("while " + holder + " holds the lock")
+			if i > 0 {
+				<-checked[i-1]
+			}
+			if err := sc.Release(ctx, g); err != nil {
+				errs <- fmt.Errorf("%s: Release: %w", holder, err)
+				return
+			}
+			if i < n-1 {
+				eve("after " + holder + " released it to the next waiter")
+			}
+		})
+		waitingFor(t, ctx, l, "res", holder) // the next one begins to wait after this one
+	}
+	release(t, ctx, l, g)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	close(order)
+	var got []string
+	for h := range order {
+		got = append(got, h)
+	}
+	if want := []string{"w-0", "w-1", "w-2", "w-3"}; !slices.Equal(got, want) {
+		t.Fatalf("the waiters got the lock in the order %v, want %v", got, want)
+	}
 }
 
 func testMutualExclusion(t *testing.T, ctx context.Context, l txn.Locks, more func() txn.Locks, o Options) {

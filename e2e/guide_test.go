@@ -6,6 +6,9 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,6 +44,11 @@ import (
 //     before the next block runs.
 //   - <!-- guide: cut edge --> and <!-- guide: restore edge --> cut and
 //     restore the edge node's link to Firestore.
+//   - <!-- guide: start NAME [FLAG...] --> starts one more sidecar of env
+//     shared on an empty data directory: NAME.sock (node-NAME), with the
+//     others' Firestore settings, the flags given and --admin-addr
+//     unix:NAME-admin.sock, and waits until its /readyz answers 200 (its
+//     first pull of every governor is done).
 //
 // Blocks run in the guide's order, each env keeping its state from one
 // block to the next. Any other fenced block must be ```text (a picture, or
@@ -169,6 +177,10 @@ type guideRun struct {
 type guideEnv struct {
 	dir  string
 	edge *proxy // env shared: the edge node's link to Firestore
+	// start starts a sidecar serving sock as node in dir.
+	start func(sock, node string, env []string, args ...string)
+	// shared are the serve flags of node in env shared.
+	shared func(node string) []string
 }
 
 // guideGovernors are the governors every sidecar of env shared pulls.
@@ -180,7 +192,7 @@ func (g *guideRun) env(name string) *guideEnv {
 	}
 	t := g.t
 	e := &guideEnv{dir: shortTempDir(t)}
-	start := func(sock, node string, env []string, args ...string) {
+	e.start = func(sock, node string, env []string, args ...string) {
 		s := &sidecar{t: t, Socket: filepath.Join(e.dir, sock), DataDir: filepath.Join(e.dir, node+"-data"), args: args, Env: env}
 		s.Start()
 		t.Cleanup(func() {
@@ -192,20 +204,20 @@ func (g *guideRun) env(name string) *guideEnv {
 	}
 	switch name {
 	case "local":
-		start("tai.sock", "tai", nil)
+		e.start("tai.sock", "tai", nil)
 	case "shared":
 		emu := os.Getenv("FIRESTORE_EMULATOR_HOST")
 		if emu == "" {
 			t.Fatal("FIRESTORE_EMULATOR_HOST is not set: run the suite through scripts/test.sh, which starts the Firestore emulator")
 		}
 		root := "guide/" + rand.Text()
-		shared := func(node string) []string {
+		e.shared = func(node string) []string {
 			return []string{"--firestore-project", firestoretest.Project, "--root", root, "--node-id", node, "--governors", guideGovernors}
 		}
 		e.edge = newProxy(t, emu)
-		start("a.sock", "node-a", nil, shared("node-a")...)
-		start("b.sock", "node-b", nil, shared("node-b")...)
-		start("edge.sock", "node-edge", []string{"FIRESTORE_EMULATOR_HOST=" + e.edge.Addr()}, shared("node-edge")...)
+		e.start("a.sock", "node-a", nil, e.shared("node-a")...)
+		e.start("b.sock", "node-b", nil, e.shared("node-b")...)
+		e.start("edge.sock", "node-edge", []string{"FIRESTORE_EMULATOR_HOST=" + e.edge.Addr()}, e.shared("node-edge")...)
 	}
 	g.envs[name] = e
 	return e
@@ -213,13 +225,46 @@ func (g *guideRun) env(name string) *guideEnv {
 
 func (g *guideRun) directive(it *guideItem) {
 	e := g.env("shared")
-	switch it.body {
-	case "cut edge":
+	switch f := strings.Fields(it.body); {
+	case it.body == "cut edge":
 		e.edge.Cut()
-	case "restore edge":
+	case it.body == "restore edge":
 		e.edge.Restore()
+	case len(f) >= 2 && f[0] == "start":
+		name := f[1]
+		admin := filepath.Join(e.dir, name+"-admin.sock")
+		args := append(e.shared("node-"+name), f[2:]...)
+		e.start(name+".sock", "node-"+name, nil, append(args, "--admin-addr", "unix:"+admin)...)
+		waitReadyz(g.t, admin, time.Minute)
 	default:
-		g.t.Fatalf("guide.md:%d: unknown directive %q (want cut edge or restore edge)", it.line, it.body)
+		g.t.Fatalf("guide.md:%d: unknown directive %q (want cut edge, restore edge or start NAME [FLAG...])", it.line, it.body)
+	}
+}
+
+// waitReadyz waits until the admin endpoint on the Unix socket admin
+// answers /readyz with 200.
+func waitReadyz(t *testing.T, admin string, timeout time.Duration) {
+	t.Helper()
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", admin)
+		}}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := hc.Get("http://admin/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			err = fmt.Errorf("%s: %s", resp.Status, body)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not ready after %v: %v", admin, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

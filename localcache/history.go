@@ -12,6 +12,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -1004,6 +1005,19 @@ func (c *JSONValues) Convert(b []byte) json.RawMessage {
 	return out
 }
 
+// jsonFloat is a finite float that keeps a ".0" when its value is integral
+// (22.0, not 22), as the CLI renders values: the JSON still says it is a
+// float.
+type jsonFloat float64
+
+func (f jsonFloat) MarshalJSON() ([]byte, error) {
+	b := strconv.AppendFloat(nil, float64(f), 'g', -1, 64)
+	if !bytes.ContainsAny(b, ".eE") {
+		b = append(b, ".0"...)
+	}
+	return b, nil
+}
+
 // jsonClean returns v with its maps keyed by strings, or false when v holds
 // something JSON has no plain counterpart for.
 func jsonClean(v any) (any, bool) {
@@ -1011,7 +1025,7 @@ func jsonClean(v any) (any, bool) {
 	case nil, bool, int64, uint64:
 		return v, true
 	case float64:
-		return x, !math.IsNaN(x) && !math.IsInf(x, 0)
+		return jsonFloat(x), !math.IsNaN(x) && !math.IsInf(x, 0)
 	case string:
 		return x, utf8.ValidString(x)
 	case []any:

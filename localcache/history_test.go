@@ -803,6 +803,7 @@ func TestExportJSONLines(t *testing.T) {
 			`{"l":[true,null,2.5],"m":{"neg":-3},"n":1,"s":"x"}`},
 		{"nil", mp(nil), `null`},
 		{"big", mp(uint64(math.MaxUint64)), `18446744073709551615`},
+		{"float", mp(map[string]any{"c": 22.0, "r": []any{2.0, 1e21, 3e-7}}), `{"c":22.0,"r":[2.0,1e+21,3e-07]}`}, // floats stay floats
 		{"bin", mp([]byte{1, 2}), ""},
 		{"intkey", mp(map[int]string{1: "a"}), ""},
 		{"nan", mp(math.NaN()), ""},

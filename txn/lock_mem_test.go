@@ -161,7 +161,7 @@ func TestMemoryHandoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if g, err = acquire("late", time.Minute); err != nil {
+	if _, err := acquire("late", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took < m.handoff/2 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tai-state/tai-state/client"
 	"github.com/tai-state/tai-state/sockapi/wire"
+	"github.com/tai-state/tai-state/txn"
 )
 
 // Locks across real sidecars sharing one Firestore root (the emulator).
@@ -136,6 +137,85 @@ func TestLockHolderKilled(t *testing.T) {
 	t.Logf("lock taken over %v after the kill", time.Since(killed).Round(time.Millisecond))
 	if err := cb.Release(ctx, l); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLockWaiterKilled: waiters are served in order, across sidecars, and a
+// waiter whose sidecar is killed (SIGKILL: its wait record stays in the
+// shared store) costs the lock one handoff window, after which the next
+// waiter gets it, and later releases pass the dead waiter over.
+func TestLockWaiterKilled(t *testing.T) {
+	_, scs := lockSidecars(t, 3)
+	a, b, c := scs[0], scs[1], scs[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ca, cb, cc := a.Client(), b.Client(), c.Client()
+	waiting := func(n int) {
+		t.Helper()
+		for {
+			st, err := ca.LockStatus(ctx, "job")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Waiters) == n {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	acquire := func(cl *client.Client) <-chan *client.Lock {
+		ch := make(chan *client.Lock, 1)
+		go func() {
+			l, err := cl.Acquire(ctx, "job", client.Lease(time.Minute), client.Wait(time.Minute))
+			if err != nil {
+				t.Log(err)
+			}
+			ch <- l
+		}()
+		return ch
+	}
+
+	first, err := ca.Acquire(ctx, "job", client.Lease(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bGot := acquire(cb) // first in line
+	waiting(1)
+	cGot := acquire(cc)
+	waiting(2)
+	b.Kill()
+	if l := <-bGot; l != nil {
+		t.Fatalf("the killed sidecar's waiter got %+v", l)
+	}
+	if err := ca.Release(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	st, err := ca.LockStatus(ctx, "job")
+	if err != nil || st.Held || !strings.HasPrefix(st.Next, "node-b.") {
+		t.Fatalf("status right after the release: %+v, %v; want the lock handed to node-b's (dead) waiter, first in line", st, err)
+	}
+	l := <-cGot
+	if l == nil || !strings.HasPrefix(l.Holder, "node-c.") || l.Token <= first.Token {
+		t.Fatalf("the second waiter got %+v", l)
+	}
+	t.Logf("the next waiter got the lock %v after the release (handoff window %v)",
+		time.Since(released).Round(time.Millisecond), txn.HandoffWindow)
+
+	// node-b's wait record still says it waits, and is still first in
+	// line; the next release passes it over.
+	aGot := acquire(ca)
+	waiting(2) // node-b's dead waiter, and node-a's
+	if err := cc.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	st, err = cc.LockStatus(ctx, "job")
+	if err != nil || strings.HasPrefix(st.Next, "node-b.") ||
+		!strings.HasPrefix(st.Next, "node-a.") && !strings.HasPrefix(st.Holder, "node-a.") {
+		t.Fatalf("status right after the next release: %+v, %v; want it handed to node-a's waiter", st, err)
+	}
+	if l := <-aGot; l == nil {
+		t.Fatal("node-a's waiter did not get the lock")
 	}
 }
 

@@ -44,11 +44,13 @@ import (
 //     before the next block runs.
 //   - <!-- guide: cut edge --> and <!-- guide: restore edge --> cut and
 //     restore the edge node's link to Firestore.
-//   - <!-- guide: start NAME [FLAG...] --> starts one more sidecar of env
-//     shared on an empty data directory: NAME.sock (node-NAME), with the
-//     others' Firestore settings, the flags given and --admin-addr
-//     unix:NAME-admin.sock, and waits until its /readyz answers 200 (its
-//     first pull of every governor is done).
+//   - <!-- guide: start NAME [link=edge] [FLAG...] --> starts one more
+//     sidecar of env shared on an empty data directory: NAME.sock
+//     (node-NAME), with the others' Firestore settings, the flags given and
+//     --admin-addr unix:NAME-admin.sock, and waits until its /readyz
+//     answers 200 (its first pull of every governor is done). With
+//     link=edge its link to Firestore is the edge node's, cut and restored
+//     with it.
 //
 // Blocks run in the guide's order, each env keeping its state from one
 // block to the next. Any other fenced block must be ```text (a picture, or
@@ -231,13 +233,17 @@ func (g *guideRun) directive(it *guideItem) {
 	case it.body == "restore edge":
 		e.edge.Restore()
 	case len(f) >= 2 && f[0] == "start":
-		name := f[1]
+		name, flags := f[1], f[2:]
+		var env []string
+		if len(flags) > 0 && flags[0] == "link=edge" {
+			env, flags = []string{"FIRESTORE_EMULATOR_HOST=" + e.edge.Addr()}, flags[1:]
+		}
 		admin := filepath.Join(e.dir, name+"-admin.sock")
-		args := append(e.shared("node-"+name), f[2:]...)
-		e.start(name+".sock", "node-"+name, nil, append(args, "--admin-addr", "unix:"+admin)...)
+		args := append(e.shared("node-"+name), flags...)
+		e.start(name+".sock", "node-"+name, env, append(args, "--admin-addr", "unix:"+admin)...)
 		waitReadyz(g.t, admin, time.Minute)
 	default:
-		g.t.Fatalf("guide.md:%d: unknown directive %q (want cut edge, restore edge or start NAME [FLAG...])", it.line, it.body)
+		g.t.Fatalf("guide.md:%d: unknown directive %q (want cut edge, restore edge or start NAME [link=edge] [FLAG...])", it.line, it.body)
 	}
 }
 
@@ -473,7 +479,7 @@ func TestGuideNamesRealFlagsAndCommands(t *testing.T) {
 	known := help
 	for _, args := range [][]string{{"serve"}, {"config", "print"}, {"status"}, {"lock", "acquire"}, {"get"}, {"put"},
 		{"delete"}, {"list"}, {"watch"}, {"pending"}, {"failed"}, {"flush"}, {"events"}, {"state-at"}, {"validate"},
-		{"snapshot"}, {"transition"}, {"cleanup"}, {"replay"}, {"conflicts"}, {"history", "export"}} {
+		{"snapshot"}, {"transition"}, {"cleanup"}, {"replay"}, {"conflicts"}, {"history", "export"}, {"resolver"}} {
 		usage := run(append(args, "-h")...)
 		if !strings.Contains(usage, "-") {
 			t.Fatalf("%v -h printed no flags: %q", args, usage)

@@ -929,3 +929,12 @@ func TestCLIValidateViolations(t *testing.T) {
 		t.Fatalf("report: %s", stdout.String())
 	}
 }
+
+// TestUsageListsEveryCommand: the help text names every client command.
+func TestUsageListsEveryCommand(t *testing.T) {
+	for name := range cliCommands() {
+		if !strings.Contains(usage, "\n  "+name+" ") {
+			t.Errorf("the usage text does not list the command %q", name)
+		}
+	}
+}

@@ -55,6 +55,9 @@ Commands:
   lock status RES                           print a lock's holder, token, remaining lease and waiters
   conflicts GOV [--state S] [--since T] [--until T] [--limit N]
                                             print the conflict ledger (conflicts this sidecar settled) as JSON lines
+  resolver GOV --exec COMMAND [--deadline D]
+                                            decide GOV's conflicts (serve --resolvers GOV=app:FALLBACK): COMMAND reads
+                                            each conflict as JSON and prints its answer; print each decision as a JSON line
   txn [OPS|-] [--actor A] [--reason R] [--fence RES:TOKEN] [--sync|--strong]
                                             run one transaction: OPS is a JSON array of
                                             {op: put|delete|check, governor, state, value, if_version, if_absent, exists}

@@ -2,6 +2,7 @@ package localcache
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -83,10 +84,7 @@ func (s *Store) Cleanup(ctx context.Context, p CleanupPolicy) (CleanupReport, er
 		return CleanupReport{}, err
 	}
 	var rep CleanupReport
-	pending, err := s.pendingVersions(ctx, p)
-	if err != nil {
-		return rep, fmt.Errorf("localcache: cleanup %s: %w", p.scope(), err)
-	}
+	pending := &pendingVersions{p: p, low: make(map[Key]uint64)}
 	cutoff := int64(0)
 	if p.MaxAge > 0 {
 		cutoff = s.opts.Now().Add(-p.MaxAge).UnixNano()
@@ -99,7 +97,7 @@ func (s *Store) Cleanup(ctx context.Context, p CleanupPolicy) (CleanupReport, er
 		}
 		for _, k := range keys {
 			rep.States++
-			if err := s.cleanState(ctx, k, p, cutoff, pending[k], &rep); err != nil {
+			if err := s.cleanState(ctx, k, p, cutoff, pending, &rep); err != nil {
 				return rep, fmt.Errorf("localcache: cleanup %s: %w", k, err)
 			}
 		}
@@ -137,29 +135,46 @@ func checkCleanup(p CleanupPolicy) error {
 	return nil
 }
 
-// pendingVersions returns, per state in p's scope, the lowest version of a
-// change still in the journal (its event must stay).
-func (s *Store) pendingVersions(ctx context.Context, p CleanupPolicy) (map[Key]uint64, error) {
-	out := make(map[Key]uint64)
-	var after uint64
-	for {
-		entries, err := s.Journal(ctx, after, DefaultJournalLimit)
+// pendingVersions tracks, per state in a cleanup's scope, the lowest
+// version of a change still in the journal: its event must stay.
+type pendingVersions struct {
+	p     CleanupPolicy
+	low   map[Key]uint64
+	after uint64 // the last journal seq read
+}
+
+// catchUp reads the journal entries added since its last call, in txn.
+// Each cut is planned in the transaction that caught up: a change written
+// after the journal was read, and a snapshot of it taken since, would
+// otherwise let the cut remove an event the push still needs. Entries
+// pushed since an earlier call may stay in low: the cut is only more
+// careful.
+func (pv *pendingVersions) catchUp(txn *badger.Txn) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}})
+	defer it.Close()
+	for it.Seek(binary.BigEndian.AppendUint64([]byte{kindJournal}, pv.after+1)); it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if len(k) != 9 {
+			return fmt.Errorf("journal key %x: %w", k, errBadKey)
+		}
+		seq := binary.BigEndian.Uint64(k[1:])
+		v, err := item.ValueCopy(nil) // the entry's strings alias it, and one may become a key of low
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for _, j := range entries {
-			if j.Key.Governor != p.Governor || (p.State != "" && j.Key.State != p.State) {
-				continue
+		j, err := decodeJournal(seq, v)
+		if err != nil {
+			return fmt.Errorf("journal %d: %w", seq, err)
+		}
+		if j.Key.Governor == pv.p.Governor && (pv.p.State == "" || j.Key.State == pv.p.State) {
+			if low, ok := pv.low[j.Key]; !ok || j.Version < low {
+				pv.low[j.Key] = j.Version
 			}
-			if v, ok := out[j.Key]; !ok || j.Version < v {
-				out[j.Key] = j.Version
-			}
 		}
-		if len(entries) < DefaultJournalLimit {
-			return out, nil
-		}
-		after = entries[len(entries)-1].Seq
+		pv.after = seq
 	}
+	return nil
 }
 
 // snapshotStates lists up to cleanupPage states of p's scope that have
@@ -191,9 +206,9 @@ func (s *Store) snapshotStates(ctx context.Context, p CleanupPolicy, after []byt
 	return keys, err
 }
 
-// cleanState cuts the history of k (see the comment at the top); pending
-// is the lowest version of k in the journal (0: none).
-func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff int64, pending uint64, rep *CleanupReport) error {
+// cleanState cuts the history of k (see the comment at the top), keeping
+// the events of the changes in the journal.
+func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff int64, pending *pendingVersions, rep *CleanupReport) error {
 	s.snaps.work.Lock()
 	defer s.snaps.work.Unlock()
 	var (
@@ -201,8 +216,11 @@ func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff i
 		delete [][]byte
 	)
 	err := s.scan(ctx, func(txn *badger.Txn) error {
+		if err := pending.catchUp(txn); err != nil {
+			return err
+		}
 		var err error
-		cut, delete, err = planCut(ctx, txn, k, p, cutoff, pending)
+		cut, delete, err = planCut(ctx, txn, k, p, cutoff, pending.low[k])
 		return err
 	})
 	if err != nil || len(delete) == 0 {

@@ -324,3 +324,32 @@ func TestLockCLI(t *testing.T) {
 		t.Fatalf("local-only sidecar: exit %d, %q", exitCode(err), stderr)
 	}
 }
+
+// TestLockMetrics: a sidecar's lock acquisitions are timed by outcome on
+// its /metrics.
+func TestLockMetrics(t *testing.T) {
+	fs := newShared(t)
+	s := startSidecar(t, append(fs.args("node-a", "locks"), "--admin-addr", "127.0.0.1:0")...)
+	if _, _, err := s.CLI("lock", "acquire", "m", "--lease", "1m"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CLI("lock", "acquire", "m", "--wait", "100ms"); exitCode(err) != 1 {
+		t.Fatalf("acquire of a held lock with a wait: %v", err)
+	}
+	_, body := httpGet(t, "http://"+adminAddr(t, s)+"/metrics")
+	for _, want := range []string{`outcome="ok"`, `outcome="timeout"`} {
+		found := false
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "tai_lock_acquire_duration_seconds_count{") && strings.Contains(line, want) &&
+				strings.HasSuffix(line, " 1") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("/metrics has no tai_lock_acquire_duration_seconds_count with %s and count 1", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", body)
+	}
+}

@@ -1,8 +1,8 @@
 // Package observe holds the sidecar's tracing, metrics and log helpers: the
 // request observer the socket server calls (a span per request, continuing
 // the request's W3C traceparent, and request counters and latencies), a
-// decorator of syncer.Remote (a span and counters per shared-store call), the
-// push pass hook, gauges read from the store and the sync loops at
+// decorator of syncer.Remote (a span and counters per shared-store call), a
+// decorator of txn.Locks (acquisitions timed by outcome), the push pass hook, gauges read from the store and the sync loops at
 // collection time, and a slog.Handler that rate-limits repeated messages.
 //
 // Everything takes its trace.TracerProvider and metric.MeterProvider as

@@ -35,6 +35,7 @@ import (
 	"github.com/tai-state/tai-state/observe"
 	"github.com/tai-state/tai-state/sockapi"
 	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/txn"
 )
 
 // ObserveConfig is the telemetry of `tai-sidecar serve`: the admin
@@ -134,6 +135,7 @@ type telemetry struct {
 	reg    *prometheus.Registry     // nil: no /metrics
 	req    *observe.Requests
 	remote *observe.RemoteObserver
+	locks  *observe.LockObserver
 	onPass func(context.Context) (context.Context, func(syncer.Report, error))
 	onSync func(time.Duration, int) // nil: no metrics
 	start  time.Time
@@ -189,7 +191,9 @@ func startTelemetry(ctx context.Context, c *ObserveConfig, node string, log *slo
 	}
 	if t.req, err = observe.NewRequests(tp, mp); err == nil {
 		if t.remote, err = observe.NewRemoteObserver(tp, mp); err == nil {
-			t.onPass, err = observe.PushPasses(tp, mp)
+			if t.locks, err = observe.NewLockObserver(mp); err == nil {
+				t.onPass, err = observe.PushPasses(tp, mp)
+			}
 		}
 	}
 	if err == nil && t.mp != nil {
@@ -293,6 +297,14 @@ func (t *telemetry) requestObserver() sockapi.Observer {
 		return nil // an untyped nil: the server skips observing
 	}
 	return t.req
+}
+
+// wrapLocks instruments the lock service (nil without one).
+func (t *telemetry) wrapLocks(l txn.Locks) txn.Locks {
+	if t == nil || l == nil {
+		return l
+	}
+	return t.locks.Wrap(l)
 }
 
 // wrapRemote instruments a shared-store client.

@@ -166,7 +166,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		MaxFrame:   c.MaxFrame,
 		Observer:   tel.requestObserver(),
 		Sync:       loops.sockSync(), // nil: local only
-		Locks:      locks.sockLocks(),
+		Locks:      tel.wrapLocks(locks.sockLocks()),
 		Apps:       loops.appHub(), // nil: local only (serve_apps.go)
 
 		TxnAttempts: c.Sync.TxnAttempts, // strong transactions (--txn-attempts)

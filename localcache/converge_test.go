@@ -59,6 +59,12 @@ func testSyncWriteOnLostValueMeetsTheWinner(t *testing.T, newRemote func() synce
 	hooked.hook = func() {
 		// b's pass has read x and not z: z is pushed by the next pass.
 		b.put(k, "z") // v3 on b, made on x
+		// y must come after z on the hybrid logical clocks too. They count
+		// milliseconds, and within one millisecond b's logical counter
+		// (after x and z) can be ahead of c's, ordering z after y.
+		for ms := time.Now().UnixMilli(); time.Now().UnixMilli() <= ms; {
+			time.Sleep(100 * time.Microsecond)
+		}
 		c.put(k, "y") // v2 on c, after z
 		c.pushAll()
 	}

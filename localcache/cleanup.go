@@ -2,8 +2,8 @@ package localcache
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -150,20 +150,8 @@ type pendingVersions struct {
 // pushed since an earlier call may stay in low: the cut is only more
 // careful.
 func (pv *pendingVersions) catchUp(txn *badger.Txn) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kindJournal}})
-	defer it.Close()
-	for it.Seek(binary.BigEndian.AppendUint64([]byte{kindJournal}, pv.after+1)); it.Valid(); it.Next() {
-		item := it.Item()
-		k := item.Key()
-		if len(k) != 9 {
-			return fmt.Errorf("journal key %x: %w", k, errBadKey)
-		}
-		seq := binary.BigEndian.Uint64(k[1:])
-		v, err := item.ValueCopy(nil) // the entry's strings alias it, and one may become a key of low
-		if err != nil {
-			return err
-		}
-		j, err := decodeJournal(seq, v)
+	return seqsIn(txn, kindJournal, pv.after, math.MaxInt, func(_ *badger.Txn, seq uint64, v []byte) error {
+		j, err := decodeJournal(seq, v) // v is a copy: j's strings, which alias it, may become keys of low
 		if err != nil {
 			return fmt.Errorf("journal %d: %w", seq, err)
 		}
@@ -173,8 +161,8 @@ func (pv *pendingVersions) catchUp(txn *badger.Txn) error {
 			}
 		}
 		pv.after = seq
-	}
-	return nil
+		return nil
+	})
 }
 
 // snapshotStates lists up to cleanupPage states of p's scope that have

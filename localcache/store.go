@@ -713,27 +713,31 @@ func (s *Store) scanSeqs(ctx context.Context, kind byte, afterSeq uint64, limit 
 	if afterSeq == math.MaxUint64 {
 		return nil
 	}
-	return s.scan(ctx, func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kind}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
-		defer it.Close()
-		n := 0
-		for it.Seek(binary.BigEndian.AppendUint64([]byte{kind}, afterSeq+1)); it.Valid() && n < limit; it.Next() {
-			item := it.Item()
-			k := item.Key()
-			if len(k) != 9 {
-				return fmt.Errorf("key %x: %w", k, errBadKey)
-			}
-			v, err := item.ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			if err := fn(txn, binary.BigEndian.Uint64(k[1:]), v); err != nil {
-				return err
-			}
-			n++
+	return s.scan(ctx, func(txn *badger.Txn) error { return seqsIn(txn, kind, afterSeq, limit, fn) })
+}
+
+// seqsIn is scanSeqs in txn: at most limit values (limit > 0), each a copy
+// of its own.
+func seqsIn(txn *badger.Txn, kind byte, afterSeq uint64, limit int, fn func(txn *badger.Txn, seq uint64, v []byte) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte{kind}, PrefetchValues: true, PrefetchSize: min(limit, 100)})
+	defer it.Close()
+	n := 0
+	for it.Seek(binary.BigEndian.AppendUint64([]byte{kind}, afterSeq+1)); it.Valid() && n < limit; it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if len(k) != 9 {
+			return fmt.Errorf("key %x: %w", k, errBadKey)
 		}
-		return nil
-	})
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		if err := fn(txn, binary.BigEndian.Uint64(k[1:]), v); err != nil {
+			return err
+		}
+		n++
+	}
+	return nil
 }
 
 // Stats returns the store's counters. It reads file sizes from Dir, so call

@@ -301,10 +301,10 @@ func (t *telemetry) requestObserver() sockapi.Observer {
 
 // wrapLocks instruments the lock service (nil without one).
 func (t *telemetry) wrapLocks(l txn.Locks) txn.Locks {
-	if t == nil || l == nil {
+	if t == nil {
 		return l
 	}
-	return t.locks.Wrap(l)
+	return t.locks.Wrap(l) // nil stays nil
 }
 
 // wrapRemote instruments a shared-store client.

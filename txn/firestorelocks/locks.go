@@ -179,7 +179,7 @@ const maxPassed = 16
 // recorded.
 func (f *Locks) handOff(d *lockDoc, waits []waitDoc, now time.Time, skip string) {
 	var head *waitDoc
-	passed := d.Passed[:0:0]
+	var passed []string
 	for i := range waits {
 		w := &waits[i]
 		switch {

@@ -326,27 +326,38 @@ func TestLockCLI(t *testing.T) {
 }
 
 // TestLockMetrics: a sidecar's lock acquisitions are timed by outcome on
-// its /metrics.
+// its /metrics, and the locks acquired through it are followed: how long
+// they were held, and how many are held.
 func TestLockMetrics(t *testing.T) {
 	fs := newShared(t)
 	s := startSidecar(t, append(fs.args("node-a", "locks"), "--admin-addr", "127.0.0.1:0")...)
-	if _, _, err := s.CLI("lock", "acquire", "m", "--lease", "1m"); err != nil {
-		t.Fatal(err)
+	for _, res := range []string{"m", "n"} {
+		if _, _, err := s.CLI("lock", "acquire", res, "--lease", "1m"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, _, err := s.CLI("lock", "acquire", "m", "--wait", "100ms"); exitCode(err) != 1 {
 		t.Fatalf("acquire of a held lock with a wait: %v", err)
 	}
+	if _, _, err := s.CLI("lock", "release", "m", "1"); err != nil {
+		t.Fatal(err)
+	}
 	_, body := httpGet(t, "http://"+adminAddr(t, s)+"/metrics")
-	for _, want := range []string{`outcome="ok"`, `outcome="timeout"`} {
+	for _, want := range []struct{ prefix, attr, value string }{
+		{"tai_lock_acquire_duration_seconds_count{", `outcome="ok"`, "2"},
+		{"tai_lock_acquire_duration_seconds_count{", `outcome="timeout"`, "1"},
+		{"tai_lock_hold_duration_seconds_count{", `end="released"`, "1"},
+		{"tai_lock_held ", "", "1"}, // n
+	} {
 		found := false
 		for _, line := range strings.Split(body, "\n") {
-			if strings.HasPrefix(line, "tai_lock_acquire_duration_seconds_count{") && strings.Contains(line, want) &&
-				strings.HasSuffix(line, " 1") {
+			if strings.HasPrefix(line, want.prefix) && strings.Contains(line, want.attr) &&
+				strings.HasSuffix(line, " "+want.value) {
 				found = true
 			}
 		}
 		if !found {
-			t.Errorf("/metrics has no tai_lock_acquire_duration_seconds_count with %s and count 1", want)
+			t.Errorf("/metrics has no %s...} with %s and value %s", want.prefix, want.attr, want.value)
 		}
 	}
 	if t.Failed() {

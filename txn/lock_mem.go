@@ -40,6 +40,9 @@ type memLock struct {
 	next      string
 	nextWait  uint64
 	nextUntil time.Time
+	// expired says that the last grant's lease ran out before it was
+	// released: holder was cleared when the lock was handed on.
+	expired bool
 }
 
 // handedTo returns the waiter a released l is being handed to at now ("" if
@@ -49,6 +52,15 @@ func (l *memLock) handedTo(now time.Time) string {
 		return l.next
 	}
 	return ""
+}
+
+// lapsed reports whether l is free at now because a lease or a handoff ran
+// out, not because it was released (to nobody).
+func (l *memLock) lapsed(now time.Time) bool {
+	if l.holder != "" {
+		return !now.Before(l.expires)
+	}
+	return l.next != "" && !now.Before(l.nextUntil)
 }
 
 type memWait struct {
@@ -99,6 +111,16 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 		return Grant{}, &HeldError{Resource: resource, Holder: l.holder, Token: l.token, Expires: l.expires,
 			Remaining: l.expires.Sub(now)}
 	}
+	if l != nil && l.lapsed(now) && l.next != holder {
+		// Freed by the end of a lease or of a handoff, not by a release:
+		// the lock goes to the longest waiting, as a release would hand
+		// it, passing over a waiter that did not take it in time.
+		skip := l.nextWait
+		if l.holder != "" {
+			l.holder, l.expired, skip = "", true, 0
+		}
+		m.handOffLocked(resource, l, now, skip)
+	}
 	if l != nil {
 		if next := l.handedTo(now); next != "" && next != holder {
 			return Grant{}, &HeldError{Resource: resource, Holder: next, Token: l.token, Expires: l.nextUntil,
@@ -110,7 +132,7 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 		m.locks[resource] = l
 	}
 	l.holder, l.token, l.lease, l.expires = holder, l.token+1, lease, now.Add(lease)
-	l.next, l.nextWait = "", 0
+	l.next, l.nextWait, l.expired = "", 0, false
 	return Grant{Resource: resource, Holder: holder, Token: l.token, Lease: lease, Expires: l.expires,
 		Deadline: start.Add(lease)}, nil
 }
@@ -233,6 +255,8 @@ func (m *Memory) currentLocked(op string, g Grant, now time.Time) (*memLock, err
 	switch {
 	case l == nil:
 		return nil, &LostError{Op: op, Grant: g, Token: m.floor}
+	case l.expired && l.holder == "" && l.token == g.Token:
+		return nil, &LostError{Op: op, Grant: g, Token: l.token, Expired: true}
 	case l.holder != g.Holder || l.token != g.Token:
 		return nil, &LostError{Op: op, Grant: g, Holder: l.holder, Token: l.token}
 	case !now.Before(l.expires):

@@ -168,3 +168,42 @@ func TestMemoryHandoff(t *testing.T) {
 		t.Fatalf("late took the lock %v after the release, within gone's handoff window (%v)", took, m.handoff)
 	}
 }
+
+// TestMemoryExpiryHandsOn: a lease that runs out with no release hands the
+// lock to the longest waiter, as a release would: the first call after the
+// end (here a newcomer's) names it, the expired holder's release says its
+// lease ended, and a handoff that lapses passes that waiter over.
+func TestMemoryExpiryHandsOn(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemory(nil)
+	m.handoff = 200 * time.Millisecond
+	g, err := m.Acquire(ctx, "res", "leader", 100*time.Millisecond, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.waitSeq++
+	ghost := &memWait{id: m.waitSeq, resource: "res", wake: make(chan struct{}, 1)} // never wakes
+	m.waits["ghost"] = ghost
+	m.mu.Unlock()
+	time.Sleep(150 * time.Millisecond) // the lease ends
+
+	var held *HeldError
+	if _, err := m.Acquire(ctx, "res", "newcomer", time.Minute, 0); !errors.As(err, &held) || !held.Handoff || held.Holder != "ghost" {
+		t.Fatalf("a newcomer's Acquire after the lease ended: %v, want the lock being handed to ghost", err)
+	}
+	if len(ghost.wake) != 1 {
+		t.Fatal("the handoff did not wake the waiter it names")
+	}
+	var lost *LostError
+	if err := m.Release(ctx, g); !errors.As(err, &lost) || !lost.Expired {
+		t.Fatalf("the expired holder's Release: %v, want its lease ended", err)
+	}
+	if st, _ := m.Status(ctx, "res"); st.Held || st.Next != "ghost" {
+		t.Fatalf("Status: %+v, want free and handed to ghost", st)
+	}
+	time.Sleep(250 * time.Millisecond) // the handoff lapses
+	if _, err := m.Acquire(ctx, "res", "newcomer", time.Minute, 0); err != nil {
+		t.Fatalf("a newcomer's Acquire after ghost's handoff lapsed: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package firestorelocks
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"cloud.google.com/go/firestore"
@@ -13,7 +14,12 @@ import (
 // grant's deadline counts from the start of the transaction attempt that
 // grants it (attempts that Firestore aborts, and their backoff, may take
 // seconds before it): the lease starts at that attempt's commit.
-func (f *Locks) try(ctx context.Context, resource, holder string, lease time.Duration) (txn.Grant, *txn.HeldError, error) {
+//
+// wait is the caller's wait id ("" for a call that does not wait yet). A
+// waiter that finds its wait among the lock's passed waits (a handoff to it
+// lapsed, as it would if its sidecar had died) takes it out: it is alive,
+// and later handoffs consider it again in its place.
+func (f *Locks) try(ctx context.Context, resource, holder, wait string, lease time.Duration) (txn.Grant, *txn.HeldError, error) {
 	ref := f.lockRef(resource)
 	var g txn.Grant
 	var held *txn.HeldError
@@ -24,7 +30,17 @@ func (f *Locks) try(ctx context.Context, resource, holder string, lease time.Dur
 		if err != nil {
 			return err
 		}
+		unpassed := wait != "" && slices.Contains(s.doc.Passed, wait)
+		if unpassed {
+			s.doc.Passed = slices.DeleteFunc(slices.Clone(s.doc.Passed), func(id string) bool { return id == wait })
+		}
 		if held = s.blocked(holder); held != nil {
+			if unpassed && !s.held() {
+				// Handed to another: writing it changes no lease (a held
+				// lock's lease runs from its document's update time, so
+				// that one waits for the lease's end).
+				return tx.Set(ref, s.doc)
+			}
 			return nil
 		}
 		last := s.doc.Token
@@ -43,13 +59,31 @@ func (f *Locks) try(ctx context.Context, resource, holder string, lease time.Dur
 		}
 		d := lockDoc{Resource: resource, Holder: holder, Token: last + 1, LeaseMS: lease.Milliseconds(),
 			FreeAt: s.now.Add(lease), Passed: s.doc.Passed}
-		if s.doc.Holder == "" && s.doc.Next != "" && s.doc.Next != holder {
-			// The lock was handed to another waiter, which did not take it
-			// in time: it is presumed gone, and later releases pass it over.
-			d.Passed = append(d.Passed, s.doc.NextWait)
-			if len(d.Passed) > maxPassed {
-				d.Passed = d.Passed[len(d.Passed)-maxPassed:]
+		if s.lapsed() && s.doc.Next != holder {
+			// Freed by the end of a lease or of a handoff, not by a
+			// release: the lock goes to the longest waiting, as a release
+			// would hand it. A waiter handed the lock that did not take it
+			// in time is presumed gone, and is passed over from now on
+			// (unless it is the one here, late).
+			waits, err := f.waitsFor(tx, resource)
+			if err != nil {
+				return err
 			}
+			h := s.doc
+			if h.Next != "" {
+				h.Passed = append(h.Passed, h.NextWait)
+				if len(h.Passed) > maxPassed {
+					h.Passed = h.Passed[len(h.Passed)-maxPassed:]
+				}
+			}
+			h.Expired = h.Expired || h.Holder != ""
+			h.Holder = ""
+			f.handOff(&h, waits, s.now, "")
+			if h.Next != "" && h.Next != holder {
+				held = lockState{exists: true, doc: h, now: s.now}.blocked(holder)
+				return tx.Set(ref, h)
+			}
+			d.Passed = h.Passed
 		}
 		g = txn.Grant{Resource: resource, Holder: holder, Token: uint64(d.Token), Lease: lease, Expires: d.FreeAt,
 			Deadline: start.Add(lease)}
@@ -67,7 +101,7 @@ func (f *Locks) Acquire(ctx context.Context, resource, holder string, lease, wai
 	if err != nil {
 		return txn.Grant{}, err
 	}
-	g, held, err := f.try(ctx, resource, holder, lease)
+	g, held, err := f.try(ctx, resource, holder, "", lease)
 	if err != nil || held == nil {
 		return g, err
 	}

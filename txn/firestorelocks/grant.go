@@ -19,6 +19,8 @@ func (f *Locks) current(tx *firestore.Transaction, op string, g txn.Grant) (lock
 	switch {
 	case !s.exists:
 		return s, &txn.LostError{Op: op, Grant: g}
+	case s.doc.Expired && s.doc.Holder == "" && uint64(s.doc.Token) == g.Token:
+		return s, &txn.LostError{Op: op, Grant: g, Token: uint64(s.doc.Token), Expired: true}
 	case s.doc.Holder != g.Holder || uint64(s.doc.Token) != g.Token:
 		return s, &txn.LostError{Op: op, Grant: g, Holder: s.doc.Holder, Token: uint64(s.doc.Token)}
 	case !s.held():

@@ -156,6 +156,12 @@ func (s lockState) handedTo() string {
 	return ""
 }
 
+// lapsed reports whether the lock is free because a lease or a handoff ran
+// out, not because it was released (to nobody).
+func (s lockState) lapsed() bool {
+	return s.exists && !s.held() && s.handedTo() == "" && (s.doc.Holder != "" || s.doc.Next != "")
+}
+
 // blocked returns why holder cannot take the lock: a lease runs, or the
 // lock is being handed to another waiter; nil if it can.
 func (s lockState) blocked(holder string) *txn.HeldError {

@@ -231,7 +231,7 @@ func (b *fsWaitBackend) Try(ctx context.Context) (txn.Grant, *txn.HeldError, err
 		return txn.Grant{}, h, nil
 	}
 	b.f.waitTries.Add(1)
-	g, h, err := b.f.try(ctx, b.w.resource, b.w.holder, b.lease)
+	g, h, err := b.f.try(ctx, b.w.resource, b.w.holder, b.w.id, b.lease)
 	if h != nil {
 		b.read = h.Expires.Add(-h.Remaining)
 	}

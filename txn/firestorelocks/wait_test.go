@@ -275,6 +275,114 @@ func TestHandoffPassesOn(t *testing.T) {
 	}
 }
 
+// TestExpiryHandsOn: a lease that runs out with no release hands the lock
+// to the longest waiter, as a release would: the first attempt after the
+// end (here a newcomer's) names it, the expired holder's release says its
+// lease ended, and a handoff that lapses passes that waiter over for good.
+func TestExpiryHandsOn(t *testing.T) {
+	ctx, open := setup(t)
+	own := open()
+	own.handoff = 500 * time.Millisecond
+	g, err := own.Acquire(ctx, "res", "leader", 300*time.Millisecond, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost := waitDoc{Waiter: "ghost", Resource: "res", WaitID: "ghost-wait", Since: time.Now().Add(-time.Minute),
+		Until: time.Now().Add(time.Hour)} // recorded, but nobody listens
+	if _, err := own.waitRef("ghost").Set(ctx, ghost); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // the lease ends
+
+	var held *txn.HeldError
+	if _, err := own.Acquire(ctx, "res", "newcomer", time.Minute, 0); !errors.As(err, &held) || !held.Handoff || held.Holder != "ghost" {
+		t.Fatalf("a newcomer's Acquire after the lease ended: %v, want the lock being handed to ghost", err)
+	}
+	var lost *txn.LostError
+	if err := own.Release(ctx, g); !errors.As(err, &lost) || !lost.Expired {
+		t.Fatalf("the expired holder's Release: %v, want its lease ended", err)
+	}
+	if st, err := own.Status(ctx, "res"); err != nil || st.Held || st.Next != "ghost" {
+		t.Fatalf("Status: %+v, %v; want free and handed to ghost", st, err)
+	}
+	time.Sleep(own.handoff + 100*time.Millisecond) // the handoff lapses
+	ng, err := own.Acquire(ctx, "res", "newcomer", time.Minute, 0)
+	if err != nil {
+		t.Fatalf("a newcomer's Acquire after ghost's handoff lapsed: %v", err)
+	}
+	snap, err := own.lockRef("res").Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := decodeLock(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.doc.Holder != "newcomer" || uint64(s.doc.Token) != ng.Token || !slices.Contains(s.doc.Passed, "ghost-wait") {
+		t.Fatalf("the lock after the lapsed handoff: %+v, want newcomer's, with ghost passed over", s.doc)
+	}
+}
+
+// TestLiveWaiterUnpassed: a waiter whose handoff lapsed though it is alive
+// (it was slow) is passed over by later handoffs only until its next
+// attempt, which takes its wait out of the passed waits.
+func TestLiveWaiterUnpassed(t *testing.T) {
+	ctx, open := setup(t)
+	own := open()
+	own.handoff = 300 * time.Millisecond
+	g, err := own.Acquire(ctx, "res", "leader", time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// bob's and dave's waits are recorded and listening, but run only
+	// when the test says.
+	bob, err := own.startWait(ctx, "res", "bob", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.stop()
+	if err := own.Release(ctx, g); err != nil { // handed to bob, who is slow
+		t.Fatal(err)
+	}
+	time.Sleep(own.handoff + 100*time.Millisecond)
+	if g, err = own.Acquire(ctx, "res", "carol", time.Minute, 0); err != nil { // passes bob over
+		t.Fatal(err)
+	}
+	dave, err := own.startWait(ctx, "res", "dave", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := own.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	next := func() lockDoc {
+		t.Helper()
+		snap, err := own.lockRef("res").Get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := decodeLock(snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.doc
+	}
+	if d := next(); d.Next != "dave" || !slices.Contains(d.Passed, bob.id) {
+		t.Fatalf("after carol's release: %+v, want it handed to dave, bob passed over", d)
+	}
+	// bob tries: the lock is dave's for now, but bob is no longer passed.
+	if _, held, err := own.try(ctx, "res", "bob", bob.id, time.Minute); err != nil || held == nil || held.Holder != "dave" {
+		t.Fatalf("bob's attempt: %v, %v; want the lock being handed to dave", held, err)
+	}
+	if d := next(); slices.Contains(d.Passed, bob.id) {
+		t.Fatalf("after bob's attempt: %+v, want bob no longer passed over", d)
+	}
+	dave.stop() // dave gives up: the lock passes on, to bob
+	if d := next(); d.Next != "bob" {
+		t.Fatalf("after dave's wait ended: %+v, want it handed to bob", d)
+	}
+}
+
 func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
 	for !cond() {

@@ -71,6 +71,7 @@ func Run(t *testing.T, o Options, newLocks func(t *testing.T, share txn.Locks) t
 		{"WaitWakesOnExpiry", testWaitExpiry},
 		{"WaitTimeout", testWaitTimeout},
 		{"WaitersInOrder", testWaitersInOrder},
+		{"WaitersInOrderAfterExpiry", testWaitersInOrderAfterExpiry},
 		{"MutualExclusion", func(t *testing.T, ctx context.Context, l txn.Locks, more func() txn.Locks) {
 			testMutualExclusion(t, ctx, l, more, o)
 		}},
@@ -425,6 +426,77 @@ func testWaitersInOrder(t *testing.T, ctx context.Context, l txn.Locks, more fun
 		got = append(got, h)
 	}
 	if want := []string{"w-0", "w-1", "w-2", "w-3"}; !slices.Equal(got, want) {
+		t.Fatalf("the waiters got the lock in the order %v, want %v", got, want)
+	}
+}
+
+// testWaitersInOrderAfterExpiry: when leases run out with no release, the
+// lock still goes to the waiters in the order they began to wait, and a
+// newcomer that keeps trying cannot take it from them.
+func testWaitersInOrderAfterExpiry(t *testing.T, ctx context.Context, l txn.Locks, more func() txn.Locks) {
+	const n, lease = 3, 700 * time.Millisecond
+	first := acquire(t, ctx, l, "res", "alice", 3*time.Second, 0) // time for all to begin waiting
+	sidecars := []txn.Locks{more(), more()}
+	type grant struct {
+		holder string
+		token  uint64
+	}
+	grants := make(chan grant, n)
+	errs := make(chan error, n+1)
+	var wg sync.WaitGroup
+	for i := range n {
+		holder := fmt.Sprintf("w-%d", i)
+		wg.Go(func() {
+			g, err := sidecars[i%len(sidecars)].Acquire(ctx, "res", holder, lease, 30*time.Second)
+			if err != nil {
+				errs <- fmt.Errorf("%s: Acquire: %w", holder, err)
+				return
+			}
+			grants <- grant{holder, g.Token} // and never released: the lease runs out
+		})
+		waitingFor(t, ctx, l, "res", holder)
+	}
+	if st := status(t, ctx, l, "res"); !st.Held || st.Holder != "alice" {
+		t.Fatalf("alice's lease ended before the waiters were all waiting: %+v", st)
+	}
+	stop := make(chan struct{})
+	var eve sync.WaitGroup
+	eve.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			g, err := l.Acquire(ctx, "res", "eve", time.Minute, 0)
+			if err == nil {
+				errs <- fmt.Errorf("a newcomer took the lock (token %d) from the waiters", g.Token)
+				return
+			}
+			if !errors.Is(err, txn.ErrLockHeld) {
+				errs <- fmt.Errorf("a newcomer's Acquire: %v, want ErrLockHeld", err)
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(stop)
+	eve.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	close(grants)
+	var got []string
+	token := first.Token
+	for g := range grants {
+		got = append(got, g.holder)
+		if g.token != token+1 {
+			t.Errorf("%s got token %d after %d", g.holder, g.token, token)
+		}
+		token = g.token
+	}
+	if want := []string{"w-0", "w-1", "w-2"}; !slices.Equal(got, want) {
 		t.Fatalf("the waiters got the lock in the order %v, want %v", got, want)
 	}
 }

@@ -39,9 +39,6 @@ type LockDoc struct {
 	NextWait  string    `firestore:"next_wait,omitempty"`
 	NextUntil time.Time `firestore:"next_until,omitempty"`
 	Passed    []string  `firestore:"passed,omitempty"`
-	// Expired says that the last grant's lease ran out before it was
-	// released: Holder was cleared when the lock was handed on.
-	Expired bool `firestore:"expired,omitempty"`
 }
 
 // LockRef returns the lock document of resource under root ("" for the

@@ -61,29 +61,21 @@ func (f *Locks) try(ctx context.Context, resource, holder, wait string, lease ti
 			FreeAt: s.now.Add(lease), Passed: s.doc.Passed}
 		if s.lapsed() && s.doc.Next != holder {
 			// Freed by the end of a lease or of a handoff, not by a
-			// release: the lock goes to the longest waiting, as a release
-			// would hand it. A waiter handed the lock that did not take it
-			// in time is presumed gone, and is passed over from now on
-			// (unless it is the one here, late).
+			// release: the waiters take turns, in order, one handoff
+			// window each (see turn). Nothing is written until the one
+			// whose turn it is takes the lock: transactions that all read
+			// the lock and then write it would wait for each other.
 			waits, err := f.waitsFor(tx, resource)
 			if err != nil {
 				return err
 			}
-			h := s.doc
-			if h.Next != "" {
-				h.Passed = append(h.Passed, h.NextWait)
-				if len(h.Passed) > maxPassed {
-					h.Passed = h.Passed[len(h.Passed)-maxPassed:]
-				}
+			next, until, passed := f.turn(s, waits)
+			if next != nil && next.Waiter != holder {
+				held = &txn.HeldError{Resource: resource, Holder: next.Waiter, Token: uint64(s.doc.Token),
+					Expires: until, Remaining: until.Sub(s.now), Handoff: true}
+				return nil
 			}
-			h.Expired = h.Expired || h.Holder != ""
-			h.Holder = ""
-			f.handOff(&h, waits, s.now, "")
-			if h.Next != "" && h.Next != holder {
-				held = lockState{exists: true, doc: h, now: s.now}.blocked(holder)
-				return tx.Set(ref, h)
-			}
-			d.Passed = h.Passed
+			d.Passed = recorded(passed, waits, s.now)
 		}
 		g = txn.Grant{Resource: resource, Holder: holder, Token: uint64(d.Token), Lease: lease, Expires: d.FreeAt,
 			Deadline: start.Add(lease)}

@@ -19,8 +19,6 @@ func (f *Locks) current(tx *firestore.Transaction, op string, g txn.Grant) (lock
 	switch {
 	case !s.exists:
 		return s, &txn.LostError{Op: op, Grant: g}
-	case s.doc.Expired && s.doc.Holder == "" && uint64(s.doc.Token) == g.Token:
-		return s, &txn.LostError{Op: op, Grant: g, Token: uint64(s.doc.Token), Expired: true}
 	case s.doc.Holder != g.Holder || uint64(s.doc.Token) != g.Token:
 		return s, &txn.LostError{Op: op, Grant: g, Holder: s.doc.Holder, Token: uint64(s.doc.Token)}
 	case !s.held():
@@ -108,12 +106,19 @@ func (f *Locks) Status(ctx context.Context, resource string) (txn.Status, error)
 	if err != nil {
 		return txn.Status{}, translate(ctx, "lock status", resource, err)
 	}
+	var docs []waitDoc
 	for _, snap := range waits {
 		var d waitDoc
 		if snap.DataTo(&d) == nil && d.Until.After(snap.ReadTime) {
 			st.Waiters = append(st.Waiters, d.Waiter)
+			docs = append(docs, d)
 		}
 	}
 	slices.Sort(st.Waiters)
+	if s.lapsed() {
+		if next, _, _ := f.turn(s, docs); next != nil {
+			st.Next = next.Waiter // its turn, though nothing was written
+		}
+	}
 	return st, nil
 }

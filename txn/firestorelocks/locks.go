@@ -184,22 +184,67 @@ const maxPassed = 16
 // left the lock is free for all. It keeps in d.Passed only the waits still
 // recorded.
 func (f *Locks) handOff(d *lockDoc, waits []waitDoc, now time.Time, skip string) {
+	head := headOf(waits, d.Passed, now, skip)
+	d.Next, d.NextWait, d.NextUntil, d.FreeAt = "", "", time.Time{}, now
+	d.Passed = recorded(d.Passed, waits, now)
+	if head != nil {
+		d.Next, d.NextWait, d.NextUntil = head.Waiter, head.WaitID, now.Add(f.handoff)
+		d.FreeAt = d.NextUntil
+	}
+}
+
+// recorded returns the waits of passed that are still recorded in waits at
+// now, at most maxPassed (the last ones).
+func recorded(passed []string, waits []waitDoc, now time.Time) []string {
+	var out []string
+	for _, id := range passed {
+		live := slices.ContainsFunc(waits, func(w waitDoc) bool { return w.WaitID == id && w.Until.After(now) })
+		if live && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	if len(out) > maxPassed {
+		out = out[len(out)-maxPassed:]
+	}
+	return out
+}
+
+// headOf returns the longest waiting of waits at now, passing over the wait
+// skip, those in passed and those that ended; nil if none.
+func headOf(waits []waitDoc, passed []string, now time.Time, skip string) *waitDoc {
 	var head *waitDoc
-	var passed []string
 	for i := range waits {
 		w := &waits[i]
 		switch {
-		case !w.Until.After(now) || w.WaitID == skip:
-		case slices.Contains(d.Passed, w.WaitID):
-			passed = append(passed, w.WaitID)
+		case !w.Until.After(now) || w.WaitID == skip || slices.Contains(passed, w.WaitID):
 		case head == nil || w.Since.Before(head.Since) || w.Since.Equal(head.Since) && w.Waiter < head.Waiter:
 			head = w
 		}
 	}
-	d.Next, d.NextWait, d.NextUntil, d.Passed, d.FreeAt = "", "", time.Time{}, passed, now
-	if head != nil {
-		d.Next, d.NextWait, d.NextUntil = head.Waiter, head.WaitID, now.Add(f.handoff)
-		d.FreeAt = d.NextUntil
+	return head
+}
+
+// turn returns whose turn it is at s.now to take s's lock, which a lease or a
+// handoff left with nobody it was released to: from that end on, the waits
+// in order (waits, the lock's waits) get one handoff window each, the wait
+// of a lapsed handoff and those in the lock's passed waits excluded. It
+// returns that wait and the end of its window, and the lock's passed waits
+// with those whose window went by; nil when every wait had its turn.
+func (f *Locks) turn(s lockState, waits []waitDoc) (*waitDoc, time.Time, []string) {
+	end, passed := s.end(), slices.Clone(s.doc.Passed)
+	if s.doc.Holder == "" { // a handoff lapsed
+		end, passed = s.doc.NextUntil, append(passed, s.doc.NextWait)
+	}
+	for {
+		head := headOf(waits, passed, s.now, "")
+		if head == nil {
+			return nil, time.Time{}, passed
+		}
+		until := end.Add(f.handoff)
+		if s.now.Before(until) {
+			return head, until, passed
+		}
+		passed, end = append(passed, head.WaitID), until // each wait once: the loop ends
 	}
 }
 

@@ -275,10 +275,11 @@ func TestHandoffPassesOn(t *testing.T) {
 	}
 }
 
-// TestExpiryHandsOn: a lease that runs out with no release hands the lock
-// to the longest waiter, as a release would: the first attempt after the
-// end (here a newcomer's) names it, the expired holder's release says its
-// lease ended, and a handoff that lapses passes that waiter over for good.
+// TestExpiryHandsOn: after a lease that runs out with no release, the lock
+// is the longest waiter's for one handoff window, as after a release,
+// though nothing is written: a newcomer is turned away and status names
+// that waiter, the expired holder's release says its lease ended, and once
+// the window went by the lock is free again and that waiter passed over.
 func TestExpiryHandsOn(t *testing.T) {
 	ctx, open := setup(t)
 	own := open()

@@ -225,6 +225,63 @@ func TestWriteInlineUntilPipelined(t *testing.T) {
 	}
 }
 
+// TestPipeliningFoundLater: a peer that begins to pipeline after many
+// writes one at a time is found within probeEvery writes (a write served
+// on the reader looks for bytes sent meanwhile only now and then), and its
+// writes then run on their own goroutines.
+func TestPipeliningFoundLater(t *testing.T) {
+	store := newFakeStore()
+	store.entered = make(chan struct{}, 16)
+	store.hold = map[string]chan struct{}{}
+	for i := range probeEvery + 1 {
+		store.hold[fmt.Sprint(200+i)] = make(chan struct{})
+	}
+	ts := startServer(t, store, Options{})
+	c := ts.hello()
+	put := func(id uint64) *wire.Request {
+		return &wire.Request{ID: id, Op: wire.OpPut, Governor: "g", State: fmt.Sprint(id), Value: mustMarshal(t, id)}
+	}
+	for id := uint64(1); id <= 2*probeFirst+3; id++ { // one request at a time, past the first probes
+		if r := c.call(*put(id)); r.Error != nil {
+			t.Fatalf("put %d: %v", id, r.Error)
+		}
+	}
+	// Now a ping follows each write before its reply: on the reader, the
+	// ping waits for the write, until the connection is found to pipeline.
+	for i := range probeEvery + 1 {
+		id := uint64(200 + i)
+		c.send(put(id))
+		<-store.entered
+		c.send(&wire.Request{ID: id + 1000, Op: wire.OpPing})
+		c.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		_, err := wire.ReadFrame(c.br, nil, 1<<20)
+		c.nc.SetReadDeadline(time.Time{})
+		if err == nil { // the ping's reply came while the write was held
+			if i == 0 {
+				t.Fatal("the first write after the one-at-a-time ones already ran on its own goroutine")
+			}
+			close(store.hold[fmt.Sprint(id)])
+			if r := c.recv(); r.ID != id || r.Error != nil {
+				t.Fatalf("got reply %d (%v), want %d", r.ID, r.Error, id)
+			}
+			t.Logf("found pipelining after %d overlapping writes", i)
+			return
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal(err)
+		}
+		close(store.hold[fmt.Sprint(id)])
+		first, second := c.recv(), c.recv()
+		if first.Error != nil || second.Error != nil || first.ID+second.ID != 2*id+1000 {
+			t.Fatalf("got replies %d (%v) and %d (%v), want %d and %d", first.ID, first.Error, second.ID, second.Error, id, id+1000)
+		}
+		if first.ID == id+1000 { // on its own goroutine after all, slower than the deadline
+			return
+		}
+	}
+	t.Fatalf("no write ran on its own goroutine after %d overlapping ones", probeEvery+1)
+}
+
 // TestMaxInflight checks the per-connection cap on running writes: the
 // server stops reading when it is reached and resumes as writes finish.
 func TestMaxInflight(t *testing.T) {

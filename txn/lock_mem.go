@@ -35,20 +35,17 @@ type memLock struct {
 	token   uint64
 	lease   time.Duration
 	expires time.Time // lease end (when held) or release time
-	// A released lock being handed to a waiter: its holder name and wait
-	// id, until nextUntil.
+	// A lock released, or whose lease or handoff ran out, being handed to
+	// a waiter: its holder name and wait id, until nextUntil.
 	next      string
 	nextWait  uint64
 	nextUntil time.Time
-	// expired says that the last grant's lease ran out before it was
-	// released: holder was cleared when the lock was handed on.
-	expired bool
 }
 
 // handedTo returns the waiter a released l is being handed to at now ("" if
 // none).
 func (l *memLock) handedTo(now time.Time) string {
-	if l.holder == "" && l.next != "" && now.Before(l.nextUntil) {
+	if !l.held(now) && l.next != "" && now.Before(l.nextUntil) {
 		return l.next
 	}
 	return ""
@@ -57,11 +54,11 @@ func (l *memLock) handedTo(now time.Time) string {
 // lapsed reports whether l is free at now because a lease or a handoff ran
 // out, not because it was released (to nobody).
 func (l *memLock) lapsed(now time.Time) bool {
-	if l.holder != "" {
-		return !now.Before(l.expires)
-	}
-	return l.next != "" && !now.Before(l.nextUntil)
+	return !l.held(now) && l.handedTo(now) == "" && (l.holder != "" || l.next != "")
 }
+
+// held reports whether a lease runs at now.
+func (l *memLock) held(now time.Time) bool { return l.holder != "" && now.Before(l.expires) }
 
 type memWait struct {
 	id       uint64 // waits begun later have larger ids
@@ -81,7 +78,7 @@ func NewMemory(log *slog.Logger) *Memory {
 // heldLocked returns the holder of resource at now ("" if free).
 func (m *Memory) heldLocked(resource string, now time.Time) (*memLock, bool) {
 	l := m.locks[resource]
-	return l, l != nil && l.holder != "" && now.Before(l.expires)
+	return l, l != nil && l.held(now)
 }
 
 // handOffLocked hands the released lock l of resource to the waiter that
@@ -114,12 +111,9 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 	if l != nil && l.lapsed(now) && l.next != holder {
 		// Freed by the end of a lease or of a handoff, not by a release:
 		// the lock goes to the longest waiting, as a release would hand
-		// it, passing over a waiter that did not take it in time.
-		skip := l.nextWait
-		if l.holder != "" {
-			l.holder, l.expired, skip = "", true, 0
-		}
-		m.handOffLocked(resource, l, now, skip)
+		// it, passing over a waiter that did not take it in time (nextWait
+		// is 0 without a handoff since the last grant).
+		m.handOffLocked(resource, l, now, l.nextWait)
 	}
 	if l != nil {
 		if next := l.handedTo(now); next != "" && next != holder {
@@ -132,7 +126,7 @@ func (m *Memory) tryLocked(resource, holder string, lease time.Duration, start t
 		m.locks[resource] = l
 	}
 	l.holder, l.token, l.lease, l.expires = holder, l.token+1, lease, now.Add(lease)
-	l.next, l.nextWait, l.expired = "", 0, false
+	l.next, l.nextWait = "", 0
 	return Grant{Resource: resource, Holder: holder, Token: l.token, Lease: lease, Expires: l.expires,
 		Deadline: start.Add(lease)}, nil
 }
@@ -255,8 +249,6 @@ func (m *Memory) currentLocked(op string, g Grant, now time.Time) (*memLock, err
 	switch {
 	case l == nil:
 		return nil, &LostError{Op: op, Grant: g, Token: m.floor}
-	case l.expired && l.holder == "" && l.token == g.Token:
-		return nil, &LostError{Op: op, Grant: g, Token: l.token, Expired: true}
 	case l.holder != g.Holder || l.token != g.Token:
 		return nil, &LostError{Op: op, Grant: g, Holder: l.holder, Token: l.token}
 	case !now.Before(l.expires):

@@ -259,16 +259,8 @@ func TestHandoffPassesOn(t *testing.T) {
 	if err := own.Release(ctx, g); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := own.lockRef("res").Get(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := decodeLock(snap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.doc.Next == "ghost" || !slices.Contains(s.doc.Passed, "ghost-wait") {
-		t.Fatalf("the release after ghost's lapsed handoff: lock %+v, want ghost passed over", s.doc)
+	if d := readLock(t, ctx, own, "res"); d.Next == "ghost" || !slices.Contains(d.Passed, "ghost-wait") {
+		t.Fatalf("the release after ghost's lapsed handoff: lock %+v, want ghost passed over", d)
 	}
 	if err := <-erin; err != nil {
 		t.Fatal(err)
@@ -311,16 +303,8 @@ func TestExpiryHandsOn(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a newcomer's Acquire after ghost's handoff lapsed: %v", err)
 	}
-	snap, err := own.lockRef("res").Get(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := decodeLock(snap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.doc.Holder != "newcomer" || uint64(s.doc.Token) != ng.Token || !slices.Contains(s.doc.Passed, "ghost-wait") {
-		t.Fatalf("the lock after the lapsed handoff: %+v, want newcomer's, with ghost passed over", s.doc)
+	if d := readLock(t, ctx, own, "res"); d.Holder != "newcomer" || uint64(d.Token) != ng.Token || !slices.Contains(d.Passed, "ghost-wait") {
+		t.Fatalf("the lock after the lapsed handoff: %+v, want newcomer's, with ghost passed over", d)
 	}
 }
 
@@ -356,18 +340,7 @@ func TestLiveWaiterUnpassed(t *testing.T) {
 	if err := own.Release(ctx, g); err != nil {
 		t.Fatal(err)
 	}
-	next := func() lockDoc {
-		t.Helper()
-		snap, err := own.lockRef("res").Get(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := decodeLock(snap)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s.doc
-	}
+	next := func() lockDoc { return readLock(t, ctx, own, "res") }
 	if d := next(); d.Next != "dave" || !slices.Contains(d.Passed, bob.id) {
 		t.Fatalf("after carol's release: %+v, want it handed to dave, bob passed over", d)
 	}
@@ -382,6 +355,20 @@ func TestLiveWaiterUnpassed(t *testing.T) {
 	if d := next(); d.Next != "bob" {
 		t.Fatalf("after dave's wait ended: %+v, want it handed to bob", d)
 	}
+}
+
+// readLock reads resource's lock document.
+func readLock(t *testing.T, ctx context.Context, l *Locks, resource string) lockDoc {
+	t.Helper()
+	snap, err := l.lockRef(resource).Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := decodeLock(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.doc
 }
 
 func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {

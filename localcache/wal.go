@@ -22,8 +22,8 @@ import (
 // with one fdatasync before it is applied to Badger, which runs without
 // syncing (see docs/decisions/0004-write-ahead-log.md). The log lives in
 // Dir/wal as segment files named after the sequence number of their first
-// group (%016x.wal), preallocated so that appending does not change the
-// file's size, and written with plain pwrite.
+// group (%016x.wal), preallocated (or recycled, below) so that appending does
+// not change the file's size, and written with plain pwrite.
 //
 // A record is
 //
@@ -36,15 +36,31 @@ import (
 // Badger key/value sets of the group, meta counters included, so replaying a
 // record is idempotent: it sets every key to the value the group gave it.
 //
-// A zero length field marks the end of the data in a segment (the
-// preallocated rest reads as zeros). The file wal/checkpoint holds the
+// A zero length field marks the end of the data in a segment: every append
+// writes one after its record, in the same pwrite (a fresh segment's
+// preallocated rest reads as zeros anyway). The file wal/checkpoint holds the
 // sequence number S up to which Badger's files are known to be durable:
 // records up to S are skipped on replay and segments holding only such
-// records are deleted.
+// records are deleted or recycled.
+//
+// Recycling. A segment the checkpoint has made obsolete is kept, up to
+// walSpareSegments of them, as a spare (wal/*.spare) instead of being
+// deleted, and the next new segment reuses it: its old records are
+// overwritten in place. A preallocated segment's blocks are unwritten
+// extents, and the first write to each block makes fdatasync record the
+// extent's conversion in the file's metadata too, a second synchronous write
+// on every sync of a group that spans new blocks (a loop of 12 KB pwrite +
+// fdatasync: 260 µs a sync on written blocks against 380 to 500 µs on
+// fallocated ones). A recycled segment has written blocks wherever it was
+// written before. Its old records behind the end marker are never read: a
+// clean log ends at the marker, and a torn record followed by them is still a
+// torn tail, as their sequence numbers are lower than any group the segment
+// holds now (see findWALRecordAfter).
 const (
 	walDirName        = "wal"
 	walSegmentExt     = ".wal"
 	walCheckpointName = "checkpoint"
+	walSpareExt       = ".spare"
 	walHeaderSize     = 8
 	walMaxPayload     = 1 << 30
 	// walSegmentSize is the preallocated size of a segment; a larger record
@@ -53,6 +69,8 @@ const (
 	// walRotateBytes: a checkpoint makes the committer start a new segment
 	// when the current one holds at least this much, so the old one can go.
 	walRotateBytes = 1 << 20
+	// walSpareSegments is how many obsolete segments are kept for reuse.
+	walSpareSegments = 2
 
 	walOpSet    = 1
 	walOpDelete = 2
@@ -225,6 +243,7 @@ type wal struct {
 	capacity   int64         // its preallocated size
 	rotate     bool          // start a new segment before the next append
 	checkpoint uint64        // last durable checkpoint
+	spares     []string      // obsolete segments of walSegmentSize, for reuse
 	next       uint64        // sequence number of the next group
 	buf        []byte
 }
@@ -247,7 +266,14 @@ func openWAL(dir string, log *slog.Logger) (*wal, error) {
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasSuffix(name, walSegmentExt) || !e.Type().IsRegular() {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if strings.HasSuffix(name, walSpareExt) {
+			w.spares = append(w.spares, filepath.Join(dir, name))
+			continue
+		}
+		if !strings.HasSuffix(name, walSegmentExt) {
 			continue
 		}
 		first, err := strconv.ParseUint(strings.TrimSuffix(name, walSegmentExt), 16, 64)
@@ -411,12 +437,18 @@ func (w *wal) append(payload []byte) error {
 		return fmt.Errorf("write-ahead log: append group %d, want %d", seq, w.next)
 	}
 	w.buf = appendWALRecord(w.buf[:0], payload)
+	n := int64(len(w.buf))
 	seg := w.current()
-	if w.f == nil || w.rotate || seg.size+int64(len(w.buf)) > w.capacity {
-		if err := w.startSegment(int64(len(w.buf))); err != nil {
+	if w.f == nil || w.rotate || seg.size+n > w.capacity {
+		if err := w.startSegment(n); err != nil {
 			return err
 		}
 		seg = w.current()
+	}
+	if seg.size+n < w.capacity {
+		// The end marker; a record that fills the segment needs none.
+		// Records are 8-byte aligned, so the room left is 0 or at least 8.
+		w.buf = append(w.buf, make([]byte, walHeaderSize)...)
 	}
 	if _, err := w.f.WriteAt(w.buf, seg.size); err != nil {
 		return fmt.Errorf("write-ahead log: write group %d: %w", seq, err)
@@ -424,7 +456,7 @@ func (w *wal) append(payload []byte) error {
 	if err := fdatasync(w.f); err != nil {
 		return fmt.Errorf("write-ahead log: sync group %d: %w", seq, err)
 	}
-	seg.size += int64(len(w.buf))
+	seg.size += n
 	seg.last = seq
 	w.next = seq + 1
 	if cap(w.buf) > 4<<20 {
@@ -451,18 +483,23 @@ func (w *wal) startSegment(need int64) error {
 		w.f = nil
 	}
 	path := filepath.Join(w.dir, fmt.Sprintf("%016x%s", w.next, walSegmentExt))
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640)
+	f, capacity, err := w.reuseSpare(path, need)
 	if err != nil {
-		return fmt.Errorf("write-ahead log: new segment: %w", err)
+		return err
 	}
-	capacity := max(walSegmentSize, need)
-	if err := preallocate(f, capacity); err != nil {
-		f.Close()
-		return fmt.Errorf("write-ahead log: preallocate segment: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write-ahead log: sync new segment: %w", err)
+	if f == nil {
+		if f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o640); err != nil {
+			return fmt.Errorf("write-ahead log: new segment: %w", err)
+		}
+		capacity = max(walSegmentSize, need)
+		if err := preallocate(f, capacity); err != nil {
+			f.Close()
+			return fmt.Errorf("write-ahead log: preallocate segment: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("write-ahead log: sync new segment: %w", err)
+		}
 	}
 	if err := syncDir(w.dir); err != nil {
 		f.Close()
@@ -473,6 +510,64 @@ func (w *wal) startSegment(need int64) error {
 	}
 	w.segs = append(w.segs, &walSegment{path: path, first: w.next, last: w.next - 1})
 	w.f, w.capacity, w.rotate = f, capacity, false
+	return nil
+}
+
+// reuseSpare turns a spare into the segment at path, for a record of need
+// bytes: it ends the spare's old data at its start (a zero length field,
+// synced) and only then renames it, so that neither name ever shows old
+// records as the start of a segment. The caller syncs the directory. It
+// returns a nil file when no spare fits; a spare that cannot be reused is
+// removed.
+func (w *wal) reuseSpare(path string, need int64) (*os.File, int64, error) {
+	if len(w.spares) == 0 || need > walSegmentSize {
+		return nil, 0, nil
+	}
+	spare := w.spares[len(w.spares)-1]
+	w.spares = w.spares[:len(w.spares)-1]
+	f, err := os.OpenFile(spare, os.O_RDWR, 0)
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil && fi.Size() != walSegmentSize {
+			err = fmt.Errorf("size %d, want %d", fi.Size(), walSegmentSize)
+		}
+		if err == nil {
+			_, err = f.WriteAt(make([]byte, walHeaderSize), 0)
+		}
+		if err == nil {
+			err = fdatasync(f)
+		}
+		if err == nil {
+			err = os.Rename(spare, path)
+		}
+		if err == nil {
+			return f, walSegmentSize, nil
+		}
+		f.Close()
+	}
+	w.log.Warn("write-ahead log: a spare segment cannot be reused; starting a new one", "spare", spare, "err", err)
+	if err := os.Remove(spare); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("write-ahead log: remove spare segment: %w", err)
+	}
+	return nil, 0, nil
+}
+
+// retire disposes of a segment whose groups are all checkpointed: it keeps
+// it as a spare while there are fewer than walSpareSegments and it has the
+// standard size, and removes it otherwise. The caller syncs the directory.
+func (w *wal) retire(seg *walSegment) error {
+	if len(w.spares) < walSpareSegments {
+		if fi, err := os.Stat(seg.path); err == nil && fi.Size() == walSegmentSize {
+			spare := strings.TrimSuffix(seg.path, walSegmentExt) + walSpareExt
+			if err := os.Rename(seg.path, spare); err == nil {
+				w.spares = append(w.spares, spare)
+				return nil
+			}
+		}
+	}
+	if err := os.Remove(seg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write-ahead log: remove segment: %w", err)
+	}
 	return nil
 }
 
@@ -519,9 +614,9 @@ func (w *wal) advance(s uint64, final bool) error {
 			}
 			w.f = nil
 		}
-		if err := os.Remove(seg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := w.retire(seg); err != nil {
 			w.segs = append(keep, w.segs[i:]...)
-			return fmt.Errorf("write-ahead log: remove segment: %w", err)
+			return err
 		}
 		removed = true
 	}

@@ -562,3 +562,126 @@ func TestCheckpointDropsSegments(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// countingHandler counts the records logged at Warn or above.
+type countingHandler struct {
+	slog.Handler
+	warns *atomic.Int64
+}
+
+func (countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.warns.Add(1)
+	}
+	return nil
+}
+
+// TestWALRecyclesSegments checks that a checkpointed segment becomes a spare
+// that the next new segment reuses (the same file, its old records still
+// behind the new ones), that such a segment replays exactly its new groups
+// without a warning, and that a torn record followed by old records is still
+// a torn tail.
+func TestWALRecyclesSegments(t *testing.T) {
+	dir := t.TempDir()
+	var warns atomic.Int64
+	open := func() *wal {
+		t.Helper()
+		w, err := openWAL(dir, slog.New(countingHandler{slog.DiscardHandler, &warns}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	big := bytes.Repeat([]byte{0xab}, 300<<10) // four of them fill walRotateBytes
+	group := func(seq uint64, value []byte) []byte {
+		return encodeSampleGroup(seq, []walOp{{kind: walOpSet, key: []byte("k" + itoa(int(seq))), value: value}})
+	}
+	w := open()
+	if _, err := w.replay(func(uint64, []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	appendGroups := func(from, to uint64, value []byte) {
+		t.Helper()
+		for seq := from; seq <= to; seq++ {
+			if err := w.append(group(seq, value)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendGroups(1, 4, big)
+	if err := w.advance(4, false); err != nil { // segment 1 is current: it rotates at the next append
+		t.Fatal(err)
+	}
+	appendGroups(5, 8, big)
+	if err := w.advance(8, false); err != nil { // segment 1 goes, and becomes a spare
+		t.Fatal(err)
+	}
+	spares, _ := filepath.Glob(filepath.Join(dir, "*"+walSpareExt))
+	if len(spares) != 1 {
+		t.Fatalf("spares after the checkpoint: %v", spares)
+	}
+	spareInfo, err := os.Stat(spares[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendGroups(9, 9, []byte("nine"))
+	appendGroups(10, 10, []byte("ten"))
+	seg9 := filepath.Join(dir, "0000000000000009"+walSegmentExt)
+	info, err := os.Stat(seg9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(spareInfo, info) {
+		t.Fatal("segment 9 is a new file, not the spare")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*"+walSpareExt)); len(left) != 0 {
+		t.Fatalf("spares left after reuse: %v", left)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(seg9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, big[:4096]) {
+		t.Fatal("segment 9 does not hold segment 1's old records: the test does not exercise them")
+	}
+
+	replay := func() []string {
+		t.Helper()
+		w := open()
+		defer w.close()
+		var got []string
+		if _, err := w.replay(func(seq uint64, p []byte) error {
+			_, ops, err := decodeWALGroup(p)
+			if err != nil {
+				return err
+			}
+			got = append(got, itoa(int(seq))+"="+string(ops[0].value))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := replay(); !reflect.DeepEqual(got, []string{"9=nine", "10=ten"}) || warns.Load() != 0 {
+		t.Fatalf("replayed %v with %d warnings, want [9=nine 10=ten] and none", got, warns.Load())
+	}
+
+	// Damage group 10: the old records after it have lower sequence numbers,
+	// so it is a torn tail, cut off.
+	rec9 := int64(len(appendWALRecord(nil, group(9, []byte("nine")))))
+	b[rec9+walHeaderSize+9] ^= 0xff
+	if err := os.WriteFile(seg9, b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if got := replay(); !reflect.DeepEqual(got, []string{"9=nine"}) || warns.Load() != 1 {
+		t.Fatalf("replayed %v with %d warnings, want [9=nine] and the torn tail's", got, warns.Load())
+	}
+	if info, _ := os.Stat(seg9); info.Size() != rec9 {
+		t.Fatalf("segment 9 is %d bytes after the torn tail, want %d", info.Size(), rec9)
+	}
+}

@@ -87,7 +87,11 @@ func (s *Store) checkpointLoop(ctx context.Context) {
 		case <-t.C:
 		case <-s.ckNotify:
 		}
-		if err := s.checkpoint(false); err != nil {
+		err := s.checkpoint(ckPeriodic)
+		if errors.Is(err, ErrFailed) {
+			return // the store logged its failure; the log stays for the next Open
+		}
+		if err != nil {
 			// The log keeps growing until a checkpoint succeeds; nothing
 			// acknowledged is at risk.
 			s.log.Warn("checkpoint failed", "err", err)
@@ -95,24 +99,47 @@ func (s *Store) checkpointLoop(ctx context.Context) {
 	}
 }
 
+// ckKind says when a checkpoint runs.
+type ckKind int
+
+const (
+	// ckPeriodic syncs Badger's files only when groups were applied since
+	// the last checkpoint.
+	ckPeriodic ckKind = iota
+	// ckOpen always syncs: what Open replayed and load wrote, and the
+	// files of a fresh store, become durable before the first write.
+	ckOpen
+	// ckFinal always syncs, and the log takes no more appends.
+	ckFinal
+)
+
 // checkpoint makes every group applied so far durable in Badger's files and
-// lets the log drop them. final means the log takes no more appends.
-func (s *Store) checkpoint(final bool) error {
+// lets the log drop them.
+//
+// A failed sync of Badger's files fails the store, and a failed store never
+// checkpoints again: after fdatasync reports a write-back error, the pages
+// it could not write may be dropped or marked clean, so a later sync that
+// succeeds proves nothing about them. The log keeps every group from the
+// last good checkpoint on, and the next Open replays them.
+func (s *Store) checkpoint(kind ckKind) error {
 	s.ckMu.Lock()
 	defer s.ckMu.Unlock()
+	if err := s.failedErr(); err != nil {
+		return err
+	}
 	s.ckBytes.Store(s.walBytes.Load())
 	applied := s.applied.Load()
-	if applied != s.ckApplied || final {
+	if applied != s.ckApplied || kind != ckPeriodic {
 		if err := s.syncBadgerFiles(); err != nil {
-			return fmt.Errorf("checkpoint: %w", err)
+			return s.fail(fmt.Errorf("checkpoint: sync Badger's files: %w", err))
 		}
-		if !final {
+		if kind != ckFinal {
 			if _, err := s.releaseMapped(); err != nil {
 				s.log.Warn("checkpoint: Badger's mapped files stay resident", "err", err)
 			}
 		}
 	}
-	if err := s.wal.advance(applied, final); err != nil {
+	if err := s.wal.advance(applied, kind == ckFinal); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	s.ckApplied = applied

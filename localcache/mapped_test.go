@@ -70,7 +70,7 @@ func TestReleaseMappedKeepsData(t *testing.T) {
 	if err := s.barrier(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.checkpoint(false); err != nil {
+	if err := s.checkpoint(ckPeriodic); err != nil {
 		t.Fatal(err)
 	}
 	written, resident := releasableResident(t, dir)

@@ -154,7 +154,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	if !opts.InMemory {
-		if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		if err := mkdirSynced(opts.Dir, 0o750); err != nil {
 			return nil, fmt.Errorf("localcache: open: %w", err)
 		}
 	}
@@ -198,7 +198,7 @@ func Open(opts Options) (*Store, error) {
 	if s.wal != nil && !opts.noCheckpoint {
 		// Make the replayed groups and load's writes durable in Badger, and
 		// drop the log they came from.
-		if err := s.checkpoint(false); err != nil {
+		if err := s.checkpoint(ckOpen); err != nil {
 			s.abandon()
 			return nil, fmt.Errorf("localcache: open: %w", err)
 		}
@@ -344,7 +344,7 @@ func (s *Store) close(ctx context.Context) error {
 		// The final checkpoint: with Badger's files synced, the log is no
 		// longer needed. After a failure it stays, for the next Open.
 		if dbErr == nil && s.failure.Load() == nil && !s.opts.noCheckpoint {
-			if err := s.checkpoint(true); err != nil {
+			if err := s.checkpoint(ckFinal); err != nil {
 				errs = append(errs, fmt.Errorf("localcache: close: %w", err))
 			}
 		}
@@ -796,6 +796,9 @@ func (s *Store) collectGarbage(ctx context.Context) {
 		}
 		for ctx.Err() == nil {
 			err := s.gcOnce()
+			if errors.Is(err, ErrFailed) {
+				return // the store logged its failure; nothing is moved any more
+			}
 			if err != nil {
 				if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 					s.log.Warn("value log gc", "err", err)
@@ -811,11 +814,24 @@ func (s *Store) collectGarbage(ctx context.Context) {
 // file. Badger does not sync the moved values (SyncWrites is off), so the
 // old file must outlive a sync of Badger's files: an open iterator makes
 // Badger defer the deletion until the iterator closes, after that sync.
+//
+// When that sync fails, the moved values may never reach the disk, and the
+// store fails (see checkpoint). The iterator is then left open for the life
+// of the process, so the old file is never deleted: the tables that still
+// point into it stay readable after a crash or at the next Open.
 func (s *Store) gcOnce() error {
+	if err := s.failedErr(); err != nil {
+		return err
+	}
 	txn := s.db.NewTransaction(false)
-	defer txn.Discard()
 	it := txn.NewIterator(badger.IteratorOptions{})
-	defer it.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			it.Close()
+			txn.Discard()
+		}
+	}()
 	if err := s.db.RunValueLogGC(0.5); err != nil {
 		return err
 	}
@@ -825,8 +841,8 @@ func (s *Store) gcOnce() error {
 	s.ckMu.Lock()
 	defer s.ckMu.Unlock()
 	if err := s.syncBadgerFiles(); err != nil {
-		s.fail(fmt.Errorf("sync after value log gc: %w", err))
-		return err
+		keep = true
+		return s.fail(fmt.Errorf("sync after value log gc: %w", err))
 	}
 	return nil
 }

@@ -251,7 +251,7 @@ type wal struct {
 // openWAL opens the log in dir (creating it) and reads its checkpoint and
 // segment list. Call replay before append.
 func openWAL(dir string, log *slog.Logger) (*wal, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := mkdirSynced(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("write-ahead log: %w", err)
 	}
 	w := &wal{dir: dir, log: log}
@@ -665,6 +665,29 @@ func (w *wal) close() error {
 	err := w.f.Close()
 	w.f = nil
 	return err
+}
+
+// mkdirSynced creates dir and any missing parents, as os.MkdirAll does, and
+// syncs the parent of every directory it creates, so that a crash cannot
+// take back a directory whose files were synced.
+func mkdirSynced(dir string, perm fs.FileMode) error {
+	dir = filepath.Clean(dir)
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return &fs.PathError{Op: "mkdir", Path: dir, Err: errors.New("not a directory")}
+		}
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirSynced(parent, perm); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
 }
 
 // syncDir fsyncs a directory, making file creations, renames and removals

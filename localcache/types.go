@@ -143,7 +143,7 @@ var (
 	ErrNotFound        = errors.New("state not found")
 	ErrVersionConflict = errors.New("version conflict")
 	ErrTooLarge        = errors.New("too large")
-	ErrInvalid         = errors.New("invalid write")
+	ErrInvalid         = errors.New("invalid argument")
 	ErrClosed          = errors.New("store closed")
 	// ErrFailed: the store stopped taking writes because the outcome of one
 	// became unknown (its write-ahead log or Badger failed). Reads still

@@ -674,7 +674,7 @@ func (s *scanner) rawField(dst *wire.Raw) error {
 func (s *scanner) valueField(dst *wire.Raw) (*fieldError, error) {
 	err := s.rawField(dst)
 	if err == errValueDeep {
-		return &fieldError{field: "value", msg: fmt.Sprintf("the value nests maps and arrays more than %d levels deep (the limit)",
+		return &fieldError{field: "value", msg: fmt.Sprintf("value nests maps and arrays more than %d levels deep (the limit)",
 			s.lim.valueDepth)}, nil
 	}
 	return nil, err

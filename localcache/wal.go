@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,9 +26,19 @@ import (
 // group (%016x.wal), preallocated (or recycled, below) so that appending does
 // not change the file's size, and written with plain pwrite.
 //
-// A record is
+// A segment's name also carries a salt, drawn at random each time a file
+// becomes a segment (%016x-%016x.wal: first group, salt). A record is
 //
-//	u32 LE length of payload | u32 LE CRC-32C of payload | payload | zero padding to 8 bytes
+//	u32 LE length of payload | u32 LE CRC-32C of salt and payload | payload | zero padding to 8 bytes
+//
+// (the checksum covers the salt's 8 little-endian bytes, then the payload).
+// Only a record written into this use of this segment passes its checksum:
+// not an older record left behind the end marker of a recycled segment, nor
+// the bytes of a record inside an app's value, which could otherwise pass
+// for an acknowledged group behind a torn one. The salt lives in the name
+// rather than in the file so that damage to the file cannot change it.
+// Segments named without a salt (written by earlier versions) checksum the
+// payload alone and are read as such.
 //
 // and its payload is one group: u64 LE group sequence number, then the
 // operations, a uvarint count followed by, per operation, the kind byte
@@ -54,8 +65,8 @@ import (
 // fallocated ones). A recycled segment has written blocks wherever it was
 // written before. Its old records behind the end marker are never read: a
 // clean log ends at the marker, and a torn record followed by them is still a
-// torn tail, as their sequence numbers are lower than any group the segment
-// holds now (see findWALRecordAfter).
+// torn tail, as their checksums were made with another salt (and their
+// sequence numbers are lower than any group the segment holds now).
 const (
 	walDirName        = "wal"
 	walSegmentExt     = ".wal"
@@ -94,10 +105,11 @@ type walOp struct {
 	value    []byte
 }
 
-// appendWALRecord appends the framed record of payload to b.
-func appendWALRecord(b, payload []byte) []byte {
+// appendWALRecord appends the framed record of payload to b, checksummed
+// with seed (see walSeed).
+func appendWALRecord(b []byte, seed uint32, payload []byte) []byte {
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, crc32c))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Update(seed, crc32c, payload))
 	b = append(b, payload...)
 	return append(b, make([]byte, walPad(len(payload)))...)
 }
@@ -105,11 +117,63 @@ func appendWALRecord(b, payload []byte) []byte {
 // walPad is the padding after a payload of n bytes.
 func walPad(n int) int { return (8 - (walHeaderSize+n)%8) % 8 }
 
-// decodeWALRecord reads the record at the start of b. It returns its
-// payload (aliasing b) and the record's size with padding. n == 0 with a nil
-// error means b starts with the end marker (a zero length). errWALShort means
-// b ends inside the record; any other error means the record is damaged.
-func decodeWALRecord(b []byte) (payload []byte, n int, err error) {
+// walRecordSize is the size of the record of a payload of n bytes.
+func walRecordSize(n int) int64 { return int64(walHeaderSize + n + walPad(n)) }
+
+// walSeed is the checksum seed of a segment with salt: the CRC-32C of the
+// salt's 8 bytes, which the checksum of each record continues. A segment
+// named without a salt has seed 0: the plain CRC-32C of the payload.
+func walSeed(salt uint64) uint32 {
+	return crc32.Checksum(binary.LittleEndian.AppendUint64(nil, salt), crc32c)
+}
+
+// newWALSalt returns a random salt for a new segment.
+func newWALSalt() uint64 {
+	for {
+		if salt := rand.Uint64(); walSeed(salt) != 0 { // 0 is the seed of an unsalted segment
+			return salt
+		}
+	}
+}
+
+// walSegmentName is the file name of the segment whose first group is
+// first, with salt.
+func walSegmentName(first, salt uint64) string {
+	return fmt.Sprintf("%016x-%016x%s", first, salt, walSegmentExt)
+}
+
+// parseWALSegmentName parses a segment's file name: its first group and its
+// checksum seed (0 for a name without a salt).
+func parseWALSegmentName(name string) (first uint64, seed uint32, err error) {
+	base, ok := strings.CutSuffix(name, walSegmentExt)
+	if !ok {
+		return 0, 0, fmt.Errorf("%w: unexpected segment name %q", errWALCorrupt, name)
+	}
+	firstHex, saltHex, salted := strings.Cut(base, "-")
+	first, err = strconv.ParseUint(firstHex, 16, 64)
+	if err == nil && len(firstHex) != 16 {
+		err = errors.New("bad length")
+	}
+	if err == nil && salted {
+		var salt uint64
+		salt, err = strconv.ParseUint(saltHex, 16, 64)
+		if err == nil && len(saltHex) != 16 {
+			err = errors.New("bad length")
+		}
+		seed = walSeed(salt)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: unexpected segment name %q", errWALCorrupt, name)
+	}
+	return first, seed, nil
+}
+
+// decodeWALRecord reads the record at the start of b, checksummed with seed.
+// It returns its payload (aliasing b) and the record's size with padding.
+// n == 0 with a nil error means b starts with the end marker (a zero
+// length). errWALShort means b ends inside the record; any other error
+// means the record is damaged.
+func decodeWALRecord(b []byte, seed uint32) (payload []byte, n int, err error) {
 	if len(b) < walHeaderSize {
 		if len(b) == 0 || allZero(b) {
 			return nil, 0, nil
@@ -132,7 +196,7 @@ func decodeWALRecord(b []byte) (payload []byte, n int, err error) {
 		return nil, 0, errWALShort
 	}
 	payload = b[walHeaderSize:end]
-	if got := crc32.Checksum(payload, crc32c); got != sum {
+	if got := crc32.Update(seed, crc32c, payload); got != sum {
 		return nil, 0, fmt.Errorf("%w: checksum %08x, want %08x", errWALCorrupt, got, sum)
 	}
 	return payload, min(len(b), end+walPad(int(size))), nil
@@ -229,6 +293,7 @@ type walSegment struct {
 	first uint64 // sequence number in the name: of its first group
 	last  uint64 // of its last group; first-1 when it holds none
 	size  int64  // bytes of records (not the preallocated size)
+	seed  uint32 // checksum seed of its records (see walSeed)
 }
 
 // wal is the write-ahead log. append is called by one goroutine (the
@@ -276,11 +341,11 @@ func openWAL(dir string, log *slog.Logger) (*wal, error) {
 		if !strings.HasSuffix(name, walSegmentExt) {
 			continue
 		}
-		first, err := strconv.ParseUint(strings.TrimSuffix(name, walSegmentExt), 16, 64)
+		first, seed, err := parseWALSegmentName(name)
 		if err != nil {
-			return nil, fmt.Errorf("%w: unexpected segment name %q in %s", errWALCorrupt, name, dir)
+			return nil, fmt.Errorf("%w in %s", err, dir)
 		}
-		w.segs = append(w.segs, &walSegment{path: filepath.Join(dir, name), first: first, last: first - 1})
+		w.segs = append(w.segs, &walSegment{path: filepath.Join(dir, name), first: first, last: first - 1, seed: seed})
 	}
 	slices.SortFunc(w.segs, func(a, b *walSegment) int { return compareU64(a.first, b.first) })
 	return w, nil
@@ -344,9 +409,9 @@ func (w *wal) replay(fn func(seq uint64, payload []byte) error) (next uint64, er
 			return 0, fmt.Errorf("%w: segment %s starts at group %d, want %d", errWALCorrupt, seg.path, seg.first, expect)
 		}
 		want := seg.first
-		off := 0
+		off, seed := 0, seg.seed
 		for off < len(b) {
-			payload, n, derr := decodeWALRecord(b[off:])
+			payload, n, derr := decodeWALRecord(b[off:], seed)
 			var seq uint64
 			if derr == nil && n > 0 {
 				if seq, derr = walGroupSeq(payload); derr == nil && seq != want {
@@ -354,7 +419,7 @@ func (w *wal) replay(fn func(seq uint64, payload []byte) error) (next uint64, er
 				}
 			}
 			if derr != nil {
-				if !isLast || findWALRecordAfter(b, off+8, want) >= 0 {
+				if !isLast || findWALRecordAfter(b, off+walHeaderSize, want, seed) >= 0 {
 					return 0, fmt.Errorf("write-ahead log %s at offset %d: %w (acknowledged groups follow it; the log cannot be replayed past it)",
 						seg.path, off, errors.Join(errWALCorrupt, derr))
 				}
@@ -366,7 +431,15 @@ func (w *wal) replay(fn func(seq uint64, payload []byte) error) (next uint64, er
 				break
 			}
 			if n == 0 {
-				break // end marker
+				// The end marker. In the last segment, nothing written
+				// into it since it was started may follow: a length field
+				// zeroed by damage would otherwise end the log early,
+				// silently dropping acknowledged groups.
+				if isLast && findWALRecordAfter(b, off+walHeaderSize, want, seed) >= 0 {
+					return 0, fmt.Errorf("write-ahead log %s at offset %d: %w: the log ends here, but acknowledged groups follow (the log cannot be replayed past it)",
+						seg.path, off, errWALCorrupt)
+				}
+				break
 			}
 			if seq > w.checkpoint {
 				if err := fn(seq, payload); err != nil {
@@ -381,13 +454,26 @@ func (w *wal) replay(fn func(seq uint64, payload []byte) error) (next uint64, er
 		expect = want
 		last = max(last, seg.last)
 	}
+	if seg := w.current(); seg != nil && seg.last < seg.first {
+		// The last segment holds no group (a crash came before its first
+		// append): remove it, so that the next segment, which starts at
+		// the same group under a new salt, is the only one that does.
+		if err := os.Remove(seg.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return 0, fmt.Errorf("write-ahead log: remove empty segment: %w", err)
+		}
+		if err := syncDir(w.dir); err != nil {
+			return 0, err
+		}
+		w.segs = w.segs[:len(w.segs)-1]
+	}
 	w.next = last + 1
 	return w.next, nil
 }
 
-// findWALRecordAfter returns the offset of an intact record at or after
-// from (8-byte aligned) whose sequence number is at least seq, or -1.
-func findWALRecordAfter(b []byte, from int, seq uint64) int {
+// findWALRecordAfter returns the offset of an intact record checksummed with
+// seed at or after from (8-byte aligned) whose sequence number is at least
+// seq, or -1.
+func findWALRecordAfter(b []byte, from int, seq uint64, seed uint32) int {
 	for off := (from + 7) &^ 7; off+walHeaderSize+8 <= len(b); off += 8 {
 		size := binary.LittleEndian.Uint32(b[off:])
 		if size < 8 || size > walMaxPayload || off+walHeaderSize+int(size) > len(b) {
@@ -397,7 +483,7 @@ func findWALRecordAfter(b []byte, from int, seq uint64) int {
 		if s < seq || s > seq+1<<20 {
 			continue
 		}
-		if payload, n, err := decodeWALRecord(b[off:]); err == nil && n > 0 && len(payload) >= 8 {
+		if payload, n, err := decodeWALRecord(b[off:], seed); err == nil && n > 0 && len(payload) >= 8 {
 			return off
 		}
 	}
@@ -436,8 +522,7 @@ func (w *wal) append(payload []byte) error {
 	if err != nil || seq != w.next {
 		return fmt.Errorf("write-ahead log: append group %d, want %d", seq, w.next)
 	}
-	w.buf = appendWALRecord(w.buf[:0], payload)
-	n := int64(len(w.buf))
+	n := walRecordSize(len(payload))
 	seg := w.current()
 	if w.f == nil || w.rotate || seg.size+n > w.capacity {
 		if err := w.startSegment(n); err != nil {
@@ -445,6 +530,7 @@ func (w *wal) append(payload []byte) error {
 		}
 		seg = w.current()
 	}
+	w.buf = appendWALRecord(w.buf[:0], seg.seed, payload)
 	if seg.size+n < w.capacity {
 		// The end marker; a record that fills the segment needs none.
 		// Records are 8-byte aligned, so the room left is 0 or at least 8.
@@ -473,7 +559,7 @@ func (w *wal) current() *walSegment {
 }
 
 // startSegment closes the current segment and starts a new one, named after
-// the next group, preallocated to hold at least need bytes.
+// the next group and a new salt, preallocated to hold at least need bytes.
 func (w *wal) startSegment(need int64) error {
 	if w.f != nil {
 		// Every record in it is already synced.
@@ -482,7 +568,8 @@ func (w *wal) startSegment(need int64) error {
 		}
 		w.f = nil
 	}
-	path := filepath.Join(w.dir, fmt.Sprintf("%016x%s", w.next, walSegmentExt))
+	salt := newWALSalt()
+	path := filepath.Join(w.dir, walSegmentName(w.next, salt))
 	f, capacity, err := w.reuseSpare(path, need)
 	if err != nil {
 		return err
@@ -505,10 +592,7 @@ func (w *wal) startSegment(need int64) error {
 		f.Close()
 		return err
 	}
-	if cur := w.current(); cur != nil && cur.path == path {
-		w.segs = w.segs[:len(w.segs)-1] // an empty segment of the same name, replaced
-	}
-	w.segs = append(w.segs, &walSegment{path: path, first: w.next, last: w.next - 1})
+	w.segs = append(w.segs, &walSegment{path: path, first: w.next, last: w.next - 1, seed: walSeed(salt)})
 	w.f, w.capacity, w.rotate = f, capacity, false
 	return nil
 }
@@ -516,9 +600,10 @@ func (w *wal) startSegment(need int64) error {
 // reuseSpare turns a spare into the segment at path, for a record of need
 // bytes: it ends the spare's old data at its start (a zero length field,
 // synced) and only then renames it, so that neither name ever shows old
-// records as the start of a segment. The caller syncs the directory. It
-// returns a nil file when no spare fits; a spare that cannot be reused is
-// removed.
+// records as the start of a segment (and those behind the marker fail
+// their checksums under the new name's salt). The caller syncs the
+// directory. It returns a nil file when no spare fits; a spare that cannot
+// be reused is removed.
 func (w *wal) reuseSpare(path string, need int64) (*os.File, int64, error) {
 	if len(w.spares) == 0 || need > walSegmentSize {
 		return nil, 0, nil

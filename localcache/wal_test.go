@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -45,18 +46,25 @@ func TestWALCodec(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			payload := encodeSampleGroup(tc.seq, tc.ops)
-			rec := appendWALRecord(nil, payload)
-			if len(rec)%8 != 0 {
-				t.Fatalf("record of %d bytes is not 8-byte aligned", len(rec))
+			seed := walSeed(newWALSalt())
+			rec := appendWALRecord(nil, seed, payload)
+			if len(rec)%8 != 0 || int64(len(rec)) != walRecordSize(len(payload)) {
+				t.Fatalf("record of %d bytes: not 8-byte aligned, or not walRecordSize %d", len(rec), walRecordSize(len(payload)))
 			}
 			// Followed by the zeros of a preallocated segment.
 			buf := append(append([]byte(nil), rec...), make([]byte, 64)...)
-			got, n, err := decodeWALRecord(buf)
+			got, n, err := decodeWALRecord(buf, seed)
 			if err != nil || n != len(rec) || !bytes.Equal(got, payload) {
 				t.Fatalf("decode record = %d bytes, n %d, %v; want %d bytes, n %d", len(got), n, err, len(payload), len(rec))
 			}
-			if _, n, err := decodeWALRecord(buf[n:]); n != 0 || err != nil {
+			if _, n, err := decodeWALRecord(buf[n:], seed); n != 0 || err != nil {
 				t.Fatalf("after the record: n %d, %v; want the end marker", n, err)
+			}
+			// Another segment's salt, or none: the record is not one of its.
+			for _, other := range []uint32{0, walSeed(newWALSalt())} {
+				if _, _, err := decodeWALRecord(buf, other); !errors.Is(err, errWALCorrupt) {
+					t.Fatalf("decoded with seed %08x: %v, want a checksum mismatch", other, err)
+				}
 			}
 			seq, dec, err := decodeWALGroup(got)
 			if err != nil || seq != tc.seq || len(dec) != len(tc.ops) {
@@ -75,17 +83,18 @@ func TestWALCodec(t *testing.T) {
 	}
 	t.Run("damage", func(t *testing.T) {
 		payload := encodeSampleGroup(5, ops)
-		rec := appendWALRecord(nil, payload)
+		seed := walSeed(newWALSalt())
+		rec := appendWALRecord(nil, seed, payload)
 		body := walHeaderSize + len(payload) // the padding after it is not checked
 		for i := range body {
 			bad := append([]byte(nil), rec...)
 			bad[i] ^= 0x40
-			if _, n, err := decodeWALRecord(bad); err == nil && n != 0 {
+			if _, n, err := decodeWALRecord(bad, seed); err == nil && n != 0 {
 				t.Fatalf("flipped byte %d: decoded", i)
 			}
 		}
 		for cut := 1; cut < body; cut++ {
-			if _, n, err := decodeWALRecord(rec[:cut]); err == nil && n != 0 {
+			if _, n, err := decodeWALRecord(rec[:cut], seed); err == nil && n != 0 {
 				t.Fatalf("cut at %d: decoded", cut)
 			}
 		}
@@ -96,33 +105,46 @@ func TestWALCodec(t *testing.T) {
 // they must not panic, and whatever decodes must encode back to the same
 // bytes.
 func FuzzWALRecord(f *testing.F) {
-	f.Add(appendWALRecord(nil, encodeSampleGroup(1, sampleWALOps())))
-	f.Add(appendWALRecord(nil, encodeSampleGroup(2, nil)))
+	f.Add(appendWALRecord(nil, 0, encodeSampleGroup(1, sampleWALOps())))
+	f.Add(appendWALRecord(nil, 0, encodeSampleGroup(2, nil)))
+	f.Add(appendWALRecord(nil, fuzzWALSeed, encodeSampleGroup(3, sampleWALOps())))
 	f.Add([]byte{})
 	f.Add(make([]byte, 16))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		payload, n, err := decodeWALRecord(b)
-		if err != nil || n == 0 {
-			return
-		}
-		if again := appendWALRecord(nil, payload); !bytes.Equal(again[:walHeaderSize+len(payload)], b[:walHeaderSize+len(payload)]) {
-			t.Fatalf("record re-encodes differently")
-		}
-		seq, ops, err := decodeWALGroup(payload)
-		if err != nil {
-			return
-		}
-		seq2, ops2, err := decodeWALGroup(encodeSampleGroup(seq, ops))
-		if err != nil || seq2 != seq || len(ops2) != len(ops) {
-			t.Fatalf("group re-decodes as %d, %d ops, %v; want %d, %d ops", seq2, len(ops2), err, seq, len(ops))
-		}
-		for i := range ops {
-			if ops[i].kind != ops2[i].kind || ops[i].userMeta != ops2[i].userMeta ||
-				!bytes.Equal(ops[i].key, ops2[i].key) || !bytes.Equal(ops[i].value, ops2[i].value) {
-				t.Fatalf("op %d re-decodes as %+v, want %+v", i, ops2[i], ops[i])
+		for _, seed := range []uint32{0, fuzzWALSeed} {
+			payload, n, err := decodeWALRecord(b, seed)
+			if err != nil || n == 0 {
+				continue
 			}
+			if again := appendWALRecord(nil, seed, payload); !bytes.Equal(again[:walHeaderSize+len(payload)], b[:walHeaderSize+len(payload)]) {
+				t.Fatalf("record re-encodes differently")
+			}
+			fuzzWALGroup(t, payload)
 		}
 	})
+}
+
+// fuzzWALSeed is the seed of the salted records FuzzWALRecord decodes.
+var fuzzWALSeed = walSeed(0x5eed)
+
+// fuzzWALGroup checks that a group payload that decodes re-encodes to the
+// same group.
+func fuzzWALGroup(t *testing.T, payload []byte) {
+	t.Helper()
+	seq, ops, err := decodeWALGroup(payload)
+	if err != nil {
+		return
+	}
+	seq2, ops2, err := decodeWALGroup(encodeSampleGroup(seq, ops))
+	if err != nil || seq2 != seq || len(ops2) != len(ops) {
+		t.Fatalf("group re-decodes as %d, %d ops, %v; want %d, %d ops", seq2, len(ops2), err, seq, len(ops))
+	}
+	for i := range ops {
+		if ops[i].kind != ops2[i].kind || ops[i].userMeta != ops2[i].userMeta ||
+			!bytes.Equal(ops[i].key, ops2[i].key) || !bytes.Equal(ops[i].value, ops2[i].value) {
+			t.Fatalf("op %d re-decodes as %+v, want %+v", i, ops2[i], ops[i])
+		}
+	}
 }
 
 // walLog builds a log of n groups in dir with the wal type alone and
@@ -262,12 +284,28 @@ func TestWALCorruption(t *testing.T) {
 			t.Fatalf("replay = %v, want corruption", err)
 		}
 	})
+	t.Run("zeroed length in the last segment", func(t *testing.T) {
+		// An end marker where the second group's header was: the groups
+		// after it must not silently vanish.
+		dir := t.TempDir()
+		seg, offsets := walLog(t, dir, 4)
+		b, _ := os.ReadFile(seg)
+		clear(b[offsets[1] : offsets[1]+walHeaderSize])
+		if err := os.WriteFile(seg, b, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		_, err := replayAll(t, dir)
+		if !errors.Is(err, errWALCorrupt) || !strings.Contains(err.Error(), "acknowledged groups follow") {
+			t.Fatalf("replay = %v, want corruption", err)
+		}
+	})
 	t.Run("earlier segment", func(t *testing.T) {
 		dir := t.TempDir()
 		seg, offsets := walLog(t, dir, 3)
 		b, _ := os.ReadFile(seg)
-		// A later segment continues the log.
-		next := appendWALRecord(nil, encodeSampleGroup(4, sampleWALOps()))
+		// A later segment continues the log (named without a salt, as
+		// earlier versions wrote them).
+		next := appendWALRecord(nil, 0, encodeSampleGroup(4, sampleWALOps()))
 		if err := os.WriteFile(filepath.Join(dir, "0000000000000004.wal"), next, 0o640); err != nil {
 			t.Fatal(err)
 		}
@@ -282,7 +320,7 @@ func TestWALCorruption(t *testing.T) {
 	t.Run("missing groups", func(t *testing.T) {
 		dir := t.TempDir()
 		walLog(t, dir, 2)
-		next := appendWALRecord(nil, encodeSampleGroup(9, nil))
+		next := appendWALRecord(nil, 0, encodeSampleGroup(9, nil))
 		if err := os.WriteFile(filepath.Join(dir, "0000000000000009.wal"), next, 0o640); err != nil {
 			t.Fatal(err)
 		}
@@ -486,9 +524,13 @@ func TestTornTailStore(t *testing.T) {
 	segs := walSegments(t, tmpl)
 	seg := segs[len(segs)-1]
 	b, _ := os.ReadFile(seg)
+	_, seed, err := parseWALSegmentName(filepath.Base(seg))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var offs []int
 	for off := 0; ; {
-		_, n, err := decodeWALRecord(b[off:])
+		_, n, err := decodeWALRecord(b[off:], seed)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -499,7 +541,7 @@ func TestTornTailStore(t *testing.T) {
 		off += n
 	}
 	start := offs[len(offs)-1]
-	_, n, _ := decodeWALRecord(b[start:])
+	_, n, _ := decodeWALRecord(b[start:], seed)
 	end := start + n
 	for _, cut := range []int{start, start + 1, start + walHeaderSize, start + walHeaderSize + 20, end - 9, end} {
 		dir := t.TempDir()
@@ -639,7 +681,11 @@ func TestWALRecyclesSegments(t *testing.T) {
 	}
 	appendGroups(9, 9, []byte("nine"))
 	appendGroups(10, 10, []byte("ten"))
-	seg9 := filepath.Join(dir, "0000000000000009"+walSegmentExt)
+	seg9s, _ := filepath.Glob(filepath.Join(dir, "0000000000000009-*"+walSegmentExt))
+	if len(seg9s) != 1 {
+		t.Fatalf("segments of group 9: %v", seg9s)
+	}
+	seg9 := seg9s[0]
 	info, err := os.Stat(seg9)
 	if err != nil {
 		t.Fatal(err)
@@ -682,9 +728,9 @@ func TestWALRecyclesSegments(t *testing.T) {
 		t.Fatalf("replayed %v with %d warnings, want [9=nine 10=ten] and none", got, warns())
 	}
 
-	// Damage group 10: the old records after it have lower sequence numbers,
-	// so it is a torn tail, cut off.
-	rec9 := int64(len(appendWALRecord(nil, group(9, []byte("nine")))))
+	// Damage group 10: the old records after it fail their checksums under
+	// segment 9's salt, so it is a torn tail, cut off.
+	rec9 := walRecordSize(len(group(9, []byte("nine"))))
 	b[rec9+walHeaderSize+9] ^= 0xff
 	if err := os.WriteFile(seg9, b, 0o640); err != nil {
 		t.Fatal(err)
@@ -694,5 +740,163 @@ func TestWALRecyclesSegments(t *testing.T) {
 	}
 	if info, _ := os.Stat(seg9); info.Size() != rec9 {
 		t.Fatalf("segment 9 is %d bytes after the torn tail, want %d", info.Size(), rec9)
+	}
+}
+
+// TestTornTailWithEmbeddedRecord: an app's value holding the bytes of a log
+// record (with a later sequence number and a checksum that would pass in a
+// segment without a salt) must not make the torn record that carries it
+// look like damage in front of acknowledged groups: Open drops the torn,
+// unacknowledged group and goes on.
+func TestTornTailWithEmbeddedRecord(t *testing.T) {
+	tmpl := t.TempDir()
+	var crash atomic.Bool
+	s := openDisk(t, tmpl, func(o *Options) {
+		o.hookAfterWAL = func() error {
+			if crash.Load() {
+				return errors.New("simulated crash")
+			}
+			return nil
+		}
+	})
+	k := key("g", "k")
+	putVersion(t, s, k, 1)
+	putVersion(t, s, k, 2)
+	waitApplied(t, s)
+	next := s.wal.nextSeq()
+	var val []byte
+	for _, seed := range []uint32{0, walSeed(newWALSalt())} {
+		fake := appendWALRecord(nil, seed, encodeSampleGroup(next+1000, []walOp{{kind: walOpSet, key: []byte("x"), value: []byte("y")}}))
+		for shift := range 8 { // one copy lands 8-byte aligned in the segment
+			val = append(val, bytes.Repeat([]byte{'p'}, shift)...)
+			val = append(val, fake...)
+		}
+	}
+	val = append(val, bytes.Repeat([]byte{'z'}, 12000)...) // the record spans several pages
+	crash.Store(true)
+	if _, err := s.Write(context.Background(), Write{Key: k, Value: val, IfVersion: u64(2)}); err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, s)
+
+	segs := walSegments(t, tmpl)
+	seg := segs[len(segs)-1]
+	_, seed, err := parseWALSegmentName(filepath.Base(seg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(seg)
+	off, start := 0, 0
+	for {
+		_, n, err := decodeWALRecord(b[off:], seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		start, off = off, off+n
+	}
+	// Torn: only the first two pages of the last record reached the disk.
+	cut := (start/4096 + 2) * 4096
+	if findWALRecordAfter(b[:cut], start+walHeaderSize, next, 0) < 0 {
+		t.Fatal("the fake records are not where an unsalted segment would take them for groups: the test does not exercise them")
+	}
+	dir := t.TempDir()
+	copyDir(t, tmpl, dir)
+	if err := os.Truncate(filepath.Join(dir, walDirName, filepath.Base(seg)), int64(cut)); err != nil {
+		t.Fatal(err)
+	}
+	s = openDisk(t, dir)
+	defer closeStore(t, s)
+	checkExactlyOnce(t, s, map[Key]uint64{k: 2})
+}
+
+// TestWALReadsUnsaltedSegments: segments named without a salt (as earlier
+// versions wrote them) replay, and the log goes on in salted segments.
+func TestWALReadsUnsaltedSegments(t *testing.T) {
+	dir := t.TempDir()
+	var b []byte
+	for seq := uint64(1); seq <= 3; seq++ {
+		b = appendWALRecord(b, 0, encodeSampleGroup(seq, sampleWALOps()[:seq]))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "0000000000000001"+walSegmentExt), append(b, make([]byte, 64)...), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	w, err := openWAL(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	next, err := w.replay(func(seq uint64, _ []byte) error { seqs = append(seqs, seq); return nil })
+	if err != nil || next != 4 || !reflect.DeepEqual(seqs, []uint64{1, 2, 3}) {
+		t.Fatalf("replay = %v, next %d, %v", seqs, next, err)
+	}
+	if err := w.append(encodeSampleGroup(4, sampleWALOps())); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	if segs, _ := filepath.Glob(filepath.Join(dir, "0000000000000004-*"+walSegmentExt)); len(segs) != 1 {
+		t.Fatalf("group 4 is not in a salted segment of its own: %v", segs)
+	}
+	if seqs, err := replayAll(t, dir); err != nil || !reflect.DeepEqual(seqs, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("replay = %v, %v", seqs, err)
+	}
+}
+
+// TestWALEmptyLastSegment: a last segment that holds no group (a crash
+// came before its first append) is removed at replay, and the segment that
+// starts at the same group under a new salt is then the only one.
+func TestWALEmptyLastSegment(t *testing.T) {
+	dir := t.TempDir()
+	walLog(t, dir, 3)
+	empty := filepath.Join(dir, walSegmentName(4, newWALSalt()))
+	if err := os.WriteFile(empty, make([]byte, 4096), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	w, err := openWAL(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next, err := w.replay(func(uint64, []byte) error { return nil }); err != nil || next != 4 {
+		t.Fatalf("replay: next %d, %v", next, err)
+	}
+	if _, err := os.Stat(empty); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the empty segment is still there: %v", err)
+	}
+	if err := w.append(encodeSampleGroup(4, sampleWALOps())); err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+	if seqs, err := replayAll(t, dir); err != nil || !reflect.DeepEqual(seqs, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("replay = %v, %v", seqs, err)
+	}
+}
+
+func TestParseWALSegmentName(t *testing.T) {
+	salt := newWALSalt()
+	for _, tc := range []struct {
+		name  string
+		first uint64
+		seed  uint32
+		ok    bool
+	}{
+		{walSegmentName(7, salt), 7, walSeed(salt), true},
+		{"00000000000000ff.wal", 255, 0, true},
+		{"ff.wal", 0, 0, false},
+		{"00000000000000ff-12.wal", 0, 0, false},
+		{"00000000000000ff-zzzzzzzzzzzzzzzz.wal", 0, 0, false},
+		{"00000000000000ff.spare", 0, 0, false},
+		{"notasegment.wal", 0, 0, false},
+	} {
+		first, seed, err := parseWALSegmentName(tc.name)
+		if (err == nil) != tc.ok || first != tc.first || seed != tc.seed {
+			t.Errorf("%s: first %d, seed %08x, %v; want %d, %08x, ok %v", tc.name, first, seed, err, tc.first, tc.seed, tc.ok)
+		}
+		if err != nil && !errors.Is(err, errWALCorrupt) {
+			t.Errorf("%s: %v does not wrap errWALCorrupt", tc.name, err)
+		}
 	}
 }

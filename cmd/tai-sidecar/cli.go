@@ -114,7 +114,7 @@ func runCLI(ctx context.Context, socket string, args []string, stdout, stderr io
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return &usageError{name + ": " + err.Error()}
+		return &usageError{name + ": " + err.Error() + " (see tai-sidecar " + name + " -h)"}
 	}
 	if len(pos) < cmd.nargs || len(pos) > cmd.nargs+cmd.optional {
 		want := strconv.Itoa(cmd.nargs)
@@ -168,7 +168,7 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 			}
 		}
 	}
-	if err := fs.Parse(flags); err != nil {
+	if err := parseQuietly(fs, flags); err != nil {
 		return nil, err
 	}
 	return append(pos, fs.Args()...), nil

@@ -565,6 +565,42 @@ func TestCLIThroughRun(t *testing.T) {
 	}
 }
 
+// TestFlagMistakes: a mistyped or incomplete flag, to serve, config print,
+// status, a client command or the global flags, is a usage error (exit
+// status 2, which the systemd unit does not restart on) reported in one
+// line, without a page of usage; -h still prints the usage.
+func TestFlagMistakes(t *testing.T) {
+	getenv := func(string) string { return "" }
+	for _, args := range [][]string{
+		{"serve", "--bogus"},
+		{"serve", "--max-conns"},
+		{"config", "print", "--bogus"},
+		{"status", "--bogus"},
+		{"--version"},
+		{"put", "g", "s", "1", "--if-version", "abc"},
+		{"list", "g", "--bogus"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), args, &stdout, &stderr, getenv)
+		if err == nil || exitCode(err) != 2 || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v (exit %d), want a one-line usage error", args, err, exitCode(err))
+		}
+		if err != nil && !strings.Contains(err.Error(), "-h)") && !strings.Contains(err.Error(), "help)") {
+			t.Errorf("%q: %v does not say where the usage is", args, err)
+		}
+		if stdout.Len()+stderr.Len() != 0 {
+			t.Errorf("%q printed %q and %q; the error alone is printed, by main", args, stdout.String(), stderr.String())
+		}
+	}
+	for _, args := range [][]string{{"serve", "-h"}, {"put", "-h"}, {"status", "-h"}} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), args, &stdout, &stderr, getenv)
+		if !errors.Is(err, flag.ErrHelp) || !strings.Contains(stderr.String(), "-") {
+			t.Errorf("%q: %v, printed %q; want the usage and flag.ErrHelp", args, err, stderr.String())
+		}
+	}
+}
+
 // lockedBuffer is a bytes.Buffer safe for one writer and one reader.
 type lockedBuffer struct {
 	mu sync.Mutex

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -176,8 +177,11 @@ func loadConfig(cmd string, args []string, socket string, stderr io.Writer, gete
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
+	if err := parseQuietly(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &usageError{cmd + ": " + err.Error() + " (see tai-sidecar " + cmd + " -h)"}
 	}
 	if fs.NArg() > 0 {
 		return nil, &usageError{fmt.Sprintf("%s: unexpected argument %q", cmd, fs.Arg(0))}

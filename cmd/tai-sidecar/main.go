@@ -29,9 +29,11 @@ Usage:
 Commands:
   get GOV STATE [--consistency local|bounded|strong] [--max-staleness D]
                                             print a state as JSON
-  put GOV STATE VALUE [--if-version N] [--if-absent] [--actor A] [--reason R] [--sync]
+  put GOV STATE VALUE [--if-version N] [--if-absent] [--actor A] [--reason R] [--fence RES:TOKEN]
+      [--sync|--strong] [--sync-timeout D]
                                             store VALUE (JSON) as a msgpack document
-  delete GOV STATE [--if-version N] [--sync]
+  delete GOV STATE [--if-version N] [--actor A] [--reason R] [--fence RES:TOKEN]
+      [--sync|--strong] [--sync-timeout D]
                                             delete a state
   list GOV [--prefix P] [--limit N]         list states as JSON lines
   watch GOV [--prefix P]                    print every change as JSON lines until interrupted
@@ -62,7 +64,7 @@ Commands:
                                             run one transaction: OPS is a JSON array of
                                             {op: put|delete|check, governor, state, value, if_version, if_absent, exists}
                                             (- or none: read from standard input)
-  txlog [--since T] [--until T] [--outcome committed|failed] [--governor GOV] [--limit N]
+  txlog [--since T] [--until T] [--outcome committed|failed|gave_way] [--governor GOV] [--limit N]
                                             print the transaction log as JSON lines
   stats                                     print the sidecar's statistics
   status [--admin ADDR]                     print a summary: node, uptime, journal, cache, shared store
@@ -105,8 +107,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	socket := fs.String("socket", envOr(getenv, "TAI_SOCKET", "./tai.sock"), "the sidecar's socket")
-	if err := fs.Parse(args); err != nil {
-		return err
+	if err := parseQuietly(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{err.Error() + " (see tai-sidecar help)"}
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
@@ -128,6 +133,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runStatus(ctx, *socket, rest[1:], stdout, stderr, getenv) // status.go
 	}
 	return runCLI(ctx, *socket, rest, stdout, stderr)
+}
+
+// parseQuietly parses args into fs. On a mistake it prints nothing: the
+// caller reports the error in one line, which a page of usage would bury.
+// -h prints fs's usage and returns flag.ErrHelp.
+func parseQuietly(fs *flag.FlagSet, args []string) error {
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	fs.Usage = usage
+	if errors.Is(err, flag.ErrHelp) {
+		if usage != nil {
+			usage()
+		} else {
+			fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
+			fs.PrintDefaults()
+		}
+	}
+	return err
 }
 
 // givenFlag returns the value of fs's flag name if the command line set

@@ -28,6 +28,7 @@ type Config struct {
 	Socket          string
 	DataDir         string
 	NodeID          string
+	nodeIDFrom      string // where NodeID was given, for errors: "--node-id x", "TAI_NODE_ID=x", ...
 	LogLevel        string
 	LogFormat       string
 	CacheBytes      int64
@@ -58,6 +59,11 @@ func parseServe(args []string, socket string, stderr io.Writer, getenv func(stri
 	l, err := loadConfig("serve", args, socket, stderr, getenv, nil)
 	if err != nil {
 		return nil, err
+	}
+	for _, s := range l.settings {
+		if s.flag == "node-id" {
+			l.cfg.nodeIDFrom = s.named()
+		}
 	}
 	return l.cfg, nil
 }
@@ -101,6 +107,11 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		return fmt.Errorf("data dir: %w", err)
 	}
 	nodeID, err := loadNodeID(c.DataDir, c.NodeID)
+	var differs *nodeIDError
+	if errors.As(err, &differs) {
+		// A setting that cannot work: exit status 2, naming where it came from.
+		return &usageError{fmt.Sprintf("%s: %v", c.nodeIDFrom, err)}
+	}
 	if err != nil {
 		return err
 	}
@@ -240,6 +251,14 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 
 const nodeIDFile = "node-id"
 
+// nodeIDError is a node id setting that differs from the one a data dir
+// keeps.
+type nodeIDError struct{ given, kept, path string }
+
+func (e *nodeIDError) Error() string {
+	return fmt.Sprintf("node id %q differs from %q kept in %s; a data dir belongs to one node", e.given, e.kept, e.path)
+}
+
 // loadNodeID returns the node id kept in dir, creating it on first start
 // (from flag when given, else random). A flag that disagrees with the kept id
 // is an error: the id names this node's changes everywhere, so it must not
@@ -254,7 +273,7 @@ func loadNodeID(dir, flagID string) (string, error) {
 			return "", fmt.Errorf("%s: %w", path, err)
 		}
 		if flagID != "" && flagID != id {
-			return "", fmt.Errorf("--node-id %q differs from %q kept in %s; a data dir belongs to one node", flagID, id, path)
+			return "", &nodeIDError{given: flagID, kept: id, path: path}
 		}
 		return id, nil
 	case !errors.Is(err, fs.ErrNotExist):

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -85,8 +86,21 @@ func TestLoadNodeID(t *testing.T) {
 	if same, err := loadNodeID(dir, id); err != nil || same != id {
 		t.Fatalf("flag equal to the kept id: %q, %v", same, err)
 	}
-	if _, err := loadNodeID(dir, "other"); err == nil || !strings.Contains(err.Error(), "differs") {
+	var differs *nodeIDError
+	if _, err := loadNodeID(dir, "other"); !errors.As(err, &differs) || !strings.Contains(err.Error(), "differs") {
 		t.Fatalf("a different --node-id was accepted: %v", err)
+	}
+	// Through serve: a setting that cannot work (exit status 2), named where
+	// it was given.
+	err = run(context.Background(), []string{"serve", "--socket", filepath.Join(t.TempDir(), "s"), "--data-dir", dir},
+		io.Discard, io.Discard, func(k string) string {
+			if k == "TAI_NODE_ID" {
+				return "other"
+			}
+			return ""
+		})
+	if exitCode(err) != 2 || !strings.HasPrefix(err.Error(), "TAI_NODE_ID=other: ") {
+		t.Fatalf("serve with a different TAI_NODE_ID: %v (exit %d)", err, exitCode(err))
 	}
 
 	dir2 := t.TempDir()

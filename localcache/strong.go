@@ -139,7 +139,21 @@ func (s *Store) writeStrongTxn(ctx context.Context, f Fetcher, t Txn, write func
 	if err != nil {
 		return nil, fmt.Errorf("localcache: strong write: %w", err)
 	}
+	s.refreshSynced(ctx, recs)
 	return recs, nil
+}
+
+// refreshSynced gives records a strong write returned the sync fields they
+// have now that the shared store holds them: written locally, they carried
+// the previous version's SyncedAt. A record written again since (or a
+// delete) gets SyncedAt 0: unknown.
+func (s *Store) refreshSynced(ctx context.Context, recs []Record) {
+	for i := range recs {
+		recs[i].Pending, recs[i].SyncedAt = false, 0
+		if cur, err := s.Get(ctx, recs[i].Key); err == nil && cur.Version == recs[i].Version {
+			recs[i].SyncedAt = cur.SyncedAt
+		}
+	}
 }
 
 // writeStrict stores strict writes: one with Write, more with WriteBatch.

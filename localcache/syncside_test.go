@@ -748,6 +748,21 @@ func testWriteStrong(t *testing.T, newRemote func() syncer.Remote) {
 	if r := remoteGet(t, remote, k); r.Version != 2 || string(r.Value) != "2" {
 		t.Fatalf("remote after the strong put %+v", r)
 	}
+	// The reply says when the shared store committed this version, not
+	// the one before.
+	if recs[0].Pending || recs[0].SyncedAt < recs[0].UpdatedAt {
+		t.Fatalf("strong put's record: pending %v, synced_at %d before updated_at %d", recs[0].Pending, recs[0].SyncedAt, recs[0].UpdatedAt)
+	}
+	k2 := key("g", "k2")
+	for v := uint64(1); v <= 2; v++ {
+		r, err := b.store.WriteStrong(ctx, b.pull, []Write{{Key: k2, Value: []byte(itoa(int(v))), IfVersion: u64(v - 1)}})
+		if err != nil || r[0].Version != v || r[0].Pending || r[0].SyncedAt < r[0].UpdatedAt {
+			t.Fatalf("strong put %d of k2: %+v, %v; want synced_at at or after updated_at", v, r, err)
+		}
+		if got := b.get(k2); got.SyncedAt != r[0].SyncedAt {
+			t.Fatalf("strong put %d of k2: synced_at %d, the store's %d", v, r[0].SyncedAt, got.SyncedAt)
+		}
+	}
 	// a is behind: its precondition fails against the shared store, and
 	// nothing is written.
 	depth := a.store.Depth()

@@ -100,7 +100,7 @@ func clearStale(path string) error {
 		return fmt.Errorf("sockapi: listen %s: %w", path, err)
 	}
 	if fi.Mode().Type() != fs.ModeSocket {
-		return fmt.Errorf("%w: %s (%s)", ErrNotSocket, path, fi.Mode().Type())
+		return fmt.Errorf("%w: %s is %s", ErrNotSocket, path, describeFileType(fi.Mode()))
 	}
 	c, err := net.DialTimeout("unix", path, time.Second)
 	switch {
@@ -142,4 +142,21 @@ func (l *unixListener) Close() error {
 		}
 	})
 	return err
+}
+
+// describeFileType names the type of a file that is in a socket's way.
+func describeFileType(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "a regular file"
+	case fs.ModeDir:
+		return "a directory"
+	case fs.ModeSymlink:
+		return "a symbolic link (not followed)"
+	case fs.ModeNamedPipe:
+		return "a named pipe"
+	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
+		return "a device"
+	}
+	return "not a socket (" + m.Type().String() + ")"
 }

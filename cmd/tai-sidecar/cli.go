@@ -529,6 +529,9 @@ func describeError(err error, socket string) error {
 		}
 	case errors.As(err, &we):
 		key := we.Governor + "/" + we.State
+		if we.State == "" {
+			key = we.Governor
+		}
 		switch we.Code {
 		case wire.CodeNotFound:
 			msg = "not found: " + key

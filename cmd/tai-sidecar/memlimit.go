@@ -62,7 +62,7 @@ func applyMemoryLimit(explicit int64, getenv func(string) string, cgroupPath str
 	switch {
 	case explicit > 0:
 		debug.SetMemoryLimit(explicit)
-		return explicit, "flag", nil
+		return explicit, "--memory-limit", nil // given as a flag, TAI_MEMORY_LIMIT or in the file
 	case getenv("GOMEMLIMIT") != "":
 		return debug.SetMemoryLimit(-1), "GOMEMLIMIT", nil
 	}

@@ -45,7 +45,7 @@ func TestApplyMemoryLimit(t *testing.T) {
 	if err := os.WriteFile(cg, []byte("1000000000\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got, from, err := applyMemoryLimit(64<<20, noenv, cg); err != nil || got != 64<<20 || from != "flag" || debug.SetMemoryLimit(-1) != 64<<20 {
+	if got, from, err := applyMemoryLimit(64<<20, noenv, cg); err != nil || got != 64<<20 || from != "--memory-limit" || debug.SetMemoryLimit(-1) != 64<<20 {
 		t.Fatalf("explicit: %d from %s, %v", got, from, err)
 	}
 	if got, from, err := applyMemoryLimit(0, noenv, cg); err != nil || got != 700000000 || from != "cgroup" || debug.SetMemoryLimit(-1) != 700000000 {

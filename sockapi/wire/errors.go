@@ -77,8 +77,11 @@ func Errorf(c Code, format string, args ...any) *Error {
 
 func (e *Error) Error() string {
 	s := string(e.Code)
-	if e.Governor != "" || e.State != "" {
+	switch {
+	case e.State != "":
 		s += " " + e.Governor + "/" + e.State
+	case e.Governor != "":
+		s += " " + e.Governor // an error about a whole governor
 	}
 	if e.Code == CodeVersionConflict && e.Expected != nil && e.Actual != nil {
 		s += fmt.Sprintf(" (expected version %d, actual %d)", *e.Expected, *e.Actual)

@@ -497,6 +497,39 @@ func TestReplayIdempotent(t *testing.T) {
 	closeStore(t, s)
 }
 
+// lastWALRecord reads the last segment of the store in dir and returns its
+// path, its bytes and the offsets where its last record starts and ends.
+func lastWALRecord(t *testing.T, dir string) (seg string, b []byte, start, end int) {
+	t.Helper()
+	segs := walSegments(t, dir)
+	if len(segs) == 0 {
+		t.Fatal("no log segment")
+	}
+	seg = segs[len(segs)-1]
+	_, seed, err := parseWALSegmentName(filepath.Base(seg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = os.ReadFile(seg); err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; ; {
+		_, n, err := decodeWALRecord(b[off:], seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		start, end = off, off+n
+		off = end
+	}
+	if end == 0 {
+		t.Fatalf("%s holds no record", seg)
+	}
+	return seg, b, start, end
+}
+
 // TestTornTailStore crashes before the last group reached Badger, then cuts
 // its record at a few places: Open must succeed with the state as of the
 // group before (or with the group, when the record is whole).
@@ -521,28 +554,7 @@ func TestTornTailStore(t *testing.T) {
 		t.Fatalf("crashed write: %v", err)
 	}
 	closeStore(t, s)
-	segs := walSegments(t, tmpl)
-	seg := segs[len(segs)-1]
-	b, _ := os.ReadFile(seg)
-	_, seed, err := parseWALSegmentName(filepath.Base(seg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var offs []int
-	for off := 0; ; {
-		_, n, err := decodeWALRecord(b[off:], seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		offs = append(offs, off)
-		off += n
-	}
-	start := offs[len(offs)-1]
-	_, n, _ := decodeWALRecord(b[start:], seed)
-	end := start + n
+	seg, _, start, end := lastWALRecord(t, tmpl)
 	for _, cut := range []int{start, start + 1, start + walHeaderSize, start + walHeaderSize + 20, end - 9, end} {
 		dir := t.TempDir()
 		copyDir(t, tmpl, dir)
@@ -779,24 +791,7 @@ func TestTornTailWithEmbeddedRecord(t *testing.T) {
 	}
 	closeStore(t, s)
 
-	segs := walSegments(t, tmpl)
-	seg := segs[len(segs)-1]
-	_, seed, err := parseWALSegmentName(filepath.Base(seg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := os.ReadFile(seg)
-	off, start := 0, 0
-	for {
-		_, n, err := decodeWALRecord(b[off:], seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		start, off = off, off+n
-	}
+	seg, b, start, _ := lastWALRecord(t, tmpl)
 	// Torn: only the first two pages of the last record reached the disk.
 	cut := (start/4096 + 2) * 4096
 	if findWALRecordAfter(b[:cut], start+walHeaderSize, next, 0) < 0 {

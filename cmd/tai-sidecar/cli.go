@@ -197,8 +197,9 @@ func (o *optUint64) Set(s string) error {
 }
 
 // writeFlags declares the flags every write takes and returns a function
-// that builds its options.
-func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
+// that builds its options (a usageError for flags that contradict each
+// other).
+func writeFlags(fs *flag.FlagSet, absent bool) func() ([]client.WriteOption, error) {
 	ifVersion := new(optUint64)
 	fs.Var(ifVersion, "if-version", "write only if the state's current version is `N` (0: only if it does not exist)")
 	var ifAbsent *bool
@@ -212,7 +213,10 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 	syncTimeout := fs.Duration("sync-timeout", 0, "with --sync or --strong, how long to wait for the shared store (0: the sidecar's default)")
 	fence := new(fenceFlag) // cli_fence.go
 	fs.Var(fence, "fence", "write under the lock grant `RES:TOKEN` (lock resource and fencing token): rejected with FenceRejected if the lock was granted again since")
-	return func() []client.WriteOption {
+	return func() ([]client.WriteOption, error) {
+		if *synced && *strong {
+			return nil, &usageError{"--sync and --strong are two consistency levels: give one"}
+		}
 		var opts []client.WriteOption
 		if *synced {
 			opts = append(opts, client.Synced(*syncTimeout))
@@ -235,14 +239,27 @@ func writeFlags(fs *flag.FlagSet, absent bool) func() []client.WriteOption {
 		if o := fence.option(); o != nil {
 			opts = append(opts, o)
 		}
-		return opts
+		return opts, nil
 	}
 }
 
 func getFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
 	level := fs.String("consistency", "local", "`LEVEL` of the read: local, bounded (with --max-staleness) or strong")
-	staleness := fs.Duration("max-staleness", 0, "for --consistency bounded: how old the local copy may be, e.g. 500ms")
+	staleness := fs.Duration("max-staleness", 0, "how old the local copy may be, e.g. 500ms (implies --consistency bounded)")
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		levelSet, stalenessSet := false, false
+		fs.Visit(func(f *flag.Flag) {
+			levelSet = levelSet || f.Name == "consistency"
+			stalenessSet = stalenessSet || f.Name == "max-staleness"
+		})
+		if stalenessSet {
+			switch {
+			case !levelSet:
+				*level = wire.ReadBounded
+			case *level != wire.ReadBounded:
+				return &usageError{fmt.Sprintf("get: --max-staleness applies to --consistency bounded, not %s", *level)}
+			}
+		}
 		var opts []client.ReadOption
 		switch *level {
 		case wire.ReadLocal:
@@ -265,8 +282,12 @@ func getFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, 
 }
 
 func putFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
-	opts := writeFlags(fs, true)
+	writeOpts := writeFlags(fs, true)
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		opts, err := writeOpts()
+		if err != nil {
+			return err
+		}
 		value, err := jsonToMsgpack([]byte(pos[2]))
 		if err != nil {
 			msg := "put: VALUE: " + err.Error()
@@ -275,7 +296,7 @@ func putFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, 
 			}
 			return &usageError{msg}
 		}
-		rec, err := c.PutRaw(ctx, pos[0], pos[1], value, opts()...)
+		rec, err := c.PutRaw(ctx, pos[0], pos[1], value, opts...)
 		if err != nil {
 			return err
 		}
@@ -284,9 +305,13 @@ func putFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, 
 }
 
 func deleteFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
-	opts := writeFlags(fs, false)
+	writeOpts := writeFlags(fs, false)
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
-		rec, err := c.Delete(ctx, pos[0], pos[1], opts()...)
+		opts, err := writeOpts()
+		if err != nil {
+			return err
+		}
+		rec, err := c.Delete(ctx, pos[0], pos[1], opts...)
 		if err != nil {
 			return err
 		}

@@ -29,10 +29,14 @@ func transitionFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []s
 	to := fs.String("to", "", "the new machine state `S` (required)")
 	action := fs.String("action", "", "the transition's name `A`, which its event records (required)")
 	value := fs.String("value", "", "the whole new value, a `JSON` document naming the new state (default: the current value with its state set)")
-	opts := writeFlags(fs, false)
+	writeOpts := writeFlags(fs, false)
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
 		if *to == "" || *action == "" {
 			return &usageError{"transition: --to and --action are required"}
+		}
+		opts, err := writeOpts()
+		if err != nil {
+			return err
 		}
 		t := client.Transition{From: *from, To: *to, Action: *action}
 		if *value != "" {
@@ -42,7 +46,7 @@ func transitionFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []s
 			}
 			t.Value = wire.Raw(b)
 		}
-		rec, err := c.Transition(ctx, pos[0], pos[1], t, opts()...)
+		rec, err := c.Transition(ctx, pos[0], pos[1], t, opts...)
 		if err != nil {
 			return err
 		}

@@ -548,6 +548,18 @@ func TestCLIErrors(t *testing.T) {
 	}
 }
 
+// TestStatusWithoutSidecar: status words a missing sidecar as every client
+// command does.
+func TestStatusWithoutSidecar(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"--socket", missing, "status"}, &stdout, &stderr, func(string) string { return "" })
+	want := "no sidecar at " + missing + ": connect: no such file or directory"
+	if err == nil || err.Error() != want || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+}
+
 // TestCLIThroughRun goes through main's entry point, global flag included.
 func TestCLIThroughRun(t *testing.T) {
 	sock := testSidecar(t)
@@ -704,6 +716,24 @@ func TestCLIPendingFailed(t *testing.T) {
 	var ue *usageError
 	if _, err := cli(t, sock, "get", "g", "s", "--consistency", "bounded"); !errors.As(err, &ue) {
 		t.Fatalf("bounded without --max-staleness: %v", err)
+	}
+	for _, args := range [][]string{
+		{"put", "g", "s", "2", "--sync", "--strong"},
+		{"delete", "g", "s", "--sync", "--strong"},
+	} {
+		if _, err := cli(t, sock, args...); !errors.As(err, &ue) || !strings.Contains(err.Error(), "--sync and --strong") {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	// --max-staleness alone asks for a bounded read; with another level it
+	// is a mistake rather than a setting silently ignored.
+	if _, err := cli(t, sock, "get", "g", "s", "--max-staleness", "1s"); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("--max-staleness alone: %v", err)
+	}
+	for _, level := range []string{"local", "strong"} {
+		if _, err := cli(t, sock, "get", "g", "s", "--consistency", level, "--max-staleness", "1s"); !errors.As(err, &ue) {
+			t.Fatalf("--consistency %s with --max-staleness: %v", level, err)
+		}
 	}
 	if r := cliRecord(t, sock, "get", "g", "s", "--consistency", "local"); r["version"] != 1.0 {
 		t.Fatalf("local get: %v", r)

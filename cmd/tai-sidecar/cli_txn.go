@@ -55,11 +55,14 @@ func parseTxnOps(data []byte) ([]client.TxnOp, error) {
 // array; "-" or none: read from standard input). It prints the records
 // written, one JSON line each, then the transaction's {id, attempts}.
 func txnFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, *json.Encoder) error {
-	opts := writeFlags(fs, false)
+	writeOpts := writeFlags(fs, false)
 	return func(ctx context.Context, c *client.Client, pos []string, out *json.Encoder) error {
+		opts, err := writeOpts()
+		if err != nil {
+			return err
+		}
 		var data []byte
 		if len(pos) == 0 || pos[0] == "-" {
-			var err error
 			if data, err = io.ReadAll(io.LimitReader(os.Stdin, maxMaxFrame+1)); err != nil {
 				return fmt.Errorf("txn: read standard input: %w", err)
 			}
@@ -70,7 +73,7 @@ func txnFlags(fs *flag.FlagSet) func(context.Context, *client.Client, []string, 
 		if err != nil {
 			return &usageError{"txn: " + err.Error()}
 		}
-		res, err := c.Txn(ctx, ops, opts()...)
+		res, err := c.Txn(ctx, ops, opts...)
 		if err != nil {
 			return err
 		}

@@ -86,8 +86,12 @@ func (f *configFile) parse(b []byte, settings map[string]*setting) error {
 		return fmt.Errorf("%s: %w", f.path, err)
 	}
 	var next yaml.Node
-	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s: more than one YAML document", f.path)
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return fmt.Errorf("%s: %w", f.path, err)
+	default:
+		return f.errAt(next.Line, "more than one YAML document (the file is one mapping of settings)")
 	}
 	root := deref(doc.Content[0])
 	if isNull(root) {

@@ -44,7 +44,7 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 	defer c.Close()
 	st, err := c.Stats(ctx)
 	if err != nil {
-		return fmt.Errorf("status: %w", err)
+		return describeError(err, socket) // worded as every client command words it
 	}
 	var adm *adminStatus
 	var admErr error

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tai_client import TaiClient, serve_conflicts  # noqa: E402
+from tai_client import TaiClient, TaiError, serve_conflicts  # noqa: E402
 
 
 def counter(side):
@@ -65,12 +65,20 @@ def main():
     def refused(conflict, error):
         print(f"answer to conflict {conflict['id']} refused: {error}", flush=True)
 
-    with TaiClient(socket_path, client_name="resolver-example/0.1") as tai:
-        try:
+    try:
+        with TaiClient(socket_path, client_name="resolver-example/0.1") as tai:
             serve_conflicts(tai, governor, answered, deadline_ms, registered, refused)
-        except ConnectionError as e:
-            print(f"connection ended: {e}", file=sys.stderr)
-            return 1
+    except TaiError as e:  # e.g. the sidecar does not delegate this governor's conflicts
+        print(f"resolver_register: {e}", file=sys.stderr)
+        return 1
+    except ConnectionError as e:
+        print(f"connection ended: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # no sidecar at socket_path
+        print(f"cannot reach the sidecar at {socket_path}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -103,4 +104,87 @@ func TestMkdirSynced(t *testing.T) {
 	if err := mkdirSynced(filepath.Join(file, "sub"), 0o750); err == nil {
 		t.Fatal("a file where a parent goes: no error")
 	}
+}
+
+// TestValueLogGCSyncFailure: a value log GC pass moves the live values of
+// an old value log file into the current one without syncing them. When the
+// sync that follows fails, the old file must stay on disk (the moved copies
+// may never reach it) and the store fails; the next Open reads every value
+// and event.
+func TestValueLogGCSyncFailure(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir, func(o *Options) {
+		o.CheckpointInterval = time.Hour
+		o.valueLogFileSize = 1 << 20 // many files,
+		o.memTableSize = 64 << 10    // and tables whose compaction counts the garbage in them
+	})
+	value := func(k Key, v uint64) string { return k.State + "@" + itoa(int(v)) + ":" + strings.Repeat("v", 2000) }
+	want := make(map[Key]uint64)
+	for v := uint64(1); v <= 8; v++ {
+		for i := range 200 {
+			k := key("g", "k"+itoa(i))
+			if _, err := s.Write(context.Background(), Write{Key: k, Value: []byte(value(k, v)), IfVersion: u64(v - 1)}); err != nil {
+				t.Fatal(err)
+			}
+			want[k] = v
+		}
+	}
+	waitApplied(t, s)
+	if err := s.db.Flatten(1); err != nil { // compactions record each file's garbage
+		t.Fatal(err)
+	}
+
+	// A pass that syncs: the rewritten file goes once the sync is done.
+	before := vlogFiles(t, dir)
+	if err := s.gcOnce(); err != nil {
+		t.Fatalf("gc pass: %v", err)
+	}
+	if after := vlogFiles(t, dir); len(after) >= len(before) {
+		t.Fatalf("value log files %v after a gc pass, before %v: the test collects nothing", after, before)
+	}
+
+	// A pass whose sync fails (see TestBadgerSyncFailureFailsStore).
+	l, err := net.Listen("unix", filepath.Join(dir, "99999.mem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = vlogFiles(t, dir)
+	if err := s.gcOnce(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("gc pass with a failing sync: %v, want ErrFailed (ErrNoRewrite: nothing left to collect)", err)
+	}
+	for _, f := range before {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("value log file %s gone after a gc pass whose sync failed: %v", f, err)
+		}
+	}
+	l.Close()
+	if err := s.Close(context.Background()); err != nil {
+		t.Logf("close of a failed store: %v", err)
+	}
+
+	s = openDisk(t, dir)
+	defer closeStore(t, s)
+	for k, v := range want {
+		rec, err := s.Get(context.Background(), k)
+		if err != nil || rec.Version != v || string(rec.Value) != value(k, v) {
+			t.Fatalf("%s: v%d, %v; want v%d", k, rec.Version, err, v)
+		}
+		for i, e := range mustEvents(t, s, k) {
+			if e.ToVersion != uint64(i+1) || string(e.Value) != value(k, e.ToVersion) {
+				t.Fatalf("%s: event %d is v%d with a wrong value", k, i, e.ToVersion)
+			}
+		}
+	}
+}
+
+func vlogFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range m {
+		m[i] = filepath.Base(m[i])
+	}
+	return m
 }

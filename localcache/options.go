@@ -1,6 +1,7 @@
 package localcache
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -62,6 +63,9 @@ type Options struct {
 	// memTableSize overrides the Badger memtable size (tests use a small one
 	// to exercise transaction splitting).
 	memTableSize int64
+	// valueLogFileSize overrides the size of Badger's value log files (tests
+	// use a small one to make value log GC find a file to rewrite).
+	valueLogFileSize int64
 	// hookGroup, when set, is called by the committer before it gathers a
 	// group (tests block it to make requests queue up).
 	hookGroup func()
@@ -200,7 +204,7 @@ func (o Options) badgerOptions() badger.Options {
 		WithNumLevelZeroTablesStall(8).
 		WithBlockCacheSize(blockCacheSize).
 		WithIndexCacheSize(indexCacheSize).
-		WithValueLogFileSize(valueLogFileSize).
+		WithValueLogFileSize(cmp.Or(o.valueLogFileSize, valueLogFileSize)).
 		WithValueThreshold(threshold).
 		WithNumCompactors(numCompactors).
 		WithNumGoroutines(2).

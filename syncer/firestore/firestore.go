@@ -377,7 +377,28 @@ func (r *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 	case conflict != nil && (errors.Is(err, syncer.ErrConflict) || errors.Is(err, syncer.ErrFenceRejected)):
 		return results, conflict
 	}
-	return nil, translate(ctx, "commit", b.Changes[0].Key, err)
+	return nil, commitError(ctx, b, err)
+}
+
+// commitError translates a failed commit of b. Firestore does not say which
+// write of a batch it refused, so the error names a key only when b holds
+// one change: the push loop parks the change an error names, and isolates
+// the changes of a larger batch to find the culprit. Only an InvalidArgument
+// is about the request itself; every other refusal (PermissionDenied,
+// Unauthenticated, FailedPrecondition, Unimplemented, OutOfRange, ...) is
+// about the credentials or the database and refuses every change alike,
+// so it is an outage to wait out rather than a reason to set changes aside
+// for good.
+func commitError(ctx context.Context, b syncer.Batch, err error) error {
+	var key syncer.Key
+	if len(b.Changes) == 1 {
+		key = b.Changes[0].Key
+	}
+	e := translate(ctx, "commit", key, err).(*syncer.Error)
+	if st, ok := status.FromError(err); ok && e.Kind == syncer.ErrPermanent && st.Code() != codes.InvalidArgument {
+		e.Kind = syncer.ErrUnavailable
+	}
+	return e
 }
 
 // cursor is a position in a governor's change stream: after the state
@@ -540,7 +561,8 @@ func translate(ctx context.Context, op string, key syncer.Key, err error) error 
 // ErrTooLarge for a request over Firestore's size limits, ErrPermanent
 // otherwise (InvalidArgument, PermissionDenied, Unauthenticated,
 // FailedPrecondition: a missing index, AlreadyExists, OutOfRange,
-// Unimplemented).
+// Unimplemented). A commit refused for other reasons than its content is
+// an outage (see commitError).
 func Kind(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {

@@ -542,17 +542,22 @@ func contiguous(p *part, e Entry) bool {
 	return p.entries[len(p.entries)-1].Record.Version == e.BaseVersion
 }
 
-// canJoin says whether run q can be coalesced after run p within lim.
+// canJoin says whether run q can be coalesced after run p within lim. The
+// run must fit with room to spare for the conflict record (one more write
+// of up to MaxRecordBytes) that it carries once it wins a conflict: a run
+// that fits only without it would be refused as too large, and parked,
+// for being coalesced.
 func canJoin(p, q *part, lim Limits) bool {
 	if !contiguous(p, q.entries[0]) || p.entries[0].Strict != q.entries[0].Strict || fenced(p) || fenced(q) {
 		return false
 	}
-	if lim.MaxWrites > 0 && 1+len(p.entries)+len(q.entries) > lim.MaxWrites {
+	const record, conflict = 1, 1 // writes besides the events
+	if lim.MaxWrites > 0 && record+len(p.entries)+len(q.entries)+conflict > lim.MaxWrites {
 		return false
 	}
 	if lim.MaxBatchBytes > 0 {
 		joined := &part{key: p.key, base: p.base, entries: append(p.entries[:len(p.entries):len(p.entries)], q.entries...)}
-		if BatchSize(Batch{Changes: []Change{joined.change()}}) > lim.MaxBatchBytes {
+		if BatchSize(Batch{Changes: []Change{joined.change()}})+lim.MaxRecordBytes > lim.MaxBatchBytes {
 			return false
 		}
 	}

@@ -1249,3 +1249,42 @@ func testResolverFailing(t *testing.T, ctx context.Context, open func(t *testing
 		})
 	}
 }
+
+// TestCoalescedRunWinsConflict: a run of one key coalesced up to the
+// remote's write limit that then wins a conflict carries a conflict record
+// as well: it must still fit, not be parked as too large.
+func TestCoalescedRunWinsConflict(t *testing.T) {
+	ctx := context.Background()
+	lim := syncer.Limits{MaxWrites: 10, MaxRecordBytes: 1 << 20, MaxBatchBytes: 9 << 20}
+	for _, n := range []int{8, 9, 20} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			m := memremote.New()
+			m.SetLimits(lim)
+			base := time.Unix(1700000000, 0)
+			other := syncer.NewMemJournal("b")
+			other.SetClock(func() time.Time { return base })
+			put(t, other, key("s"), "b")
+			syncOnce(t, ctx, syncer.New(other, m, syncer.Options{}))
+
+			j := syncer.NewMemJournal("a") // offline, later: wins last-writer-wins
+			j.SetClock(func() time.Time { return base.Add(time.Hour) })
+			for i := range n {
+				put(t, j, key("s"), fmt.Sprintf("a%d", i))
+			}
+			s := syncer.New(j, m, syncer.Options{})
+			for range 3 {
+				if _, err := s.SyncOnce(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if p := j.ParkedEntries(); len(p) != 0 {
+				t.Fatalf("%d entries parked: %s", len(p), p[0].Reason)
+			}
+			rec, err := m.Get(ctx, key("s"))
+			if err != nil || string(rec.Value) != fmt.Sprintf("a%d", n-1) {
+				t.Fatalf("remote %q, %v; want the last local write", rec.Value, err)
+			}
+			checkSynced(t, ctx, j, m, key("s"))
+		})
+	}
+}

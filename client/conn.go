@@ -239,7 +239,7 @@ func (c *conn) writeLoop() {
 // readLoop reads replies and hands each to its call.
 func (c *conn) readLoop(br *bufio.Reader, maxFrame int) {
 	defer c.wg.Done()
-	cd := wire.NewCodec()
+	cd := wire.NewReplyCodec()
 	var buf []byte
 	for {
 		body, err := wire.ReadFrame(br, buf, maxFrame)

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -166,5 +167,31 @@ func TestClientHistory(t *testing.T) {
 		if !errors.Is(err, client.ErrInvalidArgument) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestReplayDeepValue: a value at the sidecar's depth limit comes back in
+// every reply that carries it, replay's (four levels above the value)
+// included, and the connection lives on.
+func TestReplayDeepValue(t *testing.T) {
+	s := startSidecar(t, nil, "")
+	c := &client.Client{Socket: s.path, Conns: 1}
+	t.Cleanup(func() { c.Close() })
+	ctx := testCtx(t)
+	v := append(bytes.Repeat([]byte{0x91}, 60), 0x01) // [[[...1...]]], 60 deep
+	if _, err := c.PutRaw(ctx, "g", "deep", v); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "g", "deep"); err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	if _, _, err := c.Events(ctx, "g", client.EventsOptions{State: "deep"}); err != nil {
+		t.Fatalf("events: %v", err)
+	}
+	if _, _, _, err := c.Replay(ctx, "g", client.ReplayOptions{State: "deep"}); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping after the replay: %v", err)
 	}
 }

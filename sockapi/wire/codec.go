@@ -42,6 +42,21 @@ func NewCodec() *Codec {
 	return c
 }
 
+// ReplyNesting is how many levels of maps and arrays a reply may put above
+// an app value: a value at the sidecar's depth limit (MaxDepth-4) sits, in a replay or
+// conflict-ledger reply, four levels below the reply's top (reply, list,
+// item, side). A decoder of replies allows MaxDepth plus this margin.
+const ReplyNesting = 8
+
+// NewReplyCodec returns a Codec for a client's side of a connection: it
+// decodes replies nested up to MaxDepth+ReplyNesting deep, so that every
+// value the sidecar accepted comes back whatever reply carries it.
+func NewReplyCodec() *Codec {
+	c := NewCodec()
+	c.h.MaxDepth = MaxDepth + ReplyNesting
+	return c
+}
+
 // Decode decodes one msgpack object from b into v.
 func (c *Codec) Decode(b []byte, v any) error {
 	c.dec.ResetBytes(b)

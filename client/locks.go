@@ -159,14 +159,14 @@ func (c *Client) Acquire(ctx context.Context, resource string, opts ...LockOptio
 		return nil, err
 	}
 	s := sessionFrom(ctx, c)
-	if s == nil {
+	private := s == nil
+	if private {
 		if s, err = c.openSession(ctx); err != nil {
 			return nil, err
 		}
-		defer s.close()
 	}
 	sent := time.Now()
-	resp, err := s.acquire(ctx, req)
+	resp, err := s.acquire(ctx, req, private)
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +273,7 @@ func (c *Client) WithLock(ctx context.Context, resource string, fn func(ctx cont
 	lost := s.watchLoss(req.ID)
 	defer s.dropLoss(req.ID)
 	sent := time.Now()
-	resp, err := s.acquire(ctx, req)
+	resp, err := s.acquire(ctx, req, false) // a bound grant: it ends with the connection too
 	if err != nil {
 		return err
 	}
@@ -416,28 +416,42 @@ func (s *lockSession) do(ctx context.Context, req *wire.Request) (*wire.Response
 }
 
 // acquire sends a lock_acquire and waits for its reply. If ctx ends first,
-// a grant that comes later is released (the connection may live on: it is
-// a WithLock's).
-func (s *lockSession) acquire(ctx context.Context, req *wire.Request) (*wire.Response, error) {
+// a grant that comes later is released. With private set the session is
+// the call's own and is closed once done: after the reply, or, when ctx
+// ends first, after that release (closing the connection would not free an
+// unbound grant, and would fail the release).
+func (s *lockSession) acquire(ctx context.Context, req *wire.Request, private bool) (*wire.Response, error) {
+	done := func() {
+		if private {
+			s.close()
+		}
+	}
 	cl, err := s.send(req)
 	if err != nil {
+		done()
 		return nil, err
 	}
 	select {
 	case <-cl.done:
-		return reply(cl.resp, cl.err)
 	case <-ctx.Done():
-	}
-	go func() { // ends with the reply, or with the connection
-		<-cl.done
-		if cl.err == nil && cl.resp.Error == nil && cl.resp.Lock != nil {
-			rel := &wire.Request{Op: wire.OpLockRelease, Resource: cl.resp.Lock.Resource, Token: cl.resp.Lock.Token}
-			rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-			defer cancel()
-			_, _ = s.do(rctx, rel) // failing, it ends with its lease or its connection
+		select {
+		case <-cl.done: // the reply came too: use it rather than give it up
+		default:
+			go func() { // ends with the reply, or with the connection
+				defer done()
+				<-cl.done
+				if cl.err == nil && cl.resp.Error == nil && cl.resp.Lock != nil {
+					rel := &wire.Request{Op: wire.OpLockRelease, Resource: cl.resp.Lock.Resource, Token: cl.resp.Lock.Token}
+					rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+					defer cancel()
+					_, _ = s.do(rctx, rel) // failing, it ends with its lease or its connection
+				}
+			}()
+			return nil, ctx.Err()
 		}
-	}()
-	return nil, ctx.Err()
+	}
+	done()
+	return reply(cl.resp, cl.err)
 }
 
 // reply turns a reply carrying an error into that error.

@@ -388,3 +388,63 @@ func TestWithLockWaitsForHolder(t *testing.T) {
 		t.Fatalf("WithLock on a held lock until the deadline: %v", err)
 	}
 }
+
+// slowReadConn delays every Read after the first (the hello reply): it
+// stands for a reader goroutine that is scheduled late.
+type slowReadConn struct {
+	net.Conn
+	reads atomic.Int64
+	delay time.Duration
+}
+
+func (c *slowReadConn) Read(b []byte) (int, error) {
+	if c.reads.Add(1) > 1 {
+		time.Sleep(c.delay)
+	}
+	return c.Conn.Read(b)
+}
+
+// TestAcquireAbandonedTopLevel: a top-level Acquire whose context ends
+// while its (unbound) grant is on the way releases that grant: the lock is
+// not left held, by nobody, for its whole lease.
+func TestAcquireAbandonedTopLevel(t *testing.T) {
+	path := startLockSidecar(t, txn.NewMemory(nil))
+	ctx := testCtx(t)
+	other := newLockClient(t, path)
+	x, err := other.Acquire(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client.Client{Socket: path, Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			return nil, err
+		}
+		return &slowReadConn{Conn: nc, delay: 500 * time.Millisecond}, nil
+	}}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		other.Release(ctx, x)
+	}()
+	actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := c.Acquire(actx, "x", client.Wait(5*time.Second)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire: %v, want DeadlineExceeded", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := other.LockStatus(ctx, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Held {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the abandoned grant still holds the lock: holder %q, %v left (token %d)", st.Holder, st.Remaining, st.Token)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tai-state/tai-state/client"
+	"github.com/tai-state/tai-state/localcache"
+	"github.com/tai-state/tai-state/sockapi"
 )
 
 // TestWatchPipelined: a watch shares its connection with many concurrent
@@ -142,5 +146,49 @@ func TestWatchContext(t *testing.T) {
 	}
 	if _, err := c.Watch(context.Background(), "bad/name", ""); !errors.Is(err, client.ErrInvalidArgument) {
 		t.Fatalf("bad governor: %v", err)
+	}
+}
+
+// TestWatchNotIdle: a connection that only watches (it sends no requests
+// while changes are pushed to it) is not closed by the idle timeout.
+func TestWatchNotIdle(t *testing.T) {
+	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "node-w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "tai.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := sockapi.NewServer(store, sockapi.Options{IdleTimeout: time.Second})
+	go srv.Serve(context.Background(), ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		store.Close(ctx)
+	})
+	ctx := testCtx(t)
+	c := &client.Client{Socket: path, Conns: 1}
+	t.Cleanup(func() { c.Close() })
+	w, err := c.Watch(ctx, "g", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	writer := &client.Client{Socket: path}
+	t.Cleanup(func() { writer.Close() })
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		if _, err := writer.Put(ctx, "g", "s", 1); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		for len(w.Changes()) > 0 {
+			<-w.Changes()
+		}
+		if err := w.Err(); err != nil {
+			t.Fatalf("the watch ended after the idle timeout: %v", err)
+		}
 	}
 }

@@ -112,12 +112,12 @@ func (l *connLocks) busy() bool {
 }
 
 // idleButLocking reports whether err, from the reader, is the idle timeout
-// of a connection that holds bound locks, waits for a lock or decides
-// conflicts for an app (resolver.go), and then arms
+// of a connection that holds bound locks, waits for a lock, decides
+// conflicts for an app (resolver.go) or runs watches (watch.go), and then arms
 // the idle deadline again: such a connection is not idle. A frame that has
 // begun to arrive keeps its deadlines (idle or read timeout).
 func (c *conn) idleButLocking(err error) bool {
-	if c.stopping.Load() || c.framing || !isTimeout(err) || !(c.locks != nil && c.locks.busy() || c.resolving()) {
+	if c.stopping.Load() || c.framing || !isTimeout(err) || !(c.locks != nil && c.locks.busy() || c.resolving() || c.watching()) {
 		return false
 	}
 	c.idleAt = time.Now().Add(c.s.opts.IdleTimeout)

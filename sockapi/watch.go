@@ -35,6 +35,15 @@ type watches struct {
 	wg sync.WaitGroup
 }
 
+// watching reports whether the connection runs a watch: it waits for
+// pushes, so it is not idle without requests.
+func (c *conn) watching() bool {
+	ws := &c.watches
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.m) > 0
+}
+
 // opWatch starts a watch of governor's states whose names start with
 // prefix. Its id is the request's id; the reply carries it in watch.
 func (c *conn) opWatch(req *wire.Request) {

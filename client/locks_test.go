@@ -21,6 +21,13 @@ import (
 // none) and returns its socket path.
 func startLockSidecar(t *testing.T, locks txn.Locks) string {
 	t.Helper()
+	return serveMemory(t, sockapi.Options{Locks: locks})
+}
+
+// serveMemory serves an in-memory store with opts and returns its socket
+// path; the server and the store close when the test ends.
+func serveMemory(t *testing.T, opts sockapi.Options) string {
+	t.Helper()
 	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "node-locks"})
 	if err != nil {
 		t.Fatal(err)
@@ -30,7 +37,7 @@ func startLockSidecar(t *testing.T, locks txn.Locks) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := sockapi.NewServer(store, sockapi.Options{Locks: locks})
+	srv := sockapi.NewServer(store, opts)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(context.Background(), ln) }()
 	t.Cleanup(func() {

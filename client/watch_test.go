@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tai-state/tai-state/client"
-	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/sockapi"
 )
 
@@ -152,23 +149,7 @@ func TestWatchContext(t *testing.T) {
 // TestWatchNotIdle: a connection that only watches (it sends no requests
 // while changes are pushed to it) is not closed by the idle timeout.
 func TestWatchNotIdle(t *testing.T) {
-	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "node-w"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "tai.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := sockapi.NewServer(store, sockapi.Options{IdleTimeout: time.Second})
-	go srv.Serve(context.Background(), ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		store.Close(ctx)
-	})
+	path := serveMemory(t, sockapi.Options{IdleTimeout: time.Second})
 	ctx := testCtx(t)
 	c := &client.Client{Socket: path, Conns: 1}
 	t.Cleanup(func() { c.Close() })

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,7 +114,7 @@ func TestClientHistory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if e.Origin != "node-it" {
+		if !strings.HasPrefix(e.Origin, "node-it~") {
 			t.Fatalf("event %+v", e)
 		}
 		n++

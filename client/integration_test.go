@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -91,7 +92,7 @@ func TestSidecarRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Version != 1 || rec.Value != nil || rec.Change.Actor != "web" || rec.Origin != "node-it" || !rec.Pending {
+	if rec.Version != 1 || rec.Value != nil || rec.Change.Actor != "web" || !strings.HasPrefix(rec.Origin, "node-it~") || !rec.Pending {
 		t.Fatalf("put = %+v", rec.Record)
 	}
 	got, err := c.Get(ctx, "shop", "cart-1")
@@ -150,7 +151,7 @@ func TestSidecarRoundTrip(t *testing.T) {
 	}
 
 	st, err := c.Stats(ctx)
-	if err != nil || st.NodeID != "node-it" || st.States != 2 || st.Requests["put"] == 0 {
+	if err != nil || st.NodeID != "node-it" || st.Origin != rec.Origin || st.States != 2 || st.Requests["put"] == 0 {
 		t.Fatalf("stats = %+v, %v", st, err)
 	}
 }

@@ -33,7 +33,7 @@ import (
 //     its output.
 //   - In shown output, a line "..." stands for any lines (none included),
 //     and inside a line <...> stands for any text, <N> for a number, <TIME>
-//     for an RFC 3339 time and <ID> for an id (letters, digits, ".-_").
+//     for an RFC 3339 time and <ID> for an id (letters, digits, ".-_~").
 //   - env=local (the default) runs a block in a directory where a local-only
 //     sidecar serves ./tai.sock (started as `tai-sidecar serve`); env=shared
 //     in one where three sidecars share one Firestore root (the emulator):
@@ -434,7 +434,7 @@ var placeholders = strings.NewReplacer(
 	"<\\.\\.\\.>", `.*?`,
 	"<N>", `-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?`,
 	"<TIME>", `[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z`,
-	"<ID>", `[A-Za-z0-9._-]+`,
+	"<ID>", `[A-Za-z0-9._~-]+`,
 )
 
 // outputMatches says whether got is the output want shows, placeholders

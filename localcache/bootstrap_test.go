@@ -294,14 +294,14 @@ func TestHistoryNotStoredWhilePending(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs := mustEvents(t, b.store, k)
-	if len(evs) != 1 || evs[0].Origin != "nb" {
+	if len(evs) != 1 || evs[0].Origin != b.store.Origin() {
 		t.Fatalf("b's events while its write is pending: %+v", evs)
 	}
 	b.sync() // b's write is rebased onto version 3
 	b.sync()
 	a.sync()
 	ea, eb := mustEvents(t, a.store, k), mustEvents(t, b.store, k)
-	if len(ea) != 3 || ea[2].Origin != "nb" {
+	if len(ea) != 3 || ea[2].Origin != b.store.Origin() {
 		t.Fatalf("a's events: %+v", ea)
 	}
 	if len(eb) != 2 || eb[1].OpID != ea[1].OpID || eb[1].ToVersion != 2 {

@@ -325,7 +325,7 @@ func TestReopen(t *testing.T) {
 		t.Fatalf("deleted state after reopen: %v", err)
 	}
 	rec, _ := s.Get(ctx, key("g", "a"))
-	if rec.Version != 3 || rec.OpID != last.OpID || rec.Clock.HLC != last.Clock.HLC || rec.Clock.Vector["n1"] != 3 {
+	if rec.Version != 3 || rec.OpID != last.OpID || rec.Clock.HLC != last.Clock.HLC || rec.Clock.Vector[s.Origin()] != 3 {
 		t.Fatalf("record after reopen %+v, before %+v", rec, last)
 	}
 	if got := mustJournal(t, s); len(got) != len(journal) || !reflect.DeepEqual(got[len(got)-1], journal[len(journal)-1]) {
@@ -344,7 +344,7 @@ func TestReopen(t *testing.T) {
 		t.Fatalf("clocks went back across restart: %+v after %+v", next.Clock, last.Clock)
 	}
 	js := mustJournal(t, s)
-	if j := js[len(js)-1]; j.Seq != journal[len(journal)-1].Seq+1 || j.OpID != "n1-8" {
+	if j := js[len(js)-1]; j.Seq != journal[len(journal)-1].Seq+1 || j.OpID != s.Origin()+"-8" {
 		t.Fatalf("journal entry after reopen %+v", j)
 	}
 	if st := s.Stats(); st.States != 4 || st.JournalDepth != 8 {

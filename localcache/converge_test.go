@@ -76,7 +76,7 @@ func testSyncWriteOnLostValueMeetsTheWinner(t *testing.T, newRemote func() synce
 	if rep.Superseded != 1 || rep.Conflicts != 1 {
 		t.Fatalf("b's second pass %+v: want z to meet y and lose to it", rep)
 	}
-	if r := remoteGet(t, remote, k); string(r.Value) != "y" || r.Origin != "c" {
+	if r := remoteGet(t, remote, k); string(r.Value) != "y" || r.Origin != c.store.Origin() {
 		t.Fatalf("remote holds %q by %s v%d, want c's y", r.Value, r.Origin, r.Version)
 	}
 	c.pullAll()
@@ -218,7 +218,7 @@ func TestDivergedDecisionInLedger(t *testing.T) {
 		t.Fatalf("ledger %+v: want the one diverged decision", page.Entries)
 	}
 	e := page.Entries[0]
-	if e.Resolver != syncer.ResolverDiverged || e.Winner != conflict.Remote || e.Node != "c" || e.Key != syncer.Key(k) ||
+	if e.Resolver != syncer.ResolverDiverged || e.Winner != conflict.Remote || e.Node != s.Origin() || e.Key != syncer.Key(k) ||
 		e.Local.OpID != es[0].Record.OpID || string(e.Local.Value) != "parked" || e.Remote.OpID != "b-1" || e.Reason == "" {
 		t.Fatalf("ledger entry %+v", e)
 	}

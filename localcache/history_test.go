@@ -124,7 +124,7 @@ func TestEventQueryOrderFiltersAndPages(t *testing.T) {
 	if string(evs[0].Value) != "b1" || evs[1].Action != ActionDelete || evs[1].Value != nil || string(evs[2].Value) != "b3" {
 		t.Fatalf("bb events = %+v", evs)
 	}
-	if evs[2].FromVersion != 2 || evs[2].Origin != "n1" || evs[2].OpID == "" || evs[2].Clock.Lamport <= evs[1].Clock.Lamport {
+	if evs[2].FromVersion != 2 || evs[2].Origin != s.Origin() || evs[2].OpID == "" || evs[2].Clock.Lamport <= evs[1].Clock.Lamport {
 		t.Fatalf("bb@3 = %+v", evs[2])
 	}
 
@@ -360,7 +360,7 @@ func TestStateAt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Change.Actor != "alice" || p.Change.Reason != "fix" || p.OpID != r2.OpID || p.Origin != "n1" ||
+	if p.Change.Actor != "alice" || p.Change.Reason != "fix" || p.OpID != r2.OpID || p.Origin != s.Origin() ||
 		p.Clock.Lamport != r2.Clock.Lamport || p.UpdatedAt != r2.Change.Time || p.SyncedVersion != 0 || p.Pending {
 		t.Fatalf("metadata of v2: %+v, written %+v", p, r2)
 	}
@@ -461,7 +461,7 @@ func TestStateAtWithRemoteChanges(t *testing.T) {
 
 	// The current record answers for times at or after its change.
 	p, err := a.store.StateAt(ctx, k, at(r3))
-	if err != nil || string(p.Value) != "b3" || !p.Exact || p.Origin != "nb" {
+	if err != nil || string(p.Value) != "b3" || !p.Exact || p.Origin != b.store.Origin() {
 		t.Fatalf("at b3: %+v, %v", p, err)
 	}
 	// Before it, a only knows version 1, and that versions 2 and 3 came
@@ -845,7 +845,7 @@ func TestExportJSONLines(t *testing.T) {
 		e := evs[i]
 		if x.Governor != "g" || x.State != e.State || x.Version != e.ToVersion || x.FromVersion != e.FromVersion ||
 			x.Action != e.Action || x.TimeNS != e.Change.Time || x.Actor != "alice" && e.Action == ActionPut ||
-			x.OpID != e.OpID || x.Origin != "n1" || x.Lamport != e.Clock.Lamport || x.HLC != e.Clock.HLC || x.Vector["n1"] == 0 {
+			x.OpID != e.OpID || x.Origin != s.Origin() || x.Lamport != e.Clock.Lamport || x.HLC != e.Clock.HLC || x.Vector[s.Origin()] == 0 {
 			t.Fatalf("line %d = %s, event %+v", i, line, e)
 		}
 		if tm, err := time.Parse(time.RFC3339Nano, x.Time); err != nil || tm.UnixNano() != e.Change.Time {

@@ -52,6 +52,7 @@ const (
 var (
 	metaCounters = []byte("mcounters") // counters and clocks, see meta
 	metaNode     = []byte("mnode")     // node id
+	metaOrigin   = []byte("morigin")   // origin: node id and incarnation, see Store.Origin
 	metaFormat   = []byte("mformat")   // layout version
 )
 

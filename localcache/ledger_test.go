@@ -184,7 +184,7 @@ func TestStoreBase(t *testing.T) {
 	ctx := context.Background()
 	for v, want := range map[uint64]string{1: "v1", 2: "v2"} {
 		rec, ok, err := s.Base(ctx, syncer.Key(k), v)
-		if err != nil || !ok || rec.Version != v || rec.Deleted || rec.Clock.Vector["n1"] != v {
+		if err != nil || !ok || rec.Version != v || rec.Deleted || rec.Clock.Vector[s.Origin()] != v {
 			t.Fatalf("base v%d: %+v %v %v", v, rec, ok, err)
 		}
 		if got := mustEvents(t, s, k)[v-1].Value; !bytes.Equal(rec.Value, got) || want == "" {
@@ -260,7 +260,7 @@ func TestLedgerMergeTwoStores(t *testing.T) {
 			}
 			r := p.Entries[0]
 			if v, _ := r.Final(); r.Winner != conflict.Merged || !bytes.Equal(v, want) || r.Base == nil ||
-				!bytes.Equal(r.Base.Value, orig) || r.Node != decider.node {
+				!bytes.Equal(r.Base.Value, orig) || r.Node != decider.store.Origin() {
 				t.Fatalf("ledger entry %+v", r)
 			}
 			if p := ledgerPage(t, first.store, LedgerQuery{Governor: "g"}); len(p.Entries) != 0 {

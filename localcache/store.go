@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,7 @@ type Store struct {
 	db     *badger.DB
 	cache  *cache
 	nodeID string
+	origin string      // see Origin
 	ledger ledgerState // the conflict ledger's retention (ledger.go)
 	txlog  txLogState  // the transaction log's retention (txlog.go)
 
@@ -203,7 +205,7 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("localcache: open: %w", err)
 		}
 	}
-	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID,
+	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID, "origin", s.origin,
 		"states", s.meta.states, "journal_depth", s.meta.journal)
 	go s.committer()
 	if s.wal != nil {
@@ -233,7 +235,7 @@ func (s *Store) abandon() {
 // load reads the meta keys (checking the layout version) and settles the
 // node id, writing what a fresh database lacks.
 func (s *Store) load() error {
-	var stored string
+	var stored, storedOrigin string
 	err := s.db.View(func(txn *badger.Txn) error {
 		if v, err := getValue(txn, metaFormat); err != nil {
 			return err
@@ -250,7 +252,12 @@ func (s *Store) load() error {
 			}
 		}
 		v, err = getValue(txn, metaNode)
+		if err != nil {
+			return err
+		}
 		stored = string(v)
+		v, err = getValue(txn, metaOrigin)
+		storedOrigin = string(v)
 		return err
 	})
 	if err != nil {
@@ -267,8 +274,16 @@ func (s *Store) load() error {
 		}
 		s.nodeID = hex.EncodeToString(b[:])
 	}
+	if strings.Contains(s.nodeID, originSep) {
+		return fmt.Errorf("node id %q: %q is not allowed", s.nodeID, originSep)
+	}
 	if stored != "" && stored != s.nodeID {
 		s.log.Warn("node id changed", "stored", stored, "node_id", s.nodeID)
+	}
+	s.origin = storedOrigin
+	if node, _, _ := strings.Cut(storedOrigin, originSep); node != s.nodeID {
+		// A fresh store, or one whose node id changed: a new incarnation.
+		s.origin = s.nodeID + originSep + strings.ToLower(rand.Text()[:8])
 	}
 	s.metaStates.Store(s.meta.states)
 	s.metaJournal.Store(s.meta.journal)
@@ -277,11 +292,14 @@ func (s *Store) load() error {
 	if err := s.loadGovernors(); err != nil {
 		return err
 	}
-	if stored == s.nodeID {
+	if stored == s.nodeID && storedOrigin == s.origin {
 		return nil
 	}
 	return s.db.Update(func(txn *badger.Txn) error {
 		if err := txn.Set(metaFormat, []byte{layoutVersion}); err != nil {
+			return err
+		}
+		if err := txn.Set(metaOrigin, []byte(s.origin)); err != nil {
 			return err
 		}
 		return txn.Set(metaNode, []byte(s.nodeID))
@@ -359,6 +377,19 @@ func (s *Store) close(ctx context.Context) error {
 
 // NodeID returns this store's node id.
 func (s *Store) NodeID() string { return s.nodeID }
+
+// originSep separates the node id from the incarnation in an origin; node
+// ids cannot hold it.
+const originSep = "~"
+
+// Origin returns the name this store's changes carry as their origin: the
+// node id and a random incarnation drawn when the store was created (or its
+// node id changed), "node~incarnation". Op ids and this node's vector clock
+// entries count from 1 in every store, so a node that lost its data dir and
+// comes back under the same node id (a StatefulSet pod, TAI_NODE_ID) must
+// not make them again under the same name: the shared store would take its
+// new changes for the lost store's, already applied.
+func (s *Store) Origin() string { return s.origin }
 
 // view runs fn in a Badger read transaction, failing with ErrClosed once the
 // store is closing.

@@ -239,12 +239,12 @@ func TestTombstoneVersionsEventsJournal(t *testing.T) {
 		if rec.Version != st.version || rec.Deleted != st.w.Delete {
 			t.Fatalf("step %d: v%d deleted=%v, want v%d deleted=%v", i, rec.Version, rec.Deleted, st.version, st.w.Delete)
 		}
-		if rec.Key != k || rec.Origin != "node-a" || rec.Change.Actor != st.w.Actor || rec.Change.Reason != st.w.Reason ||
+		if rec.Key != k || rec.Origin != s.Origin() || rec.Change.Actor != st.w.Actor || rec.Change.Reason != st.w.Reason ||
 			rec.Change.Time != clock.Now().UnixNano() || rec.UpdatedAt != clock.Now().UnixNano() {
 			t.Fatalf("step %d: record metadata %+v", i, rec)
 		}
-		if rec.Clock.Vector["node-a"] != st.version || len(rec.Clock.Vector) != 1 {
-			t.Fatalf("step %d: vector %v, want node-a:%d", i, rec.Clock.Vector, st.version)
+		if rec.Clock.Vector[s.Origin()] != st.version || len(rec.Clock.Vector) != 1 {
+			t.Fatalf("step %d: vector %v, want %s:%d", i, rec.Clock.Vector, s.Origin(), st.version)
 		}
 		if i > 0 {
 			prev := recs[i-1]
@@ -274,8 +274,8 @@ func TestTombstoneVersionsEventsJournal(t *testing.T) {
 	for i, e := range evs {
 		r := recs[i]
 		if e.Key != k || e.Action != wantActions[i] || e.FromVersion != uint64(i) || e.ToVersion != uint64(i+1) ||
-			string(e.Value) != wantValues[i] || e.Change != r.Change || e.Origin != "node-a" || e.OpID != r.OpID ||
-			e.Clock.Lamport != r.Clock.Lamport || e.Clock.HLC != r.Clock.HLC || e.Clock.Vector["node-a"] != r.Version {
+			string(e.Value) != wantValues[i] || e.Change != r.Change || e.Origin != s.Origin() || e.OpID != r.OpID ||
+			e.Clock.Lamport != r.Clock.Lamport || e.Clock.HLC != r.Clock.HLC || e.Clock.Vector[s.Origin()] != r.Version {
 			t.Fatalf("event %d = %+v, record %+v", i, e, r)
 		}
 		at, err := s.EventAt(ctx, k, e.ToVersion)
@@ -302,7 +302,7 @@ func TestTombstoneVersionsEventsJournal(t *testing.T) {
 			j.BaseVersion != uint64(i) || j.Version != uint64(i+1) || j.Time != r.Change.Time {
 			t.Fatalf("journal %d = %+v, record %+v", i, j, r)
 		}
-		if j.OpID != "node-a-"+itoa(i+1) {
+		if j.OpID != s.Origin()+"-"+itoa(i+1) {
 			t.Fatalf("op id %q", j.OpID)
 		}
 	}
@@ -538,5 +538,46 @@ func TestNodeID(t *testing.T) {
 	}
 	if _, err := Open(Options{}); err == nil {
 		t.Fatal("open without Dir succeeded")
+	}
+}
+
+// TestOriginIncarnation: a store's origin is its node id and an incarnation
+// kept with the store: the same across restarts, new for a new store under
+// the same node id and for a store whose node id changed.
+func TestOriginIncarnation(t *testing.T) {
+	dir := t.TempDir()
+	s := openDisk(t, dir)
+	first := s.Origin()
+	if node, inc, ok := strings.Cut(first, "~"); !ok || node != "n1" || inc == "" {
+		t.Fatalf("origin %q, want n1~incarnation", first)
+	}
+	closeStore(t, s)
+
+	s = openDisk(t, dir)
+	if s.Origin() != first {
+		t.Fatalf("origin after a restart %q, want %q", s.Origin(), first)
+	}
+	closeStore(t, s)
+
+	fresh := openDisk(t, t.TempDir())
+	if o := fresh.Origin(); o == first || !strings.HasPrefix(o, "n1~") {
+		t.Fatalf("a new store under the same node id writes as %q (the first one as %q)", o, first)
+	}
+	closeStore(t, fresh)
+
+	s = openDisk(t, dir, func(o *Options) { o.NodeID = "n2" })
+	renamed := s.Origin()
+	if !strings.HasPrefix(renamed, "n2~") {
+		t.Fatalf("origin after the node id changed: %q", renamed)
+	}
+	closeStore(t, s)
+	s = openDisk(t, dir, func(o *Options) { o.NodeID = "n2" })
+	defer closeStore(t, s)
+	if s.Origin() != renamed {
+		t.Fatalf("origin after a restart %q, want %q", s.Origin(), renamed)
+	}
+
+	if _, err := Open(Options{InMemory: true, NodeID: "a~b"}); err == nil {
+		t.Fatal("a node id holding the origin separator was accepted")
 	}
 }

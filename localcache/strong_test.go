@@ -68,7 +68,7 @@ func testReadStrong(t *testing.T, newRemote func() syncer.Remote) {
 	// Once the push loop runs, a reads its own change, as committed.
 	runPush(t, a)
 	got := readOne(t, a, k)
-	if got == nil || string(got.Value) != "a1" || got.Version != 1 || got.Pending || got.SyncedVersion != 1 || got.Origin != "a" {
+	if got == nil || string(got.Value) != "a1" || got.Version != 1 || got.Pending || got.SyncedVersion != 1 || got.Origin != a.store.Origin() {
 		t.Fatalf("a's strong read after the push: %s", desc(got))
 	}
 

@@ -409,7 +409,7 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 					tx.del(asideKey(j.Key))
 					if st := syncer.DecideApply(toSyncRecord(&rec), true, false, toSyncRecord(aside)); st.Applied() {
 						if st == syncer.ApplyDiverged {
-							if err := tx.noteDiverged(s.nodeID, &rec, aside); err != nil { // diverged.go
+							if err := tx.noteDiverged(s.origin, &rec, aside); err != nil { // diverged.go
 								return nil, err
 							}
 						}
@@ -502,7 +502,7 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 			switch {
 			case st.Applied():
 				if st == syncer.ApplyDiverged {
-					if err := tx.noteDiverged(s.nodeID, cur, r); err != nil { // diverged.go
+					if err := tx.noteDiverged(s.origin, cur, r); err != nil { // diverged.go
 						return nil, err
 					}
 				}

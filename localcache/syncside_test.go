@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -190,14 +191,14 @@ func testSyncPullBringsRemoteChanges(t *testing.T, newRemote func() syncer.Remot
 		t.Fatalf("pull report %+v", rep)
 	}
 	rec := b.get(k)
-	if string(rec.Value) != "from-a" || rec.Version != 1 || rec.Pending || rec.Origin != "a" || rec.SyncedVersion != 1 {
+	if string(rec.Value) != "from-a" || rec.Version != 1 || rec.Pending || rec.Origin != a.store.Origin() || rec.SyncedVersion != 1 {
 		t.Fatalf("b's record %+v", rec)
 	}
 	if _, err := b.store.Get(context.Background(), key("g", "gone")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("deleted state on b: %v", err)
 	}
 	// b writes on top of a's version; a pulls it back.
-	if rec := b.put(k, "from-b"); rec.Version != 2 || rec.Clock.Vector["a"] != 1 || rec.Clock.Vector["b"] != 1 {
+	if rec := b.put(k, "from-b"); rec.Version != 2 || rec.Clock.Vector[a.store.Origin()] != 1 || rec.Clock.Vector[b.store.Origin()] != 1 {
 		t.Fatalf("b's write %+v", rec)
 	}
 	if rep := b.pushAll(); rep.Pushed != 1 {
@@ -525,7 +526,7 @@ func TestSyncMutationsReplay(t *testing.T) {
 	closeStore(t, s)
 	s3 := openDisk(t, dir, func(o *Options) { o.NodeID = "a" })
 	defer closeStore(t, s3)
-	if rec, err := s3.Get(ctx, kr); err != nil || string(rec.Value) != "remote" || rec.Origin != "b" {
+	if rec, err := s3.Get(ctx, kr); err != nil || string(rec.Value) != "remote" || !strings.HasPrefix(rec.Origin, "b~") {
 		t.Fatalf("remote record after reopen: %+v, %v", rec, err)
 	}
 	if c, _ := s3.Cursor(ctx, "g"); c != cur {
@@ -810,4 +811,39 @@ type unreachable struct{ syncer.Remote }
 
 func (unreachable) Get(context.Context, syncer.Key) (syncer.Record, error) {
 	return syncer.Record{}, fmt.Errorf("%w: no route", syncer.ErrUnavailable)
+}
+
+// TestSyncFreshStoreSameNodeID: a node whose data dir was lost comes back
+// under the same node id (a StatefulSet pod's name, or TAI_NODE_ID) on a
+// fresh store, and writes a state its old store had written before. Its
+// op ids and vector clock entries must not be taken for the old store's:
+// before, they restarted at 1, the shared store's record (vector a:3)
+// seemed to hold them already, and the acknowledged writes were dropped as
+// already applied, then overwritten by the pull.
+func TestSyncFreshStoreSameNodeID(t *testing.T) { forRemotes(t, testSyncFreshStoreSameNodeID) }
+
+func testSyncFreshStoreSameNodeID(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	old := newSyncNode(t, "a", remote, "g")
+	k := key("g", "k")
+	for i := range 3 {
+		old.put(k, fmt.Sprint("old", i))
+	}
+	old.pushAll()
+	oldOrigin := remoteGet(t, remote, k).Origin
+	closeStore(t, old.store)
+	old.store = nil
+
+	a := newSyncNode(t, "a", remote, "g") // a new, empty data dir
+	if got := a.put(k, "new1").Origin; got == oldOrigin {
+		t.Fatalf("the fresh store writes as %s, as the lost one did", got)
+	}
+	a.put(k, "new2")
+	if rep := a.pushAll(); rep.Pushed != 2 || rep.AlreadyApplied != 0 {
+		t.Fatalf("push %+v: the fresh store's writes were not pushed", rep)
+	}
+	a.pullAll()
+	if r, l := remoteGet(t, remote, k), a.get(k); string(r.Value) != "new2" || string(l.Value) != "new2" || l.Pending {
+		t.Fatalf("remote holds %q (v%d by %s), the node %q: want the fresh store's last write", r.Value, r.Version, r.Origin, l.Value)
+	}
 }

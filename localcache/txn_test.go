@@ -235,7 +235,7 @@ func TestTxnJournalAfterRestart(t *testing.T) {
 	}
 	txn := pending[1:]
 	if txn[0].BatchID != txn[1].BatchID || !txn[0].Strict || len(txn[0].Checks) != 1 || txn[0].Checks[0].Version != 1 ||
-		txn[0].Checks[0].Key.State != "c" || txn[0].Checks[0].OpID != "n1-1" {
+		txn[0].Checks[0].Key.State != "c" || txn[0].Checks[0].OpID != s.Origin()+"-1" {
 		t.Fatalf("transaction entries after reopen: %+v", txn)
 	}
 }

@@ -465,7 +465,7 @@ func TestCrashBetweenLogAndApply(t *testing.T) {
 	putVersion(t, s, k0, 5)
 	want[k0] = 5
 	checkExactlyOnce(t, s, want)
-	if got := mustJournal(t, s); got[len(got)-1].OpID != "n1-"+itoa(len(got)) {
+	if got := mustJournal(t, s); got[len(got)-1].OpID != s.Origin()+"-"+itoa(len(got)) {
 		t.Fatalf("op id after replay: %+v", got[len(got)-1])
 	}
 }

@@ -60,6 +60,7 @@ func newFakeStore() *fakeStore {
 }
 
 func (f *fakeStore) NodeID() string { return f.node }
+func (f *fakeStore) Origin() string { return f.node + "~fake" }
 
 func (f *fakeStore) Get(ctx context.Context, k localcache.Key) (localcache.Record, error) {
 	f.mu.Lock()
@@ -197,7 +198,7 @@ func (f *fakeStore) WriteBatch(ctx context.Context, ws []localcache.Write) ([]lo
 			Deleted:   w.Delete,
 			UpdatedAt: f.clock,
 			Change:    localcache.Change{Actor: w.Actor, Reason: w.Reason, Time: f.clock},
-			Origin:    f.node,
+			Origin:    f.Origin(),
 			Pending:   true,
 		}
 		f.recs[w.Key] = r
@@ -387,7 +388,7 @@ func (f *fakeStore) put(gov, state string, value any) {
 	f.clock++
 	cur := f.recs[k]
 	f.recs[k] = localcache.Record{Key: k, Value: b, Version: cur.Version + 1, UpdatedAt: f.clock,
-		Change: localcache.Change{Time: f.clock}, Origin: f.node}
+		Change: localcache.Change{Time: f.clock}, Origin: f.Origin()}
 }
 
 func (f *fakeStore) violationsList() []string {

@@ -522,6 +522,7 @@ func (c *conn) opStats(req *wire.Request) {
 	conns, requests, errs := c.s.Stats()
 	c.resp = wire.Response{ID: req.ID, Stats: &wire.Stats{
 		NodeID:        c.s.store.NodeID(),
+		Origin:        c.s.store.Origin(),
 		Server:        c.s.opts.ServerName,
 		UptimeSeconds: time.Since(c.s.start).Seconds(),
 		Connections:   conns,

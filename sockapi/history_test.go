@@ -164,8 +164,8 @@ func TestEventsOp(t *testing.T) {
 	}
 	e := r.Events[0]
 	if e.State != "a" || e.Version != 1 || e.FromVersion != 0 || e.Action != "put" || e.Change.Actor != "alice" ||
-		e.Change.Reason != "first" || e.Origin != "node-test" || e.OpID == "" || e.Clock.Lamport == 0 || e.Clock.HLC == 0 ||
-		e.Clock.Vector["node-test"] == 0 || string(e.Value) != string(mustMarshal(t, 1)) {
+		e.Change.Reason != "first" || !strings.HasPrefix(e.Origin, "node-test~") || e.OpID == "" || e.Clock.Lamport == 0 || e.Clock.HLC == 0 ||
+		e.Clock.Vector[e.Origin] == 0 || string(e.Value) != string(mustMarshal(t, 1)) {
 		t.Fatalf("first event: %+v", e)
 	}
 	if d := r.Events[2]; d.Action != "delete" || d.Version != 3 || len(d.Value) != 0 {

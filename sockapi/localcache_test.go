@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/tai-state/tai-state/localcache"
@@ -54,7 +55,8 @@ func storeSuite(t *testing.T, store Store) {
 	}
 
 	r := ok(c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "a", Value: v1, IfAbsent: true, Actor: "alice", Reason: "create"}))
-	if rec := r.Record; rec.Version != 1 || rec.Value != nil || !rec.FromCache || !rec.Pending || rec.Origin != "node-test" ||
+	origin := r.Record.Origin
+	if rec := r.Record; rec.Version != 1 || rec.Value != nil || !rec.FromCache || !rec.Pending || !strings.HasPrefix(rec.Origin, "node-test~") ||
 		rec.Change.Actor != "alice" || rec.Change.Reason != "create" || rec.UpdatedAt == 0 {
 		t.Fatalf("put record: %+v", rec)
 	}
@@ -131,7 +133,7 @@ func storeSuite(t *testing.T, store Store) {
 		t.Fatalf("list prefix: %+v", r)
 	}
 	r = ok(c.call(wire.Request{Op: wire.OpStats}))
-	if r.Stats.States != 3 || r.Stats.NodeID != "node-test" {
+	if r.Stats.States != 3 || r.Stats.NodeID != "node-test" || r.Stats.Origin != origin {
 		t.Fatalf("stats: %+v", r.Stats)
 	}
 }

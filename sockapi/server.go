@@ -30,6 +30,9 @@ import (
 // client as Internal, and logged.
 type Store interface {
 	NodeID() string
+	// Origin names the store's changes: the node id and the store's
+	// incarnation (localcache.Store.Origin).
+	Origin() string
 	// Get returns a live state; a missing state or a tombstone is an error
 	// wrapping localcache.ErrNotFound.
 	Get(ctx context.Context, k localcache.Key) (localcache.Record, error)

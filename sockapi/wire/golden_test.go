@@ -128,7 +128,7 @@ func goldenCases() []goldenCase {
 		{"resp_batch_get", &wire.Response{ID: 12, Records: []*wire.Record{&getRecord, nil}}},
 		{"resp_list", &wire.Response{ID: 14, Records: []*wire.Record{&getRecord}, Cursor: "cart-42"}},
 		{"resp_stats", &wire.Response{ID: 15, Stats: &wire.Stats{
-			NodeID: goldenNode, Server: "tai-sidecar/0.1.0", UptimeSeconds: 1.5, Connections: 1,
+			NodeID: goldenNode, Origin: goldenNode + "~k3v7q2m9", Server: "tai-sidecar/0.1.0", UptimeSeconds: 1.5, Connections: 1,
 			// One entry per map: maps are encoded in no fixed order.
 			Requests: map[string]uint64{"get": 2}, Errors: map[string]uint64{"NotFound": 1},
 			States: 1, JournalDepth: 1, Commits: 1, CommitWrites: 1,

@@ -427,6 +427,7 @@ type Record struct {
 // Stats is the stats reply.
 type Stats struct {
 	NodeID        string            `codec:"node_id"`
+	Origin        string            `codec:"origin"`
 	Server        string            `codec:"server"`
 	UptimeSeconds float64           `codec:"uptime_seconds"`
 	Connections   int64             `codec:"connections"`

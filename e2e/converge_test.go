@@ -323,7 +323,7 @@ func checkLedgers(t *testing.T, fs *shared, cars []*sidecar, r *convRound) int {
 				if err != nil {
 					t.Fatalf("%s's ledger of %s: %v", st.NodeID, gov, err)
 				}
-				if e.Node != st.NodeID {
+				if e.Node != st.Origin {
 					t.Errorf("round %d (seed %d): %s's ledger holds %s decided by %s", r.n, r.seed, st.NodeID, e.ID, e.Node)
 				}
 				if other, dup := local[e.ID]; dup {

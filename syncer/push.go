@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -21,10 +22,13 @@ type Options struct {
 	// Interval is how often Run makes a pass when nothing wakes it
 	// (default 1s).
 	Interval time.Duration
-	// Backoff is the wait after failed passes (default 100ms to 30s).
+	// Backoff is the wait after passes that failed as a whole (the remote
+	// or the journal down), and the time a key whose commit failed alone
+	// is held back (default 100ms to 30s).
 	Backoff Backoff
 	// PageSize is how many journal entries one pass reads (default 1000).
-	// A pass reads more to complete an atomic batch cut by the page.
+	// A pass reads more to complete an atomic batch cut by the page, and
+	// reads past the entries of held keys (up to maxScanPages pages).
 	PageSize int
 	// Concurrency is how many Commits a pass runs at once (default 4).
 	Concurrency int
@@ -101,6 +105,11 @@ type Syncer struct {
 	// key the remote keeps failing does not hold back the keys batched
 	// with it. Guarded by pass.
 	suspects map[Key]bool
+	// holds are keys held back after failing alone: passes skip their
+	// entries (and the atomic batches holding them) until the hold ends,
+	// so that one key the remote keeps failing holds back neither the
+	// journal after it nor the loop. Guarded by pass.
+	holds map[Key]*hold
 
 	mu     sync.Mutex // guards stats, oldest and storms
 	stats  Stats
@@ -111,8 +120,19 @@ type Syncer struct {
 // New returns a Syncer that drains journal into remote.
 func New(journal Journal, remote Remote, opts Options) *Syncer {
 	opts = opts.withDefaults()
-	return &Syncer{journal: journal, remote: remote, opts: opts, log: opts.Logger, suspects: make(map[Key]bool)}
+	return &Syncer{journal: journal, remote: remote, opts: opts, log: opts.Logger, suspects: make(map[Key]bool),
+		holds: make(map[Key]*hold)}
 }
+
+// hold is a key held back: its consecutive failures, and until when.
+type hold struct {
+	failures int
+	until    time.Time
+}
+
+// maxScanPages bounds how far past held entries a pass reads, in pages:
+// entries beyond wait for the holds to end.
+const maxScanPages = 16
 
 // Stats are the push loop's counters, for the sidecar's stats and metrics.
 type Stats struct {
@@ -164,6 +184,7 @@ type Report struct {
 	Conflicts      int  // conflicts met
 	Parked         int  // entries parked for good
 	Blocked        int  // entries left pending after transient failures
+	Held           int  // entries skipped: their keys are held back after failing
 	More           bool // the page was full: more entries wait
 }
 
@@ -171,9 +192,11 @@ type Report struct {
 func (r Report) Done() int { return r.Pushed + r.AlreadyApplied + r.Superseded + r.Parked }
 
 // Run pushes until ctx is done: a pass when the journal signals new entries,
-// at least every Options.Interval, at once again while a pass leaves more
-// entries, and after a failed pass a capped exponential backoff with jitter
-// (new entries do not cut it short). It returns nil when ctx is done.
+// at least every Options.Interval (and when a held key's hold ends), at once
+// again while a pass leaves more entries, and after a pass that failed as a
+// whole (the remote or the journal down, not one key) a capped exponential
+// backoff with jitter (new entries do not cut it short). It returns nil when
+// ctx is done.
 func (s *Syncer) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -185,13 +208,13 @@ func (s *Syncer) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-s.journal.Notify():
 		}
-		rep, err := s.SyncOnce(ctx)
+		rep, stalled, err := s.syncPass(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		var wait time.Duration
 		switch {
-		case err != nil || rep.Blocked > 0:
+		case stalled:
 			failures++
 			wait = s.opts.Backoff.Delay(failures)
 			if err != nil {
@@ -203,6 +226,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 		default:
 			failures = 0
 			wait = s.opts.Interval
+			if d := s.nextRelease(time.Now()); d > 0 {
+				wait = min(wait, d)
+			}
 		}
 		timer.Reset(wait) // timers of Go 1.23+: no stale tick survives Reset
 		if failures > 0 {
@@ -226,8 +252,8 @@ func (s *Syncer) Flush(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if rep.Blocked > 0 {
-			return fmt.Errorf("push: %d entries left pending", rep.Blocked)
+		if rep.Blocked+rep.Held > 0 {
+			return fmt.Errorf("push: %d entries left pending (%d of keys held back after failing)", rep.Blocked+rep.Held, rep.Held)
 		}
 		if !rep.More {
 			return nil
@@ -353,9 +379,21 @@ type passState struct {
 	queues  map[Key][]*unit
 	order   []*unit
 	blocked map[Key]bool
-	acks    []Ack
-	parked  []Parked
-	errs    []error
+	// failedAlone are the keys whose commit failed alone, or that met
+	// conflicts past Options.MaxRetries, with the error. When other
+	// entries of the pass got through, they are held back after it
+	// (holdBack); when none did, the remote may be down for all keys, and
+	// the pass stalled.
+	failedAlone map[Key]error
+	// stalled says the journal failed to take the pass's acks or parked
+	// entries (see also unheldLeft).
+	stalled bool
+	// oldestHeld is the journal time of the first entry skipped as held
+	// (0: none).
+	oldestHeld int64
+	acks       []Ack
+	parked     []Parked
+	errs       []error
 	// transient is the last transient commit error: the pass's error if
 	// entries stay blocked.
 	transient error
@@ -373,28 +411,35 @@ type passState struct {
 // for the rest of the pass, other keys went on). Entries rejected for good
 // are parked, not errors.
 func (s *Syncer) SyncOnce(ctx context.Context) (Report, error) {
+	rep, _, err := s.syncPass(ctx)
+	return rep, err
+}
+
+// syncPass is SyncOnce, also saying whether the pass failed as a whole
+// (entries stayed pending that no hold accounts for): Run backs off then.
+func (s *Syncer) syncPass(ctx context.Context) (Report, bool, error) {
 	if s.opts.OnPass == nil {
 		return s.syncOnce(ctx)
 	}
 	ctx, end := s.opts.OnPass(ctx)
-	rep, err := s.syncOnce(ctx)
+	rep, stalled, err := s.syncOnce(ctx)
 	end(rep, err)
-	return rep, err
+	return rep, stalled, err
 }
 
-func (s *Syncer) syncOnce(ctx context.Context) (Report, error) {
+func (s *Syncer) syncOnce(ctx context.Context) (Report, bool, error) {
 	s.pass.Lock()
 	defer s.pass.Unlock()
 	s.mu.Lock()
 	s.stats.Passes++
 	s.mu.Unlock()
 
-	entries, more, err := s.read(ctx)
+	ps := &passState{queues: make(map[Key][]*unit), blocked: make(map[Key]bool), failedAlone: make(map[Key]error)}
+	entries, more, err := s.read(ctx, ps, time.Now())
 	if err != nil {
 		s.noteError(err)
-		return Report{}, err
+		return Report{}, true, err
 	}
-	ps := &passState{queues: make(map[Key][]*unit), blocked: make(map[Key]bool)}
 	ps.rep.Entries = len(entries)
 	ps.rep.More = more
 	s.plan(ps, entries)
@@ -426,6 +471,7 @@ func (s *Syncer) syncOnce(ctx context.Context) (Report, error) {
 			ps.rep.Pushed, ps.rep.AlreadyApplied = before.Pushed, before.AlreadyApplied
 			ps.rep.Superseded, ps.rep.Parked = before.Superseded, before.Parked
 			ps.errs = append(ps.errs, err)
+			ps.stalled = true
 			break
 		}
 		if outage {
@@ -444,43 +490,138 @@ func (s *Syncer) syncOnce(ctx context.Context) (Report, error) {
 	if err := ctx.Err(); err != nil && ps.rep.Blocked > 0 {
 		ps.errs = append(ps.errs, err)
 	}
+	if ps.rep.Done() == 0 {
+		clear(ps.failedAlone) // nothing got through: no key is to blame
+	}
+	s.holdBack(ps, time.Now())
 	s.finish(ps, entries)
+	stalled := ps.stalled || unheldLeft(ps)
 	if len(ps.errs) > 0 {
 		err := fmt.Errorf("push: %w", errors.Join(ps.errs...))
 		s.noteError(err)
-		return ps.rep, err
+		return ps.rep, stalled, err
 	}
-	return ps.rep, nil
+	return ps.rep, stalled, nil
+}
+
+// holdBack holds the keys that failed alone in the pass back, for longer
+// after each consecutive failure (Options.Backoff), and forgets holds long
+// over (their keys' entries left the journal some other way).
+func (s *Syncer) holdBack(ps *passState, now time.Time) {
+	for k, err := range ps.failedAlone {
+		h := s.holds[k]
+		if h == nil {
+			h = &hold{}
+			s.holds[k] = h
+		}
+		h.failures++
+		wait := s.opts.Backoff.Delay(h.failures)
+		h.until = now.Add(wait)
+		s.log.Warn("push of a state failed, holding it back", "key", k.String(), "failures", h.failures, "retry_in", wait,
+			"err", err)
+	}
+	for k, h := range s.holds {
+		if now.Sub(h.until) > s.opts.Backoff.Max+s.opts.Interval {
+			delete(s.holds, k)
+		}
+	}
+}
+
+// nextRelease returns how long until the first hold ends (0: none).
+func (s *Syncer) nextRelease(now time.Time) time.Duration {
+	s.pass.Lock()
+	defer s.pass.Unlock()
+	var next time.Duration
+	for _, h := range s.holds {
+		if d := h.until.Sub(now); d > 0 && (next == 0 || d < next) {
+			next = d
+		}
+	}
+	return next
+}
+
+// unheldLeft reports whether the pass left entries pending that their keys
+// being held back does not account for: a unit not done none of whose keys
+// failed alone, nor follows (in a key's queue) one that did.
+func unheldLeft(ps *passState) bool {
+	held := make(map[Key]bool, len(ps.failedAlone))
+	for k := range ps.failedAlone {
+		held[k] = true
+	}
+	for _, u := range ps.order {
+		if u.done {
+			continue
+		}
+		keys := u.keys()
+		if !slices.ContainsFunc(keys, func(k Key) bool { return held[k] }) {
+			return true
+		}
+		for _, k := range keys {
+			held[k] = true
+		}
+	}
+	return false
 }
 
 // read returns a page of pending entries, completed so that the last atomic
-// batch in it is whole, and whether more may wait.
-func (s *Syncer) read(ctx context.Context) ([]Entry, bool, error) {
-	es, err := s.journal.Pending(ctx, 0, s.opts.PageSize)
-	if err != nil {
-		return nil, false, fmt.Errorf("read journal: %w", err)
+// batch in it is whole, and whether more may wait. It skips the entries of
+// keys held back at now, with the atomic batches holding them and every
+// later entry of those batches' keys (a key's entries are pushed in journal
+// order), counting them in ps (Report.Held, oldestHeld). It reads at most
+// maxScanPages pages: entries past them wait for the next pass.
+func (s *Syncer) read(ctx context.Context, ps *passState, now time.Time) ([]Entry, bool, error) {
+	skip := make(map[Key]bool)
+	for k, h := range s.holds {
+		if now.Before(h.until) {
+			skip[k] = true
+		}
 	}
-	more := len(es) == s.opts.PageSize
-	for more && len(es) > 0 {
-		last := es[len(es)-1]
+	var es, group []Entry
+	take := func() { // group is one whole atomic batch, or one entry
+		if !slices.ContainsFunc(group, func(e Entry) bool { return skip[e.Key()] }) {
+			es = append(es, group...)
+		} else {
+			for _, e := range group {
+				skip[e.Key()] = true
+			}
+			if ps.rep.Held == 0 {
+				ps.oldestHeld = group[0].Time
+			}
+			ps.rep.Held += len(group)
+		}
+		group = group[:0]
+	}
+	var after uint64
+	for read := 0; ; {
+		// A page, then small steps to end the group it cuts.
 		const step = 64
-		next, err := s.journal.Pending(ctx, last.Seq, step)
+		n := max(s.opts.PageSize-len(es)-len(group), step)
+		page, err := s.journal.Pending(ctx, after, n)
 		if err != nil {
 			return nil, false, fmt.Errorf("read journal: %w", err)
 		}
-		k := 0
-		for k < len(next) && groupID(next[k]) == groupID(last) {
-			k++
+		for _, e := range page {
+			if len(group) > 0 && groupID(e) != groupID(group[0]) {
+				take()
+				if len(es) >= s.opts.PageSize {
+					return es, true, nil
+				}
+			}
+			group = append(group, e)
 		}
-		es = append(es, next[:k]...)
-		if k < len(next) {
-			break
+		if len(page) < n {
+			if len(group) > 0 {
+				take()
+			}
+			return es, false, nil
 		}
-		if len(next) < step {
-			more = false
+		after = page[len(page)-1].Seq
+		if read += len(page); read >= maxScanPages*s.opts.PageSize {
+			// Mostly held entries: push what was found (the group cut
+			// here waits) and read again from the head.
+			return es, len(es) > 0, nil
 		}
 	}
-	return es, more, nil
 }
 
 func groupID(e Entry) string {
@@ -737,8 +878,10 @@ func (s *Syncer) settle(ctx context.Context, ps *passState, b *batch, out outcom
 				ps.blocked[k] = true
 				if !outage {
 					// Failing alone while others got through: commit it
-					// alone until it succeeds.
+					// alone until it succeeds, and hold it back for a
+					// while.
 					s.suspects[k] = true
+					ps.failedAlone[k] = err
 				}
 			}
 		}
@@ -852,6 +995,7 @@ func (s *Syncer) finishUnit(ps *passState, u *unit) {
 			ps.queues[k] = q[1:]
 		}
 		delete(s.suspects, k)
+		delete(s.holds, k)
 	}
 }
 
@@ -1029,6 +1173,7 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 	if u.attempts > s.opts.MaxRetries {
 		for _, k := range u.keys() {
 			ps.blocked[k] = true
+			ps.failedAlone[k] = fmt.Errorf("the remote record kept changing: %d conflicts in a pass", u.attempts)
 		}
 	}
 }
@@ -1127,7 +1272,7 @@ func (s *Syncer) finish(ps *passState, entries []Entry) {
 			}
 		}
 	}
-	st.QueueDepth = int64(len(left))
+	st.QueueDepth = int64(len(left) + r.Held)
 	s.oldest = time.Time{}
 	for _, e := range entries {
 		if left[e.Seq] {
@@ -1135,12 +1280,15 @@ func (s *Syncer) finish(ps *passState, entries []Entry) {
 			break
 		}
 	}
+	if ps.oldestHeld != 0 && (s.oldest.IsZero() || ps.oldestHeld < s.oldest.UnixNano()) {
+		s.oldest = time.Unix(0, ps.oldestHeld)
+	}
 	if s.oldest.IsZero() && r.More && len(entries) > 0 {
 		// Only entries after this page are left: the page's last one is a
 		// lower bound of their age.
 		s.oldest = time.Unix(0, entries[len(entries)-1].Time)
 	}
-	if len(ps.errs) == 0 && r.Blocked == 0 {
+	if len(ps.errs) == 0 && r.Blocked+r.Held == 0 {
 		st.LastSuccess = now
 	}
 }

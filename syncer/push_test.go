@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ type faulty struct {
 	loseReplies int
 	offline     bool
 	reject      map[syncer.Key]bool // commits holding these keys fail permanently
+	contended   map[syncer.Key]bool // commits holding these keys fail transiently
 	batches     []syncer.Batch
 }
 
@@ -50,6 +52,10 @@ func (f *faulty) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 		if f.reject[c.Key] {
 			f.mu.Unlock()
 			return nil, syncer.Errorf("commit", c.Key, syncer.ErrPermanent, "denied (injected)")
+		}
+		if f.contended[c.Key] {
+			f.mu.Unlock()
+			return nil, syncer.Errorf("commit", c.Key, syncer.ErrUnavailable, "contention (injected)")
 		}
 	}
 	lose := f.loseReplies > 0
@@ -704,13 +710,17 @@ func TestLostReplyMemremote(t *testing.T) {
 }
 
 // TestTransientKeyIsIsolated: a key the remote keeps failing transiently
-// blocks only itself once it has been seen failing.
+// blocks only itself once it has been seen failing: it is held back, for
+// longer after each failure, while the keys after it go through, and Run
+// does not back off for it.
 func TestTransientKeyIsIsolated(t *testing.T) {
 	ctx := context.Background()
 	m := memremote.New()
 	sick := key("sick")
+	var sickCommits atomic.Int64
 	m.SetHook(func(op string, k syncer.Key) error {
 		if op == "commit" && k == sick {
+			sickCommits.Add(1)
 			return syncer.Errorf(op, k, syncer.ErrUnavailable, "contention (injected)")
 		}
 		return nil
@@ -721,22 +731,96 @@ func TestTransientKeyIsIsolated(t *testing.T) {
 		put(t, j, key(fmt.Sprintf("k%d", i)), "v")
 	}
 	put(t, j, sick, "s2")
-	s := syncer.New(j, m, syncer.Options{})
-	for pass := 0; j.Depth() > 2 && pass < 5; pass++ {
-		if _, err := s.SyncOnce(ctx); !syncer.IsTransient(err) {
-			t.Fatalf("pass %d: %v", pass, err)
-		}
-		// A healthy key is put after sick in every pass: it must still go through.
-		put(t, j, key("late"), fmt.Sprintf("l%d", pass))
+	s := syncer.New(j, m, syncer.Options{Backoff: syncer.Backoff{Min: time.Hour, Max: time.Hour}})
+	if rep, err := s.SyncOnce(ctx); !syncer.IsTransient(err) || rep.Pushed != 10 || rep.Blocked != 2 {
+		t.Fatalf("first pass: %+v, %v", rep, err)
 	}
-	if d := j.Depth(); d != 3 { // sick's two entries and the latest "late"
-		t.Fatalf("depth %d: healthy keys held back", d)
+	tried := sickCommits.Load()
+	for pass := range 3 {
+		// A healthy key is put after sick in every pass: it goes through,
+		// and sick, held back, is not tried again.
+		put(t, j, key("late"), fmt.Sprintf("l%d", pass))
+		rep, err := s.SyncOnce(ctx)
+		if err != nil || rep.Held != 2 || rep.Pushed != 1 || rep.Entries != 1 {
+			t.Fatalf("pass %d: %+v, %v", pass, rep, err)
+		}
+	}
+	if n := sickCommits.Load(); n != tried {
+		t.Fatalf("sick was committed %d more times while held back", n-tried)
+	}
+	if d := j.Depth(); d != 2 {
+		t.Fatalf("depth %d, want sick's two entries", d)
 	}
 	for i := range 10 {
 		checkSynced(t, ctx, j, m, key(fmt.Sprintf("k%d", i)))
 	}
+	if rem := checkSynced(t, ctx, j, m, key("late")); string(rem.Value) != "l2" {
+		t.Fatalf("late: %q", rem.Value)
+	}
 	if _, err := m.Get(ctx, sick); !errors.Is(err, syncer.ErrNotFound) {
 		t.Fatalf("sick: %v", err)
+	}
+	if st := s.Stats(); st.QueueDepth != 2 || st.OldestPending <= 0 {
+		t.Fatalf("stats %+v: the held entries are pending", st)
+	}
+	// Run does not back off (for an hour) on sick's account.
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(rctx) }()
+	put(t, j, key("during-run"), "v")
+	waitFor(t, 10*time.Second, func() bool { return j.Synced(key("during-run")) == 1 }, "a write pushed by Run")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// TestHeldKeysDoNotStarveThePage: a held key with more pending entries than
+// a page does not hide the keys after it, and an atomic batch holding a
+// held key waits whole, with the later entries of its other keys; the key
+// is retried when its hold ends, and Run drains everything once the remote
+// takes it.
+func TestHeldKeysDoNotStarveThePage(t *testing.T) {
+	ctx := context.Background()
+	sick, partner := key("sick"), key("partner")
+	m := &faulty{Remote: memremote.New(), contended: map[syncer.Key]bool{sick: true}}
+	j := syncer.NewMemJournal("n")
+	put(t, j, key("first"), "v")
+	for i := range 25 {
+		put(t, j, sick, fmt.Sprintf("s%d", i))
+	}
+	opts := syncer.Options{PageSize: 10, Backoff: syncer.Backoff{Min: 50 * time.Millisecond, Max: 50 * time.Millisecond}}
+	s := syncer.New(j, m, opts)
+	// sick fails while first goes through: sick is held back.
+	if rep, err := s.SyncOnce(ctx); !syncer.IsTransient(err) || rep.Pushed != 1 {
+		t.Fatalf("first pass: %+v, %v", rep, err)
+	}
+	if _, err := j.Append(syncer.MemWrite{Key: partner, Value: []byte("together")}, syncer.MemWrite{Key: sick, Value: []byte("together")}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, j, partner, "after the batch")
+	for i := range 15 {
+		put(t, j, key(fmt.Sprintf("k%02d", i)), "v")
+	}
+	// sick's 25 entries, the batch and partner's next entry are skipped;
+	// the 15 keys after them go through, a page and then the rest.
+	rep := syncOnce(t, ctx, s)
+	if rep.Held != 28 || rep.Pushed != 10 || !rep.More {
+		t.Fatalf("second pass: %+v", rep)
+	}
+	if rep = syncOnce(t, ctx, s); rep.Held != 28 || rep.Pushed != 5 || rep.More {
+		t.Fatalf("third pass: %+v", rep)
+	}
+	if _, err := m.Get(ctx, partner); !errors.Is(err, syncer.ErrNotFound) {
+		t.Fatalf("partner went ahead of its batch with the held key: %v", err)
+	}
+	m.set(func(f *faulty) { clear(f.contended) })
+	runUntilDrained(t, ctx, s, j)
+	if rem := checkSynced(t, ctx, j, m, partner); string(rem.Value) != "after the batch" {
+		t.Fatalf("partner: %q", rem.Value)
+	}
+	if rem := checkSynced(t, ctx, j, m, sick); string(rem.Value) != "together" {
+		t.Fatalf("sick: %q", rem.Value)
 	}
 }
 

@@ -89,6 +89,7 @@ type Client struct {
 	mu       sync.Mutex
 	slots    []*slot
 	sessions map[*conn]struct{} // connections of lock calls and ServeConflicts: see dialSession
+	retired  map[*conn]struct{} // replaced while still draining replies: see retire
 	closed   bool
 }
 
@@ -120,8 +121,8 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	slots, sessions := c.slots, c.sessions
-	c.sessions = nil
+	slots, sessions, retired := c.slots, c.sessions, c.retired
+	c.sessions, c.retired = nil, nil
 	c.mu.Unlock()
 	for _, s := range slots {
 		if cn := s.cur.Load(); cn != nil {
@@ -131,7 +132,35 @@ func (c *Client) Close() error {
 	for cn := range sessions {
 		cn.close(ErrClosed)
 	}
+	for cn := range retired {
+		cn.close(ErrClosed)
+	}
 	return nil
+}
+
+// retire lets cn, a connection whose write failed, go on draining the
+// replies the sidecar sent before it (conn.writeFailed) after a new one took
+// its slot: cut short, the calls it would answer end in a connection
+// error, with their outcome unknown. It closes itself when the drain ends;
+// Close closes it sooner.
+func (c *Client) retire(cn *conn) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cn.close(ErrClosed)
+		return
+	}
+	if c.retired == nil {
+		c.retired = make(map[*conn]struct{})
+	}
+	c.retired[cn] = struct{}{}
+	c.mu.Unlock()
+	go func() {
+		cn.wg.Wait()
+		c.mu.Lock()
+		delete(c.retired, cn)
+		c.mu.Unlock()
+	}()
 }
 
 // getSlots returns the client's slots, creating them on first use.
@@ -190,7 +219,10 @@ func (c *Client) connect(ctx context.Context, s *slot) (*conn, error) {
 	if old != nil && !old.dead.Load() {
 		return old, nil // another caller dialled while we waited
 	}
-	if old != nil {
+	switch {
+	case old != nil && old.draining():
+		c.retire(old)
+	case old != nil:
 		old.close(ErrClosed) // already failed: this only reaps its goroutines
 	}
 	cn, err := c.dial(ctx)
@@ -721,8 +753,11 @@ type writeOptions struct {
 // locally and syncs later, and a retry would write again. A change the
 // shared store rejects for good fails with ErrUnavailable (not retryable)
 // naming the reason, or ErrFenceRejected for a stale fence (WithFence). A
-// sidecar without a shared store refuses sync writes
-// (ErrUnavailable, not retryable).
+// change that meets a concurrent one in the shared store and loses the
+// conflict (by the governor's resolver) fails with ErrVersionConflict
+// (Actual: the shared store's version): it was applied locally, then
+// replaced by the shared store's record. A sidecar without a shared store
+// refuses sync writes (ErrUnavailable, not retryable).
 func Synced(timeout time.Duration) WriteOption {
 	return func(o *writeOptions) { o.sync, o.syncTimeout = true, timeout }
 }

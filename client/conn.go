@@ -312,6 +312,14 @@ func (c *conn) writeFailed(cause error) {
 	}
 }
 
+// draining reports whether the connection's write failed and its reader
+// is still taking the replies sent before (writeFailed).
+func (c *conn) draining() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.wrErr != nil && c.err == nil
+}
+
 // errFor returns the error for a call on the failed connection (or, while
 // the reader drains it, one whose writing failed). c.mu must be held.
 func (c *conn) errFor(sent bool) error {

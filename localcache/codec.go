@@ -65,6 +65,9 @@ const (
 	// parkedFenceRejected is the flag (bit 1) of a parked entry that ends
 	// with its fence's rejection.
 	parkedFenceRejected = 2
+	// journalConfirm is the flag (bit 2) of an entry of a write made with
+	// Write.Confirm.
+	journalConfirm = 4
 	// formatEventV2 added the action's name to events of transitions;
 	// other events are still written in format 1.
 	formatEventV2 = 2
@@ -200,6 +203,9 @@ func appendJournalFlags(b []byte, j *JournalEntry, extra byte) []byte {
 	flags := extra
 	if j.Strict {
 		flags |= 1
+	}
+	if j.Confirm {
+		flags |= journalConfirm
 	}
 	format := byte(formatJournalV2)
 	if !j.Fence.IsZero() {
@@ -430,6 +436,7 @@ func (d *decoder) journal(seq uint64, what string) (JournalEntry, byte, error) {
 	if f >= formatJournalV2 {
 		flags = d.byte()
 		j.Strict = flags&1 != 0
+		j.Confirm = flags&journalConfirm != 0
 	}
 	j.OpID = d.string()
 	j.BatchID = d.string()

@@ -63,6 +63,13 @@ func TestCodecRoundTrip(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(got, j) {
 			t.Fatalf("decoded %+v, %v; want %+v", got, err, j)
 		}
+		for _, flags := range []struct{ strict, confirm bool }{{true, false}, {false, true}, {true, true}} {
+			j.Strict, j.Confirm = flags.strict, flags.confirm
+			got, err := decodeJournal(12, encodeJournal(&j))
+			if err != nil || !reflect.DeepEqual(got, j) {
+				t.Fatalf("decoded %+v, %v; want %+v", got, err, j)
+			}
+		}
 	})
 	t.Run("parked", func(t *testing.T) {
 		p := ParkedEntry{JournalEntry: JournalEntry{Seq: 12, OpID: "n-12", BatchID: "n-12", Key: key("g", "s"), BaseVersion: 4, Version: 5, Time: 77},

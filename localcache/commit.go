@@ -539,7 +539,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 		ev := Event{Key: w.Key, Action: action, FromVersion: base, ToVersion: rec.Version, Value: w.Value,
 			Change: change, Origin: s.origin, OpID: opID, Clock: clock}
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
-			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict || r.txn != nil, Fence: w.Fence}
+			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict || r.txn != nil, Confirm: w.Confirm, Fence: w.Fence}
 		if i == 0 {
 			j.Checks = checked
 		}

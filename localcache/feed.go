@@ -215,7 +215,8 @@ func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
 				return v != nil, err
 			}
 			if l, ok := s.takeLost(seq); ok {
-				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion, RemoteDeleted: l.remoteDeleted}
+				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion, RemoteDeleted: l.remoteDeleted,
+					Strict: l.strict}
 			}
 			v, err := getValue(txn, parkedKey(seq))
 			if err != nil {
@@ -291,14 +292,16 @@ func (s *Store) WaitFlushed(ctx context.Context, upTo uint64) error {
 	})
 }
 
-// ConflictLostError says a strict change (Write.Strict) met a change it had
-// not seen in the shared store and lost: the local store adopted the shared
-// store's record, at RemoteVersion.
+// ConflictLostError says a strict change (Write.Strict), or one made with
+// Write.Confirm, met a change it had not seen in the shared store and lost
+// (a strict one always does; another by the governor's resolver): the local
+// store adopted the shared store's record, at RemoteVersion.
 type ConflictLostError struct {
 	Seq           uint64
 	Key           Key
 	RemoteVersion uint64
 	RemoteDeleted bool // the shared store's record is a tombstone
+	Strict        bool // the change was strict
 }
 
 func (e *ConflictLostError) Error() string {
@@ -308,11 +311,12 @@ func (e *ConflictLostError) Error() string {
 // Unwrap makes errors.Is(err, ErrVersionConflict) hold.
 func (e *ConflictLostError) Unwrap() error { return ErrVersionConflict }
 
-// lostChange is a strict change that lost a conflict.
+// lostChange is a strict or confirmed change that lost a conflict.
 type lostChange struct {
 	key           Key
 	remoteVersion uint64
 	remoteDeleted bool
+	strict        bool
 }
 
 // maxLost bounds the lost changes remembered for WaitSynced: a strong write

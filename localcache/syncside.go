@@ -252,9 +252,12 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				}
 				tx.del(journalKey(seq))
 				removed++
-				if j.Strict && a.Outcome == syncer.OutcomeSuperseded {
-					lost := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted}
-					tx.after = append(tx.after, func() { s.noteLost(seq, lost) })
+				lost := a.Outcome == syncer.OutcomeSuperseded
+				if lost && (j.Strict || j.Confirm) {
+					l := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted, strict: j.Strict}
+					tx.after = append(tx.after, func() { s.noteLost(seq, l) })
+				}
+				if j.Strict && lost {
 					if err := tx.txSettle(j.BatchID, wire.TxnGaveWay, string(wire.CodeVersionConflict), txGaveWayMessage); err != nil {
 						return nil, err
 					}

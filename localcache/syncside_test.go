@@ -706,6 +706,39 @@ func TestWaitSynced(t *testing.T) {
 	}
 }
 
+// TestWaitSyncedConflictLost: a write made with Confirm (a sync write)
+// whose push loses a conflict by the governor's resolver (last write wins
+// here) is reported to WaitSynced as lost, with the shared store's version.
+// Before, only strict writes were: a sync write that lost was confirmed as
+// if the shared store had it.
+func TestWaitSyncedConflictLost(t *testing.T) { forRemotes(t, testWaitSyncedConflictLost) }
+
+func testWaitSyncedConflictLost(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	k := key("g", "k")
+	rec, err := a.store.Write(ctx, Write{Key: k, Value: []byte("a"), Confirm: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond) // b's write is later: it wins
+	b.put(k, "b")
+	b.pushAll()
+	if rep := a.pushAll(); rep.Superseded != 1 {
+		t.Fatalf("a's push %+v: want its write superseded", rep)
+	}
+	var lost *ConflictLostError
+	err = a.store.WaitSynced(ctx, rec.Seq)
+	if !errors.As(err, &lost) || !errors.Is(err, ErrVersionConflict) || lost.Key != k || lost.RemoteVersion != 1 || lost.Strict {
+		t.Fatalf("WaitSynced of the write that lost: %v", err)
+	}
+	if got := a.get(k); string(got.Value) != "b" || got.Pending {
+		t.Fatalf("a holds %+v: want b's record", got)
+	}
+}
+
 // hookFetcher runs before after each Fetch: a concurrent writer slipping in
 // between a strong write's read and its push.
 type hookFetcher struct {

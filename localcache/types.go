@@ -88,6 +88,11 @@ type Write struct {
 	// the key's local record holds a change the shared store does not have
 	// (WriteStrong, which sets it, then catches up and retries).
 	Strict bool
+	// Confirm marks a write whose writer waits for the shared store's
+	// outcome (a sync write, WaitSynced): when its push loses a conflict,
+	// WaitSynced reports *ConflictLostError, as for a strict write,
+	// instead of nil.
+	Confirm bool
 	// Fence, when set, is the lock grant the write is made under: the
 	// write is rejected (*FenceRejectedError) if the store has seen a
 	// higher token for Fence.Resource, here and again when it is pushed
@@ -132,6 +137,7 @@ type JournalEntry struct {
 	Version     uint64 // the version it produced
 	Time        int64
 	Strict      bool  // a strong write: loses any conflict (syncer.Entry.Strict)
+	Confirm     bool  // its writer waits for the outcome (Write.Confirm)
 	Fence       Fence // the write's fence (syncer.Entry.Fence)
 	// Checks, on the first entry of a transaction, are the versions of the
 	// states it checked without writing them (syncer.Entry.Checks).

@@ -411,13 +411,18 @@ func (c *conn) syncWait(m writeMode, k localcache.Key, seqs []uint64) *wire.Erro
 	switch {
 	case err == nil:
 		return nil
-	case errors.As(err, &lost): // a strict change: a transaction's (txn.go)
+	case errors.As(err, &lost):
 		actual := lost.RemoteVersion
 		if lost.RemoteDeleted {
 			actual = 0
 		}
-		e = wire.Errorf(wire.CodeVersionConflict,
-			"the shared store held a concurrent change: the change gave way and none of it was applied (this sidecar's copy follows the shared store's)")
+		if lost.Strict { // a transaction's (txn.go)
+			e = wire.Errorf(wire.CodeVersionConflict,
+				"the shared store held a concurrent change: the change gave way and none of it was applied (this sidecar's copy follows the shared store's)")
+		} else {
+			e = wire.Errorf(wire.CodeVersionConflict,
+				"the shared store held a concurrent change that won the conflict (see the conflict ledger): the change was applied locally, then replaced by the shared store's record, which this sidecar's copy now follows")
+		}
 		e.Actual = &actual
 		k = lost.Key
 	case errors.As(err, &pe) && pe.FenceRejected != nil: // fence.go

@@ -211,6 +211,7 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 		Actor:     req.Actor,
 		Reason:    req.Reason,
 		Fence:     fenceOf(req.Fence),
+		Confirm:   m.sync,
 	}
 	op := wire.OpPut
 	if del {
@@ -412,6 +413,7 @@ func (c *conn) opBatchPut(req *wire.Request) {
 			Actor:     req.Actor,
 			Reason:    req.Reason,
 			Fence:     fenceOf(req.Fence),
+			Confirm:   m.sync,
 		}
 	}
 	var seqs []uint64

@@ -37,6 +37,9 @@ var (
 	ErrTimeout          = wire.ErrTimeout
 	ErrProtocol         = wire.ErrProtocol
 	ErrInternal         = wire.ErrInternal
+	// ErrPermissionDenied: the sidecar does not let this process's uid or
+	// gid connect, or run the op on the governor (its access settings).
+	ErrPermissionDenied = wire.ErrPermissionDenied
 
 	// ErrUnavailable matches both an Unavailable reply and a *ConnError: the
 	// sidecar could not be reached, or the connection broke.

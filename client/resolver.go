@@ -120,8 +120,9 @@ func (c *Client) ServeConflicts(ctx context.Context, gov string, fn ResolveFunc,
 	if err := validName("governor", gov, gov, ""); err != nil {
 		return err
 	}
-	if o.deadline < 0 || o.deadline > 10*time.Second {
-		e := errorf(wire.CodeInvalidArgument, "answer deadline %v is not within [10ms, 10s]", o.deadline)
+	ms := uint64((max(o.deadline, 0) + time.Millisecond - 1) / time.Millisecond) // rounded up
+	if o.deadline < 0 || o.deadline > 0 && (ms < 10 || ms > 10_000) {
+		e := errorf(wire.CodeInvalidArgument, "answer deadline %v is not 0 (the sidecar's default) or within [10ms, 10s]", o.deadline)
 		e.Field = "deadline_ms"
 		return e
 	}
@@ -130,8 +131,7 @@ func (c *Client) ServeConflicts(ctx context.Context, gov string, fn ResolveFunc,
 		return err
 	}
 	defer s.close()
-	req := &wire.Request{Op: wire.OpResolverRegister, Governor: gov,
-		DeadlineMS: uint64((o.deadline + time.Millisecond - 1) / time.Millisecond)}
+	req := &wire.Request{Op: wire.OpResolverRegister, Governor: gov, DeadlineMS: ms}
 	resp, err := s.do(ctx, req)
 	if err != nil {
 		return err

@@ -196,8 +196,10 @@ func TestServeConflictsLocalOnly(t *testing.T) {
 	if err := c.ServeConflicts(testCtx(t), "a/b", sumCounters); !errors.Is(err, client.ErrInvalidArgument) {
 		t.Fatalf("bad governor: %v", err)
 	}
-	if err := c.ServeConflicts(testCtx(t), "g", sumCounters, client.AnswerWithin(time.Minute)); !errors.Is(err, client.ErrInvalidArgument) {
-		t.Fatalf("deadline: %v", err)
+	for _, d := range []time.Duration{time.Minute, 5 * time.Millisecond, -time.Second} { // refused before dialling
+		if err := c.ServeConflicts(testCtx(t), "g", sumCounters, client.AnswerWithin(d)); !errors.Is(err, client.ErrInvalidArgument) {
+			t.Fatalf("deadline %v: %v", d, err)
+		}
 	}
 }
 

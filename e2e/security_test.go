@@ -73,7 +73,7 @@ func TestAllowUIDRefusesOthers(t *testing.T) {
 	defer cancel()
 	// The client reports the refusal, or (when its hello write races the
 	// close) a broken connection.
-	if err := c.Ping(ctx); !errors.Is(err, wire.ErrPermissionDenied) && !errors.Is(err, client.ErrUnavailable) {
+	if err := c.Ping(ctx); !errors.Is(err, client.ErrPermissionDenied) && !errors.Is(err, client.ErrUnavailable) {
 		t.Fatalf("client ping: %v, want the PermissionDenied refusal", err)
 	}
 	// The refusal is logged as the connection is closed: give the log
@@ -107,7 +107,7 @@ func TestAccessFileReadOnlyGovernor(t *testing.T) {
 	if _, err := c.Put(ctx, "rw", "s", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Put(ctx, "ro", "s", 1); !isCode(err, wire.CodePermissionDenied) {
+	if _, err := c.Put(ctx, "ro", "s", 1); !errors.Is(err, client.ErrPermissionDenied) {
 		t.Fatalf("put to read-only governor: %v, want PermissionDenied", err)
 	}
 	if _, err := c.Get(ctx, "ro", "s"); !errors.Is(err, client.ErrNotFound) {

@@ -515,8 +515,9 @@ func TestContextDeadlineWhileServerStalls(t *testing.T) {
 	go func() { _, err := c.Get(ctx2, "g", "slow"); done <- err }()
 	waitFor(t, "second slow get to reach the server", func() bool { return s.requests.Load() == 3 })
 	cancel2()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v, want Canceled", err)
+	var ce *CanceledError
+	if err := <-done; !errors.Is(err, context.Canceled) || !errors.As(err, &ce) || !ce.Sent {
+		t.Fatalf("err = %v, want Canceled, the request sent", err)
 	}
 
 	// The late replies are dropped; the connection keeps working.

@@ -181,8 +181,8 @@ func (c *conn) wait(ctx context.Context, cl *call) (*wire.Response, error) {
 		<-cl.done
 		return cl.resp, cl.err
 	}
-	cl.state.CompareAndSwap(callQueued, callAbandoned)
-	return nil, ctx.Err()
+	sent := !cl.state.CompareAndSwap(callQueued, callAbandoned)
+	return nil, &CanceledError{Err: ctx.Err(), Sent: sent}
 }
 
 // writeLoop writes queued calls. Everything queued when it wakes goes out

@@ -84,6 +84,30 @@ func (e *ConnError) Is(target error) bool {
 	return ok && t.Code == wire.CodeUnavailable
 }
 
+// CanceledError reports that a call's context ended after its request was
+// handed to the connection and before the reply came. errors.Is(err,
+// context.DeadlineExceeded) (or context.Canceled) holds for it, as for the
+// context errors calls return before that.
+type CanceledError struct {
+	// Err is the context's error.
+	Err error
+	// Sent is false when the request certainly did not reach the sidecar
+	// (it was still queued), as in ConnError: safe to send again. When true
+	// the request may or may not have been applied: read back before
+	// retrying a write that is not idempotent.
+	Sent bool
+}
+
+func (e *CanceledError) Error() string {
+	if e.Sent {
+		return "tai-state client: " + e.Err.Error() + " (the request was sent: its outcome is unknown)"
+	}
+	return "tai-state client: " + e.Err.Error() + " (the request was not sent)"
+}
+
+// Unwrap returns the context's error.
+func (e *CanceledError) Unwrap() error { return e.Err }
+
 // errorf returns a client-side *Error, built like the sidecar's own.
 func errorf(code wire.Code, format string, args ...any) *Error {
 	return wire.Errorf(code, format, args...)

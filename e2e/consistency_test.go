@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -338,4 +339,60 @@ func TestStrongWrites(t *testing.T) {
 	if len(evs) != 2 {
 		t.Fatalf("%d events in firestore, want 2: a failed strong write reached it", len(evs))
 	}
+}
+
+// TestSyncWriteLosesConflict: a sync write made while its sidecar cannot
+// reach Firestore waits; another sidecar writes the state later and gets
+// there first. When the link is back the first write loses the conflict
+// (last write wins), and its reply says so: VersionConflict with the shared
+// store's version. Before, it was confirmed as if Firestore held it.
+func TestSyncWriteLosesConflict(t *testing.T) {
+	fs := newShared(t)
+	px := newProxy(t, os.Getenv("FIRESTORE_EMULATOR_HOST"))
+	a := startSidecarEnv(t, []string{"FIRESTORE_EMULATOR_HOST=" + px.Addr()}, fs.args("node-a", "g")...)
+	b := startSidecar(t, fs.args("node-b", "g")...)
+	ca, cb := a.Client(), b.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	px.Cut()
+	done := make(chan error, 1)
+	go func() {
+		_, err := ca.Put(ctx, "g", "s", "from a", client.Synced(time.Minute))
+		done <- err
+	}()
+	eventually(t, 10*time.Second, func() string { // applied on a, waiting for Firestore
+		if r, err := ca.Get(ctx, "g", "s"); err != nil || !r.Pending {
+			return fmt.Sprintf("a: %+v, %v", r, err)
+		}
+		return ""
+	})
+	time.Sleep(5 * time.Millisecond) // b's write is later on the clocks
+	if _, err := cb.Put(ctx, "g", "s", "from b"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() string {
+		if r, err := fs.get("g", "s"); err != nil || r.Version != 1 || !strings.HasPrefix(r.Origin, "node-b~") {
+			return fmt.Sprintf("firestore: %+v, %v", r, err)
+		}
+		return ""
+	})
+	px.Restore()
+
+	err := <-done
+	var we *client.Error
+	if !errors.Is(err, client.ErrVersionConflict) || !errors.As(err, &we) || we.Actual == nil || *we.Actual != 1 {
+		t.Fatalf("a's sync write: %v, want VersionConflict with actual 1", err)
+	}
+	eventually(t, 30*time.Second, func() string {
+		r, err := ca.Get(ctx, "g", "s")
+		var v string
+		if err == nil {
+			err = r.Decode(&v)
+		}
+		if err != nil || v != "from b" || r.Pending {
+			return fmt.Sprintf("a holds %q (%+v, %v), want b's write", v, r, err)
+		}
+		return ""
+	})
 }

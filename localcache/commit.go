@@ -661,7 +661,11 @@ func (s *Store) commitParts(parts []part) {
 		s.notifyJournal()
 	}
 	s.inflight.Add(1)
-	s.applyQ <- applyJob{seq: seq, parts: parts}
+	weight := min(int64(n), applyQueueBytes)
+	if err := s.applyBudget.Acquire(context.Background(), weight); err != nil {
+		panic(err) // a background context: Acquire cannot fail
+	}
+	s.applyQ <- applyJob{seq: seq, parts: parts, weight: weight}
 }
 
 // commitMemory commits parts in memory, publishes and answers them.
@@ -723,9 +727,14 @@ func (s *Store) commitMemory(parts []part) {
 // meta counters are the committer's (s.meta, as of the last logged group);
 // the applier only mirrors them for Stats.
 //
-// The hand-off channel is unbuffered: at most two groups are in the log and
-// not yet applied (one being applied, one waiting to be), which bounds the
-// overlay and the memory held by built transactions.
+// The committer runs ahead of the applier by at most applyQueueBytes of log
+// records (applyBudget), which bounds the overlay and the memory the queued
+// groups hold. It does not wait for each apply: a Badger write that stalls
+// (its memtable full while a flush runs, tens of ms and more) would hold up
+// the next group's commit, and every writer with it. With the committer
+// waiting for the applier to take each group, put c=16 (tai-bench, 10 s
+// each, three interleaved pairs) ran 8,710 to 10,215 puts/s against 9,723
+// to 10,562 with the queue.
 //
 // A failed apply cannot be reported to the group's writers: they were
 // answered when the group reached the log. The store fails instead (writes
@@ -734,9 +743,17 @@ func (s *Store) commitMemory(parts []part) {
 
 // applyJob is a group in the log, to be applied to Badger.
 type applyJob struct {
-	seq   uint64
-	parts []part
+	seq    uint64
+	parts  []part
+	weight int64 // of applyBudget, released once applied
 }
+
+// applyQueueBytes bounds the log records of the groups logged and not yet
+// applied (applyBudget); applyQueueGroups bounds their number.
+const (
+	applyQueueBytes  = 8 << 20
+	applyQueueGroups = 256
+)
 
 // overlayEntry is the latest record of a key in a group not yet applied.
 type overlayEntry struct {
@@ -839,6 +856,7 @@ func (s *Store) applier() {
 	defer close(s.applierDone)
 	for job := range s.applyQ {
 		s.apply(job)
+		s.applyBudget.Release(job.weight)
 		s.inflight.Add(-1)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/tai-state/tai-state/sockapi/wire"
 )
@@ -52,6 +53,7 @@ type Store struct {
 	// applyQ carries logged groups from the committer to the applier (on
 	// disk); the committer closes it when it returns.
 	applyQ      chan applyJob
+	applyBudget *semaphore.Weighted // see applyQueueBytes
 	applierDone chan struct{}
 	// inflight counts groups handed to the applier and not yet applied.
 	inflight  atomic.Int64
@@ -173,7 +175,8 @@ func Open(opts Options) (*Store, error) {
 		reqs:          make(chan *request, 4096),
 		abort:         make(chan struct{}),
 		committerDone: make(chan struct{}),
-		applyQ:        make(chan applyJob),
+		applyQ:        make(chan applyJob, applyQueueGroups),
+		applyBudget:   semaphore.NewWeighted(applyQueueBytes),
 		applierDone:   make(chan struct{}),
 		overlay:       make(map[Key]overlayEntry),
 		gcDone:        make(chan struct{}),

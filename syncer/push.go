@@ -26,9 +26,10 @@ type Options struct {
 	// or the journal down), and the time a key whose commit failed alone
 	// is held back (default 100ms to 30s).
 	Backoff Backoff
-	// PageSize is how many journal entries one pass reads (default 1000).
-	// A pass reads more to complete an atomic batch cut by the page, and
-	// reads past the entries of held keys (up to maxScanPages pages).
+	// PageSize is how many journal entries one pass reads (default 1000),
+	// at most half of them of one key. A pass reads more to complete an
+	// atomic batch cut by the page, and reads past the entries of held
+	// keys (up to maxScanPages pages).
 	PageSize int
 	// Concurrency is how many Commits a pass runs at once (default 4).
 	Concurrency int
@@ -43,7 +44,7 @@ type Options struct {
 	// the local change wins, loses, or is replaced by a merged value (see
 	// package conflict; a *conflict.Set built from the sidecar's
 	// configuration is one). Nil: last write wins (the later hybrid
-	// logical clock, then the greater node id). Strict entries lose a true
+	// logical clock, then the greater origin). Strict entries lose a true
 	// conflict whatever the resolver says.
 	Resolvers conflict.Resolver
 	// StormThreshold and StormWindow define a conflict storm: more than
@@ -208,7 +209,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-s.journal.Notify():
 		}
-		rep, stalled, err := s.syncPass(ctx)
+		rep, stalled, err := s.syncPass(ctx, false)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -244,16 +245,16 @@ func (s *Syncer) Run(ctx context.Context) error {
 }
 
 // Flush makes passes until one finds nothing more to push, or fails, or ctx
-// is done: the final flush at shutdown. It returns the last pass's error, or
-// ctx's.
+// is done: the final flush at shutdown. Keys held back are tried too. It
+// returns the last pass's error, or ctx's.
 func (s *Syncer) Flush(ctx context.Context) error {
 	for {
-		rep, err := s.SyncOnce(ctx)
+		rep, _, err := s.syncPass(ctx, true)
 		if err != nil {
 			return err
 		}
-		if rep.Blocked+rep.Held > 0 {
-			return fmt.Errorf("push: %d entries left pending (%d of keys held back after failing)", rep.Blocked+rep.Held, rep.Held)
+		if rep.Blocked > 0 {
+			return fmt.Errorf("push: %d entries left pending", rep.Blocked)
 		}
 		if !rep.More {
 			return nil
@@ -411,23 +412,24 @@ type passState struct {
 // for the rest of the pass, other keys went on). Entries rejected for good
 // are parked, not errors.
 func (s *Syncer) SyncOnce(ctx context.Context) (Report, error) {
-	rep, _, err := s.syncPass(ctx)
+	rep, _, err := s.syncPass(ctx, false)
 	return rep, err
 }
 
 // syncPass is SyncOnce, also saying whether the pass failed as a whole
 // (entries stayed pending that no hold accounts for): Run backs off then.
-func (s *Syncer) syncPass(ctx context.Context) (Report, bool, error) {
+// With ignoreHolds it pushes held keys too (the final flush).
+func (s *Syncer) syncPass(ctx context.Context, ignoreHolds bool) (Report, bool, error) {
 	if s.opts.OnPass == nil {
-		return s.syncOnce(ctx)
+		return s.syncOnce(ctx, ignoreHolds)
 	}
 	ctx, end := s.opts.OnPass(ctx)
-	rep, stalled, err := s.syncOnce(ctx)
+	rep, stalled, err := s.syncOnce(ctx, ignoreHolds)
 	end(rep, err)
 	return rep, stalled, err
 }
 
-func (s *Syncer) syncOnce(ctx context.Context) (Report, bool, error) {
+func (s *Syncer) syncOnce(ctx context.Context, ignoreHolds bool) (Report, bool, error) {
 	s.pass.Lock()
 	defer s.pass.Unlock()
 	s.mu.Lock()
@@ -435,7 +437,7 @@ func (s *Syncer) syncOnce(ctx context.Context) (Report, bool, error) {
 	s.mu.Unlock()
 
 	ps := &passState{queues: make(map[Key][]*unit), blocked: make(map[Key]bool), failedAlone: make(map[Key]error)}
-	entries, more, err := s.read(ctx, ps, time.Now())
+	entries, more, err := s.read(ctx, ps, time.Now(), ignoreHolds)
 	if err != nil {
 		s.noteError(err)
 		return Report{}, true, err
@@ -491,7 +493,10 @@ func (s *Syncer) syncOnce(ctx context.Context) (Report, bool, error) {
 		ps.errs = append(ps.errs, err)
 	}
 	if ps.rep.Done() == 0 {
-		clear(ps.failedAlone) // nothing got through: no key is to blame
+		// Nothing got through: the remote may be down for every key, and
+		// no key is to blame, unless it was held back before (it failed
+		// alone while others got through) and is failing still.
+		maps.DeleteFunc(ps.failedAlone, func(k Key, _ error) bool { return s.holds[k] == nil })
 	}
 	s.holdBack(ps, time.Now())
 	s.finish(ps, entries)
@@ -565,29 +570,52 @@ func unheldLeft(ps *passState) bool {
 
 // read returns a page of pending entries, completed so that the last atomic
 // batch in it is whole, and whether more may wait. It skips the entries of
-// keys held back at now, with the atomic batches holding them and every
-// later entry of those batches' keys (a key's entries are pushed in journal
-// order), counting them in ps (Report.Held, oldestHeld). It reads at most
-// maxScanPages pages: entries past them wait for the next pass.
-func (s *Syncer) read(ctx context.Context, ps *passState, now time.Time) ([]Entry, bool, error) {
-	skip := make(map[Key]bool)
-	for k, h := range s.holds {
-		if now.Before(h.until) {
-			skip[k] = true
+// keys held back at now (unless ignoreHolds), with the atomic batches that
+// write or check them and every later entry of those batches' keys (a key's
+// entries are pushed in journal order, after the transactions checking it),
+// counting them in ps (Report.Held, oldestHeld). It takes at most half a
+// page of one key's entries, deferring the rest of that key the same way,
+// so that a key stuck with a page of entries leaves room for the others. It
+// reads at most maxScanPages pages: entries past them wait for the next pass.
+func (s *Syncer) read(ctx context.Context, ps *passState, now time.Time, ignoreHolds bool) ([]Entry, bool, error) {
+	skip := make(map[Key]bool)     // held, or behind a held entry
+	deferred := make(map[Key]bool) // over the per-key share, or behind such an entry
+	if !ignoreHolds {
+		for k, h := range s.holds {
+			if now.Before(h.until) {
+				skip[k] = true
+			}
 		}
 	}
+	perKey := make(map[Key]int)
+	share := max(s.opts.PageSize/2, 1)
 	var es, group []Entry
 	take := func() { // group is one whole atomic batch, or one entry
-		if !slices.ContainsFunc(group, func(e Entry) bool { return skip[e.Key()] }) {
-			es = append(es, group...)
-		} else {
-			for _, e := range group {
-				skip[e.Key()] = true
+		var keys []Key
+		for _, e := range group {
+			keys = append(keys, e.Key())
+			for _, c := range e.Checks {
+				keys = append(keys, c.Key)
+			}
+		}
+		switch {
+		case slices.ContainsFunc(keys, func(k Key) bool { return skip[k] }):
+			for _, k := range keys {
+				skip[k] = true
 			}
 			if ps.rep.Held == 0 {
 				ps.oldestHeld = group[0].Time
 			}
 			ps.rep.Held += len(group)
+		case slices.ContainsFunc(keys, func(k Key) bool { return deferred[k] || perKey[k] >= share }):
+			for _, k := range keys {
+				deferred[k] = true
+			}
+		default:
+			for _, e := range group {
+				perKey[e.Key()]++
+			}
+			es = append(es, group...)
 		}
 		group = group[:0]
 	}
@@ -613,7 +641,7 @@ func (s *Syncer) read(ctx context.Context, ps *passState, now time.Time) ([]Entr
 			if len(group) > 0 {
 				take()
 			}
-			return es, false, nil
+			return es, len(deferred) > 0, nil
 		}
 		after = page[len(page)-1].Seq
 		if read += len(page); read >= maxScanPages*s.opts.PageSize {
@@ -1077,7 +1105,7 @@ func dominates(a, b map[string]uint64) bool {
 }
 
 // lwwWins is last-write-wins: the later hybrid logical clock wins, the
-// greater origin node id breaks a tie. Every node decides the same way.
+// greater origin (node id and store incarnation) breaks a tie. Every node decides the same way.
 func lwwWins(local, remote Record) bool {
 	if local.Clock.HLC != remote.Clock.HLC {
 		return local.Clock.HLC > remote.Clock.HLC

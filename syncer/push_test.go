@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -821,6 +822,77 @@ func TestHeldKeysDoNotStarveThePage(t *testing.T) {
 	}
 	if rem := checkSynced(t, ctx, j, m, sick); string(rem.Value) != "together" {
 		t.Fatalf("sick: %q", rem.Value)
+	}
+}
+
+// TestHeldKeyHoldsTheTransactionsCheckingIt: a transaction that checks a
+// held key's pending version waits with it: pushed before that version,
+// its check would fail and the transaction, already answered, would give
+// way.
+func TestHeldKeyHoldsTheTransactionsCheckingIt(t *testing.T) {
+	ctx := context.Background()
+	c, d := key("checked"), key("written")
+	m := &faulty{Remote: memremote.New(), contended: map[syncer.Key]bool{c: true}}
+	j := syncer.NewMemJournal("n")
+	put(t, j, c, "c1")
+	put(t, j, key("other"), "v")
+	s := syncer.New(j, m, syncer.Options{Backoff: syncer.Backoff{Min: 50 * time.Millisecond, Max: 50 * time.Millisecond}})
+	if rep, err := s.SyncOnce(ctx); !syncer.IsTransient(err) || rep.Pushed != 1 {
+		t.Fatalf("first pass: %+v, %v; want checked held back", rep, err)
+	}
+	if _, err := j.AppendTxn([]syncer.Check{{Key: c, Version: 1}}, syncer.MemWrite{Key: d, Value: []byte("d1"), Strict: true}); err != nil {
+		t.Fatal(err)
+	}
+	if rep := syncOnce(t, ctx, s); rep.Held != 2 || rep.Entries != 0 {
+		t.Fatalf("second pass: %+v; want checked's entry and the transaction held", rep)
+	}
+	m.set(func(f *faulty) { clear(f.contended) })
+	runUntilDrained(t, ctx, s, j)
+	if rem := checkSynced(t, ctx, j, m, d); string(rem.Value) != "d1" {
+		t.Fatalf("written: %q, want the transaction's write", rem.Value)
+	}
+	checkSynced(t, ctx, j, m, c)
+}
+
+// TestStuckKeyAtTheHead: a key the remote keeps failing with more than a
+// page of entries at the journal's head takes half of a page, so the keys
+// after it go through and it is held back; once held, it stays held while
+// it fails, even in passes where nothing else is pending (it is not taken
+// for an outage then, which would hold back every key written meanwhile).
+func TestStuckKeyAtTheHead(t *testing.T) {
+	ctx := context.Background()
+	sick := key("sick")
+	m := &faulty{Remote: memremote.New(), contended: map[syncer.Key]bool{sick: true}}
+	j := syncer.NewMemJournal("n")
+	for i := range 30 {
+		put(t, j, sick, fmt.Sprintf("s%d", i))
+	}
+	for i := range 5 {
+		put(t, j, key(fmt.Sprintf("k%d", i)), "v")
+	}
+	s := syncer.New(j, m, syncer.Options{PageSize: 10, Backoff: syncer.Backoff{Min: 50 * time.Millisecond, Max: 50 * time.Millisecond}})
+	if rep, err := s.SyncOnce(ctx); !syncer.IsTransient(err) || rep.Pushed != 5 || rep.Entries != 10 {
+		t.Fatalf("first pass: %+v, %v; want sick's first 5 entries and the 5 keys after them read, those 5 pushed", rep, err)
+	}
+	tries := func() int {
+		n := 0
+		for _, b := range m.recorded() {
+			if slices.ContainsFunc(b.Changes, func(c syncer.Change) bool { return c.Key == sick }) {
+				n++
+			}
+		}
+		return n
+	}
+	for round := range 3 {
+		time.Sleep(60 * time.Millisecond) // the hold ends
+		before := tries()
+		if rep, err := s.SyncOnce(ctx); !syncer.IsTransient(err) || rep.Done() != 0 || tries() == before {
+			t.Fatalf("round %d, sick retried: %+v, %v", round, rep, err)
+		}
+		before = tries()
+		if rep, err := s.SyncOnce(ctx); err != nil || rep.Held != 30 || tries() != before {
+			t.Fatalf("round %d, right after: %+v, %v; want sick held again", round, rep, err)
+		}
 	}
 }
 

@@ -215,6 +215,7 @@ func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
 				return v != nil, err
 			}
 			if l, ok := s.takeLost(seq); ok {
+				s.forgetLost(seqs) // the rest of a batch that gave way
 				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion, RemoteDeleted: l.remoteDeleted,
 					Strict: l.strict}
 			}
@@ -319,8 +320,10 @@ type lostChange struct {
 	strict        bool
 }
 
-// maxLost bounds the lost changes remembered for WaitSynced: a strong write
-// asks within seconds of its push.
+// maxLost bounds the lost changes remembered for WaitSynced: a sync or
+// strong write asks within its timeout (at most a minute) of its push. When
+// it is reached the oldest (lowest seq) is forgotten: one whose waiter gave
+// up or never came, rather than a fresh one still to be asked for.
 const maxLost = 4096
 
 func (s *Store) noteLost(seq uint64, l lostChange) {
@@ -330,12 +333,22 @@ func (s *Store) noteLost(seq uint64, l lostChange) {
 		s.lost = make(map[uint64]lostChange)
 	}
 	if len(s.lost) >= maxLost {
-		for old := range s.lost {
-			delete(s.lost, old)
-			break
+		oldest := seq
+		for q := range s.lost {
+			oldest = min(oldest, q)
 		}
+		delete(s.lost, oldest)
 	}
 	s.lost[seq] = l
+}
+
+// forgetLost forgets the lost changes seqs.
+func (s *Store) forgetLost(seqs []uint64) {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	for _, seq := range seqs {
+		delete(s.lost, seq)
+	}
 }
 
 func (s *Store) takeLost(seq uint64) (lostChange, bool) {

@@ -880,3 +880,33 @@ func testSyncFreshStoreSameNodeID(t *testing.T, newRemote func() syncer.Remote) 
 		t.Fatalf("remote holds %q (v%d by %s), the node %q: want the fresh store's last write", r.Value, r.Version, r.Origin, l.Value)
 	}
 }
+
+// TestLostChangesForgotten: the lost changes WaitSynced reports are
+// forgotten with the rest of the call's (a batch gives way whole), and
+// when too many wait unasked the oldest go first, never a fresh one.
+func TestLostChangesForgotten(t *testing.T) {
+	s := openMem(t)
+	ctx := context.Background()
+	k := key("g", "k")
+	for seq := uint64(1); seq <= 3; seq++ {
+		s.noteLost(seq, lostChange{key: k, remoteVersion: 7})
+	}
+	var lost *ConflictLostError
+	if err := s.WaitSynced(ctx, 1, 2, 3); !errors.As(err, &lost) || lost.Seq != 1 || lost.RemoteVersion != 7 {
+		t.Fatalf("WaitSynced: %v", err)
+	}
+	if n := len(s.lost); n != 0 {
+		t.Fatalf("%d lost changes still remembered after the batch's", n)
+	}
+	for seq := uint64(100); seq < 100+maxLost+10; seq++ {
+		s.noteLost(seq, lostChange{key: k})
+	}
+	if _, ok := s.lost[100+maxLost+9]; !ok || len(s.lost) != maxLost {
+		t.Fatalf("%d remembered, the newest kept: %v", len(s.lost), ok)
+	}
+	for seq := uint64(100); seq < 110; seq++ {
+		if _, ok := s.lost[seq]; ok {
+			t.Fatalf("seq %d kept, newer ones forgotten", seq)
+		}
+	}
+}

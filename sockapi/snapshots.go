@@ -132,7 +132,13 @@ func (c *conn) opTransition(es EventSourcing, req *wire.Request) {
 	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
 		var strongErr *wire.Error
 		var write localcache.WriteFunc
-		if m.strong {
+		switch {
+		case m.sync:
+			write = func(ctx context.Context, w localcache.Write) (localcache.Record, error) {
+				w.Confirm = true // a loss in the shared store is reported (syncWait)
+				return c.s.store.Write(ctx, w)
+			}
+		case m.strong:
 			write = func(_ context.Context, w localcache.Write) (localcache.Record, error) {
 				recs, e := c.writeStrong(m, wire.OpTransition, k, []localcache.Write{w})
 				if e != nil {

@@ -35,8 +35,10 @@
 // still queued when the connection broke) is not failed but sent again on a
 // fresh connection, up to three attempts in all; nothing else is retried,
 // because a write that may have been applied must not be applied twice. A
-// context that ends makes its call return ctx.Err() at once: the reply, if
-// one comes, is dropped, and a request not yet written is never sent.
+// context that ends makes its call return at once with an error for which
+// errors.Is(err, ctx.Err()) holds (a *CanceledError, saying whether the
+// request was sent, once it was handed to a connection): the reply, if one
+// comes, is dropped, and a request not yet written is never sent.
 package client
 
 import (

@@ -301,12 +301,31 @@ const drainTimeout = 2 * time.Second
 // does): their replies may still be unread, so the reader takes them, for
 // at most drainTimeout, before failing the connection with cause. A call
 // the sidecar answered thus gets its answer, not a connection error that
-// leaves its outcome unknown. No new call is sent meanwhile.
+// leaves its outcome unknown. No new call is sent meanwhile, and the calls
+// none of whose bytes were sent fail at once, as not sent: they are sent
+// again on a new connection, without waiting for the drain.
 func (c *conn) writeFailed(cause error) {
 	c.mu.Lock()
 	c.wrErr = cause
+	var unsent []*call
+	for id, cl := range c.pending {
+		if cl.state.CompareAndSwap(callQueued, callAbandoned) {
+			delete(c.pending, id)
+			unsent = append(unsent, cl)
+		}
+	}
+	c.queue = nil
+	c.inflight.Add(-int64(len(unsent)))
+	errs := make([]error, len(unsent))
+	for i := range unsent {
+		errs[i] = c.errFor(false)
+	}
 	c.mu.Unlock()
-	c.dead.Store(true)
+	c.dead.Store(true) // before the retries look for a connection
+	for i, cl := range unsent {
+		cl.err = errs[i]
+		close(cl.done)
+	}
 	if err := c.nc.SetReadDeadline(time.Now().Add(drainTimeout)); err != nil {
 		c.fail(cause)
 	}

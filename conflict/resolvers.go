@@ -15,7 +15,7 @@ const (
 )
 
 // LWW is last-write-wins: the side with the later hybrid logical clock wins,
-// the greater origin node id breaks a tie. This is the push loop's rule
+// the greater origin (node id and store incarnation) breaks a tie. This is the push loop's rule
 // before resolvers were pluggable, decision for decision, whenever the two
 // (HLC, origin) pairs differ, which they always do for two different
 // changes: a node never issues one HLC value twice. Equal pairs (a replayed
@@ -43,7 +43,7 @@ func lww(c Conflict) Decision {
 		why = fmt.Sprintf("%s at %s is later than %s at %s", describe(win), formatHLC(win.Clock.HLC),
 			describe(lose), formatHLC(lose.Clock.HLC))
 	case win.Origin != lose.Origin:
-		why = fmt.Sprintf("%s and %s have the same clock %s: the greater node id wins", describe(win), describe(lose),
+		why = fmt.Sprintf("%s and %s have the same clock %s: the greater origin wins", describe(win), describe(lose),
 			formatHLC(win.Clock.HLC))
 	default:
 		why = fmt.Sprintf("%s and %s have the same clock %s and node: the greater op id, then record, wins",

@@ -146,8 +146,8 @@ func TestLWW(t *testing.T) {
 	runCases(t, conflict.LWW{}, []resolverCase{
 		{name: "later hlc wins", c: conflict.Conflict{Local: side("a", 3, h0+2, nil, v), Remote: side("b", 9, h0+1, nil, v)},
 			want: conflict.Local, resolver: "lww", reasonHas: "is later than"},
-		{name: "same hlc: greater node id wins", c: conflict.Conflict{Local: side("a", 3, h0, nil, v), Remote: side("b", 3, h0, nil, v)},
-			want: conflict.Remote, resolver: "lww", reasonHas: "greater node id"},
+		{name: "same hlc: greater origin wins", c: conflict.Conflict{Local: side("a", 3, h0, nil, v), Remote: side("b", 3, h0, nil, v)},
+			want: conflict.Remote, resolver: "lww", reasonHas: "greater origin"},
 		{name: "later deletion wins", c: conflict.Conflict{Local: tomb(side("a", 3, h0+5, nil, nil)), Remote: side("b", 3, h0, nil, v)},
 			want: conflict.Local, resolver: "lww", reasonHas: "deletion v3"},
 		{name: "later write wins over a deletion", c: conflict.Conflict{Local: tomb(side("a", 3, h0, nil, nil)), Remote: side("b", 3, h0+1, nil, v)},

@@ -413,7 +413,7 @@ func ruleBroken(spec string, rec syncer.ConflictRecord) string {
 }
 
 // lwwWinner is last write wins between two sides: the later HLC, then the
-// greater node id.
+// greater origin.
 func lwwWinner(l, r conflict.Side) conflict.Winner {
 	if l.Clock.HLC > r.Clock.HLC || l.Clock.HLC == r.Clock.HLC && l.Origin > r.Origin {
 		return conflict.Local

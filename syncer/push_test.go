@@ -854,6 +854,31 @@ func TestHeldKeyHoldsTheTransactionsCheckingIt(t *testing.T) {
 	checkSynced(t, ctx, j, m, c)
 }
 
+// TestFlushTriesHeldKeys: the final flush at shutdown pushes keys held back
+// too, rather than leaving them for the next start.
+func TestFlushTriesHeldKeys(t *testing.T) {
+	ctx := context.Background()
+	sick := key("sick")
+	m := &faulty{Remote: memremote.New(), contended: map[syncer.Key]bool{sick: true}}
+	j := syncer.NewMemJournal("n")
+	put(t, j, sick, "s")
+	put(t, j, key("other"), "v")
+	s := syncer.New(j, m, syncer.Options{Backoff: syncer.Backoff{Min: time.Hour, Max: time.Hour}})
+	if rep, err := s.SyncOnce(ctx); !syncer.IsTransient(err) || rep.Pushed != 1 {
+		t.Fatalf("first pass: %+v, %v; want sick held back", rep, err)
+	}
+	if err := s.Flush(ctx); !syncer.IsTransient(err) {
+		t.Fatalf("flush with sick failing: %v, want its transient error", err)
+	}
+	m.set(func(f *faulty) { clear(f.contended) })
+	if err := s.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if rem := checkSynced(t, ctx, j, m, sick); string(rem.Value) != "s" || j.Depth() != 0 {
+		t.Fatalf("sick: %q, depth %d", rem.Value, j.Depth())
+	}
+}
+
 // TestStuckKeyAtTheHead: a key the remote keeps failing with more than a
 // page of entries at the journal's head takes half of a page, so the keys
 // after it go through and it is held back; once held, it stays held while

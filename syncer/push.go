@@ -958,6 +958,25 @@ func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result
 	}
 	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomePushed, Remote: res.Remote, Conflict: p.conflict})
 	ps.rep.Pushed += len(p.entries)
+	if p.rebased && p.merged == nil {
+		retargetChecks(ps, p, res.Remote.Version)
+	}
+}
+
+// retargetChecks moves the checks, later in p's key's queue, of the version
+// p's last entry made locally to the version it was committed at: p was
+// renumbered on top of the remote's record (a rebase, or a conflict it won
+// whole), and the state is still what those transactions saw. A merged p is
+// not: its checks stay, and fail.
+func retargetChecks(ps *passState, p *part, committed uint64) {
+	last := p.entries[len(p.entries)-1].Record
+	for _, u := range ps.queues[p.key] {
+		for _, q := range u.parts {
+			if q.check && q.key == p.key && q.base == last.Version && q.checkOp == last.OpID {
+				q.base = committed
+			}
+		}
+	}
 }
 
 // ackApplied acks entries of k that the remote already has (its record is

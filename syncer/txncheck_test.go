@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
@@ -107,6 +108,49 @@ func TestPushTxnChecks(t *testing.T) {
 			mustAppend(a, []syncer.Check{{Key: key("x"), Version: x.Version, OpID: x.OpID}}, syncer.MemWrite{Key: key("u"), Value: []byte("a"), Strict: true})
 			if rep := push(pa); rep.Pushed != 1 {
 				t.Fatalf("check of the version and op the remote holds: %+v, want pushed", rep)
+			}
+		})
+	}
+}
+
+// TestTxnCheckAfterItsStateWasRenumbered: an async transaction checked a
+// state at the version of this node's own pending change, and that change
+// won a conflict and was committed on top of the other node's, renumbered,
+// in the same pass: the state is still what the transaction saw, so its
+// check holds at the new version. Before, the check compared the old
+// version number and the transaction, acknowledged long before, gave way.
+func TestTxnCheckAfterItsStateWasRenumbered(t *testing.T) {
+	for _, be := range txnRemotes {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			r := be.open(t)
+			a, b := syncer.NewMemJournal("a"), syncer.NewMemJournal("b")
+			pa, pb := syncer.New(a, r, syncer.Options{}), syncer.New(b, r, syncer.Options{})
+			key := func(s string) syncer.Key { return syncer.Key{Governor: "g", State: s} }
+			c, d := key("c"), key("d")
+			if _, err := b.Append(syncer.MemWrite{Key: c, Value: []byte("b1")}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pb.SyncOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+			a.SetClock(func() time.Time { return time.Now().Add(time.Second) }) // a's write is later: it wins
+			x, err := a.Append(syncer.MemWrite{Key: c, Value: []byte("a1")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.AppendTxn([]syncer.Check{{Key: c, Version: 1, OpID: x[0].Record.OpID}},
+				syncer.MemWrite{Key: d, Value: []byte("d1")}); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := pa.SyncOnce(ctx)
+			if err != nil || rep.Superseded != 0 || rep.Pushed != 2 {
+				t.Fatalf("a's pass: %+v, %v; want its write and the transaction pushed", rep, err)
+			}
+			for k, want := range map[syncer.Key]string{c: "a1", d: "d1"} {
+				if rec, err := r.Get(ctx, k); err != nil || string(rec.Value) != want {
+					t.Fatalf("%s: %+v, %v; want %q", k, rec, err, want)
+				}
 			}
 		})
 	}

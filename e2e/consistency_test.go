@@ -367,7 +367,11 @@ func TestSyncWriteLosesConflict(t *testing.T) {
 		}
 		return ""
 	})
-	time.Sleep(5 * time.Millisecond) // b's write is later on the clocks
+	// b's write is later on the clocks (hybrid logical clocks count
+	// milliseconds): it wins.
+	for ms := time.Now().UnixMilli(); time.Now().UnixMilli() <= ms; {
+		time.Sleep(100 * time.Microsecond)
+	}
 	if _, err := cb.Put(ctx, "g", "s", "from b"); err != nil {
 		t.Fatal(err)
 	}

@@ -62,9 +62,7 @@ func testSyncWriteOnLostValueMeetsTheWinner(t *testing.T, newRemote func() synce
 		// y must come after z on the hybrid logical clocks too. They count
 		// milliseconds, and within one millisecond b's logical counter
 		// (after x and z) can be ahead of c's, ordering z after y.
-		for ms := time.Now().UnixMilli(); time.Now().UnixMilli() <= ms; {
-			time.Sleep(100 * time.Microsecond)
-		}
+		nextMillisecond()
 		c.put(k, "y") // v2 on c, after z
 		c.pushAll()
 	}

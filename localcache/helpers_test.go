@@ -31,6 +31,15 @@ func (c *testClock) Set(t time.Time) {
 	c.mu.Unlock()
 }
 
+// nextMillisecond returns once the wall clock is in a later millisecond
+// than when it was called: a write made after it has a later hybrid logical
+// clock (which counts milliseconds) than one made before, on any store.
+func nextMillisecond() {
+	for ms := time.Now().UnixMilli(); time.Now().UnixMilli() <= ms; {
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
 func openMem(t testing.TB, mod ...func(*Options)) *Store {
 	t.Helper()
 	o := Options{InMemory: true, NodeID: "n1"}

@@ -545,36 +545,29 @@ func TestNodeID(t *testing.T) {
 // kept with the store: the same across restarts, new for a new store under
 // the same node id and for a store whose node id changed.
 func TestOriginIncarnation(t *testing.T) {
+	origin := func(dir string, mod ...func(*Options)) string { // of the store in dir, opened and closed
+		s := openDisk(t, dir, mod...)
+		defer closeStore(t, s)
+		return s.Origin()
+	}
 	dir := t.TempDir()
-	s := openDisk(t, dir)
-	first := s.Origin()
+	first := origin(dir)
 	if node, inc, ok := strings.Cut(first, "~"); !ok || node != "n1" || inc == "" {
 		t.Fatalf("origin %q, want n1~incarnation", first)
 	}
-	closeStore(t, s)
-
-	s = openDisk(t, dir)
-	if s.Origin() != first {
-		t.Fatalf("origin after a restart %q, want %q", s.Origin(), first)
+	if o := origin(dir); o != first {
+		t.Fatalf("origin after a restart %q, want %q", o, first)
 	}
-	closeStore(t, s)
-
-	fresh := openDisk(t, t.TempDir())
-	if o := fresh.Origin(); o == first || !strings.HasPrefix(o, "n1~") {
+	if o := origin(t.TempDir()); o == first || !strings.HasPrefix(o, "n1~") {
 		t.Fatalf("a new store under the same node id writes as %q (the first one as %q)", o, first)
 	}
-	closeStore(t, fresh)
-
-	s = openDisk(t, dir, func(o *Options) { o.NodeID = "n2" })
-	renamed := s.Origin()
+	n2 := func(o *Options) { o.NodeID = "n2" }
+	renamed := origin(dir, n2)
 	if !strings.HasPrefix(renamed, "n2~") {
 		t.Fatalf("origin after the node id changed: %q", renamed)
 	}
-	closeStore(t, s)
-	s = openDisk(t, dir, func(o *Options) { o.NodeID = "n2" })
-	defer closeStore(t, s)
-	if s.Origin() != renamed {
-		t.Fatalf("origin after a restart %q, want %q", s.Origin(), renamed)
+	if o := origin(dir, n2); o != renamed {
+		t.Fatalf("origin after a restart %q, want %q", o, renamed)
 	}
 
 	if _, err := Open(Options{InMemory: true, NodeID: "a~b"}); err == nil {

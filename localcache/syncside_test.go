@@ -723,7 +723,7 @@ func testWaitSyncedConflictLost(t *testing.T, newRemote func() syncer.Remote) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Millisecond) // b's write is later: it wins
+	nextMillisecond() // b's write is later: it wins
 	b.put(k, "b")
 	b.pushAll()
 	if rep := a.pushAll(); rep.Superseded != 1 {

@@ -83,6 +83,8 @@ type Transition struct {
 	// machine is created.
 	Value         []byte
 	Actor, Reason string
+	// Confirm is the write's Write.Confirm (a sync transition).
+	Confirm bool
 }
 
 // WriteFunc stores one write, as Store.Write does.
@@ -155,7 +157,7 @@ func transitionWrite(t Transition, cur Record) (Write, error) {
 	default:
 		value = appendMsgpackString(nil, t.To)
 	}
-	w := Write{Key: t.Key, Value: value, Action: t.Action, Actor: t.Actor, Reason: t.Reason}
+	w := Write{Key: t.Key, Value: value, Action: t.Action, Actor: t.Actor, Reason: t.Reason, Confirm: t.Confirm}
 	if cur.Version == 0 {
 		w.IfAbsent = true
 	} else {

@@ -127,18 +127,12 @@ func (c *conn) opTransition(es EventSourcing, req *wire.Request) {
 		return
 	}
 	t := localcache.Transition{Key: k, From: req.FromState, To: req.ToState, Action: req.Action,
-		Value: req.Value, Actor: req.Actor, Reason: req.Reason}
+		Value: req.Value, Actor: req.Actor, Reason: req.Reason, Confirm: m.sync}
 	var seq uint64
 	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
 		var strongErr *wire.Error
 		var write localcache.WriteFunc
-		switch {
-		case m.sync:
-			write = func(ctx context.Context, w localcache.Write) (localcache.Record, error) {
-				w.Confirm = true // a loss in the shared store is reported (syncWait)
-				return c.s.store.Write(ctx, w)
-			}
-		case m.strong:
+		if m.strong {
 			write = func(_ context.Context, w localcache.Write) (localcache.Record, error) {
 				recs, e := c.writeStrong(m, wire.OpTransition, k, []localcache.Write{w})
 				if e != nil {

@@ -125,31 +125,21 @@ func TestTxnCheckAfterItsStateWasRenumbered(t *testing.T) {
 			ctx := context.Background()
 			r := be.open(t)
 			a, b := syncer.NewMemJournal("a"), syncer.NewMemJournal("b")
-			pa, pb := syncer.New(a, r, syncer.Options{}), syncer.New(b, r, syncer.Options{})
-			key := func(s string) syncer.Key { return syncer.Key{Governor: "g", State: s} }
 			c, d := key("c"), key("d")
-			if _, err := b.Append(syncer.MemWrite{Key: c, Value: []byte("b1")}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := pb.SyncOnce(ctx); err != nil {
-				t.Fatal(err)
-			}
+			put(t, b, c, "b1")
+			syncOnce(t, ctx, syncer.New(b, r, syncer.Options{}))
 			a.SetClock(func() time.Time { return time.Now().Add(time.Second) }) // a's write is later: it wins
-			x, err := a.Append(syncer.MemWrite{Key: c, Value: []byte("a1")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := a.AppendTxn([]syncer.Check{{Key: c, Version: 1, OpID: x[0].Record.OpID}},
+			x := put(t, a, c, "a1")
+			if _, err := a.AppendTxn([]syncer.Check{{Key: c, Version: 1, OpID: x.Record.OpID}},
 				syncer.MemWrite{Key: d, Value: []byte("d1")}); err != nil {
 				t.Fatal(err)
 			}
-			rep, err := pa.SyncOnce(ctx)
-			if err != nil || rep.Superseded != 0 || rep.Pushed != 2 {
-				t.Fatalf("a's pass: %+v, %v; want its write and the transaction pushed", rep, err)
+			if rep := syncOnce(t, ctx, syncer.New(a, r, syncer.Options{})); rep.Superseded != 0 || rep.Pushed != 2 {
+				t.Fatalf("a's pass: %+v; want its write and the transaction pushed", rep)
 			}
 			for k, want := range map[syncer.Key]string{c: "a1", d: "d1"} {
-				if rec, err := r.Get(ctx, k); err != nil || string(rec.Value) != want {
-					t.Fatalf("%s: %+v, %v; want %q", k, rec, err, want)
+				if rec := remoteRecord(t, ctx, r, k); string(rec.Value) != want {
+					t.Fatalf("%s: %+v; want %q", k, rec, want)
 				}
 			}
 		})

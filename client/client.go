@@ -61,6 +61,10 @@ const DefaultSocket = "./tai.sock"
 // DefaultConns is the number of connections used when Client.Conns is zero.
 const DefaultConns = 2
 
+// DefaultWriteTimeout is the write timeout used when Client.WriteTimeout is
+// zero.
+const DefaultWriteTimeout = 10 * time.Second
+
 // DefaultName is the client name sent in hello when Client.Name is empty.
 const DefaultName = "tai-state-go"
 
@@ -80,6 +84,14 @@ type Client struct {
 	// Name identifies the client in the hello handshake (and the sidecar's
 	// logs); DefaultName if empty.
 	Name string
+	// WriteTimeout bounds how long sending requests to the sidecar may take:
+	// a connection whose write is not done within it (between WriteTimeout
+	// and an eighth more) is given up, as when the sidecar has stopped
+	// reading it, and the next call dials a new one. The calls on it whose
+	// bytes had begun to go fail with a ConnError whose Sent is true.
+	// DefaultWriteTimeout if zero; no limit if negative. A call's context
+	// bounds the call itself either way.
+	WriteTimeout time.Duration
 	// WatchBuffer is how many changes a Watch holds for its reader before
 	// it ends the watch as fallen behind; DefaultWatchBuffer if zero.
 	WatchBuffer int
@@ -275,7 +287,11 @@ func (c *Client) dial(ctx context.Context) (*conn, error) {
 		}
 		return nil, &ConnError{Op: "hello", Socket: c.socket(), Err: err}
 	}
-	return newConn(nc, br, c.socket(), h), nil
+	wt := c.WriteTimeout
+	if wt == 0 {
+		wt = DefaultWriteTimeout
+	}
+	return newConn(nc, br, c.socket(), h, wt), nil
 }
 
 // encode returns req as a frame.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -787,5 +788,77 @@ func BenchmarkGetParallel(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// TestWriteTimeoutGivesUpAStuckConnection: a sidecar that stops reading a
+// connection would hold its writer, and every call routed to it, for as long
+// as it does. Past WriteTimeout the connection is given up: the call being
+// written fails as sent (its outcome is unknown), and the next call dials a
+// new connection.
+func TestWriteTimeoutGivesUpAStuckConnection(t *testing.T) {
+	s := newFakeServer(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the server's cleanup waits for its handlers
+	var stuck atomic.Pointer[fakeConn]
+	serve := s.handle
+	s.handle = func(fc *fakeConn, req *wire.Request) {
+		if stuck.CompareAndSwap(nil, fc) || stuck.Load() == fc {
+			<-release // the first connection is never read again
+			return
+		}
+		serve(fc, req)
+	}
+	c := s.client(1)
+	c.WriteTimeout = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	pinged := make(chan error, 1)
+	go func() { pinged <- c.Ping(ctx) }()
+	for s.requests.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	// More than the socket's buffers hold: the write cannot finish.
+	start := time.Now()
+	_, err := c.Put(ctx, "g", "big", make([]byte, 900_000))
+	var ce *ConnError
+	if !errors.As(err, &ce) || ce.Op != "write" || !ce.Sent || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("put on a connection that is not read: %v (%#v), want a write ConnError, sent, deadline exceeded", err, ce)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the put failed after %v", d)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping after the stuck connection was given up: %v", err)
+	}
+	if n := s.accepted.Load(); n != 2 {
+		t.Fatalf("%d connections accepted, want 2", n)
+	}
+	// The ping in flight on the stuck connection fails as sent, or was
+	// answered after a retry on the new one; it does not hang.
+	select {
+	case err := <-pinged:
+		if err != nil && !errors.As(err, &ce) {
+			t.Fatalf("ping on the stuck connection: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the ping on the stuck connection never returned")
+	}
+}
+
+func TestWriteDeadlineMovesRarely(t *testing.T) {
+	const timeout = 80 * time.Millisecond
+	d, moved := writeDeadline(time.Time{}, timeout)
+	if !moved || time.Until(d) < timeout {
+		t.Fatalf("first deadline %v from now, moved %v; want at least %v", time.Until(d), moved, timeout)
+	}
+	if d2, moved := writeDeadline(d, timeout); moved || !d2.Equal(d) {
+		t.Fatalf("a deadline with more than the timeout left moved to %v", d2)
+	}
+	time.Sleep(timeout / 4) // less than the timeout is left now
+	d3, moved := writeDeadline(d, timeout)
+	if !moved || time.Until(d3) < timeout {
+		t.Fatalf("deadline %v from now, moved %v; want at least %v", time.Until(d3), moved, timeout)
 	}
 }

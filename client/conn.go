@@ -43,6 +43,9 @@ type conn struct {
 	nc     net.Conn
 	socket string
 	hello  wire.Hello // as announced, with zero limits replaced by defaults
+	// writeTimeout is Client.WriteTimeout with the default applied (<= 0:
+	// none); the writer's deadline follows it (see writeDeadline).
+	writeTimeout time.Duration
 
 	dead     atomic.Bool  // set by fail
 	inflight atomic.Int64 // calls in pending
@@ -124,14 +127,15 @@ func handshake(ctx context.Context, nc net.Conn, br *bufio.Reader, id uint64, na
 
 // newConn starts the reader and writer of a connection whose handshake is
 // done. br holds whatever was read past the hello reply.
-func newConn(nc net.Conn, br *bufio.Reader, socket string, h wire.Hello) *conn {
+func newConn(nc net.Conn, br *bufio.Reader, socket string, h wire.Hello, writeTimeout time.Duration) *conn {
 	c := &conn{
-		nc:      nc,
-		socket:  socket,
-		hello:   h,
-		pending: make(map[uint64]*call),
-		wake:    make(chan struct{}, 1),
-		closing: make(chan struct{}),
+		nc:           nc,
+		socket:       socket,
+		hello:        h,
+		writeTimeout: writeTimeout,
+		pending:      make(map[uint64]*call),
+		wake:         make(chan struct{}, 1),
+		closing:      make(chan struct{}),
 	}
 	maxFrame := max(h.MaxFrame, wire.DefaultMaxFrame)
 	c.wg.Add(2)
@@ -191,9 +195,10 @@ func (c *conn) wait(ctx context.Context, cl *call) (*wire.Response, error) {
 func (c *conn) writeLoop() {
 	defer c.wg.Done()
 	var (
-		batch []*call
-		sent  []*call
-		bufs  net.Buffers
+		batch    []*call
+		sent     []*call
+		bufs     net.Buffers
+		deadline time.Time
 	)
 	for {
 		select {
@@ -216,6 +221,12 @@ func (c *conn) writeLoop() {
 		if len(sent) == 0 {
 			continue
 		}
+		if c.writeTimeout > 0 {
+			var moved bool
+			if deadline, moved = writeDeadline(deadline, c.writeTimeout); moved {
+				c.nc.SetWriteDeadline(deadline)
+			}
+		}
 		todo := bufs // WriteTo consumes its receiver
 		n, err := todo.WriteTo(c.nc)
 		if err != nil {
@@ -234,6 +245,19 @@ func (c *conn) writeLoop() {
 		clear(sent)
 		clear(bufs)
 	}
+}
+
+// writeDeadline returns the write deadline d moved, if less than t is left
+// before it, to t and an eighth from now, and whether it moved. Moving a
+// deadline costs a timer update in the runtime: a busy connection moves it
+// about once per t/8 rather than for every write, and every write still
+// has at least t.
+func writeDeadline(d time.Time, t time.Duration) (time.Time, bool) {
+	now := time.Now()
+	if !d.Before(now.Add(t)) {
+		return d, false
+	}
+	return now.Add(t + t/8), true
 }
 
 // readLoop reads replies and hands each to its call.

@@ -345,7 +345,8 @@ func TestStrongWrites(t *testing.T) {
 // reach Firestore waits; another sidecar writes the state later and gets
 // there first. When the link is back the first write loses the conflict
 // (last write wins), and its reply says so: VersionConflict with the shared
-// store's version. Before, it was confirmed as if Firestore held it.
+// store's version. Before, it was confirmed as if Firestore held it. A sync
+// transition waits and loses the same way.
 func TestSyncWriteLosesConflict(t *testing.T) {
 	fs := newShared(t)
 	px := newProxy(t, os.Getenv("FIRESTORE_EMULATOR_HOST"))
@@ -356,46 +357,60 @@ func TestSyncWriteLosesConflict(t *testing.T) {
 	defer cancel()
 
 	px.Cut()
-	done := make(chan error, 1)
+	put, transition := make(chan error, 1), make(chan error, 1)
 	go func() {
 		_, err := ca.Put(ctx, "g", "s", "from a", client.Synced(time.Minute))
-		done <- err
+		put <- err
+	}()
+	go func() {
+		_, err := ca.Transition(ctx, "g", "m", client.Transition{To: "open", Action: "create"}, client.Synced(time.Minute))
+		transition <- err
 	}()
 	eventually(t, 10*time.Second, func() string { // applied on a, waiting for Firestore
-		if r, err := ca.Get(ctx, "g", "s"); err != nil || !r.Pending {
-			return fmt.Sprintf("a: %+v, %v", r, err)
+		for _, state := range []string{"s", "m"} {
+			if r, err := ca.Get(ctx, "g", state); err != nil || !r.Pending {
+				return fmt.Sprintf("a's %s: %+v, %v", state, r, err)
+			}
 		}
 		return ""
 	})
-	// b's write is later on the clocks (hybrid logical clocks count
-	// milliseconds): it wins.
+	// b's writes are later on the clocks (hybrid logical clocks count
+	// milliseconds): they win.
 	for ms := time.Now().UnixMilli(); time.Now().UnixMilli() <= ms; {
 		time.Sleep(100 * time.Microsecond)
 	}
-	if _, err := cb.Put(ctx, "g", "s", "from b"); err != nil {
-		t.Fatal(err)
+	for _, state := range []string{"s", "m"} {
+		if _, err := cb.Put(ctx, "g", state, "from b"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	eventually(t, 30*time.Second, func() string {
-		if r, err := fs.get("g", "s"); err != nil || r.Version != 1 || !strings.HasPrefix(r.Origin, "node-b~") {
-			return fmt.Sprintf("firestore: %+v, %v", r, err)
+		for _, state := range []string{"s", "m"} {
+			if r, err := fs.get("g", state); err != nil || r.Version != 1 || !strings.HasPrefix(r.Origin, "node-b~") {
+				return fmt.Sprintf("firestore's %s: %+v, %v", state, r, err)
+			}
 		}
 		return ""
 	})
 	px.Restore()
 
-	err := <-done
-	var we *client.Error
-	if !errors.Is(err, client.ErrVersionConflict) || !errors.As(err, &we) || we.Actual == nil || *we.Actual != 1 {
-		t.Fatalf("a's sync write: %v, want VersionConflict with actual 1", err)
+	for what, done := range map[string]chan error{"sync write": put, "sync transition": transition} {
+		err := <-done
+		var we *client.Error
+		if !errors.Is(err, client.ErrVersionConflict) || !errors.As(err, &we) || we.Actual == nil || *we.Actual != 1 {
+			t.Fatalf("a's %s: %v, want VersionConflict with actual 1", what, err)
+		}
 	}
 	eventually(t, 30*time.Second, func() string {
-		r, err := ca.Get(ctx, "g", "s")
-		var v string
-		if err == nil {
-			err = r.Decode(&v)
-		}
-		if err != nil || v != "from b" || r.Pending {
-			return fmt.Sprintf("a holds %q (%+v, %v), want b's write", v, r, err)
+		for _, state := range []string{"s", "m"} {
+			r, err := ca.Get(ctx, "g", state)
+			var v string
+			if err == nil {
+				err = r.Decode(&v)
+			}
+			if err != nil || v != "from b" || r.Pending {
+				return fmt.Sprintf("a's %s holds %q (%+v, %v), want b's write", state, v, r, err)
+			}
 		}
 		return ""
 	})

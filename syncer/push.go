@@ -111,6 +111,10 @@ type Syncer struct {
 	// so that one key the remote keeps failing holds back neither the
 	// journal after it nor the loop. Guarded by pass.
 	holds map[Key]*hold
+	// renumbered remembers this node's changes committed renumbered in
+	// earlier passes, for the checks of transactions pushed later (see
+	// retargetChecks). Guarded by pass.
+	renumbered renumberings
 
 	mu     sync.Mutex // guards stats, oldest and storms
 	stats  Stats
@@ -687,7 +691,12 @@ func (s *Syncer) plan(ps *passState, entries []Entry) {
 			}
 			p.entries = append(p.entries, e)
 		}
-		parts = append(parts, checkParts(group)...) // txncheck.go
+		for _, c := range checkParts(group) { // txncheck.go
+			if v, ok := s.renumbered.get(c.key, c.base, c.checkOp); ok {
+				c.base = v
+			}
+			parts = append(parts, c)
+		}
 		if len(parts) > 1 {
 			// An atomic local batch: one unit, ending every run it touches.
 			for _, p := range parts {
@@ -959,17 +968,20 @@ func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result
 	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomePushed, Remote: res.Remote, Conflict: p.conflict})
 	ps.rep.Pushed += len(p.entries)
 	if p.rebased && p.merged == nil {
-		retargetChecks(ps, p, res.Remote.Version)
+		s.retargetChecks(ps, p, res.Remote.Version)
 	}
 }
 
-// retargetChecks moves the checks, later in p's key's queue, of the version
-// p's last entry made locally to the version it was committed at: p was
-// renumbered on top of the remote's record (a rebase, or a conflict it won
-// whole), and the state is still what those transactions saw. A merged p is
-// not: its checks stay, and fail.
-func retargetChecks(ps *passState, p *part, committed uint64) {
+// retargetChecks moves the checks of the version p's last entry made
+// locally to the version it was committed at: p was renumbered on top of
+// the remote's record (a rebase, or a conflict it won whole), and the state
+// is still what those transactions saw. A merged p is not: its checks stay,
+// and fail. The checks later in p's key's queue in this pass move now; the
+// version is remembered for the transactions of later passes (made before
+// the local store took the committed version in), while the process runs.
+func (s *Syncer) retargetChecks(ps *passState, p *part, committed uint64) {
 	last := p.entries[len(p.entries)-1].Record
+	s.renumbered.add(p.key, last.Version, last.OpID, committed)
 	for _, u := range ps.queues[p.key] {
 		for _, q := range u.parts {
 			if q.check && q.key == p.key && q.base == last.Version && q.checkOp == last.OpID {

@@ -96,3 +96,47 @@ func (j *MemJournal) AppendTxn(checks []Check, ws ...MemWrite) ([]Entry, error) 
 	out[0].Checks = append([]Check(nil), checks...)
 	return out, nil
 }
+
+// renumberings maps the local versions of this node's changes committed
+// renumbered (key, version, op) to the versions they were committed at, for
+// retargetChecks. It keeps the latest maxRenumberings: a transaction that
+// checked a version is pushed soon after its change, or after a restart,
+// which forgets them all (its checks then fail, and it gives way).
+type renumberings struct {
+	m    map[renumbering]uint64
+	ring []renumbering // insertion order, to evict the oldest
+	next int
+}
+
+type renumbering struct {
+	key     Key
+	version uint64
+	op      string
+}
+
+const maxRenumberings = 4096
+
+func (r *renumberings) add(k Key, version uint64, op string, committed uint64) {
+	if op == "" {
+		return // a check names the op that made its version
+	}
+	if r.m == nil {
+		r.m = make(map[renumbering]uint64)
+	}
+	e := renumbering{k, version, op}
+	if _, ok := r.m[e]; !ok {
+		if len(r.ring) < maxRenumberings {
+			r.ring = append(r.ring, e)
+		} else {
+			delete(r.m, r.ring[r.next])
+			r.ring[r.next] = e
+			r.next = (r.next + 1) % maxRenumberings
+		}
+	}
+	r.m[e] = committed
+}
+
+func (r *renumberings) get(k Key, version uint64, op string) (uint64, bool) {
+	v, ok := r.m[renumbering{k, version, op}]
+	return v, ok
+}

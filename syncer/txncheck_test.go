@@ -145,3 +145,40 @@ func TestTxnCheckAfterItsStateWasRenumbered(t *testing.T) {
 		})
 	}
 }
+
+// TestTxnCheckOfAStateRenumberedInAnEarlierPass: the transaction checked
+// a's change of c at its local version, and reaches the push loop only after
+// the pass that committed that change renumbered (made before the local
+// store took the committed version in). The state is what it saw: it is
+// applied, not given way.
+func TestTxnCheckOfAStateRenumberedInAnEarlierPass(t *testing.T) {
+	for _, be := range txnRemotes {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			r := be.open(t)
+			a, b := syncer.NewMemJournal("a"), syncer.NewMemJournal("b")
+			c, d := key("c"), key("d")
+			put(t, b, c, "b1")
+			syncOnce(t, ctx, syncer.New(b, r, syncer.Options{}))
+			a.SetClock(func() time.Time { return time.Now().Add(time.Second) }) // a's write is later: it wins
+			x := put(t, a, c, "a1")
+			push := syncer.New(a, r, syncer.Options{})
+			if rep := syncOnce(t, ctx, push); rep.Pushed != 1 {
+				t.Fatalf("a's first pass: %+v", rep)
+			}
+			if rec := remoteRecord(t, ctx, r, c); rec.Version != 2 || rec.OpID != x.Record.OpID {
+				t.Fatalf("%s: %+v; want a's change renumbered to version 2", c, rec)
+			}
+			if _, err := a.AppendTxn([]syncer.Check{{Key: c, Version: 1, OpID: x.Record.OpID}},
+				syncer.MemWrite{Key: d, Value: []byte("d1")}); err != nil {
+				t.Fatal(err)
+			}
+			if rep := syncOnce(t, ctx, push); rep.Superseded != 0 || rep.Pushed != 1 {
+				t.Fatalf("a's second pass: %+v; want the transaction pushed", rep)
+			}
+			if rec := remoteRecord(t, ctx, r, d); string(rec.Value) != "d1" {
+				t.Fatalf("%s: %+v; want d1", d, rec)
+			}
+		})
+	}
+}

@@ -36,7 +36,7 @@ const (
 
 // Consistency levels (Request.Consistency). Reads: ReadLocal (the
 // default), ReadBounded (with MaxStalenessMS), ReadStrong. Writes:
-// WriteAsync (the default), WriteSync, WriteStrong (not supported yet).
+// WriteAsync (the default), WriteSync, WriteStrong.
 const (
 	ReadLocal   = "local"
 	ReadBounded = "bounded"

@@ -62,8 +62,9 @@ const DefaultSocket = "./tai.sock"
 const DefaultConns = 2
 
 // DefaultWriteTimeout is the write timeout used when Client.WriteTimeout is
-// zero.
-const DefaultWriteTimeout = 10 * time.Second
+// zero: longer than the sidecar holds back reading a connection whose
+// writes wait for the shared store.
+const DefaultWriteTimeout = 2 * time.Minute
 
 // DefaultName is the client name sent in hello when Client.Name is empty.
 const DefaultName = "tai-state-go"
@@ -84,13 +85,15 @@ type Client struct {
 	// Name identifies the client in the hello handshake (and the sidecar's
 	// logs); DefaultName if empty.
 	Name string
-	// WriteTimeout bounds how long sending requests to the sidecar may take:
-	// a connection whose write is not done within it (between WriteTimeout
-	// and an eighth more) is given up, as when the sidecar has stopped
-	// reading it, and the next call dials a new one. The calls on it whose
-	// bytes had begun to go fail with a ConnError whose Sent is true.
-	// DefaultWriteTimeout if zero; no limit if negative. A call's context
-	// bounds the call itself either way.
+	// WriteTimeout is how long sending requests to the sidecar may make no
+	// progress (between WriteTimeout and an eighth more) before the
+	// connection is given up, as one the sidecar has stopped reading; the
+	// next call dials a new one. The calls on it whose bytes had begun to go
+	// fail with a ConnError whose Sent is true. The sidecar holds back
+	// reading while many of a connection's writes wait for the shared store
+	// (at most a minute each), so a limit below that can give up healthy
+	// connections. DefaultWriteTimeout if zero; no limit if negative. A
+	// call's context bounds the call itself either way.
 	WriteTimeout time.Duration
 	// WatchBuffer is how many changes a Watch holds for its reader before
 	// it ends the watch as fallen behind; DefaultWatchBuffer if zero.
@@ -105,6 +108,28 @@ type Client struct {
 	sessions map[*conn]struct{} // connections of lock calls and ServeConflicts: see dialSession
 	retired  map[*conn]struct{} // replaced while still draining replies: see retire
 	closed   bool
+	// shut is cancelled by Close: it ends dials and handshakes in
+	// progress, which no slot holds yet. Created on first use (shutCtx).
+	shut       context.Context
+	cancelShut context.CancelFunc
+}
+
+// shutCtx returns the context Close cancels.
+func (c *Client) shutCtx() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.initShut()
+	return c.shut
+}
+
+// initShut creates the context Close cancels. c.mu must be held.
+func (c *Client) initShut() {
+	if c.shut == nil {
+		c.shut, c.cancelShut = context.WithCancel(context.Background())
+		if c.closed {
+			c.cancelShut()
+		}
+	}
 }
 
 // slot holds one of the client's connections, redialled when it fails.
@@ -135,6 +160,8 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
+	c.initShut()
+	c.cancelShut()
 	slots, sessions, retired := c.slots, c.sessions, c.retired
 	c.sessions, c.retired = nil, nil
 	c.mu.Unlock()
@@ -227,6 +254,8 @@ func (c *Client) connect(ctx context.Context, s *slot) (*conn, error) {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-c.shutCtx().Done():
+		return nil, ErrClosed
 	}
 	defer func() { <-s.sem }()
 	old := s.cur.Load()
@@ -254,8 +283,28 @@ func (c *Client) connect(ctx context.Context, s *slot) (*conn, error) {
 	return cn, nil
 }
 
-// dial opens a connection and performs the hello handshake.
+// dial opens a connection and performs the hello handshake. Close ends
+// both.
 func (c *Client) dial(ctx context.Context) (*conn, error) {
+	callerCtx := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.shutCtx(), cancel)
+	defer stop()
+	cn, err := c.dialHello(ctx)
+	switch {
+	case err == nil:
+		return cn, nil
+	case c.shutCtx().Err() != nil && callerCtx.Err() == nil:
+		return nil, ErrClosed
+	case ctx.Err() != nil && callerCtx.Err() != nil:
+		return nil, callerCtx.Err()
+	}
+	return nil, err
+}
+
+// dialHello opens a connection and performs the hello handshake.
+func (c *Client) dialHello(ctx context.Context) (*conn, error) {
 	var nc net.Conn
 	var err error
 	if c.Dial != nil {
@@ -352,7 +401,7 @@ func (c *Client) do(ctx context.Context, req *wire.Request) (*wire.Response, err
 		}
 		if err != nil {
 			var ce *ConnError
-			if errors.As(err, &ce) && !ce.Sent && attempt < maxAttempts {
+			if errors.As(err, &ce) && !ce.Sent && attempt < maxAttempts && ctx.Err() == nil {
 				continue // never reached the sidecar: safe to send again
 			}
 			return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -860,5 +861,88 @@ func TestWriteDeadlineMovesRarely(t *testing.T) {
 	d3, moved := writeDeadline(d, timeout)
 	if !moved || time.Until(d3) < timeout {
 		t.Fatalf("deadline %v from now, moved %v; want at least %v", time.Until(d3), moved, timeout)
+	}
+}
+
+// TestWriteTimeoutAllowsASlowReader: a sidecar that reads a connection
+// slowly (it holds requests back while many wait for the shared store)
+// makes progress: no write is given up, however long it takes in all.
+func TestWriteTimeoutAllowsASlowReader(t *testing.T) {
+	s := newFakeServer(t)
+	serve := s.handle
+	s.handle = func(fc *fakeConn, req *wire.Request) {
+		time.Sleep(10 * time.Millisecond)
+		serve(fc, req)
+	}
+	c := s.client(1)
+	c.WriteTimeout = 50 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const n = 60 // 6 MB: far more than the socket's buffers, read over 600 ms
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := c.Put(ctx, "g", fmt.Sprint("s", i), make([]byte, 100_000))
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("put through a slow reader: %v", err)
+		}
+	}
+	if got := s.accepted.Load(); got != 1 {
+		t.Fatalf("%d connections accepted, want 1", got)
+	}
+}
+
+// TestCloseEndsAHandshake: Close fails the calls waiting for a connection
+// whose hello the sidecar never answers, with ErrClosed.
+func TestCloseEndsAHandshake(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tai.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn // accepted, never read or answered
+	var mu sync.Mutex
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, nc)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, nc := range held {
+			nc.Close()
+		}
+	}()
+	c := &Client{Socket: path, Conns: 1}
+	errs := make(chan error, 2)
+	for range 2 { // one in the handshake, one waiting for the slot
+		go func() { errs <- c.Ping(context.Background()) }()
+	}
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("ping when the client closed: %v, want ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a ping waiting for the handshake outlived Close")
+		}
+	}
+	if err := c.Ping(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("ping after Close: %v", err)
 	}
 }

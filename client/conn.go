@@ -3,7 +3,9 @@ package client
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,14 +223,27 @@ func (c *conn) writeLoop() {
 		if len(sent) == 0 {
 			continue
 		}
-		if c.writeTimeout > 0 {
-			var moved bool
-			if deadline, moved = writeDeadline(deadline, c.writeTimeout); moved {
-				c.nc.SetWriteDeadline(deadline)
-			}
-		}
 		todo := bufs // WriteTo consumes its receiver
-		n, err := todo.WriteTo(c.nc)
+		var n int64
+		var err error
+		for {
+			if c.writeTimeout > 0 {
+				var moved bool
+				if deadline, moved = writeDeadline(deadline, c.writeTimeout); moved {
+					c.nc.SetWriteDeadline(deadline)
+				}
+			}
+			var m int64
+			m, err = todo.WriteTo(c.nc)
+			n += m
+			if m > 0 && len(todo) > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				// The sidecar reads, slowly (it holds requests back
+				// while many wait for the shared store): only a write
+				// that makes no progress for writeTimeout gives up.
+				continue
+			}
+			break
+		}
 		if err != nil {
 			// Calls none of whose bytes left were not sent: fail them as
 			// such, so that they are retried on a new connection.
@@ -344,8 +359,8 @@ func (c *conn) writeFailed(cause error) {
 	for i := range unsent {
 		errs[i] = c.errFor(false)
 	}
+	c.dead.Store(true) // before any call can see wrErr and look for another connection
 	c.mu.Unlock()
-	c.dead.Store(true) // before the retries look for a connection
 	for i, cl := range unsent {
 		cl.err = errs[i]
 		close(cl.done)

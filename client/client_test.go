@@ -871,14 +871,14 @@ func TestWriteTimeoutAllowsASlowReader(t *testing.T) {
 	s := newFakeServer(t)
 	serve := s.handle
 	s.handle = func(fc *fakeConn, req *wire.Request) {
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(4 * time.Millisecond)
 		serve(fc, req)
 	}
 	c := s.client(1)
-	c.WriteTimeout = 50 * time.Millisecond
+	c.WriteTimeout = 250 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	const n = 60 // 6 MB: far more than the socket's buffers, read over 600 ms
+	const n = 150 // 15 MB: far more than the socket's buffers, read over 600 ms and more
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {

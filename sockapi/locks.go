@@ -239,10 +239,30 @@ func (c *conn) lockRelease(l *connLocks, req *wire.Request) *wire.Error {
 	}
 	res, token := req.Resource, req.Token
 	c.goLock(req.ID, func() *wire.Response {
-		g, _, _ := l.unbind(res, token)
-		ctx, cancel := context.WithTimeout(l.ctx, lockCallTimeout)
+		g, acquireID, bound := l.unbind(res, token)
+		parent := l.ctx
+		if bound {
+			// The release of a bound lock outlives the connection: a
+			// client may send it and close at once, and the connection's
+			// close no longer sees the grant.
+			parent = c.ctx
+		}
+		ctx, cancel := context.WithTimeout(parent, lockCallTimeout)
 		defer cancel()
 		g, err := onGrant(g, func(g txn.Grant) (txn.Grant, error) { return g, c.s.opts.Locks.Release(ctx, g) })
+		if bound && err != nil && !errors.Is(err, txn.ErrLockLost) {
+			// Not released: the lock stays bound to the connection, so
+			// that it is renewed, and released when the connection closes.
+			l.mu.Lock()
+			closed := l.closed
+			if !closed {
+				c.bindLocked(l, acquireID, g)
+			}
+			l.mu.Unlock()
+			if closed {
+				c.releaseBound([]txn.Grant{g})
+			}
+		}
 		if err != nil {
 			return c.errorResponse(c.lockError(l, res, err))
 		}
@@ -368,14 +388,18 @@ func (c *conn) renew(l *connLocks, b *boundLock, ctx context.Context) {
 		cctx, cancel := context.WithDeadline(ctx, g.Deadline)
 		ng, err := c.s.opts.Locks.Extend(cctx, g, g.Lease)
 		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return // stopped: whoever stopped it takes over the grant
-		case err == nil:
+		if err == nil {
+			// Kept even when stopped meanwhile: whoever stopped it takes
+			// over the grant with its latest deadline.
 			l.mu.Lock()
 			b.grant = ng
 			l.mu.Unlock()
 			g = ng
+		}
+		switch {
+		case ctx.Err() != nil:
+			return // stopped: whoever stopped it takes over the grant
+		case err == nil:
 			timer.Reset(time.Until(nextRenewal(g)))
 		case errors.Is(err, txn.ErrLockLost) || !time.Now().Before(g.Deadline):
 			c.lockLost(l, b, g, err)
@@ -415,6 +439,12 @@ func (c *conn) lockLost(l *connLocks, b *boundLock, g txn.Grant, err error) {
 	c.s.counters.countError(e.Code)
 	c.out.putPush(&wire.Response{ID: b.id, Push: true, Lock: grantToWire(g, true), Error: e})
 	c.out.flush()
+	if !errors.Is(err, txn.ErrLockLost) {
+		// The deadline passed with the renewals failing; the last one may
+		// have been committed all the same. The client was told the lock
+		// is lost: make it so, rather than let it be held for a lease.
+		c.releaseBound([]txn.Grant{g})
+	}
 }
 
 // closeLocks ends the connection's lock state when it stops reading: waits
@@ -441,9 +471,10 @@ func (c *conn) closeLocks() {
 	c.releaseBound(grants)
 }
 
-// releaseBound releases the bound grants of a connection that stopped
-// reading, at once, for at most lockCallTimeout (less if the server stops
-// hard). A grant that cannot be released ends with its lease.
+// releaseBound releases bound grants the connection gave up (it stopped
+// reading, or a grant's renewals failed past its deadline), at once, for at
+// most lockCallTimeout (less if the server stops hard). A grant that cannot
+// be released ends with its lease.
 func (c *conn) releaseBound(grants []txn.Grant) {
 	if len(grants) == 0 {
 		return
@@ -454,7 +485,7 @@ func (c *conn) releaseBound(grants []txn.Grant) {
 	for _, g := range grants {
 		wg.Go(func() {
 			if err := c.s.opts.Locks.Release(ctx, g); err != nil {
-				c.log.Info("releasing a bound lock of a closed connection failed; it ends with its lease",
+				c.log.Info("releasing a bound lock the connection gave up failed; it ends with its lease",
 					"resource", g.Resource, "token", g.Token, "err", err)
 				return
 			}

@@ -720,3 +720,79 @@ func TestLockErrorsMapping(t *testing.T) {
 		t.Errorf("call ended with its connection: %+v", e)
 	}
 }
+
+// slowReleaseLocks' Release takes a store round trip and honours its
+// context, as the Firestore implementation does; it fails the first
+// failReleases calls as unavailable.
+type slowReleaseLocks struct {
+	*txn.Memory
+	failReleases atomic.Int64
+}
+
+func (s *slowReleaseLocks) Release(ctx context.Context, g txn.Grant) error {
+	if s.failReleases.Add(-1) >= 0 {
+		return fmt.Errorf("release: %w", txn.ErrUnavailable)
+	}
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("release: %w: %w", txn.ErrUnavailable, ctx.Err())
+	case <-time.After(50 * time.Millisecond):
+	}
+	return s.Memory.Release(ctx, g)
+}
+
+// TestBoundLockReleaseThenClose: a client that releases a bound lock and
+// closes its connection without waiting for the reply leaves no lock held
+// (the close used to cut the release short, and no longer saw the grant).
+func TestBoundLockReleaseThenClose(t *testing.T) {
+	ts := startLockServer(t, &slowReleaseLocks{Memory: txn.NewMemory(nil)}, Options{})
+	a, b := ts.hello(), ts.hello()
+	g := grantOf(t, a.call(acquireReq("r", 30_000, 0, true)))
+	a.send(&wire.Request{Op: wire.OpLockRelease, Resource: "r", Token: g.Token, ID: a.id()})
+	time.Sleep(10 * time.Millisecond) // the release is in flight
+	a.nc.Close()
+	waitFor(t, "the lock released", func() bool { return !b.status("r").Held })
+}
+
+// TestBoundLockReleaseFailsThenClose: a bound lock whose release failed
+// stays bound to its connection, renewed, and is released when the
+// connection closes.
+func TestBoundLockReleaseFailsThenClose(t *testing.T) {
+	locks := &slowReleaseLocks{Memory: txn.NewMemory(nil)}
+	locks.failReleases.Store(1)
+	ts := startLockServer(t, locks, Options{})
+	a, b := ts.hello(), ts.hello()
+	g := grantOf(t, a.call(acquireReq("r", 30_000, 0, true)))
+	lockError(t, a.call(wire.Request{Op: wire.OpLockRelease, Resource: "r", Token: g.Token}), wire.CodeUnavailable)
+	if st := b.status("r"); !st.Held || st.Token != g.Token {
+		t.Fatalf("after a failed release: %+v, want still held", st)
+	}
+	a.nc.Close()
+	waitFor(t, "the lock released", func() bool { return !b.status("r").Held })
+}
+
+// lostReplyLocks' Extend commits (a lease of a minute, so that only a
+// release ends it soon), then fails as unavailable (its reply was lost).
+type lostReplyLocks struct{ *txn.Memory }
+
+func (l lostReplyLocks) Extend(ctx context.Context, g txn.Grant, lease time.Duration) (txn.Grant, error) {
+	if _, err := l.Memory.Extend(ctx, g, time.Minute); err != nil {
+		return txn.Grant{}, err
+	}
+	return txn.Grant{}, fmt.Errorf("extend: %w", txn.ErrUnavailable)
+}
+
+// TestBoundLockLostIsReleased: renewals whose replies are lost keep the
+// lock held in the store while the sidecar sees its deadline pass. The
+// client is told the lock is lost, and then it is: the sidecar releases
+// it, rather than leave it held for another lease.
+func TestBoundLockLostIsReleased(t *testing.T) {
+	ts := startLockServer(t, lostReplyLocks{txn.NewMemory(nil)}, Options{})
+	a, b := ts.hello(), ts.hello()
+	g := grantOf(t, a.call(acquireReq("r", 600, 0, true)))
+	lost := a.recv()
+	if !lost.Push || lost.Error == nil || lost.Error.Code != wire.CodeLockLost || lost.Lock == nil || lost.Lock.Token != g.Token {
+		t.Fatalf("push after the renewals failed: %+v (error %+v)", lost, lost.Error)
+	}
+	waitFor(t, "the lost lock released", func() bool { return !b.status("r").Held })
+}

@@ -2,6 +2,7 @@ package txn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -11,6 +12,15 @@ import (
 // again, so that it does not wake a moment before the store agrees the
 // lease ended.
 const timerSlack = 2 * time.Millisecond
+
+// A wait retries what failed for a moment (the store unavailable: a read
+// of the lock or of the graph, a poke of a deadlock's victim) after
+// waitRetryMin, doubling up to waitRetryMax, rather than give up its place
+// in the queue (or leave a deadlock in place) for one failed call.
+const (
+	waitRetryMin = 100 * time.Millisecond
+	waitRetryMax = 5 * time.Second
+)
 
 // WaitBackend is what Wait needs from an implementation of Locks, for one
 // recorded wait of one holder for one resource.
@@ -50,7 +60,16 @@ func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, w
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	poked := map[string]bool{}
-	var walked *HeldError // the grant the graph was last walked against
+	var walked *HeldError   // the grant the graph was last walked against
+	var retry time.Duration // after a failure that may pass: when to try again (0: none)
+	failed := func(what string, err error) error {
+		if !errors.Is(err, ErrUnavailable) || ctx.Err() != nil || !time.Now().Before(deadline) {
+			return err
+		}
+		retry = min(max(2*retry, waitRetryMin), waitRetryMax)
+		log.Warn("lock wait: "+what+" failed; retrying", "resource", held.Resource, "in", retry, "err", err)
+		return nil
+	}
 	for {
 		var cycle []WaitEdge
 		// A handoff is no edge of the graph: the waiter it goes to is not
@@ -61,10 +80,14 @@ func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, w
 				cycle, err = findCycle(g, holder, held.Resource)
 				return err
 			})
-			if err != nil {
+			switch {
+			case err == nil:
+				walked = held
+			case failed("reading the wait-for graph", err) != nil:
 				return Grant{}, err
+			default:
+				walked, cycle = nil, nil // walk again at the retry
 			}
-			walked = held
 		}
 		if cycle != nil {
 			v := victim(cycle)
@@ -77,10 +100,13 @@ func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, w
 				return Grant{}, &DeadlockError{Deadlock: d}
 			}
 			if !poked[v] {
-				poked[v] = true
 				log.Info("deadlock found; waking its victim", "waiter", holder, "victim", v, "cycle", d.String())
 				if err := b.Poke(ctx, v); err != nil {
-					log.Warn("wake deadlock victim", "victim", v, "err", err)
+					log.Warn("wake deadlock victim; walking again to retry", "victim", v, "err", err)
+					retry = min(max(2*retry, waitRetryMin), waitRetryMax)
+					walked = nil
+				} else {
+					poked[v] = true
 				}
 			}
 		}
@@ -89,7 +115,11 @@ func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, w
 			held.Waited = true
 			return Grant{}, held
 		}
-		timer.Reset(min(left, held.Remaining+timerSlack))
+		next := min(left, held.Remaining+timerSlack)
+		if retry > 0 {
+			next = min(next, retry)
+		}
+		timer.Reset(next)
 		select {
 		case <-ctx.Done():
 			return Grant{}, fmt.Errorf("acquire lock %s: %w: %w", held.Resource, ErrUnavailable, ctx.Err())
@@ -97,13 +127,17 @@ func Wait(ctx context.Context, b WaitBackend, log *slog.Logger, holder string, w
 		case <-timer.C:
 		}
 		g, h, err := b.Try(ctx)
-		if err != nil {
+		switch {
+		case err == nil && h == nil:
+			return g, nil
+		case err == nil:
+			held = h
+			if walked != nil {
+				retry = 0 // nothing left to retry
+			}
+		case failed("trying the lock", err) != nil:
 			return Grant{}, err
 		}
-		if h == nil {
-			return g, nil
-		}
-		held = h
 	}
 }
 

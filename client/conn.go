@@ -191,6 +191,21 @@ func (c *conn) wait(ctx context.Context, cl *call) (*wire.Response, error) {
 	return nil, &CanceledError{Err: ctx.Err(), Sent: sent}
 }
 
+// abandonQueued drops cl if the writer has not taken it yet, so that it is
+// never sent, and reports whether it did.
+func (c *conn) abandonQueued(cl *call) bool {
+	if !cl.state.CompareAndSwap(callQueued, callAbandoned) {
+		return false
+	}
+	c.mu.Lock()
+	if _, ok := c.pending[cl.id]; ok {
+		delete(c.pending, cl.id)
+		c.inflight.Add(-1)
+	}
+	c.mu.Unlock()
+	return true
+}
+
 // writeLoop writes queued calls. Everything queued when it wakes goes out
 // in one vectored write, so requests queued while a write is in progress
 // share the next one.

@@ -152,7 +152,9 @@ func lockFromWire(resp *wire.Response, sent time.Time) (*Lock, error) {
 // Acquire takes the lock on resource, unbound: it is held until its lease
 // ends (opts: Lease, default 30 s), unless released or extended. With Wait
 // it waits for a held lock; otherwise a held lock fails at once with
-// ErrLockHeld. Use WithLock for a lock kept while a function runs.
+// ErrLockHeld. Use WithLock for a lock kept while a function runs. If ctx
+// ends before the reply, Acquire returns a *CanceledError (errors.Is with
+// ctx.Err() holds), and a grant that comes later is released.
 func (c *Client) Acquire(ctx context.Context, resource string, opts ...LockOption) (*Lock, error) {
 	req, _, err := lockRequest(wire.OpLockAcquire, resource, opts)
 	if err != nil {
@@ -437,6 +439,10 @@ func (s *lockSession) acquire(ctx context.Context, req *wire.Request, private bo
 		select {
 		case <-cl.done: // the reply came too: use it rather than give it up
 		default:
+			if s.cn.abandonQueued(cl) {
+				done() // never sent: nothing to undo
+				return nil, &CanceledError{Err: ctx.Err()}
+			}
 			go func() { // ends with the reply, or with the connection
 				defer done()
 				<-cl.done
@@ -447,7 +453,7 @@ func (s *lockSession) acquire(ctx context.Context, req *wire.Request, private bo
 					_, _ = s.do(rctx, rel) // failing, it ends with its lease or its connection
 				}
 			}()
-			return nil, ctx.Err()
+			return nil, &CanceledError{Err: ctx.Err(), Sent: true}
 		}
 	}
 	done()

@@ -437,8 +437,10 @@ func TestAcquireAbandonedTopLevel(t *testing.T) {
 	}()
 	actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := c.Acquire(actx, "x", client.Wait(5*time.Second)); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Acquire: %v, want DeadlineExceeded", err)
+	var ce *client.CanceledError
+	if _, err := c.Acquire(actx, "x", client.Wait(5*time.Second)); !errors.Is(err, context.DeadlineExceeded) ||
+		!errors.As(err, &ce) || !ce.Sent {
+		t.Fatalf("Acquire: %v, want DeadlineExceeded, a CanceledError of a request sent", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -286,23 +286,28 @@ func (c *Client) WithLock(ctx context.Context, resource string, fn func(ctx cont
 
 	lctx, cancel := context.WithCancelCause(withSession(ctx, s))
 	watched := make(chan struct{})
+	var lostErr error // why the lock was lost while fn ran; read after watched
 	go func() {
 		defer close(watched)
 		select {
 		case e := <-lost:
-			cancel(e)
+			lostErr = e
 		case <-s.cn.closing:
 			s.cn.mu.Lock()
-			cancel(s.cn.errFor(true))
+			lostErr = s.cn.errFor(true)
 			s.cn.mu.Unlock()
 		case <-lctx.Done():
+			return
 		}
+		cancel(lostErr)
 	}()
 	ferr := fn(lctx, l.Fence())
 	cancel(nil)
 	<-watched
-	if cause := context.Cause(lctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() == nil {
-		return errors.Join(cause, ferr) // lost: already released or ending with its lease
+	if lostErr != nil {
+		// Lost: already released, or ending with its lease. Also when ctx
+		// ended since: fn may not have run alone.
+		return errors.Join(lostErr, ferr)
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer rcancel()

@@ -457,3 +457,40 @@ func TestAcquireAbandonedTopLevel(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestWithLockLostThenDeadline: the lock's connection breaks while fn runs
+// (the sidecar releases the lock), and the caller's deadline passes before
+// fn returns. WithLock still says the lock was lost: fn may not have run
+// alone.
+func TestWithLockLostThenDeadline(t *testing.T) {
+	path := startLockSidecar(t, txn.NewMemory(nil))
+	var mu sync.Mutex
+	var conns []net.Conn
+	c := &client.Client{Socket: path, Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			mu.Lock()
+			conns = append(conns, nc)
+			mu.Unlock()
+		}
+		return nc, err
+	}}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(testCtx(t), time.Second)
+	defer cancel()
+	err := c.WithLock(ctx, "r", func(fctx context.Context, f client.Fence) error {
+		mu.Lock()
+		for _, nc := range conns {
+			nc.Close() // the lock's connection among them
+		}
+		mu.Unlock()
+		<-fctx.Done()
+		<-ctx.Done()
+		return nil
+	})
+	var ce *client.ConnError
+	if !errors.As(err, &ce) {
+		t.Fatalf("WithLock returned %v, want the connection's failure", err)
+	}
+}

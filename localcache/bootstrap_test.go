@@ -1,6 +1,7 @@
 package localcache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -371,6 +372,59 @@ func TestHistoryImportConcurrent(t *testing.T) {
 		ea, eb := mustEvents(t, a.store, k), mustEvents(t, b.store, k)
 		if len(eb) == 0 || !reflect.DeepEqual(eb, ea[len(ea)-len(eb):]) {
 			t.Fatalf("%s: B holds %d events that are not A's last ones (A has %d)", k, len(eb), len(ea))
+		}
+	}
+}
+
+// TestBootstrapLargeGovernor: a new node pulls a governor larger than one
+// local transaction holds, in one page (as a watch's first delivery
+// brings a whole governor): it is applied in several transactions, every
+// state with its event where the remote keeps history.
+func TestBootstrapLargeGovernor(t *testing.T) { forRemotes(t, testBootstrapLargeGovernor) }
+
+func testBootstrapLargeGovernor(t *testing.T, newRemote func() syncer.Remote) {
+	const states = 1000
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	value := bytes.Repeat([]byte("v"), 60)
+	for i := 0; i < states; i += 250 { // at most 250 writes fit one Firestore transaction
+		ws := make([]Write, 250)
+		for j := range ws {
+			ws[j] = Write{Key: key("g", fmt.Sprintf("s%05d", i+j)), Value: value}
+		}
+		if _, err := a.store.WriteBatch(ctx, ws); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for a.store.Depth() > 0 {
+		if rep := a.pushAll(); rep.Parked > 0 {
+			t.Fatalf("push: %+v", rep)
+		}
+	}
+
+	// b's transactions hold about 300 KiB: less than half the page.
+	b := &syncNode{t: t, dir: t.TempDir(), node: "b", remote: remote}
+	b.store = openDisk(t, b.dir, func(o *Options) { o.NodeID, o.memTableSize = "b", 2<<20 })
+	t.Cleanup(func() { _ = b.store.Close(context.Background()) })
+	opts := syncer.PullOptions{Governors: []string{"g"}, PageSize: states + 100}
+	history, withHistory := remote.(syncer.HistoryRemote)
+	if withHistory {
+		opts.History, opts.HistoryMode = history, syncer.HistoryFull
+	}
+	b.pull = syncer.NewPuller(b.store, remote, opts)
+	if rep := b.pullAll(); rep.Applied != states {
+		t.Fatalf("pull: %+v; want %d states applied", rep, states)
+	}
+	for _, i := range []int{0, states / 2, states - 1} {
+		st := fmt.Sprintf("s%05d", i)
+		rec := b.get(key("g", st))
+		if !bytes.Equal(rec.Value, value) || rec.Version != 1 {
+			t.Fatalf("%s on b: %+v", st, rec)
+		}
+		evs, err := b.store.Events(ctx, key("g", st))
+		if err != nil || withHistory && len(evs) != 1 {
+			t.Fatalf("events of %s on b: %d, %v", st, len(evs), err)
 		}
 	}
 }

@@ -247,3 +247,32 @@ func TestFenceObservesGrants(t *testing.T) {
 		t.Fatal(r.Error)
 	}
 }
+
+// TestBatchPutLimitWithSharedStore: with a shared store a batch_put is one
+// Firestore transaction too, so it holds at most 250 items (each a record and
+// an event); one more is refused before anything is written.
+func TestBatchPutLimitWithSharedStore(t *testing.T) {
+	store := openLocalcache(t, "")
+	remote := memremote.New()
+	ts := startServer(t, store, Options{Sync: newStoreSync(t, store, remote), SyncTimeout: 10 * time.Second})
+	c := ts.hello()
+	items := func(n int) []wire.Item {
+		its := make([]wire.Item, n)
+		for i := range its {
+			its[i] = wire.Item{Governor: "g", State: fmt.Sprint("s", i), Value: mustMarshal(t, i)}
+		}
+		return its
+	}
+	r := c.call(wire.Request{Op: wire.OpBatchPut, Items: items(wire.MaxTxnWrites + 1)})
+	expectError(t, r, wire.CodeTooLarge, "items")
+	if r.Error.Limit != wire.MaxTxnWrites {
+		t.Fatalf("limit %d, want %d", r.Error.Limit, wire.MaxTxnWrites)
+	}
+	if _, err := store.Get(context.Background(), localcache.Key{Governor: "g", State: "s0"}); !errors.Is(err, localcache.ErrNotFound) {
+		t.Fatalf("a refused batch wrote: %v", err)
+	}
+	r = c.call(wire.Request{Op: wire.OpBatchPut, Items: items(wire.MaxTxnWrites), Consistency: "sync"})
+	if r.Error != nil || len(r.Records) != wire.MaxTxnWrites || r.Records[0].Pending {
+		t.Fatalf("sync batch of %d: %v", wire.MaxTxnWrites, r.Error)
+	}
+}

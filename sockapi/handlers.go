@@ -374,6 +374,13 @@ func (c *conn) opBatchPut(req *wire.Request) {
 	if max := c.s.opts.MaxBatch; e == nil && len(req.Items) > max {
 		e = tooLarge("items", max, "items has %d entries, limit %d", len(req.Items), max)
 	}
+	if max := wire.MaxTxnWrites; e == nil && c.s.opts.Sync != nil && len(req.Items) > max {
+		// The batch is atomic in the shared store too: one Firestore
+		// transaction, which a larger batch would not fit.
+		e = tooLarge("items", max,
+			"items has %d entries, limit %d with a shared store (each writes a record and an event: two of Firestore's 500 writes per transaction)",
+			len(req.Items), max)
+	}
 	if e != nil {
 		c.replyError(req.ID, e)
 		return

@@ -196,27 +196,42 @@ func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, e
 	return b, nil
 }
 
-// historyChunk is about the most history items (events and snapshots) one
-// ApplyRemote call stores: a page of records with long histories is
-// applied in several calls.
-const historyChunk = 2000
+// One ApplyRemote call stores at most about applyChunkItems records and
+// history items (events and snapshots) and applyChunkBytes of them (see
+// applySize): the local store writes each call in one transaction, which
+// has a size limit (a few hundred KB with small memtables). A page of
+// records, or a watch's first delivery of a whole governor, is applied in
+// several calls.
+const (
+	applyChunkItems = 1000
+	applyChunkBytes = 256 << 10
+)
 
-// applyChunks applies b in calls of about historyChunk history items
-// each, the records in order; only the last call stores the governor's
-// cursor, so a crash between them redoes the page from the old cursor
-// (the records applied already are then stale, and their history is in).
+// applyChunks applies b in calls within applyChunkItems and
+// applyChunkBytes, the records in order (a record and its history always
+// in one call); only the last call stores the governor's cursor, so a crash
+// between them redoes the page from the old cursor (the records applied
+// already are then stale, and their history is in).
 func (p *Puller) applyChunks(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
-	if b.History == nil || len(b.Records) == 0 {
-		return p.applier.ApplyRemote(ctx, b)
-	}
 	var out ApplyResult
-	for start := 0; start < len(b.Records); {
-		end, items := start, 0
-		for end < len(b.Records) && (end == start || items+historyItems(b.History[end]) <= historyChunk) {
-			items += historyItems(b.History[end])
+	for start := 0; start < len(b.Records) || start == 0; {
+		end, items, size := start, 0, 0
+		for end < len(b.Records) {
+			n, z := 1, applySize(b.Records[end])
+			if b.History != nil {
+				n += historyItems(b.History[end])
+				z += historySize(b.History[end])
+			}
+			if end > start && (items+n > applyChunkItems || size+z > applyChunkBytes) {
+				break
+			}
+			items, size = items+n, size+z
 			end++
 		}
-		part := RemoteBatch{Records: b.Records[start:end], History: b.History[start:end]}
+		part := RemoteBatch{Records: b.Records[start:end]}
+		if b.History != nil {
+			part.History = b.History[start:end]
+		}
 		if end == len(b.Records) {
 			part.Governor, part.Cursor = b.Governor, b.Cursor
 		}
@@ -225,9 +240,31 @@ func (p *Puller) applyChunks(ctx context.Context, b RemoteBatch) (ApplyResult, e
 			return out, err
 		}
 		out.Statuses = append(out.Statuses, res.Statuses...)
+		if end == len(b.Records) {
+			break
+		}
 		start = end
 	}
 	return out, nil
+}
+
+// applySize estimates the bytes a record takes in the local store's
+// transaction (its value in full, though a large one is stored apart).
+func applySize(r Record) int {
+	return 128 + len(r.Governor) + len(r.State) + len(r.Value) + len(r.Change.Actor) + len(r.Change.Reason) +
+		len(r.Origin) + len(r.OpID) + vectorSize(r.Clock.Vector)
+}
+
+func historySize(h History) int {
+	n := 0
+	for _, s := range h.Snapshots {
+		n += applySize(s.Record)
+	}
+	for _, e := range h.Events {
+		n += 128 + len(e.Governor) + len(e.State) + len(e.Value) + len(e.Change.Actor) + len(e.Change.Reason) +
+			len(e.Origin) + len(e.OpID) + vectorSize(e.Clock.Vector)
+	}
+	return n
 }
 
 func historyItems(h History) int { return len(h.Events) + len(h.Snapshots) }

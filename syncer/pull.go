@@ -415,13 +415,25 @@ func (p *Puller) PullOnce(ctx context.Context) (PullReport, error) {
 
 // pullGovernor pages through governor's changes since its stored cursor.
 func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullReport) error {
+	return p.pullGovernorFrom(ctx, governor, nil, rep)
+}
+
+// pullGovernorFrom is pullGovernor from cursor from instead of the stored
+// one, when from is set; it then leaves the stored cursor as it is (it is
+// further on).
+func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cursor, rep *PullReport) error {
 	l := p.lock(governor)
 	l.Lock()
 	defer l.Unlock()
 	start := time.Now()
-	cur, err := p.applier.Cursor(ctx, governor)
-	if err != nil {
-		return fmt.Errorf("read cursor: %w", err)
+	var cur Cursor
+	if from != nil {
+		cur = *from
+	} else {
+		var err error
+		if cur, err = p.applier.Cursor(ctx, governor); err != nil {
+			return fmt.Errorf("read cursor: %w", err)
+		}
 	}
 	for {
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
@@ -435,7 +447,11 @@ func (p *Puller) pullGovernor(ctx context.Context, governor string, rep *PullRep
 			p.notePolled(governor, start)
 			return nil
 		}
-		res, err := p.apply(ctx, RemoteBatch{Records: recs, Governor: governor, Cursor: next})
+		b := RemoteBatch{Records: recs, Governor: governor, Cursor: next}
+		if from != nil {
+			b.Governor, b.Cursor = "", "" // the stored cursor stays
+		}
+		res, err := p.apply(ctx, b)
 		if err != nil {
 			return err
 		}
@@ -570,27 +586,39 @@ func (p *Puller) runGovernor(ctx context.Context, governor string) {
 	}
 }
 
-// watch runs one Watch of governor from its stored cursor; it returns when
-// the watch ends (always with an error).
+// watch runs one Watch of governor; it returns when the watch ends (always
+// with an error).
 //
-// The governor counts as live (FreshAt: now) only after the watch's first
-// delivery and a poll from the stored cursor: a listener's first snapshot
-// may lack a change committed while the listener started (Firestore's
-// emulator shows it). While the watch is up the governor is also polled
+// It polls first, from the stored cursor, in pages: a listener's first
+// delivery holds every state changed since its cursor, a whole governor on
+// a new node, and is applied in one go. The watch starts from the cursor
+// the poll reached. The governor counts as live (FreshAt: now) only after
+// the watch's first delivery and a second poll from that same cursor: a
+// listener's first snapshot may lack a change committed while the listener
+// started (Firestore's emulator shows it), and the cursor the delivery
+// stored may be past it. While the watch is up the governor is also polled
 // every Resync, so a listener that silently stops delivering costs at most
-// that much staleness.
+// that much staleness. When the watch ends, the governor is fresh as of its
+// last delivery applied.
 func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures *atomic.Int64) error {
+	var caughtUp PullReport
+	if err := p.pullGovernor(ctx, governor, &caughtUp); err != nil {
+		return fmt.Errorf("poll before the watch: %w", err)
+	}
 	cur, err := p.applier.Cursor(ctx, governor)
 	if err != nil {
 		return fmt.Errorf("read cursor: %w", err)
 	}
+	start := cur
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var resyncs sync.WaitGroup
 	defer resyncs.Wait()
 	l := p.lock(governor)
 	live := false
+	var applied time.Time // when the last delivery applied arrived
 	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor) error {
+		at := time.Now()
 		if len(recs) > 0 || next != cur {
 			if err := p.applyDelivery(ctx, l, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
 				return err
@@ -600,18 +628,19 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 		failures.Store(0) // the watch is up
 		if !live {
 			var rep PullReport
-			if err := p.pullGovernor(ctx, governor, &rep); err != nil {
+			if err := p.pullGovernorFrom(ctx, governor, &start, &rep); err != nil {
 				return fmt.Errorf("poll after the watch started: %w", err)
 			}
 			live = true
 			p.setFresh(governor, freshness{live: true})
 			resyncs.Go(func() { p.resync(wctx, governor) })
 		}
+		applied = at
 		return nil
 	})
 	cancel()
 	if live {
-		p.setFresh(governor, freshness{at: time.Now()})
+		p.setFresh(governor, freshness{at: applied})
 	}
 	return err
 }

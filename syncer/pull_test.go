@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -725,9 +726,11 @@ func TestPullMemremoteOffline(t *testing.T) {
 	put(t, a.j, key("x"), "v1")
 	syncOnce(t, ctx, a.s)
 	waitFor(t, 10*time.Second, func() bool { return matchesRemote(ctx, c, m, key("x")) }, "first delivery")
-	watches := m.Calls("watch")
+	// A watch starts with a poll: each attempt polls, and fails there.
+	attempts := func() int { return m.Calls("watch") + m.Calls("changes") }
+	before := attempts()
 	m.SetOffline(true)
-	waitFor(t, 10*time.Second, func() bool { return m.Calls("watch") >= watches+3 }, "watch retried with backoff")
+	waitFor(t, 10*time.Second, func() bool { return attempts() >= before+3 }, "watch retried with backoff")
 	m.SetOffline(false)
 	put(t, a.j, key("x"), "v2")
 	put(t, a.j, key("y"), "v1")
@@ -835,5 +838,85 @@ func TestDecideApply(t *testing.T) {
 				t.Fatalf("DecideApply = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// lossyFirstWatch's first Watch runs before (a change committed as the
+// listener starts), then drops the first record of its first delivery, as
+// the emulator's listener may with a change committed while it starts.
+type lossyFirstWatch struct {
+	syncer.Remote
+	before  func()
+	started atomic.Bool
+}
+
+func (l *lossyFirstWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+	first := !l.started.Swap(true)
+	if first && l.before != nil {
+		l.before()
+	}
+	return l.Remote.(syncer.Watcher).Watch(ctx, g, since, func(recs []syncer.Record, next syncer.Cursor) error {
+		if first && len(recs) > 1 {
+			first = false
+			return fn(recs[1:], next)
+		}
+		first = false
+		return fn(recs, next)
+	})
+}
+
+// TestPullWatchFirstDeliveryGap: the watch's first delivery lacks a change
+// and holds a later one, so the cursor it stores is past the change. The
+// poll made before the governor counts as live starts from the watch's own
+// starting cursor, and brings it.
+func TestPullWatchFirstDeliveryGap(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := memremote.New()
+	a := newNode("node-a", r, syncer.PullOptions{})
+	lw := &lossyFirstWatch{Remote: r, before: func() {
+		put(t, a.j, key("early"), "v")
+		syncOnce(t, ctx, a.s)
+		put(t, a.j, key("later"), "v")
+		syncOnce(t, ctx, a.s)
+	}}
+	j := syncer.NewMemJournal("node-c")
+	p := syncer.NewPuller(j, lw, syncer.PullOptions{Governors: []string{"g"}, Resync: time.Hour})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(rctx) }()
+	defer func() { stop(); <-done }()
+	waitFor(t, 10*time.Second, func() bool { at, ok := p.FreshAt("g"); return ok && time.Since(at) < time.Second }, "live")
+	for _, k := range []syncer.Key{key("early"), key("later")} {
+		if _, ok := j.Record(k); !ok {
+			t.Fatalf("%s not pulled, though the governor is live", k)
+		}
+	}
+}
+
+// TestPullFreshAfterFailedApply: a watch that ends because a delivery could
+// not be applied leaves the governor fresh as of the last delivery applied,
+// not as of its end: a bounded read must not take the local copy, which
+// lacks the change, as fresh enough.
+func TestPullFreshAfterFailedApply(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := memremote.New()
+	a := newNode("node-a", r, syncer.PullOptions{})
+	c := newNode("node-c", r, syncer.PullOptions{Backoff: syncer.Backoff{Min: 5 * time.Second, Max: 5 * time.Second},
+		Resync: time.Hour})
+	put(t, a.j, key("x"), "v1")
+	syncOnce(t, ctx, a.s)
+	runLoops(t, ctx, c)
+	waitFor(t, 10*time.Second, func() bool { return matchesRemote(ctx, c, r, key("x")) }, "first")
+	waitFor(t, 10*time.Second, func() bool { at, ok := c.p.FreshAt("g"); return ok && time.Since(at) < time.Second }, "live")
+	c.j.FailApplies(1)
+	committed := time.Now()
+	put(t, a.j, key("x"), "v2")
+	syncOnce(t, ctx, a.s)
+	waitFor(t, 10*time.Second, func() bool { return c.p.Stats().WatchRestarts >= 1 }, "the watch ended")
+	at, ok := c.p.FreshAt("g")
+	if loc, _ := c.j.Record(key("x")); string(loc.Value) == "v1" && ok && !at.Before(committed) {
+		t.Fatalf("fresh as of %v after v2's commit, with v1 still local", at.Sub(committed))
 	}
 }

@@ -476,6 +476,22 @@ func (s *Store) StateAtVersion(ctx context.Context, k Key, version uint64) (Past
 	}
 	var p PastState
 	err := s.scan(ctx, func(txn *badger.Txn) error {
+		rec, err := readRecord(txn, k)
+		if err != nil {
+			return err
+		}
+		// A local change that gave way (it lost a conflict, or its
+		// transaction did) leaves its event behind, at a version above the
+		// record's or at the record's own version with another op: the
+		// record answers, not the event.
+		if rec != nil && version >= rec.Version {
+			switch {
+			case version > rec.Version || rec.Deleted:
+				return &KeyError{Op: "state_at", Key: k, Err: ErrNotFound}
+			}
+			p = PastState{Record: pastRecord(rec), Exact: true}
+			return nil
+		}
 		item, err := txn.Get(eventKey(k, version))
 		switch {
 		case err == nil:
@@ -493,10 +509,6 @@ func (s *Store) StateAtVersion(ctx context.Context, k Key, version uint64) (Past
 		}
 		if sp, ok, err := snapshotPast(txn, k, version); ok {
 			p = sp
-			return err
-		}
-		rec, err := readRecord(txn, k)
-		if err != nil {
 			return err
 		}
 		switch {

@@ -308,10 +308,13 @@ func (s *Store) saveSnapshot(ctx context.Context, k Key, keep int, source func(t
 		item, err := txn.Get(snapKey(k, snap.Version))
 		if err == nil {
 			stored, err := readSnapshot(item, k)
-			snap = &stored
-			return err
-		}
-		if !errors.Is(err, badger.ErrKeyNotFound) {
+			if err != nil || stored.OpID == snap.OpID {
+				snap = &stored
+				return err
+			}
+			// The stored snapshot is of a local change that gave way (the
+			// state's version was made again by another change): replace it.
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
 			return err
 		}
 		ops, err = planSnapshot(txn, snap, keep)

@@ -40,6 +40,11 @@ func pastAt(ctx context.Context, txn *badger.Txn, k Key, at int64) (PastState, e
 		return PastState{}, err
 	}
 	top := uint64(math.MaxUint64)
+	if rec != nil {
+		// Events above the record's version are of local changes that gave
+		// way: not part of the state's history.
+		top = rec.Version
+	}
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: versionedPrefix(kindMark, k), Reverse: true})
 	defer it.Close()
 	for it.Seek(markKey(k, math.MaxUint64)); it.Valid(); it.Next() {

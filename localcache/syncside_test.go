@@ -910,3 +910,50 @@ func TestLostChangesForgotten(t *testing.T) {
 		}
 	}
 }
+
+// TestHistoryOfAChangeThatLost: a local change that lost its conflict in the
+// shared store leaves its event (and a snapshot taken of it) behind at a
+// version the winner made. Past-state queries and snapshots answer with the
+// state's record, not with the change that gave way.
+func TestHistoryOfAChangeThatLost(t *testing.T) { forRemotes(t, testHistoryOfAChangeThatLost) }
+
+func testHistoryOfAChangeThatLost(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	a.put(k, "a2")
+	a3 := a.put(k, "a3")
+	if snap, taken, err := a.store.Snapshot(ctx, k); err != nil || !taken || string(snap.Value) != "a3" {
+		t.Fatalf("snapshot of a3: %+v, %v, %v", snap, taken, err)
+	}
+	nextMillisecond() // b's write is later: it wins
+	b.put(k, "b2")
+	b.pushAll()
+	if rep := a.pushAll(); rep.Superseded != 2 {
+		t.Fatalf("a's push %+v: want its two writes superseded", rep)
+	}
+	if got := a.get(k); string(got.Value) != "b2" || got.Version != 2 {
+		t.Fatalf("a holds %+v, want b's v2", got)
+	}
+	if p, err := a.store.StateAtVersion(ctx, k, 2); err != nil || string(p.Value) != "b2" {
+		t.Fatalf("state at version 2: %+v, %v; want b2", p, err)
+	}
+	if p, err := a.store.StateAtVersion(ctx, k, 3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("state at version 3, which only the change that lost made: %+v, %v", p, err)
+	}
+	if p, err := a.store.StateAt(ctx, k, time.Now()); err != nil || string(p.Value) != "b2" {
+		t.Fatalf("state now: %+v, %v; want b2", p, err)
+	}
+	if p, err := a.store.StateAt(ctx, k, time.Unix(0, a3.UpdatedAt)); err != nil || p.Version > 2 {
+		t.Fatalf("state when a3 was written: %+v, %v; want a version of the state's history", p, err)
+	}
+	a.put(k, "a3-again") // version 3 once more, a new change
+	if snap, taken, err := a.store.Snapshot(ctx, k); err != nil || !taken || string(snap.Value) != "a3-again" {
+		t.Fatalf("snapshot of the new version 3: %+v, taken %v, %v; want a3-again", snap, taken, err)
+	}
+}

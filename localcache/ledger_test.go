@@ -273,3 +273,27 @@ func TestLedgerMergeTwoStores(t *testing.T) {
 		})
 	}
 }
+
+// TestTimeLogPageStopsBeforeMaxBytes: a page of a time-ordered log ends
+// before the entry that would take it past MaxBytes (it used to end after
+// it, so one large entry could push a reply over the frame limit).
+func TestTimeLogPageStopsBeforeMaxBytes(t *testing.T) {
+	s := openMem(t)
+	ctx := context.Background()
+	base := time.Now().UnixNano()
+	var ops []kv
+	for i := range 4 {
+		ops = append(ops, kv{key: timeKey(kindLedger, base+int64(i), fmt.Sprint("e", i)), value: make([]byte, 100)})
+	}
+	if err := s.commitOps(ctx, ops); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ maxBytes, want int }{{1, 1}, {150, 1}, {200, 2}, {399, 3}, {400, 4}} {
+		kept := 0
+		next, err := s.scanTime(ctx, kindLedger, timeRange{Limit: 10, MaxBytes: tc.maxBytes, field: "conflicts"},
+			func(key, v []byte) (bool, error) { kept++; return true, nil })
+		if err != nil || kept != tc.want || (next == "") != (tc.want == 4) {
+			t.Errorf("MaxBytes %d: %d entries (next %q), %v; want %d", tc.maxBytes, kept, next, err, tc.want)
+		}
+	}
+}

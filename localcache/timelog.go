@@ -73,7 +73,7 @@ func (s *Store) scanTime(ctx context.Context, kind byte, r timeRange, fn func(ke
 				next = "" // the end of the range
 				return nil
 			}
-			if kept == r.Limit || r.MaxBytes > 0 && kept > 0 && size >= r.MaxBytes {
+			if kept == r.Limit || r.MaxBytes > 0 && kept > 0 && size+int(item.ValueSize()) > r.MaxBytes {
 				return nil // next is the last entry's
 			}
 			v, err := item.ValueCopy(nil)

@@ -170,6 +170,10 @@ type PullOptions struct {
 	Resync time.Duration
 	// Backoff is the wait after failures (default 100ms to 30s).
 	Backoff Backoff
+	// Rewatch is how long a governor whose watch the remote rejected for
+	// good (ErrPermanent: a missing index, or credentials refused for a
+	// moment) is polled before a watch is tried again (default 10m).
+	Rewatch time.Duration
 	// PageSize is how many records one Changes call asks for (default 1000).
 	PageSize int
 	// CallTimeout bounds one Changes or Get call (default 30s).
@@ -191,6 +195,9 @@ func (o PullOptions) withDefaults() PullOptions {
 	o.Backoff = o.Backoff.withDefaults()
 	if o.Resync <= 0 {
 		o.Resync = time.Minute
+	}
+	if o.Rewatch <= 0 {
+		o.Rewatch = 10 * time.Minute
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 1000
@@ -537,6 +544,7 @@ func (p *Puller) Run(ctx context.Context) error {
 // runGovernor keeps governor pulled until ctx is done.
 func (p *Puller) runGovernor(ctx context.Context, governor string) {
 	w, watch := p.remote.(Watcher)
+	var rewatch time.Time // when a watch rejected for good is tried again
 	var failures atomic.Int64
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -549,8 +557,10 @@ func (p *Puller) runGovernor(ctx context.Context, governor string) {
 				return
 			}
 			if errors.Is(err, ErrPermanent) {
-				p.log.Error("pull watch rejected, polling instead", "governor", governor, "err", err)
+				p.log.Error("pull watch rejected, polling instead", "governor", governor, "err", err,
+					"watch_again_in", p.opts.Rewatch)
 				watch = false
+				rewatch = time.Now().Add(p.opts.Rewatch)
 			}
 			p.mu.Lock()
 			p.stats.WatchRestarts++
@@ -560,6 +570,10 @@ func (p *Puller) runGovernor(ctx context.Context, governor string) {
 			err = p.pullGovernor(ctx, governor, &rep)
 			if err == nil {
 				failures.Store(0)
+				if w != nil && !rewatch.IsZero() && !time.Now().Before(rewatch) {
+					watch = true // try the watch again
+					continue
+				}
 				timer.Reset(p.opts.Interval)
 				select {
 				case <-ctx.Done():

@@ -920,3 +920,46 @@ func TestPullFreshAfterFailedApply(t *testing.T) {
 		t.Fatalf("fresh as of %v after v2's commit, with v1 still local", at.Sub(committed))
 	}
 }
+
+// rejectFirstWatch rejects its first Watch for good, as a remote does for a
+// missing index or credentials refused for a moment.
+type rejectFirstWatch struct {
+	syncer.Remote
+	calls atomic.Int64
+}
+
+func (r *rejectFirstWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+	if r.calls.Add(1) == 1 {
+		return &syncer.Error{Op: "watch", Kind: syncer.ErrPermanent, Err: errors.New("rejected")}
+	}
+	return r.Remote.(syncer.Watcher).Watch(ctx, g, since, fn)
+}
+
+// TestPullRewatchAfterRejection: a governor whose watch was rejected for
+// good is polled, and watched again after Rewatch.
+func TestPullRewatchAfterRejection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := memremote.New()
+	a := newNode("node-a", m, syncer.PullOptions{})
+	rw := &rejectFirstWatch{Remote: m}
+	j := syncer.NewMemJournal("node-c")
+	p := syncer.NewPuller(j, rw, syncer.PullOptions{Governors: []string{"g"}, Interval: 5 * time.Millisecond,
+		Rewatch: 100 * time.Millisecond, Resync: time.Hour})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(rctx) }()
+	defer func() { stop(); <-done }()
+	put(t, a.j, key("x"), "v")
+	syncOnce(t, ctx, a.s)
+	waitFor(t, 10*time.Second, func() bool { _, ok := j.Record(key("x")); return ok }, "polled")
+	waitFor(t, 10*time.Second, func() bool { return rw.calls.Load() >= 2 }, "watched again")
+	changes := m.Calls("changes")
+	put(t, a.j, key("y"), "v")
+	syncOnce(t, ctx, a.s)
+	waitFor(t, 10*time.Second, func() bool { _, ok := j.Record(key("y")); return ok }, "delivered")
+	time.Sleep(50 * time.Millisecond) // ten poll intervals
+	if n := m.Calls("changes") - changes; n > 2 {
+		t.Fatalf("%d polls after the watch was back, want the watch to deliver", n)
+	}
+}

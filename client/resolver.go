@@ -106,8 +106,9 @@ const conflictBacklog = 256
 
 // ServeConflicts registers this process with the sidecar as the app that
 // decides the conflicts of gov, and calls fn for each, on its own
-// goroutine, until ctx ends (it then returns nil) or the connection fails
-// (it returns why). The registration lives on a connection of its own; it
+// goroutine, until ctx ends (it then returns nil; if ctx ends before the
+// sidecar confirmed the registration, the error saying so, which errors.Is
+// matches with ctx.Err()) or the connection fails (it returns why). The registration lives on a connection of its own; it
 // ends when ServeConflicts returns. One app per governor per sidecar: if
 // another holds gov, it fails at once with ErrLockHeld (retryable: the
 // other may go away); a governor the sidecar does not delegate is

@@ -221,6 +221,8 @@ type Puller struct {
 	opts    PullOptions
 	log     *slog.Logger
 
+	watches atomic.Uint64 // watch ids (freshness.watch)
+
 	mu    sync.Mutex // guards locks, fresh and stats
 	locks map[string]*sync.Mutex
 	fresh map[string]freshness
@@ -231,6 +233,10 @@ type Puller struct {
 type freshness struct {
 	live bool      // a watch is up: every remote change arrives as it is committed
 	at   time.Time // otherwise: the local copy held every change committed before at
+	// watch identifies the watch that made it live: a watch that ends
+	// leaves a newer one's freshness alone (a governor dropped and added
+	// again runs a new watch while the old one stops).
+	watch uint64
 }
 
 // FreshAt returns the time before which every remote change of governor is
@@ -258,6 +264,17 @@ func (p *Puller) setFresh(governor string, f freshness) {
 	}
 	p.fresh[governor] = f
 	p.mu.Unlock()
+}
+
+// watchEnded records the end of watch id of governor, which was live:
+// fresh as of at, unless another watch has made the governor live since.
+func (p *Puller) watchEnded(governor string, id uint64, at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f := p.fresh[governor]; f.live && f.watch != id {
+		return
+	}
+	p.fresh[governor] = freshness{at: at}
 }
 
 // notePolled records a complete poll of governor that started at start:
@@ -630,6 +647,7 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 	defer resyncs.Wait()
 	l := p.lock(governor)
 	live := false
+	id := p.watches.Add(1)
 	var applied time.Time // when the last delivery applied arrived
 	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor) error {
 		at := time.Now()
@@ -646,7 +664,7 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 				return fmt.Errorf("poll after the watch started: %w", err)
 			}
 			live = true
-			p.setFresh(governor, freshness{live: true})
+			p.setFresh(governor, freshness{live: true, watch: id})
 			resyncs.Go(func() { p.resync(wctx, governor) })
 		}
 		applied = at
@@ -654,7 +672,7 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 	})
 	cancel()
 	if live {
-		p.setFresh(governor, freshness{at: applied})
+		p.watchEnded(governor, id, applied)
 	}
 	return err
 }

@@ -211,6 +211,7 @@ func (r *replayer) state(txn *badger.Txn, k Key, evIt, snIt *badger.Iterator) er
 		}
 	}
 	evPrefix := eventPrefix(k)
+	var last uint64 // the last event's version
 	evIt.Seek(eventKey(k, max(skip, baseVer)+1))
 	for ; evIt.Valid() && bytes.HasPrefix(evIt.Item().Key(), evPrefix); evIt.Next() {
 		_, _, v, err := parseEventKey(evIt.Item().Key())
@@ -224,7 +225,37 @@ func (r *replayer) state(txn *badger.Txn, k Key, evIt, snIt *badger.Iterator) er
 		if err := r.add(ReplayItem{Event: &e}, k, v, len(e.Value)); err != nil {
 			return err
 		}
+		last = v
 	}
+	// A snapshot newer than every event (the events of those versions were
+	// not kept here: made elsewhere and pulled without history, say) ends
+	// the replay: it is the latest version the local log knows of.
+	if n := len(snaps); n > 0 && snaps[n-1] > max(skip, baseVer, last) {
+		top := snaps[n-1]
+		rec, err := readRecord(txn, k)
+		if err != nil {
+			return err
+		}
+		if rec != nil && top > rec.Version {
+			return r.doneState(k) // of a local change that gave way
+		}
+		item, err := txn.Get(snapKey(k, top))
+		if err != nil {
+			return err
+		}
+		snap, err := readSnapshot(item, k)
+		if err != nil {
+			return err
+		}
+		if err := r.add(ReplayItem{Snapshot: &snap}, k, top, len(snap.Value)); err != nil {
+			return err
+		}
+	}
+	return r.doneState(k)
+}
+
+// doneState records that k's items are all out.
+func (r *replayer) doneState(k Key) error {
 	r.lastState, r.lastVer = []byte(k.State), math.MaxUint64
 	return nil
 }

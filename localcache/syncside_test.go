@@ -957,3 +957,34 @@ func testHistoryOfAChangeThatLost(t *testing.T, newRemote func() syncer.Remote) 
 		t.Fatalf("snapshot of the new version 3: %+v, taken %v, %v; want a3-again", snap, taken, err)
 	}
 }
+
+// TestReplayEndsAtANewerSnapshot: a version pulled without its event, and
+// snapshotted here, is newer than every local event: the replay ends at
+// that snapshot, the state's latest version, not at the last event.
+func TestReplayEndsAtANewerSnapshot(t *testing.T) {
+	ctx := context.Background()
+	remote := memremote.New()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	k := key("g", "k")
+	b.put(k, "b1")
+	b.pushAll()
+	a.pullAll()
+	a.put(k, "a2")
+	a.pushAll()
+	b.pullAll() // no history: version 2 comes without its event
+	if got := b.get(k); got.Version != 2 {
+		t.Fatalf("b holds %+v", got)
+	}
+	if _, taken, err := b.store.Snapshot(ctx, k); err != nil || !taken {
+		t.Fatalf("snapshot: %v, %v", taken, err)
+	}
+	page, err := b.store.Replay(ctx, ReplayQuery{Governor: "g", State: "k"})
+	if err != nil || page.Next != "" || len(page.Items) == 0 {
+		t.Fatalf("replay: %+v, %v", page, err)
+	}
+	last := page.Items[len(page.Items)-1]
+	if last.Snapshot == nil || last.Snapshot.Version != 2 || string(last.Snapshot.Value) != "a2" {
+		t.Fatalf("the replay ends with %+v, want the snapshot of version 2", last)
+	}
+}

@@ -2,6 +2,7 @@ package localcache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -243,6 +244,37 @@ func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff i
 	return nil
 }
 
+// cutBaseSound reports whether k's snapshot at version is of the state's
+// history, so that the events up to it may go: not above the record's
+// version, and of the same change as the event at its version, if any. A
+// snapshot of a local change that gave way is neither.
+func cutBaseSound(txn *badger.Txn, k Key, version uint64) (bool, error) {
+	rec, err := readRecord(txn, k)
+	if err != nil || rec == nil || version > rec.Version {
+		return false, err
+	}
+	item, err := txn.Get(snapKey(k, version))
+	if err != nil {
+		return false, err
+	}
+	snap, err := readSnapshot(item, k)
+	if err != nil {
+		return false, err
+	}
+	item, err = txn.Get(eventKey(k, version))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	e, err := readEvent(item, k)
+	if err != nil {
+		return false, err
+	}
+	return e.OpID == snap.OpID, nil
+}
+
 // planCut finds k's cut and returns it with the keys to delete, oldest
 // first: events, then time marks, then snapshots (none: nothing to cut).
 func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutoff int64, pending uint64) (CleanupCut, [][]byte, error) {
@@ -285,7 +317,13 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 		case p.MaxAge > 0 && count[j] > 0 && newest[j] >= cutoff:
 		case p.KeepEvents > 0 && count[j] > total-p.KeepEvents:
 		default:
-			c = j
+			ok, err := cutBaseSound(txn, k, snaps[j])
+			if err != nil {
+				return CleanupCut{}, nil, err
+			}
+			if ok {
+				c = j
+			}
 		}
 	}
 	if c < 0 {

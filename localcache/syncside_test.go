@@ -953,6 +953,16 @@ func testHistoryOfAChangeThatLost(t *testing.T, newRemote func() syncer.Remote) 
 		t.Fatalf("state when a3 was written: %+v, %v; want a version of the state's history", p, err)
 	}
 	a.put(k, "a3-again") // version 3 once more, a new change
+	a.pushAll()
+	// The stale snapshot at 3 is no base to cut the log at: version 3's
+	// event stays.
+	if _, err := a.store.Cleanup(ctx, CleanupPolicy{Governor: "g", State: "k", MaxAge: time.Nanosecond}); err != nil {
+		t.Fatal(err)
+	}
+	if evs, err := a.store.Events(ctx, k); err != nil || len(evs) == 0 || evs[len(evs)-1].ToVersion != 3 ||
+		string(evs[len(evs)-1].Value) != "a3-again" {
+		t.Fatalf("events after the cleanup: %+v, %v", evs, err)
+	}
 	if snap, taken, err := a.store.Snapshot(ctx, k); err != nil || !taken || string(snap.Value) != "a3-again" {
 		t.Fatalf("snapshot of the new version 3: %+v, taken %v, %v; want a3-again", snap, taken, err)
 	}

@@ -161,6 +161,11 @@ func eventTimes(evs []Event) []int64 {
 
 func compareAnswers(t *testing.T, a, b historyAnswers) {
 	t.Helper()
+	// Automatic snapshots are best effort: a state written faster than the
+	// snapshot loop runs gets a snapshot of its latest due version only
+	// (noteSnapshotsDue), so the writer may hold fewer than a node that
+	// imported the versions. The answers must agree all the same.
+	a.Validation.Snapshots, b.Validation.Snapshots = 0, 0
 	v := reflect.ValueOf(a)
 	for i := range v.NumField() {
 		name := v.Type().Field(i).Name

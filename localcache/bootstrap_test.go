@@ -433,3 +433,40 @@ func testBootstrapLargeGovernor(t *testing.T, newRemote func() syncer.Remote) {
 		}
 	}
 }
+
+// TestHistoryAfterALongAbsence: a node holding a state's history misses
+// more versions than it continues event by event (it was offline): it
+// starts again at the newest remote snapshot, and the versions between are
+// a gap in its history, not a pull that cannot be applied.
+func TestHistoryAfterALongAbsence(t *testing.T) {
+	remote := firestoretest.Open(t)
+	ctx := context.Background()
+	a := newBootNode(t, "na", remote, syncer.HistorySinceSnapshot, 100, time.Now)
+	b := newBootNode(t, "nb", remote, syncer.HistorySinceSnapshot, 100, time.Now)
+	k := key("g", "s")
+	mustPut(t, a.store, k, "v1")
+	a.sync()
+	b.sync()
+	const versions = 620 // more than the 500 continued event by event
+	for i := 2; i <= versions; i++ {
+		mustPut(t, a.store, k, fmt.Sprint("v", i))
+	}
+	a.sync()
+	b.sync()
+	if rec, err := b.store.Get(ctx, k); err != nil || rec.Version != versions {
+		t.Fatalf("b's record: %+v, %v", rec, err)
+	}
+	evs := mustEvents(t, b.store, k)
+	if first := evs[1].ToVersion; len(evs) != 1+versions-600 || evs[0].ToVersion != 1 || first != 601 {
+		t.Fatalf("b's events: %d, versions %d, %d, ...; want 1, then 601 to %d", len(evs), evs[0].ToVersion, first, versions)
+	}
+	if _, err := b.store.StateAtVersion(ctx, k, 300); !errors.Is(err, ErrHistoryGap) {
+		t.Fatalf("a version b missed: %v, want a history gap", err)
+	}
+	if p, err := b.store.StateAtVersion(ctx, k, 610); err != nil || string(p.Value) != "v610" {
+		t.Fatalf("version 610 on b: %+v, %v", p, err)
+	}
+	if rep, err := b.store.Validate(ctx, "g", ""); err != nil || !rep.OK() {
+		t.Fatalf("validate b: %+v, %v", rep, err)
+	}
+}

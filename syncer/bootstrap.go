@@ -124,12 +124,22 @@ type HistoryApplier interface {
 // historyPage is how many events one Events call asks for.
 const historyPage = 1000
 
+// maxContinuedHistory is how many missing versions of a state a node that
+// holds its history continues with every event (HistorySinceSnapshot):
+// a record is applied with its history in one local transaction, which a
+// long history (a node that was offline while the state changed thousands
+// of times) does not fit.
+const maxContinuedHistory = 500
+
 // FetchHistory reads the remote history of key above top (what the local
 // store holds, see HistoryApplier.HistoryTop) up to version, as mode says:
 // with top 0 and HistorySinceSnapshot, the newest snapshot at or below
 // version and the events after it; with HistoryFull every snapshot and
 // event; with top > 0, the snapshots and events after top (a node that has
-// a history of a state continues it). Errors are the remote's.
+// a history of a state continues it), except with HistorySinceSnapshot when
+// more than maxContinuedHistory versions are missing and the remote has a
+// snapshot above top: then from that snapshot, as a new node (the versions
+// between are a gap in the local history). Errors are the remote's.
 func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode) (History, error) {
 	var h History
 	if mode == HistoryNone || version <= top {
@@ -140,7 +150,7 @@ func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 	if err != nil {
 		return History{}, fmt.Errorf("snapshots of %s: %w", key, err)
 	}
-	if n := len(snaps); n > 0 && top == 0 && mode == HistorySinceSnapshot {
+	if n := len(snaps); n > 0 && mode == HistorySinceSnapshot && (top == 0 || version-top > maxContinuedHistory) {
 		snaps = snaps[n-1:]
 		after = snaps[0].Version
 	}

@@ -86,3 +86,47 @@ func TestPullHistoryChunks(t *testing.T) {
 		t.Fatalf("cursor %q", c)
 	}
 }
+
+// snapRemote is a histRemote with snapshots at the given versions.
+type snapRemote struct {
+	histRemote
+	at []uint64
+}
+
+func (r snapRemote) Snapshots(_ context.Context, k Key, after, max uint64) ([]Snapshot, error) {
+	var out []Snapshot
+	for _, v := range r.at {
+		if v > after && v <= max {
+			out = append(out, Snapshot{Record: Record{Key: k, Version: v, OpID: fmt.Sprint("op-", v)}})
+		}
+	}
+	return out, nil
+}
+
+// A node that holds a state's history continues it event by event, unless
+// so many versions are missing that it starts again at the newest remote
+// snapshot (with since_snapshot; full brings everything).
+func TestFetchHistoryAfterALongAbsence(t *testing.T) {
+	ctx := context.Background()
+	k := Key{Governor: "g", State: "s"}
+	r := snapRemote{histRemote{n: 3000}, []uint64{1000, 2000, 2990}}
+	for _, tc := range []struct {
+		name          string
+		top, version  uint64
+		mode          HistoryMode
+		snaps, events int
+		first         uint64 // the first event's version
+	}{
+		{"a short absence continues", 2600, 3000, HistorySinceSnapshot, 1, 400, 2601},
+		{"a long one starts at the newest snapshot", 5, 3000, HistorySinceSnapshot, 1, 10, 2991},
+		{"full brings everything", 5, 3000, HistoryFull, 3, 2995, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := FetchHistory(ctx, r, k, tc.top, tc.version, tc.mode)
+			if err != nil || len(h.Snapshots) != tc.snaps || len(h.Events) != tc.events || h.Events[0].ToVersion != tc.first {
+				t.Fatalf("%d snapshots, %d events (first %+v), %v; want %d, %d from %d", len(h.Snapshots), len(h.Events),
+					h.Events[0], err, tc.snaps, tc.events, tc.first)
+			}
+		})
+	}
+}

@@ -630,7 +630,7 @@ func (p *Puller) runGovernor(ctx context.Context, governor string) {
 // stored may be past it. While the watch is up the governor is also polled
 // every Resync, so a listener that silently stops delivering costs at most
 // that much staleness. When the watch ends, the governor is fresh as of its
-// last delivery applied.
+// end, or, when a delivery could not be applied, of the last one that was.
 func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures *atomic.Int64) error {
 	var caughtUp PullReport
 	if err := p.pullGovernor(ctx, governor, &caughtUp); err != nil {
@@ -649,10 +649,12 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 	live := false
 	id := p.watches.Add(1)
 	var applied time.Time // when the last delivery applied arrived
+	failed := false       // a delivery was not applied
 	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor) error {
 		at := time.Now()
 		if len(recs) > 0 || next != cur {
 			if err := p.applyDelivery(ctx, l, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
+				failed = true
 				return err
 			}
 			cur = next
@@ -672,7 +674,14 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 	})
 	cancel()
 	if live {
-		p.watchEnded(governor, id, applied)
+		// A listener that broke delivered every change until it broke; a
+		// delivery that was not applied leaves the local copy as of the
+		// last one that was.
+		at := time.Now()
+		if failed {
+			at = applied
+		}
+		p.watchEnded(governor, id, at)
 	}
 	return err
 }

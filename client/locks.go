@@ -249,7 +249,10 @@ func (c *Client) lockCall(ctx context.Context, req *wire.Request) (*wire.Respons
 //
 // WithLock returns fn's error. If the lock was lost while fn ran, the
 // error also matches ErrLockLost (or ErrUnavailable, when the connection to
-// the sidecar broke): fn may not have run alone.
+// the sidecar broke): fn may not have run alone. A release that fails
+// otherwise is not reported: the lock ends when its connection closes, and
+// a nested WithLock, whose lock stays on the outer one's connection, keeps
+// trying to release it in the background.
 func (c *Client) WithLock(ctx context.Context, resource string, fn func(ctx context.Context, fence Fence) error,
 	opts ...LockOption) error {
 	req, o, err := lockRequest(wire.OpLockAcquire, resource, opts)
@@ -265,7 +268,8 @@ func (c *Client) WithLock(ctx context.Context, resource string, fn func(ctx cont
 	}
 	req.Bind = true
 	s := sessionFrom(ctx, c)
-	if s == nil {
+	nested := s != nil
+	if !nested {
 		if s, err = c.openSession(ctx); err != nil {
 			return err
 		}
@@ -311,13 +315,42 @@ func (c *Client) WithLock(ctx context.Context, resource string, fn func(ctx cont
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer rcancel()
-	if err := c.Release(withSession(rctx, s), l); errors.Is(err, ErrLockLost) {
+	switch err := c.Release(withSession(rctx, s), l); {
+	case errors.Is(err, ErrLockLost):
 		return errors.Join(err, ferr)
+	case err != nil && nested:
+		// The lock stays bound to the outer WithLock's connection, renewed,
+		// until that returns: keep trying to release it meanwhile.
+		go s.releaseLater(l)
 	}
 	// Any other failure to release: the lock ends when its connection
 	// closes, or with its lease.
 	return ferr
 }
+
+// releaseLater retries the release of l, a bound lock of the session, until
+// it goes through or is lost, the session's connection closes (which
+// releases it), or releaseRetries attempts have failed.
+func (s *lockSession) releaseLater(l *Lock) {
+	wait := 100 * time.Millisecond
+	for range releaseRetries {
+		select {
+		case <-s.cn.closing:
+			return
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		err := s.c.Release(withSession(ctx, s), l)
+		cancel()
+		if err == nil || errors.Is(err, ErrLockLost) {
+			return
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// releaseRetries bounds releaseLater: about a minute and a half of tries.
+const releaseRetries = 20
 
 // lockSession is a connection of its own that holds locks as one holder:
 // WithLock opens one and passes it down in the context of its function.

@@ -494,3 +494,40 @@ func TestWithLockLostThenDeadline(t *testing.T) {
 		t.Fatalf("WithLock returned %v, want the connection's failure", err)
 	}
 }
+
+// failingReleases fails its first n releases as unavailable.
+type failingReleases struct {
+	*txn.Memory
+	n atomic.Int64
+}
+
+func (f *failingReleases) Release(ctx context.Context, g txn.Grant) error {
+	if f.n.Add(-1) >= 0 {
+		return fmt.Errorf("release: %w", txn.ErrUnavailable)
+	}
+	return f.Memory.Release(ctx, g)
+}
+
+// TestWithLockNestedReleaseRetried: a nested WithLock whose release fails
+// for a moment does not keep its lock until the outer one returns: the
+// release is tried again.
+func TestWithLockNestedReleaseRetried(t *testing.T) {
+	locks := &failingReleases{Memory: txn.NewMemory(nil)}
+	path := startLockSidecar(t, locks)
+	c, other := newLockClient(t, path), newLockClient(t, path)
+	ctx := testCtx(t)
+	err := c.WithLock(ctx, "outer", func(ctx context.Context, _ client.Fence) error {
+		locks.n.Store(1)
+		if err := c.WithLock(ctx, "inner", func(context.Context, client.Fence) error { return nil }); err != nil {
+			return err
+		}
+		eventually(t, "the inner lock released while the outer one is held", func() bool {
+			st, err := other.LockStatus(ctx, "inner")
+			return err == nil && !st.Held
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -511,6 +511,12 @@ func (c *conn) strongError(m writeMode, op string, k localcache.Key, err error) 
 			"strong write: stored locally, but the shared store did not confirm it within %v; its push will apply it, or drop it if a concurrent change got there first: read it back before retrying",
 			m.timeout)
 		e.Retryable = false
+	case errors.Is(err, context.Canceled):
+		// Shutdown: the change may be stored already, waiting for its push,
+		// which the next start makes. A retry could apply it twice.
+		e = wire.Errorf(wire.CodeUnavailable,
+			"strong write: the server is shutting down; the change may be stored locally, and then its push after the restart applies it, or drops it if a concurrent change got there first: read it back before retrying")
+		e.Retryable = false
 	default:
 		e = c.storeError(op, k, err)
 	}

@@ -455,3 +455,31 @@ func TestSyncWriteAtShutdown(t *testing.T) {
 		t.Fatalf("shutdown took %v", d)
 	}
 }
+
+// stuckStrong stores the strict change, then waits for the push (step 3 of
+// localcache.Store.WriteStrong) until ctx ends, as the real one does.
+type stuckStrong struct{ *fakeSync }
+
+func (s stuckStrong) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
+	if _, err := s.store.WriteBatch(ctx, ws); err != nil {
+		return nil, err
+	}
+	<-ctx.Done()
+	return nil, fmt.Errorf("localcache: strong write: %w", ctx.Err())
+}
+
+// TestStrongWriteAtShutdown: a strong write stored locally and waiting for
+// its push when the server shuts down is answered not retryable: it is
+// pushed after the restart, and a retry would apply it twice.
+func TestStrongWriteAtShutdown(t *testing.T) {
+	store := newFakeStore()
+	ts := startServer(t, store, Options{Sync: stuckStrong{newFakeSync(store)}, SyncTimeout: time.Minute})
+	c := ts.hello()
+	c.send(&wire.Request{ID: 7, Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong"})
+	waitFor(t, "the write stored", func() bool { return store.Stats().JournalDepth == 1 })
+	go ts.stop()
+	r := c.recv()
+	if r.Error == nil || r.Error.Code != wire.CodeUnavailable || r.Error.Retryable {
+		t.Fatalf("strong write stored, then cut off by shutdown: %+v, want Unavailable, not retryable", r.Error)
+	}
+}

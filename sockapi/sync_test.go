@@ -477,8 +477,10 @@ func TestStrongWriteAtShutdown(t *testing.T) {
 	c := ts.hello()
 	c.send(&wire.Request{ID: 7, Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong"})
 	waitFor(t, "the write stored", func() bool { return store.Stats().JournalDepth == 1 })
-	go ts.stop()
+	stopped := make(chan struct{})
+	go func() { ts.stop(); close(stopped) }()
 	r := c.recv()
+	<-stopped
 	if r.Error == nil || r.Error.Code != wire.CodeUnavailable || r.Error.Retryable {
 		t.Fatalf("strong write stored, then cut off by shutdown: %+v, want Unavailable, not retryable", r.Error)
 	}

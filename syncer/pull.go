@@ -641,20 +641,21 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 		return fmt.Errorf("read cursor: %w", err)
 	}
 	start := cur
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	var resyncs sync.WaitGroup
 	defer resyncs.Wait()
 	l := p.lock(governor)
 	live := false
 	id := p.watches.Add(1)
-	var applied time.Time // when the last delivery applied arrived
-	failed := false       // a delivery was not applied
+	// evidence is the latest time before which every remote change is
+	// known to be here: the arrival of a delivery applied, or the start of
+	// a poll that completed (Unix ns).
+	var evidence atomic.Int64
 	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor) error {
 		at := time.Now()
 		if len(recs) > 0 || next != cur {
 			if err := p.applyDelivery(ctx, l, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
-				failed = true
 				return err
 			}
 			cur = next
@@ -667,23 +668,31 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 			}
 			live = true
 			p.setFresh(governor, freshness{live: true, watch: id})
-			resyncs.Go(func() { p.resync(wctx, governor) })
+			resyncs.Go(func() { p.resync(wctx, governor, &evidence, cancel) })
 		}
-		applied = at
+		laterOf(&evidence, at.UnixNano())
 		return nil
 	})
-	cancel()
+	if cause := context.Cause(wctx); err != nil && cause != nil && ctx.Err() == nil {
+		err = cause // the resyncs ended it
+	}
+	cancel(nil)
 	if live {
-		// A listener that broke delivered every change until it broke; a
-		// delivery that was not applied leaves the local copy as of the
-		// last one that was.
-		at := time.Now()
-		if failed {
-			at = applied
-		}
-		p.watchEnded(governor, id, at)
+		// Not the time the end was noticed: a listener whose link was
+		// lost stops delivering before it reports the loss.
+		p.watchEnded(governor, id, time.Unix(0, evidence.Load()))
 	}
 	return err
+}
+
+// laterOf moves v to t if t is later.
+func laterOf(v *atomic.Int64, t int64) {
+	for {
+		old := v.Load()
+		if t <= old || v.CompareAndSwap(old, t) {
+			return
+		}
+	}
 }
 
 // applyDelivery applies one watch delivery under the governor's lock l.
@@ -695,9 +704,11 @@ func (p *Puller) applyDelivery(ctx context.Context, l *sync.Mutex, b RemoteBatch
 }
 
 // resync polls governor every Resync until ctx is done (the watch ended).
-// A failed poll is logged; the watch, not the poll, decides when to
-// restart.
-func (p *Puller) resync(ctx context.Context, governor string) {
+// A poll that completes is evidence of freshness (see watch). A failed
+// poll is logged; when no evidence has come for one and a half Resync, it
+// ends the watch (stop): a governor counts as live only while something
+// shows it is.
+func (p *Puller) resync(ctx context.Context, governor string, evidence *atomic.Int64, stop context.CancelCauseFunc) {
 	t := time.NewTicker(p.opts.Resync)
 	defer t.Stop()
 	for {
@@ -707,10 +718,19 @@ func (p *Puller) resync(ctx context.Context, governor string) {
 		case <-t.C:
 		}
 		var rep PullReport
+		begun := time.Now()
 		err := p.pullGovernor(ctx, governor, &rep)
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err == nil:
+			laterOf(evidence, begun.UnixNano())
+		case ctx.Err() == nil:
 			p.noteError(fmt.Errorf("resync governor %s: %w", governor, err))
 			p.log.Warn("pull resync failed", "governor", governor, "err", err)
+			if time.Since(time.Unix(0, evidence.Load())) > p.opts.Resync*3/2 {
+				stop(fmt.Errorf("no delivery or poll for %v, and the resync failed: %w",
+					time.Since(time.Unix(0, evidence.Load())).Round(time.Millisecond), err))
+				return
+			}
 		}
 		if rep.Applied+rep.Diverged > 0 {
 			// Usually the watch had stopped delivering; a change committed

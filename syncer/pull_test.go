@@ -963,3 +963,85 @@ func TestPullRewatchAfterRejection(t *testing.T) {
 		t.Fatalf("%d polls after the watch was back, want the watch to deliver", n)
 	}
 }
+
+// stallWatch: once stalled, its listener delivers nothing (a link lost and
+// not noticed yet); failChanges makes polls fail without breaking it.
+type stallWatch struct {
+	*breakable
+	stalled     atomic.Bool
+	failChanges atomic.Bool
+}
+
+func (s *stallWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+	return s.breakable.Watch(ctx, g, since, func(recs []syncer.Record, next syncer.Cursor) error {
+		if s.stalled.Load() {
+			return nil
+		}
+		return fn(recs, next)
+	})
+}
+
+func (s *stallWatch) Changes(ctx context.Context, g string, since syncer.Cursor, limit int) ([]syncer.Record, syncer.Cursor, error) {
+	if s.failChanges.Load() {
+		return nil, since, syncer.Errorf("changes", syncer.Key{Governor: g}, syncer.ErrUnavailable, "down")
+	}
+	return s.breakable.Changes(ctx, g, since, limit)
+}
+
+// startStalling runs a puller of governor g over a stallWatch, with x at v1
+// pulled and the governor live.
+func startStalling(t *testing.T, ctx context.Context, resync time.Duration) (*node, *syncer.MemJournal, *syncer.Puller, *stallWatch) {
+	t.Helper()
+	r := memremote.New()
+	a := newNode("node-a", r, syncer.PullOptions{})
+	sw := &stallWatch{breakable: newBreakable(r)}
+	j := syncer.NewMemJournal("node-c")
+	p := syncer.NewPuller(j, sw, syncer.PullOptions{Governors: []string{"g"}, Interval: time.Hour, Resync: resync,
+		Backoff: syncer.Backoff{Min: 5 * time.Second, Max: 5 * time.Second}})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- p.Run(rctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	put(t, a.j, key("x"), "v1")
+	syncOnce(t, ctx, a.s)
+	waitFor(t, 10*time.Second, func() bool { r, ok := j.Record(key("x")); return ok && string(r.Value) == "v1" }, "v1")
+	waitFor(t, 10*time.Second, func() bool { at, ok := p.FreshAt("g"); return ok && time.Since(at) < time.Second }, "live")
+	return a, j, p, sw
+}
+
+// TestPullFreshAfterAStalledListener: a listener stops delivering, and its
+// break is noticed only later. The governor is fresh as of the last
+// delivery, not of the moment the break was noticed.
+func TestPullFreshAfterAStalledListener(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, j, p, sw := startStalling(t, ctx, time.Hour)
+	sw.stalled.Store(true)
+	committed := time.Now()
+	put(t, a.j, key("x"), "v2")
+	syncOnce(t, ctx, a.s)
+	time.Sleep(100 * time.Millisecond)
+	sw.setOffline(true) // the break is noticed now
+	waitFor(t, 10*time.Second, func() bool { return p.Stats().WatchRestarts >= 1 }, "the watch ended")
+	at, _ := p.FreshAt("g")
+	if loc, _ := j.Record(key("x")); string(loc.Value) == "v1" && at.After(committed) {
+		t.Fatalf("fresh as of %v after v2's commit, with v1 still local", at.Sub(committed))
+	}
+}
+
+// TestPullResyncsFailing: a listener that delivers nothing while every
+// resync poll fails does not keep the governor live: the watch ends.
+func TestPullResyncsFailing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, j, p, sw := startStalling(t, ctx, 50*time.Millisecond)
+	sw.stalled.Store(true)
+	sw.failChanges.Store(true)
+	put(t, a.j, key("x"), "v2")
+	syncOnce(t, ctx, a.s)
+	waitFor(t, 10*time.Second, func() bool { at, _ := p.FreshAt("g"); return time.Since(at) > 500*time.Millisecond },
+		"the governor no longer live")
+	if loc, _ := j.Record(key("x")); string(loc.Value) != "v1" {
+		t.Fatalf("local %q", loc.Value)
+	}
+}

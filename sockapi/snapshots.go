@@ -68,7 +68,7 @@ func (c *conn) opSnapshot(es EventSourcing, req *wire.Request) {
 	if req.State == "" {
 		c.awaitWrites(nil, true)
 		c.goWrite(req.ID, nil, func() *wire.Response {
-			sum, err := es.SnapshotGovernor(c.ctx, req.Governor)
+			sum, err := es.SnapshotGovernor(c.ctx, k.Governor) // not req: the reader reuses it
 			if err != nil {
 				return c.errorResponse(c.historyError(wire.OpSnapshot, k, err))
 			}

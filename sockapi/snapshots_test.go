@@ -298,3 +298,26 @@ func TestTransitionOpStrongAndSync(t *testing.T) {
 		t.Fatalf("after the sync transition: %+v, %v", got, err)
 	}
 }
+
+// TestSnapshotGovernorPipelined: a governor-wide snapshot runs off the
+// reader, which meanwhile reads the next request into the same buffer: the
+// snapshot must take the governor it was asked for.
+func TestSnapshotGovernorPipelined(t *testing.T) {
+	store := openHistoryStore(t)
+	ts := startServer(t, store, Options{})
+	c := ts.hello()
+	for _, st := range []string{"s1", "s2"} {
+		mustOK(t, c.call(wire.Request{Op: wire.OpPut, Governor: "a", State: st, Value: mustMarshal(t, 1)}))
+	}
+	const n = 100
+	for i := range n {
+		c.send(&wire.Request{ID: uint64(2*i + 1000), Op: wire.OpSnapshot, Governor: "a"})
+		c.send(&wire.Request{ID: uint64(2*i + 1001), Op: wire.OpGet, Governor: fmt.Sprint("other", i), State: "x"})
+	}
+	for range 2 * n {
+		r := c.recv()
+		if r.ID%2 == 0 && (r.Error != nil || r.Snapshot == nil || r.Snapshot.States != 2) {
+			t.Fatalf("snapshot of a (id %d): %+v, %v", r.ID, r.Snapshot, r.Error)
+		}
+	}
+}

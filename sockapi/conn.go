@@ -645,7 +645,10 @@ func (c *conn) endOnPanic() {
 	if v := recover(); v != nil {
 		c.recovered(v)
 		c.stopReading()
-		c.nc.Close()
+		// Not here: closing the raw socket waits for the reader to leave
+		// its poller, and the reader may be waiting for this goroutine (an
+		// unwatch for its done, a bound lock's op for its renewer).
+		go c.nc.Close()
 	}
 }
 

@@ -292,7 +292,7 @@ func (c *conn) runRegistration(r *connResolvers, reg *registration) {
 			reg.sess.Close()
 			c.recovered(v)
 			c.stopReading()
-			c.nc.Close()
+			go c.nc.Close() // see endOnPanic
 		}
 	}()
 	ch := reg.sess.Conflicts()

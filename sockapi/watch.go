@@ -136,7 +136,7 @@ func (c *conn) runWatch(w *watch) {
 			w.sub.Close()
 			c.recovered(v)
 			c.stopReading()
-			c.nc.Close()
+			go c.nc.Close() // see endOnPanic
 		}
 	}()
 	var rec wire.Record

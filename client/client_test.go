@@ -930,7 +930,12 @@ func TestCloseEndsAHandshake(t *testing.T) {
 	for range 2 { // one in the handshake, one waiting for the slot
 		go func() { errs <- c.Ping(context.Background()) }()
 	}
-	time.Sleep(50 * time.Millisecond)
+	for accepted := 0; accepted == 0; { // the first is in its handshake
+		time.Sleep(time.Millisecond)
+		mu.Lock()
+		accepted = len(held)
+		mu.Unlock()
+	}
 	c.Close()
 	for range 2 {
 		select {

@@ -198,15 +198,7 @@ func (r *replayer) state(txn *badger.Txn, k Key, evIt, snIt *badger.Iterator) er
 		}
 	}
 	if baseVer > skip {
-		item, err := txn.Get(snapKey(k, baseVer))
-		if err != nil {
-			return err
-		}
-		snap, err := readSnapshot(item, k)
-		if err != nil {
-			return err
-		}
-		if err := r.add(ReplayItem{Snapshot: &snap}, k, baseVer, len(snap.Value)); err != nil {
+		if err := r.addSnapshot(txn, k, baseVer); err != nil {
 			return err
 		}
 	}
@@ -236,28 +228,28 @@ func (r *replayer) state(txn *badger.Txn, k Key, evIt, snIt *badger.Iterator) er
 		if err != nil {
 			return err
 		}
-		if rec != nil && top > rec.Version {
-			return r.doneState(k) // of a local change that gave way
-		}
-		item, err := txn.Get(snapKey(k, top))
-		if err != nil {
-			return err
-		}
-		snap, err := readSnapshot(item, k)
-		if err != nil {
-			return err
-		}
-		if err := r.add(ReplayItem{Snapshot: &snap}, k, top, len(snap.Value)); err != nil {
-			return err
+		// One above the record's version is of a local change that gave way.
+		if rec == nil || top <= rec.Version {
+			if err := r.addSnapshot(txn, k, top); err != nil {
+				return err
+			}
 		}
 	}
-	return r.doneState(k)
-}
-
-// doneState records that k's items are all out.
-func (r *replayer) doneState(k Key) error {
 	r.lastState, r.lastVer = []byte(k.State), math.MaxUint64
 	return nil
+}
+
+// addSnapshot appends k's snapshot at version (see add).
+func (r *replayer) addSnapshot(txn *badger.Txn, k Key, version uint64) error {
+	item, err := txn.Get(snapKey(k, version))
+	if err != nil {
+		return err
+	}
+	snap, err := readSnapshot(item, k)
+	if err != nil {
+		return err
+	}
+	return r.add(ReplayItem{Snapshot: &snap}, k, version, len(snap.Value))
 }
 
 // add appends an item of version of k, or returns errPageFull (the page

@@ -253,15 +253,7 @@ func (c *conn) lockRelease(l *connLocks, req *wire.Request) *wire.Error {
 		if bound && err != nil && !errors.Is(err, txn.ErrLockLost) {
 			// Not released: the lock stays bound to the connection, so
 			// that it is renewed, and released when the connection closes.
-			l.mu.Lock()
-			closed := l.closed
-			if !closed {
-				c.bindLocked(l, acquireID, g)
-			}
-			l.mu.Unlock()
-			if closed {
-				c.releaseBound([]txn.Grant{g})
-			}
+			c.keepBound(l, acquireID, g)
 		}
 		if err != nil {
 			return c.errorResponse(c.lockError(l, res, err))
@@ -304,15 +296,7 @@ func (c *conn) lockExtend(l *connLocks, req *wire.Request) *wire.Error {
 			if err != nil {
 				ng = g // not extended: the renewer carries on with the grant it had
 			}
-			l.mu.Lock()
-			closed := l.closed
-			if !closed {
-				c.bindLocked(l, acquireID, ng)
-			}
-			l.mu.Unlock()
-			if closed {
-				c.releaseBound([]txn.Grant{ng})
-			}
+			c.keepBound(l, acquireID, ng)
 		}
 		if err != nil {
 			return c.errorResponse(c.lockError(l, res, err))
@@ -354,6 +338,20 @@ func (l *connLocks) unbind(resource string, token uint64) (g txn.Grant, acquireI
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return b.grant, b.id, true
+}
+
+// keepBound binds g, a grant an op unbound, to the connection again, or
+// releases it if the connection has closed meanwhile.
+func (c *conn) keepBound(l *connLocks, id uint64, g txn.Grant) {
+	l.mu.Lock()
+	closed := l.closed
+	if !closed {
+		c.bindLocked(l, id, g)
+	}
+	l.mu.Unlock()
+	if closed {
+		c.releaseBound([]txn.Grant{g})
+	}
 }
 
 // bindLocked binds g to the connection and starts its renewer. l.mu must

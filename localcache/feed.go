@@ -215,7 +215,7 @@ func (s *Store) WaitSynced(ctx context.Context, seqs ...uint64) error {
 				return v != nil, err
 			}
 			if l, ok := s.takeLost(seq); ok {
-				s.forgetLost(seqs) // the rest of a batch that gave way
+				seq, l = s.conflictOf(seqs, seq, l)
 				return false, &ConflictLostError{Seq: seq, Key: l.key, RemoteVersion: l.remoteVersion, RemoteDeleted: l.remoteDeleted,
 					Strict: l.strict}
 			}
@@ -313,11 +313,15 @@ func (e *ConflictLostError) Error() string {
 func (e *ConflictLostError) Unwrap() error { return ErrVersionConflict }
 
 // lostChange is a strict or confirmed change that lost a conflict.
+// conflicted says it met a true conflict (the ack carried its ledger
+// record): the item of a batch that gave way whole which caused it, rather
+// than one carried along.
 type lostChange struct {
 	key           Key
 	remoteVersion uint64
 	remoteDeleted bool
 	strict        bool
+	conflicted    bool
 }
 
 // maxLost bounds the lost changes remembered for WaitSynced: a sync or
@@ -342,13 +346,23 @@ func (s *Store) noteLost(seq uint64, l lostChange) {
 	s.lost[seq] = l
 }
 
-// forgetLost forgets the lost changes seqs.
-func (s *Store) forgetLost(seqs []uint64) {
+// conflictOf takes the lost changes of seqs, of which seq (l) is the first:
+// a batch gives way whole, and the one to name is the item that met a
+// concurrent change, not the first one carried along.
+func (s *Store) conflictOf(seqs []uint64, seq uint64, l lostChange) (uint64, lostChange) {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	for _, seq := range seqs {
-		delete(s.lost, seq)
+	for _, q := range seqs {
+		o, ok := s.lost[q]
+		if !ok {
+			continue
+		}
+		delete(s.lost, q)
+		if o.conflicted && !l.conflicted {
+			seq, l = q, o
+		}
 	}
+	return seq, l
 }
 
 func (s *Store) takeLost(seq uint64) (lostChange, bool) {

@@ -22,6 +22,12 @@ type Fetcher interface {
 	Fetch(ctx context.Context, key syncer.Key) (syncer.Record, syncer.ApplyStatus, error)
 }
 
+// ErrNotWritten is wrapped, with ctx's error, by a strong write or
+// transaction that ended before it wrote anything: a retry cannot apply it
+// twice. A strong write that ends later may have been stored locally (and
+// then its push applies it, or drops it if it meets a concurrent change).
+var ErrNotWritten = errors.New("nothing was written")
+
 // maxStrongRounds bounds how often a strong read or write waits for local
 // changes of its keys to be pushed before it gives up.
 const maxStrongRounds = 3
@@ -64,7 +70,8 @@ func uncommitted(rec *Record) bool {
 // Errors: a shared store that cannot be reached in step 1, and step 2
 // failing (the keys' local changes not pushed while ctx lasts, or new ones
 // arriving every round), are errors wrapping syncer.ErrUnavailable, and
-// nothing is written. A failed precondition is a *VersionConflictError, in
+// nothing is written; so is ctx ending in step 1, an error wrapping
+// ErrNotWritten and ctx.Err(). A failed precondition is a *VersionConflictError, in
 // step 2 (against the fresh record) or in step 3 when a concurrent change
 // reached the shared store first (the local store then holds that change);
 // its Actual is 0 for a deleted state. When ctx ends in step 3 the writes
@@ -98,7 +105,7 @@ func (s *Store) writeStrongTxn(ctx context.Context, f Fetcher, t Txn, write func
 	for round := 0; ; round++ {
 		shared, err := fetchKeys(ctx, f, keys)
 		if err != nil {
-			return nil, fmt.Errorf("localcache: strong write %w", err)
+			return nil, fmt.Errorf("localcache: strong write: %w: %w", ErrNotWritten, err)
 		}
 		recs, err = write(strict)
 		if err == nil {

@@ -372,3 +372,46 @@ func TestReadStrongOwnWrites(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// stallFetcher is a shared store that never answers: each Fetch waits for
+// its context.
+type stallFetcher struct{}
+
+func (stallFetcher) Fetch(ctx context.Context, _ syncer.Key) (syncer.Record, syncer.ApplyStatus, error) {
+	<-ctx.Done()
+	return syncer.Record{}, 0, ctx.Err()
+}
+
+// TestStrongTimeoutBeforeWriting: a strong write or transaction whose time
+// runs out while it reads the shared store, before anything is stored,
+// says so (ErrNotWritten): a retry cannot apply it twice. Before, it could
+// not be told from one that timed out waiting for its push.
+func TestStrongTimeoutBeforeWriting(t *testing.T) {
+	s := openMem(t)
+	k, c := key("g", "k"), key("g", "c")
+	for name, run := range map[string]func(context.Context) error{
+		"write": func(ctx context.Context) error {
+			_, err := s.WriteStrong(ctx, stallFetcher{}, []Write{{Key: k, Value: []byte("v")}})
+			return err
+		},
+		"transaction": func(ctx context.Context) error {
+			_, _, err := s.WriteTxnStrong(ctx, stallFetcher{}, Txn{Writes: []Write{{Key: k, Value: []byte("v")}},
+				Checks: []TxnCheck{{Key: c, IfVersion: u64(1)}}}, 3)
+			return err
+		},
+		"checks only": func(ctx context.Context) error {
+			_, _, err := s.WriteTxnStrong(ctx, stallFetcher{}, Txn{Checks: []TxnCheck{{Key: c, IfVersion: u64(1)}}}, 3)
+			return err
+		},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := run(ctx)
+		cancel()
+		if !errors.Is(err, ErrNotWritten) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s that timed out reading the shared store: %v; want ErrNotWritten and the deadline", name, err)
+		}
+	}
+	if d := s.Depth(); d != 0 {
+		t.Fatalf("journal depth %d after writes that wrote nothing", d)
+	}
+}

@@ -254,7 +254,8 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				removed++
 				lost := a.Outcome == syncer.OutcomeSuperseded
 				if lost && (j.Strict || j.Confirm) {
-					l := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted, strict: j.Strict}
+					l := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted, strict: j.Strict,
+						conflicted: a.Conflict != nil}
 					tx.after = append(tx.after, func() { s.noteLost(seq, l) })
 				}
 				if j.Strict && lost {

@@ -911,6 +911,87 @@ func TestLostChangesForgotten(t *testing.T) {
 	}
 }
 
+// TestWaitSyncedNamesTheConflict: a batch gives way whole, and WaitSynced
+// names the item that met a concurrent change, not the first one carried
+// along.
+func TestWaitSyncedNamesTheConflict(t *testing.T) {
+	s := openMem(t)
+	k1, k2 := key("g", "k1"), key("g", "k2")
+	s.noteLost(1, lostChange{key: k1, remoteVersion: 3})
+	s.noteLost(2, lostChange{key: k2, remoteVersion: 9, conflicted: true})
+	s.noteLost(3, lostChange{key: k1, remoteVersion: 3})
+	var lost *ConflictLostError
+	if err := s.WaitSynced(context.Background(), 1, 2, 3); !errors.As(err, &lost) || lost.Seq != 2 || lost.Key != k2 || lost.RemoteVersion != 9 {
+		t.Fatalf("WaitSynced: %v; want change 2 of %s, at version 9", err, k2)
+	}
+	if n := len(s.lost); n != 0 {
+		t.Fatalf("%d lost changes still remembered after the batch's", n)
+	}
+}
+
+// keyHookFetcher runs after once, after the first Fetch of key.
+type keyHookFetcher struct {
+	*syncer.Puller
+	key   Key
+	once  sync.Once
+	after func()
+}
+
+func (h *keyHookFetcher) Fetch(ctx context.Context, k syncer.Key) (syncer.Record, syncer.ApplyStatus, error) {
+	rec, st, err := h.Puller.Fetch(ctx, k)
+	if Key(k) == h.key {
+		h.once.Do(h.after)
+	}
+	return rec, st, err
+}
+
+// TestWriteStrongBatchNamesTheConflict: a strong batch whose second item
+// meets a concurrent change between its read and its push gives way whole,
+// and the error is that item's: its key, its expected version and the
+// version that won. Before, it named the first item, with that item's
+// versions.
+func TestWriteStrongBatchNamesTheConflict(t *testing.T) {
+	forRemotes(t, testWriteStrongBatchNamesTheConflict)
+}
+
+func testWriteStrongBatchNamesTheConflict(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	for _, n := range []*syncNode{a, b} {
+		loopCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = n.push.Run(loopCtx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	k1, k2 := key("g", "k1"), key("g", "k2")
+	for _, k := range []Key{k1, k2} {
+		if err := a.store.WaitSynced(ctx, a.put(k, "1").Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b's change of k2 reaches the shared store after a read k2: a's
+	// precondition holds, and its push meets the change.
+	slip := keyHookFetcher{Puller: a.pull, key: k2, after: func() {
+		r := b.put(k2, "b")
+		if err := b.store.WaitSynced(ctx, r.Seq); err != nil {
+			t.Error(err)
+		}
+	}}
+	_, err := a.store.WriteStrong(ctx, &slip, []Write{
+		{Key: k1, Value: []byte("a")},
+		{Key: k2, Value: []byte("a"), IfVersion: u64(1)},
+	})
+	var vc *VersionConflictError
+	if !errors.As(err, &vc) || vc.Key != k2 || vc.Expected != 1 || vc.Actual != 2 {
+		t.Fatalf("strong batch that met a concurrent change of its second item: %v; want %s expected 1, actual 2", err, k2)
+	}
+	if r := remoteGet(t, remote, k1); r.Version != 1 {
+		t.Fatalf("remote %s at version %d: the batch did not give way whole", k1, r.Version)
+	}
+}
+
 // TestHistoryOfAChangeThatLost: a local change that lost its conflict in the
 // shared store leaves its event (and a snapshot taken of it) behind at a
 // version the winner made. Past-state queries and snapshots answer with the

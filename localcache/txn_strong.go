@@ -31,7 +31,9 @@ var txnBackoff = syncer.Backoff{Min: 10 * time.Millisecond, Max: time.Second}
 //
 // A transaction with checks only reads its keys from the shared store
 // (ReadStrong) and checks them. Errors: those of WriteTxn and WriteStrong;
-// every attempt lost: an error wrapping syncer.ErrUnavailable.
+// every attempt lost: an error wrapping syncer.ErrUnavailable; ctx ending
+// before anything was written (between attempts, or in a transaction
+// with checks only): an error wrapping ErrNotWritten and ctx.Err().
 func (s *Store) WriteTxnStrong(ctx context.Context, f Fetcher, t Txn, attempts int) (recs []Record, used int, err error) {
 	if attempts <= 0 {
 		attempts = DefaultTxnAttempts
@@ -40,7 +42,13 @@ func (s *Store) WriteTxnStrong(ctx context.Context, f Fetcher, t Txn, attempts i
 		return nil, 0, err
 	}
 	if len(t.Writes) == 0 {
-		return []Record{}, 1, s.checkShared(ctx, f, t.Checks)
+		if err := s.checkShared(ctx, f, t.Checks); err != nil {
+			if ctx.Err() != nil && !errors.Is(err, ErrVersionConflict) {
+				err = fmt.Errorf("localcache: strong transaction: %w: %w", ErrNotWritten, err)
+			}
+			return nil, 1, err
+		}
+		return []Record{}, 1, nil
 	}
 	for used = 1; ; used++ {
 		stored := false
@@ -64,7 +72,8 @@ func (s *Store) WriteTxnStrong(ctx context.Context, f Fetcher, t Txn, attempts i
 		select {
 		case <-time.After(txnBackoff.Delay(used)):
 		case <-ctx.Done():
-			return nil, used, fmt.Errorf("localcache: strong transaction: %w", ctx.Err())
+			// The last attempt gave way: none of it stayed.
+			return nil, used, fmt.Errorf("localcache: strong transaction: %w: %w", ErrNotWritten, ctx.Err())
 		}
 	}
 }

@@ -168,6 +168,40 @@ func testTxnPushWriteConflict(t *testing.T, newRemote func() syncer.Remote) {
 	}
 }
 
+func TestTxnPushGivesWayNamed(t *testing.T) { forRemotes(t, testTxnPushGivesWayNamed) }
+
+// testTxnPushGivesWayNamed: a transaction that gives way is reported to
+// WaitSynced naming the write that met the concurrent change, not the first
+// one.
+func testTxnPushGivesWayNamed(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	b := newSyncNode(t, "b", remote, "g")
+	from, to := key("g", "from"), key("g", "to")
+	a.put(from, "100")
+	a.put(to, "100")
+	a.pushAll()
+	b.pullAll()
+	b.put(from, "50")
+	b.pushAll()
+	recs, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{
+		{Key: to, Value: []byte("110"), IfVersion: u64(1)},
+		{Key: from, Value: []byte("90"), IfVersion: u64(1)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep := a.pushAll(); rep.Superseded != 2 {
+		t.Fatalf("push: %+v, want the transaction superseded", rep)
+	}
+	var lost *ConflictLostError
+	err = a.store.WaitSynced(ctx, recs[0].Seq, recs[1].Seq)
+	if !errors.As(err, &lost) || lost.Key != from || lost.RemoteVersion != 2 || lost.Seq != recs[1].Seq {
+		t.Fatalf("WaitSynced of the transaction that gave way: %v; want the change of %s, lost to version 2", err, from)
+	}
+}
+
 func TestTxnPushChainGivesWay(t *testing.T) { forRemotes(t, testTxnPushChainGivesWay) }
 
 // testTxnPushChainGivesWay: a transaction made on the local result of an

@@ -506,6 +506,12 @@ func (c *conn) strongError(m writeMode, op string, k localcache.Key, err error) 
 			"strong write: the shared store rejected the change for good: %s (journal entry %d is on the failed list; do not retry unchanged)", pe.Reason, pe.Seq)
 		e.Retryable = false
 		k = pe.Key
+	case errors.Is(err, localcache.ErrNotWritten) && errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil:
+		e = wire.Errorf(wire.CodeTimeout, "strong write: the shared store did not answer within %v; nothing was written", m.timeout)
+		e.Retryable = true
+	case errors.Is(err, localcache.ErrNotWritten):
+		e = wire.Errorf(wire.CodeUnavailable, "strong write: the server is shutting down; nothing was written")
+		e.Retryable = true
 	case errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil:
 		e = wire.Errorf(wire.CodeTimeout,
 			"strong write: stored locally, but the shared store did not confirm it within %v; its push will apply it, or drop it if a concurrent change got there first: read it back before retrying",

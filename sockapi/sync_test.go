@@ -485,3 +485,40 @@ func TestStrongWriteAtShutdown(t *testing.T) {
 		t.Fatalf("strong write stored, then cut off by shutdown: %+v, want Unavailable, not retryable", r.Error)
 	}
 }
+
+// stallStrong is a strong write whose read of the shared store never
+// finishes: it ends with ctx, having written nothing.
+type stallStrong struct {
+	*fakeSync
+	entered chan struct{}
+}
+
+func (s stallStrong) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
+	s.entered <- struct{}{}
+	<-ctx.Done()
+	return nil, fmt.Errorf("localcache: strong write: %w: %w", localcache.ErrNotWritten, ctx.Err())
+}
+
+// TestStrongWriteNothingWritten: a strong write that timed out, or was cut
+// off by shutdown, before it stored anything is answered retryable, and
+// says nothing was written. Before, it was "stored locally", not retryable.
+func TestStrongWriteNothingWritten(t *testing.T) {
+	store := newFakeStore()
+	stall := stallStrong{fakeSync: newFakeSync(store), entered: make(chan struct{}, 2)}
+	ts := startServer(t, store, Options{Sync: stall, SyncTimeout: time.Minute})
+	c := ts.hello()
+	r := c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong", TimeoutMS: 30})
+	if r.Error == nil || r.Error.Code != wire.CodeTimeout || !r.Error.Retryable || !strings.Contains(r.Error.Message, "nothing was written") {
+		t.Fatalf("strong write that timed out before writing: %+v, want Timeout, retryable", r.Error)
+	}
+	c.send(&wire.Request{ID: 7, Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong"})
+	<-stall.entered
+	<-stall.entered
+	stopped := make(chan struct{})
+	go func() { ts.stop(); close(stopped) }()
+	r = c.recv()
+	<-stopped
+	if r.Error == nil || r.Error.Code != wire.CodeUnavailable || !r.Error.Retryable {
+		t.Fatalf("strong write cut off by shutdown before writing: %+v, want Unavailable, retryable", r.Error)
+	}
+}

@@ -46,12 +46,23 @@ var (
 // up to 13 bytes longer than path: path's directory plus 13 bytes must fit
 // in maxSocketPath.
 //
+// Two servers starting at once on one path must not both take a stale
+// socket for theirs: the second would remove the first's live socket. So
+// the check, the removal and the link run under an exclusive lock (flock)
+// of path's directory; a second Listen waits for it (at most
+// dirLockWait), then finds the first's socket live.
+//
 // Closing the listener removes path, if path is still the socket Listen
 // created.
 func Listen(path string) (net.Listener, error) {
 	if len(path) > maxSocketPath {
 		return nil, fmt.Errorf("sockapi: socket path %q is %d bytes, limit %d", path, len(path), maxSocketPath)
 	}
+	unlock, err := lockDir(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("sockapi: listen %s: %w", path, err)
+	}
+	defer unlock()
 	if err := clearStale(path); err != nil {
 		return nil, err
 	}
@@ -109,6 +120,9 @@ func clearStale(path string) error {
 		return fmt.Errorf("%w: %s", ErrSocketInUse, path)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		// Nobody listens: a server died without removing its socket.
+		if testHookStale != nil {
+			testHookStale()
+		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("sockapi: remove stale socket %s: %w", path, err)
 		}
@@ -119,6 +133,36 @@ func clearStale(path string) error {
 		// EAGAIN (a live server with a full backlog), EACCES, ...: not
 		// provably stale.
 		return fmt.Errorf("sockapi: probe existing socket %s: %w", path, err)
+	}
+}
+
+// testHookStale, when set, runs after a socket was found stale and before
+// it is removed.
+var testHookStale func()
+
+// dirLockWait bounds how long Listen waits for another Listen in the same
+// directory (which holds the lock for a few milliseconds).
+const dirLockWait = 10 * time.Second
+
+// lockDir takes an exclusive flock of directory dir, waiting at most
+// dirLockWait, and returns its release.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	fd := int(f.Fd())
+	deadline := time.Now().Add(dirLockWait)
+	for {
+		err = syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { syscall.Flock(fd, syscall.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock directory %s: %w", dir, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

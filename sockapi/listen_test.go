@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestListenMode(t *testing.T) {
@@ -158,5 +160,78 @@ func TestListenPathTooLong(t *testing.T) {
 	entries, _ := os.ReadDir(long)
 	if len(entries) != 0 {
 		t.Fatalf("left behind: %v", entries)
+	}
+}
+
+// TestListenRacesOverAStaleSocket: two servers start at once on a path
+// holding a stale socket. Both found it stale before; the second removed
+// the first's new socket and linked its own, so the first listened on a
+// socket nobody could reach. Now exactly one listens, and the other gets
+// ErrSocketInUse.
+func TestListenRacesOverAStaleSocket(t *testing.T) {
+	path := filepath.Join(socketDir(t), "s.sock")
+	old, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.SetUnlinkOnClose(false)
+	old.Close()
+
+	// The first Listen stops between finding the socket stale and removing
+	// it; the second runs meanwhile.
+	firstStale, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	testHookStale = func() {
+		if calls.Add(1) == 1 {
+			close(firstStale)
+			<-release
+		}
+	}
+	t.Cleanup(func() { testHookStale = nil })
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	first, second := make(chan result, 1), make(chan result, 1)
+	go func() { ln, err := Listen(path); first <- result{ln, err} }()
+	<-firstStale
+	go func() { ln, err := Listen(path); second <- result{ln, err} }()
+	select {
+	case r := <-second:
+		if r.ln != nil {
+			r.ln.Close()
+		}
+		close(release)
+		t.Fatalf("the second Listen finished while the first held the path: %v", r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	r1, r2 := <-first, <-second
+	if r1.err != nil {
+		t.Fatalf("first Listen: %v", r1.err)
+	}
+	defer r1.ln.Close()
+	if !errors.Is(r2.err, ErrSocketInUse) {
+		if r2.ln != nil {
+			r2.ln.Close()
+		}
+		t.Fatalf("second Listen: %v, want ErrSocketInUse", r2.err)
+	}
+	// The path is the first's socket.
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := r1.ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-accepted; err != nil {
+		t.Fatalf("the first listener did not get the connection: %v", err)
 	}
 }

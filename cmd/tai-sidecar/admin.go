@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -356,7 +355,6 @@ type admin struct {
 	ln    net.Listener
 	srv   *http.Server
 	log   *slog.Logger
-	unix  string // socket path to remove at the end
 	state *adminState
 }
 
@@ -377,20 +375,14 @@ func (t *telemetry) newAdmin(store *localcache.Store, loops *syncLoops, log *slo
 		return nil, fmt.Errorf("--admin-addr %q: %w", t.cfg.AdminAddr, err)
 	}
 	a := &admin{log: log, state: &adminState{t: t, store: store, loops: loops}}
-	addr := t.cfg.AdminAddr
 	if network == "unix" {
-		a.unix = strings.TrimPrefix(addr, "unix:")
-		if fi, err := os.Lstat(a.unix); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			// A socket left by a process that died: a live one answers.
-			if c, err := net.DialTimeout("unix", a.unix, time.Second); err == nil {
-				c.Close()
-				return nil, fmt.Errorf("admin socket %s is in use", a.unix)
-			}
-			os.Remove(a.unix)
-		}
-		addr = a.unix
+		// As the API socket: a stale socket is replaced, a live one or
+		// another file never is, and closing removes only this socket.
+		a.ln, err = sockapi.Listen(strings.TrimPrefix(t.cfg.AdminAddr, "unix:"))
+	} else {
+		a.ln, err = net.Listen(network, t.cfg.AdminAddr)
 	}
-	if a.ln, err = net.Listen(network, addr); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("admin endpoint: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -425,9 +417,6 @@ func (a *admin) stop(error) {
 	defer cancel()
 	if err := a.srv.Shutdown(ctx); err != nil {
 		a.srv.Close()
-	}
-	if a.unix != "" {
-		os.Remove(a.unix)
 	}
 }
 

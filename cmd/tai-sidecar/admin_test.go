@@ -2,8 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tai-state/tai-state/sockapi"
 
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/memremote"
@@ -81,5 +88,45 @@ func TestReadiness(t *testing.T) {
 	}
 	if ok, _ := (&adminState{}).ready(); !ok {
 		t.Fatal("a local-only sidecar is not ready")
+	}
+}
+
+// TestAdminUnixSocket: the admin socket is made as the API socket is. A
+// file in its way is never removed (before, anything that was a socket and
+// did not answer at once was removed), and stopping removes the socket.
+func TestAdminUnixSocket(t *testing.T) {
+	dir, err := os.MkdirTemp("", "tai-admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "admin.sock")
+	tel := &telemetry{cfg: &ObserveConfig{AdminAddr: "unix:" + path}}
+	log := slog.New(slog.DiscardHandler)
+
+	os.WriteFile(path, []byte("precious"), 0o600)
+	if _, err := tel.newAdmin(nil, nil, log); err == nil || !errors.Is(err, sockapi.ErrNotSocket) {
+		t.Fatalf("admin socket over a regular file: %v, want ErrNotSocket", err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "precious" {
+		t.Fatalf("the file in the way was changed: %q, %v", b, err)
+	}
+	os.Remove(path)
+
+	a, err := tel.newAdmin(nil, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tel.newAdmin(nil, nil, log); !errors.Is(err, sockapi.ErrSocketInUse) {
+		t.Fatalf("second admin socket on a live one: %v, want ErrSocketInUse", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.run() }()
+	a.stop(nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("admin socket left after stop: %v", err)
 	}
 }

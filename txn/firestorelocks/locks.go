@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +55,15 @@ type Locks struct {
 	// listeners, and deliveries handled (a wait attempted and walked as it
 	// had to after them, and is waiting again, or ended).
 	waitTries, waitSkips, waitWalks, lockDeliveries, deliveriesHandled atomic.Int64
+
+	// orphans are this process's waits whose records the end of the wait
+	// could not delete (holder -> wait id): they are deleted in the
+	// background, and a new wait of the holder replaces one meanwhile.
+	orphanMu sync.Mutex
+	orphans  map[string]string
+	// endHook, when set (tests), runs before a wait's end transaction; an
+	// error fails that attempt.
+	endHook func() error
 }
 
 // New returns locks on client under cfg.Root. It does not close the

@@ -19,6 +19,7 @@ type fsWait struct {
 	f                *Locks
 	resource, holder string
 	id               string
+	until            time.Time // the record's end, by the store's clock
 	wakeCh           chan struct{}
 	cancel           context.CancelFunc
 	wg               sync.WaitGroup
@@ -42,6 +43,7 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 	}
 	id := rand.Text()
 	ref := f.waitRef(holder)
+	var until time.Time
 	err = f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
 		snap, err := tx.Get(ref)
 		if err != nil && !notFound(err) {
@@ -49,17 +51,18 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 		}
 		if snap.Exists() {
 			var d waitDoc
-			if err := snap.DataTo(&d); err == nil && d.Until.After(snap.ReadTime) {
+			if err := snap.DataTo(&d); err == nil && d.Until.After(snap.ReadTime) && !f.isOrphan(holder, d.WaitID) {
 				return txn.Invalidf("holder %s is already waiting for %s", holder, d.Resource)
 			}
 		}
+		until = snap.ReadTime.Add(wait)
 		return tx.Set(ref, waitDoc{Waiter: holder, Resource: resource, WaitID: id, Holds: holds,
-			Since: snap.ReadTime, Until: snap.ReadTime.Add(wait)})
+			Since: snap.ReadTime, Until: until})
 	})
 	if err != nil {
 		return nil, translate(ctx, "record lock wait", resource, err)
 	}
-	w := &fsWait{f: f, resource: resource, holder: holder, id: id, wakeCh: make(chan struct{}, 1)}
+	w := &fsWait{f: f, resource: resource, holder: holder, id: id, until: until, wakeCh: make(chan struct{}, 1)}
 	lctx, cancel := context.WithCancel(ctx)
 	w.cancel = cancel
 	for i, r := range []*firestore.DocumentRef{f.lockRef(resource), ref} {
@@ -145,15 +148,73 @@ func (w *fsWait) blockedSince(after time.Time) *txn.HeldError {
 const skipMargin = 100 * time.Millisecond
 
 // stop ends the listeners and deletes the wait's record (if still this
-// wait's), under a short timeout of its own: the caller's context may have
-// ended. If the lock is being handed to this wait, it passes it on.
+// wait's); if the lock is being handed to this wait, it passes it on. When
+// that fails (the store cannot be reached), it is tried again in the
+// background until it succeeds or the record ends: meanwhile the record
+// would hold its place in the queue, and other waiters would give it a
+// handoff window it never takes.
 func (w *fsWait) stop() {
 	w.cancel()
 	w.wg.Wait()
+	if err := w.end(); err != nil {
+		w.f.log.Warn("delete lock wait record; retrying in the background", "holder", w.holder, "resource", w.resource, "err", err)
+		w.f.orphan(w)
+	}
+}
+
+// endRetry spaces the background attempts to delete an orphaned wait
+// record.
+var endRetry = struct{ min, max time.Duration }{250 * time.Millisecond, 30 * time.Second}
+
+// orphan retries w's end in the background until it succeeds or w's record
+// has ended; meanwhile a new wait of w's holder may replace the record.
+func (f *Locks) orphan(w *fsWait) {
+	f.orphanMu.Lock()
+	if f.orphans == nil {
+		f.orphans = make(map[string]string)
+	}
+	f.orphans[w.holder] = w.id
+	f.orphanMu.Unlock()
+	go func() {
+		defer func() {
+			f.orphanMu.Lock()
+			if f.orphans[w.holder] == w.id {
+				delete(f.orphans, w.holder)
+			}
+			f.orphanMu.Unlock()
+		}()
+		for delay := endRetry.min; ; delay = min(2*delay, endRetry.max) {
+			time.Sleep(delay)
+			if time.Now().After(w.until.Add(f.handoff)) {
+				return // ended: no waiter counts it, and a handoff to it has lapsed
+			}
+			if err := w.end(); err == nil {
+				return
+			}
+		}
+	}()
+}
+
+// isOrphan reports whether wait id of holder is one of this process's
+// waits whose record is being deleted in the background.
+func (f *Locks) isOrphan(holder, id string) bool {
+	f.orphanMu.Lock()
+	defer f.orphanMu.Unlock()
+	return f.orphans[holder] == id
+}
+
+// end deletes w's record (if still w's) and passes on a handoff to w, under
+// a short timeout of its own: the caller's context may have ended.
+func (w *fsWait) end() error {
+	if w.f.endHook != nil {
+		if err := w.f.endHook(); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ref, lref := w.f.waitRef(w.holder), w.f.lockRef(w.resource)
-	err := w.f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
+	return w.f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
 		snap, err := tx.Get(ref)
 		if err != nil && !notFound(err) {
 			return err
@@ -183,9 +244,6 @@ func (w *fsWait) stop() {
 		}
 		return nil
 	})
-	if err != nil {
-		w.f.log.Warn("delete lock wait record (Cleanup deletes it later)", "holder", w.holder, "err", err)
-	}
 }
 
 // heldBy lists the locks holder holds now (for the wait record).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,5 +380,81 @@ func eventually(t *testing.T, ctx context.Context, what string, cond func() bool
 			t.Fatalf("timed out waiting for %s", what)
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+// TestWaitRecordOrphaned: a wait whose end could not delete its record (the
+// store unreachable for a moment) is deleted in the background, and its
+// holder may wait again at once. Before, the record lingered until its end
+// (the whole wait asked for), holding a place in the queue, and the holder's
+// next wait failed with "already waiting".
+func TestWaitRecordOrphaned(t *testing.T) {
+	ctx, open := setup(t)
+	own, ws := open(), open()
+	var failNext atomic.Bool // the next end attempt fails
+	ws.endHook = func() error {
+		if failNext.Swap(false) {
+			return errors.New("the store cannot be reached")
+		}
+		return nil
+	}
+	orphans := func() int {
+		ws.orphanMu.Lock()
+		defer ws.orphanMu.Unlock()
+		return len(ws.orphans)
+	}
+	// cutShort waits for res as holder until a short deadline, and fails
+	// the wait's end.
+	cutShort := func(res, holder string) {
+		t.Helper()
+		failNext.Store(true)
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if _, err := ws.Acquire(short, res, holder, time.Minute, time.Hour); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("wait cut short: %v", err)
+		}
+		if failNext.Load() || orphans() != 1 {
+			t.Fatalf("the wait's end did not fail: %d orphans", orphans())
+		}
+	}
+
+	g, err := own.Acquire(ctx, "res", "leader", time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutShort("res", "w")
+	// The holder waits again at once: its orphaned record is replaced.
+	got := make(chan error, 1)
+	go func() {
+		g2, err := ws.Acquire(ctx, "res", "w", time.Minute, time.Minute)
+		if err == nil && g2.Holder != "w" {
+			err = fmt.Errorf("granted to %s", g2.Holder)
+		}
+		got <- err
+	}()
+	eventually(t, ctx, "the second wait recorded", func() bool {
+		st, err := own.Status(ctx, "res")
+		return err == nil && len(st.Waiters) == 1
+	})
+	if err := own.Release(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("the holder's second wait: %v", err)
+	}
+	eventually(t, ctx, "the replaced orphan forgotten", func() bool { return orphans() == 0 })
+
+	// An orphan nobody replaces is deleted in the background.
+	g3, err := own.Acquire(ctx, "res2", "leader", time.Minute, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutShort("res2", "w2")
+	eventually(t, ctx, "the orphaned record deleted", func() bool {
+		st, err := own.Status(ctx, "res2")
+		return err == nil && len(st.Waiters) == 0 && orphans() == 0
+	})
+	if err := own.Release(ctx, g3); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -247,7 +247,7 @@ func (c *Client) pick(slots []*slot) *slot {
 
 // connect returns s's live connection, dialling a new one if there is none.
 func (c *Client) connect(ctx context.Context, s *slot) (*conn, error) {
-	if cn := s.cur.Load(); cn != nil && !cn.dead.Load() {
+	if cn := s.cur.Load(); cn != nil && !cn.dead.Load() && !cn.retireIdle() {
 		return cn, nil
 	}
 	select {

@@ -951,3 +951,43 @@ func TestCloseEndsAHandshake(t *testing.T) {
 		t.Fatalf("ping after Close: %v", err)
 	}
 }
+
+// TestIdleConnectionRetired: a connection idle for half the sidecar's idle
+// timeout (from its hello) is given up and a new one dialled, rather than
+// used just as the sidecar may close it, which would leave the call's
+// outcome unknown. Without an idle timeout a connection is kept.
+func TestIdleConnectionRetired(t *testing.T) {
+	for _, idle := range []int64{0, 60_000} {
+		s := newFakeServer(t)
+		s.hello.IdleTimeoutMS = idle
+		var dials atomic.Int64
+		c := &Client{Socket: s.path, Conns: 1, Dial: func(ctx context.Context) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", s.path)
+		}}
+		bg := context.Background()
+		for i := range 2 {
+			if _, err := c.Put(bg, "g", "k", i); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cn := c.slots[0].cur.Load()
+		if want := time.Duration(idle) * time.Millisecond / 2; cn.idleAfter != want || dials.Load() != 1 {
+			t.Fatalf("idle timeout %d ms: retire after %v, want %v; %d dials", idle, cn.idleAfter, want, dials.Load())
+		}
+		cn.used.Store(time.Now().Add(-time.Hour).UnixNano()) // idle for an hour
+		if _, err := c.Put(bg, "g", "k", 3); err != nil {
+			t.Fatal(err)
+		}
+		wantDials := int64(1)
+		if idle > 0 {
+			wantDials = 2
+		}
+		if dials.Load() != wantDials || cn.dead.Load() != (idle > 0) {
+			t.Fatalf("idle timeout %d ms, connection idle for an hour: %d dials, old one dead %v", idle, dials.Load(), cn.dead.Load())
+		}
+		waitFor(t, "one connection open", func() bool { return s.openConns() == 1 })
+		c.Close()
+	}
+}

@@ -51,6 +51,10 @@ type conn struct {
 
 	dead     atomic.Bool  // set by fail
 	inflight atomic.Int64 // calls in pending
+	// idleAfter is half the sidecar's idle timeout (0: it has none); used
+	// is when a call was last sent or answered (Unix ns). See retireIdle.
+	idleAfter time.Duration
+	used      atomic.Int64
 
 	mu      sync.Mutex
 	pending map[uint64]*call  // queued or sent, awaiting a reply
@@ -138,7 +142,9 @@ func newConn(nc net.Conn, br *bufio.Reader, socket string, h wire.Hello, writeTi
 		pending:      make(map[uint64]*call),
 		wake:         make(chan struct{}, 1),
 		closing:      make(chan struct{}),
+		idleAfter:    time.Duration(h.IdleTimeoutMS) * time.Millisecond / 2,
 	}
+	c.used.Store(time.Now().UnixNano())
 	maxFrame := max(h.MaxFrame, wire.DefaultMaxFrame)
 	c.wg.Add(2)
 	go c.readLoop(br, maxFrame)
@@ -159,6 +165,9 @@ func (c *conn) send(cl *call) error {
 	c.inflight.Add(1)
 	c.queue = append(c.queue, cl)
 	c.mu.Unlock()
+	if c.idleAfter > 0 {
+		c.used.Store(time.Now().UnixNano())
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default: // the writer is already due to run
@@ -341,9 +350,39 @@ func (c *conn) readLoop(br *bufio.Reader, maxFrame int) {
 		if cl == nil {
 			continue // its waiter left
 		}
+		if c.idleAfter > 0 {
+			c.used.Store(time.Now().UnixNano())
+		}
 		cl.resp = resp
 		close(cl.done)
 	}
+}
+
+// errIdle is why a connection idle for half the sidecar's idle timeout is
+// given up.
+var errIdle = errors.New("idle for half the sidecar's idle timeout")
+
+// retireIdle gives the connection up if it has been idle for half the
+// sidecar's idle timeout, and reports whether it did. The sidecar may close
+// an idle connection just as a request arrives on it, and that request's
+// outcome would be unknown: a new connection is dialled instead. A
+// connection with a watch, a lock session or a conflict resolver is kept:
+// the sidecar does not count it as idle.
+func (c *conn) retireIdle() bool {
+	if c.idleAfter <= 0 || c.inflight.Load() > 0 || time.Since(time.Unix(0, c.used.Load())) < c.idleAfter {
+		return false
+	}
+	c.mu.Lock()
+	if c.err != nil || c.wrErr != nil || len(c.pending) > 0 || len(c.watches) > 0 || c.locks != nil || c.resolver != nil {
+		c.mu.Unlock()
+		return false
+	}
+	// From here no call is queued on it: send sees wrErr.
+	cause := &ConnError{Op: "send", Socket: c.socket, Err: errIdle}
+	c.wrErr = cause
+	c.mu.Unlock()
+	c.fail(cause)
+	return true
 }
 
 // drainTimeout bounds how long the reader keeps reading after a write

@@ -152,6 +152,8 @@ func (c *conn) opHello(req *wire.Request) {
 		MaxFrame: o.MaxFrame,
 		MaxValue: o.MaxValue,
 		MaxBatch: o.MaxBatch,
+
+		IdleTimeoutMS: o.IdleTimeout.Milliseconds(),
 	}}
 	c.out.put(&c.resp, "")
 }

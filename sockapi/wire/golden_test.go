@@ -121,6 +121,7 @@ func goldenCases() []goldenCase {
 		{"resp_hello", &wire.Response{ID: 1, Hello: &wire.Hello{
 			Version: 1, Server: "tai-sidecar/0.1.0", NodeID: goldenNode,
 			MaxFrame: wire.DefaultMaxFrame, MaxValue: wire.MaxValueSize, MaxBatch: wire.MaxBatch,
+			IdleTimeoutMS: 300000,
 		}}},
 		{"resp_ping", &wire.Response{ID: 7}},
 		{"resp_put", &wire.Response{ID: 2, Record: putRecord}},

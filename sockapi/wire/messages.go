@@ -392,6 +392,9 @@ type Hello struct {
 	MaxFrame int    `codec:"max_frame"`
 	MaxValue int    `codec:"max_value"`
 	MaxBatch int    `codec:"max_batch"`
+	// IdleTimeoutMS is how long, in milliseconds, a connection may stay
+	// idle before the sidecar closes it (0 or absent: it does not).
+	IdleTimeoutMS int64 `codec:"idle_timeout_ms,omitempty"`
 }
 
 // Change is the metadata of a change: who made it, why, and when (Unix

@@ -15,8 +15,9 @@ import (
 // subscribers in the order the committer made the changes durable (so in
 // version order per state), as soon as it is acknowledged.
 //
-// The committer never waits for a subscriber: each has a bounded buffer,
-// and one that falls behind by more is ended with ErrLagged (it then
+// The committer never waits for a subscriber: each has a buffer bounded in
+// changes and, optionally, in bytes, and one that falls behind by more is
+// ended with ErrLagged (it then
 // resubscribes and reads what it missed with List or Events). Bookkeeping of
 // the sync side (acks that only record the synced version, records kept
 // aside) is not a change and is not delivered.
@@ -44,9 +45,18 @@ type Subscription struct {
 	governor string
 	prefix   string
 	feed     *feed
-	mu       sync.Mutex // guards c's closing and err
+	mu       sync.Mutex // guards c's closing and err, and the byte count
 	done     bool
 	err      error
+
+	// The bytes of the changes in c, when bounded (maxBytes > 0): sizes
+	// holds the size of each change offered (a ring, by offer count), and
+	// the changes taken from c (offered less those still in it) are
+	// subtracted when the next one is offered.
+	maxBytes          int64
+	bytes             int64
+	sizes             []int64
+	offered, released uint64
 }
 
 // Err returns why the subscription ended: nil after Close, ErrLagged,
@@ -81,14 +91,42 @@ func (sub *Subscription) offer(ch FeedChange) bool {
 	if sub.done {
 		return false
 	}
+	var size int64
+	if sub.maxBytes > 0 {
+		taken := sub.offered - uint64(len(sub.c)) // at least: the reader may be taking one now
+		for ; sub.released < taken; sub.released++ {
+			sub.bytes -= sub.sizes[sub.released%uint64(len(sub.sizes))]
+		}
+		size = feedSize(&ch.Record)
+		if sub.bytes > 0 && sub.bytes+size > sub.maxBytes {
+			// One change always fits in an empty buffer, however large.
+			sub.lagged()
+			return false
+		}
+	}
 	select {
 	case sub.c <- ch:
+		if sub.maxBytes > 0 {
+			sub.sizes[sub.offered%uint64(len(sub.sizes))] = size
+			sub.offered++
+			sub.bytes += size
+		}
 		return true
 	default:
-		sub.done, sub.err = true, ErrLagged
-		close(sub.c)
+		sub.lagged()
 		return false
 	}
+}
+
+func (sub *Subscription) lagged() {
+	sub.done, sub.err = true, ErrLagged
+	close(sub.c)
+}
+
+// feedSize is what a buffered change costs, about: its variable-length
+// fields and a fixed share for the rest.
+func feedSize(r *Record) int64 {
+	return int64(len(r.Value)+len(r.Governor)+len(r.State)+len(r.Origin)+len(r.OpID)+len(r.Change.Actor)+len(r.Change.Reason)) + 256
 }
 
 func (sub *Subscription) matches(k Key) bool {
@@ -117,9 +155,10 @@ const DefaultSubscribeBuffer = 1024
 
 // Subscribe delivers every change of the states of governor whose names
 // start with prefix, made from now on, until sub.Close, ErrLagged (more
-// than buffer changes not yet received) or the store's Close. buffer <= 0
-// means DefaultSubscribeBuffer.
-func (s *Store) Subscribe(governor, prefix string, buffer int) (*Subscription, error) {
+// than buffer changes not yet received, or, when maxBytes > 0, changes of
+// more than maxBytes: values, names and metadata) or the store's Close.
+// buffer <= 0 means DefaultSubscribeBuffer.
+func (s *Store) Subscribe(governor, prefix string, buffer int, maxBytes int64) (*Subscription, error) {
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -136,6 +175,9 @@ func (s *Store) Subscribe(governor, prefix string, buffer int) (*Subscription, e
 	}
 	c := make(chan FeedChange, buffer)
 	sub := &Subscription{C: c, c: c, governor: governor, prefix: prefix, feed: &s.feed}
+	if maxBytes > 0 {
+		sub.maxBytes, sub.sizes = maxBytes, make([]int64, buffer)
+	}
 	s.feed.mu.Lock()
 	if s.feed.subs == nil {
 		s.feed.subs = make(map[*Subscription]struct{})

@@ -95,7 +95,7 @@ func benchSyncLag(b *testing.B, remote syncer.Remote) {
 	loops.Add(2)
 	go func() { defer loops.Done(); _ = pushA.Run(ctx) }()
 	go func() { defer loops.Done(); _ = pullB.Run(ctx) }()
-	sub, err := bn.Subscribe("lag", "", 1<<16)
+	sub, err := bn.Subscribe("lag", "", 1<<16, 0)
 	if err != nil {
 		b.Fatal(err)
 	}

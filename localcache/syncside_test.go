@@ -567,11 +567,11 @@ func TestSubscribe(t *testing.T) {
 	remote := memremote.New()
 	a := newSyncNode(t, "a", remote, "g")
 	b := newSyncNode(t, "b", remote, "g")
-	sub, err := a.store.Subscribe("g", "k", 16)
+	sub, err := a.store.Subscribe("g", "k", 16, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := a.store.Subscribe("other", "", 16)
+	other, err := a.store.Subscribe("other", "", 16, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,7 +614,7 @@ func TestSubscribe(t *testing.T) {
 	}
 
 	// A subscriber that does not read falls behind and is ended.
-	slow, err := a.store.Subscribe("g", "", 2)
+	slow, err := a.store.Subscribe("g", "", 2, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1077,5 +1077,77 @@ func TestReplayEndsAtANewerSnapshot(t *testing.T) {
 	last := page.Items[len(page.Items)-1]
 	if last.Snapshot == nil || last.Snapshot.Version != 2 || string(last.Snapshot.Value) != "a2" {
 		t.Fatalf("the replay ends with %+v, want the snapshot of version 2", last)
+	}
+}
+
+// TestSubscribeByteBound: a subscription bounded in bytes ends as lagging
+// when the changes it has not taken pass the bound, counts what was taken
+// as freed, and always takes one change into an empty buffer, however
+// large.
+func TestSubscribeByteBound(t *testing.T) {
+	s := openMem(t)
+	ctx := context.Background()
+	big := []byte(strings.Repeat("v", 1000)) // about 1.3 KB buffered, with names and metadata
+	put := func(state string) {
+		t.Helper()
+		if _, err := s.Write(ctx, Write{Key: key("g", state), Value: big}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func(sub *Subscription) FeedChange {
+		t.Helper()
+		select {
+		case ch, ok := <-sub.C:
+			if !ok {
+				t.Fatalf("subscription ended: %v", sub.Err())
+			}
+			return ch
+		case <-time.After(5 * time.Second):
+			t.Fatal("no change delivered")
+		}
+		return FeedChange{}
+	}
+
+	probe, err := s.Write(ctx, Write{Key: key("g", "a0"), Value: big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Value = big                 // a write's record leaves it out
+	bound := 3*feedSize(&probe) + 100 // three changes like it fit, not four
+
+	// Taking changes frees their bytes: eight changes through a bound of
+	// three.
+	sub, err := s.Subscribe("g", "", 100, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		put(fmt.Sprint("a", i))
+		if ch := next(sub); ch.Record.State != fmt.Sprint("a", i) {
+			t.Fatalf("change %d: %s", i, ch.Record.State)
+		}
+	}
+	// Not taking them: the fourth change passes the bound.
+	for i := range 4 {
+		put(fmt.Sprint("b", i))
+	}
+	waitFor(t, "the subscription ended", func() bool { return sub.Err() != nil })
+	n := 0
+	for range sub.C {
+		n++
+	}
+	if n != 3 || !errors.Is(sub.Err(), ErrLagged) {
+		t.Fatalf("%d changes buffered, err %v: want 3 and ErrLagged", n, sub.Err())
+	}
+
+	// One change larger than the bound goes into an empty buffer.
+	small, err := s.Subscribe("g", "", 100, 500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer small.Close()
+	put("c")
+	if ch := next(small); ch.Record.State != "c" || small.Err() != nil {
+		t.Fatalf("large change: %s, %v", ch.Record.State, small.Err())
 	}
 }

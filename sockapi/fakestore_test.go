@@ -254,7 +254,7 @@ func (f *fakeStore) Stats() localcache.Stats {
 
 // Subscribe: the fake has no change feed (watches are tested against
 // localcache).
-func (f *fakeStore) Subscribe(governor, prefix string, buffer int) (*localcache.Subscription, error) {
+func (f *fakeStore) Subscribe(governor, prefix string, buffer int, maxBytes int64) (*localcache.Subscription, error) {
 	return nil, fmt.Errorf("fake store: no change feed: %w", localcache.ErrClosed)
 }
 

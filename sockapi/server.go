@@ -51,9 +51,9 @@ type Store interface {
 
 	// Subscribe delivers every change of governor's states whose names
 	// start with prefix (watch), until the subscription is closed, falls
-	// more than buffer changes behind (Err: localcache.ErrLagged) or the
-	// store closes (localcache.ErrClosed).
-	Subscribe(governor, prefix string, buffer int) (*localcache.Subscription, error)
+	// more than buffer changes or maxBytes behind (Err:
+	// localcache.ErrLagged) or the store closes (localcache.ErrClosed).
+	Subscribe(governor, prefix string, buffer int, maxBytes int64) (*localcache.Subscription, error)
 	// WaitSynced waits until the journal entries seqs (Record.Seq of the
 	// records Write and WriteBatch return) are in the shared store (sync
 	// writes). One the shared store rejected for good is a
@@ -152,6 +152,9 @@ type Options struct {
 	// written to the peer) before it is ended as lagging. Default
 	// localcache.DefaultSubscribeBuffer.
 	WatchBuffer int
+	// WatchBufferBytes bounds the same changes in bytes (values, names and
+	// metadata; one change always fits, however large). Default 8 MiB.
+	WatchBufferBytes int64
 	// MaxWatches caps the watches open on one connection. Default 64.
 	MaxWatches int
 
@@ -171,6 +174,10 @@ type Options struct {
 const (
 	defaultServerName  = "tai-sidecar"
 	defaultMaxInflight = 128
+	// defaultWatchBufferBytes: with the default 64 watches a connection,
+	// a peer that reads none of its pushes pins at most 512 MiB, not the
+	// 1024 changes of up to 1 MB each per watch of the count alone.
+	defaultWatchBufferBytes = 8 << 20
 	defaultMaxConns    = 1024
 	defaultMaxPerUID   = 256
 	defaultMaxWatches  = 64
@@ -240,6 +247,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.SyncTimeout <= 0 {
 		o.SyncTimeout = defaultSyncTimeout
+	}
+	if o.WatchBufferBytes <= 0 {
+		o.WatchBufferBytes = defaultWatchBufferBytes
 	}
 	if o.WatchBuffer <= 0 {
 		o.WatchBuffer = localcache.DefaultSubscribeBuffer

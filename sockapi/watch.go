@@ -17,7 +17,8 @@ import (
 // Flow control: the goroutine stops taking changes while the connection has
 // outHighWater bytes waiting for the peer, so a peer that does not read
 // costs a bounded outbox; the feed then buffers up to Options.WatchBuffer
-// changes, and one more ends the watch as lagging: a last push frame carries
+// changes and Options.WatchBufferBytes, and one more ends the watch as
+// lagging: a last push frame carries
 // an Unavailable error (retryable), and the peer starts again.
 
 // watch is one running watch of a connection.
@@ -68,7 +69,7 @@ func (c *conn) opWatch(req *wire.Request) {
 			"%d watches are running on this connection, the limit: unwatch one, or use another connection", n))
 		return
 	}
-	sub, err := c.s.store.Subscribe(req.Governor, req.Prefix, c.s.opts.WatchBuffer)
+	sub, err := c.s.store.Subscribe(req.Governor, req.Prefix, c.s.opts.WatchBuffer, c.s.opts.WatchBufferBytes)
 	if err != nil {
 		c.replyError(req.ID, c.storeError(wire.OpWatch, localcache.Key{Governor: req.Governor}, err))
 		return
@@ -168,8 +169,8 @@ func (c *conn) runWatch(w *watch) {
 	switch {
 	case errors.Is(err, localcache.ErrLagged):
 		e = wire.Errorf(wire.CodeUnavailable,
-			"the watch fell more than %d changes behind (the client did not read them fast enough) and was ended: start it again, and re-read the states it covers to catch up",
-			c.s.opts.WatchBuffer)
+			"the watch fell more than %d changes or %d bytes behind (the client did not read them fast enough) and was ended: start it again, and re-read the states it covers to catch up",
+			c.s.opts.WatchBuffer, c.s.opts.WatchBufferBytes)
 	case errors.Is(err, localcache.ErrClosed):
 		e = wire.Errorf(wire.CodeUnavailable, "the store closed: the sidecar is shutting down")
 	default:

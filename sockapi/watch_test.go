@@ -86,8 +86,16 @@ func TestWatch(t *testing.T) {
 // and ends with a push frame carrying a retryable Unavailable error, after
 // which the connection still serves.
 func TestWatchLagged(t *testing.T) {
+	// Bounded by the changes' count, and by their bytes (1024 changes of
+	// 64 KiB are more than the 300 writes below).
+	for name, opts := range map[string]Options{"count": {WatchBuffer: 4}, "bytes": {WatchBufferBytes: 256 << 10}} {
+		t.Run(name, func(t *testing.T) { testWatchLagged(t, opts) })
+	}
+}
+
+func testWatchLagged(t *testing.T, opts Options) {
 	store := openLocalcache(t, "")
-	ts := startServer(t, store, Options{WatchBuffer: 4})
+	ts := startServer(t, store, opts)
 	w := ts.hello()
 	other := ts.hello()
 	ack := w.call(wire.Request{Op: wire.OpWatch, Governor: "g"})

@@ -178,9 +178,9 @@ const (
 	// a peer that reads none of its pushes pins at most 512 MiB, not the
 	// 1024 changes of up to 1 MB each per watch of the count alone.
 	defaultWatchBufferBytes = 8 << 20
-	defaultMaxConns    = 1024
-	defaultMaxPerUID   = 256
-	defaultMaxWatches  = 64
+	defaultMaxConns         = 1024
+	defaultMaxPerUID        = 256
+	defaultMaxWatches       = 64
 	// defaultFetchTimeout bounds a bounded or strong read's call to the
 	// shared store; defaultReadThrough the read-through of a local miss.
 	defaultFetchTimeout = 5 * time.Second

@@ -200,38 +200,50 @@ func (s *Store) snapshotStates(ctx context.Context, p CleanupPolicy, after []byt
 func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff int64, pending *pendingVersions, rep *CleanupReport) error {
 	s.snaps.work.Lock()
 	defer s.snaps.work.Unlock()
-	var (
-		cut    CleanupCut
-		delete [][]byte
-	)
+	var pl cutPlan
 	err := s.scan(ctx, func(txn *badger.Txn) error {
 		if err := pending.catchUp(txn); err != nil {
 			return err
 		}
 		var err error
-		cut, delete, err = planCut(ctx, txn, k, p, cutoff, pending.low[k])
+		pl, err = planCut(ctx, txn, k, p, cutoff, pending.low[k])
 		return err
 	})
-	if err != nil || len(delete) == 0 {
+	if err != nil || pl.empty() {
 		return err
 	}
+	cut := pl.cut
 	if !p.DryRun {
-		for lo := 0; lo < len(delete); lo += cleanupChunk {
-			ops := make([]kv, 0, cleanupChunk)
-			for _, key := range delete[lo:min(lo+cleanupChunk, len(delete))] {
-				ops = append(ops, kv{key: key, del: true})
+		// The keys go a chunk at a time, each read just before its
+		// mutation: a state with millions of events is never listed
+		// whole.
+		for _, kind := range []byte{kindEvent, kindMark} {
+			for from := uint64(0); ; {
+				keys, next, err := s.keysUpTo(ctx, kind, k, from, cut.Base, cleanupChunk)
+				if err != nil || len(keys) == 0 {
+					if err != nil {
+						return err
+					}
+					break
+				}
+				if err := s.deleteKeys(ctx, keys); err != nil {
+					return err
+				}
+				if kind == kindEvent {
+					rep.Events += len(keys)
+				}
+				from = next
 			}
-			if err := s.commitOps(ctx, ops); err != nil {
+		}
+		for lo := 0; lo < len(pl.snaps); lo += cleanupChunk {
+			keys := make([][]byte, 0, cleanupChunk)
+			for _, v := range pl.snaps[lo:min(lo+cleanupChunk, len(pl.snaps))] {
+				keys = append(keys, snapKey(k, v))
+			}
+			if err := s.deleteKeys(ctx, keys); err != nil {
 				return err
 			}
-			for _, op := range ops {
-				switch op.key[0] {
-				case kindEvent:
-					rep.Events++
-				case kindSnap:
-					rep.Snapshots++
-				}
-			}
+			rep.Snapshots += len(keys)
 		}
 	} else {
 		rep.Events += cut.Events
@@ -275,12 +287,22 @@ func cutBaseSound(txn *badger.Txn, k Key, version uint64) (bool, error) {
 	return e.OpID == snap.OpID, nil
 }
 
-// planCut finds k's cut and returns it with the keys to delete, oldest
-// first: events, then time marks, then snapshots (none: nothing to cut).
-func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutoff int64, pending uint64) (CleanupCut, [][]byte, error) {
+// cutPlan is a state's cut: the events and time marks up to cut.Base go,
+// and the snapshots snaps (those below the base).
+type cutPlan struct {
+	cut   CleanupCut
+	snaps []uint64
+	marks bool // there are time marks to delete
+}
+
+// empty reports whether the plan deletes nothing.
+func (pl cutPlan) empty() bool { return pl.cut.Events == 0 && len(pl.snaps) == 0 && !pl.marks }
+
+// planCut finds k's cut (an empty plan: nothing to cut).
+func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutoff int64, pending uint64) (cutPlan, error) {
 	snaps, err := snapshotVersions(txn, k)
 	if err != nil || len(snaps) == 0 {
-		return CleanupCut{}, nil, err
+		return cutPlan{}, err
 	}
 	// Per snapshot i: how many events are at or below it, and the newest
 	// change time among them.
@@ -291,18 +313,18 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
 		if err := ctx.Err(); err != nil {
-			return CleanupCut{}, nil, err
+			return cutPlan{}, err
 		}
 		_, _, v, err := parseEventKey(it.Item().Key())
 		if err != nil {
-			return CleanupCut{}, nil, err
+			return cutPlan{}, err
 		}
 		for ; i < len(snaps) && snaps[i] < v; i++ {
 			count[i], newest[i] = total, maxTime
 		}
 		h, err := itemEventHead(it.Item())
 		if err != nil {
-			return CleanupCut{}, nil, err
+			return cutPlan{}, err
 		}
 		total++
 		maxTime = max(maxTime, h.time)
@@ -319,7 +341,7 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 		default:
 			ok, err := cutBaseSound(txn, k, snaps[j])
 			if err != nil {
-				return CleanupCut{}, nil, err
+				return cutPlan{}, err
 			}
 			if ok {
 				c = j
@@ -327,39 +349,51 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 		}
 	}
 	if c < 0 {
-		return CleanupCut{}, nil, nil
+		return cutPlan{}, nil
 	}
 	base := snaps[c]
-	cut := CleanupCut{Key: k, Base: base, Events: count[c], Snapshots: c}
-	keys, err := appendKeysUpTo(nil, txn, kindEvent, k, base)
+	marks, _, err := keysUpTo(txn, kindMark, k, 0, base, 1)
 	if err != nil {
-		return CleanupCut{}, nil, err
+		return cutPlan{}, err
 	}
-	if keys, err = appendKeysUpTo(keys, txn, kindMark, k, base); err != nil {
-		return CleanupCut{}, nil, err
-	}
-	for _, v := range snaps[:c] {
-		keys = append(keys, snapKey(k, v))
-	}
-	if len(keys) == 0 {
-		return CleanupCut{}, nil, nil
-	}
-	return cut, keys, nil
+	return cutPlan{cut: CleanupCut{Key: k, Base: base, Events: count[c], Snapshots: c}, snaps: snaps[:c], marks: len(marks) > 0}, nil
 }
 
-// appendKeysUpTo appends the keys of kind of k with versions <= upTo.
-func appendKeysUpTo(keys [][]byte, txn *badger.Txn, kind byte, k Key, upTo uint64) ([][]byte, error) {
+// keysUpTo returns at most limit keys of kind of k with versions from from
+// to upTo, and the version after the last one.
+func keysUpTo(txn *badger.Txn, kind byte, k Key, from, upTo uint64, limit int) ([][]byte, uint64, error) {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: versionedPrefix(kind, k)})
 	defer it.Close()
-	for it.Rewind(); it.Valid(); it.Next() {
+	var keys [][]byte
+	next := from
+	for it.Seek(versionedKey(kind, k, from)); it.Valid() && len(keys) < limit; it.Next() {
 		_, _, v, err := parseVersionedKey(kind, it.Item().Key())
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if v > upTo {
 			break
 		}
 		keys = append(keys, it.Item().KeyCopy(nil))
+		next = v + 1
 	}
-	return keys, nil
+	return keys, next, nil
+}
+
+// keysUpTo is keysUpTo in a read transaction of its own.
+func (s *Store) keysUpTo(ctx context.Context, kind byte, k Key, from, upTo uint64, limit int) (keys [][]byte, next uint64, err error) {
+	err = s.scan(ctx, func(txn *badger.Txn) error {
+		keys, next, err = keysUpTo(txn, kind, k, from, upTo, limit)
+		return err
+	})
+	return keys, next, err
+}
+
+// deleteKeys deletes keys in one mutation.
+func (s *Store) deleteKeys(ctx context.Context, keys [][]byte) error {
+	ops := make([]kv, len(keys))
+	for i, key := range keys {
+		ops[i] = kv{key: key, del: true}
+	}
+	return s.commitOps(ctx, ops)
 }

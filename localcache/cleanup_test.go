@@ -187,3 +187,28 @@ func TestCleanupInvalid(t *testing.T) {
 		}
 	}
 }
+
+// TestCleanupManyEvents: a cut of more events than one mutation deletes
+// goes a chunk at a time, and removes every one of them.
+func TestCleanupManyEvents(t *testing.T) {
+	s := openMem(t, withSnapshots(cleanupChunk, 0))
+	ctx := context.Background()
+	k := key("g", "s")
+	n := 2*cleanupChunk + 100
+	fillVersions(t, s, k, 1, n)
+	drain(t, s, memremote.New())
+	rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: "g", KeepEvents: 50})
+	want := CleanupCut{Key: k, Base: uint64(2 * cleanupChunk), Events: 2 * cleanupChunk, Snapshots: 1}
+	if err != nil || rep.Events != 2*cleanupChunk || rep.Snapshots != 1 || len(rep.Cuts) != 1 || rep.Cuts[0] != want {
+		t.Fatalf("cleanup: %+v, %v; want %+v", rep, err, want)
+	}
+	if evs := eventVersions(t, s, k); len(evs) != 100 || evs[0] != uint64(2*cleanupChunk+1) {
+		t.Fatalf("%d events left, from %v", len(evs), evs[:min(1, len(evs))])
+	}
+	if got := snapshotVersionsOf(t, s, k); !slices.Equal(got, []uint64{2 * cleanupChunk}) {
+		t.Fatalf("snapshots left %v", got)
+	}
+	if p, err := s.StateAtVersion(ctx, k, uint64(n)); err != nil || string(p.Value) != fmt.Sprintf("v%d", n) {
+		t.Fatalf("latest version: %+v, %v", p, err)
+	}
+}

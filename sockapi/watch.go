@@ -15,10 +15,12 @@ import (
 // feed's order (commit order, so version order per state).
 //
 // Flow control: the goroutine stops taking changes while the connection has
-// outHighWater bytes waiting for the peer, so a peer that does not read
-// costs a bounded outbox; the feed then buffers up to Options.WatchBuffer
-// changes, and one more ends the watch as lagging: a last push frame carries
-// an Unavailable error (retryable), and the peer starts again.
+// no room for a frame (more than outHighWater bytes waiting for the peer, or
+// more than replyBudget held: see outbox.waitRoom), so a peer that does not
+// read costs a bounded outbox; the feed then buffers up to
+// Options.WatchBuffer changes, and one more ends the watch as lagging: a
+// last push frame carries an Unavailable error (retryable), and the peer
+// starts again.
 
 // watch is one running watch of a connection.
 type watch struct {
@@ -151,7 +153,7 @@ func (c *conn) runWatch(w *watch) {
 			w.sub.Close() // the connection is broken
 			continue
 		}
-		if !c.out.waitBelow(outHighWater) {
+		if !c.out.waitRoom() {
 			w.sub.Close()
 		}
 	}

@@ -557,6 +557,12 @@ func (o *outbox) flushWait() {
 func (o *outbox) waitRoom() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	return o.waitRoomLocked()
+}
+
+// waitRoomLocked is waitRoom with o.mu held. It releases o.mu while it
+// waits or writes.
+func (o *outbox) waitRoomLocked() bool {
 	for o.err == nil {
 		out := len(o.buf) + o.sending
 		if out <= outHighWater && out+int(o.reserved.Load()) <= replyBudget {

@@ -278,3 +278,43 @@ func TestWriteReserve(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchesShareRoom: the watches of a connection whose client does not
+// read add at most one frame beyond the limits together, not one each; the
+// client then gets every change.
+func TestWatchesShareRoom(t *testing.T) {
+	store := openLocalcache(t, "")
+	ts := startServer(t, store, Options{})
+	w := ts.hello()
+	sc := onlyConn(t, ts.srv)
+	other := ts.hello()
+	const watches = 16
+	for range watches {
+		if r := w.call(wire.Request{Op: wire.OpWatch, Governor: "g"}); r.Error != nil {
+			t.Fatal(r.Error)
+		}
+	}
+	peak := watchHeld(sc)
+	value := valueOfSize(t, 500<<10)
+	if r := other.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: value}); r.Error != nil {
+		t.Fatal(r.Error)
+	}
+	limit := outHighWater + len(value) + frameReserve
+	waitFor(t, "the frames to wait for the client", func() bool { return heldReplies(sc) > outHighWater })
+	// While the client reads nothing, nothing more is queued: the other
+	// watches wait for room.
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if n := heldReplies(sc); n > limit {
+			t.Fatalf("the watches queued %d bytes, over %d", n, limit)
+		}
+	}
+	for i := range watches {
+		p := w.recv()
+		if !p.Push || p.Record == nil || !bytes.Equal(p.Record.Value, value) {
+			t.Fatalf("push %d: %+v", i, p.Error)
+		}
+	}
+	if got := peak(); got > limit {
+		t.Fatalf("the connection held %d bytes, over %d", got, limit)
+	}
+}

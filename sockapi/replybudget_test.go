@@ -39,17 +39,15 @@ func heldReplies(c *conn) int {
 	return len(o.buf) + o.sending + int(o.reserved.Load())
 }
 
-// watchHeld samples heldReplies(c) until the returned stop is called, which
-// returns the most it saw.
-func watchHeld(c *conn) (stop func() int) {
-	var peak atomic.Int64
+// watchHeld samples heldReplies(c) until the returned stop is called (or
+// the test ends), which returns the most it saw.
+func watchHeld(t *testing.T, c *conn) (stop func() int) {
+	peak := 0
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
-			if n := int64(heldReplies(c)); n > peak.Load() {
-				peak.Store(n)
-			}
+			peak = max(peak, heldReplies(c))
 			select {
 			case <-done:
 				return
@@ -57,11 +55,13 @@ func watchHeld(c *conn) (stop func() int) {
 			}
 		}
 	})
-	return func() int {
+	stop = sync.OnceValue(func() int {
 		close(done)
 		wg.Wait()
-		return int(peak.Load())
-	}
+		return peak
+	})
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // gatedSync is a fakeSync whose strong reads wait until open is closed.
@@ -120,7 +120,7 @@ func TestReplyBudgetStrongReads(t *testing.T) {
 	}
 	c := ts.hello()
 	sc := onlyConn(t, ts.srv)
-	peak := watchHeld(sc)
+	peak := watchHeld(t, sc)
 	c.sendAll(reqs...)
 
 	read := func() uint64 {
@@ -294,7 +294,7 @@ func TestWatchesShareRoom(t *testing.T) {
 			t.Fatal(r.Error)
 		}
 	}
-	peak := watchHeld(sc)
+	peak := watchHeld(t, sc)
 	value := valueOfSize(t, 500<<10)
 	if r := other.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: value}); r.Error != nil {
 		t.Fatal(r.Error)

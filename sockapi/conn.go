@@ -23,10 +23,17 @@ const (
 	// between requests; larger ones are dropped after use so that idle
 	// connections stay small.
 	keepBuffer = 64 << 10
-	// outHighWater is how many reply bytes may wait for the peer before the
-	// reader stops reading requests (backpressure on a peer that does not
-	// read its replies).
+	// outHighWater is how many reply bytes may wait for the peer (queued,
+	// or in a write that has not returned) before the reader stops reading
+	// requests (backpressure on a peer that does not read its replies).
 	outHighWater = 1 << 20
+	// replyBudget is how many reply bytes a connection may hold, those
+	// waiting for the peer and those reserved by the requests running off
+	// the reader (see outbox.reserve), before the reader stops reading
+	// requests. It bounds the memory of replies that are made before they
+	// are queued: a strong read's records, MaxInflight of them at once,
+	// would otherwise not count until they were.
+	replyBudget = 8 << 20
 )
 
 // conn is one client connection. One goroutine, the reader, runs serve: it
@@ -243,7 +250,7 @@ func (c *conn) pump() bool {
 			c.endFrame()
 		}
 		c.handle(body) // body is not used after this: see frameReader
-		if !c.out.waitBelow(outHighWater) {
+		if !c.out.waitRoom() {
 			return true
 		}
 	}
@@ -388,8 +395,13 @@ type outbox struct {
 	buf     []byte
 	spare   []byte
 	writing bool
+	sending int // the size of the write in progress (writing set)
 	err     error
 	queued  atomic.Int32 // finished writes about to add their reply
+	// reserved is what the requests running off the reader set aside for
+	// their replies (see reserve): the reader adds to it without mu, and
+	// it is given back under mu, which wakes the goroutines in waitRoom.
+	reserved atomic.Int64
 	// deadline is the socket's write deadline, touched only by the one
 	// goroutine writing (writing set).
 	deadline time.Time
@@ -410,16 +422,41 @@ func (o *outbox) put(resp *wire.Response, field string) {
 	o.c.replyCode = o.appendLocked(resp, field) // put is the reader's: see observe.go
 }
 
-// putAsync queues the reply of a finished write and flushes unless another
-// finished write is queued behind it.
-func (o *outbox) putAsync(resp *wire.Response) {
+// putAsync queues the reply of a finished write, gives back the n bytes
+// reserved for it (its own bytes count from now on), and flushes unless
+// another finished write is queued behind it.
+func (o *outbox) putAsync(resp *wire.Response, n int) {
 	o.queued.Add(1)
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.releaseLocked(n) // first: nothing is counted twice
 	o.appendLocked(resp, "")
 	if o.queued.Add(-1) == 0 {
 		o.flushLocked()
 	}
+}
+
+// reserve sets n bytes of the connection's reply budget aside for the
+// reply of a request the reader starts off the reader: the most that
+// reply can take (or an estimate, for replies without values), so that
+// the reply counts while it is being made. putAsync gives them back. It
+// never waits: the reader waits before it reads the next request (waitRoom)
+// while the connection holds more than replyBudget, so a request whose
+// reply may be larger than the whole budget still runs (and the reader
+// then waits until it has been written).
+func (o *outbox) reserve(n int) { o.reserved.Add(int64(n)) }
+
+// release gives back n reserved bytes of a request that queued no reply
+// (it panicked).
+func (o *outbox) release(n int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.releaseLocked(n)
+}
+
+func (o *outbox) releaseLocked(n int) {
+	o.reserved.Add(-int64(n))
+	o.cond.Broadcast()
 }
 
 // appendLocked encodes resp into the queue and returns the error code of
@@ -477,7 +514,7 @@ func (o *outbox) flushLocked() {
 	idle := o.c.s.opts.IdleTimeout
 	for len(o.buf) > 0 && o.err == nil {
 		b := o.buf
-		o.buf, o.spare = o.spare[:0], nil
+		o.buf, o.spare, o.sending = o.spare[:0], nil, len(b)
 		o.mu.Unlock()
 		if idle > 0 {
 			var moved bool
@@ -487,6 +524,7 @@ func (o *outbox) flushLocked() {
 		}
 		_, err := o.c.w.Write(b)
 		o.mu.Lock()
+		o.sending = 0
 		if err != nil {
 			o.err = err
 			o.buf = nil
@@ -511,15 +549,27 @@ func (o *outbox) flushWait() {
 	o.flushLocked()
 }
 
-// waitBelow blocks while more than limit bytes wait for the peer, writing
-// them itself when no other goroutine is. It returns false once a write has
-// failed.
-func (o *outbox) waitBelow(limit int) bool {
+// waitRoom blocks while the connection holds too many reply bytes: more
+// than outHighWater waiting for the peer (queued, or in a write that has
+// not returned), or more than replyBudget with what is reserved (see
+// reserve). It writes the queue itself when no other goroutine is writing.
+// It returns false once a write has failed.
+func (o *outbox) waitRoom() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for len(o.buf) > limit && o.err == nil {
-		if o.writing {
-			o.cond.Wait()
+	return o.waitRoomLocked()
+}
+
+// waitRoomLocked is waitRoom with o.mu held. It releases o.mu while it
+// waits or writes.
+func (o *outbox) waitRoomLocked() bool {
+	for o.err == nil {
+		out := len(o.buf) + o.sending
+		if out <= outHighWater && out+int(o.reserved.Load()) <= replyBudget {
+			break
+		}
+		if o.writing || len(o.buf) == 0 {
+			o.cond.Wait() // for a write to end, or reserved bytes to come back
 		} else {
 			o.flushLocked()
 		}
@@ -527,13 +577,14 @@ func (o *outbox) waitBelow(limit int) bool {
 	return o.err == nil
 }
 
-// write runs fn, a put, delete or batch_put in mode m, and queues its reply:
-// on the reader itself when the write is local (neither strong nor sync,
-// so then is nil) and the connection is not pipelining (see inlineWrite),
-// otherwise with goWrite. then is as for goWrite.
-func (c *conn) write(m writeMode, id uint64, keys []localcache.Key, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
+// write runs fn, req (a put, delete or batch_put of keys) in mode m, and
+// queues its reply: on the reader itself when the write is local (neither
+// strong nor sync, so then is nil) and the connection is not pipelining
+// (see inlineWrite), otherwise with goWrite. then is as for goWrite.
+func (c *conn) write(m writeMode, req *wire.Request, keys []localcache.Key, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
+	id := req.ID
 	if m.strong || m.sync || !c.inlineWrite() {
-		c.goWrite(id, keys, fn, then)
+		c.goWrite(id, keys, c.writeReserve(keys, req), fn, then)
 		return
 	}
 	resp := fn()
@@ -588,7 +639,9 @@ const (
 // goWrite runs fn, a write, on its own goroutine and queues its reply. It
 // blocks while MaxInflight writes are running (backpressure: the reader
 // stops reading), flushing first so the peer sees the replies it waits
-// for.
+// for. reserve bytes of the connection's reply budget are set aside for
+// the reply until it is queued (see outbox.reserve, and readReserve,
+// writeReserve and replyReserve for the sizes).
 //
 // keys are the states fn writes (or reads: a read that asks the shared
 // store runs here too), all distinct: fn starts only after the
@@ -598,13 +651,8 @@ const (
 // then, when not nil, runs after fn succeeded and the order was left, and
 // gives the final reply: a sync write waits there for the shared store
 // without holding up the connection's later writes to the same states.
-func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
-	select {
-	case c.sem <- struct{}{}:
-	default:
-		c.out.flush()
-		c.sem <- struct{}{}
-	}
+func (c *conn) goWrite(id uint64, keys []localcache.Key, reserve int, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
+	c.takeSlot(reserve)
 	wait, done := c.order.enter(keys)
 	end := c.takeObservation()
 	c.writes.Add(1)
@@ -612,6 +660,12 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 		defer c.writes.Done()
 		defer c.endOnPanic()
 		defer func() { <-c.sem }()
+		queued := false
+		defer func() {
+			if !queued {
+				c.out.release(reserve)
+			}
+		}()
 		left := false
 		defer func() {
 			if !left {
@@ -628,11 +682,57 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, fn func() *wire.Respons
 			resp = then(resp)
 		}
 		resp.ID = id
-		c.out.putAsync(resp)
+		queued = true
+		c.out.putAsync(resp, reserve)
 		if end != nil {
 			end(replyCodeOf(resp))
 		}
 	}()
+}
+
+// takeSlot takes a write slot for a request the reader starts off the
+// reader (goWrite, goLock), and reserves reserve bytes for its reply. It
+// blocks while MaxInflight of them are running, flushing first so the peer
+// sees the replies it waits for.
+func (c *conn) takeSlot(reserve int) {
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		c.out.flush()
+		c.sem <- struct{}{}
+	}
+	c.out.reserve(reserve)
+}
+
+// Reservations: what a request started off the reader sets aside, in the
+// connection's reply budget, for its reply (see outbox.reserve).
+
+// recordReserve is the room a record without its value takes in a reply
+// beside its names, actor and reason (its other fields, the origin, the
+// msgpack headers, with margin), and the room of a reply's own fields.
+const recordReserve = 256
+
+// replyReserve is the reservation of a reply of at most n bytes: n, but no
+// more than a frame (a larger reply is replaced by a TooLarge error).
+func (c *conn) replyReserve(n int) int {
+	return min(n, c.s.opts.MaxFrame) + wire.HeaderSize
+}
+
+// readReserve is the reservation of a read of n states that runs off the
+// reader (it asks the shared store): the largest reply it can have, n
+// records with values of max_value.
+func (c *conn) readReserve(n int) int {
+	return c.replyReserve(n * (c.s.opts.MaxValue + frameReserve))
+}
+
+// writeReserve is the reservation of req, a write of keys: a record
+// without its value per key, with req's actor and reason.
+func (c *conn) writeReserve(keys []localcache.Key, req *wire.Request) int {
+	n := recordReserve
+	for _, k := range keys {
+		n += recordReserve + len(k.Governor) + len(k.State) + len(req.Actor) + len(req.Reason)
+	}
+	return c.replyReserve(n)
 }
 
 // endOnPanic, deferred by a goroutine of the connection (by one that holds

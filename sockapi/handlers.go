@@ -170,13 +170,13 @@ func (c *conn) opGet(req *wire.Request) {
 	}
 	c.awaitWrites([]localcache.Key{k}, false) // does not keep the slice: it stays on the stack
 	if c.needsFetch(k.Governor, m) {
-		c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response { return c.fetchGet(k, m) }, nil)
+		c.goWrite(req.ID, []localcache.Key{k}, c.readReserve(1), func() *wire.Response { return c.fetchGet(k, m) }, nil)
 		return
 	}
 	r, err := c.s.store.Get(c.ctx, k)
 	if err != nil {
 		if errors.Is(err, localcache.ErrNotFound) && c.readsThrough(k.Governor, m) {
-			c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response { return c.fetchGet(k, m) }, nil)
+			c.goWrite(req.ID, []localcache.Key{k}, c.readReserve(1), func() *wire.Response { return c.fetchGet(k, m) }, nil)
 			return
 		}
 		c.replyError(req.ID, c.storeError("get", k, err))
@@ -220,7 +220,7 @@ func (c *conn) opWrite(req *wire.Request, del bool) {
 		op = wire.OpDelete
 	}
 	var seq uint64
-	c.write(m, req.ID, []localcache.Key{k}, func() *wire.Response {
+	c.write(m, req, []localcache.Key{k}, func() *wire.Response {
 		if m.strong {
 			rs, e := c.writeStrong(m, op, k, []localcache.Write{w})
 			if e != nil {
@@ -288,7 +288,7 @@ func (c *conn) opBatchGet(req *wire.Request) {
 	c.awaitWrites(keys, false)
 	if len(keys) > 0 && slices.ContainsFunc(keys, func(k localcache.Key) bool { return c.needsFetch(k.Governor, m) }) {
 		keys := slices.Clone(keys)
-		c.goWrite(req.ID, uniqueKeys(keys), func() *wire.Response { return c.fetchBatch(keys, nil, m) }, nil)
+		c.goWrite(req.ID, uniqueKeys(keys), c.readReserve(len(keys)), func() *wire.Response { return c.fetchBatch(keys, nil, m) }, nil)
 		return
 	}
 	var got []*localcache.Record
@@ -311,7 +311,7 @@ func (c *conn) opBatchGet(req *wire.Request) {
 	}
 	if len(misses) > 0 {
 		keys := slices.Clone(keys)
-		c.goWrite(req.ID, uniqueKeys(keys), func() *wire.Response { return c.fetchBatch(keys, misses, m) }, nil)
+		c.goWrite(req.ID, uniqueKeys(keys), c.readReserve(len(keys)), func() *wire.Response { return c.fetchBatch(keys, misses, m) }, nil)
 		return
 	}
 	if e := c.batchTooLarge(got); e != nil {
@@ -426,7 +426,7 @@ func (c *conn) opBatchPut(req *wire.Request) {
 		}
 	}
 	var seqs []uint64
-	c.write(m, req.ID, keys, func() *wire.Response {
+	c.write(m, req, keys, func() *wire.Response {
 		var rs []localcache.Record
 		var err error
 		if m.strong {

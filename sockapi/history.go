@@ -40,7 +40,7 @@ func (c *conn) opFlush(req *wire.Request) {
 	c.awaitWrites(nil, true) // the connection's earlier writes are acknowledged first
 	seq := c.s.store.LastSeq()
 	// The wait runs in goWrite's second step: it holds up no later request.
-	c.goWrite(req.ID, nil, func() *wire.Response { return &wire.Response{} }, func(*wire.Response) *wire.Response {
+	c.goWrite(req.ID, nil, c.replyReserve(frameReserve), func() *wire.Response { return &wire.Response{} }, func(*wire.Response) *wire.Response {
 		if e := c.flushWait(seq, timeout); e != nil {
 			return c.errorResponse(e)
 		}

@@ -496,23 +496,27 @@ func (c *conn) releaseBound(grants []txn.Grant) {
 // goLock runs fn, a lock op, on its own goroutine, in a write slot (so that
 // a connection runs at most MaxInflight of them and its writes together),
 // and queues its reply. Unlike goWrite it takes no place in the order of
-// writes: lock ops touch no state.
+// writes: lock ops touch no state. A lock op's reply has no value: it
+// reserves frameReserve (see goWrite).
 func (c *conn) goLock(id uint64, fn func() *wire.Response) {
-	select {
-	case c.sem <- struct{}{}:
-	default:
-		c.out.flush()
-		c.sem <- struct{}{}
-	}
+	reserve := c.replyReserve(frameReserve)
+	c.takeSlot(reserve)
 	end := c.takeObservation()
 	c.writes.Add(1)
 	go func() {
 		defer c.writes.Done()
 		defer c.endOnPanic()
 		defer func() { <-c.sem }()
+		queued := false
+		defer func() {
+			if !queued {
+				c.out.release(reserve)
+			}
+		}()
 		resp := fn()
 		resp.ID = id
-		c.out.putAsync(resp)
+		queued = true
+		c.out.putAsync(resp, reserve)
 		if end != nil {
 			end(replyCodeOf(resp))
 		}

@@ -322,7 +322,7 @@ func (c *conn) runRegistration(r *connResolvers, reg *registration) {
 			reg.sess.Close() // the connection is broken
 			continue
 		}
-		if !c.out.waitBelow(outHighWater) {
+		if !c.out.waitRoom() {
 			reg.sess.Close()
 		}
 	}

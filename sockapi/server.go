@@ -105,9 +105,11 @@ type Options struct {
 	// value (a scalar is depth 0, [1] depth 1). Default and upper bound
 	// MaxValueDepthLimit.
 	MaxValueDepth int
-	// MaxInflight caps the writes running at once for one connection; when
+	// MaxInflight caps the requests running off the reader at once for one
+	// connection (writes, lock ops, reads that ask the shared store); when
 	// that many are running the server stops reading from the connection
-	// until one finishes. Default 128.
+	// until one finishes. Default 128. (Their replies are bounded apart:
+	// see replyBudget.)
 	MaxInflight int
 	// MaxConns caps open connections. A connection over the cap gets an
 	// Unavailable error frame with id 0 and is closed. Default 1024.

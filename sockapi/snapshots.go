@@ -67,7 +67,7 @@ func (c *conn) opSnapshot(es EventSourcing, req *wire.Request) {
 	k := localcache.Key{Governor: req.Governor, State: req.State}
 	if req.State == "" {
 		c.awaitWrites(nil, true)
-		c.goWrite(req.ID, nil, func() *wire.Response {
+		c.goWrite(req.ID, nil, c.replyReserve(frameReserve), func() *wire.Response {
 			sum, err := es.SnapshotGovernor(c.ctx, k.Governor) // not req: the reader reuses it
 			if err != nil {
 				return c.errorResponse(c.historyError(wire.OpSnapshot, k, err))
@@ -76,7 +76,7 @@ func (c *conn) opSnapshot(es EventSourcing, req *wire.Request) {
 		}, nil)
 		return
 	}
-	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
+	c.goWrite(req.ID, []localcache.Key{k}, c.replyReserve(frameReserve), func() *wire.Response {
 		snap, taken, err := es.Snapshot(c.ctx, k)
 		if err != nil {
 			return c.errorResponse(c.historyError(wire.OpSnapshot, k, err))
@@ -129,7 +129,7 @@ func (c *conn) opTransition(es EventSourcing, req *wire.Request) {
 	t := localcache.Transition{Key: k, From: req.FromState, To: req.ToState, Action: req.Action,
 		Value: req.Value, Actor: req.Actor, Reason: req.Reason, Confirm: m.sync}
 	var seq uint64
-	c.goWrite(req.ID, []localcache.Key{k}, func() *wire.Response {
+	c.goWrite(req.ID, []localcache.Key{k}, c.writeReserve([]localcache.Key{k}, req), func() *wire.Response {
 		var strongErr *wire.Error
 		var write localcache.WriteFunc
 		if m.strong {
@@ -250,7 +250,7 @@ func (c *conn) opCleanup(es EventSourcing, req *wire.Request) {
 	}
 	k := localcache.Key{Governor: req.Governor, State: req.State}
 	c.awaitWrites(nil, true)
-	c.goWrite(req.ID, nil, func() *wire.Response {
+	c.goWrite(req.ID, nil, c.replyReserve(c.s.opts.MaxFrame), func() *wire.Response {
 		rep, err := es.Cleanup(c.ctx, p)
 		if err != nil {
 			return c.errorResponse(c.historyError(wire.OpCleanup, k, err))

@@ -183,7 +183,7 @@ func (c *conn) opTxn(req *wire.Request) {
 		Ops:         t.ops,
 	}
 	var seqs []uint64
-	c.goWrite(req.ID, t.keys, func() *wire.Response {
+	c.goWrite(req.ID, t.keys, c.writeReserve(t.keys, req), func() *wire.Response {
 		entry.Time = time.Now()
 		var (
 			rs  []localcache.Record

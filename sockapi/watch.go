@@ -15,11 +15,12 @@ import (
 // feed's order (commit order, so version order per state).
 //
 // Flow control: the goroutine stops taking changes while the connection has
-// outHighWater bytes waiting for the peer, so a peer that does not read
-// costs a bounded outbox; the feed then buffers up to Options.WatchBuffer
-// changes and Options.WatchBufferBytes, and one more ends the watch as
-// lagging: a last push frame carries
-// an Unavailable error (retryable), and the peer starts again.
+// no room for a frame (more than outHighWater bytes waiting for the peer, or
+// more than replyBudget held: see outbox.waitRoom), so a peer that does not
+// read costs a bounded outbox; the feed then buffers up to
+// Options.WatchBuffer changes and Options.WatchBufferBytes, and one more
+// ends the watch as lagging: a last push frame carries an Unavailable error
+// (retryable), and the peer starts again.
 
 // watch is one running watch of a connection.
 type watch struct {
@@ -146,14 +147,10 @@ func (c *conn) runWatch(w *watch) {
 			continue // drain: unwatch waits for the channel to close
 		}
 		toWire(&rec, &ch.Record, true)
-		c.out.putPush(&wire.Response{ID: w.id, Push: true, Watch: w.id, Remote: ch.Remote, Record: &rec})
+		ok := c.out.putPushInRoom(&wire.Response{ID: w.id, Push: true, Watch: w.id, Remote: ch.Remote, Record: &rec})
 		rec = wire.Record{}
-		if len(w.sub.C) == 0 && !c.out.flush() {
+		if !ok || len(w.sub.C) == 0 && !c.out.flush() {
 			w.sub.Close() // the connection is broken
-			continue
-		}
-		if !c.out.waitBelow(outHighWater) {
-			w.sub.Close()
 		}
 	}
 	err := w.sub.Err()
@@ -183,9 +180,24 @@ func (c *conn) runWatch(w *watch) {
 	c.out.flush()
 }
 
-// putPush queues a push frame (from a watch goroutine, not the reader).
+// putPush queues a push frame (from a goroutine of the connection, not the
+// reader).
 func (o *outbox) putPush(resp *wire.Response) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.appendLocked(resp, "value")
+}
+
+// putPushInRoom queues a push frame once the connection has room for it
+// (see waitRoom): the watches of a connection, however many, add at most
+// one frame beyond its limits together. It returns false once a write has
+// failed.
+func (o *outbox) putPushInRoom(resp *wire.Response) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.waitRoomLocked() {
+		return false
+	}
+	o.appendLocked(resp, "value")
+	return true
 }

@@ -81,7 +81,7 @@ func (c *Config) settings() []*setting {
 				}
 				return s.errorf("above %s", maxConns.named())
 			}),
-		intSetting("max-inflight", "TAI_MAX_INFLIGHT", defaultMaxInflight, 1, maxMaxInflight, "most writes running at once on one connection", &sec.MaxInflight),
+		intSetting("max-inflight", "TAI_MAX_INFLIGHT", defaultMaxInflight, 1, maxMaxInflight, "most requests running at once in the background on one connection (writes, lock ops, reads that ask the shared store)", &sec.MaxInflight),
 		durSetting("idle-timeout", "TAI_IDLE_TIMEOUT", defaultIdleTimeout, minIdleTimeout, maxIdleTimeout,
 			"close a connection that sent no request, or took no reply, for this long", &sec.IdleTimeout),
 		durSetting("read-timeout", "TAI_READ_TIMEOUT", defaultReadTimeout, minIdleTimeout, maxIdleTimeout,

@@ -299,11 +299,11 @@ type instrumentedWatcher struct {
 
 // Watch counts each watch when it ends (method "watch"), and each delivery
 // as an answer of the shared store.
-func (i *instrumentedWatcher) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (i *instrumentedWatcher) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	o := i.o
-	err := i.w.Watch(ctx, governor, since, func(recs []syncer.Record, next syncer.Cursor) error {
+	err := i.w.Watch(ctx, governor, since, func(recs []syncer.Record, next syncer.Cursor, skipped []*syncer.UndecodableError) error {
 		o.note(OutcomeOK, o.now())
-		return fn(recs, next)
+		return fn(recs, next, skipped)
 	})
 	outcome := Outcome(err)
 	o.calls.Add(context.Background(), 1, metric.WithAttributes(attrMethod.String("watch"), attrOutcome.String(outcome)))

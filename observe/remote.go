@@ -29,6 +29,7 @@ const (
 	OutcomeNotFound    = "not_found"
 	OutcomeConflict    = "conflict"
 	OutcomeTooLarge    = "too_large"
+	OutcomeUndecodable = "undecodable"
 	OutcomePermanent   = "permanent"
 	OutcomeUnavailable = "unavailable"
 	OutcomeCanceled    = "canceled"
@@ -55,6 +56,10 @@ func Outcome(err error) string {
 		return OutcomeFenceRejected
 	case errors.Is(err, syncer.ErrTooLarge):
 		return OutcomeTooLarge
+	case errors.Is(err, syncer.ErrUndecodable):
+		// A document that does not decode: a Get or Commit of its key, or
+		// a page of Changes that left it out (and returned the rest).
+		return OutcomeUndecodable
 	case errors.Is(err, syncer.ErrPermanent):
 		return OutcomePermanent
 	case errors.Is(err, syncer.ErrUnavailable):

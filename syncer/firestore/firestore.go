@@ -617,8 +617,8 @@ func (r *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64
 	for _, snap := range snaps {
 		var d eventDoc
 		if err := snap.DataTo(&d); err != nil {
-			return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrPermanent,
-				Err: fmt.Errorf("decode %s: %w", snap.Ref.Path, err)}
+			return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrUndecodable,
+				Err: &syncer.UndecodableError{Key: key, Doc: docPath(snap.Ref), Time: snap.UpdateTime, Err: err}}
 		}
 		evs = append(evs, fromEventDoc(key.Governor, d))
 	}

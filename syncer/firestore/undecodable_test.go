@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"testing"
 
 	gfs "cloud.google.com/go/firestore"
@@ -132,5 +133,33 @@ func commitOne(t *testing.T, ctx context.Context, r syncer.Remote, key syncer.Ke
 	t.Helper()
 	if _, err := r.Commit(ctx, syncer.Batch{Changes: []syncer.Change{change(key, 0, "v")}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUndecodableHistoryDocuments: an event or snapshot document that does
+// not decode fails Events and Snapshots with ErrUndecodable naming it (the
+// puller then applies the record without its history).
+func TestUndecodableHistoryDocuments(t *testing.T) {
+	client, root := firestoretest.Client(t)
+	r := firestore.New(client, firestore.Config{Root: root})
+	ctx := context.Background()
+	k := syncer.Key{Governor: "g", State: "x"}
+	commitOne(t, ctx, r, k)
+	event := fmt.Sprintf("%s/governors/g/events/n-x-1", root)
+	if _, err := client.Doc(event).Set(ctx, map[string]any{"state": "x", "to_version": 1, "value": "not bytes"}); err != nil {
+		t.Fatal(err)
+	}
+	snapshot := fmt.Sprintf("%s/governors/g/states/x/snapshots/%020d", root, 1)
+	if _, err := client.Doc(snapshot).Set(ctx, map[string]any{"version": "one"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Events(ctx, k, 0, 0)
+	var bad *syncer.UndecodableError
+	if !errors.Is(err, syncer.ErrUndecodable) || !errors.As(err, &bad) || bad.Doc != event {
+		t.Fatalf("Events: %v, want ErrUndecodable naming %s", err, event)
+	}
+	_, err = r.Snapshots(ctx, k, 0, math.MaxUint64)
+	if !errors.Is(err, syncer.ErrUndecodable) || !errors.As(err, &bad) || bad.Doc != snapshot {
+		t.Fatalf("Snapshots: %v, want ErrUndecodable naming %s", err, snapshot)
 	}
 }

@@ -835,8 +835,10 @@ func Synced(timeout time.Duration) WriteOption {
 // has committed the change, waiting at most timeout (0: the sidecar's
 // default). A concurrent change that reached the shared store first makes it
 // fail with ErrVersionConflict. A shared store that cannot be reached fails
-// it with ErrUnavailable (retryable: nothing was written). Not confirmed in
-// time: ErrTimeout, not retryable (read it back first).
+// it with ErrUnavailable (retryable: nothing was written), and so does a
+// state whose document in the shared store does not decode (not retryable:
+// nothing was written). Not confirmed in time: ErrTimeout, not retryable
+// (read it back first).
 func StrongWrite(timeout time.Duration) WriteOption {
 	return func(o *writeOptions) { o.strong, o.syncTimeout = true, timeout }
 }
@@ -847,7 +849,9 @@ type ReadOption func(*wire.Request)
 // Bounded accepts the local copy if the sidecar knows it holds every change
 // of the governor made more than maxStaleness ago; otherwise the sidecar
 // reads the state from the shared store first (read-repair). If the shared
-// store cannot be reached, the local copy is returned with Stale set.
+// store cannot be reached, or its document of the state does not decode,
+// the local copy is returned with Stale set (without one: ErrNotFound, or
+// ErrUnavailable, not retryable, for a document that does not decode).
 // maxStaleness is rounded up to a millisecond.
 func Bounded(maxStaleness time.Duration) ReadOption {
 	ms := uint64((maxStaleness + time.Millisecond - 1) / time.Millisecond)
@@ -858,7 +862,9 @@ func Bounded(maxStaleness time.Duration) ReadOption {
 }
 
 // Strong reads the state from the shared store first; if the shared store
-// cannot be reached the read fails with ErrUnavailable.
+// cannot be reached the read fails with ErrUnavailable (retryable), and if
+// its document of the state does not decode, with ErrUnavailable, not
+// retryable.
 func Strong() ReadOption {
 	return func(r *wire.Request) { r.Consistency, r.MaxStalenessMS = wire.ReadStrong, 0 }
 }

@@ -35,7 +35,9 @@ func TestRegisterGauges(t *testing.T) {
 	push := func() syncer.Stats {
 		return syncer.Stats{Passes: 3, EntriesPushed: 5, ConflictsByResolver: map[string]uint64{"merge>lww": 4}, ConflictStorms: 1}
 	}
-	pull := func() syncer.PullStats { return syncer.PullStats{Records: 7, Pending: 1, Stale: 2} }
+	pull := func() syncer.PullStats {
+		return syncer.PullStats{Records: 7, Pending: 1, Stale: 2, Undecodable: 3, UndecodableStates: 1}
+	}
 	if err := observe.RegisterGauges(mp, observe.Sources{Store: store, Push: push, Pull: pull}); err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +50,8 @@ func TestRegisterGauges(t *testing.T) {
 		"tai.pull.records{}":                             7,
 		"tai.pull.skipped{reason=pending}":               1,
 		"tai.pull.skipped{reason=stale}":                 2,
+		"tai.pull.skipped{reason=undecodable}":           3,
+		"tai.pull.undecodable{}":                         1,
 		"tai.push.conflicts_decided{resolver=merge>lww}": 4,
 		"tai.push.conflict_storms{}":                     1,
 	} {

@@ -29,6 +29,7 @@ const (
 	OutcomeNotFound    = "not_found"
 	OutcomeConflict    = "conflict"
 	OutcomeTooLarge    = "too_large"
+	OutcomeUndecodable = "undecodable"
 	OutcomePermanent   = "permanent"
 	OutcomeUnavailable = "unavailable"
 	OutcomeCanceled    = "canceled"
@@ -55,6 +56,10 @@ func Outcome(err error) string {
 		return OutcomeFenceRejected
 	case errors.Is(err, syncer.ErrTooLarge):
 		return OutcomeTooLarge
+	case errors.Is(err, syncer.ErrUndecodable):
+		// A document that does not decode: a Get or Commit of its key, or
+		// a page of Changes that left it out (and returned the rest).
+		return OutcomeUndecodable
 	case errors.Is(err, syncer.ErrPermanent):
 		return OutcomePermanent
 	case errors.Is(err, syncer.ErrUnavailable):
@@ -299,11 +304,11 @@ type instrumentedWatcher struct {
 
 // Watch counts each watch when it ends (method "watch"), and each delivery
 // as an answer of the shared store.
-func (i *instrumentedWatcher) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (i *instrumentedWatcher) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	o := i.o
-	err := i.w.Watch(ctx, governor, since, func(recs []syncer.Record, next syncer.Cursor) error {
+	err := i.w.Watch(ctx, governor, since, func(recs []syncer.Record, next syncer.Cursor, skipped []*syncer.UndecodableError) error {
 		o.note(OutcomeOK, o.now())
-		return fn(recs, next)
+		return fn(recs, next, skipped)
 	})
 	outcome := Outcome(err)
 	o.calls.Add(context.Background(), 1, metric.WithAttributes(attrMethod.String("watch"), attrOutcome.String(outcome)))

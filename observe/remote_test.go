@@ -2,6 +2,7 @@ package observe_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -142,6 +143,9 @@ func TestOutcome(t *testing.T) {
 		{&syncer.ConflictError{}, observe.OutcomeConflict},
 		{&syncer.FenceRejectedError{Resource: "r", Token: 1, Current: 2}, observe.OutcomeFenceRejected},
 		{syncer.ErrTooLarge, observe.OutcomeTooLarge},
+		{&syncer.Error{Op: "get", Kind: syncer.ErrUndecodable}, observe.OutcomeUndecodable},
+		{&syncer.SkippedError{Op: "changes", Governor: "g", Docs: []*syncer.UndecodableError{{Doc: "d", Err: errors.New("bad")}}},
+			observe.OutcomeUndecodable},
 		{syncer.ErrPermanent, observe.OutcomePermanent},
 		{syncer.ErrUnavailable, observe.OutcomeUnavailable},
 		{context.Canceled, observe.OutcomeCanceled},

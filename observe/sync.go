@@ -136,6 +136,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		decided, storms                                                         metric.Int64ObservableCounter
 		pullPasses, pullRecords, pullApplied, pullDiverged, pullSkipped         metric.Int64ObservableCounter
 		fetches, restarts                                                       metric.Int64ObservableCounter
+		pullUndecodable                                                         metric.Int64ObservableGauge
 	)
 	if src.Push != nil {
 		passes = counter("tai.push.passes", "{pass}", "Push passes made.")
@@ -154,7 +155,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		pullRecords = counter("tai.pull.records", "{record}", "Remote records received.")
 		pullApplied = counter("tai.pull.applied", "{record}", "Remote records stored locally (newer, or over a diverged record).")
 		pullDiverged = counter("tai.pull.diverged", "{record}", "Of those, records stored over a diverged local record.")
-		pullSkipped = counter("tai.pull.skipped", "{record}", "Remote records not stored, by reason (pending: a local write waits; stale: already held).")
+		pullSkipped = counter("tai.pull.skipped", "{record}", "Remote records not stored, by reason (pending: a local write waits; stale: already held; undecodable: the document is not a state record, left out).")
+		pullUndecodable = gauge("tai.pull.undecodable", "{state}", "States whose latest shared-store document does not decode: left out of the pull; reads that ask the shared store about them fail.")
 		fetches = counter("tai.pull.fetches", "{fetch}", "Single-key reads through to the shared store.")
 		restarts = counter("tai.pull.watch_restarts", "{restart}", "Watches restarted after they broke.")
 	}
@@ -165,6 +167,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	}
 	pendingAttr := metric.WithAttributes(attribute.String("reason", "pending"))
 	staleAttr := metric.WithAttributes(attribute.String("reason", "stale"))
+	undecodableAttr := metric.WithAttributes(attribute.String("reason", "undecodable"))
 	_, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		st := src.Store.Stats()
 		o.ObserveInt64(depth, src.Store.Depth())
@@ -218,6 +221,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 			o.ObserveInt64(pullDiverged, int64(ps.Diverged))
 			o.ObserveInt64(pullSkipped, int64(ps.Pending), pendingAttr)
 			o.ObserveInt64(pullSkipped, int64(ps.Stale), staleAttr)
+			o.ObserveInt64(pullSkipped, int64(ps.Undecodable), undecodableAttr)
+			o.ObserveInt64(pullUndecodable, int64(ps.UndecodableStates))
 			o.ObserveInt64(fetches, int64(ps.Fetches))
 			o.ObserveInt64(restarts, int64(ps.WatchRestarts))
 		}

@@ -21,7 +21,8 @@ type Sync interface {
 	// store (a newer remote version replaces the local one unless a local
 	// change of k is still pending). Errors wrap ErrRemoteNotFound when
 	// the shared store never had k, ErrRemoteUnavailable when it cannot
-	// be reached now, or are ctx's error.
+	// be reached now, ErrRemoteUndecodable when its document of k does not
+	// decode, or are ctx's error.
 	Fetch(ctx context.Context, k localcache.Key) error
 	// FreshAt returns the time before which every change of governor in
 	// the shared store is known to be in the local store (now while a live
@@ -30,7 +31,9 @@ type Sync interface {
 	// WriteStrong applies ws (one write or an atomic batch) as a
 	// compare-and-set against the shared store and returns once the shared
 	// store has it (localcache.Store.WriteStrong). Errors: ErrRemoteUnavailable
-	// (nothing was written), *localcache.VersionConflictError (checked
+	// (nothing was written), ErrRemoteUndecodable (the shared store's
+	// document of a state does not decode: nothing was written),
+	// *localcache.VersionConflictError (checked
 	// against the shared store, or a concurrent change got there first),
 	// *localcache.ParkedError, ctx's error (written locally, still to be
 	// pushed), or the store's write errors.
@@ -41,7 +44,8 @@ type Sync interface {
 	// when it started (localcache.Store.ReadStrong); the local store
 	// applies them as Fetch does, and repaired counts the keys whose
 	// local copy that replaced. Errors: ErrRemoteUnavailable (the shared
-	// store cannot be reached), ctx's error (the local changes were not
+	// store cannot be reached), ErrRemoteUndecodable (its document of a
+	// key does not decode), ctx's error (the local changes were not
 	// pushed in time), others (the changes keep arriving, the store's).
 	ReadStrong(ctx context.Context, keys []localcache.Key) (recs []*localcache.Record, repaired int, err error)
 }
@@ -50,7 +54,20 @@ type Sync interface {
 var (
 	ErrRemoteNotFound    = errors.New("not in the shared store")
 	ErrRemoteUnavailable = errors.New("the shared store is unavailable")
+	// ErrRemoteUndecodable: the shared store holds a document of the state
+	// that is not a state record (written by another tool or version). It
+	// is not a miss; asking again fails again until it is repaired.
+	ErrRemoteUndecodable = errors.New("the shared store's document of the state does not decode")
 )
+
+// SyncUndecodable is an optional capability of a Sync (found by type
+// assertion). Undecodable reports whether the shared store's latest
+// document of k is known not to decode: the pull leaves such a document
+// out, so FreshAt does not cover k, and a read of k that would rely on it
+// asks the shared store instead (which reports the document).
+type SyncUndecodable interface {
+	Undecodable(k localcache.Key) bool
+}
 
 // Read levels, from the request's consistency.
 type readLevel uint8
@@ -161,30 +178,36 @@ func (c *conn) writeConsistency(req *wire.Request) (writeMode, *wire.Error) {
 	return m, nil
 }
 
-// freshWithin reports whether the local copy of governor is known to hold
-// every remote change made more than d ago.
-func (c *conn) freshWithin(governor string, d time.Duration) bool {
-	t, ok := c.s.opts.Sync.FreshAt(governor)
-	return ok && time.Since(t) <= d
+// freshWithin reports whether the local copy of k is known to hold every
+// remote change of it made more than d ago: its governor's is, and the
+// shared store's document of k is not one the pull left out (see
+// SyncUndecodable).
+func (c *conn) freshWithin(k localcache.Key, d time.Duration) bool {
+	t, ok := c.s.opts.Sync.FreshAt(k.Governor)
+	if !ok || time.Since(t) > d {
+		return false
+	}
+	u, ok := c.s.opts.Sync.(SyncUndecodable)
+	return !ok || !u.Undecodable(k)
 }
 
-// needsFetch reports whether a read of governor at mode must ask the
-// shared store before answering (bounded and not fresh enough, or strong).
-func (c *conn) needsFetch(governor string, m readMode) bool {
+// needsFetch reports whether a read of k at mode must ask the shared store
+// before answering (bounded and not fresh enough, or strong).
+func (c *conn) needsFetch(k localcache.Key, m readMode) bool {
 	switch m.level {
 	case readStrong:
 		return true
 	case readBounded:
-		return !c.freshWithin(governor, m.maxStale)
+		return !c.freshWithin(k, m.maxStale)
 	}
 	return false
 }
 
-// readsThrough reports whether a local miss of a key of governor at mode
-// is read through: a shared store is configured and the local copy of the
-// governor is not known to be complete (within the bound of a bounded
-// read, within readThroughFresh otherwise).
-func (c *conn) readsThrough(governor string, m readMode) bool {
+// readsThrough reports whether a local miss of k at mode is read through:
+// a shared store is configured and the local copy of k is not known to be
+// complete (within the bound of a bounded read, within readThroughFresh
+// otherwise).
+func (c *conn) readsThrough(k localcache.Key, m readMode) bool {
 	if c.s.opts.Sync == nil || m.level == readStrong {
 		return false // strong reads have fetched already
 	}
@@ -192,7 +215,7 @@ func (c *conn) readsThrough(governor string, m readMode) bool {
 	if m.level == readBounded {
 		bound = m.maxStale
 	}
-	return !c.freshWithin(governor, bound)
+	return !c.freshWithin(k, bound)
 }
 
 // fetchResult is what asking the shared store about one key found out.
@@ -200,6 +223,10 @@ type fetchResult struct {
 	asked    bool   // the shared store answered (with a record or "never had it")
 	why      string // why it could not be asked, when !asked
 	repaired bool   // the local copy was behind: the shared store's record replaced it
+	// undecodable, when set, is the fetch's error: the shared store's
+	// document of the key does not decode (!asked: the local copy, if
+	// any, is all there is, and it is stale).
+	undecodable error
 }
 
 // fetch asks the shared store about k and applies what it has, for at most
@@ -230,6 +257,10 @@ func (c *conn) fetch(k localcache.Key, timeout time.Duration) (fetchResult, erro
 		return fetchResult{asked: true, repaired: repaired}, nil
 	case c.ctx.Err() != nil:
 		return fetchResult{}, c.ctx.Err()
+	case errors.Is(err, ErrRemoteUndecodable):
+		// The pull logs each such document once; a read does not again.
+		off.Store(0)
+		return fetchResult{why: "its document of the state does not decode", undecodable: err}, nil
 	case errors.Is(err, ErrRemoteUnavailable), errors.Is(err, context.DeadlineExceeded):
 		c.log.Debug("shared store unavailable for a read", "governor", k.Governor, "state", k.State, "err", err)
 		off.Store(time.Now().Add(offlineHold).UnixNano())
@@ -259,6 +290,17 @@ func (c *conn) fetchTimeout(m readMode) time.Duration {
 	return c.s.opts.FetchTimeout
 }
 
+// undecodable is the error of a read or write of k that found the shared
+// store's document of k undecodable (err, wrapping ErrRemoteUndecodable,
+// says which document, and why): not retryable, and not NotFound, since
+// the state exists there.
+func undecodable(k localcache.Key, what string, err error) *wire.Error {
+	e := unavailableAbout(k, "%s: %v (the state cannot be read from the shared store or written to it "+
+		"until that document is repaired or deleted)", what, err)
+	e.Retryable = false
+	return e
+}
+
 // unreachable is the error of a strong read that could not ask the shared
 // store.
 func unreachable(k localcache.Key, why string) *wire.Error {
@@ -284,6 +326,9 @@ func (c *conn) fetchGet(k localcache.Key, m readMode) *wire.Response {
 	r, err := c.s.store.Get(c.ctx, k)
 	if err != nil {
 		e := c.storeError(wire.OpGet, k, err)
+		if e.Code == wire.CodeNotFound && fr.undecodable != nil {
+			return c.errorResponse(undecodable(k, "state not found locally", fr.undecodable))
+		}
 		if e.Code == wire.CodeNotFound && !fr.asked {
 			e.Message = "state not found locally, and the shared store could not be asked: " + fr.why
 		}
@@ -359,6 +404,9 @@ func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.R
 	fetched := make([]bool, len(keys))
 	for _, i := range only {
 		fetched[i] = true
+		if got[i] == nil && results[i].undecodable != nil {
+			return c.errorResponse(undecodable(keys[i], "state not found locally", results[i].undecodable))
+		}
 	}
 	recs := make([]wire.Record, len(got))
 	out := make([]*wire.Record, len(got))
@@ -497,6 +545,8 @@ func (c *conn) strongError(m writeMode, op string, k localcache.Key, err error) 
 	switch {
 	case errors.Is(err, ErrRemoteUnavailable):
 		e = wire.Errorf(wire.CodeUnavailable, "strong write: the shared store could not be asked; nothing was written (%v)", err)
+	case errors.Is(err, ErrRemoteUndecodable):
+		e = undecodable(k, "strong write: nothing was written", err)
 	case errors.As(err, &pe) && pe.FenceRejected != nil: // fence.go
 		e = fenceRejected(pe.FenceRejected, fmt.Sprintf(
 			"strong write: the shared store rejected the change (journal entry %d is on the failed list; this sidecar's copy follows the shared store's)", pe.Seq))
@@ -509,7 +559,7 @@ func (c *conn) strongError(m writeMode, op string, k localcache.Key, err error) 
 	case errors.Is(err, localcache.ErrNotWritten) && errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil:
 		e = wire.Errorf(wire.CodeTimeout, "strong write: the shared store did not answer within %v; nothing was written", m.timeout)
 		e.Retryable = true
-	case errors.Is(err, localcache.ErrNotWritten):
+	case errors.Is(err, localcache.ErrNotWritten) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		e = wire.Errorf(wire.CodeUnavailable, "strong write: the server is shutting down; nothing was written")
 		e.Retryable = true
 	case errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil:

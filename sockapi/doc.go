@@ -87,7 +87,10 @@
 // of the states first; strongread.go), Unavailable when they cannot. "sync"
 // writes wait after the local write for Store.WaitSynced; "strong" writes
 // are Sync.WriteStrong. Without Options.Sync those levels are Unavailable
-// (not retryable).
+// (not retryable). A state whose shared-store document does not decode
+// (SyncUndecodable) is never taken for fresh with its governor; reads that
+// need that document, and strong writes of it, are Unavailable, not
+// retryable, and name it.
 //
 // # Watches (watch.go)
 //

@@ -169,13 +169,13 @@ func (c *conn) opGet(req *wire.Request) {
 		return
 	}
 	c.awaitWrites([]localcache.Key{k}, false) // does not keep the slice: it stays on the stack
-	if c.needsFetch(k.Governor, m) {
+	if c.needsFetch(k, m) {
 		c.goWrite(req.ID, []localcache.Key{k}, c.readReserve(1), func() *wire.Response { return c.fetchGet(k, m) }, nil)
 		return
 	}
 	r, err := c.s.store.Get(c.ctx, k)
 	if err != nil {
-		if errors.Is(err, localcache.ErrNotFound) && c.readsThrough(k.Governor, m) {
+		if errors.Is(err, localcache.ErrNotFound) && c.readsThrough(k, m) {
 			c.goWrite(req.ID, []localcache.Key{k}, c.readReserve(1), func() *wire.Response { return c.fetchGet(k, m) }, nil)
 			return
 		}
@@ -286,7 +286,7 @@ func (c *conn) opBatchGet(req *wire.Request) {
 	}
 	c.keys = keys
 	c.awaitWrites(keys, false)
-	if len(keys) > 0 && slices.ContainsFunc(keys, func(k localcache.Key) bool { return c.needsFetch(k.Governor, m) }) {
+	if len(keys) > 0 && slices.ContainsFunc(keys, func(k localcache.Key) bool { return c.needsFetch(k, m) }) {
 		keys := slices.Clone(keys)
 		c.goWrite(req.ID, uniqueKeys(keys), c.readReserve(len(keys)), func() *wire.Response { return c.fetchBatch(keys, nil, m) }, nil)
 		return
@@ -305,7 +305,7 @@ func (c *conn) opBatchGet(req *wire.Request) {
 	}
 	var misses []int
 	for i, r := range got {
-		if r == nil && c.readsThrough(keys[i].Governor, m) {
+		if r == nil && c.readsThrough(keys[i], m) {
 			misses = append(misses, i)
 		}
 	}

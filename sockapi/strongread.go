@@ -85,6 +85,8 @@ func (c *conn) readStrong(op string, k localcache.Key, keys []localcache.Key, m 
 		c.log.Debug("shared store unavailable for a strong read", "governor", k.Governor, "state", k.State, "err", err)
 		off.Store(time.Now().Add(offlineHold).UnixNano())
 		return nil, unreachable(k, fmt.Sprintf("unavailable: %v", err))
+	case errors.Is(err, ErrRemoteUndecodable):
+		return nil, undecodable(k, "strong read", err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, unavailableAbout(k,
 			"strong read: the shared store did not answer, or this sidecar's pending changes of the states were not pushed to it, within %v", timeout)

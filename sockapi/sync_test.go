@@ -28,6 +28,10 @@ type fakeSync struct {
 	fresh  map[string]time.Time
 	lostTo uint64 // WriteStrong: a concurrent change made this version first
 	stall  bool   // ReadStrong: the local changes are never pushed (it waits for ctx)
+	// bad: the shared store's documents of these keys do not decode
+	// (Fetch and WriteStrong fail); known: Undecodable says so.
+	bad   map[localcache.Key]bool
+	known bool
 }
 
 func newFakeSync(store *fakeStore) *fakeSync {
@@ -38,11 +42,14 @@ func (s *fakeSync) Fetch(ctx context.Context, k localcache.Key) error {
 	s.fetches.Add(1)
 	s.mu.Lock()
 	rec, ok := s.remote[k]
-	down := s.down
+	down, bad := s.down, s.bad[k]
 	s.mu.Unlock()
 	switch {
 	case down:
 		return fmt.Errorf("fetch %s: %w", k, ErrRemoteUnavailable)
+	case bad:
+		return fmt.Errorf("fetch %s: %w: document governors/%s/states/%s is not a state record: version: not an integer",
+			k, ErrRemoteUndecodable, k.Governor, k.State)
 	case !ok:
 		return fmt.Errorf("fetch %s: %w", k, ErrRemoteNotFound)
 	}
@@ -60,7 +67,17 @@ func (s *fakeSync) Fetch(ctx context.Context, k localcache.Key) error {
 func (s *fakeSync) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
 	s.mu.Lock()
 	down, lostTo := s.down, s.lostTo
+	var bad []localcache.Key
+	for _, w := range ws {
+		if s.bad[w.Key] {
+			bad = append(bad, w.Key)
+		}
+	}
 	s.mu.Unlock()
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("fetch %s: %w: document governors/%s/states/%s is not a state record: version: not an integer",
+			bad[0], ErrRemoteUndecodable, bad[0].Governor, bad[0].State)
+	}
 	switch {
 	case down:
 		return nil, fmt.Errorf("fetch: %w", ErrRemoteUnavailable)
@@ -116,6 +133,25 @@ func (s *fakeSync) FreshAt(governor string) (time.Time, bool) {
 	defer s.mu.Unlock()
 	t, ok := s.fresh[governor]
 	return t, ok
+}
+
+// Undecodable implements SyncUndecodable.
+func (s *fakeSync) Undecodable(k localcache.Key) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.known && s.bad[k]
+}
+
+// setBad makes the shared store's documents of keys undecodable; known
+// says whether Undecodable reports them.
+func (s *fakeSync) setBad(known bool, keys ...localcache.Key) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.known = known
+	s.bad = make(map[localcache.Key]bool)
+	for _, k := range keys {
+		s.bad[k] = true
+	}
 }
 
 // setRemote stores a record in the shared store only.
@@ -520,5 +556,67 @@ func TestStrongWriteNothingWritten(t *testing.T) {
 	<-stopped
 	if r.Error == nil || r.Error.Code != wire.CodeUnavailable || !r.Error.Retryable {
 		t.Fatalf("strong write cut off by shutdown before writing: %+v, want Unavailable, retryable", r.Error)
+	}
+}
+
+// TestReadUndecodable: a state whose shared-store document does not decode
+// (the pull leaves it out) is not taken for fresh with its governor: a
+// bounded read asks the shared store and answers the local copy marked
+// stale; a read-through of a state with no local copy, a strong read and a
+// strong write fail with a non-retryable Unavailable that says why, never
+// NotFound.
+func TestReadUndecodable(t *testing.T) {
+	store := newFakeStore()
+	sy := newFakeSync(store)
+	ts := startServer(t, store, Options{Sync: sy})
+	c := ts.hello()
+	store.put("g", "old", "o1")
+	old, never := localcache.Key{Governor: "g", State: "old"}, localcache.Key{Governor: "g", State: "never"}
+	sy.set(false, map[string]time.Time{"g": time.Now().Add(time.Hour)}) // the governor is fresh
+	wantUndecodable := func(r wire.Response, what string) {
+		t.Helper()
+		expectError(t, r, wire.CodeUnavailable, "")
+		if r.Error.Retryable || !strings.Contains(r.Error.Message, "does not decode") ||
+			!strings.Contains(r.Error.Message, "governors/g/states/") || r.Error.Governor != "g" {
+			t.Fatalf("%s: %+v, want a non-retryable error naming the document", what, r.Error)
+		}
+	}
+
+	// Not known to the pull: the governor's freshness is taken as is.
+	sy.setBad(false, old, never)
+	r := c.call(getReq("g", "old", "bounded", 1000))
+	if r.Error != nil || !r.Record.FromCache || r.Record.Stale || sy.fetches.Swap(0) != 0 {
+		t.Fatalf("bounded read, not known: %+v %+v", r.Record, r.Error)
+	}
+
+	// Known: reads that rely on freshness ask the shared store.
+	sy.setBad(true, old, never)
+	r = c.call(getReq("g", "old", "bounded", 1000))
+	if r.Error != nil || !r.Record.FromCache || !r.Record.Stale || r.Record.Version != 1 {
+		t.Fatalf("bounded read: %+v %+v, want the local copy marked stale", r.Record, r.Error)
+	}
+	if n := sy.fetches.Swap(0); n != 1 {
+		t.Fatalf("bounded read: %d fetches, want 1", n)
+	}
+	if ts.srv.heldOffline() {
+		t.Fatal("a document that does not decode holds reads offline")
+	}
+	wantUndecodable(c.call(getReq("g", "never", "", 0)), "read-through")
+	wantUndecodable(c.call(getReq("g", "never", "bounded", 1000)), "bounded read-through")
+	wantUndecodable(c.call(getReq("g", "old", "strong", 0)), "strong read")
+	r = c.call(wire.Request{Op: wire.OpBatchGet, Keys: []wire.Key{{Governor: "g", State: "old"}, {Governor: "g", State: "never"}}})
+	wantUndecodable(r, "batch_get read-through")
+	if r.Error.State != "never" {
+		t.Fatalf("batch_get names %q", r.Error.State)
+	}
+	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "old", Value: mustMarshal(t, "o2"), Consistency: "strong"})
+	wantUndecodable(r, "strong write")
+	if rec, _ := store.Get(context.Background(), old); rec.Version != 1 {
+		t.Fatalf("a refused strong write changed the local copy: v%d", rec.Version)
+	}
+	// A local read of a local copy stays local.
+	sy.fetches.Store(0)
+	if r := c.call(getReq("g", "old", "", 0)); r.Error != nil || sy.fetches.Load() != 0 {
+		t.Fatalf("local hit: %+v, %d fetches", r.Error, sy.fetches.Load())
 	}
 }

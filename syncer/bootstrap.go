@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -179,7 +180,8 @@ func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 }
 
 // withHistory returns b with the remote history of each record the local
-// store lacks (nil History when the puller brings none).
+// store lacks (nil History when the puller brings none). A record whose
+// remote history does not decode (ErrUndecodable) gets none, and a warning.
 func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, error) {
 	mode := p.opts.HistoryMode
 	ha, ok := p.applier.(HistoryApplier)
@@ -198,6 +200,15 @@ func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, e
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
 		h, err := FetchHistory(cctx, p.opts.History, r.Key, top, r.Version, mode)
 		cancel()
+		if errors.Is(err, ErrUndecodable) {
+			// An event or snapshot document of the state does not decode:
+			// the record comes without its history (a gap in the local
+			// log, as with HistoryNone) rather than hold back its
+			// governor until the document is repaired.
+			p.log.Warn("remote history does not decode: the record is applied without it", "key", r.Key.String(),
+				"version", r.Version, "err", err)
+			continue
+		}
 		if err != nil {
 			return b, err
 		}

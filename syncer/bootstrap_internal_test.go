@@ -2,7 +2,10 @@ package syncer
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -128,5 +131,44 @@ func TestFetchHistoryAfterALongAbsence(t *testing.T) {
 					h.Events[0], err, tc.snaps, tc.events, tc.first)
 			}
 		})
+	}
+}
+
+// badHistRemote is a histRemote whose history of state bad does not decode.
+type badHistRemote struct{ histRemote }
+
+func (r badHistRemote) Events(ctx context.Context, k Key, after uint64, limit int) ([]Event, error) {
+	if k.State == "bad" {
+		return nil, &Error{Op: "events", Key: k, Kind: ErrUndecodable,
+			Err: &UndecodableError{Key: k, Doc: "governors/g/events/op-2", Err: errors.New("to_version: a string")}}
+	}
+	return r.histRemote.Events(ctx, k, after, limit)
+}
+
+// A record whose remote history does not decode is applied without it,
+// with a warning; the others of the page get theirs, and the cursor moves.
+func TestPullUndecodableHistory(t *testing.T) {
+	a := &histApplier{MemJournal: NewMemJournal("n")}
+	var logs strings.Builder
+	p := NewPuller(a, nil, PullOptions{History: badHistRemote{histRemote{n: 3}}, HistoryMode: HistoryFull,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	var recs []Record
+	for _, s := range []string{"bad", "good"} {
+		recs = append(recs, Record{Key: Key{Governor: "g", State: s}, Version: 3, OpID: "op", Origin: "x",
+			Clock: Clock{Vector: map[string]uint64{"x": 3}}})
+	}
+	res, err := p.apply(context.Background(), RemoteBatch{Records: recs, Governor: "g", Cursor: "c1"})
+	if err != nil || res.Count(ApplyNewer) != 2 {
+		t.Fatalf("apply: %+v, %v", res, err)
+	}
+	b := a.batches[0]
+	if len(b.History[0].Events) != 0 || len(b.History[1].Events) != 3 {
+		t.Fatalf("histories: %d and %d events, want 0 and 3", len(b.History[0].Events), len(b.History[1].Events))
+	}
+	if c, _ := a.Cursor(context.Background(), "g"); c != "c1" {
+		t.Fatalf("cursor %q", c)
+	}
+	if !strings.Contains(logs.String(), "remote history does not decode") || !strings.Contains(logs.String(), "governors/g/events/op-2") {
+		t.Fatalf("log:\n%s", logs.String())
 	}
 }

@@ -4,7 +4,7 @@
 // This package defines the remote in its own terms: Remote is a small
 // interface over records, versions, clocks and op ids, with a documented
 // error contract (ErrNotFound, ErrConflict, ErrUnavailable, ErrPermanent,
-// ErrTooLarge). Backends live in their own packages: syncer/memremote (in
+// ErrTooLarge, ErrUndecodable). Backends live in their own packages: syncer/memremote (in
 // memory, with fault injection, for fast tests) and syncer/firestore (Google
 // Cloud Firestore). syncer/remotetest is the conformance suite that every
 // backend passes.
@@ -24,7 +24,10 @@
 //   - pull: Changes (poll) and the optional Watcher (listener) report the
 //     records of a governor committed after a Cursor; the puller applies a
 //     record when it is newer than the local one and no local write is
-//     pending, and keeps the Cursor to resume from.
+//     pending, and keeps the Cursor to resume from. A document that does
+//     not decode is left out of the stream and reported (SkippedError), so
+//     that it does not stop its governor; reads and commits of its key fail
+//     with ErrUndecodable.
 //   - strong and sync writes, multi-key transactions: Commit with Atomic set is
 //     all or nothing, and each Change's BaseVersion is a compare-and-set
 //     precondition checked inside the remote's transaction (CheckOnly changes

@@ -3,6 +3,8 @@ package syncer
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 )
 
 // Errors of a Remote. Backends return them wrapped (see *Error and
@@ -20,6 +22,14 @@ var (
 	// ErrTooLarge: a record or batch is over the remote's Limits. Errors that
 	// match it also match ErrPermanent.
 	ErrTooLarge = errors.New("too large for remote")
+	// ErrUndecodable: the remote holds a document where a record of the key
+	// is kept, but it is not a record the backend can read (a field of the
+	// wrong type, a missing field, written by another tool or by another
+	// version). It is not ErrNotFound: the state exists, and a write must
+	// not replace it as if it were absent. Errors that match it also match
+	// ErrPermanent: reading it again fails again until the document is
+	// repaired or deleted. See UndecodableError.
+	ErrUndecodable = errors.New("remote document does not decode")
 )
 
 // Error is a failed remote call. Kind is one of the sentinel errors above
@@ -44,10 +54,11 @@ func (e *Error) Error() string {
 	return s
 }
 
-// Unwrap returns Kind (and ErrPermanent for ErrTooLarge) and the cause.
+// Unwrap returns Kind (and ErrPermanent for ErrTooLarge and
+// ErrUndecodable) and the cause.
 func (e *Error) Unwrap() []error {
 	errs := []error{e.Kind}
-	if e.Kind == ErrTooLarge {
+	if e.Kind == ErrTooLarge || e.Kind == ErrUndecodable {
 		errs = append(errs, ErrPermanent)
 	}
 	if e.Err != nil {
@@ -60,6 +71,69 @@ func (e *Error) Unwrap() []error {
 // fmt.Errorf(format, args...).
 func Errorf(op string, key Key, kind error, format string, args ...any) *Error {
 	return &Error{Op: op, Key: key, Kind: kind, Err: fmt.Errorf(format, args...)}
+}
+
+// UndecodableError is a remote document where a record of Key is kept that
+// the backend cannot read as a record. A Get or Commit that meets it fails
+// with an *Error of kind ErrUndecodable whose cause it is; Changes and Watch
+// leave it out of the stream (see SkippedError). It matches ErrUndecodable
+// and ErrPermanent.
+type UndecodableError struct {
+	Key Key
+	// Doc names the document as the backend does (Firestore: its path).
+	Doc string
+	// Time is when the remote last wrote the document (zero when unknown):
+	// with Doc, it names the version that does not decode.
+	Time time.Time
+	// Err says what does not decode.
+	Err error
+}
+
+func (e *UndecodableError) Error() string {
+	s := "document " + e.Doc
+	if !e.Time.IsZero() {
+		s += " (written " + e.Time.UTC().Format(time.RFC3339Nano) + ")"
+	}
+	return s + " is not a state record: " + e.Err.Error()
+}
+
+// Unwrap returns ErrUndecodable, ErrPermanent and the cause.
+func (e *UndecodableError) Unwrap() []error { return []error{ErrUndecodable, ErrPermanent, e.Err} }
+
+// SkippedError is returned by Changes, with the records and the cursor, when
+// documents of the governor were left out of the page because they do not
+// decode (Docs, in stream order); a Watch hands them to its fn. The cursor
+// returned goes past them: they are not returned again until they are
+// written again. It matches ErrUndecodable and ErrPermanent.
+type SkippedError struct {
+	Op       string // "changes"
+	Governor string
+	Docs     []*UndecodableError
+}
+
+func (e *SkippedError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s: %d remote document(s) left out: ", e.Op, e.Governor, len(e.Docs))
+	for i, d := range e.Docs {
+		if i == 3 {
+			fmt.Fprintf(&b, "; and %d more", len(e.Docs)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(d.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the documents' errors.
+func (e *SkippedError) Unwrap() []error {
+	errs := make([]error, len(e.Docs))
+	for i, d := range e.Docs {
+		errs[i] = d
+	}
+	return errs
 }
 
 // ConflictError says a change's base version is not the remote's version.

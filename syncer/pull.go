@@ -223,10 +223,14 @@ type Puller struct {
 
 	watches atomic.Uint64 // watch ids (freshness.watch)
 
-	mu    sync.Mutex // guards locks, fresh and stats
+	mu    sync.Mutex // guards locks, fresh, undecodable and stats
 	locks map[string]*sync.Mutex
 	fresh map[string]freshness
-	stats PullStats
+	// undecodable holds, per key, the remote document the pull left out or
+	// Fetch met, that does not decode and is the key's latest one as far
+	// as the pull knows (see Undecodable).
+	undecodable map[Key]*UndecodableError
+	stats       PullStats
 }
 
 // freshness is how current the local copy of a governor is known to be.
@@ -244,6 +248,13 @@ type freshness struct {
 // the start of the last complete poll otherwise, or the moment the last
 // watch broke. ok is false when the governor was never pulled (since the
 // Puller was made).
+//
+// A remote document that does not decode is left out of the pull (the
+// governor's cursor goes past it, so that it does not stop every other
+// state): FreshAt covers every change the pull could read, not the state of
+// such a document, whose local copy (if any) stays at the last version that
+// decoded. Undecodable names those states: a read of one must not take
+// FreshAt as proof that its local copy is current.
 func (p *Puller) FreshAt(governor string) (t time.Time, ok bool) {
 	p.mu.Lock()
 	f, ok := p.fresh[governor]
@@ -291,6 +302,67 @@ func (p *Puller) notePolled(governor string, start time.Time) {
 	}
 }
 
+// Undecodable returns the remote document of key that does not decode, when
+// the pull left it out of a page or a delivery, or Fetch met it, and has
+// seen no later version of key since (nil otherwise): the local copy of key
+// is then not what the remote holds, whatever FreshAt says. A later record
+// of key pulled or fetched, or a Fetch that finds the document gone, clears
+// it.
+func (p *Puller) Undecodable(key Key) *UndecodableError {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.undecodable[key]
+}
+
+// noteUndecodable records docs, documents that do not decode, as their
+// keys' latest remote documents, and counts them in the stats when skipped
+// (left out of a page or a delivery). Each version of a document is logged
+// once, so a document left out again (a poll's overlap, a resync) does not
+// flood the log.
+func (p *Puller) noteUndecodable(docs []*UndecodableError, skipped bool) {
+	var fresh []*UndecodableError
+	p.mu.Lock()
+	if p.undecodable == nil {
+		p.undecodable = make(map[Key]*UndecodableError)
+	}
+	for _, d := range docs {
+		if prev := p.undecodable[d.Key]; prev == nil || prev.Doc != d.Doc || !prev.Time.Equal(d.Time) {
+			fresh = append(fresh, d)
+		}
+		p.undecodable[d.Key] = d
+	}
+	if skipped {
+		p.stats.Undecodable += uint64(len(docs))
+	}
+	p.mu.Unlock()
+	for _, d := range fresh {
+		p.log.Warn("remote document does not decode: the pull leaves it out, reads of its state fail", "key", d.Key.String(),
+			"doc", d.Doc, "written", d.Time, "err", d.Err)
+	}
+}
+
+// forgetUndecodable forgets the undecodable document of key (it is gone).
+func (p *Puller) forgetUndecodable(key Key) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.undecodable, key)
+}
+
+// clearUndecodable forgets the undecodable document of each key that recs
+// holds a record of written since (a newer version that decodes).
+func (p *Puller) clearUndecodable(recs []Record) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.undecodable) == 0 {
+		return
+	}
+	for _, r := range recs {
+		if d := p.undecodable[r.Key]; d != nil && !r.RemoteTime.Before(d.Time) {
+			delete(p.undecodable, r.Key)
+		}
+	}
+}
+
 // NewPuller returns a Puller that applies remote's changes to applier.
 func NewPuller(applier Applier, remote Remote, opts PullOptions) *Puller {
 	opts = opts.withDefaults()
@@ -306,6 +378,9 @@ type PullReport struct {
 	Diverged  int // stored: ApplyDiverged
 	Pending   int // not stored: a local write is pending
 	Stale     int // not stored: the local store had them
+	// Undecodable counts remote documents left out because they do not
+	// decode (see Remote.Changes); the cursor went past them.
+	Undecodable int
 }
 
 func (r *PullReport) add(res ApplyResult) {
@@ -327,16 +402,24 @@ type PullStats struct {
 	Stale         uint64 // records the local store had already
 	Fetches       uint64 // Fetch calls
 	WatchRestarts uint64 // watches restarted after they broke
-	LastError     string
-	LastErrorTime time.Time
-	LastDelivery  time.Time // when remote changes were last applied
+	// Undecodable counts remote documents left out of pages and watch
+	// deliveries because they do not decode (each time one is left out);
+	// UndecodableStates is how many states' latest remote documents are
+	// known not to decode now (see Puller.Undecodable).
+	Undecodable       uint64
+	UndecodableStates int
+	LastError         string
+	LastErrorTime     time.Time
+	LastDelivery      time.Time // when remote changes were last applied
 }
 
 // Stats returns a snapshot of the counters.
 func (p *Puller) Stats() PullStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stats
+	st := p.stats
+	st.UndecodableStates = len(p.undecodable)
+	return st
 }
 
 func (p *Puller) governors() []string {
@@ -382,6 +465,7 @@ func (p *Puller) applyRecords(ctx context.Context, b RemoteBatch) (ApplyResult, 
 	if len(res.Statuses) != len(b.Records) {
 		return res, fmt.Errorf("apply remote records: %d statuses for %d records", len(res.Statuses), len(b.Records))
 	}
+	p.clearUndecodable(b.Records)
 	var rep PullReport
 	rep.add(res)
 	for i, s := range res.Statuses {
@@ -416,7 +500,8 @@ func (p *Puller) noteError(err error) {
 // PullOnce pulls every served governor once: from its stored cursor, page
 // by page with Changes, until a page comes back short; each page is applied
 // with its cursor in one ApplyRemote. A failing governor does not stop the
-// others: the error joins every governor's failure.
+// others: the error joins every governor's failure. A document that does
+// not decode is left out, counted and logged (see FreshAt), not an error.
 func (p *Puller) PullOnce(ctx context.Context) (PullReport, error) {
 	p.mu.Lock()
 	p.stats.Passes++
@@ -463,11 +548,21 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
 		recs, next, err := p.remote.Changes(cctx, governor, cur, p.opts.PageSize)
 		cancel()
+		var skipped *SkippedError
+		if errors.As(err, &skipped) {
+			err = nil // the page and its cursor go past the documents left out
+		}
 		if err != nil {
 			return err
 		}
 		rep.Calls++
 		if len(recs) == 0 && next == cur {
+			// Nothing new, or only documents left out that the cursor
+			// cannot go past (see the backend's Changes).
+			if skipped != nil {
+				p.noteUndecodable(skipped.Docs, true)
+				rep.Undecodable += len(skipped.Docs)
+			}
 			p.notePolled(governor, start)
 			return nil
 		}
@@ -480,7 +575,13 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 			return err
 		}
 		rep.add(res)
-		if len(recs) < p.opts.PageSize {
+		n := len(recs)
+		if skipped != nil {
+			p.noteUndecodable(skipped.Docs, true)
+			rep.Undecodable += len(skipped.Docs)
+			n += len(skipped.Docs)
+		}
+		if n < p.opts.PageSize {
 			p.notePolled(governor, start)
 			return nil
 		}
@@ -492,7 +593,9 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 // read-repair), returning the remote record and what the local store did
 // with it (a pending local write, for one, keeps the local record). A key
 // the remote never had is an error wrapping ErrNotFound; a deleted one is
-// its tombstone.
+// its tombstone. A remote document of key that does not decode is an error
+// wrapping ErrUndecodable (and ErrPermanent, not ErrNotFound), whose
+// *UndecodableError names the document; the local copy is left as it is.
 func (p *Puller) Fetch(ctx context.Context, key Key) (Record, ApplyStatus, error) {
 	p.mu.Lock()
 	p.stats.Fetches++
@@ -500,6 +603,13 @@ func (p *Puller) Fetch(ctx context.Context, key Key) (Record, ApplyStatus, error
 	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
 	rec, err := p.remote.Get(cctx, key)
 	cancel()
+	var bad *UndecodableError
+	switch {
+	case errors.As(err, &bad):
+		p.noteUndecodable([]*UndecodableError{bad}, false)
+	case errors.Is(err, ErrNotFound):
+		p.forgetUndecodable(key)
+	}
 	if err != nil {
 		return Record{}, 0, fmt.Errorf("fetch %s: %w", key, err)
 	}
@@ -652,13 +762,16 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 	// known to be here: the arrival of a delivery applied, or the start of
 	// a poll that completed (Unix ns).
 	var evidence atomic.Int64
-	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor) error {
+	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor, skipped []*UndecodableError) error {
 		at := time.Now()
 		if len(recs) > 0 || next != cur {
 			if err := p.applyDelivery(ctx, l, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
 				return err
 			}
 			cur = next
+		}
+		if len(skipped) > 0 {
+			p.noteUndecodable(skipped, true)
 		}
 		failures.Store(0) // the watch is up
 		if !live {

@@ -82,7 +82,7 @@ func (b *breakable) Commit(ctx context.Context, batch syncer.Batch) ([]syncer.Re
 	return res, err
 }
 
-func (b *breakable) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (b *breakable) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	k := syncer.Key{Governor: g}
 	b.mu.Lock()
 	if b.offline {
@@ -460,14 +460,14 @@ type deafWatch struct {
 	syncer.Remote
 }
 
-func (d deafWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (d deafWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	first := true
-	return d.Remote.(syncer.Watcher).Watch(ctx, g, since, func(_ []syncer.Record, _ syncer.Cursor) error {
+	return d.Remote.(syncer.Watcher).Watch(ctx, g, since, func(_ []syncer.Record, _ syncer.Cursor, _ []*syncer.UndecodableError) error {
 		if !first {
 			return nil
 		}
 		first = false
-		return fn(nil, since)
+		return fn(nil, since, nil)
 	})
 }
 
@@ -850,18 +850,18 @@ type lossyFirstWatch struct {
 	started atomic.Bool
 }
 
-func (l *lossyFirstWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (l *lossyFirstWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	first := !l.started.Swap(true)
 	if first && l.before != nil {
 		l.before()
 	}
-	return l.Remote.(syncer.Watcher).Watch(ctx, g, since, func(recs []syncer.Record, next syncer.Cursor) error {
+	return l.Remote.(syncer.Watcher).Watch(ctx, g, since, func(recs []syncer.Record, next syncer.Cursor, skipped []*syncer.UndecodableError) error {
 		if first && len(recs) > 1 {
 			first = false
-			return fn(recs[1:], next)
+			return fn(recs[1:], next, skipped)
 		}
 		first = false
-		return fn(recs, next)
+		return fn(recs, next, skipped)
 	})
 }
 
@@ -928,7 +928,7 @@ type rejectFirstWatch struct {
 	calls atomic.Int64
 }
 
-func (r *rejectFirstWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (r *rejectFirstWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	if r.calls.Add(1) == 1 {
 		return &syncer.Error{Op: "watch", Kind: syncer.ErrPermanent, Err: errors.New("rejected")}
 	}
@@ -972,12 +972,12 @@ type stallWatch struct {
 	failChanges atomic.Bool
 }
 
-func (s *stallWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
-	return s.breakable.Watch(ctx, g, since, func(recs []syncer.Record, next syncer.Cursor) error {
+func (s *stallWatch) Watch(ctx context.Context, g string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
+	return s.breakable.Watch(ctx, g, since, func(recs []syncer.Record, next syncer.Cursor, skipped []*syncer.UndecodableError) error {
 		if s.stalled.Load() {
 			return nil
 		}
-		return fn(recs, next)
+		return fn(recs, next, skipped)
 	})
 }
 

@@ -23,12 +23,16 @@ import (
 //   - ErrPermanent: the request itself is bad (invalid name or argument,
 //     denied permission, broken configuration); retrying the same call fails
 //     again. ErrTooLarge errors also match ErrPermanent.
+//   - ErrUndecodable: the remote's document of a key is not a record the
+//     backend can read (an *Error whose cause is an *UndecodableError); it
+//     also matches ErrPermanent, never ErrNotFound.
 //   - ErrNotFound and ErrConflict as documented on the method.
 type Remote interface {
 	// Get returns the remote record of key. A deleted state is returned as its
 	// tombstone (Deleted set), so its version stays known; ErrNotFound means
-	// the remote has never had the state. The read is strongly consistent:
-	// it sees every Commit that returned before it started.
+	// the remote has never had the state, ErrUndecodable that it holds a
+	// document of the state that does not decode. The read is strongly
+	// consistent: it sees every Commit that returned before it started.
 	Get(ctx context.Context, key Key) (Record, error)
 
 	// Commit applies a batch of changes inside one remote transaction and
@@ -60,8 +64,11 @@ type Remote interface {
 	// conflicts and some are FenceRejected, with the *FenceRejectedError of
 	// the first of them (errors.Is ErrFenceRejected). A batch over
 	// Limits fails with ErrTooLarge before anything is written; an invalid
-	// change fails with ErrPermanent. With ErrUnavailable the results are nil
-	// and the batch may or may not have been applied.
+	// change fails with ErrPermanent; a change whose key's remote document
+	// does not decode fails the batch with ErrUndecodable naming that key,
+	// and nothing is written (the document is never replaced as if absent).
+	// With ErrUnavailable the results are nil and the batch may or may not
+	// have been applied.
 	Commit(ctx context.Context, b Batch) ([]Result, error)
 
 	// Changes returns the records of governor committed after since (the
@@ -72,6 +79,15 @@ type Remote interface {
 	// its latest version. A backend may also return records committed a short,
 	// documented time before since (its overlap), so callers must apply a
 	// record only when it is newer than what they hold.
+	//
+	// A document of governor that does not decode is left out, and the
+	// Cursor goes past it, so that it does not stop the stream: the call then
+	// returns the records and the Cursor with a *SkippedError that lists such
+	// documents (errors.Is ErrUndecodable). The caller applies the records
+	// and keeps the Cursor as usual, and reports the documents. Documents
+	// left out count towards limit: a page is short when fewer than limit
+	// records and documents left out came back. Any other error comes with
+	// no records and since.
 	Changes(ctx context.Context, governor string, since Cursor, limit int) ([]Record, Cursor, error)
 
 	// Events returns the events of key with ToVersion > afterVersion, in
@@ -96,9 +112,11 @@ type Watcher interface {
 	// they are committed, until ctx is done (it returns an error wrapping
 	// ctx.Err() and ErrUnavailable), fn returns an error (returned as is), or
 	// the listener breaks (ErrUnavailable: watch again from the last cursor fn
-	// was given). The first call may carry no records. fn is called from one
+	// was given). The first call may carry no records. Documents that do not
+	// decode are left out of records, as Changes leaves them out, and given
+	// in skipped (nil when none); next goes past them. fn is called from one
 	// goroutine, one call at a time; it must not block for long.
-	Watch(ctx context.Context, governor string, since Cursor, fn func(records []Record, next Cursor) error) error
+	Watch(ctx context.Context, governor string, since Cursor, fn func(records []Record, next Cursor, skipped []*UndecodableError) error) error
 }
 
 // Key names one state: governor › state.

@@ -482,6 +482,10 @@ type sharedStatus struct {
 	EntriesPushed    uint64    `json:"entries_pushed"`
 	RecordsPulled    uint64    `json:"records_pulled"`
 	Conflicts        uint64    `json:"conflicts"`
+	// Documents the pull left out because they do not decode, and the
+	// states whose latest shared-store document does not decode now.
+	UndecodableSkipped uint64 `json:"undecodable_skipped"`
+	UndecodableStates  int    `json:"undecodable_states"`
 }
 
 func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
@@ -521,6 +525,9 @@ func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
 			EntriesPushed:    ps.EntriesPushed,
 			RecordsPulled:    pl.Records,
 			Conflicts:        ps.Conflicts,
+
+			UndecodableSkipped: pl.Undecodable,
+			UndecodableStates:  pl.UndecodableStates,
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

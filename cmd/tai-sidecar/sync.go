@@ -226,34 +226,52 @@ func (s pullSync) ConflictCounts() sockapi.ConflictCounts {
 
 // fetchError translates an error of Puller.Fetch for sockapi.Sync.
 func fetchError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, syncer.ErrNotFound):
+	if errors.Is(err, syncer.ErrNotFound) {
 		return fmt.Errorf("%w: %v", sockapi.ErrRemoteNotFound, err)
+	}
+	return remoteError(err)
+}
+
+// remoteError translates the shared store's errors of a strong read or
+// write (a Fetch failed) for sockapi.Sync. A document that does not decode
+// is described by itself: its path, when it was written, and why.
+func remoteError(err error) error {
+	var bad *syncer.UndecodableError
+	switch {
 	case errors.Is(err, syncer.ErrUnavailable):
 		return fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
+	case errors.As(err, &bad):
+		return fmt.Errorf("%w: %v", sockapi.ErrRemoteUndecodable, bad)
+	case errors.Is(err, syncer.ErrUndecodable):
+		return fmt.Errorf("%w: %v", sockapi.ErrRemoteUndecodable, err)
 	}
 	return err
 }
 
 func (s pullSync) FreshAt(governor string) (time.Time, bool) { return s.p.FreshAt(governor) }
 
+// Undecodable implements sockapi.SyncUndecodable.
+func (s pullSync) Undecodable(k localcache.Key) bool {
+	return s.p.Undecodable(syncer.Key{Governor: k.Governor, State: k.State}) != nil
+}
+
 func (s pullSync) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
 	recs, err := s.store.WriteStrong(ctx, s.p, ws)
-	if errors.Is(err, syncer.ErrUnavailable) {
-		return nil, fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
+	if e := remoteError(err); e != err {
+		return nil, e
 	}
 	return recs, err
 }
 
 func (s pullSync) ReadStrong(ctx context.Context, keys []localcache.Key) ([]*localcache.Record, int, error) {
 	recs, repaired, err := s.store.ReadStrong(ctx, s.p, keys)
-	if errors.Is(err, syncer.ErrUnavailable) {
-		return nil, 0, fmt.Errorf("%w: %v", sockapi.ErrRemoteUnavailable, err)
+	if e := remoteError(err); e != err {
+		return nil, 0, e
 	}
 	return recs, repaired, err
 }
+
+var _ sockapi.SyncUndecodable = pullSync{}
 
 // killAfterCommit is the remote of TAI_FAULT=kill-after-remote-commit.
 type killAfterCommit struct{ *firestore.Remote }

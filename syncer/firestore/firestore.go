@@ -266,14 +266,60 @@ func fromEventDoc(gov string, d eventDoc) syncer.Event {
 		Transition: d.Transition}
 }
 
-// decodeState reads a state snapshot (which must exist).
+// decodeState reads a state snapshot (which must exist). A document that is
+// not a state record fails with ErrUndecodable (see readState).
 func decodeState(op string, key syncer.Key, snap *firestore.DocumentSnapshot) (syncer.Record, error) {
+	rec, bad := readState(key, snap)
+	if bad != nil {
+		return syncer.Record{}, &syncer.Error{Op: op, Key: key, Kind: syncer.ErrUndecodable, Err: bad}
+	}
+	return rec, nil
+}
+
+// readState reads a state snapshot (which must exist), or says why it is not
+// a state record: its fields do not decode into one (a wrong type, a number
+// out of range), or what a record must have is missing (a version, the
+// origin and op id that make commits idempotent, a commit time).
+func readState(key syncer.Key, snap *firestore.DocumentSnapshot) (syncer.Record, *syncer.UndecodableError) {
 	var d stateDoc
-	if err := snap.DataTo(&d); err != nil {
-		return syncer.Record{}, &syncer.Error{Op: op, Key: key, Kind: syncer.ErrPermanent,
-			Err: fmt.Errorf("decode %s: %w", snap.Ref.Path, err)}
+	err := snap.DataTo(&d)
+	if err == nil {
+		err = d.check()
+	}
+	if err != nil {
+		return syncer.Record{}, &syncer.UndecodableError{Key: key, Doc: docPath(snap.Ref), Time: snap.UpdateTime, Err: err}
 	}
 	return fromStateDoc(key, d), nil
+}
+
+// check reports what makes d, decoded from a document, no state record that
+// Commit writes.
+func (d stateDoc) check() error {
+	switch {
+	case d.Version <= 0:
+		return fmt.Errorf("version %d: missing, or not a version (1 or more)", d.Version)
+	case d.Origin == "" || d.OpID == "":
+		return errors.New("no origin or no op_id")
+	case d.SyncTime.IsZero():
+		return errors.New("no sync_time")
+	case d.Lamport < 0 || d.HLC < 0:
+		return errors.New("negative lamport or hlc")
+	}
+	for n, x := range d.Vector {
+		if x < 0 {
+			return fmt.Errorf("negative vector entry %q", n)
+		}
+	}
+	return nil
+}
+
+// docPath is ref's path in its database (the full resource name without
+// "projects/P/databases/D/documents/"), as the console shows it.
+func docPath(ref *firestore.DocumentRef) string {
+	if _, p, ok := strings.Cut(ref.Path, "/documents/"); ok {
+		return p
+	}
+	return ref.Path
 }
 
 // Get implements syncer.Remote.
@@ -428,17 +474,40 @@ func (c cursor) String() syncer.Cursor {
 }
 
 // changesQuery returns the states of gov committed after c, in commit order.
+//
+// The stream is the documents whose sync_time is a timestamp (a range filter
+// matches only values of its own type): one whose sync_time is missing or of
+// another type, which the cursor could not go past, is never in it; Get and
+// Commit report it (ErrUndecodable).
 func (r *Remote) changesQuery(gov string, c cursor) firestore.Query {
-	q := r.governor(gov).Collection("states").OrderBy("sync_time", firestore.Asc).OrderBy(firestore.DocumentID, firestore.Asc)
+	q := r.governor(gov).Collection("states").Where("sync_time", ">=", time.Time{}).
+		OrderBy("sync_time", firestore.Asc).OrderBy(firestore.DocumentID, firestore.Asc)
 	if !c.t.IsZero() {
 		q = q.StartAfter(c.t, c.state)
 	}
 	return q
 }
 
+// streamCursor returns the position of snap in the change stream, when its
+// sync_time says it (a document that does not decode may still have one).
+func streamCursor(snap *firestore.DocumentSnapshot) (cursor, bool) {
+	v, err := snap.DataAt("sync_time")
+	t, ok := v.(time.Time)
+	if err != nil || !ok {
+		return cursor{}, false
+	}
+	return cursor{t, snap.Ref.ID}, true
+}
+
+func (c cursor) after(d cursor) bool {
+	return c.t.After(d.t) || c.t.Equal(d.t) && c.state > d.state
+}
+
 // Changes implements syncer.Remote. Its cursor is the commit time (sync_time)
-// and name of the last state returned; it relies on Firestore's commit
-// timestamps, which a query sees in order.
+// and name of the last state returned or left out; it relies on Firestore's
+// commit timestamps, which a query sees in order. A document that does not
+// decode is left out (a *syncer.SkippedError with the page), and the cursor
+// goes past it by its sync_time.
 func (r *Remote) Changes(ctx context.Context, governor string, since syncer.Cursor, limit int) ([]syncer.Record, syncer.Cursor, error) {
 	key := syncer.Key{Governor: governor}
 	c, err := parseCursor(since)
@@ -456,19 +525,29 @@ func (r *Remote) Changes(ctx context.Context, governor string, since syncer.Curs
 		return nil, since, translate(ctx, "changes", key, err)
 	}
 	recs := make([]syncer.Record, 0, len(snaps))
+	var skipped []*syncer.UndecodableError
 	for _, snap := range snaps {
-		rec, err := decodeState("changes", syncer.Key{Governor: governor, State: snap.Ref.ID}, snap)
-		if err != nil {
-			return nil, since, err
+		rec, bad := readState(syncer.Key{Governor: governor, State: snap.Ref.ID}, snap)
+		if bad != nil {
+			skipped = append(skipped, bad)
+			if at, ok := streamCursor(snap); ok && at.after(c) {
+				c = at
+			}
+			continue
 		}
 		recs = append(recs, rec)
 		c = cursor{rec.RemoteTime, snap.Ref.ID}
 	}
+	if skipped != nil {
+		return recs, c.String(), &syncer.SkippedError{Op: "changes", Governor: governor, Docs: skipped}
+	}
 	return recs, c.String(), nil
 }
 
-// Watch implements syncer.Watcher with a Firestore snapshot listener.
-func (r *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+// Watch implements syncer.Watcher with a Firestore snapshot listener. A
+// document that does not decode is handed to fn as skipped, once per
+// version the listener delivers.
+func (r *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	key := syncer.Key{Governor: governor}
 	c, err := parseCursor(since)
 	if err == nil {
@@ -485,13 +564,18 @@ func (r *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor
 			return translate(ctx, "watch", key, err)
 		}
 		var recs []syncer.Record
+		var skipped []*syncer.UndecodableError
 		for _, ch := range qs.Changes {
 			if ch.Kind == firestore.DocumentRemoved {
 				continue // states are never removed from the query's range
 			}
-			rec, err := decodeState("watch", syncer.Key{Governor: governor, State: ch.Doc.Ref.ID}, ch.Doc)
-			if err != nil {
-				return err
+			rec, bad := readState(syncer.Key{Governor: governor, State: ch.Doc.Ref.ID}, ch.Doc)
+			if bad != nil {
+				skipped = append(skipped, bad)
+				if at, ok := streamCursor(ch.Doc); ok && at.after(c) {
+					c = at
+				}
+				continue
 			}
 			recs = append(recs, rec)
 		}
@@ -502,12 +586,11 @@ func (r *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor
 			return strings.Compare(a.State, b.State)
 		})
 		if n := len(recs); n > 0 {
-			last := cursor{recs[n-1].RemoteTime, recs[n-1].State}
-			if last.t.After(c.t) || last.t.Equal(c.t) && last.state > c.state {
+			if last := (cursor{recs[n-1].RemoteTime, recs[n-1].State}); last.after(c) {
 				c = last
 			}
 		}
-		if err := fn(recs, c.String()); err != nil {
+		if err := fn(recs, c.String(), skipped); err != nil {
 			return err
 		}
 	}
@@ -534,8 +617,8 @@ func (r *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64
 	for _, snap := range snaps {
 		var d eventDoc
 		if err := snap.DataTo(&d); err != nil {
-			return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrPermanent,
-				Err: fmt.Errorf("decode %s: %w", snap.Ref.Path, err)}
+			return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrUndecodable,
+				Err: &syncer.UndecodableError{Key: key, Doc: docPath(snap.Ref), Time: snap.UpdateTime, Err: err}}
 		}
 		evs = append(evs, fromEventDoc(key.Governor, d))
 	}

@@ -17,8 +17,17 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	remotetest.RunWith(t, remotetest.Options{Concurrency: 8, Rounds: 5, Fences: fencedRemote},
+	remotetest.RunWith(t, remotetest.Options{Concurrency: 8, Rounds: 5, Fences: fencedRemote, Undecodable: undecodableRemote},
 		func(t *testing.T) syncer.Remote { return firestoretest.Open(t) })
+}
+
+// undecodableRemote is a Remote and a Plant that writes its documents with
+// the Firestore client directly.
+func undecodableRemote(t *testing.T) (syncer.Remote, remotetest.Plant) {
+	client, root := firestoretest.Client(t)
+	return firestore.New(client, firestore.Config{Root: root}), func(t *testing.T, key syncer.Key) {
+		firestoretest.PutUndecodable(t, client, root, key)
+	}
 }
 
 func TestConfig(t *testing.T) {

@@ -128,8 +128,8 @@ func (r *Remote) Snapshots(ctx context.Context, k syncer.Key, afterVersion, maxV
 	for _, doc := range docs {
 		var d snapshotDoc
 		if err := doc.DataTo(&d); err != nil {
-			return nil, &syncer.Error{Op: "snapshots", Key: k, Kind: syncer.ErrPermanent,
-				Err: fmt.Errorf("decode %s: %w", doc.Ref.Path, err)}
+			return nil, &syncer.Error{Op: "snapshots", Key: k, Kind: syncer.ErrUndecodable,
+				Err: &syncer.UndecodableError{Key: k, Doc: docPath(doc.Ref), Time: doc.UpdateTime, Err: err}}
 		}
 		out = append(out, syncer.Snapshot{Record: fromStateDoc(k, d.stateDoc), TakenAt: d.TakenAt})
 	}

@@ -1,6 +1,6 @@
 // Package memremote is an in-memory syncer.Remote for tests, with hooks that
 // inject faults: calls that fail as if offline, commits whose reply is lost
-// after they were applied, and delays.
+// after they were applied, delays, and documents that do not decode.
 //
 // It follows the same rules as every Remote (syncer.CheckBatch and
 // syncer.Decide) and passes the conformance suite in syncer/remotetest.
@@ -46,6 +46,16 @@ type Remote struct {
 type entry struct {
 	rec syncer.Record
 	seq uint64
+	bad error // set: the document does not decode (PutUndecodable); rec holds its key and time
+}
+
+// undecodable returns the error that describes e's document, nil when it
+// decodes.
+func (e *entry) undecodable() *syncer.UndecodableError {
+	if e.bad == nil {
+		return nil
+	}
+	return &syncer.UndecodableError{Key: e.rec.Key, Doc: "memremote/" + e.rec.Key.String(), Time: e.rec.RemoteTime, Err: e.bad}
 }
 
 // New returns an empty Remote with Firestore's limits.
@@ -109,6 +119,26 @@ func (m *Remote) SetHook(fn func(op string, key syncer.Key) error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.hook = fn
+}
+
+// PutUndecodable replaces key's document, as a commit would, with one that
+// does not decode (cause says why), as another tool or version might write
+// it: Get and Commit of key fail with syncer.ErrUndecodable, and Changes and
+// Watch leave it out, until Forget removes it.
+func (m *Remote) PutUndecodable(key syncer.Key, cause error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq++
+	m.states[key] = &entry{rec: syncer.Record{Key: key, RemoteTime: time.Now()}, seq: m.seq, bad: cause}
+	m.wake()
+}
+
+// Forget removes key's document, as deleting it by hand in the remote
+// would: it is not a tombstone, the remote no longer has the state.
+func (m *Remote) Forget(key syncer.Key) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.states, key)
 }
 
 // Calls returns how many times method op was called.
@@ -175,6 +205,9 @@ func (m *Remote) Get(ctx context.Context, key syncer.Key) (syncer.Record, error)
 	if !ok {
 		return syncer.Record{}, &syncer.Error{Op: "get", Key: key, Kind: syncer.ErrNotFound}
 	}
+	if bad := e.undecodable(); bad != nil {
+		return syncer.Record{}, &syncer.Error{Op: "get", Key: key, Kind: syncer.ErrUndecodable, Err: bad}
+	}
 	return e.rec.Clone(), nil
 }
 
@@ -194,6 +227,13 @@ func (m *Remote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, e
 		return nil, err
 	}
 	defer m.mu.Unlock()
+	for _, c := range b.Changes {
+		if e, ok := m.states[c.Key]; ok {
+			if bad := e.undecodable(); bad != nil {
+				return nil, &syncer.Error{Op: "commit", Key: c.Key, Kind: syncer.ErrUndecodable, Err: bad}
+			}
+		}
+	}
 	tokens, err := m.lockTokensLocked(ctx, b)
 	if err != nil {
 		return nil, syncer.Errorf("commit", first, syncer.ErrUnavailable, "read locks: %w", err)
@@ -274,11 +314,16 @@ func (m *Remote) Changes(ctx context.Context, governor string, since syncer.Curs
 		return nil, since, err
 	}
 	defer m.mu.Unlock()
-	recs, next := m.changesLocked(governor, from, limit)
+	recs, skipped, next := m.changesLocked(governor, from, limit)
+	if skipped != nil {
+		return recs, next, &syncer.SkippedError{Op: "changes", Governor: governor, Docs: skipped}
+	}
 	return recs, next, nil
 }
 
-func (m *Remote) changesLocked(governor string, from position, limit int) ([]syncer.Record, syncer.Cursor) {
+// changesLocked returns the records of governor after from, at most limit
+// documents, those that do not decode apart.
+func (m *Remote) changesLocked(governor string, from position, limit int) ([]syncer.Record, []*syncer.UndecodableError, syncer.Cursor) {
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -297,15 +342,20 @@ func (m *Remote) changesLocked(governor string, from position, limit int) ([]syn
 	if len(found) > limit {
 		found = found[:limit]
 	}
-	recs := make([]syncer.Record, len(found))
-	for i, e := range found {
-		recs[i] = e.rec.Clone()
-	}
 	if len(found) == 0 {
-		return nil, from.cursor()
+		return nil, nil, from.cursor()
+	}
+	recs := make([]syncer.Record, 0, len(found))
+	var skipped []*syncer.UndecodableError
+	for _, e := range found {
+		if bad := e.undecodable(); bad != nil {
+			skipped = append(skipped, bad)
+			continue
+		}
+		recs = append(recs, e.rec.Clone())
 	}
 	last := found[len(found)-1]
-	return recs, position{last.seq, last.rec.State}.cursor()
+	return recs, skipped, position{last.seq, last.rec.State}.cursor()
 }
 
 // position is a place in the stream of changes: after commit seq's record of
@@ -370,7 +420,7 @@ func (m *Remote) Limits() syncer.Limits {
 }
 
 // Watch implements syncer.Watcher.
-func (m *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor) error) error {
+func (m *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor, fn func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error) error {
 	from, err := parseCursor(since)
 	if err == nil {
 		err = syncer.ValidateName("governor", governor)
@@ -390,20 +440,21 @@ func (m *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor
 			m.mu.Unlock()
 			return syncer.Errorf("watch", key, syncer.ErrUnavailable, "offline (injected)")
 		}
-		recs, next := m.changesLocked(governor, from, 0)
+		recs, skipped, next := m.changesLocked(governor, from, 0)
 		wait := m.notify
 		m.mu.Unlock()
-		if len(recs) > 0 || first {
+		n := len(recs) + len(skipped)
+		if n > 0 || first {
 			first = false
-			if len(recs) > 0 {
+			if n > 0 {
 				cursor = next
 				from, _ = parseCursor(next)
 			}
-			if err := fn(recs, cursor); err != nil {
+			if err := fn(recs, cursor, skipped); err != nil {
 				return err
 			}
 		}
-		if len(recs) < 1000 { // a full page: more may be waiting
+		if n < 1000 { // a full page: more may be waiting
 			select {
 			case <-ctx.Done():
 				return &syncer.Error{Op: "watch", Key: key, Kind: syncer.ErrUnavailable, Err: ctx.Err()}

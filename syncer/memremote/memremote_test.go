@@ -12,8 +12,15 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	remotetest.RunWith(t, remotetest.Options{Concurrency: 32, Rounds: 50, Fences: fencedRemote},
+	remotetest.RunWith(t, remotetest.Options{Concurrency: 32, Rounds: 50, Fences: fencedRemote, Undecodable: undecodableRemote},
 		func(t *testing.T) syncer.Remote { return memremote.New() })
+}
+
+func undecodableRemote(*testing.T) (syncer.Remote, remotetest.Plant) {
+	m := memremote.New()
+	return m, func(_ *testing.T, key syncer.Key) {
+		m.PutUndecodable(key, errors.New("version: a string, not an integer (planted)"))
+	}
 }
 
 func put(key syncer.Key, base uint64, op string) syncer.Change {
@@ -65,7 +72,7 @@ func TestFaults(t *testing.T) {
 		done := make(chan error, 1)
 		m.SetOffline(false)
 		go func() {
-			done <- m.Watch(ctx, "g", "", func([]syncer.Record, syncer.Cursor) error { return nil })
+			done <- m.Watch(ctx, "g", "", func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error { return nil })
 		}()
 		// Wait until the watch has started, then break it.
 		deadline := time.Now().Add(10 * time.Second)

@@ -30,6 +30,10 @@ type Options struct {
 	// Remote with no data in it, as newRemote does, and the Grant of the
 	// lock service that Remote checks fences against.
 	Fences func(t *testing.T) (syncer.Remote, Grant)
+	// Undecodable, when set, runs the tests of documents that do not
+	// decode too (undecodable.go): it returns a Remote with no data in it,
+	// as newRemote does, and a Plant that writes such documents into it.
+	Undecodable func(t *testing.T) (syncer.Remote, Plant)
 }
 
 // Run runs the suite. newRemote must return a Remote with no data in it
@@ -79,6 +83,14 @@ func RunWith(t *testing.T, o Options, newRemote func(t *testing.T) syncer.Remote
 			ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
 			defer cancel()
 			tc.fn(t, ctx, r)
+		})
+	}
+	if o.Undecodable != nil {
+		t.Run("Undecodable", func(t *testing.T) {
+			r, plant := o.Undecodable(t)
+			ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
+			defer cancel()
+			testUndecodable(t, ctx, r, plant)
 		})
 	}
 	if o.Fences == nil {
@@ -555,7 +567,10 @@ func testWatch(t *testing.T, ctx context.Context, r syncer.Remote) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		werr = w.Watch(wctx, "w", "", func(recs []syncer.Record, next syncer.Cursor) error {
+		werr = w.Watch(wctx, "w", "", func(recs []syncer.Record, next syncer.Cursor, skipped []*syncer.UndecodableError) error {
+			if len(skipped) > 0 {
+				t.Errorf("watch left out documents: %v", skipped)
+			}
 			ch <- seen{recs, next}
 			return nil
 		})
@@ -605,7 +620,7 @@ func testWatch(t *testing.T, ctx context.Context, r syncer.Remote) {
 	}
 	// fn's error ends the watch and is returned as is.
 	boom := errors.New("boom")
-	if err := w.Watch(ctx, "w", "", func([]syncer.Record, syncer.Cursor) error { return boom }); err != boom {
+	if err := w.Watch(ctx, "w", "", func([]syncer.Record, syncer.Cursor, []*syncer.UndecodableError) error { return boom }); err != boom {
 		t.Fatalf("Watch returned %v, want fn's error", err)
 	}
 }

@@ -871,16 +871,17 @@ func TestWriteTimeoutAllowsASlowReader(t *testing.T) {
 	s := newFakeServer(t)
 	serve := s.handle
 	s.handle = func(fc *fakeConn, req *wire.Request) {
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(25 * time.Millisecond)
 		serve(fc, req)
 	}
 	c := s.client(1)
-	// Well above a busy machine's scheduling stalls, well below the time
-	// the whole takes.
-	c.WriteTimeout = 500 * time.Millisecond
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// Well above a busy machine's scheduling stalls (a loaded CI machine
+	// running the race detector stalled one for over 500 ms), well below
+	// the time the whole takes.
+	c.WriteTimeout = 1500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	const n = 150 // 15 MB: far more than the socket's buffers, read over 1.5 s and more
+	const n = 150 // 15 MB: far more than the socket's buffers, read over 3.75 s and more
 	errs := make(chan error, n)
 	for i := range n {
 		go func() {

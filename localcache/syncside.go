@@ -255,7 +255,7 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				lost := a.Outcome == syncer.OutcomeSuperseded
 				if lost && (j.Strict || j.Confirm) {
 					l := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted, strict: j.Strict,
-						conflicted: a.Conflict != nil}
+						conflicted: a.Conflict != nil && a.Conflict.Resolver != syncer.ResolverGaveWay}
 					tx.after = append(tx.after, func() { s.noteLost(seq, l) })
 				}
 				if j.Strict && lost {

@@ -469,6 +469,7 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		rep.Calls++
 		if len(recs) == 0 && next == cur {
 			p.notePolled(governor, start)
+			p.refillHistory(ctx, governor, rep) // bootstrap.go
 			return nil
 		}
 		b := RemoteBatch{Records: recs, Governor: governor, Cursor: next}
@@ -482,6 +483,7 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		rep.add(res)
 		if len(recs) < p.opts.PageSize {
 			p.notePolled(governor, start)
+			p.refillHistory(ctx, governor, rep) // bootstrap.go
 			return nil
 		}
 		cur = next

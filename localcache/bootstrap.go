@@ -31,7 +31,9 @@ import (
 // ever added at versions that have none (a local event is never replaced).
 // An imported version that is a multiple of N gets its snapshot (the
 // remote's, when it has one), and imported snapshots get their time marks,
-// as local ones do.
+// as local ones do. History imported into a hole below the local top
+// (superseded.go: the versions of local changes that lost) widens the time
+// mark whose stretch it falls in.
 
 var (
 	_ syncer.HistoryApplier = (*Store)(nil)
@@ -220,6 +222,9 @@ func (s *Store) planHistory(txn *badger.Txn, k Key, h syncer.History, version ui
 	if err != nil {
 		return nil, err
 	}
+	if p.ops, err = widenMarks(txn, k, since, events); err != nil {
+		return nil, err
+	}
 	versions, err := snapshotVersions(txn, k)
 	if err != nil {
 		return nil, err
@@ -287,6 +292,62 @@ func (s *Store) planHistory(txn *badger.Txn, k Key, h syncer.History, version ui
 		}
 	}
 	return p, nil
+}
+
+// widenMarks returns the operations that widen the time marks of k whose
+// stretches get events: those of events that are stored at or below the
+// newest mark (since), in a hole of the history (superseded.go), so that
+// StateAt never skips one. An event in no mark's stretch (the mark that
+// ended it was dropped with a lost change) needs none.
+func widenMarks(txn *badger.Txn, k Key, since uint64, events []Event) ([]kv, error) {
+	widened := make(map[uint64]mark)
+	var order []uint64
+	for _, e := range events {
+		v := e.ToVersion
+		if v > since {
+			continue
+		}
+		if _, err := txn.Get(eventKey(k, v)); err == nil {
+			continue // not stored: the local event stays
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return nil, err
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: versionedPrefix(kindMark, k)})
+		it.Seek(markKey(k, v))
+		if !it.Valid() {
+			it.Close()
+			continue
+		}
+		_, _, mv, err := parseVersionedKey(kindMark, it.Item().Key())
+		if err != nil {
+			it.Close()
+			return nil, err
+		}
+		m, ok := widened[mv]
+		if !ok {
+			m, err = itemMark(it.Item())
+		}
+		it.Close()
+		if err != nil {
+			return nil, err
+		}
+		if m.since >= v {
+			continue
+		}
+		if !ok {
+			order = append(order, mv)
+		}
+		m.events++
+		m.first = min(m.first, v)
+		m.minTime = min(m.minTime, e.Change.Time)
+		m.maxTime = max(m.maxTime, e.Change.Time)
+		widened[mv] = m
+	}
+	ops := make([]kv, 0, len(order))
+	for _, mv := range order {
+		ops = append(ops, kv{key: markKey(k, mv), value: encodeMark(widened[mv])})
+	}
+	return ops, nil
 }
 
 // topOpIDs returns the op ids of the n newest local events of k. A local

@@ -355,9 +355,10 @@ func (e *ConflictLostError) Error() string {
 func (e *ConflictLostError) Unwrap() error { return ErrVersionConflict }
 
 // lostChange is a strict or confirmed change that lost a conflict.
-// conflicted says it met a true conflict (the ack carried its ledger
-// record): the item of a batch that gave way whole which caused it, rather
-// than one carried along.
+// conflicted says it met a true conflict (the ack carried the ledger
+// record of its decision, not one of a change given way with its batch):
+// the item of a batch that gave way whole which caused it, rather than one
+// carried along.
 type lostChange struct {
 	key           Key
 	remoteVersion uint64

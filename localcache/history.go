@@ -33,8 +33,10 @@ import (
 // when the pull loop brings the shared store's history (bootstrap.go);
 // without it (a remote with no history, or --history none) they leave no
 // local event, and a push that had to rebase commits this node's change
-// under a later version than its event names. So a state's local log may
-// have gaps: versions with no local event. Every reader here says where a gap changes its answer:
+// under a later version than its event names. A local change that lost a
+// conflict leaves the log when its loss is settled (superseded.go), and the
+// winner's events take its versions when they are brought. So a state's
+// local log may have gaps: versions with no local event. Every reader here says where a gap changes its answer:
 // StateAt and StateAtVersion (PastState.Exact, *HistoryGapError), Validate
 // (Gaps, kept apart from Violations).
 //
@@ -480,10 +482,12 @@ func (s *Store) StateAtVersion(ctx context.Context, k Key, version uint64) (Past
 		if err != nil {
 			return err
 		}
-		// A local change that gave way (it lost a conflict, or its
-		// transaction did) leaves its event behind, at a version above the
-		// record's or at the record's own version with another op: the
-		// record answers, not the event.
+		// Local changes that gave way leave the log when their loss is
+		// settled (superseded.go), but a log written before that, or a
+		// change parked and then replaced by a diverged record, may hold
+		// such an event at a version above the record's, or at the
+		// record's own version with another op: the record answers, not
+		// the event.
 		if rec != nil && version >= rec.Version {
 			switch {
 			case version > rec.Version || rec.Deleted:
@@ -605,11 +609,12 @@ func pastRecord(rec *Record) Record {
 //     flag must still be l's; at a lower version it is a violation. When the
 //     record is another change: at a higher version it came from other
 //     nodes after l (a Gap, GapElsewhere); at l's version or below, from
-//     another origin, the local changes from the record's version on lost
-//     a conflict or were parked and the state took the other node's record
-//     (a Gap, GapSuperseded); from l's own origin it is a violation (this
-//     node's change missing from its log). No record while l is a put is a
-//     violation.
+//     another origin, the local changes from the record's version on were
+//     parked and the state took the other node's record, or lost a
+//     conflict in a log written before lost changes left it at their
+//     settle (a Gap, GapSuperseded); from l's own origin it is a
+//     violation (this node's change missing from its log). No record
+//     while l is a put is a violation.
 //
 // States with a record and no local event (only ever changed elsewhere)
 // have nothing to check and are not counted.
@@ -634,8 +639,11 @@ const (
 	GapRenumbered = "renumbered"
 	// GapSuperseded: the record is another node's change at a version the
 	// local log has events for, After+1 through Through: those local
-	// changes lost to it (a conflict, or parked as rejected). Their events
-	// stay in the log; the current lineage of those versions is not in it.
+	// changes lost to it and their events stayed in the log (changes
+	// parked as rejected that a diverged record replaced, or changes that
+	// lost a conflict in a log written before such changes left it at
+	// their settle: superseded.go); the current lineage of those versions
+	// is not in it.
 	GapSuperseded = "superseded"
 	// GapRemoved: the versions before the snapshot the state's retained
 	// history starts from (Through+1): their events were removed by

@@ -759,11 +759,12 @@ func TestValidateAfterConflicts(t *testing.T) {
 		a.sync()
 		b.sync()
 	}
-	// b pushed first (s0, s2): a's change lost and a holds b's record of
-	// the same version. a pushed first (s1, s3): b's change won on top of
-	// it, as version 3.
+	// b pushed first (s0, s2): a's change lost, its event left a's log,
+	// and a holds b's record of the same version (made elsewhere: these
+	// nodes pull no history). a pushed first (s1, s3): b's change won on
+	// top of it, as version 3.
 	want := map[*histNode]string{
-		a: "s0 1-2 superseded, s1 2-3 elsewhere, s2 1-2 superseded, s3 2-3 elsewhere",
+		a: "s0 1-2 elsewhere, s1 2-3 elsewhere, s2 1-2 elsewhere, s3 2-3 elsewhere",
 		b: "s0 0-1 elsewhere, s1 0-1 elsewhere, s1 2-3 renumbered, s2 0-1 elsewhere, s3 0-1 elsewhere, s3 2-3 renumbered",
 	}
 	for _, n := range []*histNode{a, b} {

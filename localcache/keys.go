@@ -15,6 +15,7 @@ import (
 //	j + BE u64 seq                       journal entry
 //	f + BE u64 seq                       parked journal entry (the failed list)
 //	r + enc(key)                         remote record kept aside while a local write of key is pending
+//	h + enc(key)                         a hole in key's history: BE u64 after, BE u64 through (superseded.go)
 //	c + governor                         change cursor of governor (where pulling resumes)
 //	l + resource                         fence mark: the highest token seen for a lock (fence.go)
 //	x + BE u64 time + id                 conflict ledger entry, in decision time order (ledger.go)
@@ -39,6 +40,7 @@ const (
 	kindJournal = 'j'
 	kindParked  = 'f'
 	kindAside   = 'r'
+	kindHole    = 'h'
 	kindCursor  = 'c'
 	kindFence   = 'l'
 	kindMeta    = 'm'

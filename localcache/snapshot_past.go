@@ -42,7 +42,8 @@ func pastAt(ctx context.Context, txn *badger.Txn, k Key, at int64) (PastState, e
 	top := uint64(math.MaxUint64)
 	if rec != nil {
 		// Events above the record's version are of local changes that gave
-		// way: not part of the state's history.
+		// way (kept by logs written before such changes left the log at
+		// their settle, superseded.go): not part of the state's history.
 		top = rec.Version
 	}
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: versionedPrefix(kindMark, k), Reverse: true})

@@ -206,23 +206,34 @@ func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]sync
 // Ack removes pushed entries from the journal and settles their keys
 // (syncer.Journal): a key with no entry left adopts the remote record (or
 // the one kept aside, when newer); otherwise only the remote version is
-// recorded. Acking entries that are no longer pending changes nothing.
+// recorded. Entries acked as superseded take their changes' events and
+// snapshots out of the history, and list the hole for the pull loop
+// (superseded.go). Acking entries that are no longer pending changes
+// nothing.
 func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 	if len(acks) == 0 {
 		return nil
 	}
 	remotes := make([]*Record, len(acks))
+	superseded := false
 	for i, a := range acks {
 		if a.Remote.Version > 0 {
 			remotes[i] = fromSyncRecord(a.Remote)
 		}
+		superseded = superseded || a.Outcome == syncer.OutcomeSuperseded
+	}
+	if superseded {
+		// Lost changes leave the history (superseded.go): no snapshot,
+		// mark or cleanup plan may interleave.
+		s.snaps.work.Lock()
 	}
 	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
 		last := make(map[Key]int, len(acks))
 		for i, a := range acks {
 			last[Key(a.Key)] = i
 		}
-		logged := 0 // conflict ledger entries added
+		dropped := make(map[Key]uint64) // per key, the lowest version a lost change left
+		logged := 0                     // conflict ledger entries added
 		for i, a := range acks {
 			k := Key(a.Key)
 			if a.Conflict != nil {
@@ -253,9 +264,18 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				tx.del(journalKey(seq))
 				removed++
 				lost := a.Outcome == syncer.OutcomeSuperseded
+				if lost {
+					found, err := tx.dropLost(k, j.Version, j.OpID) // superseded.go
+					if err != nil {
+						return nil, err
+					}
+					if d := dropped[k]; found && (d == 0 || j.Version < d) {
+						dropped[k] = j.Version
+					}
+				}
 				if lost && (j.Strict || j.Confirm) {
 					l := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted, strict: j.Strict,
-						conflicted: a.Conflict != nil}
+						conflicted: a.Conflict != nil && a.Conflict.Resolver != syncer.ResolverGaveWay}
 					tx.after = append(tx.after, func() { s.noteLost(seq, l) })
 				}
 				if j.Strict && lost {
@@ -288,14 +308,29 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				rec.SyncedVersion = a.Remote.Version
 				rec.SyncedAt = remoteTime(a.Remote)
 				tx.putRecord(cur, &rec)
+				if last[k] == i {
+					// The hole the lost changes left is below the
+					// later writes, up to the shared store's version.
+					if err := tx.listHole(k, dropped[k], a.Remote.Version); err != nil { // superseded.go
+						return nil, err
+					}
+				}
 				continue
 			}
 			if err := tx.settle(cur, k, remotes[i]); err != nil {
 				return nil, err
 			}
+			if rec := tx.recs[k]; rec != nil {
+				if err := tx.listHole(k, dropped[k], rec.Version); err != nil { // superseded.go
+					return nil, err
+				}
+			}
 		}
 		return logged, nil
 	})
+	if superseded {
+		s.snaps.work.Unlock()
+	}
 	if err != nil {
 		return fmt.Errorf("localcache: ack: %w", err)
 	}

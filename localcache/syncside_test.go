@@ -41,6 +41,10 @@ type syncNode struct {
 	remote syncer.Remote
 	push   *syncer.Syncer
 	pull   *syncer.Puller
+	// history makes pulls bring the remote's history (historyOf), and
+	// every > 0 takes a snapshot every that many versions (with 3 kept).
+	history bool
+	every   int
 }
 
 func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string) *syncNode {
@@ -57,9 +61,18 @@ func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string
 
 func (n *syncNode) open(govs ...string) {
 	n.t.Helper()
-	n.store = openDisk(n.t, n.dir, func(o *Options) { o.NodeID = n.node })
+	n.store = openDisk(n.t, n.dir, func(o *Options) {
+		o.NodeID = n.node
+		if n.every > 0 {
+			o.Snapshots = func(string) (int, int) { return n.every, 3 }
+		}
+	})
 	n.push = syncer.New(n.store, n.remote, syncer.Options{Backoff: syncer.Backoff{Min: time.Millisecond, Max: 10 * time.Millisecond}})
-	n.pull = syncer.NewPuller(n.store, n.remote, syncer.PullOptions{Governors: govs})
+	opts := syncer.PullOptions{Governors: govs}
+	if n.history {
+		opts.History, opts.HistoryMode = historyOf(n.remote), syncer.HistoryFull
+	}
+	n.pull = syncer.NewPuller(n.store, n.remote, opts)
 }
 
 func (n *syncNode) restart(govs ...string) {

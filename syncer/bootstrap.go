@@ -122,6 +122,95 @@ type HistoryApplier interface {
 	HistoryTop(ctx context.Context, key Key) (uint64, error)
 }
 
+// HistoryRefiller is an optional capability of a HistoryApplier (found by
+// type assertion): it lists holes in the local history, runs of versions at
+// or below a state's local record whose remote history the pull loop would
+// not bring by itself. The local store removes the events of a local change
+// that lost a conflict when its loss is acked, and adopts the shared store's
+// record then: the winner's events of those versions come in only through
+// a pull of the record, which the change stream may have delivered already
+// (it was kept aside while the local change was pending), and a pull brings
+// only the history above the local history's top, which a later local write
+// may have raised past the hole. After a complete poll of a governor the
+// pull loop reads the record of each of its holes' states and applies it
+// with the remote history of the hole (refillHistory).
+type HistoryRefiller interface {
+	// HistoryHoles returns up to limit holes of governor's states.
+	HistoryHoles(ctx context.Context, governor string, limit int) ([]HistoryHole, error)
+	// HistoryRefilled says the local history of key now holds the remote
+	// history of its hole up to version (0: the remote has no record of
+	// key): the hole is gone, unless it was listed since up to a later
+	// version.
+	HistoryRefilled(ctx context.Context, key Key, version uint64) error
+}
+
+// HistoryHole is a hole in the local history of Key: the versions after
+// After, up to the state's record, are to be brought from the remote.
+type HistoryHole struct {
+	Key   Key
+	After uint64
+}
+
+// refillPage is how many holes one poll of a governor fills at most.
+const refillPage = 100
+
+// refillHistory fills the holes the applier lists (HistoryRefiller) in the
+// history of governor's states: each state's record is read from the
+// remote and applied with the remote history after the hole's start (as
+// FetchHistory reads it from there), and counted in rep. A state with a
+// local write pending keeps its hole (no history is stored then). Failures
+// are logged: the holes stay listed and the next poll tries again.
+func (p *Puller) refillHistory(ctx context.Context, governor string, rep *PullReport) {
+	rf, ok := p.applier.(HistoryRefiller)
+	if !ok || p.opts.History == nil || p.opts.HistoryMode == HistoryNone {
+		return
+	}
+	if err := p.refill(ctx, rf, governor, rep); err != nil && ctx.Err() == nil {
+		p.log.Warn("pull: filling holes in the local history failed (retried at the next poll)", "governor", governor,
+			"err", err)
+	}
+}
+
+func (p *Puller) refill(ctx context.Context, rf HistoryRefiller, governor string, rep *PullReport) error {
+	holes, err := rf.HistoryHoles(ctx, governor, refillPage)
+	if err != nil {
+		return err
+	}
+	for _, h := range holes {
+		if err := p.fillHole(ctx, rf, h, rep); err != nil {
+			return fmt.Errorf("history of %s after v%d: %w", h.Key, h.After, err)
+		}
+	}
+	return nil
+}
+
+// fillHole fills hole h (see refillHistory).
+func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole, rep *PullReport) error {
+	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+	defer cancel()
+	rec, err := p.remote.Get(cctx, h.Key)
+	if errors.Is(err, ErrNotFound) {
+		return rf.HistoryRefilled(ctx, h.Key, 0)
+	}
+	if err != nil {
+		return err
+	}
+	rec.Key = h.Key
+	hist, err := FetchHistory(cctx, p.opts.History, h.Key, h.After, rec.Version, p.opts.HistoryMode)
+	if err != nil {
+		return err
+	}
+	res, err := p.applyRecords(ctx, RemoteBatch{Records: []Record{rec}, History: []History{hist}})
+	if err != nil {
+		return err
+	}
+	rep.add(res)
+	if st := res.Statuses[0]; st.Applied() || st == ApplyStale {
+		return rf.HistoryRefilled(ctx, h.Key, rec.Version)
+	}
+	return nil
+}
+
 // historyPage is how many events one Events call asks for.
 const historyPage = 1000
 

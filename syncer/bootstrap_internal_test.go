@@ -172,3 +172,67 @@ func TestPullUndecodableHistory(t *testing.T) {
 		t.Fatalf("log:\n%s", logs.String())
 	}
 }
+
+// holeApplier is a histApplier that lists holes in its history.
+type holeApplier struct {
+	*histApplier
+	holes    []HistoryHole
+	refilled map[Key]uint64
+}
+
+func (a *holeApplier) HistoryHoles(context.Context, string, int) ([]HistoryHole, error) {
+	return a.holes, nil
+}
+
+func (a *holeApplier) HistoryRefilled(_ context.Context, k Key, version uint64) error {
+	a.refilled[k] = version
+	return nil
+}
+
+// getRemote is a remote that only answers Get, from recs.
+type getRemote struct {
+	Remote
+	recs map[Key]Record
+}
+
+func (r getRemote) Get(_ context.Context, k Key) (Record, error) {
+	rec, ok := r.recs[k]
+	if !ok {
+		return Record{}, Errorf("get", k, ErrNotFound, "no record")
+	}
+	return rec, nil
+}
+
+// A poll fills the holes the applier lists: each state's record is read and
+// applied with the remote history after the hole's start; a state the
+// remote has no record of has nothing to fill; one with a local write
+// pending keeps its hole.
+func TestRefillHistory(t *testing.T) {
+	ctx := context.Background()
+	filled, gone, pending := Key{Governor: "g", State: "filled"}, Key{Governor: "g", State: "gone"}, Key{Governor: "g", State: "pending"}
+	j := NewMemJournal("n")
+	if _, err := j.Append(MemWrite{Key: pending, Value: []byte("local")}); err != nil {
+		t.Fatal(err)
+	}
+	a := &holeApplier{histApplier: &histApplier{MemJournal: j}, refilled: make(map[Key]uint64),
+		holes: []HistoryHole{{Key: filled, After: 2}, {Key: gone, After: 1}, {Key: pending, After: 0}}}
+	rec := func(k Key) Record {
+		return Record{Key: k, Version: 5, OpID: "op-5", Origin: "x", Clock: Clock{Vector: map[string]uint64{"x": 5}}}
+	}
+	r := getRemote{recs: map[Key]Record{filled: rec(filled), pending: rec(pending)}}
+	p := NewPuller(a, r, PullOptions{History: histRemote{n: 5}, HistoryMode: HistorySinceSnapshot})
+	var rep PullReport
+	p.refillHistory(ctx, "g", &rep)
+	if len(a.batches) != 2 || rep.Applied != 1 || rep.Pending != 1 {
+		t.Fatalf("%d ApplyRemote calls, report %+v; want the records of %s and %s", len(a.batches), rep, filled, pending)
+	}
+	if h := a.batches[0].History[0]; a.batches[0].Governor != "" || len(h.Events) != 3 || h.Events[0].ToVersion != 3 {
+		t.Fatalf("history applied with %s: %+v (governor %q); want versions 3 to 5, no cursor", filled, h, a.batches[0].Governor)
+	}
+	if len(a.refilled) != 2 || a.refilled[filled] != 5 || a.refilled[gone] != 0 {
+		t.Fatalf("refilled %v; want %s up to 5, %s (no record)", a.refilled, filled, gone)
+	}
+	if _, ok := a.refilled[pending]; ok {
+		t.Fatalf("the hole of %s, which has a local write pending, was dropped", pending)
+	}
+}

@@ -115,8 +115,11 @@ const (
 	// OutcomeAlreadyApplied: the remote had it already (a retry after a lost reply
 	// or a crash before the ack); nothing was applied twice.
 	OutcomeAlreadyApplied
-	// OutcomeSuperseded: the change lost a conflict; the remote record stays, and
-	// the local side adopts it.
+	// OutcomeSuperseded: the change lost a conflict (or gave way with its
+	// atomic batch); the remote record stays, and the local side adopts it.
+	// A local store that keeps an event log drops the change's events: the
+	// remote's history of those versions is another change's (see
+	// HistoryRefiller).
 	OutcomeSuperseded
 )
 

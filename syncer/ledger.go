@@ -178,6 +178,50 @@ func conflictRecord(p *part, c conflict.Conflict, d decision, lim Limits, now ti
 	return rec
 }
 
+// ResolverGaveWay names the ledger record of a change that gave way with
+// the atomic batch it was written in (a transaction, a batch write)
+// without losing a conflict of its own: another item of the batch lost its
+// conflict, or a check of the transaction failed. Its local side is the
+// change as it would have been pushed, its remote side the shared store's
+// record of the key, which stays (winner Remote); its reason names the
+// item that made the batch give way. It is written like the records of
+// lost decisions (ConflictLog.LogConflicts, then Ack.Conflict) but does not
+// count as a conflict of its key (Stats, storms).
+const ResolverGaveWay = "gave_way"
+
+// gaveWayRecord makes the ResolverGaveWay record of p's change, for why,
+// against remote, the shared store's record of p's key (exists: it has
+// one). decided is the decision p's own conflict got in this round, if
+// any: a win or a merge that the batch's giving way overrules (that record
+// was to be committed with the change, so no ledger holds it).
+func gaveWayRecord(p *part, remote Record, exists bool, decided *ConflictRecord, why string, lim Limits, now time.Time) *ConflictRecord {
+	local := p.entries[len(p.entries)-1].Record
+	if p.merged != nil {
+		local.Value, local.Deleted = p.merged, false
+	}
+	if !exists {
+		remote = Record{Key: p.key}
+	}
+	if decided != nil {
+		why = fmt.Sprintf("the resolver %s decided for the local change, but %s", decided.Resolver, why)
+	}
+	rec := &ConflictRecord{
+		ID:          ConflictID(p.key, local.OpID, remote.OpID, remote.Version),
+		Key:         p.key,
+		Local:       toSide(local),
+		Remote:      toSide(remote),
+		BaseVersion: p.entries[0].BaseVersion,
+		Winner:      conflict.Remote,
+		Resolver:    ResolverGaveWay,
+		Reason:      why,
+		Time:        now,
+		Node:        local.Origin,
+		Entries:     len(p.entries),
+	}
+	FitConflict(rec, lim.MaxRecordBytes)
+	return rec
+}
+
 // CheckConflict validates a conflict record for a remote's ledger: its key,
 // an ID that is a valid document name, and a winner.
 func CheckConflict(r ConflictRecord) error {

@@ -564,6 +564,7 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 				rep.Undecodable += len(skipped.Docs)
 			}
 			p.notePolled(governor, start)
+			p.refillHistory(ctx, governor, rep) // bootstrap.go
 			return nil
 		}
 		b := RemoteBatch{Records: recs, Governor: governor, Cursor: next}
@@ -583,6 +584,7 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		}
 		if n < p.opts.PageSize {
 			p.notePolled(governor, start)
+			p.refillHistory(ctx, governor, rep) // bootstrap.go
 			return nil
 		}
 		cur = next

@@ -1148,6 +1148,7 @@ func lwwWins(local, remote Record) bool {
 // against the results for them.
 func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*part, results []Result) {
 	lost := false
+	var why string // how the first part that lost did
 	merged := make([][]byte, len(parts))
 	records := make([]*ConflictRecord, len(parts))
 	for i, p := range parts {
@@ -1169,6 +1170,10 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 		switch {
 		case d.verdict == lose:
 			winner = "remote"
+			if !lost {
+				why = fmt.Sprintf("its batch gave way: %s met a concurrent change (v%d by node %q) and lost",
+					p.key, res.Remote.Version, res.Remote.Origin)
+			}
 			lost = true
 		case d.merged != nil:
 			winner = "merged"
@@ -1183,9 +1188,19 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 	if lost {
 		// The change (the whole atomic batch) gives way: every entry is
 		// superseded and the local side adopts the remote records. The
-		// decisions go to the remote's ledger first: if they cannot, the
-		// entries stay pending and the next pass decides again (the same
-		// records, by ID).
+		// parts that lost no conflict of their own give way too, and are
+		// recorded as such (ResolverGaveWay): the local store drops the
+		// events of superseded changes, and the ledger keeps what they
+		// were. The records go to the remote's ledger first: if they
+		// cannot, the entries stay pending and the next pass decides again
+		// (the same records, by ID).
+		now := time.Now()
+		for i, p := range parts {
+			if p.check || results[i].Status == AlreadyApplied || records[i] != nil && records[i].Winner == conflict.Remote {
+				continue
+			}
+			records[i] = gaveWayRecord(p, results[i].Remote, results[i].Exists, records[i], why, s.remote.Limits(), now)
+		}
 		if err := s.logConflicts(ctx, records); err != nil {
 			ps.transient = err
 			for _, k := range u.keys() {

@@ -7,9 +7,14 @@ package syncer
 // batch is applied, not only when it was made. A check that no longer holds
 // makes the whole transaction give way: nothing of it is written, its
 // entries are superseded and the local side adopts the remote records of
-// its keys, as for a strict change that loses a conflict.
+// its keys, as for a strict change that loses a conflict; each write is
+// recorded in the conflict ledger as given way (ResolverGaveWay).
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"time"
+)
 
 // Check is one version check of a transaction: the remote must hold Key at
 // Version (a tombstone counts with its version; 0: the remote has no record
@@ -54,26 +59,52 @@ func (s *Syncer) checkFailed(ctx context.Context, ps *passState, u *unit, b *bat
 	if failed < 0 {
 		return false
 	}
+	if applied {
+		for i, p := range b.owner {
+			if !p.check {
+				s.ackPart(ctx, ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote})
+			}
+		}
+		s.finishUnit(ps, u)
+		return true
+	}
+	// Each write gives way: it goes to the ledger (ResolverGaveWay) before
+	// its entries are acked as superseded, as a lost decision does
+	// (resolve); if the ledger cannot take it, the entries stay pending.
+	c, cr := b.owner[failed], results[failed]
+	why := fmt.Sprintf("its transaction gave way: its check of %s at v%d failed (the shared store holds v%d)", c.key, c.base, cr.Remote.Version)
+	if !cr.Exists {
+		why = fmt.Sprintf("its transaction gave way: its check of %s at v%d failed (the shared store holds no record of it)", c.key, c.base)
+	}
+	records := make([]*ConflictRecord, len(b.owner))
+	now := time.Now()
+	for i, p := range b.owner {
+		if !p.check {
+			records[i] = gaveWayRecord(p, results[i].Remote, results[i].Exists, nil, why, s.remote.Limits(), now)
+		}
+	}
+	if err := s.logConflicts(ctx, records); err != nil {
+		ps.transient = err
+		for _, k := range u.keys() {
+			ps.blocked[k] = true
+		}
+		s.log.Debug("push: a transaction gives way; ledger write failed, will retry", "key", c.key.String(), "err", err)
+		return true
+	}
 	for i, p := range b.owner {
 		if p.check {
-			continue
-		}
-		if applied {
-			s.ackPart(ctx, ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote})
 			continue
 		}
 		remote := results[i].Remote
 		if !results[i].Exists {
 			remote = Record{Key: p.key}
 		}
-		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomeSuperseded, Remote: remote})
+		ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomeSuperseded, Remote: remote,
+			Conflict: records[i]})
 		ps.rep.Superseded += len(p.entries)
 	}
-	if !applied {
-		c := b.owner[failed]
-		s.log.Info("push: a transaction's check failed, the transaction gives way", "key", c.key.String(),
-			"checked_version", c.base, "remote_version", results[failed].Remote.Version, "remote_exists", results[failed].Exists)
-	}
+	s.log.Info("push: a transaction's check failed, the transaction gives way", "key", c.key.String(),
+		"checked_version", c.base, "remote_version", cr.Remote.Version, "remote_exists", cr.Exists)
 	s.finishUnit(ps, u)
 	return true
 }

@@ -3,9 +3,11 @@ package syncer_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
 	"github.com/tai-state/tai-state/syncer/memremote"
@@ -178,6 +180,75 @@ func TestTxnCheckOfAStateRenumberedInAnEarlierPass(t *testing.T) {
 			}
 			if rec := remoteRecord(t, ctx, r, d); string(rec.Value) != "d1" {
 				t.Fatalf("%s: %+v; want d1", d, rec)
+			}
+		})
+	}
+}
+
+// TestGaveWayRecorded: a change that gives way with its batch without
+// losing a conflict of its own (its transaction's check failed, or another
+// item of the batch lost) is in the conflict ledger, locally and in the
+// remote, as given way (ResolverGaveWay) with the change's value and op,
+// the remote record that stays, and a reason naming the item that caused
+// it. Before, such changes left no record: the local store keeps what lost
+// only there now (it drops their events).
+func TestGaveWayRecorded(t *testing.T) {
+	for _, be := range txnRemotes {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := context.Background()
+			r := be.open(t)
+			a, b := syncer.NewMemJournal("a"), syncer.NewMemJournal("b")
+			pa, pb := syncer.New(a, r, syncer.Options{}), syncer.New(b, r, syncer.Options{})
+			x, y, c, w := key("gx"), key("gy"), key("gc"), key("gw")
+			put(t, b, x, "1")
+			syncOnce(t, ctx, pb)
+			check := func(k syncer.Key, value, reason string) {
+				t.Helper()
+				var local []syncer.ConflictRecord
+				for _, rec := range a.Conflicts() {
+					if rec.Key == k {
+						local = append(local, rec)
+					}
+				}
+				remote := remoteLedger(t, ctx, r, k)
+				if len(local) != 1 || len(remote) != 1 || remote[0].ID != local[0].ID {
+					t.Fatalf("%s: local ledger %+v, remote %+v; want one record in both", k, local, remote)
+				}
+				rec := local[0]
+				if rec.Resolver != syncer.ResolverGaveWay || rec.Winner != conflict.Remote || string(rec.Local.Value) != value ||
+					rec.Local.OpID == "" || rec.Node != rec.Local.Origin || rec.Entries != 1 || !strings.Contains(rec.Reason, reason) {
+					t.Fatalf("%s: record %+v; want %q given way, the reason naming %q", k, rec, value, reason)
+				}
+			}
+
+			// A transaction's check fails: its write gives way.
+			if _, err := a.AppendTxn([]syncer.Check{{Key: x, Version: 1}}, syncer.MemWrite{Key: y, Value: []byte("a"), Strict: true}); err != nil {
+				t.Fatal(err)
+			}
+			put(t, b, x, "2")
+			syncOnce(t, ctx, pb)
+			if rep := syncOnce(t, ctx, pa); rep.Superseded != 1 || rep.Conflicts != 0 {
+				t.Fatalf("a's push: %+v; want its transaction superseded, no conflict counted", rep)
+			}
+			check(y, "a", "check of g/gx at v1 failed")
+
+			// A batch item loses its conflict (strict): the other item
+			// gives way with it, and WaitSynced's naming is kept apart.
+			if _, err := a.Append(syncer.MemWrite{Key: w, Value: []byte("aw"), Strict: true},
+				syncer.MemWrite{Key: c, Value: []byte("ac"), Strict: true}); err != nil {
+				t.Fatal(err)
+			}
+			put(t, b, c, "bc")
+			syncOnce(t, ctx, pb)
+			if rep := syncOnce(t, ctx, pa); rep.Superseded != 2 || rep.Conflicts != 1 {
+				t.Fatalf("a's push: %+v; want the batch superseded, one conflict", rep)
+			}
+			check(w, "aw", "g/gc met a concurrent change")
+			if recs := remoteLedger(t, ctx, r, c); len(recs) != 1 || recs[0].Resolver != "strict" || string(recs[0].Local.Value) != "ac" {
+				t.Fatalf("ledger of %s: %+v; want the strict decision", c, recs)
+			}
+			if st := pa.Stats(); st.ConflictsByResolver[syncer.ResolverGaveWay] != 0 {
+				t.Fatalf("stats %+v: changes that gave way counted as conflicts", st)
 			}
 		})
 	}

@@ -1,0 +1,183 @@
+package localcache
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/syncer"
+)
+
+// Local changes that lost (docs/decisions/0019). A local change the push
+// loop acks as superseded (it lost a conflict, or gave way with its batch
+// or transaction) never reaches the shared store: the versions it made
+// locally are made there by other changes. So the ack that settles it
+// removes what it left in the local history, in the ack's own mutation:
+// its event, a snapshot taken of it (with its outbox entry) and the time
+// mark at its version, each only when it is that change's (by op id: a
+// version number alone may name another change). The local log then holds
+// the shared store's lineage, and the winner's history is imported as for
+// any pulled record: HistoryTop no longer counts the lost versions.
+//
+// The winner's history of those versions does not always come by itself:
+// the change stream may have delivered the winning record already (it was
+// kept aside while the local change was pending), and a pull brings only
+// the history above the local history's top, which a later local write
+// may raise past them. So the settle lists the hole (kindHole: the
+// versions after the lost changes' base, up to the record adopted) until
+// the pull loop has read the state's record again and stored the remote
+// history of the hole with it (syncer.HistoryRefiller). Imported events
+// below a time mark widen that mark (planHistory).
+//
+// What the changes were stays in the conflict ledger: every superseded ack
+// carries the record of its decision (syncer.ResolverGaveWay for a change
+// that gave way with its batch), stored in the same mutation.
+
+var _ syncer.HistoryRefiller = (*Store)(nil)
+
+// holeKey is the key of the hole listed in k's history.
+func holeKey(k Key) []byte {
+	b := stateKey(k)
+	b[0] = kindHole
+	return b
+}
+
+// dropLost removes from k's history what the local change op, which made
+// version here and lost, left there (see above), and reports whether it
+// found anything of it.
+func (tx *mutTx) dropLost(k Key, version uint64, op string) (bool, error) {
+	found := false
+	ek := eventKey(k, version)
+	v, err := tx.get(ek)
+	if err != nil {
+		return false, err
+	}
+	if v != nil {
+		e, err := decodeEvent(k, v)
+		if err != nil {
+			return false, fmt.Errorf("event %s v%d: %w", k, version, err)
+		}
+		if e.OpID == op {
+			tx.del(ek)
+			found = true
+		}
+	}
+	sk := snapKey(k, version)
+	if v, err = tx.get(sk); err != nil {
+		return false, err
+	}
+	if v != nil {
+		snap, err := decodeSnapshot(k, v)
+		if err != nil {
+			return false, fmt.Errorf("snapshot %s v%d: %w", k, version, err)
+		}
+		if snap.OpID == op {
+			tx.del(sk)
+			tx.del(snapOutKey(k, version))
+			found = true
+		}
+	}
+	if !found {
+		return false, nil
+	}
+	// The mark's stretch held the change (its event or snapshot): the
+	// winner's event imported at that version may have another time.
+	// Without the mark the stretch joins the next one down.
+	mk := markKey(k, version)
+	if v, err = tx.get(mk); err != nil {
+		return false, err
+	}
+	if v != nil {
+		tx.del(mk)
+	}
+	return true, nil
+}
+
+// listHole lists the hole lost changes left in k's history, from version
+// lowest (0: they left none) up to version through (0: the shared store
+// has no record of k: nothing to bring), joined with the one listed
+// already.
+func (tx *mutTx) listHole(k Key, lowest, through uint64) error {
+	if lowest == 0 || through == 0 {
+		return nil
+	}
+	after := lowest - 1
+	v, err := tx.get(holeKey(k))
+	if err != nil {
+		return err
+	}
+	if v != nil {
+		a, t, err := decodeHole(k, v)
+		if err != nil {
+			return err
+		}
+		after, through = min(after, a), max(through, t)
+	}
+	tx.set(holeKey(k), binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, after), through))
+	return nil
+}
+
+func decodeHole(k Key, v []byte) (after, through uint64, err error) {
+	if len(v) != 16 {
+		return 0, 0, fmt.Errorf("%w: history hole of %s: %d bytes", errCorrupt, k, len(v))
+	}
+	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), nil
+}
+
+// HistoryHoles implements syncer.HistoryRefiller.
+func (s *Store) HistoryHoles(ctx context.Context, governor string, limit int) ([]syncer.HistoryHole, error) {
+	prefix := holeKey(Key{Governor: governor})
+	var out []syncer.HistoryHole
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		out = nil
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid() && len(out) < limit; it.Next() {
+			key := it.Item().KeyCopy(nil)
+			key[0] = kindState
+			k, err := parseStateKey(key)
+			if err != nil {
+				return fmt.Errorf("history hole key %x: %w", it.Item().Key(), err)
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			after, _, err := decodeHole(k, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, syncer.HistoryHole{Key: syncer.Key(k), After: after})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("localcache: history holes of %s: %w", governor, err)
+	}
+	return out, nil
+}
+
+// HistoryRefilled implements syncer.HistoryRefiller.
+func (s *Store) HistoryRefilled(ctx context.Context, sk syncer.Key, version uint64) error {
+	k := Key(sk)
+	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		v, err := tx.get(holeKey(k))
+		if err != nil || v == nil {
+			return nil, err
+		}
+		_, through, err := decodeHole(k, v)
+		if err != nil {
+			return nil, err
+		}
+		if version == 0 || through <= version {
+			tx.del(holeKey(k))
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("localcache: history of %s refilled: %w", k, err)
+	}
+	return nil
+}

@@ -145,22 +145,27 @@ var testHookStale func()
 const dirLockWait = 10 * time.Second
 
 // lockDir takes an exclusive flock of directory dir, waiting at most
-// dirLockWait, and returns its release.
+// dirLockWait, and returns its release. A directory that cannot be opened
+// for reading, or a file system without flock, goes without the lock (as
+// before it existed): only a lock held too long is an error.
 func lockDir(dir string) (unlock func(), err error) {
 	f, err := os.Open(dir)
 	if err != nil {
-		return nil, err
+		return func() {}, nil
 	}
 	fd := int(f.Fd())
 	deadline := time.Now().Add(dirLockWait)
 	for {
 		err = syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
+		switch {
+		case err == nil:
 			return func() { syscall.Flock(fd, syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+		case !errors.Is(err, syscall.EWOULDBLOCK):
 			f.Close()
-			return nil, fmt.Errorf("lock directory %s: %w", dir, err)
+			return func() {}, nil
+		case time.Now().After(deadline):
+			f.Close()
+			return nil, fmt.Errorf("lock directory %s: held by another process for over %v", dir, dirLockWait)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

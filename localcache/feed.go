@@ -17,10 +17,9 @@ import (
 //
 // The committer never waits for a subscriber: each has a buffer bounded in
 // changes and, optionally, in bytes, and one that falls behind by more is
-// ended with ErrLagged (it then
-// resubscribes and reads what it missed with List or Events). Bookkeeping of
-// the sync side (acks that only record the synced version, records kept
-// aside) is not a change and is not delivered.
+// ended with ErrLagged (it then resubscribes and reads what it missed with
+// List or Events). Bookkeeping of the sync side (acks that only record the
+// synced version, records kept aside) is not a change and is not delivered.
 
 // ErrLagged ends a subscription whose buffer filled up.
 var ErrLagged = errors.New("subscriber fell behind the changes")

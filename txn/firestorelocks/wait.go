@@ -162,9 +162,12 @@ func (w *fsWait) stop() {
 	}
 }
 
-// endRetry spaces the background attempts to delete an orphaned wait
-// record.
-var endRetry = struct{ min, max time.Duration }{250 * time.Millisecond, 30 * time.Second}
+// endRetryMin and endRetryMax space the background attempts to delete an
+// orphaned wait record.
+const (
+	endRetryMin = 250 * time.Millisecond
+	endRetryMax = 30 * time.Second
+)
 
 // orphan retries w's end in the background until it succeeds or w's record
 // has ended; meanwhile a new wait of w's holder may replace the record.
@@ -183,7 +186,7 @@ func (f *Locks) orphan(w *fsWait) {
 			}
 			f.orphanMu.Unlock()
 		}()
-		for delay := endRetry.min; ; delay = min(2*delay, endRetry.max) {
+		for delay := endRetryMin; ; delay = min(2*delay, endRetryMax) {
 			time.Sleep(delay)
 			if time.Now().After(w.until.Add(f.handoff)) {
 				return // ended: no waiter counts it, and a handoff to it has lapsed

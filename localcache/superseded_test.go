@@ -11,6 +11,7 @@ import (
 
 	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/memremote"
 )
 
 // Local changes that lost leave the local history (superseded.go): the
@@ -361,4 +362,40 @@ func testLostStrictChangeLeavesTheHistory(t *testing.T, newRemote func() syncer.
 	a.pullAll()
 	wantLineage(t, a, k, "1", "b2", "b3", "b4")
 	wantLineage(t, a, y, "1", "b3")
+}
+
+// TestLostChangeHoleListedOnADuplicateAck: the last ack of a key in one call
+// may remove nothing (its entries were acked by an earlier one in the same
+// call). The ack that removed them settles the key all the same: the local
+// record adopts the shared store's, and the hole the lost change left is
+// listed. Before, only the key's last ack did either, so the local record
+// kept the lost value, not pending, and the hole was never filled.
+func TestLostChangeHoleListedOnADuplicateAck(t *testing.T) {
+	ctx := context.Background()
+	remote := memremote.New()
+	a := newHistoryNode(t, "a", remote, 0)
+	b := newHistoryNode(t, "b", remote, 0)
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	lost := a.put(k, "a2")
+	nextMillisecond()
+	b.put(k, "b2")
+	b.pushAll()
+	won, err := remote.Get(ctx, syncer.Key(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack := syncer.Ack{Key: syncer.Key(k), Seqs: []uint64{lost.Seq}, Outcome: syncer.OutcomeSuperseded, Remote: won}
+	if err := a.store.Ack(ctx, []syncer.Ack{ack, ack}); err != nil {
+		t.Fatal(err)
+	}
+	holes, err := a.store.HistoryHoles(ctx, "g", 10)
+	if err != nil || !slices.Contains(holes, syncer.HistoryHole{Key: syncer.Key(k), After: 1}) {
+		t.Fatalf("holes: %v, %v; want %s after version 1", holes, err, k)
+	}
+	if got := a.get(k); string(got.Value) != "b2" || got.Pending {
+		t.Fatalf("a holds %s, want b's record", desc(&got))
+	}
 }

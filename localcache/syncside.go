@@ -228,11 +228,29 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 		s.snaps.work.Lock()
 	}
 	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		// last is, per key, the last ack of this call that removes an
+		// entry of it: that one settles the key. An ack whose entries are
+		// gone (acked before, or by an earlier ack of this call) removes
+		// nothing.
 		last := make(map[Key]int, len(acks))
+		taken := make(map[uint64]bool)
 		for i, a := range acks {
-			last[Key(a.Key)] = i
+			for _, seq := range a.Seqs {
+				if taken[seq] {
+					continue
+				}
+				taken[seq] = true
+				v, err := tx.get(journalKey(seq))
+				if err != nil {
+					return nil, err
+				}
+				if v != nil {
+					last[Key(a.Key)] = i
+				}
+			}
 		}
 		dropped := make(map[Key]uint64) // per key, the lowest version a lost change left
+		through := make(map[Key]uint64) // per key, the version the hole it left goes up to
 		logged := 0                     // conflict ledger entries added
 		for i, a := range acks {
 			k := Key(a.Key)
@@ -308,22 +326,24 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 				rec.SyncedVersion = a.Remote.Version
 				rec.SyncedAt = remoteTime(a.Remote)
 				tx.putRecord(cur, &rec)
-				if last[k] == i {
-					// The hole the lost changes left is below the
-					// later writes, up to the shared store's version.
-					if err := tx.listHole(k, dropped[k], a.Remote.Version); err != nil { // superseded.go
-						return nil, err
-					}
-				}
+				// A hole the lost changes left is below the later
+				// writes, up to the shared store's version.
+				through[k] = a.Remote.Version
 				continue
 			}
 			if err := tx.settle(cur, k, remotes[i]); err != nil {
 				return nil, err
 			}
+			through[k] = 0
 			if rec := tx.recs[k]; rec != nil {
-				if err := tx.listHole(k, dropped[k], rec.Version); err != nil { // superseded.go
-					return nil, err
-				}
+				through[k] = rec.Version
+			}
+		}
+		// Listed once every ack is in: the last ack of a key may remove
+		// nothing (acked before), and the hole is an earlier one's.
+		for k, lowest := range dropped {
+			if err := tx.listHole(k, lowest, through[k]); err != nil { // superseded.go
+				return nil, err
 			}
 		}
 		return logged, nil

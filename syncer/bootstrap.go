@@ -176,12 +176,17 @@ func (p *Puller) refill(ctx context.Context, rf HistoryRefiller, governor string
 	if err != nil {
 		return err
 	}
+	// One hole that cannot be filled now does not hold back the others.
+	var errs []error
 	for _, h := range holes {
 		if err := p.fillHole(ctx, rf, h, rep); err != nil {
-			return fmt.Errorf("history of %s after v%d: %w", h.Key, h.After, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			errs = append(errs, fmt.Errorf("history of %s after v%d: %w", h.Key, h.After, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // fillHole fills hole h (see refillHistory).
@@ -197,6 +202,14 @@ func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole
 	}
 	rec.Key = h.Key
 	hist, err := FetchHistory(cctx, p.opts.History, h.Key, h.After, rec.Version, p.opts.HistoryMode)
+	if errors.Is(err, ErrUndecodable) {
+		// As for a pulled record (withHistory): the history that does not
+		// decode stays a gap, and the hole is given up rather than asked
+		// for at every poll.
+		p.log.Warn("remote history does not decode: the hole in the local history stays a gap", "key", h.Key.String(),
+			"after", h.After, "err", err)
+		return rf.HistoryRefilled(ctx, h.Key, rec.Version)
+	}
 	if err != nil {
 		return err
 	}

@@ -236,3 +236,46 @@ func TestRefillHistory(t *testing.T) {
 		t.Fatalf("the hole of %s, which has a local write pending, was dropped", pending)
 	}
 }
+
+// failGetRemote is a getRemote whose Get of one key fails.
+type failGetRemote struct {
+	getRemote
+	fail Key
+	err  error
+}
+
+func (r failGetRemote) Get(ctx context.Context, k Key) (Record, error) {
+	if k == r.fail {
+		return Record{}, r.err
+	}
+	return r.getRemote.Get(ctx, k)
+}
+
+// TestRefillPastAFailingHole: a hole that cannot be filled now (its record
+// cannot be read) does not hold back the holes after it; one whose remote
+// history does not decode is given up, a gap, rather than asked for at
+// every poll.
+func TestRefillPastAFailingHole(t *testing.T) {
+	ctx := context.Background()
+	// In this order; badHistRemote's history of state "bad" does not decode.
+	down, bad, filled := Key{Governor: "g", State: "down"}, Key{Governor: "g", State: "bad"}, Key{Governor: "g", State: "filled"}
+	rec := func(k Key) Record {
+		return Record{Key: k, Version: 5, OpID: "op-5", Origin: "x", Clock: Clock{Vector: map[string]uint64{"x": 5}}}
+	}
+	a := &holeApplier{histApplier: &histApplier{MemJournal: NewMemJournal("n")}, refilled: make(map[Key]uint64),
+		holes: []HistoryHole{{Key: down, After: 2}, {Key: bad, After: 2}, {Key: filled, After: 2}}}
+	r := failGetRemote{getRemote: getRemote{recs: map[Key]Record{bad: rec(bad), filled: rec(filled)}}, fail: down,
+		err: Errorf("get", down, ErrUnavailable, "no route")}
+	p := NewPuller(a, r, PullOptions{History: badHistRemote{histRemote{n: 5}}, HistoryMode: HistorySinceSnapshot})
+	var rep PullReport
+	p.refillHistory(ctx, "g", &rep)
+	if a.refilled[filled] != 5 {
+		t.Fatalf("refilled %v: the hole of %s, after one that failed, was not filled", a.refilled, filled)
+	}
+	if v, ok := a.refilled[bad]; !ok || v != 5 {
+		t.Fatalf("refilled %v: the hole of %s, whose history does not decode, was not given up", a.refilled, bad)
+	}
+	if _, ok := a.refilled[down]; ok {
+		t.Fatalf("the hole of %s, whose record could not be read, was dropped", down)
+	}
+}

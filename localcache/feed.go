@@ -106,6 +106,13 @@ func (sub *Subscription) offer(ch FeedChange) bool {
 	select {
 	case sub.c <- ch:
 		if sub.maxBytes > 0 {
+			if sub.offered-sub.released == uint64(len(sub.sizes)) {
+				// The buffer was full when taken was counted, and the
+				// reader has since taken the oldest, whose slot this
+				// change gets.
+				sub.bytes -= sub.sizes[sub.released%uint64(len(sub.sizes))]
+				sub.released++
+			}
 			sub.sizes[sub.offered%uint64(len(sub.sizes))] = size
 			sub.offered++
 			sub.bytes += size

@@ -19,7 +19,7 @@ type fsWait struct {
 	f                *Locks
 	resource, holder string
 	id               string
-	until            time.Time // the record's end, by the store's clock
+	until            time.Time // the record's end, at the latest, by the local clock
 	wakeCh           chan struct{}
 	cancel           context.CancelFunc
 	wg               sync.WaitGroup
@@ -43,7 +43,6 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 	}
 	id := rand.Text()
 	ref := f.waitRef(holder)
-	var until time.Time
 	err = f.run(ctx, func(ctx context.Context, tx *firestore.Transaction) error {
 		snap, err := tx.Get(ref)
 		if err != nil && !notFound(err) {
@@ -55,14 +54,15 @@ func (f *Locks) startWait(ctx context.Context, resource, holder string, wait tim
 				return txn.Invalidf("holder %s is already waiting for %s", holder, d.Resource)
 			}
 		}
-		until = snap.ReadTime.Add(wait)
 		return tx.Set(ref, waitDoc{Waiter: holder, Resource: resource, WaitID: id, Holds: holds,
-			Since: snap.ReadTime, Until: until})
+			Since: snap.ReadTime, Until: snap.ReadTime.Add(wait)})
 	})
 	if err != nil {
 		return nil, translate(ctx, "record lock wait", resource, err)
 	}
-	w := &fsWait{f: f, resource: resource, holder: holder, id: id, until: until, wakeCh: make(chan struct{}, 1)}
+	// The record ends wait after its read time by the store's clock: by
+	// the local one, no later than wait from now.
+	w := &fsWait{f: f, resource: resource, holder: holder, id: id, until: time.Now().Add(wait), wakeCh: make(chan struct{}, 1)}
 	lctx, cancel := context.WithCancel(ctx)
 	w.cancel = cancel
 	for i, r := range []*firestore.DocumentRef{f.lockRef(resource), ref} {
@@ -163,10 +163,13 @@ func (w *fsWait) stop() {
 }
 
 // endRetryMin and endRetryMax space the background attempts to delete an
-// orphaned wait record.
+// orphaned wait record, and endRetryFor bounds them (Cleanup deletes a
+// record left longer, once it has ended): a store unreachable for that long,
+// or a closed client, does not keep a goroutine for a day-long wait.
 const (
 	endRetryMin = 250 * time.Millisecond
 	endRetryMax = 30 * time.Second
+	endRetryFor = 10 * time.Minute
 )
 
 // orphan retries w's end in the background until it succeeds or w's record
@@ -186,10 +189,15 @@ func (f *Locks) orphan(w *fsWait) {
 			}
 			f.orphanMu.Unlock()
 		}()
+		start := time.Now()
 		for delay := endRetryMin; ; delay = min(2*delay, endRetryMax) {
 			time.Sleep(delay)
 			if time.Now().After(w.until.Add(f.handoff)) {
 				return // ended: no waiter counts it, and a handoff to it has lapsed
+			}
+			if time.Since(start) > endRetryFor {
+				f.log.Warn("lock wait record left (Cleanup deletes it once it has ended)", "holder", w.holder, "resource", w.resource)
+				return
 			}
 			if err := w.end(); err == nil {
 				return

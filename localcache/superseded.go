@@ -127,14 +127,18 @@ func decodeHole(k Key, v []byte) (after, through uint64, err error) {
 }
 
 // HistoryHoles implements syncer.HistoryRefiller.
-func (s *Store) HistoryHoles(ctx context.Context, governor string, limit int) ([]syncer.HistoryHole, error) {
+func (s *Store) HistoryHoles(ctx context.Context, governor, after string, limit int) ([]syncer.HistoryHole, error) {
 	prefix := holeKey(Key{Governor: governor})
+	seek := prefix
+	if after != "" {
+		seek = append(holeKey(Key{Governor: governor, State: after}), 0) // the first name after it
+	}
 	var out []syncer.HistoryHole
 	err := s.scan(ctx, func(txn *badger.Txn) error {
 		out = nil
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
-		for it.Rewind(); it.Valid() && len(out) < limit; it.Next() {
+		for it.Seek(seek); it.Valid() && len(out) < limit; it.Next() {
 			key := it.Item().KeyCopy(nil)
 			key[0] = kindState
 			k, err := parseStateKey(key)

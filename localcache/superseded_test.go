@@ -141,7 +141,7 @@ func testLostChangeLeavesTheHistory(t *testing.T, newRemote func() syncer.Remote
 		recs[0].Local.OpID != a3.OpID || recs[0].Entries != 2 {
 		t.Fatalf("a's ledger of %s: %+v; want the decision against a3", k, recs)
 	}
-	if holes, err := a.store.HistoryHoles(ctx, "g", 10); err != nil || len(holes) != 0 {
+	if holes, err := a.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 0 {
 		t.Fatalf("holes still listed: %v, %v", holes, err)
 	}
 
@@ -200,7 +200,7 @@ func testLostChangeHistoryRefilled(t *testing.T, newRemote func() syncer.Remote)
 		if rep := a.pushAll(); rep.Superseded != 1 {
 			t.Fatalf("a's push %+v: want its write of %s superseded", rep, k)
 		}
-		holes, err := a.store.HistoryHoles(ctx, "g", 10)
+		holes, err := a.store.HistoryHoles(ctx, "g", "", 10)
 		if err != nil || !slices.Contains(holes, syncer.HistoryHole{Key: syncer.Key(k), After: 1}) {
 			t.Fatalf("holes: %v, %v; want %s after version 1", holes, err, k)
 		}
@@ -224,7 +224,7 @@ func testLostChangeHistoryRefilled(t *testing.T, newRemote func() syncer.Remote)
 	if rep := a.pullAll(); rep.Pending != 1 {
 		t.Fatalf("a's pull %+v: want the record read back and kept aside", rep)
 	}
-	if holes, err := a.store.HistoryHoles(ctx, "g", 10); err != nil || len(holes) != 1 || holes[0].Key != syncer.Key(k2) {
+	if holes, err := a.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 1 || holes[0].Key != syncer.Key(k2) {
 		t.Fatalf("holes while a's writes are pending: %v, %v; want %s's kept", holes, err, k2)
 	}
 	if rep := a.pushAll(); rep.Pushed != 2 {
@@ -241,7 +241,7 @@ func testLostChangeHistoryRefilled(t *testing.T, newRemote func() syncer.Remote)
 	if p, err := a.store.StateAt(ctx, k2, time.Unix(0, b2.UpdatedAt)); err != nil || string(p.Value) != "b2" {
 		t.Fatalf("state when b2 was written: %+v, %v", p, err)
 	}
-	if holes, err := a.store.HistoryHoles(ctx, "g", 10); err != nil || len(holes) != 0 {
+	if holes, err := a.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 0 {
 		t.Fatalf("holes still listed: %v, %v", holes, err)
 	}
 }
@@ -391,11 +391,56 @@ func TestLostChangeHoleListedOnADuplicateAck(t *testing.T) {
 	if err := a.store.Ack(ctx, []syncer.Ack{ack, ack}); err != nil {
 		t.Fatal(err)
 	}
-	holes, err := a.store.HistoryHoles(ctx, "g", 10)
+	holes, err := a.store.HistoryHoles(ctx, "g", "", 10)
 	if err != nil || !slices.Contains(holes, syncer.HistoryHole{Key: syncer.Key(k), After: 1}) {
 		t.Fatalf("holes: %v, %v; want %s after version 1", holes, err, k)
 	}
 	if got := a.get(k); string(got.Value) != "b2" || got.Pending {
 		t.Fatalf("a holds %s, want b's record", desc(&got))
+	}
+}
+
+// TestHistoryHolesPages: HistoryHoles lists a governor's holes in name
+// order, from after the name it is given, at most limit of them.
+func TestHistoryHolesPages(t *testing.T) {
+	s := openMem(t)
+	ctx := context.Background()
+	for _, st := range []string{"c", "a", "b", "ab"} {
+		if _, err := s.mutate(ctx, func(tx *mutTx) (any, error) { return nil, tx.listHole(key("g", st), 2, 5) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.mutate(ctx, func(tx *mutTx) (any, error) { return nil, tx.listHole(key("other", "a"), 2, 5) }); err != nil {
+		t.Fatal(err)
+	}
+	names := func(after string, limit int) []string {
+		t.Helper()
+		holes, err := s.HistoryHoles(ctx, "g", after, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, h := range holes {
+			if h.After != 1 {
+				t.Fatalf("hole of %s after %d, want 1", h.Key, h.After)
+			}
+			out = append(out, h.Key.State)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		after string
+		limit int
+		want  []string
+	}{
+		{"", 10, []string{"a", "ab", "b", "c"}},
+		{"", 2, []string{"a", "ab"}},
+		{"a", 10, []string{"ab", "b", "c"}},
+		{"ab", 2, []string{"b", "c"}},
+		{"c", 10, nil},
+	} {
+		if got := names(c.after, c.limit); !slices.Equal(got, c.want) {
+			t.Errorf("after %q, limit %d: %v, want %v", c.after, c.limit, got, c.want)
+		}
 	}
 }

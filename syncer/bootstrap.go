@@ -135,8 +135,9 @@ type HistoryApplier interface {
 // pull loop reads the record of each of its holes' states and applies it
 // with the remote history of the hole (refillHistory).
 type HistoryRefiller interface {
-	// HistoryHoles returns up to limit holes of governor's states.
-	HistoryHoles(ctx context.Context, governor string, limit int) ([]HistoryHole, error)
+	// HistoryHoles returns up to limit holes of governor's states whose
+	// names sort after after ("": from the first), in name order.
+	HistoryHoles(ctx context.Context, governor, after string, limit int) ([]HistoryHole, error)
 	// HistoryRefilled says the local history of key now holds the remote
 	// history of its hole up to version (0: the remote has no record of
 	// key): the hole is gone, unless it was listed since up to a later
@@ -172,10 +173,25 @@ func (p *Puller) refillHistory(ctx context.Context, governor string, rep *PullRe
 }
 
 func (p *Puller) refill(ctx context.Context, rf HistoryRefiller, governor string, rep *PullReport) error {
-	holes, err := rf.HistoryHoles(ctx, governor, refillPage)
+	// A page at a time, taking up after the last poll's page: holes kept
+	// (a local write pending) do not starve those after them.
+	p.mu.Lock()
+	from := p.refillFrom[governor]
+	p.mu.Unlock()
+	holes, err := rf.HistoryHoles(ctx, governor, from, refillPage)
 	if err != nil {
 		return err
 	}
+	next := ""
+	if len(holes) == refillPage {
+		next = holes[len(holes)-1].Key.State
+	}
+	p.mu.Lock()
+	if p.refillFrom == nil {
+		p.refillFrom = make(map[string]string)
+	}
+	p.refillFrom[governor] = next
+	p.mu.Unlock()
 	// One hole that cannot be filled now does not hold back the others.
 	var errs []error
 	for _, h := range holes {

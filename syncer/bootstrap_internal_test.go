@@ -180,8 +180,14 @@ type holeApplier struct {
 	refilled map[Key]uint64
 }
 
-func (a *holeApplier) HistoryHoles(context.Context, string, int) ([]HistoryHole, error) {
-	return a.holes, nil
+func (a *holeApplier) HistoryHoles(_ context.Context, _, after string, limit int) ([]HistoryHole, error) {
+	var out []HistoryHole
+	for _, h := range a.holes {
+		if h.Key.State > after && len(out) < limit {
+			out = append(out, h)
+		}
+	}
+	return out, nil
 }
 
 func (a *holeApplier) HistoryRefilled(_ context.Context, k Key, version uint64) error {
@@ -277,5 +283,36 @@ func TestRefillPastAFailingHole(t *testing.T) {
 	}
 	if _, ok := a.refilled[down]; ok {
 		t.Fatalf("the hole of %s, whose record could not be read, was dropped", down)
+	}
+}
+
+// TestRefillTakesTurns: each poll fills a page of holes, taking up after the
+// last poll's page, so that a page of holes that stay (their states have a
+// local write pending) does not keep the holes after it waiting for good.
+func TestRefillTakesTurns(t *testing.T) {
+	ctx := context.Background()
+	j := NewMemJournal("n")
+	a := &holeApplier{histApplier: &histApplier{MemJournal: j}, refilled: make(map[Key]uint64)}
+	r := getRemote{recs: make(map[Key]Record)}
+	for i := range refillPage + 1 {
+		k := Key{Governor: "g", State: fmt.Sprintf("s%04d", i)}
+		a.holes = append(a.holes, HistoryHole{Key: k, After: 2})
+		r.recs[k] = Record{Key: k, Version: 5, OpID: "op-5", Origin: "x", Clock: Clock{Vector: map[string]uint64{"x": 5}}}
+		if i < refillPage { // the first page stays: a local write is pending
+			if _, err := j.Append(MemWrite{Key: k, Value: []byte("local")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	last := a.holes[refillPage].Key
+	p := NewPuller(a, r, PullOptions{History: histRemote{n: 5}, HistoryMode: HistorySinceSnapshot})
+	var rep PullReport
+	p.refillHistory(ctx, "g", &rep)
+	if len(a.refilled) != 0 {
+		t.Fatalf("first poll refilled %v; want none (every state of the page has a write pending)", a.refilled)
+	}
+	p.refillHistory(ctx, "g", &rep)
+	if a.refilled[last] != 5 || len(a.refilled) != 1 {
+		t.Fatalf("second poll refilled %v; want %s, after the first page", a.refilled, last)
 	}
 }

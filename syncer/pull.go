@@ -230,7 +230,10 @@ type Puller struct {
 	// Fetch met, that does not decode and is the key's latest one as far
 	// as the pull knows (see Undecodable).
 	undecodable map[Key]*UndecodableError
-	stats       PullStats
+	// refillFrom is, per governor, the state after which the next poll's
+	// page of history holes starts (see refill).
+	refillFrom map[string]string
+	stats      PullStats
 }
 
 // freshness is how current the local copy of a governor is known to be.

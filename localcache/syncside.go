@@ -233,19 +233,29 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 		// gone (acked before, or by an earlier ack of this call) removes
 		// nothing.
 		last := make(map[Key]int, len(acks))
-		taken := make(map[uint64]bool)
+		repeated := false // a key has more than one ack
 		for i, a := range acks {
-			for _, seq := range a.Seqs {
-				if taken[seq] {
-					continue
-				}
-				taken[seq] = true
-				v, err := tx.get(journalKey(seq))
-				if err != nil {
-					return nil, err
-				}
-				if v != nil {
-					last[Key(a.Key)] = i
+			if _, ok := last[Key(a.Key)]; ok {
+				repeated = true
+			}
+			last[Key(a.Key)] = i
+		}
+		if repeated {
+			clear(last)
+			taken := make(map[uint64]bool)
+			for i, a := range acks {
+				for _, seq := range a.Seqs {
+					if taken[seq] {
+						continue
+					}
+					taken[seq] = true
+					v, err := tx.get(journalKey(seq))
+					if err != nil {
+						return nil, err
+					}
+					if v != nil {
+						last[Key(a.Key)] = i
+					}
 				}
 			}
 		}

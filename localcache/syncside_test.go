@@ -972,12 +972,8 @@ func testWriteStrongBatchNamesTheConflict(t *testing.T, newRemote func() syncer.
 	remote := newRemote()
 	a := newSyncNode(t, "a", remote, "g")
 	b := newSyncNode(t, "b", remote, "g")
-	for _, n := range []*syncNode{a, b} {
-		loopCtx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); _ = n.push.Run(loopCtx) }()
-		t.Cleanup(func() { cancel(); <-done })
-	}
+	runPush(t, a)
+	runPush(t, b)
 	k1, k2 := key("g", "k1"), key("g", "k2")
 	for _, k := range []Key{k1, k2} {
 		if err := a.store.WaitSynced(ctx, a.put(k, "1").Seq); err != nil {

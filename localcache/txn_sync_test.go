@@ -133,21 +133,30 @@ func testTxnPushExactlyOnce(t *testing.T, newRemote func() syncer.Remote) {
 
 func TestTxnPushWriteConflict(t *testing.T) { forRemotes(t, testTxnPushWriteConflict) }
 
-// testTxnPushWriteConflict: a transaction's write whose state another node
-// changed first loses whatever the clocks say: the whole transaction gives
-// way, so a transfer is never applied on balances it did not see.
-func testTxnPushWriteConflict(t *testing.T, newRemote func() syncer.Remote) {
-	ctx := context.Background()
-	remote := newRemote()
-	a := newSyncNode(t, "a", remote, "g")
+// movedFirst sets up a transfer that meets a concurrent change: node a has
+// states from and to at 100 (version 1, pushed), and node b has since moved
+// 50 out of from (version 2 in remote), which a has not seen.
+func movedFirst(t *testing.T, remote syncer.Remote) (a *syncNode, from, to Key) {
+	t.Helper()
+	a = newSyncNode(t, "a", remote, "g")
 	b := newSyncNode(t, "b", remote, "g")
-	from, to := key("g", "from"), key("g", "to")
+	from, to = key("g", "from"), key("g", "to")
 	a.put(from, "100")
 	a.put(to, "100")
 	a.pushAll()
 	b.pullAll()
 	b.put(from, "50") // b moves 50 elsewhere first
 	b.pushAll()
+	return a, from, to
+}
+
+// testTxnPushWriteConflict: a transaction's write whose state another node
+// changed first loses whatever the clocks say: the whole transaction gives
+// way, so a transfer is never applied on balances it did not see.
+func testTxnPushWriteConflict(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a, from, to := movedFirst(t, remote)
 	if _, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{
 		{Key: from, Value: []byte("90"), IfVersion: u64(1)},
 		{Key: to, Value: []byte("110"), IfVersion: u64(1)},
@@ -175,16 +184,7 @@ func TestTxnPushGivesWayNamed(t *testing.T) { forRemotes(t, testTxnPushGivesWayN
 // one.
 func testTxnPushGivesWayNamed(t *testing.T, newRemote func() syncer.Remote) {
 	ctx := context.Background()
-	remote := newRemote()
-	a := newSyncNode(t, "a", remote, "g")
-	b := newSyncNode(t, "b", remote, "g")
-	from, to := key("g", "from"), key("g", "to")
-	a.put(from, "100")
-	a.put(to, "100")
-	a.pushAll()
-	b.pullAll()
-	b.put(from, "50")
-	b.pushAll()
+	a, from, to := movedFirst(t, newRemote())
 	recs, err := a.store.WriteTxn(ctx, Txn{Writes: []Write{
 		{Key: to, Value: []byte("110"), IfVersion: u64(1)},
 		{Key: from, Value: []byte("90"), IfVersion: u64(1)},

@@ -137,8 +137,8 @@ func clearStale(path string) error {
 }
 
 // testHookStale, when set, runs after a socket was found stale and before
-// it is removed.
-var testHookStale func()
+// it is removed; testHookLockHeld when lockDir finds the lock held.
+var testHookStale, testHookLockHeld func()
 
 // dirLockWait bounds how long Listen waits for another Listen in the same
 // directory (which holds the lock for a few milliseconds).
@@ -166,6 +166,8 @@ func lockDir(dir string) (unlock func(), err error) {
 		case time.Now().After(deadline):
 			f.Close()
 			return nil, fmt.Errorf("lock directory %s: held by another process for over %v", dir, dirLockWait)
+		case testHookLockHeld != nil:
+			testHookLockHeld()
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -7,10 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 )
 
 func TestListenMode(t *testing.T) {
@@ -187,7 +187,11 @@ func TestListenRacesOverAStaleSocket(t *testing.T) {
 			<-release
 		}
 	}
-	t.Cleanup(func() { testHookStale = nil })
+	// The second Listen, with the fix, finds the directory locked.
+	secondWaits := make(chan struct{})
+	var waits sync.Once
+	testHookLockHeld = func() { waits.Do(func() { close(secondWaits) }) }
+	t.Cleanup(func() { testHookStale, testHookLockHeld = nil, nil })
 	type result struct {
 		ln  net.Listener
 		err error
@@ -203,7 +207,7 @@ func TestListenRacesOverAStaleSocket(t *testing.T) {
 		}
 		close(release)
 		t.Fatalf("the second Listen finished while the first held the path: %v", r.err)
-	case <-time.After(100 * time.Millisecond):
+	case <-secondWaits:
 	}
 	close(release)
 	r1, r2 := <-first, <-second

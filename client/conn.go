@@ -449,14 +449,15 @@ func (c *conn) errFor(sent bool) error {
 }
 
 // fail marks the connection failed with cause, closes it and fails every
-// waiting call. Only the first cause counts, and a failed write comes first.
+// waiting call. Only the first cause counts, and a failed write comes first,
+// except for ErrClosed: Close promises it to every call in flight.
 func (c *conn) fail(cause error) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		return
 	}
-	if c.wrErr != nil {
+	if c.wrErr != nil && cause != ErrClosed {
 		cause = c.wrErr // the write failed first (the drain may be cut short)
 	}
 	c.err = cause

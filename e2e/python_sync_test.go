@@ -55,3 +55,38 @@ func TestPythonClientPushFrames(t *testing.T) {
 		t.Fatalf("python: %v\n%s", err, out)
 	}
 }
+
+// pythonIdleScript sleeps past the sidecar's idle timeout between two
+// calls: the client must see idle_timeout_ms in hello and dial again rather
+// than send on a connection the sidecar has closed.
+const pythonIdleScript = `
+import sys, time
+sys.path.insert(0, "../examples/python")
+import tai_client as tc
+
+c = tc.TaiClient(sys.argv[1])
+assert c.server.get("idle_timeout_ms") == 1000, c.server
+c.put("py", "idle", 1)
+first = c._sock
+time.sleep(1.6)                     # the sidecar closes an idle connection within 1.125 s
+assert c.get("py", "idle").value == 1
+assert c._sock is not first, "the idle connection was used again"
+c.put("py", "idle", 2)              # a connection in use is kept
+assert c._sock is not first
+print("python idle ok")
+`
+
+// TestPythonClientIdleTimeout: the example Python client replaces a
+// connection the sidecar is about to close as idle.
+func TestPythonClientIdleTimeout(t *testing.T) {
+	if err := exec.Command(debianPython, "-c", "import msgpack").Run(); err != nil {
+		t.Fatalf("%s cannot import msgpack (%v): install Debian's python3-msgpack (scripts/test.sh does)", debianPython, err)
+	}
+	sc := startSidecar(t, "--idle-timeout", "1s")
+	cmd := exec.Command(debianPython, "-c", pythonIdleScript, sc.Socket)
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "python idle ok") {
+		t.Fatalf("python: %v\n%s", err, out)
+	}
+}

@@ -377,28 +377,56 @@ class TaiClient:
 
     def __init__(self, socket_path, client_name="tai-python/0.1", timeout=30.0):
         self.timeout = timeout
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._rbuf = bytearray()
-        self._replies = {}  # id -> reply, received but not yet collected
+        self._path = socket_path
+        self._client_name = client_name
         self._ids = itertools.count(1)
-        self._max_frame = DEFAULT_MAX_FRAME
-        self._broken = None  # the error that ended the connection
         # Server-push frames are dropped unless keep_pushes is true; then
         # next_push() returns them in order.
         self.keep_pushes = False
+        self._connect()
+
+    def _connect(self):
+        """Dials the sidecar and sends hello."""
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._rbuf = bytearray()
+        self._replies = {}  # id -> reply, received but not yet collected
+        self._inflight = 0  # requests sent whose reply has not arrived
+        self._max_frame = DEFAULT_MAX_FRAME
+        self._broken = None  # the error that ended the connection
         self._pushes = collections.deque()
+        self._last_used = time.monotonic()
         try:
-            self._sock.settimeout(timeout)
-            self._sock.connect(socket_path)
+            self._sock.settimeout(self.timeout)
+            self._sock.connect(self._path)
             self.server = self._call(
                 "hello",
-                {"versions": [PROTOCOL_VERSION], "client": client_name},
+                {"versions": [PROTOCOL_VERSION], "client": self._client_name},
                 lambda reply: reply["hello"],
             )
         except BaseException:
             self._sock.close()
             raise
         self._max_frame = self.server.get("max_frame", DEFAULT_MAX_FRAME)
+        self._idle_timeout = self.server.get("idle_timeout_ms", 0) / 1000.0
+
+    def _redial_if_idle(self):
+        """The sidecar closes a connection idle for idle_timeout_ms, and a
+        request sent just then gets no reply: whether it was applied is
+        unknown. So a connection idle for half that long, with nothing in
+        flight, is replaced before a request is sent on it. A connection
+        that receives pushes (a watch, a resolver) is kept: the sidecar does
+        not close it as idle."""
+        if (
+            self._idle_timeout <= 0
+            or self._inflight
+            or self._replies
+            or self.keep_pushes
+            or self._broken is not None
+            or time.monotonic() - self._last_used < self._idle_timeout / 2
+        ):
+            return
+        self._sock.close()
+        self._connect()
 
     def close(self):
         self._sock.close()
@@ -497,6 +525,8 @@ class TaiClient:
         recv_all(ids)."""
         if isinstance(op, dict):
             op, fields = op["op"], op
+        if op != "hello":
+            self._redial_if_idle()
         rid = next(self._ids)
         req = dict(fields or {})
         req["id"] = rid
@@ -510,6 +540,8 @@ class TaiClient:
                 {"limit": self._max_frame},
             )
         self._write(_HEADER.pack(len(body)) + body)
+        self._inflight += 1
+        self._last_used = time.monotonic()
         return rid
 
     def recv(self, rid):
@@ -615,6 +647,8 @@ class TaiClient:
                 self._broken = _error_from_wire(err)
                 raise self._broken
             self._replies[rid] = reply
+            self._inflight -= 1
+            self._last_used = time.monotonic()
 
 
 # ---------------------------------------------------------------------------

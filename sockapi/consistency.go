@@ -543,6 +543,8 @@ func (c *conn) strongError(m writeMode, op string, k localcache.Key, err error) 
 		e  *wire.Error
 	)
 	switch {
+	case errors.Is(err, ErrRemoteUnavailable) && errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil:
+		e = wire.Errorf(wire.CodeUnavailable, "strong write: the shared store did not answer within %v; nothing was written (%v)", m.timeout, err)
 	case errors.Is(err, ErrRemoteUnavailable):
 		e = wire.Errorf(wire.CodeUnavailable, "strong write: the shared store could not be asked; nothing was written (%v)", err)
 	case errors.Is(err, ErrRemoteUndecodable):

@@ -511,6 +511,7 @@ func TestStrongWriteAtShutdown(t *testing.T) {
 	store := newFakeStore()
 	ts := startServer(t, store, Options{Sync: stuckStrong{newFakeSync(store)}, SyncTimeout: time.Minute})
 	c := ts.hello()
+
 	c.send(&wire.Request{ID: 7, Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong"})
 	waitFor(t, "the write stored", func() bool { return store.Stats().JournalDepth == 1 })
 	stopped := make(chan struct{})
@@ -527,11 +528,15 @@ func TestStrongWriteAtShutdown(t *testing.T) {
 type stallStrong struct {
 	*fakeSync
 	entered chan struct{}
+	fetch   bool // the shared store was asked, and did not answer in time
 }
 
 func (s stallStrong) WriteStrong(ctx context.Context, ws []localcache.Write) ([]localcache.Record, error) {
 	s.entered <- struct{}{}
 	<-ctx.Done()
+	if s.fetch {
+		return nil, fmt.Errorf("localcache: strong write: %w: %w: %w", localcache.ErrNotWritten, ErrRemoteUnavailable, ctx.Err())
+	}
 	return nil, fmt.Errorf("localcache: strong write: %w: %w", localcache.ErrNotWritten, ctx.Err())
 }
 
@@ -547,6 +552,17 @@ func TestStrongWriteNothingWritten(t *testing.T) {
 	if r.Error == nil || r.Error.Code != wire.CodeTimeout || !r.Error.Retryable || !strings.Contains(r.Error.Message, "nothing was written") {
 		t.Fatalf("strong write that timed out before writing: %+v, want Timeout, retryable", r.Error)
 	}
+
+	// The shared store's read ran out of time: it was asked, and did not answer.
+	fetch := stallStrong{fakeSync: stall.fakeSync, entered: stall.entered, fetch: true}
+	fts := startServer(t, store, Options{Sync: fetch, SyncTimeout: time.Minute})
+	r = fts.hello().call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong", TimeoutMS: 30})
+	<-stall.entered
+	if r.Error == nil || r.Error.Code != wire.CodeUnavailable || !r.Error.Retryable ||
+		!strings.Contains(r.Error.Message, "did not answer within 30ms; nothing was written") {
+		t.Fatalf("strong write whose read of the shared store timed out: %+v, want Unavailable, retryable, 'did not answer'", r.Error)
+	}
+
 	c.send(&wire.Request{ID: 7, Op: wire.OpPut, Governor: "g", State: "s", Value: mustMarshal(t, 1), Consistency: "strong"})
 	<-stall.entered
 	<-stall.entered

@@ -95,6 +95,35 @@ func (tx *mutTx) dropLost(k Key, version uint64, op string) (bool, error) {
 	return true, nil
 }
 
+// moves reports whether the entries js of k, which ack a acks as pushed or
+// already applied, leave the local history as a lost change's do: the
+// shared store may hold them under other versions or values than the ones
+// they made locally, because the push met a conflict (the change won it and
+// was committed on top of the concurrent record, or was merged with it) or
+// the remote record is the last entry's change under another version
+// (rebased). The hole is then refilled with the shared store's history,
+// which holds the change where it was committed.
+//
+// Only an ack that settles k moves them (settles is a's being the last ack
+// of k in its call, and no later write of k is pending): a pending write
+// made on them finds its base (a merge resolver's) by their events, and
+// keeps them. A remote record whose last change is another's says nothing
+// about where these were committed: their events stay too.
+func (tx *mutTx) moves(k Key, a syncer.Ack, js []JournalEntry, settles, lost bool) (bool, error) {
+	if lost || !settles || len(js) == 0 {
+		return false, nil
+	}
+	last := js[len(js)-1]
+	if a.Conflict == nil && (a.Remote.OpID != last.OpID || a.Remote.Version == last.Version) {
+		return false, nil
+	}
+	cur, err := tx.record(k)
+	if err != nil || cur == nil {
+		return false, err
+	}
+	return cur.journaled <= uint32(len(js)), nil
+}
+
 // listHole lists the hole lost changes left in k's history, from version
 // lowest (0: they left none) up to version through (0: the shared store
 // has no record of k: nothing to bring), joined with the one listed

@@ -444,3 +444,44 @@ func TestHistoryHolesPages(t *testing.T) {
 		}
 	}
 }
+
+// TestRenumberedChangeTakesTheSharedLineage: a's write of k (version 2 here)
+// wins a conflict against b's version 2, and the shared store commits it as
+// version 3. a's history of k is then the shared store's: b's change at 2,
+// a's at 3. Before, a's event stayed at version 2, where the shared store
+// holds b's change, and b's was never imported.
+func TestRenumberedChangeTakesTheSharedLineage(t *testing.T) {
+	forRemotes(t, testRenumberedChangeTakesTheSharedLineage)
+}
+
+func testRenumberedChangeTakesTheSharedLineage(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newHistoryNode(t, "a", remote, 2)
+	b := newHistoryNode(t, "b", remote, 0)
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	b.put(k, "b2")
+	b.pushAll()
+	nextMillisecond() // a's write is later: it wins
+	a.put(k, "a2")
+	a.put(k, "a3")
+	waitSnapshots(t, a.store) // a snapshot of a's change at its local version 2
+	if rep := a.pushAll(); rep.Pushed != 2 || rep.Conflicts != 1 {
+		t.Fatalf("a's push %+v: want its two writes pushed after a conflict", rep)
+	}
+	if got := a.get(k); got.Version != 4 || got.Value == nil {
+		t.Fatalf("a holds %+v, want its change committed as version 4", got)
+	}
+	holes, err := a.store.HistoryHoles(ctx, "g", "", 10)
+	if err != nil || !slices.Contains(holes, syncer.HistoryHole{Key: syncer.Key(k), After: 1}) {
+		t.Fatalf("holes: %v, %v; want %s after version 1", holes, err, k)
+	}
+	a.pullAll()
+	wantLineage(t, a, k, "1", "b2", "a2", "a3")
+	if holes, err := a.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 0 {
+		t.Fatalf("holes still listed: %v, %v", holes, err)
+	}
+}

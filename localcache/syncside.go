@@ -2,6 +2,7 @@ package localcache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -222,12 +223,36 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 		}
 		superseded = superseded || a.Outcome == syncer.OutcomeSuperseded
 	}
-	if superseded {
-		// Lost changes leave the history (superseded.go): no snapshot,
-		// mark or cleanup plan may interleave.
-		s.snaps.work.Lock()
+	res, err := s.ack(ctx, acks, remotes, superseded)
+	if errors.Is(err, errHistoryMoves) {
+		res, err = s.ack(ctx, acks, remotes, true)
 	}
-	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+	if err != nil {
+		return fmt.Errorf("localcache: ack: %w", err)
+	}
+	if n := res.(int); n > 0 {
+		if err := s.trimLedger(ctx); err != nil {
+			s.log.Warn("conflict ledger retention failed (retried after the next conflict)", "err", err)
+		}
+	}
+	return nil
+}
+
+// errHistoryMoves: an ack takes changes out of the history (superseded.go),
+// and was made without the snapshot planner's mutex.
+var errHistoryMoves = errors.New("an acked change leaves the history")
+
+// ack makes Ack's mutation; it returns the number of conflict ledger
+// records added. Changes leave the history (superseded.go) only when
+// history is true: then no snapshot, mark or cleanup plan may interleave,
+// and the snapshot planner's mutex is held. Without it, such an ack fails
+// with errHistoryMoves and changes nothing.
+func (s *Store) ack(ctx context.Context, acks []syncer.Ack, remotes []*Record, history bool) (any, error) {
+	if history {
+		s.snaps.work.Lock()
+		defer s.snaps.work.Unlock()
+	}
+	return s.mutate(ctx, func(tx *mutTx) (any, error) {
 		// last is, per key, the last ack of this call that removes an
 		// entry of it: that one settles the key. An ack whose entries are
 		// gone (acked before, or by an earlier ack of this call) removes
@@ -273,26 +298,23 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 					logged++
 				}
 			}
-			removed := uint32(0)
-			for _, seq := range a.Seqs {
-				v, err := tx.get(journalKey(seq))
-				if err != nil {
-					return nil, err
-				}
-				if v == nil {
-					continue // acked before
-				}
-				j, err := decodeJournal(seq, v)
-				if err != nil {
-					return nil, fmt.Errorf("journal %d: %w", seq, err)
-				}
-				if j.Key != k {
-					return nil, fmt.Errorf("ack of journal entry %d under %s: the entry is of %s", seq, k, j.Key)
-				}
+			js, err := tx.ackedEntries(k, a.Seqs)
+			if err != nil {
+				return nil, err
+			}
+			removed := uint32(len(js))
+			lost := a.Outcome == syncer.OutcomeSuperseded
+			moved, err := tx.moves(k, a, js, last[k] == i, lost) // superseded.go
+			if err != nil {
+				return nil, err
+			}
+			if moved && !history {
+				return nil, errHistoryMoves
+			}
+			for _, j := range js {
+				seq := j.Seq
 				tx.del(journalKey(seq))
-				removed++
-				lost := a.Outcome == syncer.OutcomeSuperseded
-				if lost {
+				if lost || moved {
 					found, err := tx.dropLost(k, j.Version, j.OpID) // superseded.go
 					if err != nil {
 						return nil, err
@@ -358,18 +380,34 @@ func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
 		}
 		return logged, nil
 	})
-	if superseded {
-		s.snaps.work.Unlock()
-	}
-	if err != nil {
-		return fmt.Errorf("localcache: ack: %w", err)
-	}
-	if n := res.(int); n > 0 {
-		if err := s.trimLedger(ctx); err != nil {
-			s.log.Warn("conflict ledger retention failed (retried after the next conflict)", "err", err)
+}
+
+// ackedEntries returns the journal entries of seqs (in journal order) that
+// are still in the journal (the others were acked before), checking that
+// they are k's.
+func (tx *mutTx) ackedEntries(k Key, seqs []uint64) ([]JournalEntry, error) {
+	var js []JournalEntry
+	for _, seq := range seqs {
+		if len(js) > 0 && seq <= js[len(js)-1].Seq {
+			continue // named twice
 		}
+		v, err := tx.get(journalKey(seq))
+		if err != nil {
+			return nil, err
+		}
+		if v == nil {
+			continue // acked before
+		}
+		j, err := decodeJournal(seq, v)
+		if err != nil {
+			return nil, fmt.Errorf("journal %d: %w", seq, err)
+		}
+		if j.Key != k {
+			return nil, fmt.Errorf("ack of journal entry %d under %s: the entry is of %s", seq, k, j.Key)
+		}
+		js = append(js, j)
 	}
-	return nil
+	return js, nil
 }
 
 // settle makes the record of k, whose last journal entry just left the

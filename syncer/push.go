@@ -343,13 +343,16 @@ func (p *part) change() Change {
 			evs[i].ToVersion = v
 		}
 		rec.Version = v
-		rec.Clock = rebaseClock(rec.Clock, p.remote.Clock)
-		// Each event comes after the remote record now, and the last one
-		// makes the record: a change made on it (on another node, which
+		// Each event comes after the remote record now, each after the one
+		// before (their Lamport times rise from the remote's), and the last
+		// one makes the record: a change made on it (on another node, which
 		// pulled it) looks its base up by this version and vector clock.
+		prev := p.remote.Clock
 		for i := range evs {
-			evs[i].Clock = rebaseClock(evs[i].Clock, p.remote.Clock)
+			evs[i].Clock = rebaseClock(evs[i].Clock, prev)
+			prev = evs[i].Clock
 		}
+		rec.Clock = prev.Clone()
 	}
 	if p.merged != nil {
 		rec.Value = append([]byte(nil), p.merged...)

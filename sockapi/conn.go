@@ -27,13 +27,14 @@ const (
 	// or in a write that has not returned) before the reader stops reading
 	// requests (backpressure on a peer that does not read its replies).
 	outHighWater = 1 << 20
-	// replyBudget is how many reply bytes a connection may hold, those
-	// waiting for the peer and those reserved by the requests running off
-	// the reader (see outbox.reserve), before the reader stops reading
-	// requests. It bounds the memory of replies that are made before they
-	// are queued: a strong read's records, MaxInflight of them at once,
-	// would otherwise not count until they were.
-	replyBudget = 8 << 20
+	// connBudget is how many bytes a connection may hold, its replies
+	// waiting for the peer and what the requests running off the reader
+	// hold (see outbox.reserve), before the reader stops reading requests.
+	// It bounds the memory of requests that wait (a sync write keeps its
+	// values until it replies) and of replies made before they are queued
+	// (a strong read's records): MaxInflight of each at once would
+	// otherwise not count.
+	connBudget = 8 << 20
 )
 
 // conn is one client connection. One goroutine, the reader, runs serve: it
@@ -58,6 +59,7 @@ type conn struct {
 	idleAt  time.Time // the read deadline in force; zero: none
 	probing bool      // the read deadline is a probe (see probeDelay)
 	req     wire.Request
+	reqSize int           // req's frame, header included (see takeSlot)
 	resp    wire.Response // inline replies
 	rec     wire.Record
 	recs    []wire.Record
@@ -249,6 +251,7 @@ func (c *conn) pump() bool {
 		if c.framing {
 			c.endFrame()
 		}
+		c.reqSize = wire.HeaderSize + len(body)
 		c.handle(body) // body is not used after this: see frameReader
 		if !c.out.waitRoom() {
 			return true
@@ -398,10 +401,14 @@ type outbox struct {
 	sending int // the size of the write in progress (writing set)
 	err     error
 	queued  atomic.Int32 // finished writes about to add their reply
-	// reserved is what the requests running off the reader set aside for
-	// their replies (see reserve): the reader adds to it without mu, and
-	// it is given back under mu, which wakes the goroutines in waitRoom.
+	// reserved is what the requests running off the reader hold (see
+	// reserve): the reader adds to it without mu, and it is given back
+	// under mu, which wakes the goroutines in waitRoom.
 	reserved atomic.Int64
+	// peak, once track is set (by tests), is the most the connection has
+	// held (see heldLocked) since: recorded at every change, not sampled.
+	track atomic.Bool
+	peak  int
 	// deadline is the socket's write deadline, touched only by the one
 	// goroutine writing (writing set).
 	deadline time.Time
@@ -436,15 +443,39 @@ func (o *outbox) putAsync(resp *wire.Response, n int) {
 	}
 }
 
-// reserve sets n bytes of the connection's reply budget aside for the
-// reply of a request the reader starts off the reader: the most that
-// reply can take (or an estimate, for replies without values), so that
-// the reply counts while it is being made. putAsync gives them back. It
-// never waits: the reader waits before it reads the next request (waitRoom)
-// while the connection holds more than replyBudget, so a request whose
-// reply may be larger than the whole budget still runs (and the reader
-// then waits until it has been written).
-func (o *outbox) reserve(n int) { o.reserved.Add(int64(n)) }
+// reserve counts n bytes in the connection's budget for a request the
+// reader starts off the reader: its frame, which it holds until it
+// replies, and the most its reply can take (or an estimate, for replies
+// without values), so that the reply counts while it is being made.
+// putAsync gives them back. It never waits: the reader waits before it
+// reads the next request (waitRoom) while the connection holds more than
+// connBudget, so a request larger than the whole budget still runs (and
+// the reader then waits until it has replied and its reply is written).
+func (o *outbox) reserve(n int) {
+	if o.track.Load() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.reserved.Add(int64(n))
+		o.notePeakLocked()
+		return
+	}
+	o.reserved.Add(int64(n))
+}
+
+// heldLocked is what the connection holds: replies waiting for the peer
+// (queued, or in a write that has not returned) and what is reserved.
+func (o *outbox) heldLocked() int {
+	return len(o.buf) + o.sending + int(o.reserved.Load())
+}
+
+// notePeakLocked records held in peak when tracking. It is called at the
+// changes that add to held (reserve, appendLocked); the others move bytes
+// from the queue to the write in progress, or drop them.
+func (o *outbox) notePeakLocked() {
+	if o.track.Load() {
+		o.peak = max(o.peak, o.heldLocked())
+	}
+}
 
 // release gives back n reserved bytes of a request that queued no reply
 // (it panicked).
@@ -488,6 +519,7 @@ func (o *outbox) appendLocked(resp *wire.Response, field string) (code wire.Code
 		buf, _ = appendResponseFrame(buf[:n], resp)
 	}
 	o.buf = buf
+	o.notePeakLocked()
 	return replyCodeOf(resp)
 }
 
@@ -549,9 +581,9 @@ func (o *outbox) flushWait() {
 	o.flushLocked()
 }
 
-// waitRoom blocks while the connection holds too many reply bytes: more
-// than outHighWater waiting for the peer (queued, or in a write that has
-// not returned), or more than replyBudget with what is reserved (see
+// waitRoom blocks while the connection holds too much: more than
+// outHighWater reply bytes waiting for the peer (queued, or in a write that
+// has not returned), or more than connBudget with what is reserved (see
 // reserve). It writes the queue itself when no other goroutine is writing.
 // It returns false once a write has failed.
 func (o *outbox) waitRoom() bool {
@@ -565,7 +597,7 @@ func (o *outbox) waitRoom() bool {
 func (o *outbox) waitRoomLocked() bool {
 	for o.err == nil {
 		out := len(o.buf) + o.sending
-		if out <= outHighWater && out+int(o.reserved.Load()) <= replyBudget {
+		if out <= outHighWater && o.heldLocked() <= connBudget {
 			break
 		}
 		if o.writing || len(o.buf) == 0 {
@@ -639,9 +671,9 @@ const (
 // goWrite runs fn, a write, on its own goroutine and queues its reply. It
 // blocks while MaxInflight writes are running (backpressure: the reader
 // stops reading), flushing first so the peer sees the replies it waits
-// for. reserve bytes of the connection's reply budget are set aside for
-// the reply until it is queued (see outbox.reserve, and readReserve,
-// writeReserve and replyReserve for the sizes).
+// for. The request's frame and reply bytes for its reply count in the
+// connection's budget until the reply is queued (see takeSlot, and
+// readReserve, writeReserve and replyReserve for the reply's sizes).
 //
 // keys are the states fn writes (or reads: a read that asks the shared
 // store runs here too), all distinct: fn starts only after the
@@ -651,8 +683,8 @@ const (
 // then, when not nil, runs after fn succeeded and the order was left, and
 // gives the final reply: a sync write waits there for the shared store
 // without holding up the connection's later writes to the same states.
-func (c *conn) goWrite(id uint64, keys []localcache.Key, reserve int, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
-	c.takeSlot(reserve)
+func (c *conn) goWrite(id uint64, keys []localcache.Key, reply int, fn func() *wire.Response, then func(*wire.Response) *wire.Response) {
+	reserve := c.takeSlot(reply)
 	wait, done := c.order.enter(keys)
 	end := c.takeObservation()
 	c.writes.Add(1)
@@ -690,22 +722,27 @@ func (c *conn) goWrite(id uint64, keys []localcache.Key, reserve int, fn func() 
 	}()
 }
 
-// takeSlot takes a write slot for a request the reader starts off the
-// reader (goWrite, goLock), and reserves reserve bytes for its reply. It
-// blocks while MaxInflight of them are running, flushing first so the peer
-// sees the replies it waits for.
-func (c *conn) takeSlot(reserve int) {
+// takeSlot takes a write slot for the current request, which the reader
+// starts off the reader (goWrite, goLock), and reserves in the connection's
+// budget the request's frame and reply bytes for its reply: until it
+// replies, the request keeps its decoded fields (values, a batch), about
+// as much memory as its frame. It returns what it reserved, for putAsync
+// or release to give back. It blocks while MaxInflight of them are
+// running, flushing first so the peer sees the replies it waits for.
+func (c *conn) takeSlot(reply int) int {
 	select {
 	case c.sem <- struct{}{}:
 	default:
 		c.out.flush()
 		c.sem <- struct{}{}
 	}
-	c.out.reserve(reserve)
+	n := c.reqSize + reply
+	c.out.reserve(n)
+	return n
 }
 
 // Reservations: what a request started off the reader sets aside, in the
-// connection's reply budget, for its reply (see outbox.reserve).
+// connection's budget, for its reply (see outbox.reserve).
 
 // recordReserve is the room a record without its value takes in a reply
 // beside its names, actor and reason (its other fields, the origin, the

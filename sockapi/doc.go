@@ -30,10 +30,10 @@
 // its states, and a list sees every earlier write of the connection. Writes
 // to different states may be applied in any order; a client that needs an
 // order across states waits for the reply (or uses one batch_put). When
-// MaxInflight writes are running, or the connection holds too many reply
-// bytes (replies the peer has not read, and what the requests running off
-// the reader set aside for theirs: see outbox.waitRoom), the server stops
-// reading from the connection.
+// MaxInflight writes are running, or the connection holds too many bytes
+// (replies the peer has not read, and the requests running off the reader
+// with what they set aside for their replies: see outbox.waitRoom), the
+// server stops reading from the connection.
 //
 // A client that closes its write side still gets the replies to every
 // request it sent; then the server closes the connection.

@@ -376,6 +376,21 @@ func (f *fakeStore) settle(k localcache.Key, reason string, syncedAt int64) {
 	f.synced = make(chan struct{})
 }
 
+// settleAll acks every pending journal entry, as the push loop would, and
+// returns how many it acked.
+func (f *fakeStore) settleAll() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := len(f.journal)
+	for seq, j := range f.journal {
+		delete(f.journal, seq)
+		f.pending[j.Key] = false
+	}
+	close(f.synced)
+	f.synced = make(chan struct{})
+	return n
+}
+
 // put stores a record directly (test setup).
 func (f *fakeStore) put(gov, state string, value any) {
 	b, err := wire.Marshal(value)

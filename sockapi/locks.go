@@ -497,10 +497,9 @@ func (c *conn) releaseBound(grants []txn.Grant) {
 // a connection runs at most MaxInflight of them and its writes together),
 // and queues its reply. Unlike goWrite it takes no place in the order of
 // writes: lock ops touch no state. A lock op's reply has no value: it
-// reserves frameReserve (see goWrite).
+// reserves frameReserve for it (see goWrite).
 func (c *conn) goLock(id uint64, fn func() *wire.Response) {
-	reserve := c.replyReserve(frameReserve)
-	c.takeSlot(reserve)
+	reserve := c.takeSlot(c.replyReserve(frameReserve))
 	end := c.takeObservation()
 	c.writes.Add(1)
 	go func() {

@@ -30,38 +30,46 @@ func onlyConn(t *testing.T, srv *Server) *conn {
 	return nil
 }
 
-// heldReplies returns the reply bytes c holds: queued, in a write that has
-// not returned, and reserved by requests running off the reader.
-func heldReplies(c *conn) int {
+// heldBytes returns the bytes c holds: replies queued or in a write that
+// has not returned, and what the requests running off the reader reserved.
+func heldBytes(c *conn) int {
 	o := &c.out
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.buf) + o.sending + int(o.reserved.Load())
+	return o.heldLocked()
 }
 
-// watchHeld samples heldReplies(c) until the returned stop is called (or
-// the test ends), which returns the most it saw.
-func watchHeld(t *testing.T, c *conn) (stop func() int) {
-	peak := 0
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			peak = max(peak, heldReplies(c))
-			select {
-			case <-done:
-				return
-			case <-time.After(100 * time.Microsecond):
-			}
+// trackHeld makes c's outbox record the most it holds from now on (see
+// outbox.peak), at every change, and returns a function that reads that
+// most. Call it before the traffic to measure: a reservation made while
+// it starts may go unseen.
+func trackHeld(c *conn) (peak func() int) {
+	o := &c.out
+	o.mu.Lock()
+	o.peak = o.heldLocked()
+	o.track.Store(true)
+	o.mu.Unlock()
+	return func() int {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		return o.peak
+	}
+}
+
+// encodeFrames returns the frames of reqs, one after the other, and the
+// size of the largest.
+func encodeFrames(t *testing.T, reqs []any) (frames []byte, largest int) {
+	t.Helper()
+	enc := wire.NewCodec()
+	for _, req := range reqs {
+		n := len(frames)
+		var err error
+		if frames, err = enc.AppendFrame(frames, req); err != nil {
+			t.Fatal(err)
 		}
-	})
-	stop = sync.OnceValue(func() int {
-		close(done)
-		wg.Wait()
-		return peak
-	})
-	t.Cleanup(func() { stop() })
-	return stop
+		largest = max(largest, len(frames)-n)
+	}
+	return frames, largest
 }
 
 // gatedSync is a fakeSync whose strong reads wait until open is closed.
@@ -120,7 +128,7 @@ func TestReplyBudgetStrongReads(t *testing.T) {
 	}
 	c := ts.hello()
 	sc := onlyConn(t, ts.srv)
-	peak := watchHeld(t, sc)
+	peak := trackHeld(sc)
 	c.sendAll(reqs...)
 
 	read := func() uint64 {
@@ -130,7 +138,7 @@ func TestReplyBudgetStrongReads(t *testing.T) {
 	waitFor(t, "the reader to stop at the budget", func() bool {
 		sc.out.mu.Lock()
 		defer sc.out.mu.Unlock()
-		return uint64(sy.entered.Load()) == read() && sc.out.reserved.Load() > replyBudget
+		return uint64(sy.entered.Load()) == read() && sc.out.reserved.Load() > connBudget
 	})
 	started := read()
 	close(sy.open)
@@ -144,9 +152,10 @@ func TestReplyBudgetStrongReads(t *testing.T) {
 	if got := read(); got >= n {
 		t.Fatalf("the server read all %d requests while their replies were not read", got)
 	}
-	got, limit := peak(), replyBudget+sc.readReserve(4)
+	_, frame := encodeFrames(t, reqs)
+	got, limit := peak(), connBudget+frame+sc.readReserve(4)
 	if got > limit {
-		t.Fatalf("the connection held %d reply bytes, over the budget %d plus one reply", got, limit)
+		t.Fatalf("the connection held %d bytes, over the budget %d plus one request and its reply", got, limit)
 	}
 	t.Logf("%d requests started within the budget, %d read in all while the client read nothing; at most %d reply bytes held",
 		started, read(), got)
@@ -169,41 +178,56 @@ func TestReplyBudgetStrongReads(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "the connection to hold nothing", func() bool { return heldReplies(sc) == 0 })
+	waitFor(t, "the connection to hold nothing", func() bool { return heldBytes(sc) == 0 })
 }
 
-// TestReplyBudgetBlockedEnds: while the reader waits for reads that hold
-// more than the reply budget (strong batch_gets the shared store does not
-// answer), closing the connection, or shutting the server down, releases
-// every reservation and ends every goroutine of the connection.
+// TestReplyBudgetBlockedEnds: while the reader waits for requests that
+// hold more than the budget (strong batch_gets, or sync puts of large
+// values, that the shared store does not answer), closing the connection,
+// or shutting the server down, releases every reservation and ends every
+// goroutine of the connection.
 func TestReplyBudgetBlockedEnds(t *testing.T) {
-	// blocked starts a server whose strong reads wait (until
-	// FetchTimeout, or a shutdown), pipelines strong batch_gets of large
-	// values, and returns once the reader cannot read on.
-	blocked := func(t *testing.T) (*testServer, *client, *conn) {
+	// blocked starts a server whose strong reads and sync writes wait
+	// (until their timeout, or a shutdown), pipelines requests of op that
+	// wait, and returns once the reader cannot read on. The sync writes'
+	// timeout is longer: the reader takes some time to read 8 MiB of
+	// their values, and the first must not end before it stops.
+	blocked := func(t *testing.T, op string) (*testServer, *client, *conn) {
 		store := newFakeStore()
 		sy := newFakeSync(store)
 		sy.stall = true
 		ts := startServer(t, store, Options{Sync: sy, FetchTimeout: 500 * time.Millisecond})
 		c := ts.hello()
 		sc := onlyConn(t, ts.srv)
+		value := valueOfSize(t, 512<<10)
 		var reqs []any
-		for i := range 16 {
-			keys := make([]wire.Key, 4) // distinct: reads of a state wait for each other
-			for j := range keys {
-				keys[j] = wire.Key{Governor: "g", State: fmt.Sprint(i, ".", j)}
+		for i := range 32 {
+			req := &wire.Request{ID: uint64(i + 1), Op: op}
+			switch op {
+			case wire.OpBatchGet:
+				req.Consistency = wire.ReadStrong
+				for j := range 4 { // distinct: reads of a state wait for each other
+					req.Keys = append(req.Keys, wire.Key{Governor: "g", State: fmt.Sprint(i, ".", j)})
+				}
+			case wire.OpPut:
+				req.Consistency, req.TimeoutMS = wire.WriteSync, 2000
+				req.Governor, req.State, req.Value = "g", fmt.Sprint(i), value
 			}
-			reqs = append(reqs, &wire.Request{ID: uint64(i + 1), Op: wire.OpBatchGet, Keys: keys, Consistency: wire.ReadStrong})
+			reqs = append(reqs, req)
 		}
-		c.sendAll(reqs...)
-		waitFor(t, "the reader to stop at the budget", func() bool {
+		frames, _ := encodeFrames(t, reqs)
+		sendInBackground(c, frames) // fails once the connection ends
+		read := func() int64 {
 			_, read, _ := ts.srv.Stats()
+			return int64(read[op])
+		}
+		waitFor(t, "the reader to stop at the budget", func() bool {
 			sc.out.mu.Lock()
 			defer sc.out.mu.Unlock()
-			return sy.stalled.Load() == int64(read[wire.OpBatchGet]) && sc.out.reserved.Load() > replyBudget
+			return sy.stalled.Load()+store.writes.Load() == read() && sc.out.reserved.Load() > connBudget
 		})
-		if _, read, _ := ts.srv.Stats(); read[wire.OpBatchGet] >= 16 {
-			t.Fatalf("the reader read all %d requests", read[wire.OpBatchGet])
+		if n := read(); n >= 32 {
+			t.Fatalf("the reader read all %d requests", n)
 		}
 		return ts, c, sc
 	}
@@ -222,31 +246,33 @@ func TestReplyBudgetBlockedEnds(t *testing.T) {
 		})
 	}
 
-	t.Run("close", func(t *testing.T) {
-		ts, c, sc := blocked(t)
-		c.nc.Close()
-		connGone(t, ts, sc)
-	})
-	t.Run("shutdown", func(t *testing.T) {
-		ts, c, sc := blocked(t)
-		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-		defer cancel()
-		// Not a hard stop: the reads started end at once, the reader
-		// reads no more, and the replies of the reads started go out.
-		if err := ts.srv.Shutdown(ctx); err != nil {
-			t.Fatalf("Shutdown: %v", err)
-		}
-		got := c.expectClosed()
-		if len(got) == 0 {
-			t.Fatal("no reply to the reads started")
-		}
-		for _, r := range got {
-			if r.Error == nil || r.Error.Code != wire.CodeUnavailable {
-				t.Fatalf("reply %d: %+v, want Unavailable (shutting down)", r.ID, r.Error)
+	for _, op := range []string{wire.OpBatchGet, wire.OpPut} {
+		t.Run(op+"/close", func(t *testing.T) {
+			ts, c, sc := blocked(t, op)
+			c.nc.Close()
+			connGone(t, ts, sc)
+		})
+		t.Run(op+"/shutdown", func(t *testing.T) {
+			ts, c, sc := blocked(t, op)
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			// Not a hard stop: the requests started end at once, the
+			// reader reads no more, and their replies go out.
+			if err := ts.srv.Shutdown(ctx); err != nil {
+				t.Fatalf("Shutdown: %v", err)
 			}
-		}
-		connGone(t, ts, sc)
-	})
+			got := c.expectClosed()
+			if len(got) == 0 {
+				t.Fatal("no reply to the requests started")
+			}
+			for _, r := range got {
+				if r.Error == nil || r.Error.Code != wire.CodeUnavailable {
+					t.Fatalf("reply %d: %+v, want Unavailable (shutting down)", r.ID, r.Error)
+				}
+			}
+			connGone(t, ts, sc)
+		})
+	}
 }
 
 // TestWriteReserve: what a write reserves for its reply covers the largest
@@ -294,17 +320,17 @@ func TestWatchesShareRoom(t *testing.T) {
 			t.Fatal(r.Error)
 		}
 	}
-	peak := watchHeld(t, sc)
+	peak := trackHeld(sc)
 	value := valueOfSize(t, 500<<10)
 	if r := other.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "s", Value: value}); r.Error != nil {
 		t.Fatal(r.Error)
 	}
 	limit := outHighWater + len(value) + frameReserve
-	waitFor(t, "the frames to wait for the client", func() bool { return heldReplies(sc) > outHighWater })
+	waitFor(t, "the frames to wait for the client", func() bool { return heldBytes(sc) > outHighWater })
 	// While the client reads nothing, nothing more is queued: the other
 	// watches wait for room.
 	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
-		if n := heldReplies(sc); n > limit {
+		if n := peak(); n > limit {
 			t.Fatalf("the watches queued %d bytes, over %d", n, limit)
 		}
 	}
@@ -317,4 +343,152 @@ func TestWatchesShareRoom(t *testing.T) {
 	if got := peak(); got > limit {
 		t.Fatalf("the connection held %d bytes, over %d", got, limit)
 	}
+}
+
+// TestRequestBudget: a client pipelines 128 sync writes of large values
+// (puts, or batch_puts) and reads nothing while the shared store does not
+// take them. Each keeps its request until it replies, so the requests
+// count in the connection's budget: the reader stops once they pass it,
+// and the bytes the connection holds never pass the budget plus one
+// request and its reply. Once the shared store takes the writes, every
+// reply arrives and the connection holds nothing.
+func TestRequestBudget(t *testing.T) {
+	const n = 128
+	value, quarter := valueOfSize(t, 128<<10), valueOfSize(t, 32<<10)
+	for _, tc := range []struct {
+		op   string
+		item func(i int) *wire.Request // the write of request i
+	}{
+		{wire.OpPut, func(i int) *wire.Request {
+			return &wire.Request{Governor: "g", State: fmt.Sprint(i), Value: value}
+		}},
+		{wire.OpBatchPut, func(i int) *wire.Request {
+			req := &wire.Request{}
+			for j := range 4 {
+				req.Items = append(req.Items, wire.Item{Governor: "g", State: fmt.Sprint(i, ".", j), Value: quarter})
+			}
+			return req
+		}},
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			store := newFakeStore()
+			ts := startServer(t, store, Options{Sync: newFakeSync(store)})
+			c := ts.hello()
+			sc := onlyConn(t, ts.srv)
+			peak := trackHeld(sc)
+			var reqs []any
+			for i := range n {
+				req := tc.item(i)
+				req.ID, req.Op, req.Consistency = uint64(i+1), tc.op, wire.WriteSync
+				reqs = append(reqs, req)
+			}
+			frames, frame := encodeFrames(t, reqs)
+			sent := sendInBackground(c, frames)
+
+			read := func() int {
+				_, reqs, _ := ts.srv.Stats()
+				return int(reqs[tc.op])
+			}
+			waitFor(t, "the reader to stop", func() bool {
+				sc.out.mu.Lock()
+				defer sc.out.mu.Unlock()
+				r := read()
+				return store.writes.Load() == int64(r) && (r == n || sc.out.reserved.Load() > connBudget)
+			})
+			// One request, and its reply: records without values.
+			one := frame + sc.replyReserve(4*frameReserve)
+			if got, limit := read()*frame, connBudget+one; got > limit {
+				t.Fatalf("%d requests of up to %d bytes started while the client read nothing: %d bytes, over the budget %d plus one request",
+					read(), frame, got, limit)
+			}
+			t.Logf("%d of %d requests read while the client read nothing", read(), n)
+
+			settleUntil(t, store, func() {
+				for range n {
+					if r := c.recv(); r.Error != nil {
+						t.Fatalf("reply %d: %v", r.ID, r.Error)
+					}
+				}
+			})
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			if got, limit := peak(), connBudget+one; got > limit {
+				t.Fatalf("the connection held %d bytes, over the budget %d plus one request and its reply", got, limit)
+			}
+			waitFor(t, "the connection to hold nothing", func() bool { return heldBytes(sc) == 0 })
+			if v := store.violationsList(); len(v) > 0 {
+				t.Fatal(v)
+			}
+		})
+	}
+}
+
+// TestRequestOverBudget: a sync batch_put larger than the whole budget
+// (the frame limit raised above it) is still read and served, alone: the
+// reader reads the next request once it has replied.
+func TestRequestOverBudget(t *testing.T) {
+	store := newFakeStore()
+	ts := startServer(t, store, Options{Sync: newFakeSync(store), MaxFrame: 2 * connBudget})
+	c := ts.hello()
+	sc := onlyConn(t, ts.srv)
+	value := valueOfSize(t, wire.MaxValueSize)
+	var reqs []any
+	for i := range 2 {
+		req := &wire.Request{ID: uint64(i + 1), Op: wire.OpBatchPut, Consistency: wire.WriteSync}
+		for j := range connBudget/wire.MaxValueSize + 1 {
+			req.Items = append(req.Items, wire.Item{Governor: "g", State: fmt.Sprint(i, ".", j), Value: value})
+		}
+		reqs = append(reqs, req)
+	}
+	frames, _ := encodeFrames(t, reqs)
+	sent := sendInBackground(c, frames)
+	waitFor(t, "the first request to run", func() bool { return store.writes.Load() == 1 && heldBytes(sc) > connBudget })
+	if _, read, _ := ts.srv.Stats(); read[wire.OpBatchPut] != 1 {
+		t.Fatalf("%d requests read while the first held more than the budget", read[wire.OpBatchPut])
+	}
+	settleUntil(t, store, func() {
+		for i := range 2 {
+			if r := c.recv(); r.Error != nil || r.ID != uint64(i+1) {
+				t.Fatalf("reply %d: %+v", r.ID, r.Error)
+			}
+		}
+	})
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connection to hold nothing", func() bool { return heldBytes(sc) == 0 })
+}
+
+// sendInBackground writes frames, pipelined requests, from another
+// goroutine (the server stops reading them while the client reads
+// nothing), and returns the write's result.
+func sendInBackground(c *client, frames []byte) <-chan error {
+	sent := make(chan error, 1)
+	go func() {
+		c.nc.SetWriteDeadline(time.Now().Add(testTimeout))
+		_, err := c.nc.Write(frames)
+		sent <- err
+	}()
+	return sent
+}
+
+// settleUntil acks the store's sync writes as they come, as the push loop
+// would, until receive returns.
+func settleUntil(t *testing.T, store *fakeStore, receive func()) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			store.settleAll()
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	})
+	defer wg.Wait()
+	defer close(stop)
+	receive()
 }

@@ -108,8 +108,8 @@ type Options struct {
 	// MaxInflight caps the requests running off the reader at once for one
 	// connection (writes, lock ops, reads that ask the shared store); when
 	// that many are running the server stops reading from the connection
-	// until one finishes. Default 128. (Their replies are bounded apart:
-	// see replyBudget.)
+	// until one finishes. Default 128. (The memory they hold, requests and
+	// replies, is bounded apart: see connBudget.)
 	MaxInflight int
 	// MaxConns caps open connections. A connection over the cap gets an
 	// Unavailable error frame with id 0 and is closed. Default 1024.

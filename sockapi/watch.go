@@ -16,7 +16,7 @@ import (
 //
 // Flow control: the goroutine stops taking changes while the connection has
 // no room for a frame (more than outHighWater bytes waiting for the peer, or
-// more than replyBudget held: see outbox.waitRoom), so a peer that does not
+// more than connBudget held: see outbox.waitRoom), so a peer that does not
 // read costs a bounded outbox; the feed then buffers up to
 // Options.WatchBuffer changes and Options.WatchBufferBytes, and one more
 // ends the watch as lagging: a last push frame carries an Unavailable error

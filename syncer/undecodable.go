@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 )
 
 // UndecodableKeeper is an optional capability of an Applier (found by type
@@ -87,40 +85,25 @@ func (p *Puller) loadUndecodableLocked(ctx context.Context) error {
 // (left out of a page or a delivery). It keeps them (UndecodableKeeper)
 // before it returns: a pull stores a cursor past them only after it. Each
 // version of a document is logged once, so a document left out again (a
-// poll's overlap, a resync) does not flood the log. A document of a state
-// not in the set while MaxUndecodable states are is logged and counted,
-// not recorded.
+// poll's overlap, a resync) does not flood the log. When the set holds
+// MaxUndecodable states, a document of another state is logged and
+// counted, not recorded.
 func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, skipped bool) error {
 	p.undecMu.Lock()
 	defer p.undecMu.Unlock()
 	if err := p.loadUndecodableLocked(ctx); err != nil {
 		return err
 	}
-	changed := make(map[Key]*UndecodableError) // new documents, or new versions
-	var dropped []*UndecodableError
-	added := 0 // states changed adds to the set
-	for _, d := range docs {
-		prev := p.undecodable[d.Key] // undecMu: no one else changes the set
-		if prev != nil && prev.Doc == d.Doc && prev.Time.Equal(d.Time) {
-			continue
-		}
-		if prev == nil && changed[d.Key] == nil {
-			if len(p.undecodable)+added >= p.opts.MaxUndecodable {
-				dropped = append(dropped, d)
-				continue
-			}
-			added++
-		}
-		changed[d.Key] = d
-	}
-	fresh := slices.Collect(maps.Values(changed))
+	fresh, dropped := p.newUndecodable(docs)
 	if p.keeper != nil && len(fresh) > 0 {
 		if err := p.keeper.KeepUndecodable(ctx, fresh); err != nil {
 			return fmt.Errorf("keep undecodable documents: %w", err)
 		}
 	}
 	p.mu.Lock()
-	maps.Copy(p.undecodable, changed)
+	for _, d := range fresh {
+		p.undecodable[d.Key] = d
+	}
 	if skipped {
 		p.stats.Undecodable += uint64(len(docs))
 	}
@@ -135,6 +118,31 @@ func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, 
 			"key", d.Key.String(), "doc", d.Doc, "written", d.Time, "err", d.Err, "remembered", p.opts.MaxUndecodable)
 	}
 	return nil
+}
+
+// newUndecodable splits docs into fresh ones, which the set lacks (new
+// documents, new versions), and dropped ones, of states the set has no room
+// for; both in the order met. undecMu is held: no one else changes the set,
+// so it is read without mu.
+func (p *Puller) newUndecodable(docs []*UndecodableError) (fresh, dropped []*UndecodableError) {
+	room := p.opts.MaxUndecodable - len(p.undecodable)
+	added := make(map[Key]bool) // states fresh adds to the set
+	for _, d := range docs {
+		prev := p.undecodable[d.Key]
+		switch {
+		case prev != nil && prev.Doc == d.Doc && prev.Time.Equal(d.Time):
+			// Known: met again.
+		case prev == nil && !added[d.Key] && room <= 0:
+			dropped = append(dropped, d)
+		default:
+			if prev == nil && !added[d.Key] {
+				added[d.Key] = true
+				room--
+			}
+			fresh = append(fresh, d)
+		}
+	}
+	return fresh, dropped
 }
 
 // forgetUndecodable forgets the undecodable document of key (it is gone).

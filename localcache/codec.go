@@ -43,6 +43,8 @@ import (
 //	         the rejection: s resource, u token, u current
 //	meta:    format=2, u seq, u lamport, u hlc, i states, i journal,
 //	         i parked   (format 1, still read: no parked)
+//	undecodable: format=1, s document, i written (Unix ns, 0: unknown),
+//	         s error (undecodable.go)
 //	change:  s actor, s reason, i time
 //	clock:   u lamport, u hlc, u n, n × (s node, u count)   (nodes sorted)
 //

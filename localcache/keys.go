@@ -17,6 +17,7 @@ import (
 //	r + enc(key)                         remote record kept aside while a local write of key is pending
 //	h + enc(key)                         a hole in key's history: BE u64 after, BE u64 through (superseded.go)
 //	c + governor                         change cursor of governor (where pulling resumes)
+//	u + enc(key)                         the shared store's document of key, which does not decode (undecodable.go)
 //	l + resource                         fence mark: the highest token seen for a lock (fence.go)
 //	x + BE u64 time + id                 conflict ledger entry, in decision time order (ledger.go)
 //	y + id                               the ledger entry of conflict id: its x key's time (once per id)
@@ -42,6 +43,7 @@ const (
 	kindAside   = 'r'
 	kindHole    = 'h'
 	kindCursor  = 'c'
+	kindUndec   = 'u'
 	kindFence   = 'l'
 	kindMeta    = 'm'
 	kindLedger  = 'x'
@@ -171,6 +173,12 @@ func parkedKey(seq uint64) []byte {
 func asideKey(k Key) []byte {
 	b := stateKey(k)
 	b[0] = kindAside
+	return b
+}
+
+func undecodableKey(k Key) []byte {
+	b := stateKey(k)
+	b[0] = kindUndec
 	return b
 }
 

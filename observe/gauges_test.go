@@ -36,7 +36,7 @@ func TestRegisterGauges(t *testing.T) {
 		return syncer.Stats{Passes: 3, EntriesPushed: 5, ConflictsByResolver: map[string]uint64{"merge>lww": 4}, ConflictStorms: 1}
 	}
 	pull := func() syncer.PullStats {
-		return syncer.PullStats{Records: 7, Pending: 1, Stale: 2, Undecodable: 3, UndecodableStates: 1}
+		return syncer.PullStats{Records: 7, Pending: 1, Stale: 2, Undecodable: 3, UndecodableStates: 1, UndecodableDropped: 4}
 	}
 	if err := observe.RegisterGauges(mp, observe.Sources{Store: store, Push: push, Pull: pull}); err != nil {
 		t.Fatal(err)
@@ -52,6 +52,7 @@ func TestRegisterGauges(t *testing.T) {
 		"tai.pull.skipped{reason=stale}":                 2,
 		"tai.pull.skipped{reason=undecodable}":           3,
 		"tai.pull.undecodable{}":                         1,
+		"tai.pull.undecodable_dropped{}":                 4,
 		"tai.push.conflicts_decided{resolver=merge>lww}": 4,
 		"tai.push.conflict_storms{}":                     1,
 	} {

@@ -137,6 +137,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		pullPasses, pullRecords, pullApplied, pullDiverged, pullSkipped         metric.Int64ObservableCounter
 		fetches, restarts                                                       metric.Int64ObservableCounter
 		pullUndecodable                                                         metric.Int64ObservableGauge
+		pullUndecodableDropped                                                  metric.Int64ObservableCounter
 	)
 	if src.Push != nil {
 		passes = counter("tai.push.passes", "{pass}", "Push passes made.")
@@ -157,6 +158,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		pullDiverged = counter("tai.pull.diverged", "{record}", "Of those, records stored over a diverged local record.")
 		pullSkipped = counter("tai.pull.skipped", "{record}", "Remote records not stored, by reason (pending: a local write waits; stale: already held; undecodable: the document is not a state record, left out).")
 		pullUndecodable = gauge("tai.pull.undecodable", "{state}", "States whose latest shared-store document does not decode: left out of the pull; reads that ask the shared store about them fail.")
+		pullUndecodableDropped = counter("tai.pull.undecodable_dropped", "{document}", "Documents that do not decode, met while the most states the sidecar remembers such documents of did not decode already: counted in the log, not remembered.")
 		fetches = counter("tai.pull.fetches", "{fetch}", "Single-key reads through to the shared store.")
 		restarts = counter("tai.pull.watch_restarts", "{restart}", "Watches restarted after they broke.")
 	}
@@ -223,6 +225,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 			o.ObserveInt64(pullSkipped, int64(ps.Stale), staleAttr)
 			o.ObserveInt64(pullSkipped, int64(ps.Undecodable), undecodableAttr)
 			o.ObserveInt64(pullUndecodable, int64(ps.UndecodableStates))
+			o.ObserveInt64(pullUndecodableDropped, int64(ps.UndecodableDropped))
 			o.ObserveInt64(fetches, int64(ps.Fetches))
 			o.ObserveInt64(restarts, int64(ps.WatchRestarts))
 		}

@@ -27,7 +27,8 @@
 //     pending, and keeps the Cursor to resume from. A document that does
 //     not decode is left out of the stream and reported (SkippedError), so
 //     that it does not stop its governor; reads and commits of its key fail
-//     with ErrUndecodable.
+//     with ErrUndecodable. The puller remembers such documents, across
+//     restarts when the applier keeps them (UndecodableKeeper).
 //   - strong and sync writes, multi-key transactions: Commit with Atomic set is
 //     all or nothing, and each Change's BaseVersion is a compare-and-set
 //     precondition checked inside the remote's transaction (CheckOnly changes

@@ -203,6 +203,7 @@ type MemJournal struct {
 	cursors     map[string]Cursor // per governor
 	aside       map[Key]Record    // remote records seen while a local write was pending
 	failApplies int
+	undecodable map[Key]UndecodableError // kept (UndecodableKeeper)
 }
 
 // NewMemJournal returns an empty journal for node.

@@ -183,6 +183,12 @@ type PullOptions struct {
 	// HistoryMode says ("": HistorySinceSnapshot).
 	History     HistoryRemote
 	HistoryMode HistoryMode
+	// MaxUndecodable is how many states the set of documents that do not
+	// decode (Puller.Undecodable) holds at most (default 10,000): a
+	// document of another state is then logged and counted
+	// (PullStats.UndecodableDropped), not remembered, so that a flood of
+	// them grows neither memory nor the local store without bound.
+	MaxUndecodable int
 }
 
 func (o PullOptions) withDefaults() PullOptions {
@@ -208,6 +214,9 @@ func (o PullOptions) withDefaults() PullOptions {
 	if o.HistoryMode == "" {
 		o.HistoryMode = HistorySinceSnapshot
 	}
+	if o.MaxUndecodable <= 0 {
+		o.MaxUndecodable = 10_000
+	}
 	return o
 }
 
@@ -217,18 +226,24 @@ func (o PullOptions) withDefaults() PullOptions {
 // use; the pulls of one governor never overlap.
 type Puller struct {
 	applier Applier
+	keeper  UndecodableKeeper // the applier's, or nil (undecodable.go)
 	remote  Remote
 	opts    PullOptions
 	log     *slog.Logger
 
 	watches atomic.Uint64 // watch ids (freshness.watch)
 
+	// undecMu serializes the changes of undecodable, which go to keeper
+	// (I/O, not under mu) before they go to the map.
+	undecMu sync.Mutex
+
 	mu    sync.Mutex // guards locks, fresh, undecodable and stats
 	locks map[string]*sync.Mutex
 	fresh map[string]freshness
 	// undecodable holds, per key, the remote document the pull left out or
 	// Fetch met, that does not decode and is the key's latest one as far
-	// as the pull knows (see Undecodable).
+	// as the pull knows (see Undecodable); nil until loaded from keeper.
+	// Changing it takes undecMu, then mu.
 	undecodable map[Key]*UndecodableError
 	// refillFrom is, per governor, the state after which the next poll's
 	// page of history holes starts (see refill).
@@ -305,71 +320,11 @@ func (p *Puller) notePolled(governor string, start time.Time) {
 	}
 }
 
-// Undecodable returns the remote document of key that does not decode, when
-// the pull left it out of a page or a delivery, or Fetch met it, and has
-// seen no later version of key since (nil otherwise): the local copy of key
-// is then not what the remote holds, whatever FreshAt says. A later record
-// of key pulled or fetched, or a Fetch that finds the document gone, clears
-// it.
-func (p *Puller) Undecodable(key Key) *UndecodableError {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.undecodable[key]
-}
-
-// noteUndecodable records docs, documents that do not decode, as their
-// keys' latest remote documents, and counts them in the stats when skipped
-// (left out of a page or a delivery). Each version of a document is logged
-// once, so a document left out again (a poll's overlap, a resync) does not
-// flood the log.
-func (p *Puller) noteUndecodable(docs []*UndecodableError, skipped bool) {
-	var fresh []*UndecodableError
-	p.mu.Lock()
-	if p.undecodable == nil {
-		p.undecodable = make(map[Key]*UndecodableError)
-	}
-	for _, d := range docs {
-		if prev := p.undecodable[d.Key]; prev == nil || prev.Doc != d.Doc || !prev.Time.Equal(d.Time) {
-			fresh = append(fresh, d)
-		}
-		p.undecodable[d.Key] = d
-	}
-	if skipped {
-		p.stats.Undecodable += uint64(len(docs))
-	}
-	p.mu.Unlock()
-	for _, d := range fresh {
-		p.log.Warn("remote document does not decode: the pull leaves it out, reads of its state fail", "key", d.Key.String(),
-			"doc", d.Doc, "written", d.Time, "err", d.Err)
-	}
-}
-
-// forgetUndecodable forgets the undecodable document of key (it is gone).
-func (p *Puller) forgetUndecodable(key Key) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.undecodable, key)
-}
-
-// clearUndecodable forgets the undecodable document of each key that recs
-// holds a record of written since (a newer version that decodes).
-func (p *Puller) clearUndecodable(recs []Record) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.undecodable) == 0 {
-		return
-	}
-	for _, r := range recs {
-		if d := p.undecodable[r.Key]; d != nil && !r.RemoteTime.Before(d.Time) {
-			delete(p.undecodable, r.Key)
-		}
-	}
-}
-
 // NewPuller returns a Puller that applies remote's changes to applier.
 func NewPuller(applier Applier, remote Remote, opts PullOptions) *Puller {
 	opts = opts.withDefaults()
-	return &Puller{applier: applier, remote: remote, opts: opts, log: opts.Logger, locks: make(map[string]*sync.Mutex)}
+	keeper, _ := applier.(UndecodableKeeper)
+	return &Puller{applier: applier, keeper: keeper, remote: remote, opts: opts, log: opts.Logger, locks: make(map[string]*sync.Mutex)}
 }
 
 // PullReport is what a pull did.
@@ -408,12 +363,15 @@ type PullStats struct {
 	// Undecodable counts remote documents left out of pages and watch
 	// deliveries because they do not decode (each time one is left out);
 	// UndecodableStates is how many states' latest remote documents are
-	// known not to decode now (see Puller.Undecodable).
-	Undecodable       uint64
-	UndecodableStates int
-	LastError         string
-	LastErrorTime     time.Time
-	LastDelivery      time.Time // when remote changes were last applied
+	// known not to decode now (see Puller.Undecodable); UndecodableDropped
+	// counts documents not remembered because MaxUndecodable states were
+	// (each time one was met).
+	Undecodable        uint64
+	UndecodableStates  int
+	UndecodableDropped uint64
+	LastError          string
+	LastErrorTime      time.Time
+	LastDelivery       time.Time // when remote changes were last applied
 }
 
 // Stats returns a snapshot of the counters.
@@ -468,7 +426,7 @@ func (p *Puller) applyRecords(ctx context.Context, b RemoteBatch) (ApplyResult, 
 	if len(res.Statuses) != len(b.Records) {
 		return res, fmt.Errorf("apply remote records: %d statuses for %d records", len(res.Statuses), len(b.Records))
 	}
-	p.clearUndecodable(b.Records)
+	p.clearUndecodable(ctx, b.Records)
 	var rep PullReport
 	rep.add(res)
 	for i, s := range res.Statuses {
@@ -538,6 +496,11 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 	l.Lock()
 	defer l.Unlock()
 	start := time.Now()
+	// FreshAt must not vouch for the governor before the states it left
+	// out in an earlier run are known again.
+	if err := p.loadUndecodable(ctx); err != nil {
+		return err
+	}
 	var cur Cursor
 	if from != nil {
 		cur = *from
@@ -559,13 +522,16 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 			return err
 		}
 		rep.Calls++
+		if skipped != nil {
+			// Before the cursor goes past them (UndecodableKeeper).
+			if err := p.noteUndecodable(ctx, skipped.Docs, true); err != nil {
+				return err
+			}
+			rep.Undecodable += len(skipped.Docs)
+		}
 		if len(recs) == 0 && next == cur {
 			// Nothing new, or only documents left out that the cursor
 			// cannot go past (see the backend's Changes).
-			if skipped != nil {
-				p.noteUndecodable(skipped.Docs, true)
-				rep.Undecodable += len(skipped.Docs)
-			}
 			p.notePolled(governor, start)
 			p.refillHistory(ctx, governor, rep) // bootstrap.go
 			return nil
@@ -581,8 +547,6 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		rep.add(res)
 		n := len(recs)
 		if skipped != nil {
-			p.noteUndecodable(skipped.Docs, true)
-			rep.Undecodable += len(skipped.Docs)
 			n += len(skipped.Docs)
 		}
 		if n < p.opts.PageSize {
@@ -611,9 +575,11 @@ func (p *Puller) Fetch(ctx context.Context, key Key) (Record, ApplyStatus, error
 	var bad *UndecodableError
 	switch {
 	case errors.As(err, &bad):
-		p.noteUndecodable([]*UndecodableError{bad}, false)
+		if kerr := p.noteUndecodable(ctx, []*UndecodableError{bad}, false); kerr != nil {
+			p.log.Warn("undecodable documents: cannot remember one a read met", "key", key.String(), "err", kerr)
+		}
 	case errors.Is(err, ErrNotFound):
-		p.forgetUndecodable(key)
+		p.forgetUndecodable(ctx, key)
 	}
 	if err != nil {
 		return Record{}, 0, fmt.Errorf("fetch %s: %w", key, err)
@@ -769,14 +735,17 @@ func (p *Puller) watch(ctx context.Context, w Watcher, governor string, failures
 	var evidence atomic.Int64
 	err = w.Watch(wctx, governor, cur, func(recs []Record, next Cursor, skipped []*UndecodableError) error {
 		at := time.Now()
+		if len(skipped) > 0 {
+			// Before the cursor goes past them (UndecodableKeeper).
+			if err := p.noteUndecodable(ctx, skipped, true); err != nil {
+				return err
+			}
+		}
 		if len(recs) > 0 || next != cur {
 			if err := p.applyDelivery(ctx, l, RemoteBatch{Records: recs, Governor: governor, Cursor: next}); err != nil {
 				return err
 			}
 			cur = next
-		}
-		if len(skipped) > 0 {
-			p.noteUndecodable(skipped, true)
 		}
 		failures.Store(0) // the watch is up
 		if !live {

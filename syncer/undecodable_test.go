@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -181,10 +182,111 @@ func testPullUndecodableWatch(t *testing.T, ctx context.Context, r syncer.Remote
 	put(t, a.j, bad, "repaired")
 	syncOnce(t, ctx, a.s)
 	waitFor(t, 20*time.Second, func() bool { return matchesRemote(ctx, c, r, bad) }, "the repaired state is delivered")
-	if d := c.p.Undecodable(bad); d != nil {
-		t.Fatalf("Undecodable(%s) after its repair: %v", bad, d)
-	}
+	// Forgotten once the record is stored, so a moment after it shows.
+	waitFor(t, 5*time.Second, func() bool { return c.p.Undecodable(bad) == nil }, "the repaired state is forgotten")
 	if st := c.p.Stats(); st.UndecodableStates != 1 || st.WatchRestarts != 0 {
 		t.Fatalf("stats after the repair %+v", st)
+	}
+}
+
+// TestPullUndecodableKept: the documents that do not decode are kept by the
+// applier (UndecodableKeeper), so a Puller made again over the same local
+// store (a restart) knows them although its cursor is past them: they are
+// counted, named by Undecodable, and not logged one by one again. Once one
+// is repaired and pulled it is forgotten, for good. Past MaxUndecodable
+// states, more are counted as dropped, not kept.
+func TestPullUndecodableKept(t *testing.T) {
+	for _, be := range undecodableBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r, plant, remove := be.open(t)
+			a := newNode("node-a", r, syncer.PullOptions{})
+			put(t, a.j, key("k1"), "k1")
+			bad, bad2 := key("bad"), key("bad2")
+			plant(t, bad)
+			syncOnce(t, ctx, a.s)
+
+			c := newNode("node-c", r, syncer.PullOptions{})
+			pullOnce(t, ctx, c)
+			found := c.p.Undecodable(bad)
+			if found == nil {
+				t.Fatal("the document is not reported")
+			}
+			wantKept(t, ctx, c.j, bad)
+
+			// A restart: a new Puller over the same store.
+			var logs syncBuffer
+			restart := func(opts syncer.PullOptions) *syncer.Puller {
+				opts.Governors = []string{"g"}
+				opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+				return syncer.NewPuller(c.j, c.r, opts)
+			}
+			p := restart(syncer.PullOptions{})
+			if rep, err := p.PullOnce(ctx); err != nil || rep.Undecodable != 0 {
+				t.Fatalf("pull after the restart: %+v, %v; want nothing left out (the cursor is past it)", rep, err)
+			}
+			d := p.Undecodable(bad)
+			if d == nil || d.Doc != found.Doc || !d.Time.Equal(found.Time) || d.Err == nil || d.Err.Error() != found.Err.Error() {
+				t.Fatalf("Undecodable(%s) after the restart = %+v, want %+v", bad, d, found)
+			}
+			if st := p.Stats(); st.UndecodableStates != 1 {
+				t.Fatalf("stats after the restart %+v, want 1 state that does not decode", st)
+			}
+			if strings.Contains(logs.String(), "remote document does not decode") ||
+				!strings.Contains(logs.String(), "did not decode when last seen") {
+				t.Fatalf("log after the restart, want one line that counts it:\n%s", logs.String())
+			}
+
+			// Past the cap: counted, not kept.
+			plant(t, bad2)
+			p = restart(syncer.PullOptions{MaxUndecodable: 1})
+			if rep, err := p.PullOnce(ctx); err != nil || rep.Undecodable != 1 {
+				t.Fatalf("pull past the cap: %+v, %v", rep, err)
+			}
+			if st := p.Stats(); st.UndecodableStates != 1 || st.UndecodableDropped != 1 || p.Undecodable(bad2) != nil {
+				t.Fatalf("stats past the cap %+v, want 1 state and 1 dropped", st)
+			}
+			wantKept(t, ctx, c.j, bad)
+
+			// Repaired by hand (deleted, then written again): forgotten,
+			// across restarts too.
+			remove(t, bad)
+			put(t, a.j, bad, "repaired")
+			syncOnce(t, ctx, a.s)
+			if _, err := p.PullOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if d := p.Undecodable(bad); d != nil {
+				t.Fatalf("Undecodable(%s) after its repair: %v", bad, d)
+			}
+			wantKept(t, ctx, c.j)
+			p = restart(syncer.PullOptions{})
+			pullOnce(t, ctx, &node{j: c.j, p: p})
+			if st := p.Stats(); st.UndecodableStates != 0 || p.Undecodable(bad) != nil {
+				t.Fatalf("stats after the repair and a restart %+v", st)
+			}
+		})
+	}
+}
+
+// wantKept checks that j keeps the documents of keys, and no other.
+func wantKept(t *testing.T, ctx context.Context, j *syncer.MemJournal, keys ...syncer.Key) {
+	t.Helper()
+	docs, err := j.KeptUndecodable(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range docs {
+		got = append(got, d.Key.String())
+	}
+	var want []string
+	for _, k := range keys {
+		want = append(want, k.String())
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("kept %v, want %v", got, want)
 	}
 }

@@ -482,10 +482,13 @@ type sharedStatus struct {
 	EntriesPushed    uint64    `json:"entries_pushed"`
 	RecordsPulled    uint64    `json:"records_pulled"`
 	Conflicts        uint64    `json:"conflicts"`
-	// Documents the pull left out because they do not decode, and the
-	// states whose latest shared-store document does not decode now.
+	// Documents the pull left out because they do not decode, the states
+	// whose latest shared-store document does not decode now (remembered
+	// across restarts), and the documents not remembered because too many
+	// states' documents did not decode already.
 	UndecodableSkipped uint64 `json:"undecodable_skipped"`
 	UndecodableStates  int    `json:"undecodable_states"`
+	UndecodableDropped uint64 `json:"undecodable_dropped"`
 }
 
 func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
@@ -528,6 +531,7 @@ func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
 
 			UndecodableSkipped: pl.Undecodable,
 			UndecodableStates:  pl.UndecodableStates,
+			UndecodableDropped: pl.UndecodableDropped,
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -113,9 +113,13 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 			w.line("last sync error", fmt.Sprintf("%s ago: %s", since(at), lastErr))
 		}
 		w.line("synced", fmt.Sprintf("%d entries pushed, %d records pulled, %d conflicts", s.EntriesPushed, s.RecordsPulled, s.Conflicts))
-		if s.UndecodableStates > 0 {
-			w.line("undecodable", fmt.Sprintf("%d states: their shared-store documents do not decode and are left out of the pull (the log names them)",
-				s.UndecodableStates))
+		if s.UndecodableStates > 0 || s.UndecodableDropped > 0 {
+			line := fmt.Sprintf("%d states: their shared-store documents do not decode and are left out of the pull (the log names them)",
+				s.UndecodableStates)
+			if s.UndecodableDropped > 0 {
+				line += fmt.Sprintf("; %d more documents met that were not remembered (too many)", s.UndecodableDropped)
+			}
+			w.line("undecodable", line)
 		}
 	}
 	return w.err

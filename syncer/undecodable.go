@@ -1,0 +1,247 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// UndecodableKeeper is an optional capability of an Applier (found by type
+// assertion): it keeps the remote documents that do not decode, which the
+// pull left out or Fetch met (Puller.Undecodable), across restarts. Without
+// it the Puller knows them in memory only, and since a governor's stored
+// cursor is past the documents its pull left out, a restarted node would
+// not know them (the gauge, and which states a read must not take for
+// fresh) until each was written again or read.
+//
+// The Puller keeps a document before it stores a cursor past it, and
+// forgets one after it stored a later record of the key: a crash in between
+// leaves kept a document that is repaired already (its state is not taken
+// for fresh until a pull or a read of it clears it), never a cursor past a
+// document that is not kept.
+//
+// Methods must be safe for concurrent use; the Puller makes one call at a
+// time. Errors are local failures; a cancelled ctx returns an error wrapping
+// ctx.Err().
+type UndecodableKeeper interface {
+	// KeptUndecodable returns every document kept, in any order. Each one's
+	// Err holds the message of the error kept, not the error itself.
+	KeptUndecodable(ctx context.Context) ([]*UndecodableError, error)
+	// KeepUndecodable keeps docs, each replacing what is kept for its key.
+	KeepUndecodable(ctx context.Context, docs []*UndecodableError) error
+	// ForgetUndecodable forgets what is kept for keys; a key with nothing
+	// kept is no error.
+	ForgetUndecodable(ctx context.Context, keys []Key) error
+}
+
+// Undecodable returns the remote document of key that does not decode, when
+// the pull left it out of a page or a delivery, or Fetch met it, and has
+// seen no later version of key since (nil otherwise): the local copy of key
+// is then not what the remote holds, whatever FreshAt says. A later record
+// of key pulled or fetched, or a Fetch that finds the document gone, clears
+// it. With an UndecodableKeeper the set outlives a restart; it is read back
+// before the first pull, so FreshAt never vouches for a governor before it.
+func (p *Puller) Undecodable(key Key) *UndecodableError {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.undecodable[key]
+}
+
+// loadUndecodable reads the set the keeper holds, on the first call.
+func (p *Puller) loadUndecodable(ctx context.Context) error {
+	p.undecMu.Lock()
+	defer p.undecMu.Unlock()
+	return p.loadUndecodableLocked(ctx)
+}
+
+// loadUndecodableLocked is loadUndecodable with undecMu held. Every change
+// of the set loads it first, so none is lost to a later load.
+func (p *Puller) loadUndecodableLocked(ctx context.Context) error {
+	if p.undecodable != nil {
+		return nil
+	}
+	set := make(map[Key]*UndecodableError)
+	if p.keeper != nil {
+		docs, err := p.keeper.KeptUndecodable(ctx)
+		if err != nil {
+			return fmt.Errorf("read the undecodable documents kept: %w", err)
+		}
+		for _, d := range docs {
+			set[d.Key] = d
+		}
+		if len(set) > 0 {
+			p.log.Warn("remote documents that did not decode when last seen: their states are left out of the pull until repaired",
+				"states", len(set))
+		}
+	}
+	p.mu.Lock()
+	p.undecodable = set
+	p.mu.Unlock()
+	return nil
+}
+
+// noteUndecodable records docs, documents that do not decode, as their
+// keys' latest remote documents, and counts them in the stats when skipped
+// (left out of a page or a delivery). It keeps them (UndecodableKeeper)
+// before it returns: a pull stores a cursor past them only after it. Each
+// version of a document is logged once, so a document left out again (a
+// poll's overlap, a resync) does not flood the log. When the set holds
+// MaxUndecodable states, a document of another state is logged and
+// counted, not recorded.
+func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, skipped bool) error {
+	p.undecMu.Lock()
+	defer p.undecMu.Unlock()
+	if err := p.loadUndecodableLocked(ctx); err != nil {
+		return err
+	}
+	fresh, dropped := p.newUndecodable(docs)
+	if p.keeper != nil && len(fresh) > 0 {
+		if err := p.keeper.KeepUndecodable(ctx, fresh); err != nil {
+			return fmt.Errorf("keep undecodable documents: %w", err)
+		}
+	}
+	p.mu.Lock()
+	for _, d := range fresh {
+		p.undecodable[d.Key] = d
+	}
+	if skipped {
+		p.stats.Undecodable += uint64(len(docs))
+	}
+	p.stats.UndecodableDropped += uint64(len(dropped))
+	p.mu.Unlock()
+	for _, d := range fresh {
+		p.log.Warn("remote document does not decode: the pull leaves it out, reads of its state fail", "key", d.Key.String(),
+			"doc", d.Doc, "written", d.Time, "err", d.Err)
+	}
+	for _, d := range dropped {
+		p.log.Warn("remote document does not decode, and is not remembered: too many states' documents do not decode",
+			"key", d.Key.String(), "doc", d.Doc, "written", d.Time, "err", d.Err, "remembered", p.opts.MaxUndecodable)
+	}
+	return nil
+}
+
+// newUndecodable splits docs into fresh ones, which the set lacks (new
+// documents, new versions), and dropped ones, of states the set has no room
+// for; both in the order met. undecMu is held: no one else changes the set,
+// so it is read without mu.
+func (p *Puller) newUndecodable(docs []*UndecodableError) (fresh, dropped []*UndecodableError) {
+	room := p.opts.MaxUndecodable - len(p.undecodable)
+	added := make(map[Key]bool) // states fresh adds to the set
+	for _, d := range docs {
+		prev := p.undecodable[d.Key]
+		switch {
+		case prev != nil && prev.Doc == d.Doc && prev.Time.Equal(d.Time):
+			// Known: met again.
+		case prev == nil && !added[d.Key] && room <= 0:
+			dropped = append(dropped, d)
+		default:
+			if prev == nil && !added[d.Key] {
+				added[d.Key] = true
+				room--
+			}
+			fresh = append(fresh, d)
+		}
+	}
+	return fresh, dropped
+}
+
+// forgetUndecodable forgets the undecodable document of key (it is gone).
+func (p *Puller) forgetUndecodable(ctx context.Context, key Key) {
+	p.undecMu.Lock()
+	defer p.undecMu.Unlock()
+	if err := p.loadUndecodableLocked(ctx); err != nil {
+		p.log.Warn("undecodable documents: cannot forget one", "key", key.String(), "err", err)
+		return
+	}
+	if p.undecodable[key] != nil {
+		p.forgetLocked(ctx, []Key{key})
+	}
+}
+
+// clearUndecodable forgets the undecodable document of each key that recs
+// holds a record of written since (a newer version that decodes).
+func (p *Puller) clearUndecodable(ctx context.Context, recs []Record) {
+	p.undecMu.Lock()
+	defer p.undecMu.Unlock()
+	if err := p.loadUndecodableLocked(ctx); err != nil {
+		p.log.Warn("undecodable documents: cannot forget the ones repaired", "err", err)
+		return
+	}
+	var keys []Key
+	for _, r := range recs {
+		if d := p.undecodable[r.Key]; d != nil && !r.RemoteTime.Before(d.Time) {
+			keys = append(keys, r.Key)
+		}
+	}
+	if len(keys) > 0 {
+		p.forgetLocked(ctx, keys)
+	}
+}
+
+// forgetLocked removes keys from the set, and from the keeper first: when
+// the keeper fails they stay in both, and their states stay taken for not
+// fresh until a later pull or read of them clears them again. undecMu is
+// held.
+func (p *Puller) forgetLocked(ctx context.Context, keys []Key) {
+	if p.keeper != nil {
+		if err := p.keeper.ForgetUndecodable(ctx, keys); err != nil {
+			if ctx.Err() == nil { // not a shutdown
+				p.log.Warn("undecodable documents: cannot forget the ones repaired", "states", len(keys), "err", err)
+			}
+			return
+		}
+	}
+	p.mu.Lock()
+	for _, k := range keys {
+		delete(p.undecodable, k)
+	}
+	p.mu.Unlock()
+}
+
+// KeptUndecodable implements UndecodableKeeper.
+func (j *MemJournal) KeptUndecodable(ctx context.Context) ([]*UndecodableError, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []*UndecodableError
+	for _, d := range j.undecodable {
+		out = append(out, &d)
+	}
+	return out, nil
+}
+
+// KeepUndecodable implements UndecodableKeeper. It keeps the message of
+// each document's Err, as a store on disk does.
+func (j *MemJournal) KeepUndecodable(ctx context.Context, docs []*UndecodableError) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.undecodable == nil {
+		j.undecodable = make(map[Key]UndecodableError)
+	}
+	for _, d := range docs {
+		kept := *d
+		kept.Err = errors.New(d.Err.Error())
+		j.undecodable[d.Key] = kept
+	}
+	return nil
+}
+
+// ForgetUndecodable implements UndecodableKeeper.
+func (j *MemJournal) ForgetUndecodable(ctx context.Context, keys []Key) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, k := range keys {
+		delete(j.undecodable, k)
+	}
+	return nil
+}
+
+var _ UndecodableKeeper = (*MemJournal)(nil)

@@ -31,9 +31,8 @@ import (
 // is, and the parts stored after it are all below it. Readers meanwhile
 // see the record with the oldest parts of its history: the versions of
 // the later parts are a gap (HistoryTop is the top of the parts stored;
-// StateAtVersion answers them with a *HistoryGapError, StateAt with the
-// nearest version it knows, inexact, Validate reports the gap), never a
-// wrong answer. Snapshots, time marks and retention are those of a
+// StateAtVersion answers them with a *HistoryGapError, StateAt inexactly
+// or with the same error, Validate reports the gap), never a wrong answer. Snapshots, time marks and retention are those of a
 // history imported up to the parts stored. Each part is planned and
 // stored holding the snapshot planner's mutex, as the batch's mutation is,
 // so no local snapshot, mark or cleanup plan interleaves with one; between

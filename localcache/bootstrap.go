@@ -25,7 +25,8 @@ import (
 // history the local log lacks (syncer.RemoteBatch.History): events and
 // snapshots above the local history's top. They are stored in the same
 // mutation as the record, when the record is stored or the local one is as
-// new, so a crash leaves either both or neither; a record kept aside for a
+// new, so a crash leaves either both or neither (a long history: its oldest
+// part, the rest after it, longhistory.go); a record kept aside for a
 // pending write brings none (its versions may be this node's own), nor do
 // the remote events of this node's own changes (by op id). Events are only
 // ever added at versions that have none (a local event is never replaced).
@@ -163,55 +164,81 @@ type historyPlan struct {
 	ops    []kv // snapshots, their marks, dropped snapshots
 }
 
-// planHistories plans the history of each record of b (nil when b has
-// none). It holds snaps.work from a read of the store until unlock is
-// called, after the plans are committed, so no snapshot, mark or cleanup
-// change interleaves.
-func (s *Store) planHistories(ctx context.Context, b syncer.RemoteBatch) (plans []*historyPlan, unlock func(), err error) {
+// historyPlans is what storing the remote history of a batch's records
+// writes in the batch's mutation, and after it (longhistory.go).
+type historyPlans struct {
+	first []*historyPlan // per record, the first part of its history (nil: none)
+	later []laterParts   // the later parts of long histories, in record order
+}
+
+// planHistories plans the history of each record of b (none when b has
+// none): its first part (all of it unless it is long, see cutHistory). It
+// holds snaps.work from a read of the store until unlock is called, after
+// the plans are committed, so no snapshot, mark or cleanup change
+// interleaves.
+func (s *Store) planHistories(ctx context.Context, b syncer.RemoteBatch) (plans historyPlans, unlock func(), err error) {
 	if !slices.ContainsFunc(b.History, func(h syncer.History) bool { return !h.Empty() }) {
-		return nil, func() {}, nil
+		return historyPlans{}, func() {}, nil
 	}
 	if len(b.History) != len(b.Records) {
-		return nil, nil, fmt.Errorf("%d histories for %d records", len(b.History), len(b.Records))
+		return historyPlans{}, nil, fmt.Errorf("%d histories for %d records", len(b.History), len(b.Records))
 	}
 	s.snaps.work.Lock()
-	plans = make([]*historyPlan, len(b.Records))
 	err = s.scan(ctx, func(txn *badger.Txn) error {
+		plans = historyPlans{first: make([]*historyPlan, len(b.Records))}
 		for i, h := range b.History {
 			if h.Empty() {
 				continue
 			}
-			k := Key(b.Records[i].Key)
-			p, err := s.planHistory(txn, k, h, b.Records[i].Version)
+			k, version := Key(b.Records[i].Key), b.Records[i].Version
+			if err := checkHistory(k, h, version); err != nil {
+				return err
+			}
+			own, err := topOpIDs(txn, k, len(h.Events))
 			if err != nil {
 				return fmt.Errorf("history of %s: %w", k, err)
 			}
-			plans[i] = p
+			parts := s.cutHistory(k, h)
+			if plans.first[i], err = s.planHistory(txn, k, parts[0], version, own); err != nil {
+				return fmt.Errorf("history of %s: %w", k, err)
+			}
+			if len(parts) > 1 {
+				from, _ := historyBounds(h)
+				_, after := historyBounds(parts[0])
+				plans.later = append(plans.later, laterParts{rec: i, parts: parts[1:], own: own, from: from - 1, after: after})
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		s.snaps.work.Unlock()
-		return nil, nil, err
+		return historyPlans{}, nil, err
 	}
 	return plans, s.snaps.work.Unlock, nil
 }
 
-// planHistory plans storing h, the remote history of k up to version.
-func (s *Store) planHistory(txn *badger.Txn, k Key, h syncer.History, version uint64) (*historyPlan, error) {
+// checkHistory checks that h is of the history of k up to version, its
+// events in version order.
+func checkHistory(k Key, h syncer.History, version uint64) error {
+	var prev uint64
+	for _, e := range h.Events {
+		if e.Key != syncer.Key(k) || e.ToVersion <= prev || e.ToVersion > version || e.OpID == "" {
+			return fmt.Errorf("%w: remote event %s v%d (op %q) is not of the history of %s up to v%d, after v%d",
+				ErrInvalid, e.Key, e.ToVersion, e.OpID, k, version, prev)
+		}
+		prev = e.ToVersion
+	}
+	return nil
+}
+
+// planHistory plans storing h, the remote history of k up to version
+// (checkHistory), or a part of it; own is topOpIDs of the whole.
+func (s *Store) planHistory(txn *badger.Txn, k Key, h syncer.History, version uint64, own map[string]bool) (*historyPlan, error) {
 	every, keep := s.opts.snapshotPolicy(k.Governor)
 	p := &historyPlan{}
-	own, err := topOpIDs(txn, k, len(h.Events))
-	if err != nil {
-		return nil, err
-	}
 	events := make([]Event, 0, len(h.Events))
 	for _, se := range h.Events {
 		e := fromSyncEvent(se)
-		if e.Key != k || e.ToVersion == 0 || e.ToVersion > version || e.OpID == "" {
-			return nil, fmt.Errorf("%w: remote event %s v%d (op %q) is not of the history of %s up to v%d",
-				ErrInvalid, e.Key, e.ToVersion, e.OpID, k, version)
-		}
 		if own[e.OpID] {
 			continue // this node's change, renumbered by the shared store: its event is in the log already
 		}

@@ -76,6 +76,10 @@ type Options struct {
 	// durable in the write-ahead log and before it is applied to Badger; an
 	// error stands for a crash there (tests).
 	hookAfterWAL func() error
+	// hookHistoryPart, when set, is called before each part of a long
+	// remote history after the first is stored (part counts from 1); an
+	// error stands for a crash there (tests).
+	hookHistoryPart func(k Key, part int) error
 	// hookApply, when set, is called by the applier with a group's sequence
 	// number before it applies the group (tests delay the apply with it).
 	hookApply func(seq uint64)

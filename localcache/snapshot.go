@@ -498,8 +498,7 @@ func eventSnapshot(e Event, takenAt int64) Snapshot {
 
 func encodeSnapshot(snap *Snapshot) []byte {
 	r := &snap.Record
-	b := make([]byte, 0, 2+4*binary.MaxVarintLen64+len(r.Change.Actor)+len(r.Change.Reason)+
-		len(r.Origin)+len(r.OpID)+clockSize(r.Clock)+len(r.Value)+4*binary.MaxVarintLen64)
+	b := make([]byte, 0, snapshotSize(snap))
 	var flags byte
 	if r.Deleted {
 		flags |= 1
@@ -513,6 +512,13 @@ func encodeSnapshot(snap *Snapshot) []byte {
 	b = appendClock(b, r.Clock)
 	b = binary.AppendVarint(b, snap.TakenAt)
 	return appendBytes(b, r.Value)
+}
+
+// snapshotSize bounds the encoded size of snap.
+func snapshotSize(snap *Snapshot) int {
+	r := &snap.Record
+	return 2 + 4*binary.MaxVarintLen64 + len(r.Change.Actor) + len(r.Change.Reason) + len(r.Origin) + len(r.OpID) +
+		clockSize(r.Clock) + len(r.Value) + 4*binary.MaxVarintLen64
 }
 
 // snapshotHead is the start of an encoded snapshot.

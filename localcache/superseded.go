@@ -144,8 +144,35 @@ func (tx *mutTx) listHole(k Key, lowest, through uint64) error {
 		}
 		after, through = min(after, a), max(through, t)
 	}
-	tx.set(holeKey(k), binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, after), through))
+	tx.set(holeKey(k), encodeHole(after, through))
 	return nil
+}
+
+// holeFilled records that the remote history of k's versions after from
+// up to upTo is stored (longhistory.go): the hole listed in k's history
+// then starts at upTo, or is gone when it ends there. A hole that starts
+// below from (a lost change's, joined with it) stays as it is, for the
+// pull loop to fill.
+func (tx *mutTx) holeFilled(k Key, from, upTo uint64) error {
+	v, err := tx.get(holeKey(k))
+	if err != nil || v == nil {
+		return err
+	}
+	after, through, err := decodeHole(k, v)
+	switch {
+	case err != nil:
+		return err
+	case after < from || after >= upTo:
+	case through <= upTo:
+		tx.del(holeKey(k))
+	default:
+		tx.set(holeKey(k), encodeHole(upTo, through))
+	}
+	return nil
+}
+
+func encodeHole(after, through uint64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, after), through)
 }
 
 func decodeHole(k Key, v []byte) (after, through uint64, err error) {

@@ -566,7 +566,9 @@ func (s *Store) Failed(ctx context.Context, afterSeq uint64, limit int) ([]Parke
 
 // ApplyRemote applies remote records (syncer.Applier): each is decided with
 // syncer.DecideApply against the local record, in one durable local change
-// together with the governor's change cursor.
+// together with their remote history and the governor's change cursor. A
+// long history is stored in several (longhistory.go): its oldest part with
+// the record, the rest after it, and then the cursor.
 func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.ApplyResult, error) {
 	recs := make([]*Record, len(b.Records))
 	for i, r := range b.Records {
@@ -587,7 +589,10 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 	if err != nil {
 		return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
 	}
-	defer unlock()
+	long := make(map[int]uint64, len(plans.later)) // per record with a long history, where its first part ends
+	for _, l := range plans.later {
+		long[l.rec] = l.after
+	}
 	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
 		statuses := make([]syncer.ApplyStatus, len(recs))
 		for i, r := range recs {
@@ -601,9 +606,14 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 			}
 			st := syncer.DecideApply(local, cur != nil, cur != nil && cur.journaled > 0, b.Records[i])
 			statuses[i] = st
-			if plans != nil && plans[i] != nil && historyStored(st) { // bootstrap.go
-				if err := tx.storeHistory(plans[i]); err != nil {
+			if plans.first != nil && plans.first[i] != nil && historyStored(st) { // bootstrap.go
+				if err := tx.storeHistory(plans.first[i]); err != nil {
 					return nil, err
+				}
+				if after, ok := long[i]; ok { // the rest comes in later mutations (longhistory.go)
+					if err := tx.listHole(r.Key, after+1, r.Version); err != nil {
+						return nil, err
+					}
 				}
 			}
 			switch {
@@ -624,16 +634,21 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 				}
 			}
 		}
-		if b.Governor != "" {
+		if b.Governor != "" && len(long) == 0 { // else stored after the long histories' later parts
 			tx.set(cursorKey(b.Governor), []byte(b.Cursor))
 		}
 		return syncer.ApplyResult{Statuses: statuses}, nil
 	})
+	unlock()
 	if err != nil {
 		return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
 	}
-	s.trimLedgerAfterApply(ctx, res.(syncer.ApplyResult))
-	return res.(syncer.ApplyResult), nil
+	result := res.(syncer.ApplyResult)
+	if err := s.storeLaterParts(ctx, b, plans.later, result.Statuses); err != nil {
+		return syncer.ApplyResult{}, fmt.Errorf("localcache: apply remote: %w", err)
+	}
+	s.trimLedgerAfterApply(ctx, result)
+	return result, nil
 }
 
 // Cursor returns the change cursor stored for governor (syncer.Applier).

@@ -28,12 +28,15 @@ func newTxnLimits(db *badger.DB) txnLimits {
 }
 
 // entrySize is what one entry adds to a transaction's size.
-func (l txnLimits) entrySize(key, value []byte) int64 {
+func (l txnLimits) entrySize(key, value []byte) int64 { return l.entrySizeOf(len(key), len(value)) }
+
+// entrySizeOf is entrySize of a key and a value of these lengths.
+func (l txnLimits) entrySizeOf(keyLen, valueLen int) int64 {
 	const overhead = 2 + 10 // meta bytes, and the version Badger appends to the key
-	if int64(len(value)) < l.threshold {
-		return int64(len(key)+len(value)) + overhead
+	if int64(valueLen) < l.threshold {
+		return int64(keyLen+valueLen) + overhead
 	}
-	return int64(len(key)) + 12 + overhead // a value pointer
+	return int64(keyLen) + 12 + overhead // a value pointer
 }
 
 // maxMetaSize bounds the meta counters' entry (encodeMeta) that ends every

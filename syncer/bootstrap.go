@@ -245,9 +245,9 @@ const historyPage = 1000
 
 // maxContinuedHistory is how many missing versions of a state a node that
 // holds its history continues with every event (HistorySinceSnapshot):
-// a record is applied with its history in one local transaction, which a
-// long history (a node that was offline while the state changed thousands
-// of times) does not fit.
+// beyond it (a node that was offline while the state changed thousands of
+// times) it starts again at the newest snapshot, as a new node does,
+// rather than read every event.
 const maxContinuedHistory = 500
 
 // FetchHistory reads the remote history of key above top (what the local

@@ -20,7 +20,8 @@ import (
 // error wrapping ctx.Err().
 type Applier interface {
 	// ApplyRemote decides every record of b against the local store, in
-	// order, with DecideApply, inside one local transaction:
+	// order, with DecideApply, inside one local transaction (a long
+	// history of a record follows in later ones, see RemoteBatch.History):
 	//   - ApplyNewer, ApplyDiverged: the record replaces the local one
 	//     (value, version, tombstone, clocks, metadata), the remote version
 	//     is recorded as synced, and the node's Lamport clock and HLC move
@@ -52,8 +53,11 @@ type RemoteBatch struct {
 	Cursor   Cursor
 	// History, when set, holds one entry per record (parallel to Records):
 	// the remote history of the record's key that the local store lacks
-	// (bootstrap.go). A HistoryApplier stores a record's history in the
-	// same transaction as the record, and only when it stores the record.
+	// (bootstrap.go). A HistoryApplier stores a record's history with the
+	// record, and only when it stores the record (or holds it already): in
+	// the record's transaction, or, for a history longer than one
+	// transaction holds, its oldest part there and the rest in later ones
+	// before the cursor, the versions not stored yet a gap until then.
 	History []History
 }
 

@@ -273,6 +273,7 @@ func TestSnapshotOutbox(t *testing.T) {
 	for i := range 12 {
 		mustPut(t, a.store, k, fmt.Sprint(i))
 	}
+	waitSnapshots(t, a.store) // taken in the background: 12, 16 and 20
 	a.sync()
 	got, err = remote.Snapshots(ctx, syncer.Key(k), 0, 100)
 	var versions []uint64

@@ -90,6 +90,20 @@ func wantLineage(t *testing.T, n *syncNode, k Key, want ...string) {
 	}
 }
 
+// sharedStart returns nodes a (a snapshot every aEvery versions) and b of
+// a new remote, and the state k both hold at version 1, a's.
+func sharedStart(t *testing.T, newRemote func() syncer.Remote, aEvery int) (a, b *syncNode, k Key) {
+	t.Helper()
+	remote := newRemote()
+	a = newHistoryNode(t, "a", remote, aEvery)
+	b = newHistoryNode(t, "b", remote, 0)
+	k = key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	return a, b, k
+}
+
 // ledgerOf returns n's local ledger records of k.
 func ledgerOf(t *testing.T, n *syncNode, k Key) []syncer.ConflictRecord {
 	t.Helper()
@@ -111,13 +125,7 @@ func TestLostChangeLeavesTheHistory(t *testing.T) { forRemotes(t, testLostChange
 
 func testLostChangeLeavesTheHistory(t *testing.T, newRemote func() syncer.Remote) {
 	ctx := context.Background()
-	remote := newRemote()
-	a := newHistoryNode(t, "a", remote, 0)
-	b := newHistoryNode(t, "b", remote, 0)
-	k := key("g", "k")
-	a.put(k, "1")
-	a.pushAll()
-	b.pullAll()
+	a, b, k := sharedStart(t, newRemote, 0)
 	a.put(k, "a2")
 	a3 := a.put(k, "a3")
 	nextMillisecond() // b's write is later: it wins
@@ -445,24 +453,19 @@ func TestHistoryHolesPages(t *testing.T) {
 	}
 }
 
-// TestRenumberedChangeTakesTheSharedLineage: a's write of k (version 2 here)
-// wins a conflict against b's version 2, and the shared store commits it as
-// version 3. a's history of k is then the shared store's: b's change at 2,
-// a's at 3. Before, a's event stayed at version 2, where the shared store
-// holds b's change, and b's was never imported.
+// TestRenumberedChangeTakesTheSharedLineage: a's two writes of k (versions
+// 2 and 3 here) win a conflict against b's version 2, and the shared store
+// commits them as versions 3 and 4. a's history of k is then the shared
+// store's: b's change at 2, a's at 3 and 4. Before, a's events stayed at
+// versions 2 and 3, where the shared store holds b's change and a's first,
+// and b's was never imported.
 func TestRenumberedChangeTakesTheSharedLineage(t *testing.T) {
 	forRemotes(t, testRenumberedChangeTakesTheSharedLineage)
 }
 
 func testRenumberedChangeTakesTheSharedLineage(t *testing.T, newRemote func() syncer.Remote) {
 	ctx := context.Background()
-	remote := newRemote()
-	a := newHistoryNode(t, "a", remote, 2)
-	b := newHistoryNode(t, "b", remote, 0)
-	k := key("g", "k")
-	a.put(k, "1")
-	a.pushAll()
-	b.pullAll()
+	a, b, k := sharedStart(t, newRemote, 2)
 	b.put(k, "b2")
 	b.pushAll()
 	nextMillisecond() // a's write is later: it wins

@@ -28,24 +28,26 @@ import (
 // local record: every part lies at or below the record's version, in the
 // shared store's lineage. A local write of the state made between the
 // mutations makes the version after the record's, where no imported event
-// is, and the parts stored after it are all below it. Readers meanwhile
-// see the record with the oldest parts of its history: the versions of
-// the later parts are a gap (HistoryTop is the top of the parts stored;
-// StateAtVersion answers them with a *HistoryGapError, StateAt inexactly
-// or with the same error, Validate reports the gap), never a wrong answer. Snapshots, time marks and retention are those of a
-// history imported up to the parts stored. Each part is planned and
-// stored holding the snapshot planner's mutex, as the batch's mutation is,
-// so no local snapshot, mark or cleanup plan interleaves with one; between
-// parts they see the history stored so far, as for any other import.
+// is, and the parts stored after it are all below it. Readers meanwhile see
+// the record with the oldest parts of its history: the versions of the later
+// parts are a gap (HistoryTop is the top of the parts stored; StateAtVersion
+// answers them with a *HistoryGapError, StateAt inexactly or with the same
+// error, Validate reports the gap), never a wrong answer. Snapshots, time
+// marks and retention are those of a history imported up to the parts
+// stored. Each part is planned and stored holding the snapshot planner's
+// mutex, as the batch's mutation is, so no local snapshot, mark or cleanup
+// plan interleaves with one; between parts they see the history stored so
+// far, as for any other import.
 //
 // A crash or failure between the mutations loses nothing: the record's
 // mutation lists the versions above its part as a hole (superseded.go),
-// which each later part narrows and the last one drops, and the
-// governor's cursor is stored only after the last part. The pull loop then redoes the page: the record is
-// stale and HistoryTop is the top of the parts stored, so the pull brings
-// and stores only the rest. If a local write of the state is pending by
-// then (a record brings no history then), the hole makes the pull loop
-// bring the rest once the write is settled (syncer.HistoryRefiller).
+// which each later part narrows and the last one drops, and the governor's
+// cursor is stored only after the last part. The pull loop then redoes the
+// page: the record is stale and HistoryTop is the top of the parts stored,
+// so the pull brings and stores only the rest. If a local write of the state
+// is pending by then (a record brings no history then), the hole makes the
+// pull loop bring the rest once the write is settled
+// (syncer.HistoryRefiller).
 
 // laterParts is the remote history of a batch's record after its first
 // part.

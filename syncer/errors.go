@@ -87,6 +87,8 @@ type UndecodableError struct {
 	Time time.Time
 	// Err says what does not decode.
 	Err error
+	// What the document should be: "" is a state record.
+	What string
 }
 
 func (e *UndecodableError) Error() string {
@@ -94,7 +96,11 @@ func (e *UndecodableError) Error() string {
 	if !e.Time.IsZero() {
 		s += " (written " + e.Time.UTC().Format(time.RFC3339Nano) + ")"
 	}
-	return s + " is not a state record: " + e.Err.Error()
+	what := e.What
+	if what == "" {
+		what = "state record"
+	}
+	return s + " is not a " + what + ": " + e.Err.Error()
 }
 
 // Unwrap returns ErrUndecodable, ErrPermanent and the cause.
@@ -104,9 +110,10 @@ func (e *UndecodableError) Unwrap() []error { return []error{ErrUndecodable, Err
 // documents of the governor were left out of the page because they do not
 // decode (Docs, in stream order); a Watch hands them to its fn. The cursor
 // returned goes past them: they are not returned again until they are
-// written again. It matches ErrUndecodable and ErrPermanent.
+// written again. Conflicts returns one with the records, for ledger
+// documents left out. It matches ErrUndecodable and ErrPermanent.
 type SkippedError struct {
-	Op       string // "changes"
+	Op       string // "changes", "conflicts"
 	Governor string
 	Docs     []*UndecodableError
 }

@@ -83,6 +83,9 @@ type ConflictLog interface {
 	// Conflicts returns the ledger's records of q.Governor (and q.State
 	// when set) decided at q.From or later and before q.Until (zero: open),
 	// oldest first, at most q.Limit of them (<= 0: a backend default).
+	// Documents that are not conflict records (written by another tool or
+	// version) are left out: the records are returned with a
+	// *SkippedError naming them.
 	Conflicts(ctx context.Context, q ConflictQuery) ([]ConflictRecord, error)
 }
 

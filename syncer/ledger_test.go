@@ -106,11 +106,24 @@ func TestConflictLedger(t *testing.T) {
 }
 
 // loseDecidedReply is a remote that loses the reply of the first commit
-// that carries a conflict decision, after the commit took effect.
+// that carries a conflict decision, after the commit took effect. With
+// skip, its ledger also holds a document that does not decode, which
+// Conflicts leaves out (*syncer.SkippedError).
 type loseDecidedReply struct {
 	syncer.Remote
+	skip bool
 	mu   sync.Mutex
 	lost int
+}
+
+func (r *loseDecidedReply) Conflicts(ctx context.Context, q syncer.ConflictQuery) ([]syncer.ConflictRecord, error) {
+	recs, err := r.Remote.Conflicts(ctx, q)
+	if err != nil || !r.skip {
+		return recs, err
+	}
+	bad := &syncer.UndecodableError{Key: syncer.Key{Governor: q.Governor, State: q.State}, Doc: "conflicts/bad",
+		Err: errors.New("not a conflict record (injected)"), What: "conflict record"}
+	return recs, &syncer.SkippedError{Op: "conflicts", Governor: q.Governor, Docs: []*syncer.UndecodableError{bad}}
 }
 
 func (r *loseDecidedReply) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
@@ -135,14 +148,17 @@ func (r *loseDecidedReply) Commit(ctx context.Context, b syncer.Batch) ([]syncer
 // decision still reaches the deciding node's ledger, once: whether the
 // change is all the next pass pushes (the commit answers AlreadyApplied) or
 // a later local write follows it (the commit conflicts, and the applied
-// change is found covered by the remote record).
+// change is found covered by the remote record). A ledger document that
+// does not decode, left out of the remote's query, does not keep the
+// decision out.
 func TestConflictLedgerLostReply(t *testing.T) {
 	for _, be := range backends {
-		for _, writeAfter := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/writeAfter=%v", be.name, writeAfter), func(t *testing.T) {
+		for _, c := range []struct{ writeAfter, skip bool }{{false, false}, {true, false}, {false, true}} {
+			writeAfter := c.writeAfter
+			t.Run(fmt.Sprintf("%s/writeAfter=%v/skip=%v", be.name, writeAfter, c.skip), func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
-				r := &loseDecidedReply{Remote: be.open(t)}
+				r := &loseDecidedReply{Remote: be.open(t), skip: c.skip}
 				a := resolverNode("node-a", r, resolverSet(t, "*=lww"), nil, nil)
 				b := resolverNode("node-b", r, resolverSet(t, "*=lww"), nil, nil)
 				k := key(fmt.Sprintf("ledger-lost-reply-%v", writeAfter))
@@ -167,7 +183,7 @@ func TestConflictLedgerLostReply(t *testing.T) {
 				}
 				rem := converge(t, ctx, r, k, a, b)
 				if !writeAfter {
-					checkExplains(t, ctx, r, b, k, conflict.Local)
+					checkExplains(t, ctx, r.Remote, b, k, conflict.Local)
 					return
 				}
 				if string(rem.Value) != "b2" {
@@ -176,7 +192,7 @@ func TestConflictLedgerLostReply(t *testing.T) {
 				// The remote's ledger holds the decision over b1, and maybe
 				// one over b2 (the journal here keeps no event log, so b2's
 				// base is unknown): the deciding node's must hold the same.
-				local, remote := b.j.Conflicts(), remoteLedger(t, ctx, r, k)
+				local, remote := b.j.Conflicts(), remoteLedger(t, ctx, r.Remote, k)
 				ids := make(map[string]bool)
 				for _, x := range local {
 					ids[x.ID] = true

@@ -1034,7 +1034,11 @@ func (s *Syncer) lostDecision(ctx context.Context, k Key, entries []Entry, remot
 	cctx, cancel := s.ledgerCall(ctx)
 	defer cancel()
 	recs, err := s.remote.Conflicts(cctx, ConflictQuery{Governor: k.Governor, State: k.State, From: from})
-	if err != nil {
+	var skipped *SkippedError
+	switch {
+	case errors.As(err, &skipped):
+		s.log.Warn("push: remote conflict records that do not decode are left out", "key", k.String(), "err", err)
+	case err != nil:
 		s.log.Warn("push: a change was already applied; its conflict decision, if any, stays out of the local ledger",
 			"key", k.String(), "err", err)
 		return nil

@@ -2,7 +2,6 @@ package firestore
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"cloud.google.com/go/firestore"
@@ -191,13 +190,34 @@ func (r *Remote) Conflicts(ctx context.Context, q syncer.ConflictQuery) ([]synce
 		return nil, translate(ctx, "conflicts", key, err)
 	}
 	out := make([]syncer.ConflictRecord, 0, len(snaps))
+	var skipped []*syncer.UndecodableError
 	for _, snap := range snaps {
-		var d conflictDoc
-		if err := snap.DataTo(&d); err != nil {
-			return nil, &syncer.Error{Op: "conflicts", Key: key, Kind: syncer.ErrPermanent,
-				Err: errors.Join(errors.New("decode "+snap.Ref.Path), err)}
+		c, err := decodeConflict(snap)
+		if err != nil {
+			// Written by another tool or version: the rest of the
+			// ledger is still read.
+			skipped = append(skipped, &syncer.UndecodableError{Key: key, Doc: snap.Ref.Path, Time: snap.UpdateTime, Err: err,
+				What: "conflict record"})
+			continue
 		}
-		out = append(out, fromConflictDoc(d))
+		out = append(out, c)
+	}
+	if len(skipped) > 0 {
+		return out, &syncer.SkippedError{Op: "conflicts", Governor: q.Governor, Docs: skipped}
 	}
 	return out, nil
+}
+
+// decodeConflict reads snap as a conflict record: one that does not decode,
+// or is not one (no key, id or winner), is an error.
+func decodeConflict(snap *firestore.DocumentSnapshot) (syncer.ConflictRecord, error) {
+	var d conflictDoc
+	if err := snap.DataTo(&d); err != nil {
+		return syncer.ConflictRecord{}, err
+	}
+	c := fromConflictDoc(d)
+	if err := syncer.CheckConflict(c); err != nil {
+		return syncer.ConflictRecord{}, err
+	}
+	return c, nil
 }

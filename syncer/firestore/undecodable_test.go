@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"strings"
 	"testing"
+	"time"
 
 	gfs "cloud.google.com/go/firestore"
 
+	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/firestore"
 	"github.com/tai-state/tai-state/syncer/firestore/firestoretest"
@@ -161,5 +164,48 @@ func TestUndecodableHistoryDocuments(t *testing.T) {
 	_, err = r.Snapshots(ctx, k, 0, math.MaxUint64)
 	if !errors.Is(err, syncer.ErrUndecodable) || !errors.As(err, &bad) || bad.Doc != snapshot {
 		t.Fatalf("Snapshots: %v, want ErrUndecodable naming %s", err, snapshot)
+	}
+}
+
+// TestUndecodableConflictDocuments: ledger documents that are not conflict
+// records (a field of the wrong type; no id or winner) are left out of a
+// Conflicts query, which still returns the records around them, with a
+// *SkippedError naming them. Before, one such document failed every query of
+// its state.
+func TestUndecodableConflictDocuments(t *testing.T) {
+	client, root := firestoretest.Client(t)
+	r := firestore.New(client, firestore.Config{Root: root})
+	ctx := context.Background()
+	k := syncer.Key{Governor: "g", State: "s"}
+	decided := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	good := func(id string, at time.Time) syncer.ConflictRecord {
+		return syncer.ConflictRecord{ID: id, Key: k, Time: at, Node: "n1", Resolver: "lww", Winner: conflict.Remote}
+	}
+	if err := r.LogConflicts(ctx, []syncer.ConflictRecord{good("c1", decided), good("c4", decided.Add(3*time.Second))}); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]map[string]any{
+		"c2": {"id": "c2", "governor": "g", "state": "s", "time_ns": decided.Add(time.Second).UnixNano(), "winner": "remote",
+			"local": "not a map"},
+		"c3": {"id": "c3", "governor": "g", "state": "s", "time_ns": decided.Add(2 * time.Second).UnixNano()},
+	}
+	for id, doc := range bad {
+		if _, err := client.Doc(root + "/conflicts/" + id).Set(ctx, doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := r.Conflicts(ctx, syncer.ConflictQuery{Governor: "g", State: "s"})
+	var skipped *syncer.SkippedError
+	if !errors.As(err, &skipped) || skipped.Op != "conflicts" || len(skipped.Docs) != 2 {
+		t.Fatalf("Conflicts: %v; want the two documents named as left out", err)
+	}
+	for i, id := range []string{"c2", "c3"} {
+		if d := skipped.Docs[i]; !strings.HasSuffix(d.Doc, root+"/conflicts/"+id) || d.Key != k || d.Time.IsZero() ||
+			!strings.Contains(d.Error(), "is not a conflict record") {
+			t.Fatalf("left out %d: %+v, want %s", i, d, id)
+		}
+	}
+	if len(recs) != 2 || recs[0].ID != "c1" || recs[1].ID != "c4" || recs[1].Winner != conflict.Remote {
+		t.Fatalf("records: %+v; want c1 and c4", recs)
 	}
 }

@@ -16,6 +16,7 @@ import (
 //	f + BE u64 seq                       parked journal entry (the failed list)
 //	r + enc(key)                         remote record kept aside while a local write of key is pending
 //	h + enc(key)                         a hole in key's history: BE u64 after, BE u64 through (superseded.go)
+//	d + enc(key)                         key's changes whose events leave its history once it settles (superseded.go)
 //	c + governor                         change cursor of governor (where pulling resumes)
 //	u + enc(key)                         the shared store's document of key, which does not decode (undecodable.go)
 //	l + resource                         fence mark: the highest token seen for a lock (fence.go)
@@ -42,6 +43,7 @@ const (
 	kindParked  = 'f'
 	kindAside   = 'r'
 	kindHole    = 'h'
+	kindDefer   = 'd'
 	kindCursor  = 'c'
 	kindUndec   = 'u'
 	kindFence   = 'l'

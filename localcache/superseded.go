@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -95,33 +96,104 @@ func (tx *mutTx) dropLost(k Key, version uint64, op string) (bool, error) {
 	return true, nil
 }
 
-// moves reports whether the entries js of k, which ack a acks as pushed or
-// already applied, leave the local history as a lost change's do: the
-// shared store may hold them under other versions or values than the ones
-// they made locally, because the push met a conflict (the change won it and
-// was committed on top of the concurrent record, or was merged with it) or
-// the remote record is the last entry's change under another version
-// (rebased). The hole is then refilled with the shared store's history,
-// which holds the change where it was committed.
-//
-// Only an ack that settles k moves them (settles is a's being the last ack
-// of k in its call, and no later write of k is pending): a pending write
-// made on them finds its base (a merge resolver's) by their events, and
-// keeps them. A remote record whose last change is another's says nothing
-// about where these were committed: their events stay too.
-func (tx *mutTx) moves(k Key, a syncer.Ack, js []JournalEntry, settles, lost bool) (bool, error) {
-	if lost || !settles || len(js) == 0 {
-		return false, nil
-	}
+// madeElsewhere reports whether the entries js, which ack a acks as pushed
+// or already applied, may hold other versions or values in the shared
+// store than the ones they made locally: the push met a conflict (the
+// change won it and was committed on top of the concurrent record, or was
+// merged with it), or the remote record is the last entry's change under
+// another version (rebased). Their events then leave the local history as a
+// lost change's do, and the hole is refilled with the shared store's
+// history, which holds the change where it was committed. A remote record
+// whose last change is another's says nothing about where these were
+// committed: their events stay.
+func madeElsewhere(a syncer.Ack, js []JournalEntry) bool {
 	last := js[len(js)-1]
-	if a.Conflict == nil && (a.Remote.OpID != last.OpID || a.Remote.Version == last.Version) {
-		return false, nil
+	return a.Outcome != syncer.OutcomeSuperseded &&
+		(a.Conflict != nil || (a.Remote.OpID == last.OpID && a.Remote.Version != last.Version))
+}
+
+// lostOp is a local change whose event leaves k's history: the version it
+// made, and its op id.
+type lostOp struct {
+	version uint64
+	op      string
+}
+
+// maxDeferred bounds the changes a state's history keeps while later
+// writes of it are pending (historyDrops): beyond it, they leave at once.
+const maxDeferred = 1024
+
+// historyDrops returns the changes whose events leave k's history now (see
+// dropLost): the entries js when leave says they do, and the ones deferred
+// before, when the ack settles k. While a later write of k is pending (not
+// settles), the entries' events stay and are deferred (key kind d): that
+// write was made on them, and a merge resolver finds its base by their
+// events when it meets the shared store's record. The ack that settles k
+// then takes them out with its own.
+func (tx *mutTx) historyDrops(k Key, js []JournalEntry, leave, settles bool) ([]lostOp, error) {
+	var ops []lostOp
+	if leave {
+		for _, j := range js {
+			ops = append(ops, lostOp{j.Version, j.OpID})
+		}
 	}
-	cur, err := tx.record(k)
-	if err != nil || cur == nil {
-		return false, err
+	v, err := tx.get(deferKey(k))
+	if err != nil {
+		return nil, err
 	}
-	return cur.journaled <= uint32(len(js)), nil
+	deferred, err := decodeDeferred(k, v)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case settles:
+		if v != nil {
+			tx.del(deferKey(k))
+		}
+		return append(deferred, ops...), nil
+	case len(ops) == 0:
+		return nil, nil
+	case len(deferred)+len(ops) > maxDeferred:
+		return ops, nil // the pending writes' merges may find no base
+	}
+	tx.set(deferKey(k), appendDeferred(v, ops))
+	return nil, nil
+}
+
+func deferKey(k Key) []byte {
+	b := stateKey(k)
+	b[0] = kindDefer
+	return b
+}
+
+// appendDeferred appends ops to b, a deferred list: each a uvarint
+// version, a uvarint length and the op id.
+func appendDeferred(b []byte, ops []lostOp) []byte {
+	b = slices.Clone(b)
+	for _, o := range ops {
+		b = binary.AppendUvarint(b, o.version)
+		b = binary.AppendUvarint(b, uint64(len(o.op)))
+		b = append(b, o.op...)
+	}
+	return b
+}
+
+func decodeDeferred(k Key, b []byte) ([]lostOp, error) {
+	var ops []lostOp
+	for len(b) > 0 {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return nil, fmt.Errorf("%w: deferred history of %s", errCorrupt, k)
+		}
+		b = b[n:]
+		l, n := binary.Uvarint(b)
+		if n <= 0 || uint64(len(b)-n) < l {
+			return nil, fmt.Errorf("%w: deferred history of %s", errCorrupt, k)
+		}
+		ops = append(ops, lostOp{v, string(b[n : n+int(l)])})
+		b = b[n+int(l):]
+	}
+	return ops, nil
 }
 
 // listHole lists the hole lost changes left in k's history, from version

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tai-state/tai-state/conflict"
+	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/memremote"
 )
@@ -486,5 +488,73 @@ func testRenumberedChangeTakesTheSharedLineage(t *testing.T, newRemote func() sy
 	wantLineage(t, a, k, "1", "b2", "a2", "a3")
 	if holes, err := a.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 0 {
 		t.Fatalf("holes still listed: %v, %v", holes, err)
+	}
+}
+
+// TestMergedChangeLeavesTheHistoryOnceSettled: c's write x is merged with
+// b's concurrent change while c's next write z (made on x) is pending. x's
+// event stays in c's log until z settles: z's push finds its merge base by
+// it, so b's field survives z's merge. Then both leave, and c's history of
+// k is the shared store's. Before, x's event stayed for good at the version
+// it made locally, which the shared store holds b's change at.
+func TestMergedChangeLeavesTheHistoryOnceSettled(t *testing.T) {
+	forRemotes(t, testMergedChangeLeavesTheHistoryOnceSettled)
+}
+
+func testMergedChangeLeavesTheHistoryOnceSettled(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	hooked := &hookedRemote{Remote: remote}
+	b := newHistoryNode(t, "b", remote, 0)
+	c := newHistoryNode(t, "c", hooked, 0)
+	c.push = syncer.New(c.store, hooked, syncer.Options{Resolvers: conflict.Merge{}})
+	k := key("g", "k")
+	doc := func(fields map[string]int) string {
+		v, err := wire.Marshal(fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(v)
+	}
+	c.put(k, doc(map[string]int{"c": 0}))
+	c.pushAll()
+	b.pullAll()
+	b.put(k, doc(map[string]int{"c": 0, "b": 1}))
+	b.pushAll()
+
+	c.put(k, doc(map[string]int{"c": 1})) // x: c's version 2, made on 1
+	hooked.mu.Lock()
+	hooked.hook = func() { c.put(k, doc(map[string]int{"c": 2})) } // z: c's version 3, made on x
+	hooked.mu.Unlock()
+	if rep := c.pushAll(); rep.Conflicts != 1 || rep.Pushed != 1 {
+		t.Fatalf("c's first pass %+v: want x merged with b's change", rep)
+	}
+	if evs := mustEvents(t, c.store, k); len(evs) != 3 || evs[1].Origin != c.store.Origin() {
+		t.Fatalf("c's events while z is pending: %+v; want x's kept at version 2", evs)
+	}
+	c.pushAll()
+	var got map[string]int
+	if err := wire.Unmarshal(remoteGet(t, remote, k).Value, &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{"b": 1, "c": 2}; !maps.Equal(got, want) {
+		t.Fatalf("remote holds %v, want %v", got, want)
+	}
+	holes, err := c.store.HistoryHoles(ctx, "g", "", 10)
+	if err != nil || !slices.Contains(holes, syncer.HistoryHole{Key: syncer.Key(k), After: 1}) {
+		t.Fatalf("holes: %v, %v; want %s after version 1", holes, err, k)
+	}
+	c.pullAll()
+	evs, err := remote.Events(ctx, syncer.Key(k), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values []string
+	for _, e := range evs {
+		values = append(values, string(e.Value))
+	}
+	wantLineage(t, c, k, values...)
+	if len(values) != 4 {
+		t.Fatalf("the shared store holds %d events of %s, want 4", len(values), k)
 	}
 }

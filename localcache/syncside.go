@@ -302,27 +302,40 @@ func (s *Store) ack(ctx context.Context, acks []syncer.Ack, remotes []*Record, h
 			if err != nil {
 				return nil, err
 			}
+			if len(js) == 0 {
+				continue
+			}
 			removed := uint32(len(js))
-			lost := a.Outcome == syncer.OutcomeSuperseded
-			moved, err := tx.moves(k, a, js, last[k] == i, lost) // superseded.go
+			cur, err := tx.record(k)
 			if err != nil {
 				return nil, err
 			}
-			if moved && !history {
+			if cur == nil {
+				return nil, fmt.Errorf("%w: %s has journal entries and no record", errCorrupt, k)
+			}
+			lost := a.Outcome == syncer.OutcomeSuperseded
+			// The ack settles k when no later write of k is pending (nor
+			// acked later in this call).
+			settles := cur.journaled <= removed && last[k] == i
+			drops, err := tx.historyDrops(k, js, lost || madeElsewhere(a, js), settles) // superseded.go
+			if err != nil {
+				return nil, err
+			}
+			if len(drops) > 0 && !history {
 				return nil, errHistoryMoves
+			}
+			for _, d := range drops {
+				found, err := tx.dropLost(k, d.version, d.op)
+				if err != nil {
+					return nil, err
+				}
+				if dv := dropped[k]; found && (dv == 0 || d.version < dv) {
+					dropped[k] = d.version
+				}
 			}
 			for _, j := range js {
 				seq := j.Seq
 				tx.del(journalKey(seq))
-				if lost || moved {
-					found, err := tx.dropLost(k, j.Version, j.OpID) // superseded.go
-					if err != nil {
-						return nil, err
-					}
-					if d := dropped[k]; found && (d == 0 || j.Version < d) {
-						dropped[k] = j.Version
-					}
-				}
 				if lost && (j.Strict || j.Confirm) {
 					l := lostChange{key: k, remoteVersion: a.Remote.Version, remoteDeleted: a.Remote.Deleted, strict: j.Strict,
 						conflicted: a.Conflict != nil && a.Conflict.Resolver != syncer.ResolverGaveWay}
@@ -338,17 +351,7 @@ func (s *Store) ack(ctx context.Context, acks []syncer.Ack, remotes []*Record, h
 					}
 				}
 			}
-			if removed == 0 {
-				continue
-			}
 			tx.m.journal -= int64(removed)
-			cur, err := tx.record(k)
-			if err != nil {
-				return nil, err
-			}
-			if cur == nil {
-				return nil, fmt.Errorf("%w: %s has journal entries and no record", errCorrupt, k)
-			}
 			rec := *cur
 			rec.journaled -= min(rec.journaled, removed)
 			if rec.journaled > 0 || last[k] != i {

@@ -190,7 +190,7 @@ func TestUndecodableConflictDocuments(t *testing.T) {
 		"c3": {"id": "c3", "governor": "g", "state": "s", "time_ns": decided.Add(2 * time.Second).UnixNano()},
 	}
 	for id, doc := range bad {
-		if _, err := client.Doc(root + "/conflicts/" + id).Set(ctx, doc); err != nil {
+		if _, err := client.Doc(root+"/conflicts/"+id).Set(ctx, doc); err != nil {
 			t.Fatal(err)
 		}
 	}

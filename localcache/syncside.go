@@ -207,8 +207,10 @@ func (s *Store) Pending(ctx context.Context, afterSeq uint64, limit int) ([]sync
 // Ack removes pushed entries from the journal and settles their keys
 // (syncer.Journal): a key with no entry left adopts the remote record (or
 // the one kept aside, when newer); otherwise only the remote version is
-// recorded. Entries acked as superseded take their changes' events and
-// snapshots out of the history, and list the hole for the pull loop
+// recorded. Entries acked as superseded, or committed by the shared store
+// under other versions, take their changes' events and snapshots out of
+// the history and list the hole for the pull loop; while a later write of
+// the key is pending, they wait for the ack that settles it
 // (superseded.go). Acking entries that are no longer pending changes
 // nothing.
 func (s *Store) Ack(ctx context.Context, acks []syncer.Ack) error {
@@ -354,7 +356,7 @@ func (s *Store) ack(ctx context.Context, acks []syncer.Ack, remotes []*Record, h
 			tx.m.journal -= int64(removed)
 			rec := *cur
 			rec.journaled -= min(rec.journaled, removed)
-			if rec.journaled > 0 || last[k] != i {
+			if !settles {
 				// A later write of k is still to be pushed (or acked
 				// later in this call): keep the local record.
 				rec.Pending = rec.journaled > 0

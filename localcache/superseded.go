@@ -35,6 +35,15 @@ import (
 // What the changes were stays in the conflict ledger: every superseded ack
 // carries the record of its decision (syncer.ResolverGaveWay for a change
 // that gave way with its batch), stored in the same mutation.
+//
+// A change the shared store committed under other versions than it made
+// locally (it won a conflict, was merged, or was rebased) leaves the
+// history the same way (madeElsewhere): the refill brings the shared
+// store's events of those versions, its own included. While a later local
+// write of the state is pending, neither kind leaves yet: that write was
+// made on it, and a merge resolver finds its base by its events. The ack
+// defers them (key kind d), and the ack that settles the state takes them
+// out with its own (historyDrops).
 
 var _ syncer.HistoryRefiller = (*Store)(nil)
 

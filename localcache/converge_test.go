@@ -143,29 +143,43 @@ func testSyncWriteAfterMergeKeepsTheMerge(t *testing.T, newRemote func() syncer.
 	hooked := &hookedRemote{Remote: remote}
 	b := newSyncNode(t, "b", remote, "g")
 	c := newSyncNode(t, "c", hooked, "g")
-	c.push = syncer.New(c.store, hooked, syncer.Options{Resolvers: conflict.Merge{}})
 	k := key("g", "k")
-	doc := func(fields map[string]int) string {
-		v, err := wire.Marshal(fields)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(v)
+	mergeWhilePending(t, b, c, hooked, k)
+	c.pushAll()
+	wantMergedBoth(t, remote, k)
+	b.pullAll()
+	c.pullAll()
+	if msg := converged(t, remote, []*syncNode{b, c}, []Key{k}); msg != "" {
+		t.Fatal(msg)
 	}
-	c.put(k, doc(map[string]int{"c": 0}))
+}
+
+// mergeWhilePending makes c, whose pushes go through hooked and merge
+// (conflict.Merge), write x on k while b writes another field, and
+// pushes x, which is merged with b's change; z, c's next write (made on x,
+// not on the merge), is made during that push, and is pending after it.
+func mergeWhilePending(t *testing.T, b, c *syncNode, hooked *hookedRemote, k Key) {
+	t.Helper()
+	c.push = syncer.New(c.store, hooked, syncer.Options{Resolvers: conflict.Merge{}})
+	c.put(k, fieldsDoc(t, map[string]int{"c": 0}))
 	c.pushAll()
 	b.pullAll()
-	b.put(k, doc(map[string]int{"c": 0, "b": 1}))
+	b.put(k, fieldsDoc(t, map[string]int{"c": 0, "b": 1}))
 	b.pushAll()
 
-	c.put(k, doc(map[string]int{"c": 1})) // x: c's v2, made on v1
+	c.put(k, fieldsDoc(t, map[string]int{"c": 1})) // x: c's v2, made on v1
 	hooked.mu.Lock()
-	hooked.hook = func() { c.put(k, doc(map[string]int{"c": 2})) } // z: c's v3, made on x
+	hooked.hook = func() { c.put(k, fieldsDoc(t, map[string]int{"c": 2})) } // z: c's v3, made on x
 	hooked.mu.Unlock()
 	if rep := c.pushAll(); rep.Conflicts != 1 || rep.Pushed != 1 {
 		t.Fatalf("c's first pass %+v: want x merged with b's change", rep)
 	}
-	c.pushAll()
+}
+
+// wantMergedBoth checks that the remote's record of k holds b's field and
+// z's (see mergeWhilePending).
+func wantMergedBoth(t *testing.T, remote syncer.Remote, k Key) {
+	t.Helper()
 	r := remoteGet(t, remote, k)
 	var got map[string]int
 	if err := wire.Unmarshal(r.Value, &got); err != nil {
@@ -174,11 +188,15 @@ func testSyncWriteAfterMergeKeepsTheMerge(t *testing.T, newRemote func() syncer.
 	if want := map[string]int{"b": 1, "c": 2}; !maps.Equal(got, want) {
 		t.Fatalf("remote holds %v by %s v%d, want %v", got, r.Origin, r.Version, want)
 	}
-	b.pullAll()
-	c.pullAll()
-	if msg := converged(t, remote, []*syncNode{b, c}, []Key{k}); msg != "" {
-		t.Fatal(msg)
+}
+
+func fieldsDoc(t *testing.T, fields map[string]int) string {
+	t.Helper()
+	v, err := wire.Marshal(fields)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return string(v)
 }
 
 // TestDivergedDecisionInLedger: a remote record that replaces a local one

@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tai-state/tai-state/conflict"
-	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/memremote"
 )
@@ -507,39 +505,13 @@ func testMergedChangeLeavesTheHistoryOnceSettled(t *testing.T, newRemote func() 
 	hooked := &hookedRemote{Remote: remote}
 	b := newHistoryNode(t, "b", remote, 0)
 	c := newHistoryNode(t, "c", hooked, 0)
-	c.push = syncer.New(c.store, hooked, syncer.Options{Resolvers: conflict.Merge{}})
 	k := key("g", "k")
-	doc := func(fields map[string]int) string {
-		v, err := wire.Marshal(fields)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(v)
-	}
-	c.put(k, doc(map[string]int{"c": 0}))
-	c.pushAll()
-	b.pullAll()
-	b.put(k, doc(map[string]int{"c": 0, "b": 1}))
-	b.pushAll()
-
-	c.put(k, doc(map[string]int{"c": 1})) // x: c's version 2, made on 1
-	hooked.mu.Lock()
-	hooked.hook = func() { c.put(k, doc(map[string]int{"c": 2})) } // z: c's version 3, made on x
-	hooked.mu.Unlock()
-	if rep := c.pushAll(); rep.Conflicts != 1 || rep.Pushed != 1 {
-		t.Fatalf("c's first pass %+v: want x merged with b's change", rep)
-	}
+	mergeWhilePending(t, b, c, hooked, k)
 	if evs := mustEvents(t, c.store, k); len(evs) != 3 || evs[1].Origin != c.store.Origin() {
 		t.Fatalf("c's events while z is pending: %+v; want x's kept at version 2", evs)
 	}
 	c.pushAll()
-	var got map[string]int
-	if err := wire.Unmarshal(remoteGet(t, remote, k).Value, &got); err != nil {
-		t.Fatal(err)
-	}
-	if want := map[string]int{"b": 1, "c": 2}; !maps.Equal(got, want) {
-		t.Fatalf("remote holds %v, want %v", got, want)
-	}
+	wantMergedBoth(t, remote, k)
 	holes, err := c.store.HistoryHoles(ctx, "g", "", 10)
 	if err != nil || !slices.Contains(holes, syncer.HistoryHole{Key: syncer.Key(k), After: 1}) {
 		t.Fatalf("holes: %v, %v; want %s after version 1", holes, err, k)

@@ -169,7 +169,15 @@ type historyPlan struct {
 type historyPlans struct {
 	first []*historyPlan // per record, the first part of its history (nil: none)
 	later []laterParts   // the later parts of long histories, in record order
+	// short holds, per record whose history was read short (History.Upto),
+	// where the read started and ended: the versions above its end are
+	// listed as a hole, and the hole listed from its start moves up.
+	short map[int]shortHistory
 }
+
+// shortHistory is the span of a history read short: the versions after
+// from up to upto.
+type shortHistory struct{ from, upto uint64 }
 
 // planHistories plans the history of each record of b (none when b has
 // none): its first part (all of it unless it is long, see cutHistory). It
@@ -177,7 +185,7 @@ type historyPlans struct {
 // the plans are committed, so no snapshot, mark or cleanup change
 // interleaves.
 func (s *Store) planHistories(ctx context.Context, b syncer.RemoteBatch) (plans historyPlans, unlock func(), err error) {
-	if !slices.ContainsFunc(b.History, func(h syncer.History) bool { return !h.Empty() }) {
+	if !slices.ContainsFunc(b.History, func(h syncer.History) bool { return !h.Empty() || h.Upto != 0 }) {
 		return historyPlans{}, func() {}, nil
 	}
 	if len(b.History) != len(b.Records) {
@@ -185,12 +193,18 @@ func (s *Store) planHistories(ctx context.Context, b syncer.RemoteBatch) (plans 
 	}
 	s.snaps.work.Lock()
 	err = s.scan(ctx, func(txn *badger.Txn) error {
-		plans = historyPlans{first: make([]*historyPlan, len(b.Records))}
+		plans = historyPlans{first: make([]*historyPlan, len(b.Records)), short: make(map[int]shortHistory)}
 		for i, h := range b.History {
+			k, version := Key(b.Records[i].Key), b.Records[i].Version
+			if h.Upto != 0 {
+				if h.Upto <= h.From || h.Upto >= version {
+					return fmt.Errorf("%w: history of %s read after v%d up to v%d, for v%d", ErrInvalid, k, h.From, h.Upto, version)
+				}
+				plans.short[i] = shortHistory{from: h.From, upto: h.Upto}
+			}
 			if h.Empty() {
 				continue
 			}
-			k, version := Key(b.Records[i].Key), b.Records[i].Version
 			if err := checkHistory(k, h, version); err != nil {
 				return err
 			}
@@ -203,9 +217,13 @@ func (s *Store) planHistories(ctx context.Context, b syncer.RemoteBatch) (plans 
 				return fmt.Errorf("history of %s: %w", k, err)
 			}
 			if len(parts) > 1 {
-				from, _ := historyBounds(h)
+				lo, _ := historyBounds(h)
 				_, after := historyBounds(parts[0])
-				plans.later = append(plans.later, laterParts{rec: i, parts: parts[1:], own: own, from: from - 1, after: after})
+				l := laterParts{rec: i, parts: parts[1:], own: own, from: lo - 1, after: after, upto: version}
+				if sh, ok := plans.short[i]; ok {
+					l.from, l.upto = sh.from, sh.upto
+				}
+				plans.later = append(plans.later, l)
 			}
 		}
 		return nil

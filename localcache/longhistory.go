@@ -48,6 +48,14 @@ import (
 // is pending by then (a record brings no history then), the hole makes the
 // pull loop bring the rest once the write is settled
 // (syncer.HistoryRefiller).
+//
+// The pull loop reads a bounded slice of a history at once (syncer
+// FetchHistory): a history read short (History.Upto) is stored as any
+// other, cut into parts when long, and the versions above it, up to the
+// record's, are listed as a hole (shortHistory): in the record's
+// mutation, the hole from where the read started moving up to its end
+// (holeFilled), or, for a long one, left by its last part. The pull loop
+// brings the next slice at its next poll, and so on.
 
 // laterParts is the remote history of a batch's record after its first
 // part.
@@ -60,7 +68,10 @@ type laterParts struct {
 	own map[string]bool
 	// from and after bound the hole the record's mutation lists: the whole
 	// history is of the versions after from, the first part ends at after.
-	from, after uint64
+	// upto is where the history ends: the record's version, or below it
+	// for a history read short (shortHistory), whose last part leaves the
+	// hole above it listed.
+	from, after, upto uint64
 }
 
 // cutHistory cuts h, the remote history of k, by version into parts that
@@ -183,7 +194,8 @@ func (s *Store) storeLaterParts(ctx context.Context, b syncer.RemoteBatch, later
 // storePart stores part j of l, the history of record r, and reports
 // whether it did: not when the local record is no longer r or a later one
 // (partStored). The hole the record's mutation listed then starts above
-// the part, and the last part drops it.
+// the part, and the last part drops it (or, for a history read short,
+// leaves it above the history read).
 func (s *Store) storePart(ctx context.Context, r syncer.Record, l *laterParts, j int) (bool, error) {
 	k := Key(r.Key)
 	s.snaps.work.Lock()
@@ -205,7 +217,7 @@ func (s *Store) storePart(ctx context.Context, r syncer.Record, l *laterParts, j
 		if err := tx.storeHistory(p); err != nil {
 			return false, err
 		}
-		upTo := r.Version
+		upTo := l.upto
 		if j < len(l.parts)-1 {
 			_, upTo = historyBounds(l.parts[j])
 		}

@@ -51,7 +51,8 @@ func wantLongHistory(t *testing.T, n *syncNode, mine bool) {
 		top, value = longHistory+1, "mine"
 	}
 	if rec := n.get(k); rec.Version != top || string(rec.Value) != value {
-		t.Fatalf("record: %+v", rec)
+		holes, _ := n.store.HistoryHoles(context.Background(), "g", "", 10)
+		t.Fatalf("record: %d %q, %d events, holes %v", rec.Version, rec.Value, len(mustEvents(t, n.store, k)), holes)
 	}
 	evs := mustEvents(t, n.store, k)
 	if uint64(len(evs)) != top {
@@ -114,12 +115,28 @@ func testPullLongHistory(t *testing.T, newRemote func() syncer.Remote) {
 	wantStillSyncing(t, a, b)
 }
 
+// pullFilled pulls until n lists no hole in its history (a slice of it per
+// poll), a few polls at most.
+func pullFilled(t *testing.T, n *syncNode) {
+	t.Helper()
+	for range 5 {
+		holes, err := n.store.HistoryHoles(context.Background(), "g", "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(holes) == 0 {
+			return
+		}
+		n.pullAll()
+	}
+}
+
 // TestPullLongHistoryInterrupted: the pull of a long history stops between
 // its parts (a crash, or a failed mutation), or a local write of the state
 // comes between them. The record is in with the oldest part of its
 // history, the rest is a gap listed as a hole, and nothing reads wrong;
-// the next pull (after a restart) completes it without duplicates, at
-// once, or once the local write is pushed.
+// the next pulls (after a restart) complete it without duplicates, at
+// once, or once the local write is pushed (a slice of it per poll).
 func TestPullLongHistoryInterrupted(t *testing.T) {
 	errCrash := errors.New("crash")
 	for _, c := range []struct {
@@ -136,11 +153,13 @@ func TestPullLongHistoryInterrupted(t *testing.T) {
 			a := newLongHistoryWriter(t, remote)
 			b := newHistoryNode(t, "b", remote, 100)
 			k := key("g", "long")
+			wrote := false // once: the rest of the history may come in parts too
 			b.store.opts.hookHistoryPart = func(hk Key, part int) error {
 				if hk != k {
 					t.Errorf("a part of the history of %s", hk)
 				}
-				if part == c.writeAt {
+				if part == c.writeAt && !wrote {
+					wrote = true
 					b.put(k, "mine")
 				}
 				if part == c.crashAt {
@@ -163,6 +182,7 @@ func TestPullLongHistoryInterrupted(t *testing.T) {
 			if c.writeAt > 0 {
 				b.pushAll()
 				b.pullAll()
+				pullFilled(t, b) // the hole, from the part stored, may be more than a slice
 			}
 			if rec := b.get(key("g", "other")); string(rec.Value) != "o1" {
 				t.Fatalf("other state: %+v", rec)
@@ -210,5 +230,92 @@ func wantLongHistoryCut(t *testing.T, n *syncNode, mine bool) {
 	holes, err := n.store.HistoryHoles(ctx, "g", "", 10)
 	if err != nil || len(holes) != 1 || holes[0] != (syncer.HistoryHole{Key: syncer.Key(k), After: uint64(stored)}) {
 		t.Fatalf("holes: %v, %v", holes, err)
+	}
+}
+
+// TestPullHistoryInSlices: a state's missing history longer than one fetch
+// reads (its bound set low here) comes a slice per poll: the record is in
+// with the oldest slice of its history, the versions above it are a gap
+// listed as a hole, each poll's refill brings the next slice and moves the
+// hole up, and once the last is in, every version is there once, with no
+// gap and no hole.
+func TestPullHistoryInSlices(t *testing.T) { forRemotes(t, testPullHistoryInSlices) }
+
+func testPullHistoryInSlices(t *testing.T, newRemote func() syncer.Remote) {
+	const versions, slice = 1000, 100
+	ctx := context.Background()
+	remote := newRemote()
+	a := &syncNode{t: t, node: "a", remote: remote, store: openMem(t, func(o *Options) { o.NodeID = "a" })}
+	a.push = syncer.New(a.store, remote, syncer.Options{})
+	k := key("g", "long")
+	for i := 1; i <= versions; i++ {
+		a.put(k, longValue(uint64(i)))
+	}
+	for a.store.Depth() > 0 {
+		if rep := a.pushAll(); rep.Parked > 0 {
+			t.Fatalf("push: %+v", rep)
+		}
+	}
+	b := &syncNode{t: t, dir: t.TempDir(), node: "b", remote: remote, history: true, every: 100, maxFetched: slice}
+	b.open("g")
+	t.Cleanup(func() { _ = b.store.Close(context.Background()) })
+
+	// Each poll: the first applies the record with the first slice, and
+	// every poll then refills one slice of the hole.
+	for poll, stored := 1, 2*slice; stored < versions; poll, stored = poll+1, stored+slice {
+		b.pullAll()
+		if rec := b.get(k); rec.Version != versions || string(rec.Value) != longValue(versions) {
+			t.Fatalf("poll %d: record %+v", poll, rec)
+		}
+		evs := mustEvents(t, b.store, k)
+		if len(evs) != stored {
+			t.Fatalf("poll %d: %d events, want %d", poll, len(evs), stored)
+		}
+		for i, e := range evs {
+			if e.ToVersion != uint64(i+1) || string(e.Value) != longValue(uint64(i+1)) {
+				t.Fatalf("poll %d: event %d: version %d, value %q", poll, i, e.ToVersion, e.Value)
+			}
+		}
+		if _, err := b.store.StateAtVersion(ctx, k, uint64(stored+1)); !errors.Is(err, ErrHistoryGap) {
+			t.Fatalf("poll %d: a version not stored yet: %v, want a history gap", poll, err)
+		}
+		rep, err := b.store.Validate(ctx, "g", "long")
+		if err != nil || !rep.OK() || rep.GapCount != 1 || rep.Gaps[0].After != uint64(stored) {
+			t.Fatalf("poll %d: validate: %+v, %v", poll, rep, err)
+		}
+		holes, err := b.store.HistoryHoles(ctx, "g", "", 10)
+		if err != nil || len(holes) != 1 || holes[0] != (syncer.HistoryHole{Key: syncer.Key(k), After: uint64(stored)}) {
+			t.Fatalf("poll %d: holes %v, %v; want one after v%d", poll, holes, err, stored)
+		}
+	}
+	b.pullAll() // the last slice
+	waitSnapshots(t, b.store)
+	evs := mustEvents(t, b.store, k)
+	if len(evs) != versions {
+		t.Fatalf("%d events, want %d", len(evs), versions)
+	}
+	for i, e := range evs {
+		if e.ToVersion != uint64(i+1) || string(e.Value) != longValue(uint64(i+1)) {
+			t.Fatalf("event %d: version %d, value %q", i, e.ToVersion, e.Value)
+		}
+	}
+	for _, v := range []uint64{1, 150, 777, versions} {
+		if p, err := b.store.StateAtVersion(ctx, k, v); err != nil || !p.Exact || string(p.Value) != longValue(v) {
+			t.Fatalf("version %d: %+v, %v", v, p, err)
+		}
+	}
+	rep, err := b.store.Validate(ctx, "g", "long")
+	if err != nil || !rep.OK() || rep.GapCount != 0 || rep.Events != versions {
+		t.Fatalf("validate: %+v, %v", rep, err)
+	}
+	if holes, err := b.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 0 {
+		t.Fatalf("holes: %v, %v", holes, err)
+	}
+	// The state goes on: a's next write reaches b with its event.
+	a.put(k, "next")
+	a.pushAll()
+	b.pullAll()
+	if evs := mustEvents(t, b.store, k); len(evs) != versions+1 || string(evs[versions].Value) != "next" {
+		t.Fatalf("%d events after the next write", len(evs))
 	}
 }

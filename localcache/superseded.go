@@ -300,6 +300,29 @@ func (s *Store) HistoryHoles(ctx context.Context, governor, after string, limit 
 	return out, nil
 }
 
+// HistoryHole implements syncer.HistoryRefiller.
+func (s *Store) HistoryHole(ctx context.Context, sk syncer.Key) (syncer.HistoryHole, bool, error) {
+	k := Key(sk)
+	var (
+		h  syncer.HistoryHole
+		ok bool
+	)
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		v, err := getValue(txn, holeKey(k))
+		if err != nil || v == nil {
+			ok = false
+			return err
+		}
+		after, _, err := decodeHole(k, v)
+		h, ok = syncer.HistoryHole{Key: sk, After: after}, err == nil
+		return err
+	})
+	if err != nil {
+		return syncer.HistoryHole{}, false, fmt.Errorf("localcache: history hole of %s: %w", k, err)
+	}
+	return h, ok, nil
+}
+
 // HistoryRefilled implements syncer.HistoryRefiller.
 func (s *Store) HistoryRefilled(ctx context.Context, sk syncer.Key, version uint64) error {
 	k := Key(sk)

@@ -621,6 +621,16 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 					}
 				}
 			}
+			if sh, ok := plans.short[i]; ok && historyStored(st) { // read short: the rest at the next polls
+				if err := tx.listHole(r.Key, sh.upto+1, r.Version); err != nil {
+					return nil, err
+				}
+				if _, ok := long[i]; !ok { // else its last part moves the hole up
+					if err := tx.holeFilled(r.Key, sh.from, sh.upto); err != nil {
+						return nil, err
+					}
+				}
+			}
 			switch {
 			case st.Applied():
 				if st == syncer.ApplyDiverged {

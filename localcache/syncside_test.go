@@ -45,6 +45,9 @@ type syncNode struct {
 	// every > 0 takes a snapshot every that many versions (with 3 kept).
 	history bool
 	every   int
+	// maxFetched, when > 0, is how many versions of a state's history
+	// one fetch of the pull reads (syncer.PullOptions.MaxFetchedHistory).
+	maxFetched int
 }
 
 func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string) *syncNode {
@@ -71,6 +74,7 @@ func (n *syncNode) open(govs ...string) {
 	opts := syncer.PullOptions{Governors: govs}
 	if n.history {
 		opts.History, opts.HistoryMode = historyOf(n.remote), syncer.HistoryFull
+		opts.MaxFetchedHistory = n.maxFetched
 	}
 	n.pull = syncer.NewPuller(n.store, n.remote, opts)
 }

@@ -108,6 +108,16 @@ func ParseHistoryMode(s string) (HistoryMode, error) {
 type History struct {
 	Snapshots []Snapshot
 	Events    []Event
+	// Upto, when not 0, says that the history was read only up to that
+	// version (FetchHistory reads at most a bounded number of versions at
+	// once): the versions above it, up to the record's, are still to be
+	// brought, and the applier lists them as a hole in its history
+	// (HistoryRefiller) for the pull loop to bring later, a slice at a
+	// time. From is then the version the read started after (its top):
+	// the history read is the remote's of the versions after From up to
+	// Upto, as the history mode says. 0: the history goes up to the
+	// record's version.
+	From, Upto uint64
 }
 
 // Empty says h holds nothing.
@@ -143,6 +153,8 @@ type HistoryRefiller interface {
 	// key): the hole is gone, unless it was listed since up to a later
 	// version.
 	HistoryRefilled(ctx context.Context, key Key, version uint64) error
+	// HistoryHole returns the hole listed in key's history, if any.
+	HistoryHole(ctx context.Context, key Key) (HistoryHole, bool, error)
 }
 
 // HistoryHole is a hole in the local history of Key: the versions after
@@ -158,9 +170,12 @@ const refillPage = 100
 // refillHistory fills the holes the applier lists (HistoryRefiller) in the
 // history of governor's states: each state's record is read from the
 // remote and applied with the remote history after the hole's start (as
-// FetchHistory reads it from there), and counted in rep. A state with a
-// local write pending keeps its hole (no history is stored then). Failures
-// are logged: the holes stay listed and the next poll tries again.
+// FetchHistory reads it from there, continuing it: see fetchHistory), and
+// counted in rep. A history read short (History.Upto) leaves the rest of
+// the hole listed (the applier moves its start up): the next poll brings
+// the next slice. A state with a local write pending keeps its hole (no
+// history is stored then). Failures are logged: the holes stay listed and
+// the next poll tries again.
 func (p *Puller) refillHistory(ctx context.Context, governor string, rep *PullReport) {
 	rf, ok := p.applier.(HistoryRefiller)
 	if !ok || p.opts.History == nil || p.opts.HistoryMode == HistoryNone {
@@ -217,7 +232,7 @@ func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole
 		return err
 	}
 	rec.Key = h.Key
-	hist, err := FetchHistory(cctx, p.opts.History, h.Key, h.After, rec.Version, p.opts.HistoryMode)
+	hist, err := fetchHistory(cctx, p.opts.History, h.Key, h.After, rec.Version, p.opts.HistoryMode, p.maxFetched(), true)
 	if errors.Is(err, ErrUndecodable) {
 		// As for a pulled record (withHistory): the history that does not
 		// decode stays a gap, and the hole is given up rather than asked
@@ -234,7 +249,7 @@ func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole
 		return err
 	}
 	rep.add(res)
-	if st := res.Statuses[0]; st.Applied() || st == ApplyStale {
+	if st := res.Statuses[0]; (st.Applied() || st == ApplyStale) && hist.Upto == 0 {
 		return rf.HistoryRefilled(ctx, h.Key, rec.Version)
 	}
 	return nil
@@ -250,6 +265,17 @@ const historyPage = 1000
 // rather than read every event.
 const maxContinuedHistory = 500
 
+// maxFetchedHistory is how many versions of a state's history one fetch
+// reads at most, above its starting point (PullOptions.MaxFetchedHistory
+// sets another): a fetch holds every event and snapshot it reads in
+// memory until the applier has stored them, so this bounds the memory one
+// state's history takes at about that many events (and as many snapshots
+// at most, of which the remote keeps only a few) of at most max_value
+// each: a few MB with values of a few hundred bytes, two Events pages of
+// Firestore. The rest of a longer history comes at the next polls, a slice
+// at a time (HistoryRefiller).
+const maxFetchedHistory = 2000
+
 // FetchHistory reads the remote history of key above top (what the local
 // store holds, see HistoryApplier.HistoryTop) up to version, as mode says:
 // with top 0 and HistorySinceSnapshot, the newest snapshot at or below
@@ -258,9 +284,23 @@ const maxContinuedHistory = 500
 // a history of a state continues it), except with HistorySinceSnapshot when
 // more than maxContinuedHistory versions are missing and the remote has a
 // snapshot above top: then from that snapshot, as a new node (the versions
-// between are a gap in the local history). Errors are the remote's.
+// between are a gap in the local history). It reads at most
+// maxFetchedHistory versions above where it starts (top, or that snapshot):
+// a history that goes on above them is returned short, with Upto set (see
+// History). Errors are the remote's.
 func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode) (History, error) {
-	var h History
+	return fetchHistory(ctx, r, key, top, version, mode, maxFetchedHistory, false)
+}
+
+// fetchHistory is FetchHistory reading at most limit versions (0: no
+// bound); continued says the local history of key is still being brought
+// up (a hole is listed in it: an earlier fetch was short, or a lost change
+// left it), so the read continues at top and never starts again at a
+// snapshot: the starting point was chosen when the state's history was
+// first fetched, and the slices after it store what one unbounded fetch
+// would have.
+func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode, limit uint64, continued bool) (History, error) {
+	h := History{From: top}
 	if mode == HistoryNone || version <= top {
 		return h, nil
 	}
@@ -269,13 +309,22 @@ func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 	if err != nil {
 		return History{}, fmt.Errorf("snapshots of %s: %w", key, err)
 	}
-	if n := len(snaps); n > 0 && mode == HistorySinceSnapshot && (top == 0 || version-top > maxContinuedHistory) {
+	if n := len(snaps); n > 0 && !continued && mode == HistorySinceSnapshot && (top == 0 || version-top > maxContinuedHistory) {
 		snaps = snaps[n-1:]
 		after = snaps[0].Version
 	}
+	end := version
+	if limit > 0 && version-after > limit {
+		end = after + limit
+		h.Upto = end
+	}
+	for len(snaps) > 0 && snaps[len(snaps)-1].Version > end {
+		snaps = snaps[:len(snaps)-1]
+	}
 	h.Snapshots = snaps
-	for after < version {
-		evs, err := r.Events(ctx, key, after, historyPage)
+	for after < end {
+		want := int(min(historyPage, end-after))
+		evs, err := r.Events(ctx, key, after, want)
 		if err != nil {
 			return History{}, fmt.Errorf("events of %s: %w", key, err)
 		}
@@ -283,18 +332,26 @@ func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 			if e.ToVersion <= after {
 				return History{}, fmt.Errorf("events of %s: %w: version %d after %d", key, ErrPermanent, e.ToVersion, after)
 			}
-			if e.ToVersion > version {
+			if e.ToVersion > end {
 				return h, nil
 			}
 			e.Key = key
 			h.Events = append(h.Events, e)
 			after = e.ToVersion
 		}
-		if len(evs) < historyPage {
+		if len(evs) < want {
 			break
 		}
 	}
 	return h, nil
+}
+
+// maxFetched is how many versions one fetch of the puller reads at most.
+func (p *Puller) maxFetched() uint64 {
+	if p.opts.MaxFetchedHistory > 0 {
+		return uint64(p.opts.MaxFetchedHistory)
+	}
+	return maxFetchedHistory
 }
 
 // withHistory returns b with the remote history of each record the local
@@ -315,8 +372,12 @@ func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, e
 		if top >= r.Version {
 			continue
 		}
+		continued, err := p.continuesHistory(ctx, r.Key)
+		if err != nil {
+			return b, fmt.Errorf("local history of %s: %w", r.Key, err)
+		}
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
-		h, err := FetchHistory(cctx, p.opts.History, r.Key, top, r.Version, mode)
+		h, err := fetchHistory(cctx, p.opts.History, r.Key, top, r.Version, mode, p.maxFetched(), continued)
 		cancel()
 		if errors.Is(err, ErrUndecodable) {
 			// An event or snapshot document of the state does not decode:
@@ -333,6 +394,21 @@ func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, e
 		b.History[i] = h
 	}
 	return b, nil
+}
+
+// continuesHistory says whether the local history of key is still being
+// brought up: the applier lists a hole in it (an earlier fetch was short,
+// or a lost change left it), which the refill continues from its start
+// without starting again at a snapshot. The fetch from top then continues
+// too (fetchHistory): starting again at a snapshot would skip nothing the
+// refill does not bring.
+func (p *Puller) continuesHistory(ctx context.Context, key Key) (bool, error) {
+	rf, ok := p.applier.(HistoryRefiller)
+	if !ok {
+		return false, nil
+	}
+	_, ok, err := rf.HistoryHole(ctx, key)
+	return ok, err
 }
 
 // One ApplyRemote call stores at most about applyChunkItems records and

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -125,12 +128,111 @@ func TestFetchHistoryAfterALongAbsence(t *testing.T) {
 		{"full brings everything", 5, 3000, HistoryFull, 3, 2995, 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := FetchHistory(ctx, r, k, tc.top, tc.version, tc.mode)
+			h, err := fetchHistory(ctx, r, k, tc.top, tc.version, tc.mode, 0, false) // unbounded
 			if err != nil || len(h.Snapshots) != tc.snaps || len(h.Events) != tc.events || h.Events[0].ToVersion != tc.first {
 				t.Fatalf("%d snapshots, %d events (first %+v), %v; want %d, %d from %d", len(h.Snapshots), len(h.Events),
 					h.Events[0], err, tc.snaps, tc.events, tc.first)
 			}
 		})
+	}
+}
+
+// moreSnapsRemote is a snapRemote whose Snapshots calls after the first
+// also see the snapshots at later: another node took them since.
+type moreSnapsRemote struct {
+	snapRemote
+	later []uint64
+	calls *int
+}
+
+func (r moreSnapsRemote) Snapshots(ctx context.Context, k Key, after, max uint64) ([]Snapshot, error) {
+	*r.calls++
+	if *r.calls > 1 {
+		r.at = slices.Sorted(slices.Values(append(slices.Clone(r.at), r.later...)))
+	}
+	return r.snapRemote.Snapshots(ctx, k, after, max)
+}
+
+// A fetch reads at most its bound of versions above where it starts, and
+// says where it stopped (Upto); fetches continued from there, a slice at a
+// time, bring what one unbounded fetch brings, each version once, and
+// never start again at a snapshot taken since.
+func TestFetchHistoryBounded(t *testing.T) {
+	ctx := context.Background()
+	k := Key{Governor: "g", State: "s"}
+	const limit = 100
+	for _, tc := range []struct {
+		name         string
+		top, version uint64
+		mode         HistoryMode
+		later        []uint64 // snapshots taken after the first fetch
+	}{
+		{"full", 0, 3000, HistoryFull, nil},
+		{"full after a top", 1234, 3000, HistoryFull, nil},
+		{"since a snapshot", 0, 1900, HistorySinceSnapshot, []uint64{1500}},
+		{"since a snapshot after a long absence", 5, 1900, HistorySinceSnapshot, []uint64{1300, 1600}},
+		{"continued", 1500, 1900, HistorySinceSnapshot, nil},
+		{"a short one", 0, 3000, HistorySinceSnapshot, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := snapRemote{histRemote{n: 3000}, []uint64{1000, 2000, 2990}}
+			want, err := fetchHistory(ctx, base, k, tc.top, tc.version, tc.mode, 0, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := moreSnapsRemote{snapRemote: base, later: tc.later, calls: new(int)}
+			var got History
+			top, continued := tc.top, false
+			for slices := 0; ; slices++ {
+				if slices > 100 {
+					t.Fatal("no end")
+				}
+				h, err := fetchHistory(ctx, r, k, top, tc.version, tc.mode, limit, continued)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lo, hi := uint64(math.MaxUint64), uint64(0)
+				for _, e := range h.Events {
+					lo, hi = min(lo, e.ToVersion), max(hi, e.ToVersion)
+				}
+				for _, s := range h.Snapshots {
+					lo, hi = min(lo, s.Version), max(hi, s.Version)
+				}
+				if len(h.Events) > limit || len(h.Snapshots) > limit || (hi > 0 && hi-lo >= limit+1) || h.From != top {
+					t.Fatalf("slice %d from v%d: %d events, %d snapshots, versions %d to %d, from %d", slices, top,
+						len(h.Events), len(h.Snapshots), lo, hi, h.From)
+				}
+				if h.Upto != 0 && (h.Upto >= tc.version || hi > h.Upto) {
+					t.Fatalf("slice %d from v%d: up to %d, with versions up to %d", slices, top, h.Upto, hi)
+				}
+				got.Events = append(got.Events, h.Events...)
+				got.Snapshots = append(got.Snapshots, h.Snapshots...)
+				if h.Upto == 0 {
+					break
+				}
+				top, continued = h.Upto, true
+			}
+			// The same events; the same snapshots, and those taken since of
+			// versions the slices read.
+			var extra []Snapshot
+			for _, s := range got.Snapshots {
+				if !slices.ContainsFunc(want.Snapshots, func(w Snapshot) bool { return w.Version == s.Version }) {
+					extra = append(extra, s)
+					if !slices.Contains(tc.later, s.Version) {
+						t.Fatalf("snapshot %d brought", s.Version)
+					}
+				}
+			}
+			if !reflect.DeepEqual(got.Events, want.Events) || len(got.Snapshots)-len(extra) != len(want.Snapshots) {
+				t.Fatalf("slices brought %d events, %d snapshots; one fetch brings %d, %d", len(got.Events),
+					len(got.Snapshots), len(want.Events), len(want.Snapshots))
+			}
+		})
+	}
+	// FetchHistory's own bound.
+	h, err := FetchHistory(ctx, histRemote{n: 3 * maxFetchedHistory}, k, 7, 3*maxFetchedHistory, HistoryFull)
+	if err != nil || len(h.Events) != maxFetchedHistory || h.Events[0].ToVersion != 8 || h.Upto != 7+maxFetchedHistory || h.From != 7 {
+		t.Fatalf("FetchHistory: %d events, from %d up to %d, %v", len(h.Events), h.From, h.Upto, err)
 	}
 }
 
@@ -188,6 +290,15 @@ func (a *holeApplier) HistoryHoles(_ context.Context, _, after string, limit int
 		}
 	}
 	return out, nil
+}
+
+func (a *holeApplier) HistoryHole(_ context.Context, k Key) (HistoryHole, bool, error) {
+	for _, h := range a.holes {
+		if h.Key == k {
+			return h, true, nil
+		}
+	}
+	return HistoryHole{}, false, nil
 }
 
 func (a *holeApplier) HistoryRefilled(_ context.Context, k Key, version uint64) error {

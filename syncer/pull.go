@@ -187,6 +187,10 @@ type PullOptions struct {
 	// HistoryMode says ("": HistorySinceSnapshot).
 	History     HistoryRemote
 	HistoryMode HistoryMode
+	// MaxFetchedHistory is how many versions of a state's history one
+	// fetch reads at most (default 2,000, see maxFetchedHistory): a
+	// longer history is brought a slice per poll.
+	MaxFetchedHistory int
 	// MaxUndecodable is how many states the set of documents that do not
 	// decode (Puller.Undecodable) holds at most (default 10,000): a
 	// document of another state is then logged and counted

@@ -234,11 +234,11 @@ func wantLongHistoryCut(t *testing.T, n *syncNode, mine bool) {
 }
 
 // TestPullHistoryInSlices: a state's missing history longer than one fetch
-// reads (its bound set low here) comes a slice per poll: the record is in
-// with the oldest slice of its history, the versions above it are a gap
-// listed as a hole, each poll's refill brings the next slice and moves the
-// hole up, and once the last is in, every version is there once, with no
-// gap and no hole.
+// reads (its bound set low here) comes in slices: the record is in with the
+// oldest slice of its history, the versions above it are a gap listed as a
+// hole, each poll's refill brings the next slices (two here), each stored
+// before the next is read, and moves the hole up, and once the last is in,
+// every version is there once, with no gap and no hole.
 func TestPullHistoryInSlices(t *testing.T) { forRemotes(t, testPullHistoryInSlices) }
 
 func testPullHistoryInSlices(t *testing.T, newRemote func() syncer.Remote) {
@@ -256,13 +256,15 @@ func testPullHistoryInSlices(t *testing.T, newRemote func() syncer.Remote) {
 			t.Fatalf("push: %+v", rep)
 		}
 	}
-	b := &syncNode{t: t, dir: t.TempDir(), node: "b", remote: remote, history: true, every: 100, maxFetched: slice}
+	const perRefill = 2
+	b := &syncNode{t: t, dir: t.TempDir(), node: "b", remote: remote, history: true, every: 100, maxFetched: slice,
+		refillSlices: perRefill}
 	b.open("g")
 	t.Cleanup(func() { _ = b.store.Close(context.Background()) })
 
 	// Each poll: the first applies the record with the first slice, and
-	// every poll then refills one slice of the hole.
-	for poll, stored := 1, 2*slice; stored < versions; poll, stored = poll+1, stored+slice {
+	// every poll then refills two slices of the hole.
+	for poll, stored := 1, (1+perRefill)*slice; stored < versions; poll, stored = poll+1, stored+perRefill*slice {
 		b.pullAll()
 		if rec := b.get(k); rec.Version != versions || string(rec.Value) != longValue(versions) {
 			t.Fatalf("poll %d: record %+v", poll, rec)

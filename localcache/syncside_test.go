@@ -48,6 +48,9 @@ type syncNode struct {
 	// maxFetched, when > 0, is how many versions of a state's history
 	// one fetch of the pull reads (syncer.PullOptions.MaxFetchedHistory).
 	maxFetched int
+	// refillSlices, when > 0, is how many of them one refill of a hole
+	// reads (syncer.PullOptions.MaxRefillSlices).
+	refillSlices int
 }
 
 func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string) *syncNode {
@@ -74,7 +77,7 @@ func (n *syncNode) open(govs ...string) {
 	opts := syncer.PullOptions{Governors: govs}
 	if n.history {
 		opts.History, opts.HistoryMode = historyOf(n.remote), syncer.HistoryFull
-		opts.MaxFetchedHistory = n.maxFetched
+		opts.MaxFetchedHistory, opts.MaxRefillSlices = n.maxFetched, n.refillSlices
 	}
 	n.pull = syncer.NewPuller(n.store, n.remote, opts)
 }

@@ -223,8 +223,8 @@ func (p *Puller) refill(ctx context.Context, rf HistoryRefiller, governor string
 // fillHole fills hole h (see refillHistory).
 func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole, rep *PullReport) error {
 	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
-	defer cancel()
 	rec, err := p.remote.Get(cctx, h.Key)
+	cancel()
 	if errors.Is(err, ErrNotFound) {
 		return rf.HistoryRefilled(ctx, h.Key, 0)
 	}
@@ -232,27 +232,59 @@ func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole
 		return err
 	}
 	rec.Key = h.Key
-	hist, err := fetchHistory(cctx, p.opts.History, h.Key, h.After, rec.Version, p.opts.HistoryMode, p.maxFetched(), true)
+	after := h.After
+	slices := maxRefillSlices
+	if p.opts.MaxRefillSlices > 0 {
+		slices = p.opts.MaxRefillSlices
+	}
+	for range slices {
+		if after, err = p.fillSlice(ctx, rf, rec, after, rep); err != nil || after == 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxRefillSlices bounds how many slices of a hole's history (at most
+// maxFetchedHistory versions each) one refill reads, one after the other,
+// each stored before the next is read: memory stays one slice's, and a
+// long history arrives within a few refills rather than one slice a poll.
+const maxRefillSlices = 25
+
+// fillSlice reads the slice of rec's history after version after and
+// stores it with rec. It returns where the next slice starts, or 0 when
+// there is none: the hole is filled, or the slice was not stored (a local
+// write of the state is pending: the hole waits for it).
+func (p *Puller) fillSlice(ctx context.Context, rf HistoryRefiller, rec Record, after uint64, rep *PullReport) (uint64, error) {
+	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+	defer cancel()
+	hist, err := fetchHistory(cctx, p.opts.History, rec.Key, after, rec.Version, p.opts.HistoryMode, p.maxFetched(), true)
 	if errors.Is(err, ErrUndecodable) {
 		// As for a pulled record (withHistory): the history that does not
 		// decode stays a gap, and the hole is given up rather than asked
 		// for at every poll.
-		p.log.Warn("remote history does not decode: the hole in the local history stays a gap", "key", h.Key.String(),
-			"after", h.After, "err", err)
-		return rf.HistoryRefilled(ctx, h.Key, rec.Version)
+		p.log.Warn("remote history does not decode: the hole in the local history stays a gap", "key", rec.Key.String(),
+			"after", after, "err", err)
+		return 0, rf.HistoryRefilled(ctx, rec.Key, rec.Version)
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	res, err := p.applyRecords(ctx, RemoteBatch{Records: []Record{rec}, History: []History{hist}})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	rep.add(res)
-	if st := res.Statuses[0]; (st.Applied() || st == ApplyStale) && hist.Upto == 0 {
-		return rf.HistoryRefilled(ctx, h.Key, rec.Version)
+	if st := res.Statuses[0]; !st.Applied() && st != ApplyStale {
+		return 0, nil
 	}
-	return nil
+	if hist.Upto == 0 {
+		return 0, rf.HistoryRefilled(ctx, rec.Key, rec.Version)
+	}
+	if hist.Upto <= after {
+		return 0, nil // no way forward: the next refill tries again
+	}
+	return hist.Upto, nil
 }
 
 // historyPage is how many events one Events call asks for.

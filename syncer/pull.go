@@ -189,8 +189,12 @@ type PullOptions struct {
 	HistoryMode HistoryMode
 	// MaxFetchedHistory is how many versions of a state's history one
 	// fetch reads at most (default 2,000, see maxFetchedHistory): a
-	// longer history is brought a slice per poll.
+	// longer history is brought in slices, through the hole it leaves.
 	MaxFetchedHistory int
+	// MaxRefillSlices is how many such slices one refill of a hole in a
+	// state's local history reads, one after the other (default 25, see
+	// maxRefillSlices).
+	MaxRefillSlices int
 	// MaxUndecodable is how many states the set of documents that do not
 	// decode (Puller.Undecodable) holds at most (default 10,000): a
 	// document of another state is then logged and counted

@@ -106,19 +106,18 @@ func (tx *mutTx) dropLost(k Key, version uint64, op string) (bool, error) {
 }
 
 // madeElsewhere reports whether the entries js, which ack a acks as pushed
-// or already applied, may hold other versions or values in the shared
-// store than the ones they made locally: the push met a conflict (the
-// change won it and was committed on top of the concurrent record, or was
-// merged with it), or the remote record is the last entry's change under
-// another version (rebased). Their events then leave the local history as a
-// lost change's do, and the hole is refilled with the shared store's
-// history, which holds the change where it was committed. A remote record
-// whose last change is another's says nothing about where these were
-// committed: their events stay.
+// or already applied (the caller asks it of those only), may hold other
+// versions or values in the shared store than the ones they made locally:
+// the push met a conflict (the change won it and was committed on top of the
+// concurrent record, or was merged with it), or the remote record is the
+// last entry's change under another version (rebased). Their events then
+// leave the local history as a lost change's do, and the hole is refilled
+// with the shared store's history, which holds the change where it was
+// committed. A remote record whose last change is another's says nothing
+// about where these were committed: their events stay.
 func madeElsewhere(a syncer.Ack, js []JournalEntry) bool {
 	last := js[len(js)-1]
-	return a.Outcome != syncer.OutcomeSuperseded &&
-		(a.Conflict != nil || (a.Remote.OpID == last.OpID && a.Remote.Version != last.Version))
+	return a.Conflict != nil || (a.Remote.OpID == last.OpID && a.Remote.Version != last.Version)
 }
 
 // lostOp is a local change whose event leaves k's history: the version it
@@ -146,6 +145,9 @@ func (tx *mutTx) historyDrops(k Key, js []JournalEntry, leave, settles bool) ([]
 			ops = append(ops, lostOp{j.Version, j.OpID})
 		}
 	}
+	if !settles && len(ops) == 0 {
+		return nil, nil // nothing leaves, nothing to defer
+	}
 	v, err := tx.get(deferKey(k))
 	if err != nil {
 		return nil, err
@@ -160,8 +162,6 @@ func (tx *mutTx) historyDrops(k Key, js []JournalEntry, leave, settles bool) ([]
 			tx.del(deferKey(k))
 		}
 		return append(deferred, ops...), nil
-	case len(ops) == 0:
-		return nil, nil
 	case len(deferred)+len(ops) > maxDeferred:
 		return ops, nil // the pending writes' merges may find no base
 	}

@@ -113,11 +113,11 @@ func (tx *mutTx) dropLost(k Key, version uint64, op string) (bool, error) {
 // last entry's change under another version (rebased). Their events then
 // leave the local history as a lost change's do, and the hole is refilled
 // with the shared store's history, which holds the change where it was
-// committed. A remote record whose last change is another's says nothing
-// about where these were committed: their events stay.
+// committed. When the remote record's last change is another's, the push
+// loop found out from the remote's events (syncer.Ack.Renumbered).
 func madeElsewhere(a syncer.Ack, js []JournalEntry) bool {
 	last := js[len(js)-1]
-	return a.Conflict != nil || (a.Remote.OpID == last.OpID && a.Remote.Version != last.Version)
+	return a.Conflict != nil || a.Renumbered || (a.Remote.OpID == last.OpID && a.Remote.Version != last.Version)
 }
 
 // lostOp is a local change whose event leaves k's history: the version it

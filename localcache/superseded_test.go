@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -529,4 +530,89 @@ func testMergedChangeLeavesTheHistoryOnceSettled(t *testing.T, newRemote func() 
 	if len(values) != 4 {
 		t.Fatalf("the shared store holds %d events of %s, want 4", len(values), k)
 	}
+}
+
+// lostReplyRemote is a remote whose next Commit runs before first, and
+// whose next Commit that applies a change loses its reply: the commit
+// reaches the remote, lose runs, and the caller gets an outage as if the
+// reply had not come back.
+type lostReplyRemote struct {
+	syncer.Remote
+	mu     sync.Mutex
+	before func()
+	lose   func()
+}
+
+func (r *lostReplyRemote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.Result, error) {
+	r.mu.Lock()
+	before := r.before
+	r.before = nil
+	r.mu.Unlock()
+	if before != nil {
+		before()
+	}
+	res, err := r.Remote.Commit(ctx, b)
+	if err != nil || len(res) == 0 || res[0].Status != syncer.Applied {
+		return res, err
+	}
+	r.mu.Lock()
+	lose := r.lose
+	r.lose = nil
+	r.mu.Unlock()
+	if lose == nil {
+		return res, err
+	}
+	lose()
+	return nil, fmt.Errorf("%w: the reply was lost", syncer.ErrUnavailable)
+}
+
+// TestRebasedChangeWithLostReplyTakesTheSharedLineage: a's write a3, made
+// on its write a2 while a2 was being pushed, is rebased onto a2 (which won
+// a conflict and was committed as version 3) and committed as version 4;
+// the reply is lost, and b writes version 5 before a asks again. a3 is then
+// already applied, under a record whose last change is b's and with no
+// decision of its own in the ledger. a's history of k is the shared store's.
+// Before, a3's event stayed at version 3, which the shared store holds a2
+// at.
+func TestRebasedChangeWithLostReplyTakesTheSharedLineage(t *testing.T) {
+	forRemotes(t, testRebasedChangeWithLostReplyTakesTheSharedLineage)
+}
+
+func testRebasedChangeWithLostReplyTakesTheSharedLineage(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	lossy := &lostReplyRemote{Remote: remote}
+	a := newHistoryNode(t, "a", lossy, 0)
+	b := newHistoryNode(t, "b", remote, 0)
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	b.put(k, "b2")
+	b.pushAll()
+	nextMillisecond() // a's write is later: it wins
+	a.put(k, "a2")
+	lossy.mu.Lock()
+	lossy.before = func() { a.put(k, "a3") } // a's pass has read a2 and not a3
+	lossy.mu.Unlock()
+	if rep := a.pushAll(); rep.Pushed != 1 || rep.Conflicts != 1 {
+		t.Fatalf("a's first pass %+v: want a2 pushed after a conflict", rep)
+	}
+	lossy.mu.Lock()
+	lossy.lose = func() {
+		b.pullAll()
+		b.put(k, "b5")
+		b.pushAll()
+	}
+	lossy.mu.Unlock()
+	if _, err := a.push.SyncOnce(context.Background()); !errors.Is(err, syncer.ErrUnavailable) {
+		t.Fatalf("a's second pass: %v, want the lost reply's outage", err)
+	}
+	if r := remoteGet(t, remote, k); r.Version != 5 || string(r.Value) != "b5" {
+		t.Fatalf("remote holds %q v%d, want b5 as version 5 (a3 as version 4)", r.Value, r.Version)
+	}
+	if rep := a.pushAll(); rep.AlreadyApplied != 1 {
+		t.Fatalf("a's third pass %+v: want a3 already applied", rep)
+	}
+	a.pullAll()
+	wantLineage(t, a, k, "1", "b2", "a2", "a3", "b5")
 }

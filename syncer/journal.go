@@ -147,6 +147,13 @@ type Ack struct {
 	// entries met: the local side stores it in the same transaction as the
 	// ack (once per ID).
 	Conflict *ConflictRecord
+	// Renumbered says that the remote holds these entries' changes under
+	// other versions than the ones they made locally, though no conflict
+	// was decided over them in this push: an earlier attempt committed them
+	// rebased onto the remote's record, and its reply was lost (an
+	// AlreadyApplied ack). Their events then leave the local history as a
+	// renumbered change's do.
+	Renumbered bool
 }
 
 // Parked is an entry the remote rejected for good.

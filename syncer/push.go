@@ -1002,8 +1002,37 @@ func (s *Syncer) ackApplied(ctx context.Context, ps *passState, k Key, entries [
 	if decided == nil {
 		decided = s.lostDecision(ctx, k, entries, remote, exists)
 	}
-	ps.acks = append(ps.acks, Ack{Key: k, Seqs: seqsOf(entries), Outcome: OutcomeAlreadyApplied, Remote: remote, Conflict: decided})
+	renumbered := decided == nil && s.committedElsewhere(ctx, k, entries, remote, exists)
+	ps.acks = append(ps.acks, Ack{Key: k, Seqs: seqsOf(entries), Outcome: OutcomeAlreadyApplied, Remote: remote, Conflict: decided,
+		Renumbered: renumbered})
 	ps.rep.AlreadyApplied += len(entries)
+}
+
+// committedElsewhere reports whether the remote holds the last of entries,
+// a change it already has, at another version than the one the change made
+// locally: an earlier attempt rebased it onto the remote's record and
+// committed it, and the reply was lost. The remote record says where the
+// change is when it is the change's own; when its last change is another's
+// (made since), the remote's event at the change's local version does. A
+// failed read, or a remote that keeps no event there, is taken for the same
+// version: the local events stay, as before the check.
+func (s *Syncer) committedElsewhere(ctx context.Context, k Key, entries []Entry, remote Record, exists bool) bool {
+	last := entries[len(entries)-1].Record
+	if !exists || remote.OpID == last.OpID || remote.Version <= last.Version {
+		return false
+	}
+	s.mu.Lock()
+	s.stats.RemoteCalls++
+	s.mu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	defer cancel()
+	evs, err := s.remote.Events(cctx, k, last.Version-1, 1)
+	if err != nil {
+		s.log.Warn("push: a change was already applied; where the remote holds it is unknown, so its local events stay",
+			"key", k.String(), "op", last.OpID, "version", last.Version, "err", err)
+		return false
+	}
+	return len(evs) == 1 && evs[0].ToVersion == last.Version && evs[0].OpID != last.OpID
 }
 
 // lostDecisionWindow is how long before a change's local time its decision

@@ -508,3 +508,40 @@ func FuzzDecodeParked(f *testing.F) {
 		}
 	})
 }
+
+// TestFenceRejectedChangeLeavesTheHistory: a's late write under an old
+// grant, rejected by the shared store, never happened there: a's history
+// of k is the shared store's (b's version 2, not the rejected write).
+func TestFenceRejectedChangeLeavesTheHistory(t *testing.T) {
+	fenceRemotes(t, func(t *testing.T, remote syncer.Remote, grant func(context.Context, string) (uint64, error)) {
+		ctx := context.Background()
+		t1, err := grant(ctx, "lock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newHistoryNode(t, "a", remote, 0)
+		b := newHistoryNode(t, "b", remote, 0)
+		k := key("g", "k")
+		if _, err := a.store.Write(ctx, Write{Key: k, Value: []byte("a1"), Fence: fence("lock", t1)}); err != nil {
+			t.Fatal(err)
+		}
+		a.pushAll()
+		t2, err := grant(ctx, "lock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.pullAll()
+		if _, err := b.store.Write(ctx, Write{Key: k, Value: []byte("b2"), IfVersion: u64(1), Fence: fence("lock", t2)}); err != nil {
+			t.Fatal(err)
+		}
+		b.pushAll()
+		if _, err := a.store.Write(ctx, Write{Key: k, Value: []byte("a-late"), Fence: fence("lock", t1)}); err != nil {
+			t.Fatal(err)
+		}
+		if rep := a.pushAll(); rep.Parked != 1 {
+			t.Fatalf("a's push %+v: want the late write parked", rep)
+		}
+		a.pullAll()
+		wantLineage(t, a, k, "a1", "b2")
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -461,10 +462,15 @@ func (tx *mutTx) aside(k Key) (*Record, error) {
 // keeps its value; when its last pending entry is parked, a remote record
 // kept aside for it is applied as ApplyRemote would now. An entry the shared
 // store certainly did not apply (syncer.Parked.Remote: a fence rejection)
-// instead settles its key, when it was the last pending, as an ack does.
+// instead settles its key, when it was the last pending, as an ack does,
+// and its event leaves the history as a lost change's does (superseded.go).
 func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 	if len(parked) == 0 {
 		return nil
+	}
+	if slices.ContainsFunc(parked, func(p syncer.Parked) bool { return p.Remote != nil }) {
+		s.snaps.work.Lock() // changes may leave the history: see Store.ack
+		defer s.snaps.work.Unlock()
 	}
 	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
 		for _, p := range parked {
@@ -504,10 +510,11 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 			rec := *cur
 			rec.journaled -= min(rec.journaled, 1)
 			rec.Pending = rec.journaled > 0
-			if rec.journaled == 0 && p.Remote != nil {
-				// Certainly not applied (a fence rejection): adopt what
-				// the shared store holds (fence.go).
-				if err := tx.settle(cur, j.Key, parkedRemote(p.Remote)); err != nil {
+			if p.Remote != nil {
+				// Certainly not applied (a fence rejection): the change
+				// never happened in the shared store. When it was the last
+				// pending, adopt what the shared store holds (fence.go).
+				if err := tx.parkRejected(j, cur, &rec, parkedRemote(p.Remote)); err != nil {
 					return nil, err
 				}
 				continue
@@ -538,6 +545,43 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 		return fmt.Errorf("localcache: park: %w", err)
 	}
 	return nil
+}
+
+// parkRejected settles the parking of j, which the shared store certainly
+// did not apply (remote is its record there, Version 0 when it has none):
+// j's event leaves k's history as a lost change's does, at once when j was
+// the last pending write of its key (rec, cur's record without it), and
+// the key adopts remote; while later writes made on j are pending, with
+// the ack that settles them (historyDrops).
+func (tx *mutTx) parkRejected(j JournalEntry, cur, rec, remote *Record) error {
+	k := j.Key
+	settles := rec.journaled == 0
+	drops, err := tx.historyDrops(k, []JournalEntry{j}, true, settles) // superseded.go
+	if err != nil {
+		return err
+	}
+	var lowest uint64
+	for _, d := range drops {
+		found, err := tx.dropLost(k, d.version, d.op)
+		if err != nil {
+			return err
+		}
+		if found && (lowest == 0 || d.version < lowest) {
+			lowest = d.version
+		}
+	}
+	if !settles {
+		tx.putRecord(cur, rec)
+		return tx.listHole(k, lowest, remote.Version)
+	}
+	if err := tx.settle(cur, k, remote); err != nil {
+		return err
+	}
+	var through uint64
+	if r := tx.recs[k]; r != nil {
+		through = r.Version
+	}
+	return tx.listHole(k, lowest, through)
 }
 
 // ParkedEntry is a journal entry the shared store rejected for good, in the

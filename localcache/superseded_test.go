@@ -616,3 +616,45 @@ func testRebasedChangeWithLostReplyTakesTheSharedLineage(t *testing.T, newRemote
 	a.pullAll()
 	wantLineage(t, a, k, "1", "b2", "a2", "a3", "b5")
 }
+
+// TestAppliedChangeWithLostReplyKeepsItsEvents: a's write a2 is committed
+// as the version it made (2), the reply is lost, and b writes version 3
+// before a asks again. a2 is already applied where a made it: its event
+// stays, and no hole is listed.
+func TestAppliedChangeWithLostReplyKeepsItsEvents(t *testing.T) {
+	forRemotes(t, testAppliedChangeWithLostReplyKeepsItsEvents)
+}
+
+func testAppliedChangeWithLostReplyKeepsItsEvents(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	lossy := &lostReplyRemote{Remote: remote}
+	a := newHistoryNode(t, "a", lossy, 0)
+	b := newHistoryNode(t, "b", remote, 0)
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	a.put(k, "a2")
+	lossy.mu.Lock()
+	lossy.lose = func() {
+		b.pullAll()
+		b.put(k, "b3")
+		b.pushAll()
+	}
+	lossy.mu.Unlock()
+	if _, err := a.push.SyncOnce(ctx); !errors.Is(err, syncer.ErrUnavailable) {
+		t.Fatalf("a's first pass: %v, want the lost reply's outage", err)
+	}
+	if rep := a.pushAll(); rep.AlreadyApplied != 1 {
+		t.Fatalf("a's second pass %+v: want a2 already applied", rep)
+	}
+	if holes, err := a.store.HistoryHoles(ctx, "g", "", 10); err != nil || len(holes) != 0 {
+		t.Fatalf("holes: %v, %v; want none: a2 is where a made it", holes, err)
+	}
+	if evs := mustEvents(t, a.store, k); len(evs) != 2 || string(evs[1].Value) != "a2" || evs[1].OpID == "" {
+		t.Fatalf("a's events of %s: %+v; want a2's kept at version 2", k, evs)
+	}
+	a.pullAll()
+	wantLineage(t, a, k, "1", "a2", "b3")
+}

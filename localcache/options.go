@@ -25,6 +25,13 @@ type Options struct {
 	// NodeID names this sidecar in op ids, origins and vector clocks. Empty:
 	// the id stored in the database, or a new random one (then stored).
 	NodeID string
+	// NewIncarnation draws a new incarnation for the store's origin (see
+	// Store.Origin) though its node id is unchanged: for a data dir restored
+	// from a copy (a volume snapshot), whose changes would otherwise count
+	// again from where the copy stood, under the origin the copied store
+	// went on using. Set it once, on the first open of the restored copy:
+	// every open with it draws another.
+	NewIncarnation bool
 	// Logger receives the store's and Badger's logs. Nil: discarded.
 	Logger *slog.Logger
 	// CacheBytes is the read cache's budget. 0: DefaultCacheBytes; negative:

@@ -284,9 +284,13 @@ func (s *Store) load() error {
 		s.log.Warn("node id changed", "stored", stored, "node_id", s.nodeID)
 	}
 	s.origin = storedOrigin
-	if node, _, _ := strings.Cut(storedOrigin, originSep); node != s.nodeID {
-		// A fresh store, or one whose node id changed: a new incarnation.
+	if node, _, _ := strings.Cut(storedOrigin, originSep); node != s.nodeID || s.opts.NewIncarnation {
+		// A fresh store, one whose node id changed, or a restored copy: a
+		// new incarnation.
 		s.origin = s.nodeID + originSep + strings.ToLower(rand.Text()[:8])
+		if node == s.nodeID {
+			s.log.Warn("new incarnation", "origin", s.origin, "was", storedOrigin)
+		}
 	}
 	s.metaStates.Store(s.meta.states)
 	s.metaJournal.Store(s.meta.journal)
@@ -387,7 +391,8 @@ const originSep = "~"
 
 // Origin returns the name this store's changes carry as their origin: the
 // node id and a random incarnation drawn when the store was created (or its
-// node id changed), "node~incarnation". Op ids and this node's vector clock
+// node id changed, or Options.NewIncarnation asked for one),
+// "node~incarnation". Op ids and this node's vector clock
 // entries count from 1 in every store, so a node that lost its data dir and
 // comes back under the same node id (a StatefulSet pod, TAI_NODE_ID) must
 // not make them again under the same name: the shared store would take its

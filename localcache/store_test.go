@@ -543,7 +543,8 @@ func TestNodeID(t *testing.T) {
 
 // TestOriginIncarnation: a store's origin is its node id and an incarnation
 // kept with the store: the same across restarts, new for a new store under
-// the same node id and for a store whose node id changed.
+// the same node id, for a store whose node id changed, and when asked for
+// (Options.NewIncarnation).
 func TestOriginIncarnation(t *testing.T) {
 	origin := func(dir string, mod ...func(*Options)) string { // of the store in dir, opened and closed
 		s := openDisk(t, dir, mod...)
@@ -568,6 +569,13 @@ func TestOriginIncarnation(t *testing.T) {
 	}
 	if o := origin(dir, n2); o != renamed {
 		t.Fatalf("origin after a restart %q, want %q", o, renamed)
+	}
+	fresh := origin(dir, n2, func(o *Options) { o.NewIncarnation = true })
+	if fresh == renamed || !strings.HasPrefix(fresh, "n2~") {
+		t.Fatalf("origin with NewIncarnation %q (before: %q)", fresh, renamed)
+	}
+	if o := origin(dir, n2); o != fresh {
+		t.Fatalf("origin after a restart %q, want the new incarnation %q", o, fresh)
 	}
 
 	if _, err := Open(Options{InMemory: true, NodeID: "a~b"}); err == nil {

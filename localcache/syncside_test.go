@@ -51,6 +51,8 @@ type syncNode struct {
 	// refillSlices, when > 0, is how many of them one refill of a hole
 	// reads (syncer.PullOptions.MaxRefillSlices).
 	refillSlices int
+	// newIncarnation opens the store with Options.NewIncarnation.
+	newIncarnation bool
 }
 
 func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string) *syncNode {
@@ -69,6 +71,7 @@ func (n *syncNode) open(govs ...string) {
 	n.t.Helper()
 	n.store = openDisk(n.t, n.dir, func(o *Options) {
 		o.NodeID = n.node
+		o.NewIncarnation = n.newIncarnation
 		if n.every > 0 {
 			o.Snapshots = func(string) (int, int) { return n.every, 3 }
 		}
@@ -898,6 +901,51 @@ func testSyncFreshStoreSameNodeID(t *testing.T, newRemote func() syncer.Remote) 
 	a.pullAll()
 	if r, l := remoteGet(t, remote, k), a.get(k); string(r.Value) != "new2" || string(l.Value) != "new2" || l.Pending {
 		t.Fatalf("remote holds %q (v%d by %s), the node %q: want the fresh store's last write", r.Value, r.Version, r.Origin, l.Value)
+	}
+}
+
+// TestSyncRestoredCopy: a's data dir is copied while a write of k is
+// pending, and a goes on (it pushes that write and writes k again). The
+// copy, restored with a new incarnation, pushes its pending write, which
+// the shared store has already, and its own new write, which meets a's as
+// a concurrent change, not as one the shared store already has.
+func TestSyncRestoredCopy(t *testing.T) { forRemotes(t, testSyncRestoredCopy) }
+
+func testSyncRestoredCopy(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	a.put(k, "2")
+	closeStore(t, a.store)
+	copied := t.TempDir()
+	copyDir(t, a.dir, copied)
+	a.open("g")
+	a.pushAll()
+	a.put(k, "3")
+	a.pushAll()
+
+	c := &syncNode{t: t, dir: copied, node: "a", remote: remote, newIncarnation: true}
+	c.open("g")
+	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	if c.store.Origin() == a.store.Origin() {
+		t.Fatalf("the restored copy writes as %s, as a does", c.store.Origin())
+	}
+	nextMillisecond() // the copy's write is later: it wins
+	c.put(k, "c3")
+	rep := c.pushAll()
+	if rep.AlreadyApplied != 1 || rep.Pushed != 1 || rep.Conflicts != 1 {
+		t.Fatalf("the copy's push %+v: want 2 already applied, c3 pushed after a conflict", rep)
+	}
+	r := remoteGet(t, remote, k)
+	if string(r.Value) != "c3" || r.Version != 4 || r.Origin != c.store.Origin() {
+		t.Fatalf("remote holds %q v%d by %s, want the copy's c3 as version 4", r.Value, r.Version, r.Origin)
+	}
+	a.pullAll()
+	c.pullAll()
+	if msg := converged(t, remote, []*syncNode{a, c}, []Key{k}); msg != "" {
+		t.Fatal(msg)
 	}
 }
 

@@ -70,6 +70,7 @@ Commands:
   status [--admin ADDR]                     print a summary: node, uptime, journal, cache, shared store
   config print [--config F] [--format yaml|json] [serve flags]
                                             print serve's effective configuration and where each value came from
+  new-incarnation [--data-dir DIR]          give a data dir restored from a copy a new origin, before serving it
   ping                                      check that the sidecar answers
   version                                   print the version
 
@@ -131,6 +132,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return nil
 	case "status":
 		return runStatus(ctx, *socket, rest[1:], stdout, stderr, getenv) // status.go
+	case "new-incarnation":
+		return runNewIncarnation(rest[1:], stdout, stderr, getenv) // incarnation.go
 	}
 	return runCLI(ctx, *socket, rest, stdout, stderr)
 }

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -236,6 +240,81 @@ func TestLostDataDirSameNodeID(t *testing.T) {
 	if err != nil || st.Origin != rec.Origin {
 		t.Fatalf("after a restart on the same data dir: origin %q (%v), want %q", st.Origin, err, rec.Origin)
 	}
+}
+
+// TestRestoredDataDir: node-a's data dir is copied (a backup) after its
+// first write reached Firestore; node-a goes on to write versions 2 and 3,
+// and is lost. Its data dir is restored from the copy, given a new
+// incarnation with `new-incarnation`, and the sidecar writes the state
+// again before it can reach Firestore (so the write is made on version 1).
+// The write must reach Firestore: under the copied store's origin its op id
+// and vector clock entry would be version 2's, which Firestore holds
+// already, and it would be dropped.
+func TestRestoredDataDir(t *testing.T) {
+	fs := newShared(t)
+	ctx := context.Background()
+	a := startSidecar(t, fs.args("node-a", "g")...)
+	put := func(i int) *client.Record {
+		t.Helper()
+		rec, err := a.Client().Put(ctx, "g", "s", map[string]int{"i": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	inFirestore := func(version uint64, i int, origin string) {
+		t.Helper()
+		eventually(t, 30*time.Second, func() string {
+			r, err := fs.get("g", "s")
+			var v map[string]int
+			if err == nil {
+				err = wire.Unmarshal(r.Value, &v)
+			}
+			if err != nil || r.Version != version || v["i"] != i || r.Origin != origin {
+				return fmt.Sprintf("firestore g/s: v%d %v by %s (%v), want v%d {i:%d} by %s", r.Version, v, r.Origin, err,
+					version, i, origin)
+			}
+			return ""
+		})
+	}
+	copied := put(1).Origin
+	inFirestore(1, 1, copied)
+	if err := a.Signal(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(shortTempDir(t), "data")
+	if out, err := exec.Command("cp", "-a", a.DataDir, backup).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	a.Start()
+	put(2)
+	put(3)
+	inFirestore(3, 3, copied)
+	a.Kill()
+
+	if err := os.RemoveAll(a.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", backup, a.DataDir).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	stdout, stderr, err := runBinary("new-incarnation", "--data-dir", a.DataDir)
+	var renewed map[string]string
+	if err == nil {
+		err = json.Unmarshal([]byte(stdout), &renewed)
+	}
+	if err != nil || renewed["was"] != copied || renewed["origin"] == copied {
+		t.Fatalf("new-incarnation: %q %q %v", stdout, stderr, err)
+	}
+	a.Env = []string{"FIRESTORE_EMULATOR_HOST=127.0.0.1:1"} // nowhere: the write is made on version 1
+	a.Start()
+	if rec := put(100); rec.Origin != renewed["origin"] || rec.Version != 2 {
+		t.Fatalf("the restored sidecar wrote v%d as %s, want v2 as %s", rec.Version, rec.Origin, renewed["origin"])
+	}
+	a.Kill()
+	a.Env = nil
+	a.Start()
+	inFirestore(4, 100, renewed["origin"])
 }
 
 // TestSyncKill9BetweenCommitAndAck kills the real process right after

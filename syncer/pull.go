@@ -191,6 +191,11 @@ type PullOptions struct {
 	// fetch reads at most (default 2,000, see maxFetchedHistory): a
 	// longer history is brought in slices, through the hole it leaves.
 	MaxFetchedHistory int
+	// MaxFetchedHistoryBytes is about how many bytes of events and
+	// snapshots one fetch reads at most (default 32 MiB, see
+	// maxFetchedHistoryBytes): a fetch stops after the version that takes
+	// it over, and the rest comes in slices as above.
+	MaxFetchedHistoryBytes int
 	// MaxRefillSlices is how many such slices one refill of a hole in a
 	// state's local history reads, one after the other (default 25, see
 	// maxRefillSlices).

@@ -311,7 +311,8 @@ const maxFetchedHistory = 2000
 // sets another): without it, 2,000 versions of values of max_value (1 MB)
 // would be 2 GB. A fetch stops after the version that takes it over (at
 // least one version above its start, so that it moves on), returned short
-// as with the version bound (History.Upto).
+// as with the version bound (History.Upto). It is also the budget of the
+// histories a page of pulled records holds at once (applyGroups).
 const maxFetchedHistoryBytes = 32 << 20
 
 // maxEventBytes is the largest event a remote holds: an event is one
@@ -428,46 +429,99 @@ func (p *Puller) fetchBound() fetchBound {
 	return b
 }
 
-// withHistory returns b with the remote history of each record the local
-// store lacks (nil History when the puller brings none). A record whose
-// remote history does not decode (ErrUndecodable) gets none, and a warning.
-func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, error) {
-	mode := p.opts.HistoryMode
+// applyGroups applies b with the remote history of each record that the
+// local store lacks, a group of records at a time: it fetches the
+// histories of the records from the first not applied yet until they take
+// the page budget (the fetch bound's bytes, see withHistory), applies that
+// group (applyChunks), and goes on with the next. A page of records
+// (up to PageSize) or a watch's first delivery thus holds at most about
+// twice the fetch bound of history at once, not every record's history.
+// Only the last group's call stores the governor's cursor: a crash between
+// groups redoes the page from the old cursor (the records applied already
+// are then stale, and their history is in).
+func (p *Puller) applyGroups(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	var out ApplyResult
+	for start := 0; ; {
+		part, end, err := p.withHistory(ctx, b, start)
+		if err != nil {
+			return out, fmt.Errorf("remote history: %w", err)
+		}
+		res, err := p.applyChunks(ctx, part)
+		if err != nil {
+			return out, fmt.Errorf("apply remote records: %w", err)
+		}
+		out.Statuses = append(out.Statuses, res.Statuses...)
+		if end >= len(b.Records) {
+			return out, nil
+		}
+		start = end
+	}
+}
+
+// withHistory returns the group of b's records that starts at start, with
+// the remote history of each that the local store lacks (nil History when
+// the puller brings none), and the index of the record after the group.
+// The group ends after the record whose history takes the group's over
+// the fetch bound's bytes (at least one record), or at the end of b; only
+// a group that ends b keeps its cursor. A record whose remote history does
+// not decode (ErrUndecodable) gets none, and a warning.
+func (p *Puller) withHistory(ctx context.Context, b RemoteBatch, start int) (RemoteBatch, int, error) {
+	part := b
+	part.Records = b.Records[start:]
 	ha, ok := p.applier.(HistoryApplier)
-	if !ok || p.opts.History == nil || mode == HistoryNone {
-		return b, nil
+	if !ok || p.opts.History == nil || p.opts.HistoryMode == HistoryNone {
+		return part, len(b.Records), nil
 	}
-	b.History = make([]History, len(b.Records))
-	for i, r := range b.Records {
-		top, err := ha.HistoryTop(ctx, r.Key)
+	bound := p.fetchBound()
+	part.History = make([]History, 0, len(part.Records))
+	size := 0
+	for _, r := range part.Records {
+		if size > bound.bytes {
+			break
+		}
+		h, err := p.historyOf(ctx, ha, r, bound)
 		if err != nil {
-			return b, fmt.Errorf("local history of %s: %w", r.Key, err)
+			return RemoteBatch{}, 0, err
 		}
-		if top >= r.Version {
-			continue
-		}
-		continued, err := p.continuesHistory(ctx, r.Key)
-		if err != nil {
-			return b, fmt.Errorf("local history of %s: %w", r.Key, err)
-		}
-		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
-		h, err := fetchHistory(cctx, p.opts.History, r.Key, top, r.Version, mode, p.fetchBound(), continued)
-		cancel()
-		if errors.Is(err, ErrUndecodable) {
-			// An event or snapshot document of the state does not decode:
-			// the record comes without its history (a gap in the local
-			// log, as with HistoryNone) rather than hold back its
-			// governor until the document is repaired.
-			p.log.Warn("remote history does not decode: the record is applied without it", "key", r.Key.String(),
-				"version", r.Version, "err", err)
-			continue
-		}
-		if err != nil {
-			return b, err
-		}
-		b.History[i] = h
+		part.History = append(part.History, h)
+		size += historySize(h)
 	}
-	return b, nil
+	part.Records = part.Records[:len(part.History)]
+	end := start + len(part.Records)
+	if end < len(b.Records) {
+		part.Governor, part.Cursor = "", ""
+	}
+	return part, end, nil
+}
+
+// historyOf fetches the remote history of r that the local store lacks
+// (none when it holds r's version), within bound. A history that does not
+// decode is none, with a warning.
+func (p *Puller) historyOf(ctx context.Context, ha HistoryApplier, r Record, bound fetchBound) (History, error) {
+	top, err := ha.HistoryTop(ctx, r.Key)
+	if err != nil {
+		return History{}, fmt.Errorf("local history of %s: %w", r.Key, err)
+	}
+	if top >= r.Version {
+		return History{}, nil
+	}
+	continued, err := p.continuesHistory(ctx, r.Key)
+	if err != nil {
+		return History{}, fmt.Errorf("local history of %s: %w", r.Key, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+	defer cancel()
+	h, err := fetchHistory(cctx, p.opts.History, r.Key, top, r.Version, p.opts.HistoryMode, bound, continued)
+	if errors.Is(err, ErrUndecodable) {
+		// An event or snapshot document of the state does not decode:
+		// the record comes without its history (a gap in the local
+		// log, as with HistoryNone) rather than hold back its
+		// governor until the document is repaired.
+		p.log.Warn("remote history does not decode: the record is applied without it", "key", r.Key.String(),
+			"version", r.Version, "err", err)
+		return History{}, nil
+	}
+	return h, err
 }
 
 // continuesHistory says whether the local history of key is still being

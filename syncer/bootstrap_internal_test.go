@@ -508,3 +508,100 @@ func TestRefillTakesTurns(t *testing.T) {
 		t.Fatalf("second poll refilled %v; want %s, after the first page", a.refilled, last)
 	}
 }
+
+// heldBytes counts the bytes of history (historySize) fetched and not yet
+// given to the applier, and the most it reached.
+type heldBytes struct{ now, most int }
+
+// heldRemote is a HistoryRemote that counts what its Events calls return
+// into held.
+type heldRemote struct {
+	HistoryRemote
+	held *heldBytes
+}
+
+func (r heldRemote) Events(ctx context.Context, k Key, after uint64, limit int) ([]Event, error) {
+	evs, err := r.HistoryRemote.Events(ctx, k, after, limit)
+	for _, e := range evs {
+		r.held.now += eventSize(e)
+	}
+	r.held.most = max(r.held.most, r.held.now)
+	return evs, err
+}
+
+// heldApplier is a histApplier that takes what each ApplyRemote call holds
+// off held, and fails its call failAt (counted from 1; 0: none).
+type heldApplier struct {
+	*histApplier
+	held   *heldBytes
+	calls  int
+	failAt int
+}
+
+func (a *heldApplier) ApplyRemote(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	if a.calls++; a.calls == a.failAt {
+		return ApplyResult{}, ErrMemJournal
+	}
+	for _, h := range b.History {
+		a.held.now -= historySize(h)
+	}
+	return a.histApplier.ApplyRemote(ctx, b)
+}
+
+// A page whose records' histories together take more than the page budget
+// (the fetch bound of bytes) is applied in groups: the histories of a
+// group are fetched, the group is applied, then the next one's are, so that
+// what the page holds at once stays within about twice the budget. The
+// records go in order, each with its whole history, and only the last call
+// stores the cursor: a failure between groups leaves the old cursor, and
+// the page applied again finds the first groups' records in.
+func TestPullHistoryGroups(t *testing.T) {
+	ctx := context.Background()
+	const states, versions, value, budget = 10, 20, 10_000, 500_000 // 200 KB a history: groups of 3
+	held := &heldBytes{}
+	a := &heldApplier{histApplier: &histApplier{MemJournal: NewMemJournal("n")}, held: held, failAt: 4}
+	var recs []Record
+	for i := range states {
+		recs = append(recs, Record{Key: Key{Governor: "g", State: fmt.Sprint("s", i)}, Version: versions, OpID: "op",
+			Origin: "x", Clock: Clock{Vector: map[string]uint64{"x": versions}}})
+	}
+	p := NewPuller(a, nil, PullOptions{History: heldRemote{histRemote{n: versions, value: value}, held},
+		HistoryMode: HistoryFull, MaxFetchedHistoryBytes: budget})
+	page := RemoteBatch{Records: recs, Governor: "g", Cursor: "c1"}
+
+	// One record a call (a history takes most of one): the fourth call,
+	// the first of the second group, fails.
+	if _, err := p.apply(ctx, page); !errors.Is(err, ErrMemJournal) {
+		t.Fatalf("apply: %v, want the applier's failure", err)
+	}
+	if c, _ := a.Cursor(ctx, "g"); c != "" || len(a.Keys("g")) != 3 {
+		t.Fatalf("after a failure in the second group: cursor %q, records %v; want none, and the first group's", c, a.Keys("g"))
+	}
+	*held, a.batches = heldBytes{}, nil
+	res, err := p.apply(ctx, page)
+	if err != nil || len(res.Statuses) != states || res.Count(ApplyStale) != 3 || res.Count(ApplyNewer) != states-3 {
+		t.Fatalf("apply again: %+v, %v; want the first group stale, the others newer", res, err)
+	}
+	if held.most > 2*budget+versions*value || held.now != 0 {
+		t.Fatalf("the page held up to %d bytes of history at once (%d left); budget %d", held.most, held.now, budget)
+	}
+	seen := 0
+	for i, b := range a.batches {
+		for j, h := range b.History {
+			if b.Records[j].Key != recs[seen].Key || len(h.Events) != versions {
+				t.Fatalf("call %d holds %s with %d events, want %s next, with %d", i, b.Records[j].Key, len(h.Events),
+					recs[seen].Key, versions)
+			}
+			seen++
+		}
+		if last := i == len(a.batches)-1; (b.Governor == "g" && b.Cursor == "c1") != last || !last && b.Governor != "" {
+			t.Fatalf("call %d: governor %q cursor %q", i, b.Governor, b.Cursor)
+		}
+	}
+	if c, _ := a.Cursor(ctx, "g"); c != "c1" || seen != states {
+		t.Fatalf("cursor %q, %d records applied", c, seen)
+	}
+	if st := p.Stats(); st.Deliveries != 1 || st.Records != states || st.Applied != states-3 || st.Stale != 3 {
+		t.Fatalf("stats %+v; want one delivery of the page", st)
+	}
+}

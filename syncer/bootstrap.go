@@ -246,9 +246,10 @@ func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole
 }
 
 // maxRefillSlices bounds how many slices of a hole's history (at most
-// maxFetchedHistory versions each) one refill reads, one after the other,
-// each stored before the next is read: memory stays one slice's, and a
-// long history arrives within a few refills rather than one slice a poll.
+// maxFetchedHistory versions and about maxFetchedHistoryBytes each) one
+// refill reads, one after the other, each stored before the next is read:
+// memory stays one slice's, and a long history arrives within a few
+// refills rather than one slice a poll.
 const maxRefillSlices = 25
 
 // fillSlice reads the slice of rec's history after version after and
@@ -301,9 +302,9 @@ const maxContinuedHistory = 500
 // reads at most, above its starting point (PullOptions.MaxFetchedHistory
 // sets another): a fetch holds every event and snapshot it reads in
 // memory until the applier has stored them. With values of a few hundred
-// bytes this bounds one state's history at a few MB, two Events pages of
-// Firestore; maxFetchedHistoryBytes bounds it with large values. The rest
-// of a longer history comes later, a slice at a time (HistoryRefiller).
+// bytes this bounds one state's history at a few MB;
+// maxFetchedHistoryBytes bounds it with large values. The rest of a longer
+// history comes later, a slice at a time (HistoryRefiller).
 const maxFetchedHistory = 2000
 
 // maxFetchedHistoryBytes is about how many bytes of events and snapshots

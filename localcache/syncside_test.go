@@ -51,6 +51,9 @@ type syncNode struct {
 	// refillSlices, when > 0, is how many of them one refill of a hole
 	// reads (syncer.PullOptions.MaxRefillSlices).
 	refillSlices int
+	// maxFetchedBytes, when > 0, is about how many bytes of history one
+	// fetch reads (syncer.PullOptions.MaxFetchedHistoryBytes).
+	maxFetchedBytes int
 	// newIncarnation opens the store with Options.NewIncarnation.
 	newIncarnation bool
 }
@@ -81,6 +84,7 @@ func (n *syncNode) open(govs ...string) {
 	if n.history {
 		opts.History, opts.HistoryMode = historyOf(n.remote), syncer.HistoryFull
 		opts.MaxFetchedHistory, opts.MaxRefillSlices = n.maxFetched, n.refillSlices
+		opts.MaxFetchedHistoryBytes = n.maxFetchedBytes
 	}
 	n.pull = syncer.NewPuller(n.store, n.remote, opts)
 }

@@ -109,8 +109,8 @@ type History struct {
 	Snapshots []Snapshot
 	Events    []Event
 	// Upto, when not 0, says that the history was read only up to that
-	// version (FetchHistory reads at most a bounded number of versions at
-	// once): the versions above it, up to the record's, are still to be
+	// version (FetchHistory reads at most a bounded number of versions, and
+	// of bytes, at once): the versions above it, up to the record's, are still to be
 	// brought, and the applier lists them as a hole in its history
 	// (HistoryRefiller) for the pull loop to bring later, a slice at a
 	// time. From is then the version the read started after (its top):
@@ -246,9 +246,10 @@ func (p *Puller) fillHole(ctx context.Context, rf HistoryRefiller, h HistoryHole
 }
 
 // maxRefillSlices bounds how many slices of a hole's history (at most
-// maxFetchedHistory versions each) one refill reads, one after the other,
-// each stored before the next is read: memory stays one slice's, and a
-// long history arrives within a few refills rather than one slice a poll.
+// maxFetchedHistory versions and about maxFetchedHistoryBytes each) one
+// refill reads, one after the other, each stored before the next is read:
+// memory stays one slice's, and a long history arrives within a few
+// refills rather than one slice a poll.
 const maxRefillSlices = 25
 
 // fillSlice reads the slice of rec's history after version after and
@@ -258,7 +259,7 @@ const maxRefillSlices = 25
 func (p *Puller) fillSlice(ctx context.Context, rf HistoryRefiller, rec Record, after uint64, rep *PullReport) (uint64, error) {
 	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
 	defer cancel()
-	hist, err := fetchHistory(cctx, p.opts.History, rec.Key, after, rec.Version, p.opts.HistoryMode, p.maxFetched(), true)
+	hist, err := fetchHistory(cctx, p.opts.History, rec.Key, after, rec.Version, p.opts.HistoryMode, p.fetchBound(), true)
 	if errors.Is(err, ErrUndecodable) {
 		// As for a pulled record (withHistory): the history that does not
 		// decode stays a gap, and the hole is given up rather than asked
@@ -287,7 +288,7 @@ func (p *Puller) fillSlice(ctx context.Context, rf HistoryRefiller, rec Record, 
 	return hist.Upto, nil
 }
 
-// historyPage is how many events one Events call asks for.
+// historyPage is how many events one Events call asks for at most.
 const historyPage = 1000
 
 // maxContinuedHistory is how many missing versions of a state a node that
@@ -300,13 +301,37 @@ const maxContinuedHistory = 500
 // maxFetchedHistory is how many versions of a state's history one fetch
 // reads at most, above its starting point (PullOptions.MaxFetchedHistory
 // sets another): a fetch holds every event and snapshot it reads in
-// memory until the applier has stored them, so this bounds the memory one
-// state's history takes at about that many events (and as many snapshots
-// at most, of which the remote keeps only a few) of at most max_value
-// each: a few MB with values of a few hundred bytes, two Events pages of
-// Firestore. The rest of a longer history comes at the next polls, a slice
-// at a time (HistoryRefiller).
+// memory until the applier has stored them. With values of a few hundred
+// bytes this bounds one state's history at a few MB;
+// maxFetchedHistoryBytes bounds it with large values. The rest of a longer
+// history comes later, a slice at a time (HistoryRefiller).
 const maxFetchedHistory = 2000
+
+// maxFetchedHistoryBytes is about how many bytes of events and snapshots
+// (historySize) one fetch reads at most (PullOptions.MaxFetchedHistoryBytes
+// sets another): without it, 2,000 versions of values of max_value (1 MB)
+// would be 2 GB. A fetch stops after the version that takes it over (at
+// least one version above its start, so that it moves on), returned short
+// as with the version bound (History.Upto). It is also the budget of the
+// histories a page of pulled records holds at once (applyGroups).
+const maxFetchedHistoryBytes = 32 << 20
+
+// maxEventBytes is the largest event a remote holds: an event is one
+// Firestore document (FirestoreLimits' MaxRecordBytes). A fetch with a
+// byte bound asks Events for no more events than fit in what is left of
+// it at that size (at least one): a page of the largest events takes the
+// fetch at most one event over its bound, at the cost of an Events call
+// per 32 small events (with the default bound) rather than per
+// historyPage.
+const maxEventBytes = 1 << 20
+
+// fetchBound bounds one fetch of a state's history: at most versions
+// versions above where it starts, and about bytes of events and snapshots
+// (historySize). 0: no bound.
+type fetchBound struct {
+	versions uint64
+	bytes    int
+}
 
 // FetchHistory reads the remote history of key above top (what the local
 // store holds, see HistoryApplier.HistoryTop) up to version, as mode says:
@@ -317,21 +342,21 @@ const maxFetchedHistory = 2000
 // more than maxContinuedHistory versions are missing and the remote has a
 // snapshot above top: then from that snapshot, as a new node (the versions
 // between are a gap in the local history). It reads at most
-// maxFetchedHistory versions above where it starts (top, or that snapshot):
-// a history that goes on above them is returned short, with Upto set (see
-// History). Errors are the remote's.
+// maxFetchedHistory versions above where it starts (top, or that snapshot),
+// and stops after the version that takes what it read over
+// maxFetchedHistoryBytes: a history that goes on above is returned short,
+// with Upto set (see History). Errors are the remote's.
 func FetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode) (History, error) {
-	return fetchHistory(ctx, r, key, top, version, mode, maxFetchedHistory, false)
+	return fetchHistory(ctx, r, key, top, version, mode, fetchBound{versions: maxFetchedHistory, bytes: maxFetchedHistoryBytes}, false)
 }
 
-// fetchHistory is FetchHistory reading at most limit versions (0: no
-// bound); continued says the local history of key is still being brought
-// up (a hole is listed in it: an earlier fetch was short, or a lost change
-// left it), so the read continues at top and never starts again at a
-// snapshot: the starting point was chosen when the state's history was
-// first fetched, and the slices after it store what one unbounded fetch
-// would have.
-func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode, limit uint64, continued bool) (History, error) {
+// fetchHistory is FetchHistory within bound; continued says the local
+// history of key is still being brought up (a hole is listed in it: an
+// earlier fetch was short, or a lost change left it), so the read
+// continues at top and never starts again at a snapshot: the starting
+// point was chosen when the state's history was first fetched, and the
+// slices after it store what one unbounded fetch would have.
+func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version uint64, mode HistoryMode, bound fetchBound, continued bool) (History, error) {
 	h := History{From: top}
 	if mode == HistoryNone || version <= top {
 		return h, nil
@@ -346,16 +371,22 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 		after = snaps[0].Version
 	}
 	end := version
-	if limit > 0 && version-after > limit {
-		end = after + limit
+	if bound.versions > 0 && version-after > bound.versions {
+		end = after + bound.versions
 		h.Upto = end
 	}
 	for len(snaps) > 0 && snaps[len(snaps)-1].Version > end {
 		snaps = snaps[:len(snaps)-1]
 	}
 	h.Snapshots = snaps
+	// size is what the events read take, with the snapshots up to the
+	// last one's version (the first counted).
+	size, counted := 0, 0
 	for after < end {
 		want := int(min(historyPage, end-after))
+		if bound.bytes > 0 {
+			want = min(want, max(1, (bound.bytes-size)/maxEventBytes))
+		}
 		evs, err := r.Events(ctx, key, after, want)
 		if err != nil {
 			return History{}, fmt.Errorf("events of %s: %w", key, err)
@@ -370,6 +401,15 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 			e.Key = key
 			h.Events = append(h.Events, e)
 			after = e.ToVersion
+			// The version read, with its snapshot and those below it.
+			size += eventSize(e)
+			for ; counted < len(snaps) && snaps[counted].Version <= after; counted++ {
+				size += applySize(snaps[counted].Record)
+			}
+			if bound.bytes > 0 && size > bound.bytes && after < end {
+				h.Snapshots, h.Upto = snaps[:counted], after
+				return h, nil
+			}
 		}
 		if len(evs) < want {
 			break
@@ -378,54 +418,111 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 	return h, nil
 }
 
-// maxFetched is how many versions one fetch of the puller reads at most.
-func (p *Puller) maxFetched() uint64 {
+// fetchBound is how much one fetch of the puller reads at most.
+func (p *Puller) fetchBound() fetchBound {
+	b := fetchBound{versions: maxFetchedHistory, bytes: maxFetchedHistoryBytes}
 	if p.opts.MaxFetchedHistory > 0 {
-		return uint64(p.opts.MaxFetchedHistory)
+		b.versions = uint64(p.opts.MaxFetchedHistory)
 	}
-	return maxFetchedHistory
+	if p.opts.MaxFetchedHistoryBytes > 0 {
+		b.bytes = p.opts.MaxFetchedHistoryBytes
+	}
+	return b
 }
 
-// withHistory returns b with the remote history of each record the local
-// store lacks (nil History when the puller brings none). A record whose
-// remote history does not decode (ErrUndecodable) gets none, and a warning.
-func (p *Puller) withHistory(ctx context.Context, b RemoteBatch) (RemoteBatch, error) {
-	mode := p.opts.HistoryMode
+// applyGroups applies b with the remote history of each record that the
+// local store lacks, a group of records at a time: it fetches the
+// histories of the records from the first not applied yet until they take
+// the page budget (the fetch bound's bytes, see withHistory), applies that
+// group (applyChunks), and goes on with the next. A page of records
+// (up to PageSize) or a watch's first delivery thus holds at most about
+// twice the fetch bound of history at once, not every record's history.
+// Only the last group's call stores the governor's cursor: a crash between
+// groups redoes the page from the old cursor (the records applied already
+// are then stale, and their history is in).
+func (p *Puller) applyGroups(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	var out ApplyResult
+	for start := 0; ; {
+		part, end, err := p.withHistory(ctx, b, start)
+		if err != nil {
+			return out, fmt.Errorf("remote history: %w", err)
+		}
+		res, err := p.applyChunks(ctx, part)
+		if err != nil {
+			return out, fmt.Errorf("apply remote records: %w", err)
+		}
+		out.Statuses = append(out.Statuses, res.Statuses...)
+		if end >= len(b.Records) {
+			return out, nil
+		}
+		start = end
+	}
+}
+
+// withHistory returns the group of b's records that starts at start, with
+// the remote history of each that the local store lacks (nil History when
+// the puller brings none), and the index of the record after the group.
+// The group ends after the record whose history takes the group's over
+// the fetch bound's bytes (at least one record), or at the end of b; only
+// a group that ends b keeps its cursor. A record whose remote history does
+// not decode (ErrUndecodable) gets none, and a warning.
+func (p *Puller) withHistory(ctx context.Context, b RemoteBatch, start int) (RemoteBatch, int, error) {
+	part := b
+	part.Records = b.Records[start:]
 	ha, ok := p.applier.(HistoryApplier)
-	if !ok || p.opts.History == nil || mode == HistoryNone {
-		return b, nil
+	if !ok || p.opts.History == nil || p.opts.HistoryMode == HistoryNone {
+		return part, len(b.Records), nil
 	}
-	b.History = make([]History, len(b.Records))
-	for i, r := range b.Records {
-		top, err := ha.HistoryTop(ctx, r.Key)
+	bound := p.fetchBound()
+	part.History = make([]History, 0, len(part.Records))
+	size := 0
+	for _, r := range part.Records {
+		if size > bound.bytes {
+			break
+		}
+		h, err := p.historyOf(ctx, ha, r, bound)
 		if err != nil {
-			return b, fmt.Errorf("local history of %s: %w", r.Key, err)
+			return RemoteBatch{}, 0, err
 		}
-		if top >= r.Version {
-			continue
-		}
-		continued, err := p.continuesHistory(ctx, r.Key)
-		if err != nil {
-			return b, fmt.Errorf("local history of %s: %w", r.Key, err)
-		}
-		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
-		h, err := fetchHistory(cctx, p.opts.History, r.Key, top, r.Version, mode, p.maxFetched(), continued)
-		cancel()
-		if errors.Is(err, ErrUndecodable) {
-			// An event or snapshot document of the state does not decode:
-			// the record comes without its history (a gap in the local
-			// log, as with HistoryNone) rather than hold back its
-			// governor until the document is repaired.
-			p.log.Warn("remote history does not decode: the record is applied without it", "key", r.Key.String(),
-				"version", r.Version, "err", err)
-			continue
-		}
-		if err != nil {
-			return b, err
-		}
-		b.History[i] = h
+		part.History = append(part.History, h)
+		size += historySize(h)
 	}
-	return b, nil
+	part.Records = part.Records[:len(part.History)]
+	end := start + len(part.Records)
+	if end < len(b.Records) {
+		part.Governor, part.Cursor = "", ""
+	}
+	return part, end, nil
+}
+
+// historyOf fetches the remote history of r that the local store lacks
+// (none when it holds r's version), within bound. A history that does not
+// decode is none, with a warning.
+func (p *Puller) historyOf(ctx context.Context, ha HistoryApplier, r Record, bound fetchBound) (History, error) {
+	top, err := ha.HistoryTop(ctx, r.Key)
+	if err != nil {
+		return History{}, fmt.Errorf("local history of %s: %w", r.Key, err)
+	}
+	if top >= r.Version {
+		return History{}, nil
+	}
+	continued, err := p.continuesHistory(ctx, r.Key)
+	if err != nil {
+		return History{}, fmt.Errorf("local history of %s: %w", r.Key, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+	defer cancel()
+	h, err := fetchHistory(cctx, p.opts.History, r.Key, top, r.Version, p.opts.HistoryMode, bound, continued)
+	if errors.Is(err, ErrUndecodable) {
+		// An event or snapshot document of the state does not decode:
+		// the record comes without its history (a gap in the local
+		// log, as with HistoryNone) rather than hold back its
+		// governor until the document is repaired.
+		p.log.Warn("remote history does not decode: the record is applied without it", "key", r.Key.String(),
+			"version", r.Version, "err", err)
+		return History{}, nil
+	}
+	return h, err
 }
 
 // continuesHistory says whether the local history of key is still being
@@ -502,16 +599,23 @@ func applySize(r Record) int {
 		len(r.Origin) + len(r.OpID) + vectorSize(r.Clock.Vector)
 }
 
+// historySize estimates the bytes h takes (applySize of its snapshots and
+// events): in the local store's transaction, and in memory until stored.
 func historySize(h History) int {
 	n := 0
 	for _, s := range h.Snapshots {
 		n += applySize(s.Record)
 	}
 	for _, e := range h.Events {
-		n += 128 + len(e.Governor) + len(e.State) + len(e.Value) + len(e.Change.Actor) + len(e.Change.Reason) +
-			len(e.Origin) + len(e.OpID) + vectorSize(e.Clock.Vector)
+		n += eventSize(e)
 	}
 	return n
+}
+
+// eventSize is applySize for an event.
+func eventSize(e Event) int {
+	return 128 + len(e.Governor) + len(e.State) + len(e.Value) + len(e.Change.Actor) + len(e.Change.Reason) +
+		len(e.Origin) + len(e.OpID) + vectorSize(e.Clock.Vector)
 }
 
 func historyItems(h History) int { return len(h.Events) + len(h.Snapshots) }

@@ -30,13 +30,18 @@ func (a *histApplier) ApplyRemote(ctx context.Context, b RemoteBatch) (ApplyResu
 	return a.MemJournal.ApplyRemote(ctx, b)
 }
 
-// histRemote is a history remote whose every state has versions 1..n.
-type histRemote struct{ n uint64 }
+// histRemote is a history remote whose every state has versions 1..n,
+// their values of value bytes.
+type histRemote struct {
+	n     uint64
+	value int
+}
 
 func (r histRemote) Events(_ context.Context, k Key, after uint64, limit int) ([]Event, error) {
 	var out []Event
 	for v := after + 1; v <= r.n && len(out) < limit; v++ {
-		out = append(out, Event{Key: k, Action: ActionPut, FromVersion: v - 1, ToVersion: v, OpID: fmt.Sprint("op-", v)})
+		out = append(out, Event{Key: k, Action: ActionPut, FromVersion: v - 1, ToVersion: v, OpID: fmt.Sprint("op-", v),
+			Value: make([]byte, r.value)})
 	}
 	return out, nil
 }
@@ -128,7 +133,7 @@ func TestFetchHistoryAfterALongAbsence(t *testing.T) {
 		{"full brings everything", 5, 3000, HistoryFull, 3, 2995, 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := fetchHistory(ctx, r, k, tc.top, tc.version, tc.mode, 0, false) // unbounded
+			h, err := fetchHistory(ctx, r, k, tc.top, tc.version, tc.mode, fetchBound{}, false)
 			if err != nil || len(h.Snapshots) != tc.snaps || len(h.Events) != tc.events || h.Events[0].ToVersion != tc.first {
 				t.Fatalf("%d snapshots, %d events (first %+v), %v; want %d, %d from %d", len(h.Snapshots), len(h.Events),
 					h.Events[0], err, tc.snaps, tc.events, tc.first)
@@ -154,32 +159,44 @@ func (r moreSnapsRemote) Snapshots(ctx context.Context, k Key, after, max uint64
 }
 
 // A fetch reads at most its bound of versions above where it starts, and
-// says where it stopped (Upto); fetches continued from there, a slice at a
+// stops after the version that takes it over its bound of bytes; it says
+// where it stopped (Upto); fetches continued from there, a slice at a
 // time, bring what one unbounded fetch brings, each version once, and
 // never start again at a snapshot taken since.
 func TestFetchHistoryBounded(t *testing.T) {
 	ctx := context.Background()
 	k := Key{Governor: "g", State: "s"}
 	const limit = 100
+	versions, bytes := fetchBound{versions: limit}, fetchBound{bytes: 50_000} // bytes: about 45 events of 1 KB
 	for _, tc := range []struct {
 		name         string
 		top, version uint64
 		mode         HistoryMode
 		later        []uint64 // snapshots taken after the first fetch
+		bound        fetchBound
+		value        int // bytes of each event's value
 	}{
-		{"full", 0, 3000, HistoryFull, nil},
-		{"full after a top", 1234, 3000, HistoryFull, nil},
-		{"since a snapshot", 0, 1900, HistorySinceSnapshot, []uint64{1500}},
-		{"since a snapshot after a long absence", 5, 1900, HistorySinceSnapshot, []uint64{1300, 1600}},
-		{"continued", 1500, 1900, HistorySinceSnapshot, nil},
-		{"a short one", 0, 3000, HistorySinceSnapshot, nil},
+		{"full", 0, 3000, HistoryFull, nil, versions, 0},
+		{"full after a top", 1234, 3000, HistoryFull, nil, versions, 0},
+		{"since a snapshot", 0, 1900, HistorySinceSnapshot, []uint64{1500}, versions, 0},
+		{"since a snapshot after a long absence", 5, 1900, HistorySinceSnapshot, []uint64{1300, 1600}, versions, 0},
+		{"continued", 1500, 1900, HistorySinceSnapshot, nil, versions, 0},
+		{"a short one", 0, 3000, HistorySinceSnapshot, nil, versions, 0},
+		{"full, by bytes", 0, 3000, HistoryFull, nil, bytes, 1000},
+		{"full after a top, by bytes", 1234, 3000, HistoryFull, nil, bytes, 1000},
+		{"since a snapshot, by bytes", 0, 1900, HistorySinceSnapshot, []uint64{1500}, bytes, 1000},
+		{"by both", 0, 3000, HistoryFull, nil, fetchBound{versions: 30, bytes: 50_000}, 1000},
+		{"by bytes, events larger than the bound", 5, 40, HistoryFull, nil, fetchBound{bytes: 500}, 1000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			base := snapRemote{histRemote{n: 3000}, []uint64{1000, 2000, 2990}}
-			want, err := fetchHistory(ctx, base, k, tc.top, tc.version, tc.mode, 0, false)
+			base := snapRemote{histRemote{n: 3000, value: tc.value}, []uint64{1000, 2000, 2990}}
+			want, err := fetchHistory(ctx, base, k, tc.top, tc.version, tc.mode, fetchBound{}, false)
 			if err != nil {
 				t.Fatal(err)
 			}
+			// What one version (its event and its snapshot) takes at most.
+			version := eventSize(Event{Key: k, OpID: "op-3000", Value: make([]byte, tc.value)}) +
+				applySize(Record{Key: k, OpID: "op-3000"})
 			r := moreSnapsRemote{snapRemote: base, later: tc.later, calls: new(int)}
 			var got History
 			top, continued := tc.top, false
@@ -187,7 +204,7 @@ func TestFetchHistoryBounded(t *testing.T) {
 				if slices > 100 {
 					t.Fatal("no end")
 				}
-				h, err := fetchHistory(ctx, r, k, top, tc.version, tc.mode, limit, continued)
+				h, err := fetchHistory(ctx, r, k, top, tc.version, tc.mode, tc.bound, continued)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -198,16 +215,26 @@ func TestFetchHistoryBounded(t *testing.T) {
 				for _, s := range h.Snapshots {
 					lo, hi = min(lo, s.Version), max(hi, s.Version)
 				}
-				if len(h.Events) > limit || len(h.Snapshots) > limit || (hi > 0 && hi-lo >= limit+1) || h.From != top {
+				if n := tc.bound.versions; n > 0 && (len(h.Events) > int(n) || len(h.Snapshots) > int(n) || (hi > 0 && hi-lo >= n+1)) || h.From != top {
 					t.Fatalf("slice %d from v%d: %d events, %d snapshots, versions %d to %d, from %d", slices, top,
 						len(h.Events), len(h.Snapshots), lo, hi, h.From)
 				}
-				if h.Upto != 0 && (h.Upto >= tc.version || hi > h.Upto) {
+				// Over the bound of bytes only by its last version (and the
+				// snapshot a since_snapshot fetch starts at), and never
+				// stopped short of it.
+				if z := historySize(h); tc.bound.bytes > 0 && z > tc.bound.bytes+2*version ||
+					tc.bound.bytes > 0 && tc.bound.versions == 0 && h.Upto != 0 && z <= tc.bound.bytes {
+					t.Fatalf("slice %d from v%d: %d bytes, up to v%d; bound %d", slices, top, z, h.Upto, tc.bound.bytes)
+				}
+				if h.Upto != 0 && (h.Upto >= tc.version || hi > h.Upto || h.Upto <= top) {
 					t.Fatalf("slice %d from v%d: up to %d, with versions up to %d", slices, top, h.Upto, hi)
 				}
 				got.Events = append(got.Events, h.Events...)
 				got.Snapshots = append(got.Snapshots, h.Snapshots...)
 				if h.Upto == 0 {
+					if slices == 0 && tc.bound.bytes > 0 {
+						t.Fatal("one slice brought everything")
+					}
 					break
 				}
 				top, continued = h.Upto, true
@@ -233,6 +260,60 @@ func TestFetchHistoryBounded(t *testing.T) {
 	h, err := FetchHistory(ctx, histRemote{n: 3 * maxFetchedHistory}, k, 7, 3*maxFetchedHistory, HistoryFull)
 	if err != nil || len(h.Events) != maxFetchedHistory || h.Events[0].ToVersion != 8 || h.Upto != 7+maxFetchedHistory || h.From != 7 {
 		t.Fatalf("FetchHistory: %d events, from %d up to %d, %v", len(h.Events), h.From, h.Upto, err)
+	}
+}
+
+// pageRemote is a HistoryRemote that records the bytes (eventSize) each
+// Events call returns.
+type pageRemote struct {
+	HistoryRemote
+	pages *[]int
+}
+
+func (r pageRemote) Events(ctx context.Context, k Key, after uint64, limit int) ([]Event, error) {
+	evs, err := r.HistoryRemote.Events(ctx, k, after, limit)
+	n := 0
+	for _, e := range evs {
+		n += eventSize(e)
+	}
+	*r.pages = append(*r.pages, n)
+	return evs, err
+}
+
+// TestFetchHistoryOfLargeValues: with values of max_value (1 MB), FetchHistory
+// stops after the event that takes it over its default bound of bytes (32
+// MiB), far below its 2,000 versions, and no Events call returns much more
+// than what is left of the bound: the rest comes in the next slice, and
+// the slices bring what one unbounded fetch brings.
+func TestFetchHistoryOfLargeValues(t *testing.T) {
+	ctx := context.Background()
+	k := Key{Governor: "g", State: "s"}
+	const versions, value = 40, 1_000_000
+	var pages []int
+	r := pageRemote{histRemote{n: versions, value: value}, &pages}
+	h, err := FetchHistory(ctx, r, k, 0, versions, HistoryFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := eventSize(h.Events[0])
+	cut := uint64(maxFetchedHistoryBytes/one + 1) // the event that takes it over
+	if h.Upto != cut || uint64(len(h.Events)) != cut || h.Events[cut-1].ToVersion != cut || h.From != 0 {
+		t.Fatalf("FetchHistory: %d events, up to v%d (from %d); want %d, up to v%d", len(h.Events), h.Upto, h.From, cut, cut)
+	}
+	read := 0
+	for i, n := range pages {
+		if n > maxFetchedHistoryBytes-read+maxEventBytes {
+			t.Fatalf("Events call %d returned %d bytes, with %d read before", i, n, read)
+		}
+		read += n
+	}
+	rest, err := FetchHistory(ctx, r, k, h.Upto, versions, HistoryFull)
+	if err != nil || rest.Upto != 0 || rest.From != cut || len(rest.Events) != versions-int(cut) {
+		t.Fatalf("the rest: %d events, from %d up to %d, %v", len(rest.Events), rest.From, rest.Upto, err)
+	}
+	all, err := fetchHistory(ctx, r, k, 0, versions, HistoryFull, fetchBound{}, false)
+	if err != nil || !reflect.DeepEqual(append(h.Events, rest.Events...), all.Events) {
+		t.Fatalf("the slices differ from one unbounded fetch (%d events), %v", len(all.Events), err)
 	}
 }
 
@@ -425,5 +506,102 @@ func TestRefillTakesTurns(t *testing.T) {
 	p.refillHistory(ctx, "g", &rep)
 	if a.refilled[last] != 5 || len(a.refilled) != 1 {
 		t.Fatalf("second poll refilled %v; want %s, after the first page", a.refilled, last)
+	}
+}
+
+// heldBytes counts the bytes of history (historySize) fetched and not yet
+// given to the applier, and the most it reached.
+type heldBytes struct{ now, most int }
+
+// heldRemote is a HistoryRemote that counts what its Events calls return
+// into held.
+type heldRemote struct {
+	HistoryRemote
+	held *heldBytes
+}
+
+func (r heldRemote) Events(ctx context.Context, k Key, after uint64, limit int) ([]Event, error) {
+	evs, err := r.HistoryRemote.Events(ctx, k, after, limit)
+	for _, e := range evs {
+		r.held.now += eventSize(e)
+	}
+	r.held.most = max(r.held.most, r.held.now)
+	return evs, err
+}
+
+// heldApplier is a histApplier that takes what each ApplyRemote call holds
+// off held, and fails its call failAt (counted from 1; 0: none).
+type heldApplier struct {
+	*histApplier
+	held   *heldBytes
+	calls  int
+	failAt int
+}
+
+func (a *heldApplier) ApplyRemote(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
+	if a.calls++; a.calls == a.failAt {
+		return ApplyResult{}, ErrMemJournal
+	}
+	for _, h := range b.History {
+		a.held.now -= historySize(h)
+	}
+	return a.histApplier.ApplyRemote(ctx, b)
+}
+
+// A page whose records' histories together take more than the page budget
+// (the fetch bound of bytes) is applied in groups: the histories of a
+// group are fetched, the group is applied, then the next one's are, so that
+// what the page holds at once stays within about twice the budget. The
+// records go in order, each with its whole history, and only the last call
+// stores the cursor: a failure between groups leaves the old cursor, and
+// the page applied again finds the first groups' records in.
+func TestPullHistoryGroups(t *testing.T) {
+	ctx := context.Background()
+	const states, versions, value, budget = 10, 20, 10_000, 500_000 // 200 KB a history: groups of 3
+	held := &heldBytes{}
+	a := &heldApplier{histApplier: &histApplier{MemJournal: NewMemJournal("n")}, held: held, failAt: 4}
+	var recs []Record
+	for i := range states {
+		recs = append(recs, Record{Key: Key{Governor: "g", State: fmt.Sprint("s", i)}, Version: versions, OpID: "op",
+			Origin: "x", Clock: Clock{Vector: map[string]uint64{"x": versions}}})
+	}
+	p := NewPuller(a, nil, PullOptions{History: heldRemote{histRemote{n: versions, value: value}, held},
+		HistoryMode: HistoryFull, MaxFetchedHistoryBytes: budget})
+	page := RemoteBatch{Records: recs, Governor: "g", Cursor: "c1"}
+
+	// One record a call (a history takes most of one): the fourth call,
+	// the first of the second group, fails.
+	if _, err := p.apply(ctx, page); !errors.Is(err, ErrMemJournal) {
+		t.Fatalf("apply: %v, want the applier's failure", err)
+	}
+	if c, _ := a.Cursor(ctx, "g"); c != "" || len(a.Keys("g")) != 3 {
+		t.Fatalf("after a failure in the second group: cursor %q, records %v; want none, and the first group's", c, a.Keys("g"))
+	}
+	*held, a.batches = heldBytes{}, nil
+	res, err := p.apply(ctx, page)
+	if err != nil || len(res.Statuses) != states || res.Count(ApplyStale) != 3 || res.Count(ApplyNewer) != states-3 {
+		t.Fatalf("apply again: %+v, %v; want the first group stale, the others newer", res, err)
+	}
+	if held.most > 2*budget+versions*value || held.now != 0 {
+		t.Fatalf("the page held up to %d bytes of history at once (%d left); budget %d", held.most, held.now, budget)
+	}
+	seen := 0
+	for i, b := range a.batches {
+		for j, h := range b.History {
+			if b.Records[j].Key != recs[seen].Key || len(h.Events) != versions {
+				t.Fatalf("call %d holds %s with %d events, want %s next, with %d", i, b.Records[j].Key, len(h.Events),
+					recs[seen].Key, versions)
+			}
+			seen++
+		}
+		if last := i == len(a.batches)-1; (b.Governor == "g" && b.Cursor == "c1") != last || !last && b.Governor != "" {
+			t.Fatalf("call %d: governor %q cursor %q", i, b.Governor, b.Cursor)
+		}
+	}
+	if c, _ := a.Cursor(ctx, "g"); c != "c1" || seen != states {
+		t.Fatalf("cursor %q, %d records applied", c, seen)
+	}
+	if st := p.Stats(); st.Deliveries != 1 || st.Records != states || st.Applied != states-3 || st.Stale != 3 {
+		t.Fatalf("stats %+v; want one delivery of the page", st)
 	}
 }

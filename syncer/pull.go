@@ -191,6 +191,12 @@ type PullOptions struct {
 	// fetch reads at most (default 2,000, see maxFetchedHistory): a
 	// longer history is brought in slices, through the hole it leaves.
 	MaxFetchedHistory int
+	// MaxFetchedHistoryBytes is about how many bytes of events and
+	// snapshots one fetch reads at most (default 32 MiB, see
+	// maxFetchedHistoryBytes): a fetch stops after the version that takes
+	// it over, and the rest comes in slices as above. A page of pulled
+	// records is applied in groups whose histories take about that much.
+	MaxFetchedHistoryBytes int
 	// MaxRefillSlices is how many such slices one refill of a hole in a
 	// state's local history reads, one after the other (default 25, see
 	// maxRefillSlices).
@@ -418,13 +424,14 @@ func (p *Puller) lock(governor string) *sync.Mutex {
 	return l
 }
 
-// apply hands one group of remote records to the applier and counts it.
+// apply hands one group of remote records to the applier, with their
+// history (applyGroups, bootstrap.go), and counts it.
 func (p *Puller) apply(ctx context.Context, b RemoteBatch) (ApplyResult, error) {
-	b, err := p.withHistory(ctx, b) // bootstrap.go
+	res, err := p.applyGroups(ctx, b)
 	if err != nil {
-		return ApplyResult{}, fmt.Errorf("remote history: %w", err)
+		return res, err
 	}
-	return p.applyRecords(ctx, b)
+	return p.applied(ctx, b, res)
 }
 
 // applyRecords is apply without reading history: a Fetch (a read-through,
@@ -435,6 +442,12 @@ func (p *Puller) applyRecords(ctx context.Context, b RemoteBatch) (ApplyResult, 
 	if err != nil {
 		return res, fmt.Errorf("apply remote records: %w", err)
 	}
+	return p.applied(ctx, b, res)
+}
+
+// applied checks and counts what the applier did with b's records (res),
+// as one delivery.
+func (p *Puller) applied(ctx context.Context, b RemoteBatch, res ApplyResult) (ApplyResult, error) {
 	if len(res.Statuses) != len(b.Records) {
 		return res, fmt.Errorf("apply remote records: %d statuses for %d records", len(res.Statuses), len(b.Records))
 	}

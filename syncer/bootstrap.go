@@ -317,12 +317,11 @@ const maxFetchedHistory = 2000
 const maxFetchedHistoryBytes = 32 << 20
 
 // maxEventBytes is the largest event a remote holds: an event is one
-// Firestore document (FirestoreLimits' MaxRecordBytes). A fetch with a
-// byte bound asks Events for no more events than fit in what is left of
-// it at that size (at least one): a page of the largest events takes the
-// fetch at most one event over its bound, at the cost of an Events call
-// per 32 small events (with the default bound) rather than per
-// historyPage.
+// Firestore document (FirestoreLimits' MaxRecordBytes). Once what is left
+// of a fetch's byte bound is less than a page (EventsPageBytes), the fetch
+// asks Events for no more events than fit in it at that size (at least
+// one), so that a page of the largest events takes it at most one event
+// over its bound.
 const maxEventBytes = 1 << 20
 
 // fetchBound bounds one fetch of a state's history: at most versions
@@ -384,14 +383,16 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 	size, counted := 0, 0
 	for after < end {
 		want := int(min(historyPage, end-after))
-		if bound.bytes > 0 {
-			want = min(want, max(1, (bound.bytes-size)/maxEventBytes))
+		if left := bound.bytes - size; bound.bytes > 0 && left < EventsPageBytes {
+			want = min(want, max(1, left/maxEventBytes))
 		}
 		evs, err := r.Events(ctx, key, after, want)
 		if err != nil {
 			return History{}, fmt.Errorf("events of %s: %w", key, err)
 		}
+		page := 0 // EventSize of evs, as Events measures it
 		for _, e := range evs {
+			page += EventSize(e)
 			if e.ToVersion <= after {
 				return History{}, fmt.Errorf("events of %s: %w: version %d after %d", key, ErrPermanent, e.ToVersion, after)
 			}
@@ -411,8 +412,8 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 				return h, nil
 			}
 		}
-		if len(evs) < want {
-			break
+		if len(evs) < want && page <= EventsPageBytes {
+			break // the end of the log, not of a page cut by its bytes
 		}
 	}
 	return h, nil

@@ -39,9 +39,12 @@ type histRemote struct {
 
 func (r histRemote) Events(_ context.Context, k Key, after uint64, limit int) ([]Event, error) {
 	var out []Event
-	for v := after + 1; v <= r.n && len(out) < limit; v++ {
-		out = append(out, Event{Key: k, Action: ActionPut, FromVersion: v - 1, ToVersion: v, OpID: fmt.Sprint("op-", v),
-			Value: make([]byte, r.value)})
+	size := 0
+	for v := after + 1; v <= r.n && len(out) < limit && size <= EventsPageBytes; v++ {
+		e := Event{Key: k, Action: ActionPut, FromVersion: v - 1, ToVersion: v, OpID: fmt.Sprint("op-", v),
+			Value: make([]byte, r.value)}
+		out = append(out, e)
+		size += EventSize(e)
 	}
 	return out, nil
 }

@@ -91,9 +91,11 @@ type Remote interface {
 	Changes(ctx context.Context, governor string, since Cursor, limit int) ([]Record, Cursor, error)
 
 	// Events returns the events of key with ToVersion > afterVersion, in
-	// version order, at most limit of them (limit <= 0: a backend default).
-	// The remote's event log is the history of the remote record: the events
-	// appended by Applied changes.
+	// version order: at most limit of them (limit <= 0: a backend default),
+	// and none after the one that takes their EventSize over
+	// EventsPageBytes. A page shorter than limit that takes at most
+	// EventsPageBytes ends the log. The remote's event log is the history of
+	// the remote record: the events appended by Applied changes.
 	Events(ctx context.Context, key Key, afterVersion uint64, limit int) ([]Event, error)
 
 	// Limits returns the size limits of one Commit, for batching.
@@ -102,6 +104,12 @@ type Remote interface {
 	// ConflictLog is the remote's conflict ledger (ledger.go).
 	ConflictLog
 }
+
+// EventsPageBytes bounds what one Events call returns (by EventSize): with
+// values of up to 1 MB, a page of a thousand events could otherwise take a
+// gigabyte. A page is cut after the event that takes it over, so it takes
+// at most EventsPageBytes and one event.
+const EventsPageBytes = 4 << 20
 
 // Watcher is an optional capability of a Remote (find it with a type
 // assertion): a listener for remote changes that pushes instead of being

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"cloud.google.com/go/firestore"
+	"google.golang.org/api/iterator"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -609,18 +610,27 @@ func (r *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64
 	}
 	q := r.governor(key.Governor).Collection("events").Where("state", "==", key.State).
 		Where("to_version", ">", int64(afterVersion)).OrderBy("to_version", firestore.Asc).Limit(limit)
-	snaps, err := q.Documents(ctx).GetAll()
-	if err != nil {
-		return nil, translate(ctx, "events", key, err)
-	}
-	evs := make([]syncer.Event, 0, len(snaps))
-	for _, snap := range snaps {
+	// Read one document at a time, so that a page cut by its bytes stops
+	// the query's stream there.
+	it := q.Documents(ctx)
+	defer it.Stop()
+	var evs []syncer.Event
+	for size := 0; size <= syncer.EventsPageBytes; {
+		snap, err := it.Next()
+		if errors.Is(err, iterator.Done) {
+			break
+		}
+		if err != nil {
+			return nil, translate(ctx, "events", key, err)
+		}
 		var d eventDoc
 		if err := snap.DataTo(&d); err != nil {
 			return nil, &syncer.Error{Op: "events", Key: key, Kind: syncer.ErrUndecodable,
 				Err: &syncer.UndecodableError{Key: key, Doc: docPath(snap.Ref), Time: snap.UpdateTime, Err: err}}
 		}
-		evs = append(evs, fromEventDoc(key.Governor, d))
+		e := fromEventDoc(key.Governor, d)
+		evs = append(evs, e)
+		size += syncer.EventSize(e)
 	}
 	return evs, nil
 }

@@ -401,10 +401,12 @@ func (m *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64
 		limit = 1000
 	}
 	var out []syncer.Event
+	size := 0
 	for _, e := range m.events[key] {
 		if e.ToVersion > afterVersion {
 			out = append(out, e.Clone())
-			if len(out) == limit {
+			size += syncer.EventSize(e)
+			if len(out) == limit || size > syncer.EventsPageBytes {
 				break
 			}
 		}

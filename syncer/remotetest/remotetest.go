@@ -70,6 +70,7 @@ func RunWith(t *testing.T, o Options, newRemote func(t *testing.T) syncer.Remote
 		{"ChangesPaging", testChangesPaging},
 		{"Watch", testWatch},
 		{"Events", testEvents},
+		{"EventsPageBytes", testEventsPageBytes},
 		{"Limits", testLimits},
 		{"Cancelled", testCancelled},
 		{"Ledger", testLedger},
@@ -671,6 +672,41 @@ func testEvents(t *testing.T, ctx context.Context, r syncer.Remote) {
 	}
 	if got, err := r.Events(ctx, syncer.Key{Governor: "ev", State: "none"}, 0, 0); err != nil || len(got) != 0 {
 		t.Fatalf("Events of a missing state: %v %+v", err, got)
+	}
+}
+
+// testEventsPageBytes: a page of large events is cut after the event that
+// takes it over EventsPageBytes, and the next page goes on from there.
+func testEventsPageBytes(t *testing.T, ctx context.Context, r syncer.Remote) {
+	key := syncer.Key{Governor: "ev", State: "big"}
+	const versions = 8
+	var vector map[string]uint64
+	for v := uint64(1); v <= versions; v++ {
+		c := change(key, v-1, "n", vector, strings.Repeat("x", 900_000))
+		wantStatus(t, commit(t, ctx, r, false, c), syncer.Applied)
+		vector = c.Record.Clock.Vector
+	}
+	first, err := r.Events(ctx, key, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := 0
+	for i, e := range first {
+		if e.ToVersion != uint64(i+1) {
+			t.Fatalf("event %d is version %d", i, e.ToVersion)
+		}
+		if size > syncer.EventsPageBytes {
+			t.Fatalf("the page goes on after %d bytes: %d events", size, len(first))
+		}
+		size += syncer.EventSize(e)
+	}
+	if len(first) == versions || size <= syncer.EventsPageBytes {
+		t.Fatalf("a page of %d events of %d bytes, want it cut after the event over %d", len(first), size,
+			syncer.EventsPageBytes)
+	}
+	rest, err := r.Events(ctx, key, first[len(first)-1].ToVersion, 0)
+	if err != nil || len(first)+len(rest) != versions || rest[0].ToVersion != uint64(len(first)+1) {
+		t.Fatalf("the next page: %d events (after %d), %v", len(rest), len(first), err)
 	}
 }
 

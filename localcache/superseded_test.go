@@ -566,6 +566,36 @@ func (r *lostReplyRemote) Commit(ctx context.Context, b syncer.Batch) ([]syncer.
 	return nil, fmt.Errorf("%w: the reply was lost", syncer.ErrUnavailable)
 }
 
+// lossyStart is sharedStart with a's commits through a lostReplyRemote.
+func lossyStart(t *testing.T, newRemote func() syncer.Remote) (a, b *syncNode, lossy *lostReplyRemote, k Key) {
+	t.Helper()
+	remote := newRemote()
+	lossy = &lostReplyRemote{Remote: remote}
+	a = newHistoryNode(t, "a", lossy, 0)
+	b = newHistoryNode(t, "b", remote, 0)
+	k = key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	b.pullAll()
+	return a, b, lossy, k
+}
+
+// pushLosingReply runs a push pass of a whose commit that applies a change
+// loses its reply, after b (pulled first) writes k's value v.
+func pushLosingReply(t *testing.T, a, b *syncNode, lossy *lostReplyRemote, k Key, v string) {
+	t.Helper()
+	lossy.mu.Lock()
+	lossy.lose = func() {
+		b.pullAll()
+		b.put(k, v)
+		b.pushAll()
+	}
+	lossy.mu.Unlock()
+	if _, err := a.push.SyncOnce(context.Background()); !errors.Is(err, syncer.ErrUnavailable) {
+		t.Fatalf("a's pass: %v, want the lost reply's outage", err)
+	}
+}
+
 // TestRebasedChangeWithLostReplyTakesTheSharedLineage: a's write a3, made
 // on its write a2 while a2 was being pushed, is rebased onto a2 (which won
 // a conflict and was committed as version 3) and committed as version 4;
@@ -579,14 +609,7 @@ func TestRebasedChangeWithLostReplyTakesTheSharedLineage(t *testing.T) {
 }
 
 func testRebasedChangeWithLostReplyTakesTheSharedLineage(t *testing.T, newRemote func() syncer.Remote) {
-	remote := newRemote()
-	lossy := &lostReplyRemote{Remote: remote}
-	a := newHistoryNode(t, "a", lossy, 0)
-	b := newHistoryNode(t, "b", remote, 0)
-	k := key("g", "k")
-	a.put(k, "1")
-	a.pushAll()
-	b.pullAll()
+	a, b, lossy, k := lossyStart(t, newRemote)
 	b.put(k, "b2")
 	b.pushAll()
 	nextMillisecond() // a's write is later: it wins
@@ -597,17 +620,8 @@ func testRebasedChangeWithLostReplyTakesTheSharedLineage(t *testing.T, newRemote
 	if rep := a.pushAll(); rep.Pushed != 1 || rep.Conflicts != 1 {
 		t.Fatalf("a's first pass %+v: want a2 pushed after a conflict", rep)
 	}
-	lossy.mu.Lock()
-	lossy.lose = func() {
-		b.pullAll()
-		b.put(k, "b5")
-		b.pushAll()
-	}
-	lossy.mu.Unlock()
-	if _, err := a.push.SyncOnce(context.Background()); !errors.Is(err, syncer.ErrUnavailable) {
-		t.Fatalf("a's second pass: %v, want the lost reply's outage", err)
-	}
-	if r := remoteGet(t, remote, k); r.Version != 5 || string(r.Value) != "b5" {
+	pushLosingReply(t, a, b, lossy, k, "b5")
+	if r := remoteGet(t, lossy.Remote, k); r.Version != 5 || string(r.Value) != "b5" {
 		t.Fatalf("remote holds %q v%d, want b5 as version 5 (a3 as version 4)", r.Value, r.Version)
 	}
 	if rep := a.pushAll(); rep.AlreadyApplied != 1 {
@@ -627,25 +641,9 @@ func TestAppliedChangeWithLostReplyKeepsItsEvents(t *testing.T) {
 
 func testAppliedChangeWithLostReplyKeepsItsEvents(t *testing.T, newRemote func() syncer.Remote) {
 	ctx := context.Background()
-	remote := newRemote()
-	lossy := &lostReplyRemote{Remote: remote}
-	a := newHistoryNode(t, "a", lossy, 0)
-	b := newHistoryNode(t, "b", remote, 0)
-	k := key("g", "k")
-	a.put(k, "1")
-	a.pushAll()
-	b.pullAll()
+	a, b, lossy, k := lossyStart(t, newRemote)
 	a.put(k, "a2")
-	lossy.mu.Lock()
-	lossy.lose = func() {
-		b.pullAll()
-		b.put(k, "b3")
-		b.pushAll()
-	}
-	lossy.mu.Unlock()
-	if _, err := a.push.SyncOnce(ctx); !errors.Is(err, syncer.ErrUnavailable) {
-		t.Fatalf("a's first pass: %v, want the lost reply's outage", err)
-	}
+	pushLosingReply(t, a, b, lossy, k, "b3")
 	if rep := a.pushAll(); rep.AlreadyApplied != 1 {
 		t.Fatalf("a's second pass %+v: want a2 already applied", rep)
 	}

@@ -318,7 +318,7 @@ const maxFetchedHistoryBytes = 32 << 20
 
 // maxEventBytes is the largest event a remote holds: an event is one
 // Firestore document (FirestoreLimits' MaxRecordBytes). Once what is left
-// of a fetch's byte bound is less than a page (EventsPageBytes), the fetch
+// of a fetch's byte bound is less than a page (PageBytes), the fetch
 // asks Events for no more events than fit in it at that size (at least
 // one), so that a page of the largest events takes it at most one event
 // over its bound.
@@ -383,7 +383,7 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 	size, counted := 0, 0
 	for after < end {
 		want := int(min(historyPage, end-after))
-		if left := bound.bytes - size; bound.bytes > 0 && left < EventsPageBytes {
+		if left := bound.bytes - size; bound.bytes > 0 && left < PageBytes {
 			want = min(want, max(1, left/maxEventBytes))
 		}
 		evs, err := r.Events(ctx, key, after, want)
@@ -412,7 +412,7 @@ func fetchHistory(ctx context.Context, r HistoryRemote, key Key, top, version ui
 				return h, nil
 			}
 		}
-		if len(evs) < want && page <= EventsPageBytes {
+		if len(evs) < want && page <= PageBytes {
 			break // the end of the log, not of a page cut by its bytes
 		}
 	}

@@ -40,7 +40,7 @@ type histRemote struct {
 func (r histRemote) Events(_ context.Context, k Key, after uint64, limit int) ([]Event, error) {
 	var out []Event
 	size := 0
-	for v := after + 1; v <= r.n && len(out) < limit && size <= EventsPageBytes; v++ {
+	for v := after + 1; v <= r.n && len(out) < limit && size <= PageBytes; v++ {
 		e := Event{Key: k, Action: ActionPut, FromVersion: v - 1, ToVersion: v, OpID: fmt.Sprint("op-", v),
 			Value: make([]byte, r.value)}
 		out = append(out, e)

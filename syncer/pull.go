@@ -574,13 +574,23 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		if skipped != nil {
 			n += len(skipped.Docs)
 		}
-		if n < p.opts.PageSize {
+		if n < p.opts.PageSize && !cutByBytes(recs) {
 			p.notePolled(governor, start)
 			p.refillHistory(ctx, governor, rep) // bootstrap.go
 			return nil
 		}
 		cur = next
 	}
+}
+
+// cutByBytes says whether a page of Changes was cut short by its bytes
+// (PageBytes) rather than by the end of the stream.
+func cutByBytes(recs []Record) bool {
+	size := 0
+	for _, r := range recs {
+		size += RecordSize(r)
+	}
+	return size > PageBytes
 }
 
 // Fetch reads key from the remote and applies it locally (a cache miss or a

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -202,6 +203,7 @@ func TestPull(t *testing.T) {
 	}{
 		{"Bootstrap", testPullBootstrap},
 		{"Incremental", testPullIncremental},
+		{"LargeRecords", testPullLargeRecords},
 		{"PendingKeySkipped", testPullPendingSkipped},
 		{"RedeliveryHarmless", testPullRedelivery},
 		{"ChangeBetweenCommitAndAck", testPullCommitAckWindow},
@@ -291,6 +293,26 @@ func testPullIncremental(t *testing.T, ctx context.Context, r syncer.Remote) {
 	}
 	if rep := pullOnce(t, ctx, c); rep.Applied != 0 {
 		t.Fatalf("nothing new, yet %+v", rep)
+	}
+}
+
+// testPullLargeRecords: records of large values come in pages cut by their
+// bytes (syncer.PageBytes), and one pull goes on past such a page: a page
+// cut short is not the end of the stream.
+func testPullLargeRecords(t *testing.T, ctx context.Context, r syncer.Remote) {
+	a := newNode("node-a", r, syncer.PullOptions{})
+	const n = 8
+	for i := range n {
+		put(t, a.j, key(fmt.Sprintf("big%d", i)), strings.Repeat("x", 900_000))
+		syncOnce(t, ctx, a.s) // one commit each: a batch holds at most 9 MiB
+	}
+	c := newNode("node-c", r, syncer.PullOptions{})
+	rep := pullOnce(t, ctx, c)
+	if rep.Applied != n || rep.Calls < 2 {
+		t.Fatalf("pull of %d records of 900 kB: %+v; want them all, in at least 2 calls", n, rep)
+	}
+	for i := range n {
+		checkMatchesRemote(t, ctx, c, r, key(fmt.Sprintf("big%d", i)))
 	}
 }
 

@@ -74,7 +74,8 @@ type Remote interface {
 	// Changes returns the records of governor committed after since (the
 	// zero Cursor: from the beginning), oldest commit first, at most limit of
 	// them (limit <= 0: a backend default), and the Cursor to pass next time
-	// (since itself when nothing is returned). Tombstones are included. A
+	// (since itself when nothing is returned), and none after the record
+	// that takes their RecordSize over PageBytes. Tombstones are included. A
 	// record that changed several times since the cursor is returned once, at
 	// its latest version. A backend may also return records committed a short,
 	// documented time before since (its overlap), so callers must apply a
@@ -85,16 +86,17 @@ type Remote interface {
 	// returns the records and the Cursor with a *SkippedError that lists such
 	// documents (errors.Is ErrUndecodable). The caller applies the records
 	// and keeps the Cursor as usual, and reports the documents. Documents
-	// left out count towards limit: a page is short when fewer than limit
-	// records and documents left out came back. Any other error comes with
-	// no records and since.
+	// left out count towards limit: a page is short (the stream's end) when
+	// fewer than limit records and documents left out came back and the
+	// records take at most PageBytes. Any other error comes with no records
+	// and since.
 	Changes(ctx context.Context, governor string, since Cursor, limit int) ([]Record, Cursor, error)
 
 	// Events returns the events of key with ToVersion > afterVersion, in
 	// version order: at most limit of them (limit <= 0: a backend default),
 	// and none after the one that takes their EventSize over
-	// EventsPageBytes. A page shorter than limit that takes at most
-	// EventsPageBytes ends the log. The remote's event log is the history of
+	// PageBytes. A page shorter than limit that takes at most
+	// PageBytes ends the log. The remote's event log is the history of
 	// the remote record: the events appended by Applied changes.
 	Events(ctx context.Context, key Key, afterVersion uint64, limit int) ([]Event, error)
 
@@ -105,11 +107,11 @@ type Remote interface {
 	ConflictLog
 }
 
-// EventsPageBytes bounds what one Events call returns (by EventSize): with
-// values of up to 1 MB, a page of a thousand events could otherwise take a
-// gigabyte. A page is cut after the event that takes it over, so it takes
-// at most EventsPageBytes and one event.
-const EventsPageBytes = 4 << 20
+// PageBytes bounds what one Events or Changes call returns (by EventSize,
+// RecordSize): with values of up to 1 MB, a page of a thousand events or
+// records could otherwise take a gigabyte. A page is cut after the event
+// or record that takes it over, so it takes at most PageBytes and one more.
+const PageBytes = 4 << 20
 
 // Watcher is an optional capability of a Remote (find it with a type
 // assertion): a listener for remote changes that pushes instead of being

@@ -521,13 +521,20 @@ func (r *Remote) Changes(ctx context.Context, governor string, since syncer.Curs
 	if limit <= 0 {
 		limit = 1000
 	}
-	snaps, err := r.changesQuery(governor, c).Limit(limit).Documents(ctx).GetAll()
-	if err != nil {
-		return nil, since, translate(ctx, "changes", key, err)
-	}
-	recs := make([]syncer.Record, 0, len(snaps))
+	// Read one document at a time, so that a page cut by its bytes stops
+	// the query's stream there.
+	it := r.changesQuery(governor, c).Limit(limit).Documents(ctx)
+	defer it.Stop()
+	var recs []syncer.Record
 	var skipped []*syncer.UndecodableError
-	for _, snap := range snaps {
+	for size := 0; size <= syncer.PageBytes; {
+		snap, err := it.Next()
+		if errors.Is(err, iterator.Done) {
+			break
+		}
+		if err != nil {
+			return nil, since, translate(ctx, "changes", key, err)
+		}
 		rec, bad := readState(syncer.Key{Governor: governor, State: snap.Ref.ID}, snap)
 		if bad != nil {
 			skipped = append(skipped, bad)
@@ -537,6 +544,7 @@ func (r *Remote) Changes(ctx context.Context, governor string, since syncer.Curs
 			continue
 		}
 		recs = append(recs, rec)
+		size += syncer.RecordSize(rec)
 		c = cursor{rec.RemoteTime, snap.Ref.ID}
 	}
 	if skipped != nil {
@@ -615,7 +623,7 @@ func (r *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64
 	it := q.Documents(ctx)
 	defer it.Stop()
 	var evs []syncer.Event
-	for size := 0; size <= syncer.EventsPageBytes; {
+	for size := 0; size <= syncer.PageBytes; {
 		snap, err := it.Next()
 		if errors.Is(err, iterator.Done) {
 			break

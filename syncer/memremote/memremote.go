@@ -314,7 +314,7 @@ func (m *Remote) Changes(ctx context.Context, governor string, since syncer.Curs
 		return nil, since, err
 	}
 	defer m.mu.Unlock()
-	recs, skipped, next := m.changesLocked(governor, from, limit)
+	recs, skipped, next := m.changesLocked(governor, from, limit, syncer.PageBytes)
 	if skipped != nil {
 		return recs, next, &syncer.SkippedError{Op: "changes", Governor: governor, Docs: skipped}
 	}
@@ -322,8 +322,9 @@ func (m *Remote) Changes(ctx context.Context, governor string, since syncer.Curs
 }
 
 // changesLocked returns the records of governor after from, at most limit
-// documents, those that do not decode apart.
-func (m *Remote) changesLocked(governor string, from position, limit int) ([]syncer.Record, []*syncer.UndecodableError, syncer.Cursor) {
+// documents and none after the record that takes them over maxBytes (0: no
+// bound), those that do not decode apart.
+func (m *Remote) changesLocked(governor string, from position, limit, maxBytes int) ([]syncer.Record, []*syncer.UndecodableError, syncer.Cursor) {
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -347,14 +348,16 @@ func (m *Remote) changesLocked(governor string, from position, limit int) ([]syn
 	}
 	recs := make([]syncer.Record, 0, len(found))
 	var skipped []*syncer.UndecodableError
-	for _, e := range found {
-		if bad := e.undecodable(); bad != nil {
+	var last *entry
+	for i, size := 0, 0; i < len(found) && (maxBytes <= 0 || size <= maxBytes); i++ {
+		last = found[i]
+		if bad := last.undecodable(); bad != nil {
 			skipped = append(skipped, bad)
 			continue
 		}
-		recs = append(recs, e.rec.Clone())
+		recs = append(recs, last.rec.Clone())
+		size += syncer.RecordSize(last.rec)
 	}
-	last := found[len(found)-1]
 	return recs, skipped, position{last.seq, last.rec.State}.cursor()
 }
 
@@ -406,7 +409,7 @@ func (m *Remote) Events(ctx context.Context, key syncer.Key, afterVersion uint64
 		if e.ToVersion > afterVersion {
 			out = append(out, e.Clone())
 			size += syncer.EventSize(e)
-			if len(out) == limit || size > syncer.EventsPageBytes {
+			if len(out) == limit || size > syncer.PageBytes {
 				break
 			}
 		}
@@ -442,7 +445,7 @@ func (m *Remote) Watch(ctx context.Context, governor string, since syncer.Cursor
 			m.mu.Unlock()
 			return syncer.Errorf("watch", key, syncer.ErrUnavailable, "offline (injected)")
 		}
-		recs, skipped, next := m.changesLocked(governor, from, 0)
+		recs, skipped, next := m.changesLocked(governor, from, 0, 0)
 		wait := m.notify
 		m.mu.Unlock()
 		n := len(recs) + len(skipped)

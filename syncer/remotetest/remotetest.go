@@ -70,7 +70,7 @@ func RunWith(t *testing.T, o Options, newRemote func(t *testing.T) syncer.Remote
 		{"ChangesPaging", testChangesPaging},
 		{"Watch", testWatch},
 		{"Events", testEvents},
-		{"EventsPageBytes", testEventsPageBytes},
+		{"PageBytes", testPageBytes},
 		{"Limits", testLimits},
 		{"Cancelled", testCancelled},
 		{"Ledger", testLedger},
@@ -675,9 +675,9 @@ func testEvents(t *testing.T, ctx context.Context, r syncer.Remote) {
 	}
 }
 
-// testEventsPageBytes: a page of large events is cut after the event that
-// takes it over EventsPageBytes, and the next page goes on from there.
-func testEventsPageBytes(t *testing.T, ctx context.Context, r syncer.Remote) {
+// testPageBytes: a page of large events or records is cut after the one
+// that takes it over PageBytes, and the next page goes on from there.
+func testPageBytes(t *testing.T, ctx context.Context, r syncer.Remote) {
 	key := syncer.Key{Governor: "ev", State: "big"}
 	const versions = 8
 	var vector map[string]uint64
@@ -695,18 +695,55 @@ func testEventsPageBytes(t *testing.T, ctx context.Context, r syncer.Remote) {
 		if e.ToVersion != uint64(i+1) {
 			t.Fatalf("event %d is version %d", i, e.ToVersion)
 		}
-		if size > syncer.EventsPageBytes {
+		if size > syncer.PageBytes {
 			t.Fatalf("the page goes on after %d bytes: %d events", size, len(first))
 		}
 		size += syncer.EventSize(e)
 	}
-	if len(first) == versions || size <= syncer.EventsPageBytes {
+	if len(first) == versions || size <= syncer.PageBytes {
 		t.Fatalf("a page of %d events of %d bytes, want it cut after the event over %d", len(first), size,
-			syncer.EventsPageBytes)
+			syncer.PageBytes)
 	}
 	rest, err := r.Events(ctx, key, first[len(first)-1].ToVersion, 0)
 	if err != nil || len(first)+len(rest) != versions || rest[0].ToVersion != uint64(len(first)+1) {
 		t.Fatalf("the next page: %d events (after %d), %v", len(rest), len(first), err)
+	}
+
+	// Records: one state per commit, each of the same size.
+	for i := range versions {
+		c := change(syncer.Key{Governor: "pages", State: fmt.Sprint("s", i)}, 0, "n", nil, strings.Repeat("x", 900_000))
+		wantStatus(t, commit(t, ctx, r, false, c), syncer.Applied)
+	}
+	page, next, err := r.Changes(ctx, "pages", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size = 0
+	for _, rec := range page {
+		if size > syncer.PageBytes {
+			t.Fatalf("the page of records goes on after %d bytes: %d records", size, len(page))
+		}
+		size += syncer.RecordSize(rec)
+	}
+	if len(page) == versions || size <= syncer.PageBytes {
+		t.Fatalf("a page of %d records of %d bytes, want it cut after the record over %d", len(page), size, syncer.PageBytes)
+	}
+	seen := make(map[string]bool)
+	for _, rec := range page {
+		seen[rec.State] = true
+	}
+	for len(seen) < versions {
+		more, after, err := r.Changes(ctx, "pages", next, 0)
+		if err != nil || len(more) == 0 {
+			t.Fatalf("after %d records: %d more, %v", len(seen), len(more), err)
+		}
+		for _, rec := range more {
+			if seen[rec.State] {
+				t.Fatalf("%s delivered twice", rec.State)
+			}
+			seen[rec.State] = true
+		}
+		next = after
 	}
 }
 

@@ -377,7 +377,8 @@ type PullStats struct {
 	// UndecodableStates is how many states' latest remote documents are
 	// known not to decode now (see Puller.Undecodable); UndecodableDropped
 	// counts documents not remembered because MaxUndecodable states were
-	// (each time one was met).
+	// (each time one was met), since the applier's store was made when it
+	// is an UndecodableKeeper (it never goes down).
 	Undecodable        uint64
 	UndecodableStates  int
 	UndecodableDropped uint64

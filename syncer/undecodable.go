@@ -12,7 +12,14 @@ import (
 // it the Puller knows them in memory only, and since a governor's stored
 // cursor is past the documents its pull left out, a restarted node would
 // not know them (the gauge, and which states a read must not take for
-// fresh) until each was written again or read.
+// fresh) until each was written again or read. It keeps the count of the
+// documents dropped past MaxUndecodable too, so that a restarted node
+// still says it met documents it could not remember.
+//
+// That count never goes down: the documents dropped are not remembered, so
+// nothing tells when they are repaired or deleted, and their states stay
+// taken for fresh with their governors, the set below the cap again or
+// not. It says since when the local store was made, not since a start.
 //
 // The Puller keeps a document before it stores a cursor past it, and
 // forgets one after it stored a later record of the key: a crash in between
@@ -32,6 +39,12 @@ type UndecodableKeeper interface {
 	// ForgetUndecodable forgets what is kept for keys; a key with nothing
 	// kept is no error.
 	ForgetUndecodable(ctx context.Context, keys []Key) error
+	// DroppedUndecodable returns the count kept of the documents met and
+	// not kept because MaxUndecodable states' were
+	// (PullStats.UndecodableDropped); 0 when none was.
+	DroppedUndecodable(ctx context.Context) (uint64, error)
+	// AddDroppedUndecodable adds n to that count.
+	AddDroppedUndecodable(ctx context.Context, n uint64) error
 }
 
 // Undecodable returns the remote document of key that does not decode, when
@@ -69,6 +82,17 @@ func (p *Puller) loadUndecodableLocked(ctx context.Context) error {
 		for _, d := range docs {
 			set[d.Key] = d
 		}
+		dropped, err := p.keeper.DroppedUndecodable(ctx)
+		if err != nil {
+			return fmt.Errorf("read the count of undecodable documents dropped: %w", err)
+		}
+		p.mu.Lock()
+		p.stats.UndecodableDropped = dropped
+		p.mu.Unlock()
+		if dropped > 0 {
+			p.log.Info("remote documents that did not decode were met and not remembered: their states are taken for fresh",
+				"documents", dropped)
+		}
 		if len(set) > 0 {
 			p.log.Warn("remote documents that did not decode when last seen: their states are left out of the pull until repaired",
 				"states", len(set))
@@ -98,6 +122,11 @@ func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, 
 	if p.keeper != nil && len(fresh) > 0 {
 		if err := p.keeper.KeepUndecodable(ctx, fresh); err != nil {
 			return fmt.Errorf("keep undecodable documents: %w", err)
+		}
+	}
+	if p.keeper != nil && len(dropped) > 0 {
+		if err := p.keeper.AddDroppedUndecodable(ctx, uint64(len(dropped))); err != nil {
+			return fmt.Errorf("count undecodable documents dropped: %w", err)
 		}
 	}
 	p.mu.Lock()
@@ -228,6 +257,27 @@ func (j *MemJournal) KeepUndecodable(ctx context.Context, docs []*UndecodableErr
 		kept.Err = errors.New(d.Err.Error())
 		j.undecodable[d.Key] = kept
 	}
+	return nil
+}
+
+// DroppedUndecodable implements UndecodableKeeper.
+func (j *MemJournal) DroppedUndecodable(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.undecodableDropped, nil
+}
+
+// AddDroppedUndecodable implements UndecodableKeeper.
+func (j *MemJournal) AddDroppedUndecodable(ctx context.Context, n uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.undecodableDropped += n
 	return nil
 }
 

@@ -194,7 +194,8 @@ func testPullUndecodableWatch(t *testing.T, ctx context.Context, r syncer.Remote
 // store (a restart) knows them although its cursor is past them: they are
 // counted, named by Undecodable, and not logged one by one again. Once one
 // is repaired and pulled it is forgotten, for good. Past MaxUndecodable
-// states, more are counted as dropped, not kept.
+// states, more are counted as dropped, not kept; that count is kept, and
+// does not go down.
 func TestPullUndecodableKept(t *testing.T) {
 	for _, be := range undecodableBackends {
 		t.Run(be.name, func(t *testing.T) {
@@ -248,6 +249,15 @@ func TestPullUndecodableKept(t *testing.T) {
 				t.Fatalf("stats past the cap %+v, want 1 state and 1 dropped", st)
 			}
 			wantKept(t, ctx, c.j, bad)
+			// The count of the documents dropped outlives a restart, the
+			// set below the cap again or not.
+			for _, limit := range []int{1, 0} {
+				p = restart(syncer.PullOptions{MaxUndecodable: limit})
+				pullOnce(t, ctx, &node{j: c.j, p: p})
+				if st := p.Stats(); st.UndecodableDropped != 1 {
+					t.Fatalf("stats after a restart with MaxUndecodable %d: %+v, want 1 dropped", limit, st)
+				}
+			}
 
 			// Repaired by hand (deleted, then written again): forgotten,
 			// across restarts too.
@@ -263,7 +273,7 @@ func TestPullUndecodableKept(t *testing.T) {
 			wantKept(t, ctx, c.j)
 			p = restart(syncer.PullOptions{})
 			pullOnce(t, ctx, &node{j: c.j, p: p})
-			if st := p.Stats(); st.UndecodableStates != 0 || p.Undecodable(bad) != nil {
+			if st := p.Stats(); st.UndecodableStates != 0 || st.UndecodableDropped != 1 || p.Undecodable(bad) != nil {
 				t.Fatalf("stats after the repair and a restart %+v", st)
 			}
 		})

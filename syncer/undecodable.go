@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 )
 
 // UndecodableKeeper is an optional capability of an Applier (found by type
@@ -129,9 +132,15 @@ func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, 
 			return fmt.Errorf("count undecodable documents dropped: %w", err)
 		}
 	}
+	now := time.Now()
 	p.mu.Lock()
 	for _, d := range fresh {
 		p.undecodable[d.Key] = d
+	}
+	for _, d := range docs {
+		if p.undecodable[d.Key] != nil {
+			p.checkedLocked(d.Key, now) // met: there still
+		}
 	}
 	if skipped {
 		p.stats.Undecodable += uint64(len(docs))
@@ -223,8 +232,74 @@ func (p *Puller) forgetLocked(ctx context.Context, keys []Key) {
 	p.mu.Lock()
 	for _, k := range keys {
 		delete(p.undecodable, k)
+		delete(p.checked, k)
 	}
 	p.mu.Unlock()
+}
+
+// recheckUndecodable reads again, with Fetch, up to UndecodableRechecks
+// states of governor in the set, those checked longest ago first (never
+// since the start first), none checked within UndecodableRecheckEvery.
+// The pull does not learn that a document was deleted: a query returns no
+// deleted document and a watch reports none (Watcher), so without it a
+// document deleted by hand would stay in the set until its state was
+// written or read again. Fetch forgets a document gone, applies the record
+// a document that decodes now holds (which forgets it), and keeps one that
+// still does not decode; each counts among the fetches. A failed read ends
+// the round, logged: the states wait their turn again. Bounded so, it
+// costs a poll a few reads at most, and none while the set is empty.
+func (p *Puller) recheckUndecodable(ctx context.Context, governor string) {
+	for _, k := range p.dueUndecodable(governor) {
+		p.mu.Lock()
+		p.checkedLocked(k, time.Now())
+		p.mu.Unlock()
+		_, _, err := p.Fetch(ctx, k)
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrUndecodable) {
+			if ctx.Err() == nil {
+				p.log.Warn("undecodable documents: cannot read one again", "key", k.String(), "err", err)
+			}
+			return
+		}
+	}
+}
+
+// dueUndecodable returns the states of governor recheckUndecodable reads,
+// in order.
+func (p *Puller) dueUndecodable(governor string) []Key {
+	type due struct {
+		key Key
+		at  time.Time
+	}
+	var ds []due
+	horizon := time.Now().Add(-p.opts.UndecodableRecheckEvery)
+	p.mu.Lock()
+	for k := range p.undecodable {
+		if at := p.checked[k]; k.Governor == governor && !at.After(horizon) {
+			ds = append(ds, due{k, at})
+		}
+	}
+	p.mu.Unlock()
+	slices.SortFunc(ds, func(a, b due) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return strings.Compare(a.key.State, b.key.State)
+	})
+	ds = ds[:min(len(ds), p.opts.UndecodableRechecks)]
+	keys := make([]Key, len(ds))
+	for i, d := range ds {
+		keys[i] = d.key
+	}
+	return keys
+}
+
+// checkedLocked notes that the document of k was met or read at at. mu is
+// held.
+func (p *Puller) checkedLocked(k Key, at time.Time) {
+	if p.checked == nil {
+		p.checked = make(map[Key]time.Time)
+	}
+	p.checked[k] = at
 }
 
 // KeptUndecodable implements UndecodableKeeper.

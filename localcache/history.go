@@ -620,10 +620,10 @@ func pastRecord(rec *Record) Record {
 // well (a state only ever changed elsewhere, pulled without history, or
 // whose events cleanup removed: none of these is a violation):
 //
-//   - RuleRecord: the record decodes (of a state with local events,
-//     RuleCurrent reports it), its version is 1 or more, and it is marked
-//     as a tombstone in the store (which listings skip by that mark)
-//     exactly when it is one.
+//   - RuleRecord: the record decodes (RuleCurrent reports one of a state
+//     with local events that does not), its version is 1 or more, and it
+//     is marked as a tombstone in the store (which listings skip by that
+//     mark) exactly when it is one.
 const (
 	RuleDecode     = "decode"
 	RuleKeyVersion = "key_version"

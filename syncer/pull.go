@@ -262,7 +262,7 @@ type Puller struct {
 	// (I/O, not under mu) before they go to the map.
 	undecMu sync.Mutex
 
-	mu    sync.Mutex // guards locks, fresh, undecodable and stats
+	mu    sync.Mutex // guards locks, fresh, undecodable, checked and stats
 	locks map[string]*sync.Mutex
 	fresh map[string]freshness
 	// undecodable holds, per key, the remote document the pull left out or

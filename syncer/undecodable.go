@@ -43,7 +43,7 @@ type UndecodableKeeper interface {
 	// kept is no error.
 	ForgetUndecodable(ctx context.Context, keys []Key) error
 	// DroppedUndecodable returns the count kept of the documents met and
-	// not kept because MaxUndecodable states' were
+	// not kept because MaxUndecodable states' documents were kept already
 	// (PullStats.UndecodableDropped); 0 when none was.
 	DroppedUndecodable(ctx context.Context) (uint64, error)
 	// AddDroppedUndecodable adds n to that count.

@@ -616,8 +616,14 @@ func pastRecord(rec *Record) Record {
 //     violation (this node's change missing from its log). No record
 //     while l is a put is a violation.
 //
-// States with a record and no local event (only ever changed elsewhere)
-// have nothing to check and are not counted.
+// Every record in scope is checked too, of a state with no local event as
+// well (a state only ever changed elsewhere, pulled without history, or
+// whose events cleanup removed: none of these is a violation):
+//
+//   - RuleRecord: the record decodes (RuleCurrent reports one of a state
+//     with local events that does not), its version is 1 or more, and it
+//     is marked as a tombstone in the store (which listings skip by that
+//     mark) exactly when it is one.
 const (
 	RuleDecode     = "decode"
 	RuleKeyVersion = "key_version"
@@ -627,6 +633,7 @@ const (
 	RuleLamport    = "lamport"
 	RuleHLC        = "hlc"
 	RuleCurrent    = "current"
+	RuleRecord     = "record"
 )
 
 // Gap reasons (Gap.Reason).
@@ -675,7 +682,7 @@ type Gap struct {
 
 // ValidationReport is what Validate found.
 type ValidationReport struct {
-	States    int // states with local events checked
+	States    int // states checked: with local events, or a record (a tombstone too)
 	Events    int // events checked
 	Snapshots int // snapshots checked
 	// Violations lists the first MaxReportedProblems violations, by state
@@ -705,9 +712,9 @@ func (r *ValidationReport) gap(k Key, after, through uint64, reason string) {
 	}
 }
 
-// Validate checks the local event log of one state (state != "") or of
-// every state of governor against the rules above (see RuleDecode and the
-// rest), and reports every violation and gap it finds. It reads one
+// Validate checks the local event log and the record of one state (state
+// != "") or of every state of governor against the rules above (see
+// RuleDecode and the rest), and reports every violation and gap it finds. It reads one
 // consistent view, after every acknowledged write is applied.
 //
 // Errors (the report is then empty): an invalid governor is a *FieldError
@@ -762,7 +769,10 @@ func (s *Store) Validate(ctx context.Context, governor, state string) (Validatio
 		if err := v.finish(); err != nil {
 			return err
 		}
-		return validateSnapshots(ctx, txn, f.prefix, &rep)
+		if err := validateSnapshots(ctx, txn, f.prefix, &rep); err != nil {
+			return err
+		}
+		return validateRecords(ctx, txn, Key{Governor: governor, State: state}, &rep)
 	})
 	if err != nil {
 		return ValidationReport{}, fmt.Errorf("localcache: validate %s: %w", EventQuery{Governor: governor, State: state}.scope(), err)
@@ -867,6 +877,72 @@ func (v *validator) finish() error {
 			rec.OpID, rec.Version, rec.Origin, l.OpID, l.ToVersion)
 	}
 	return nil
+}
+
+// validateRecords checks the records of the states in scope (every state
+// of scope's governor, or scope's state when set) by RuleRecord, and counts
+// the states without local events, which the walk of the events did not.
+func validateRecords(ctx context.Context, txn *badger.Txn, scope Key, rep *ValidationReport) error {
+	prefix := statePrefix(scope.Governor, scope.State) // a state's own key, then longer names
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	events := txn.NewIterator(badger.IteratorOptions{}) // keys only: does a state have events
+	defer events.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		item := it.Item()
+		k, err := parseStateKey(item.Key())
+		if err != nil {
+			rep.violation(Key{Governor: scope.Governor}, 0, RuleRecord, "record key %x does not parse: %v", item.Key(), err)
+			continue
+		}
+		if scope.State != "" && k.State != scope.State {
+			break // a longer name: the state's own record comes first
+		}
+		ep := eventPrefix(k)
+		events.Seek(ep)
+		logged := events.ValidForPrefix(ep)
+		if !logged {
+			rep.States++
+		}
+		if err := checkRecord(item, k, logged, rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkRecord checks the record of k in item by RuleRecord; logged says k
+// has local events.
+func checkRecord(item *badger.Item, k Key, logged bool, rep *ValidationReport) error {
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return err
+	}
+	rec, err := decodeRecord(k, v)
+	if err != nil {
+		if !logged { // otherwise RuleCurrent reported it
+			rep.violation(k, 0, RuleRecord, "the record does not decode: %v", err)
+		}
+		return nil
+	}
+	if rec.Version == 0 {
+		rep.violation(k, 0, RuleRecord, "the record has version 0")
+	}
+	if marked := item.UserMeta()&userMetaTombstone != 0; marked != rec.Deleted {
+		rep.violation(k, rec.Version, RuleRecord, "the record is %s, and marked as %s in the store", tombstoneWord(rec.Deleted), tombstoneWord(marked))
+	}
+	return nil
+}
+
+// tombstoneWord names a record that is a tombstone or not.
+func tombstoneWord(deleted bool) string {
+	if deleted {
+		return "a tombstone"
+	}
+	return "not a tombstone"
 }
 
 // recordDiff says how rec differs from the change of event e ("" if not).

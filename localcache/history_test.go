@@ -765,12 +765,13 @@ func TestValidateAfterConflicts(t *testing.T) {
 	// nodes pull no history). a pushed first (s1, s3): b's change won on
 	// top of it, as version 3, and its event left b's log (it made version
 	// 2 there, which is a's in the shared store): b holds no event of s1
-	// and s3, and validate sees only s0 and s2.
+	// and s3, and validate checks the events of s0 and s2 only, and the
+	// records of all four.
 	want := map[*histNode]string{
 		a: "s0 1-2 elsewhere, s1 2-3 elsewhere, s2 1-2 elsewhere, s3 2-3 elsewhere",
 		b: "s0 0-1 elsewhere, s2 0-1 elsewhere",
 	}
-	states := map[*histNode]int{a: 4, b: 2}
+	states := map[*histNode]int{a: 4, b: 4}
 	for _, n := range []*histNode{a, b} {
 		rep, err := n.store.Validate(ctx, "g", "")
 		if err != nil {
@@ -943,5 +944,78 @@ func TestExportManyPages(t *testing.T) {
 	}
 	if i != n {
 		t.Fatalf("%d lines, %d exported", i, n)
+	}
+}
+
+// TestValidateStatesWithoutEvents: states pulled without their history
+// (a tombstone among them) have records and no local event: Validate
+// counts them and finds nothing wrong with them; a record of such a state
+// that does not decode, has version 0, or is marked as a tombstone in the
+// store while it is not one (or the other way round) is a violation.
+func TestValidateStatesWithoutEvents(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := memremote.New()
+	writer := openMem(t, func(o *Options) { o.NodeID = "writer" })
+	mustPut(t, writer, key("g", "pulled"), "p1")
+	mustPut(t, writer, key("g", "gone"), "g1")
+	mustDelete(t, writer, key("g", "gone"))
+	drain(t, writer, r)
+
+	s := openDisk(t, t.TempDir())
+	defer closeStore(t, s)
+	p := syncer.NewPuller(s, r, syncer.PullOptions{Governors: []string{"g"}, HistoryMode: syncer.HistoryNone})
+	if _, err := p.PullOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, key("g", "local"), "l1")
+	if evs := mustEvents(t, s, key("g", "pulled")); len(evs) != 0 {
+		t.Fatalf("events of a state pulled without history: %+v", evs)
+	}
+	rep, err := s.Validate(ctx, "g", "")
+	if err != nil || !rep.OK() || rep.States != 3 || rep.Events != 1 {
+		t.Fatalf("report %+v, %v; want 3 states (2 without events), 1 event, no violation", rep, err)
+	}
+	for _, st := range []string{"pulled", "gone"} {
+		if rep, err := s.Validate(ctx, "g", st); err != nil || !rep.OK() || rep.States != 1 || rep.Events != 0 {
+			t.Fatalf("state %s: %+v, %v", st, rep, err)
+		}
+	}
+	if rep, err := s.Validate(ctx, "g", "pull"); err != nil || rep.States != 0 {
+		t.Fatalf("no such state (a prefix of one): %+v, %v", rep, err)
+	}
+
+	// Damage, written past the committer (which marks tombstones).
+	pulled, err := s.Get(ctx, key("g", "pulled"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v0 := pulled
+	v0.Key, v0.Version = key("g", "v0"), 0
+	unmarked := pulled
+	unmarked.Key, unmarked.Deleted, unmarked.Value = key("g", "unmarked"), true, nil
+	putRaw(t, s,
+		stateKey(key("g", "bad")), []byte{formatRecordV2},
+		stateKey(v0.Key), encodeRecord(&v0),
+		stateKey(unmarked.Key), encodeRecord(&unmarked),
+	)
+	err = s.db.Update(func(txn *badger.Txn) error {
+		return txn.SetEntry(badger.NewEntry(stateKey(key("g", "marked")), encodeRecord(&pulled)).WithMeta(userMetaTombstone))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = s.Validate(ctx, "g", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range rep.Violations {
+		got = append(got, fmt.Sprintf("%s@%d %s", v.Key.State, v.Version, v.Rule))
+	}
+	// Key order: the records walked by name.
+	want := "bad@0 record, marked@1 record, unmarked@1 record, v0@0 record"
+	if strings.Join(got, ", ") != want || rep.States != 7 {
+		t.Fatalf("violations %s (%d states)\nwant %s (7 states)\n%+v", strings.Join(got, ", "), rep.States, want, rep)
 	}
 }

@@ -60,6 +60,9 @@ var (
 	metaNode     = []byte("mnode")     // node id
 	metaOrigin   = []byte("morigin")   // origin: node id and incarnation, see Store.Origin
 	metaFormat   = []byte("mformat")   // layout version
+	// metaUndecDropped is the count of the shared store's documents that
+	// do not decode, met and not kept (undecodable.go): BE u64.
+	metaUndecDropped = []byte("mundecdropped")
 )
 
 // layoutVersion is stored under metaFormat; Open refuses other versions.

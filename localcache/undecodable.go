@@ -17,7 +17,10 @@ import (
 // (syncer.UndecodableKeeper), are kept under kindUndec, one per state, so
 // that a restarted sidecar still counts them and does not take their
 // states for fresh: its cursors are past them, and the pull will not meet
-// them again. The puller bounds how many there are (PullOptions.MaxUndecodable).
+// them again. The puller bounds how many there are (PullOptions.MaxUndecodable),
+// and the count of the documents it met past that bound and did not keep
+// is kept under metaUndecDropped, so that a restarted sidecar still says it
+// met them.
 
 // maxUndecodableErr is how much of a document's decode error is kept: it
 // says what does not decode, and its length is the shared store's to choose.
@@ -86,6 +89,60 @@ func (s *Store) ForgetUndecodable(ctx context.Context, keys []syncer.Key) error 
 		return fmt.Errorf("localcache: forget undecodable documents: %w", err)
 	}
 	return nil
+}
+
+// DroppedUndecodable implements syncer.UndecodableKeeper.
+func (s *Store) DroppedUndecodable(ctx context.Context) (uint64, error) {
+	var n uint64
+	err := s.scan(ctx, func(txn *badger.Txn) error {
+		item, err := txn.Get(metaUndecDropped)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			n = 0
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		v, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		n, err = decodeUndecDropped(v)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("localcache: count of undecodable documents dropped: %w", err)
+	}
+	return n, nil
+}
+
+// AddDroppedUndecodable implements syncer.UndecodableKeeper.
+func (s *Store) AddDroppedUndecodable(ctx context.Context, n uint64) error {
+	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		v, err := tx.get(metaUndecDropped)
+		if err != nil {
+			return nil, err
+		}
+		var old uint64
+		if v != nil {
+			if old, err = decodeUndecDropped(v); err != nil {
+				return nil, err
+			}
+		}
+		tx.set(metaUndecDropped, binary.BigEndian.AppendUint64(nil, old+n))
+		return nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("localcache: count undecodable documents dropped: %w", err)
+	}
+	return nil
+}
+
+func decodeUndecDropped(v []byte) (uint64, error) {
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: count of undecodable documents dropped: %d bytes", errCorrupt, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 var _ syncer.UndecodableKeeper = (*Store)(nil)

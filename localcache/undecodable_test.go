@@ -123,6 +123,56 @@ func TestUndecodableKeptAcrossRestart(t *testing.T) {
 	}
 }
 
+// TestUndecodableDroppedAcrossRestart: the documents met past
+// MaxUndecodable are counted, and the count is still there after the store
+// is closed and opened again; it adds up, and does not go down when the set
+// is below the cap again.
+func TestUndecodableDroppedAcrossRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r := memremote.New()
+	writer := openMem(t, func(o *Options) { o.NodeID = "writer" })
+	mustPut(t, writer, key("g", "k1"), "k1")
+	p := syncer.New(writer, r, syncer.Options{})
+	for writer.Depth() > 0 {
+		if _, err := p.SyncOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []string{"bad1", "bad2", "bad3"} {
+		r.PutUndecodable(syncer.Key(key("g", s)), errors.New("version: a string (planted)"))
+	}
+
+	dir := t.TempDir()
+	s := openDisk(t, dir)
+	pull := func(limit int) syncer.PullStats {
+		t.Helper()
+		p := syncer.NewPuller(s, r, syncer.PullOptions{Governors: []string{"g"}, MaxUndecodable: limit})
+		if _, err := p.PullOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return p.Stats()
+	}
+	if st := pull(1); st.UndecodableStates != 1 || st.UndecodableDropped != 2 {
+		t.Fatalf("stats past the cap %+v, want 1 state and 2 dropped", st)
+	}
+	closeStore(t, s)
+	s = openDisk(t, dir)
+	defer func() { closeStore(t, s) }()
+	if n, err := s.DroppedUndecodable(ctx); err != nil || n != 2 {
+		t.Fatalf("dropped after a restart: %d, %v; want 2", n, err)
+	}
+	if st := pull(0); st.UndecodableStates != 1 || st.UndecodableDropped != 2 {
+		t.Fatalf("stats after a restart, below the cap %+v, want 1 state and 2 dropped", st)
+	}
+	if err := s.AddDroppedUndecodable(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.DroppedUndecodable(ctx); err != nil || n != 5 {
+		t.Fatalf("dropped after adding 3: %d, %v; want 5", n, err)
+	}
+}
+
 // TestUndecodableCodec: a kept document comes back as kept, its time to the
 // nanosecond or zero, its error's message cut to maxUndecodableErr bytes.
 func TestUndecodableCodec(t *testing.T) {

@@ -158,7 +158,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		pullDiverged = counter("tai.pull.diverged", "{record}", "Of those, records stored over a diverged local record.")
 		pullSkipped = counter("tai.pull.skipped", "{record}", "Remote records not stored, by reason (pending: a local write waits; stale: already held; undecodable: the document is not a state record, left out).")
 		pullUndecodable = gauge("tai.pull.undecodable", "{state}", "States whose latest shared-store document does not decode: left out of the pull; reads that ask the shared store about them fail.")
-		pullUndecodableDropped = counter("tai.pull.undecodable_dropped", "{document}", "Documents that do not decode, met while the most states the sidecar remembers such documents of did not decode already: counted in the log, not remembered.")
+		pullUndecodableDropped = counter("tai.pull.undecodable_dropped", "{document}", "Documents that do not decode, met while the most states the sidecar remembers such documents of did not decode already: counted in the log, not remembered. The count outlives a restart and never goes down.")
 		fetches = counter("tai.pull.fetches", "{fetch}", "Single-key reads through to the shared store.")
 		restarts = counter("tai.pull.watch_restarts", "{restart}", "Watches restarted after they broke.")
 	}

@@ -211,6 +211,8 @@ type MemJournal struct {
 	aside       map[Key]Record    // remote records seen while a local write was pending
 	failApplies int
 	undecodable map[Key]UndecodableError // kept (UndecodableKeeper)
+	// undecodableDropped is the count kept of the documents dropped.
+	undecodableDropped uint64
 }
 
 // NewMemJournal returns an empty journal for node.

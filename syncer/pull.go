@@ -207,6 +207,13 @@ type PullOptions struct {
 	// (PullStats.UndecodableDropped), not remembered, so that a flood of
 	// them grows neither memory nor the local store without bound.
 	MaxUndecodable int
+	// UndecodableRechecks is how many of a governor's states in that set
+	// a complete poll of the governor reads again at most, those checked
+	// longest ago first, so that a document deleted since is forgotten
+	// (default 3, see recheckUndecodable); UndecodableRecheckEvery is how
+	// long a state is not read again after it was (default 1m).
+	UndecodableRechecks     int
+	UndecodableRecheckEvery time.Duration
 }
 
 func (o PullOptions) withDefaults() PullOptions {
@@ -235,6 +242,12 @@ func (o PullOptions) withDefaults() PullOptions {
 	if o.MaxUndecodable <= 0 {
 		o.MaxUndecodable = 10_000
 	}
+	if o.UndecodableRechecks <= 0 {
+		o.UndecodableRechecks = 3
+	}
+	if o.UndecodableRecheckEvery <= 0 {
+		o.UndecodableRecheckEvery = time.Minute
+	}
 	return o
 }
 
@@ -255,7 +268,7 @@ type Puller struct {
 	// (I/O, not under mu) before they go to the map.
 	undecMu sync.Mutex
 
-	mu    sync.Mutex // guards locks, fresh, undecodable and stats
+	mu    sync.Mutex // guards locks, fresh, undecodable, checked and stats
 	locks map[string]*sync.Mutex
 	fresh map[string]freshness
 	// undecodable holds, per key, the remote document the pull left out or
@@ -263,6 +276,9 @@ type Puller struct {
 	// as the pull knows (see Undecodable); nil until loaded from keeper.
 	// Changing it takes undecMu, then mu.
 	undecodable map[Key]*UndecodableError
+	// checked holds when each key of undecodable was last met or read
+	// again (recheckUndecodable); a key missing was not since the start.
+	checked map[Key]time.Time
 	// refillFrom is, per governor, the state after which the next poll's
 	// page of history holes starts (see refill).
 	refillFrom map[string]string
@@ -383,7 +399,8 @@ type PullStats struct {
 	// UndecodableStates is how many states' latest remote documents are
 	// known not to decode now (see Puller.Undecodable); UndecodableDropped
 	// counts documents not remembered because MaxUndecodable states were
-	// (each time one was met).
+	// (each time one was met), since the applier's store was made when it
+	// is an UndecodableKeeper (it never goes down).
 	Undecodable        uint64
 	UndecodableStates  int
 	UndecodableDropped uint64
@@ -557,8 +574,7 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 		if len(recs) == 0 && next == cur {
 			// Nothing new, or only documents left out that the cursor
 			// cannot go past (see the backend's Changes).
-			p.notePolled(governor, start)
-			p.refillHistory(ctx, governor, rep) // bootstrap.go
+			p.polled(ctx, governor, start, rep)
 			return nil
 		}
 		b := RemoteBatch{Records: recs, Governor: governor, Cursor: next}
@@ -575,8 +591,7 @@ func (p *Puller) pullGovernorFrom(ctx context.Context, governor string, from *Cu
 			n += len(skipped.Docs)
 		}
 		if n < p.opts.PageSize && !cutByBytes(recs) {
-			p.notePolled(governor, start)
-			p.refillHistory(ctx, governor, rep) // bootstrap.go
+			p.polled(ctx, governor, start, rep)
 			return nil
 		}
 		cur = next
@@ -591,6 +606,15 @@ func cutByBytes(recs []Record) bool {
 		size += RecordSize(r)
 	}
 	return size > PageBytes
+}
+
+// polled follows a complete poll of governor that started at start: the
+// governor is fresh as of start, and the poll's bounded extra work is done
+// (neither fails the poll).
+func (p *Puller) polled(ctx context.Context, governor string, start time.Time, rep *PullReport) {
+	p.notePolled(governor, start)
+	p.refillHistory(ctx, governor, rep) // bootstrap.go
+	p.recheckUndecodable(ctx, governor) // undecodable.go
 }
 
 // Fetch reads key from the remote and applies it locally (a cache miss or a

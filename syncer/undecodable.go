@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 )
 
 // UndecodableKeeper is an optional capability of an Applier (found by type
@@ -12,7 +15,14 @@ import (
 // it the Puller knows them in memory only, and since a governor's stored
 // cursor is past the documents its pull left out, a restarted node would
 // not know them (the gauge, and which states a read must not take for
-// fresh) until each was written again or read.
+// fresh) until each was written again or read. It keeps the count of the
+// documents dropped past MaxUndecodable too, so that a restarted node
+// still says it met documents it could not remember.
+//
+// That count never goes down: the documents dropped are not remembered, so
+// nothing tells when they are repaired or deleted, and their states stay
+// taken for fresh with their governors, the set below the cap again or
+// not. It says since when the local store was made, not since a start.
 //
 // The Puller keeps a document before it stores a cursor past it, and
 // forgets one after it stored a later record of the key: a crash in between
@@ -32,6 +42,12 @@ type UndecodableKeeper interface {
 	// ForgetUndecodable forgets what is kept for keys; a key with nothing
 	// kept is no error.
 	ForgetUndecodable(ctx context.Context, keys []Key) error
+	// DroppedUndecodable returns the count kept of the documents met and
+	// not kept because MaxUndecodable states' documents were kept already
+	// (PullStats.UndecodableDropped); 0 when none was.
+	DroppedUndecodable(ctx context.Context) (uint64, error)
+	// AddDroppedUndecodable adds n to that count.
+	AddDroppedUndecodable(ctx context.Context, n uint64) error
 }
 
 // Undecodable returns the remote document of key that does not decode, when
@@ -69,6 +85,17 @@ func (p *Puller) loadUndecodableLocked(ctx context.Context) error {
 		for _, d := range docs {
 			set[d.Key] = d
 		}
+		dropped, err := p.keeper.DroppedUndecodable(ctx)
+		if err != nil {
+			return fmt.Errorf("read the count of undecodable documents dropped: %w", err)
+		}
+		p.mu.Lock()
+		p.stats.UndecodableDropped = dropped
+		p.mu.Unlock()
+		if dropped > 0 {
+			p.log.Info("remote documents that did not decode were met and not remembered: their states are taken for fresh",
+				"documents", dropped)
+		}
 		if len(set) > 0 {
 			p.log.Warn("remote documents that did not decode when last seen: their states are left out of the pull until repaired",
 				"states", len(set))
@@ -100,9 +127,20 @@ func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, 
 			return fmt.Errorf("keep undecodable documents: %w", err)
 		}
 	}
+	if p.keeper != nil && len(dropped) > 0 {
+		if err := p.keeper.AddDroppedUndecodable(ctx, uint64(len(dropped))); err != nil {
+			return fmt.Errorf("count undecodable documents dropped: %w", err)
+		}
+	}
+	now := time.Now()
 	p.mu.Lock()
 	for _, d := range fresh {
 		p.undecodable[d.Key] = d
+	}
+	for _, d := range docs {
+		if p.undecodable[d.Key] != nil {
+			p.checkedLocked(d.Key, now) // met: there still
+		}
 	}
 	if skipped {
 		p.stats.Undecodable += uint64(len(docs))
@@ -194,8 +232,74 @@ func (p *Puller) forgetLocked(ctx context.Context, keys []Key) {
 	p.mu.Lock()
 	for _, k := range keys {
 		delete(p.undecodable, k)
+		delete(p.checked, k)
 	}
 	p.mu.Unlock()
+}
+
+// recheckUndecodable reads again, with Fetch, up to UndecodableRechecks
+// states of governor in the set, those checked longest ago first (never
+// since the start first), none checked within UndecodableRecheckEvery.
+// The pull does not learn that a document was deleted: a query returns no
+// deleted document and a watch reports none (Watcher), so without it a
+// document deleted by hand would stay in the set until its state was
+// written or read again. Fetch forgets a document gone, applies the record
+// a document that decodes now holds (which forgets it), and keeps one that
+// still does not decode; each counts among the fetches. A failed read ends
+// the round, logged: the states wait their turn again. Bounded so, it
+// costs a poll a few reads at most, and none while the set is empty.
+func (p *Puller) recheckUndecodable(ctx context.Context, governor string) {
+	for _, k := range p.dueUndecodable(governor) {
+		p.mu.Lock()
+		p.checkedLocked(k, time.Now())
+		p.mu.Unlock()
+		_, _, err := p.Fetch(ctx, k)
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrUndecodable) {
+			if ctx.Err() == nil {
+				p.log.Warn("undecodable documents: cannot read one again", "key", k.String(), "err", err)
+			}
+			return
+		}
+	}
+}
+
+// dueUndecodable returns the states of governor recheckUndecodable reads,
+// in order.
+func (p *Puller) dueUndecodable(governor string) []Key {
+	type due struct {
+		key Key
+		at  time.Time
+	}
+	var ds []due
+	horizon := time.Now().Add(-p.opts.UndecodableRecheckEvery)
+	p.mu.Lock()
+	for k := range p.undecodable {
+		if at := p.checked[k]; k.Governor == governor && !at.After(horizon) {
+			ds = append(ds, due{k, at})
+		}
+	}
+	p.mu.Unlock()
+	slices.SortFunc(ds, func(a, b due) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return strings.Compare(a.key.State, b.key.State)
+	})
+	ds = ds[:min(len(ds), p.opts.UndecodableRechecks)]
+	keys := make([]Key, len(ds))
+	for i, d := range ds {
+		keys[i] = d.key
+	}
+	return keys
+}
+
+// checkedLocked notes that the document of k was met or read at at. mu is
+// held.
+func (p *Puller) checkedLocked(k Key, at time.Time) {
+	if p.checked == nil {
+		p.checked = make(map[Key]time.Time)
+	}
+	p.checked[k] = at
 }
 
 // KeptUndecodable implements UndecodableKeeper.
@@ -228,6 +332,27 @@ func (j *MemJournal) KeepUndecodable(ctx context.Context, docs []*UndecodableErr
 		kept.Err = errors.New(d.Err.Error())
 		j.undecodable[d.Key] = kept
 	}
+	return nil
+}
+
+// DroppedUndecodable implements UndecodableKeeper.
+func (j *MemJournal) DroppedUndecodable(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.undecodableDropped, nil
+}
+
+// AddDroppedUndecodable implements UndecodableKeeper.
+func (j *MemJournal) AddDroppedUndecodable(ctx context.Context, n uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.undecodableDropped += n
 	return nil
 }
 

@@ -194,7 +194,8 @@ func testPullUndecodableWatch(t *testing.T, ctx context.Context, r syncer.Remote
 // store (a restart) knows them although its cursor is past them: they are
 // counted, named by Undecodable, and not logged one by one again. Once one
 // is repaired and pulled it is forgotten, for good. Past MaxUndecodable
-// states, more are counted as dropped, not kept.
+// states, more are counted as dropped, not kept; that count is kept, and
+// does not go down.
 func TestPullUndecodableKept(t *testing.T) {
 	for _, be := range undecodableBackends {
 		t.Run(be.name, func(t *testing.T) {
@@ -248,6 +249,15 @@ func TestPullUndecodableKept(t *testing.T) {
 				t.Fatalf("stats past the cap %+v, want 1 state and 1 dropped", st)
 			}
 			wantKept(t, ctx, c.j, bad)
+			// The count of the documents dropped outlives a restart, the
+			// set below the cap again or not.
+			for _, limit := range []int{1, 0} {
+				p = restart(syncer.PullOptions{MaxUndecodable: limit})
+				pullOnce(t, ctx, &node{j: c.j, p: p})
+				if st := p.Stats(); st.UndecodableDropped != 1 {
+					t.Fatalf("stats after a restart with MaxUndecodable %d: %+v, want 1 dropped", limit, st)
+				}
+			}
 
 			// Repaired by hand (deleted, then written again): forgotten,
 			// across restarts too.
@@ -263,7 +273,7 @@ func TestPullUndecodableKept(t *testing.T) {
 			wantKept(t, ctx, c.j)
 			p = restart(syncer.PullOptions{})
 			pullOnce(t, ctx, &node{j: c.j, p: p})
-			if st := p.Stats(); st.UndecodableStates != 0 || p.Undecodable(bad) != nil {
+			if st := p.Stats(); st.UndecodableStates != 0 || st.UndecodableDropped != 1 || p.Undecodable(bad) != nil {
 				t.Fatalf("stats after the repair and a restart %+v", st)
 			}
 		})
@@ -288,5 +298,91 @@ func wantKept(t *testing.T, ctx context.Context, j *syncer.MemJournal, keys ...s
 	slices.Sort(got)
 	if !slices.Equal(got, want) {
 		t.Fatalf("kept %v, want %v", got, want)
+	}
+}
+
+// TestPullUndecodableRecheck: a document that does not decode and is then
+// deleted by hand (not written again) is not in the change stream any
+// more; complete polls read the states in the set again, a few at a time,
+// those checked longest ago first, and forget the ones whose documents are
+// gone. One read again within UndecodableRecheckEvery is not read again.
+func TestPullUndecodableRecheck(t *testing.T) {
+	for _, be := range undecodableBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r, plant, remove := be.open(t)
+			a := newNode("node-a", r, syncer.PullOptions{})
+			put(t, a.j, key("k1"), "k1")
+			syncOnce(t, ctx, a.s)
+			bad1, bad2, bad3 := key("bad1"), key("bad2"), key("bad3")
+			for _, k := range []syncer.Key{bad1, bad2, bad3} {
+				plant(t, k)
+			}
+
+			// Read again no sooner than every hour: the deletion goes
+			// unseen.
+			c := newNode("node-c", r, syncer.PullOptions{UndecodableRechecks: 1, UndecodableRecheckEvery: time.Hour})
+			pullOnce(t, ctx, c)
+			wantKept(t, ctx, c.j, bad1, bad2, bad3)
+			remove(t, bad1)
+			remove(t, bad3)
+			pullOnce(t, ctx, c)
+			wantKept(t, ctx, c.j, bad1, bad2, bad3)
+
+			// A restart reads again at once, one state a poll, the one
+			// checked longest ago first.
+			p := syncer.NewPuller(c.j, c.r, syncer.PullOptions{Governors: []string{"g"},
+				UndecodableRechecks: 1, UndecodableRecheckEvery: time.Nanosecond})
+			c = &node{j: c.j, p: p}
+			pullOnce(t, ctx, c) // bad1: gone
+			wantKept(t, ctx, c.j, bad2, bad3)
+			pullOnce(t, ctx, c) // bad2: still there
+			wantKept(t, ctx, c.j, bad2, bad3)
+			pullOnce(t, ctx, c) // bad3, not bad2 again: gone
+			wantKept(t, ctx, c.j, bad2)
+			if st := p.Stats(); st.UndecodableStates != 1 || p.Undecodable(bad2) == nil || st.Fetches != 3 || st.LastError != "" {
+				t.Fatalf("stats %+v, want bad2 left and 3 states read again", st)
+			}
+		})
+	}
+}
+
+// TestPullUndecodableRecheckRepaired: a document kept as not decoding
+// whose state holds a record that decodes (a crash after the record was
+// stored and before the document was forgotten; the cursor is past the
+// record) is read again by the next poll after a restart, and forgotten.
+func TestPullUndecodableRecheckRepaired(t *testing.T) {
+	for _, be := range undecodableBackends {
+		t.Run(be.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r, _, _ := be.open(t)
+			a := newNode("node-a", r, syncer.PullOptions{})
+			k1 := key("k1")
+			put(t, a.j, k1, "k1")
+			syncOnce(t, ctx, a.s)
+			c := newNode("node-c", r, syncer.PullOptions{})
+			pullOnce(t, ctx, c)
+			rec, ok := c.j.Record(k1)
+			if !ok {
+				t.Fatal("k1 not pulled")
+			}
+			old := &syncer.UndecodableError{Key: k1, Doc: "an earlier version", Time: rec.RemoteTime.Add(-time.Second),
+				Err: errors.New("version: a string (planted)")}
+			if err := c.j.KeepUndecodable(ctx, []*syncer.UndecodableError{old}); err != nil {
+				t.Fatal(err)
+			}
+
+			p := syncer.NewPuller(c.j, c.r, syncer.PullOptions{Governors: []string{"g"}})
+			if rep, err := p.PullOnce(ctx); err != nil || rep.Records != 0 {
+				t.Fatalf("pull after the restart: %+v, %v; want nothing new", rep, err)
+			}
+			if d := p.Undecodable(k1); d != nil {
+				t.Fatalf("Undecodable(%s) = %v after it was read again", k1, d)
+			}
+			wantKept(t, ctx, c.j)
+			checkMatchesRemote(t, ctx, &node{j: c.j, p: p}, r, k1)
+		})
 	}
 }

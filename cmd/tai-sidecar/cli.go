@@ -58,7 +58,7 @@ func cliCommands() map[string]cliCommand {
 		"state-at": {args: "GOV STATE", nargs: 2, help: "print a state as it was at a time (--at) or a version (--version)",
 			flags: stateAtFlags},
 		"validate": {args: "GOV [STATE]", nargs: 1, optional: 1,
-			help: "check the local event log; exit status 1 when a rule is broken", flags: validateFlags},
+			help: "check the local event log and records; exit status 1 when a rule is broken", flags: validateFlags},
 		"history": {args: "export GOV", nargs: 2, help: "print every event of a governor as JSON lines, in the export format",
 			flags: historyFlags},
 		"lock": {args: "acquire|release|extend|status RES [TOKEN]", nargs: 2, optional: 1,

@@ -43,7 +43,7 @@ Commands:
   events GOV [STATE] [--from T] [--to T] [--action put|delete|A] [--limit N]
                                             print the local event log as JSON lines (times RFC 3339)
   state-at GOV STATE (--at T | --version N) print a state as it was at a time or a version
-  validate GOV [STATE]                      check the local event log (exit status 1 on violations)
+  validate GOV [STATE]                      check the local event log and records (exit status 1 on violations)
   history export GOV                        print every event of a governor as JSON lines
   snapshot GOV [STATE]                      take a snapshot of a state (or of every live state)
   transition GOV STATE --to S --action A [--from S] [--value JSON] [--actor A] [--reason R] [--sync|--strong]

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -62,6 +63,9 @@ type sidecar struct {
 	args    []string
 	// Env is added to the test's environment at each Start.
 	Env []string
+	// SharesOrigin says the test runs the sidecar on a copy of a data dir
+	// another sidecar went on with (see originSharedLog).
+	SharesOrigin bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -92,12 +96,20 @@ func startSidecarEnv(t testing.TB, env []string, extra ...string) *sidecar {
 	s.Start()
 	t.Cleanup(func() {
 		s.Kill()
+		if strings.Contains(s.Logs(), originSharedLog) && !s.SharesOrigin {
+			t.Errorf("the sidecar took its origin for another store's, and drew a new incarnation")
+		}
 		if t.Failed() {
 			t.Logf("sidecar logs:\n%s", s.Logs())
 		}
 	})
 	return s
 }
+
+// originSharedLog is what a sidecar logs when it meets proof that another
+// store makes changes under its origin (localcache/origin.go): in a test
+// that does not copy a data dir, a false alarm.
+const originSharedLog = "another store makes changes under this store's origin"
 
 // shortTempDir returns a temporary directory with a short path: a Unix socket
 // path must fit in 108 bytes, and t.TempDir's can be longer.

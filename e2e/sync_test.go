@@ -78,6 +78,24 @@ func (s *shared) events(gov, state string) []syncer.Event {
 	return evs
 }
 
+// wantValue waits until Firestore holds gov/state at version with value
+// {i: i}, written under origin.
+func (s *shared) wantValue(t *testing.T, gov, state string, version uint64, i int, origin string) {
+	t.Helper()
+	eventually(t, 30*time.Second, func() string {
+		r, err := s.get(gov, state)
+		var v map[string]int
+		if err == nil {
+			err = wire.Unmarshal(r.Value, &v)
+		}
+		if err != nil || r.Version != version || v["i"] != i || r.Origin != origin {
+			return fmt.Sprintf("firestore %s/%s: v%d %v by %s (%v), want v%d {i:%d} by %s", gov, state, r.Version, v,
+				r.Origin, err, version, i, origin)
+		}
+		return ""
+	})
+}
+
 // eventually calls check until it returns "" or timeout passes, then fails
 // with check's last answer.
 func eventually(t *testing.T, timeout time.Duration, check func() string) {
@@ -254,50 +272,29 @@ func TestRestoredDataDir(t *testing.T) {
 	fs := newShared(t)
 	ctx := context.Background()
 	a := startSidecar(t, fs.args("node-a", "g")...)
+	c := a.Client() // it dials again after each restart
 	put := func(i int) *client.Record {
 		t.Helper()
-		rec, err := a.Client().Put(ctx, "g", "s", map[string]int{"i": i})
+		rec, err := c.Put(ctx, "g", "s", map[string]int{"i": i})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return rec
 	}
-	inFirestore := func(version uint64, i int, origin string) {
-		t.Helper()
-		eventually(t, 30*time.Second, func() string {
-			r, err := fs.get("g", "s")
-			var v map[string]int
-			if err == nil {
-				err = wire.Unmarshal(r.Value, &v)
-			}
-			if err != nil || r.Version != version || v["i"] != i || r.Origin != origin {
-				return fmt.Sprintf("firestore g/s: v%d %v by %s (%v), want v%d {i:%d} by %s", r.Version, v, r.Origin, err,
-					version, i, origin)
-			}
-			return ""
-		})
-	}
 	copied := put(1).Origin
-	inFirestore(1, 1, copied)
+	fs.wantValue(t, "g", "s", 1, 1, copied)
 	if err := a.Signal(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	backup := filepath.Join(shortTempDir(t), "data")
-	if out, err := exec.Command("cp", "-a", a.DataDir, backup).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
-	}
+	copyDataDir(t, a.DataDir, backup)
 	a.Start()
 	put(2)
 	put(3)
-	inFirestore(3, 3, copied)
+	fs.wantValue(t, "g", "s", 3, 3, copied)
 	a.Kill()
 
-	if err := os.RemoveAll(a.DataDir); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", backup, a.DataDir).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
-	}
+	copyDataDir(t, backup, a.DataDir)
 	stdout, stderr, err := runBinary("new-incarnation", "--data-dir", a.DataDir)
 	var renewed map[string]string
 	if err == nil {
@@ -314,7 +311,77 @@ func TestRestoredDataDir(t *testing.T) {
 	a.Kill()
 	a.Env = nil
 	a.Start()
-	inFirestore(4, 100, renewed["origin"])
+	fs.wantValue(t, "g", "s", 4, 100, renewed["origin"])
+}
+
+// TestCopiedDataDirDrawsNewOrigin: as TestRestoredDataDir, but the restored
+// data dir is not given a new incarnation. Its first pull of g meets
+// node-a's later record of g/s, which counts more changes of its origin
+// than it made: it draws a new incarnation by itself. Its write of h/t, a
+// state it never held and node-a wrote after the copy, then reaches
+// Firestore: under the copied origin it would count as node-a's write of
+// h/t, already applied, and be dropped.
+func TestCopiedDataDirDrawsNewOrigin(t *testing.T) {
+	fs := newShared(t)
+	ctx := context.Background()
+	a := startSidecar(t, fs.args("node-a", "g")...)
+	c := a.Client() // it dials again after each restart
+	put := func(gov, state string, i int) *client.Record {
+		t.Helper()
+		rec, err := c.Put(ctx, gov, state, map[string]int{"i": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	copied := put("g", "s", 1).Origin
+	fs.wantValue(t, "g", "s", 1, 1, copied)
+	if err := a.Signal(syscall.SIGTERM, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(shortTempDir(t), "data")
+	copyDataDir(t, a.DataDir, backup)
+	a.Start()
+	put("g", "s", 2)
+	put("h", "t", 1)
+	fs.wantValue(t, "g", "s", 2, 2, copied)
+	fs.wantValue(t, "h", "t", 1, 1, copied)
+	a.Kill()
+
+	copyDataDir(t, backup, a.DataDir)
+	a.SharesOrigin = true
+	a.Start()
+	var renewed string
+	eventually(t, 30*time.Second, func() string {
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return err.Error()
+		}
+		if st.Origin == copied {
+			return "the restored sidecar still writes as " + copied
+		}
+		renewed = st.Origin
+		return ""
+	})
+	if rec := put("h", "t", 100); rec.Origin != renewed {
+		t.Fatalf("the restored sidecar wrote as %s, want %s", rec.Origin, renewed)
+	}
+	fs.wantValue(t, "h", "t", 2, 100, renewed)
+	if !strings.Contains(a.Logs(), originSharedLog) {
+		t.Fatal("the new incarnation was not logged")
+	}
+}
+
+// copyDataDir replaces to with a copy of the data dir from, as a restore
+// from a backup does.
+func copyDataDir(t *testing.T, from, to string) {
+	t.Helper()
+	if err := os.RemoveAll(to); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
 }
 
 // TestSyncKill9BetweenCommitAndAck kills the real process right after

@@ -459,6 +459,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 	if err != nil {
 		return nil, err
 	}
+	origin := s.Origin()
 	for i, w := range r.writes {
 		if !w.Fence.IsZero() {
 			if marks == nil {
@@ -506,12 +507,12 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 		case !live:
 			mm.states++
 		}
-		opID := s.origin + "-" + strconv.FormatUint(mm.seq, 10)
+		opID := origin + "-" + strconv.FormatUint(mm.seq, 10)
 		if i == 0 {
 			batchID = opID
 		}
 		change := Change{Actor: w.Actor, Reason: w.Reason, Time: nanos}
-		clock := Clock{Lamport: mm.lamport, HLC: mm.hlc, Vector: vectorTick(prev.Clock.Vector, s.origin)}
+		clock := Clock{Lamport: mm.lamport, HLC: mm.hlc, Vector: vectorTick(prev.Clock.Vector, origin)}
 		rec := &Record{
 			Key:           w.Key,
 			Value:         w.Value,
@@ -519,7 +520,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 			Deleted:       w.Delete,
 			UpdatedAt:     nanos,
 			Change:        change,
-			Origin:        s.origin,
+			Origin:        origin,
 			OpID:          opID,
 			Clock:         clock,
 			SyncedVersion: prev.SyncedVersion,
@@ -537,7 +538,7 @@ func (s *Store) stage(r *request, m *meta, now time.Time, g *groupView) (*staged
 			userMeta = userMetaTombstone
 		}
 		ev := Event{Key: w.Key, Action: action, FromVersion: base, ToVersion: rec.Version, Value: w.Value,
-			Change: change, Origin: s.origin, OpID: opID, Clock: clock}
+			Change: change, Origin: origin, OpID: opID, Clock: clock}
 		j := JournalEntry{Seq: mm.seq, OpID: opID, BatchID: batchID, Key: w.Key,
 			BaseVersion: base, Version: rec.Version, Time: nanos, Strict: w.Strict || r.txn != nil, Confirm: w.Confirm, Fence: w.Fence}
 		if i == 0 {

@@ -32,9 +32,11 @@ type Store struct {
 	db     *badger.DB
 	cache  *cache
 	nodeID string
-	origin string      // see Origin
-	ledger ledgerState // the conflict ledger's retention (ledger.go)
-	txlog  txLogState  // the transaction log's retention (txlog.go)
+	origin atomic.Pointer[string] // see Origin; changed only by the committer (origin.go)
+	// originRenewals counts the new incarnations drawn while open (origin.go).
+	originRenewals atomic.Uint64
+	ledger         ledgerState // the conflict ledger's retention (ledger.go)
+	txlog          txLogState  // the transaction log's retention (txlog.go)
 
 	// reqs carries write requests to the committer. Senders hold closeMu
 	// for reading, and Close closes reqs holding it for writing, so no send
@@ -208,7 +210,7 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("localcache: open: %w", err)
 		}
 	}
-	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID, "origin", s.origin,
+	s.log.Info("local store open", "dir", opts.Dir, "in_memory", opts.InMemory, "node_id", s.nodeID, "origin", s.Origin(),
 		"states", s.meta.states, "journal_depth", s.meta.journal)
 	go s.committer()
 	if s.wal != nil {
@@ -283,15 +285,16 @@ func (s *Store) load() error {
 	if stored != "" && stored != s.nodeID {
 		s.log.Warn("node id changed", "stored", stored, "node_id", s.nodeID)
 	}
-	s.origin = storedOrigin
+	origin := storedOrigin
 	if node, _, _ := strings.Cut(storedOrigin, originSep); node != s.nodeID || s.opts.NewIncarnation {
 		// A fresh store, one whose node id changed, or a restored copy: a
 		// new incarnation.
-		s.origin = s.nodeID + originSep + strings.ToLower(rand.Text()[:8])
+		origin = newOrigin(s.nodeID)
 		if node == s.nodeID {
-			s.log.Warn("new incarnation", "origin", s.origin, "was", storedOrigin)
+			s.log.Warn("new incarnation", "origin", origin, "was", storedOrigin)
 		}
 	}
+	s.origin.Store(&origin)
 	s.metaStates.Store(s.meta.states)
 	s.metaJournal.Store(s.meta.journal)
 	s.metaParked.Store(s.meta.parked)
@@ -299,14 +302,14 @@ func (s *Store) load() error {
 	if err := s.loadGovernors(); err != nil {
 		return err
 	}
-	if stored == s.nodeID && storedOrigin == s.origin {
+	if stored == s.nodeID && storedOrigin == origin {
 		return nil
 	}
 	return s.db.Update(func(txn *badger.Txn) error {
 		if err := txn.Set(metaFormat, []byte{layoutVersion}); err != nil {
 			return err
 		}
-		if err := txn.Set(metaOrigin, []byte(s.origin)); err != nil {
+		if err := txn.Set(metaOrigin, []byte(origin)); err != nil {
 			return err
 		}
 		return txn.Set(metaNode, []byte(s.nodeID))
@@ -397,7 +400,15 @@ const originSep = "~"
 // comes back under the same node id (a StatefulSet pod, TAI_NODE_ID) must
 // not make them again under the same name: the shared store would take its
 // new changes for the lost store's, already applied.
-func (s *Store) Origin() string { return s.origin }
+//
+// A store that meets proof that another store makes changes under its
+// origin (originReused) draws a new incarnation while it runs.
+func (s *Store) Origin() string { return *s.origin.Load() }
+
+// newOrigin returns an origin of node with a new random incarnation.
+func newOrigin(node string) string {
+	return node + originSep + strings.ToLower(rand.Text()[:8])
+}
 
 // view runs fn in a Badger read transaction, failing with ErrClosed once the
 // store is closing.
@@ -783,13 +794,14 @@ func seqsIn(txn *badger.Txn, kind byte, afterSeq uint64, limit int, fn func(txn 
 // it for reporting, not on a hot path.
 func (s *Store) Stats() Stats {
 	st := Stats{
-		States:       s.metaStates.Load(),
-		JournalDepth: s.metaJournal.Load(),
-		Parked:       s.metaParked.Load(),
-		Commits:      s.commits.Load(),
-		CommitWrites: s.commitWrites.Load(),
-		WALSyncs:     s.walSyncs.Load(),
-		WALSyncTime:  time.Duration(s.walSyncNanos.Load()),
+		States:         s.metaStates.Load(),
+		JournalDepth:   s.metaJournal.Load(),
+		Parked:         s.metaParked.Load(),
+		Commits:        s.commits.Load(),
+		CommitWrites:   s.commitWrites.Load(),
+		WALSyncs:       s.walSyncs.Load(),
+		WALSyncTime:    time.Duration(s.walSyncNanos.Load()),
+		OriginRenewals: s.originRenewals.Load(),
 	}
 	st.CacheHits, st.CacheMisses, st.CacheBytes = s.cache.stats()
 	if !s.opts.InMemory {

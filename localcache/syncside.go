@@ -528,7 +528,7 @@ func (s *Store) Park(ctx context.Context, parked []syncer.Parked) error {
 					tx.del(asideKey(j.Key))
 					if st := syncer.DecideApply(toSyncRecord(&rec), true, false, toSyncRecord(aside)); st.Applied() {
 						if st == syncer.ApplyDiverged {
-							if err := tx.noteDiverged(s.origin, &rec, aside); err != nil { // diverged.go
+							if err := tx.noteDiverged(s.Origin(), &rec, aside); err != nil { // diverged.go
 								return nil, err
 							}
 						}
@@ -644,10 +644,15 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 	}
 	res, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
 		statuses := make([]syncer.ApplyStatus, len(recs))
+		origin, renewed := s.Origin(), false
 		for i, r := range recs {
 			cur, err := tx.record(r.Key)
 			if err != nil {
 				return nil, err
+			}
+			if !renewed && originReused(origin, cur, r) { // origin.go
+				tx.renewOrigin(s, origin, cur, r)
+				renewed = true
 			}
 			var local syncer.Record
 			if cur != nil {
@@ -678,7 +683,7 @@ func (s *Store) ApplyRemote(ctx context.Context, b syncer.RemoteBatch) (syncer.A
 			switch {
 			case st.Applied():
 				if st == syncer.ApplyDiverged {
-					if err := tx.noteDiverged(s.origin, cur, r); err != nil { // diverged.go
+					if err := tx.noteDiverged(s.Origin(), cur, r); err != nil { // diverged.go
 						return nil, err
 					}
 				}

@@ -56,6 +56,9 @@ type syncNode struct {
 	maxFetchedBytes int
 	// newIncarnation opens the store with Options.NewIncarnation.
 	newIncarnation bool
+	// renews says the test expects the store to draw a new incarnation
+	// while it runs (origin.go); pullAll fails the test on one otherwise.
+	renews bool
 }
 
 func newSyncNode(t *testing.T, node string, remote syncer.Remote, govs ...string) *syncNode {
@@ -114,6 +117,9 @@ func (n *syncNode) pullAll() syncer.PullReport {
 	rep, err := n.pull.PullOnce(context.Background())
 	if err != nil {
 		n.t.Fatalf("%s: pull: %v", n.node, err)
+	}
+	if r := n.store.OriginRenewals(); r != 0 && !n.renews {
+		n.t.Fatalf("%s drew a new incarnation (%d): its origin was taken for another store's", n.node, r)
 	}
 	return rep
 }
@@ -949,6 +955,57 @@ func testSyncRestoredCopy(t *testing.T, newRemote func() syncer.Remote) {
 	a.pullAll()
 	c.pullAll()
 	if msg := converged(t, remote, []*syncNode{a, c}, []Key{k}); msg != "" {
+		t.Fatal(msg)
+	}
+}
+
+// TestSyncCopyTakesNewOrigin: as TestSyncRestoredCopy, but the copy is not
+// given a new incarnation before it runs. Its first pull meets a's later
+// record of k, which counts more changes of the copy's origin than the
+// copy made: the copy draws a new incarnation, and its next write, made
+// before the copy pushed anything, meets a's as a concurrent change rather
+// than as one the shared store has. The new origin outlives a restart.
+func TestSyncCopyTakesNewOrigin(t *testing.T) { forRemotes(t, testSyncCopyTakesNewOrigin) }
+
+func testSyncCopyTakesNewOrigin(t *testing.T, newRemote func() syncer.Remote) {
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	k, other := key("g", "k"), key("g", "other")
+	a.put(k, "1")
+	a.pushAll()
+	a.put(k, "2")
+	closeStore(t, a.store)
+	copied := t.TempDir()
+	copyDir(t, a.dir, copied)
+	a.open("g")
+	a.put(k, "3")
+	a.put(other, "o1") // a state the copy has never held
+	a.pushAll()
+
+	c := &syncNode{t: t, dir: copied, node: "a", remote: remote, renews: true}
+	c.open("g")
+	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	c.pullAll()
+	if c.store.OriginRenewals() != 1 || c.store.Origin() == a.store.Origin() {
+		t.Fatalf("after its pull the copy writes as %s (%d renewals); a writes as %s", c.store.Origin(),
+			c.store.OriginRenewals(), a.store.Origin())
+	}
+	renewed := c.store.Origin()
+	nextMillisecond() // the copy's write is later: it wins
+	c.put(k, "c3")
+	if rep := c.pushAll(); rep.AlreadyApplied != 1 || rep.Pushed != 1 || rep.Conflicts != 1 {
+		t.Fatalf("the copy's push %+v: want 2 already applied, c3 pushed after a conflict", rep)
+	}
+	if r := remoteGet(t, remote, k); string(r.Value) != "c3" || r.Origin != renewed {
+		t.Fatalf("remote holds %q v%d by %s, want the copy's c3 by %s", r.Value, r.Version, r.Origin, renewed)
+	}
+	c.restart("g")
+	if c.store.Origin() != renewed {
+		t.Fatalf("after a restart the copy writes as %s, want %s", c.store.Origin(), renewed)
+	}
+	a.pullAll()
+	c.pullAll()
+	if msg := converged(t, remote, []*syncNode{a, c}, []Key{k, other}); msg != "" {
 		t.Fatal(msg)
 	}
 }

@@ -214,4 +214,8 @@ type Stats struct {
 	// duration: the disk's share of a write's latency.
 	WALSyncs    uint64
 	WALSyncTime time.Duration
+	// OriginRenewals is how many new incarnations the store drew since it
+	// was opened because another store made changes under its origin
+	// (origin.go): a copy of its data dir went on writing.
+	OriginRenewals uint64
 }

@@ -129,6 +129,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	misses := counter("tai.cache.misses", "{read}", "Reads the hot read cache missed.")
 	ratio := fgauge("tai.cache.hit_ratio", "1", "Cache hits / (hits + misses) since start (0 before any read).")
 	cacheBytes := gauge("tai.cache.size", "By", "Bytes held by the hot read cache (estimate).")
+	renewals := counter("tai.store.origin_renewals", "{incarnation}", "New incarnations drawn since start because another store made changes under this store's origin: a copy of its data dir went on writing.")
 
 	var (
 		passes, pushCommits, pushed, already, conflicts, superseded, parkedPush metric.Int64ObservableCounter
@@ -196,6 +197,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		}
 		o.ObserveFloat64(ratio, r)
 		o.ObserveInt64(cacheBytes, st.CacheBytes)
+		o.ObserveInt64(renewals, int64(st.OriginRenewals))
 		if src.Push != nil {
 			ps := src.Push()
 			o.ObserveInt64(passes, int64(ps.Passes))

@@ -454,18 +454,22 @@ func (s *adminState) readyz(w http.ResponseWriter, r *http.Request) {
 
 // adminStatus is the /status reply (JSON).
 type adminStatus struct {
-	Node             string        `json:"node"`
-	Version          string        `json:"version"`
-	UptimeSeconds    float64       `json:"uptime_seconds"`
-	Ready            bool          `json:"ready"`
-	ReadyReason      string        `json:"ready_reason"`
-	States           int64         `json:"states"`
-	JournalDepth     int64         `json:"journal_depth"`
-	OldestPendingSec float64       `json:"oldest_pending_seconds"`
-	Parked           int64         `json:"parked"`
-	CacheHits        uint64        `json:"cache_hits"`
-	CacheMisses      uint64        `json:"cache_misses"`
-	SharedStore      *sharedStatus `json:"shared_store"` // nil: none configured
+	Node             string  `json:"node"`
+	Version          string  `json:"version"`
+	UptimeSeconds    float64 `json:"uptime_seconds"`
+	Ready            bool    `json:"ready"`
+	ReadyReason      string  `json:"ready_reason"`
+	States           int64   `json:"states"`
+	JournalDepth     int64   `json:"journal_depth"`
+	OldestPendingSec float64 `json:"oldest_pending_seconds"`
+	Parked           int64   `json:"parked"`
+	// OriginRenewals counts the new incarnations drawn since start because
+	// another store made changes under this one's origin (a copied data
+	// dir): each is logged at error.
+	OriginRenewals uint64        `json:"origin_renewals"`
+	CacheHits      uint64        `json:"cache_hits"`
+	CacheMisses    uint64        `json:"cache_misses"`
+	SharedStore    *sharedStatus `json:"shared_store"` // nil: none configured
 }
 
 type sharedStatus struct {
@@ -494,14 +498,15 @@ type sharedStatus struct {
 func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
 	st := s.store.Stats()
 	out := adminStatus{
-		Node:          s.t.node,
-		Version:       version,
-		UptimeSeconds: time.Since(s.t.start).Seconds(),
-		States:        st.States,
-		JournalDepth:  st.JournalDepth,
-		Parked:        st.Parked,
-		CacheHits:     st.CacheHits,
-		CacheMisses:   st.CacheMisses,
+		Node:           s.t.node,
+		Version:        version,
+		UptimeSeconds:  time.Since(s.t.start).Seconds(),
+		States:         st.States,
+		JournalDepth:   st.JournalDepth,
+		Parked:         st.Parked,
+		OriginRenewals: st.OriginRenewals,
+		CacheHits:      st.CacheHits,
+		CacheMisses:    st.CacheMisses,
 	}
 	out.Ready, out.ReadyReason = s.ready()
 	if st.JournalDepth > 0 {

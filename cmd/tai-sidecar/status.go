@@ -66,6 +66,10 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 	}
 	w.line("journal depth", journal)
 	w.line("parked", fmt.Sprint(st.Parked))
+	if adm != nil && adm.OriginRenewals > 0 {
+		w.line("origin", fmt.Sprintf("%s (new incarnations since start: %d; another store wrote under this "+
+			"sidecar's origin, a copy of its data dir: the log says more)", st.Origin, adm.OriginRenewals))
+	}
 	hits, misses := st.CacheHits, st.CacheMisses
 	if n := hits + misses; n > 0 {
 		w.line("cache hit ratio", fmt.Sprintf("%.1f%% (%d hits, %d misses)", 100*float64(hits)/float64(n), hits, misses))
@@ -117,7 +121,8 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 			line := fmt.Sprintf("%d states: their shared-store documents do not decode and are left out of the pull (the log names them)",
 				s.UndecodableStates)
 			if s.UndecodableDropped > 0 {
-				line += fmt.Sprintf("; %d more documents met that were not remembered (too many)", s.UndecodableDropped)
+				line += fmt.Sprintf("; %d more documents met since this data dir was made that were not remembered (too many)",
+					s.UndecodableDropped)
 			}
 			w.line("undecodable", line)
 		}

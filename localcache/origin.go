@@ -1,5 +1,12 @@
 package localcache
 
+import (
+	"context"
+	"fmt"
+
+	"github.com/tai-state/tai-state/syncer"
+)
+
 // A store that another store shares its origin with. Op ids and vector
 // clock entries count this store's changes under its origin (Store.Origin),
 // and the shared store recognises a change it already has by them. A data
@@ -56,3 +63,26 @@ func (tx *mutTx) renewOrigin(s *Store, was string, cur, proof *Record) {
 
 // OriginRenewals returns Stats().OriginRenewals without reading the rest.
 func (s *Store) OriginRenewals() uint64 { return s.originRenewals.Load() }
+
+var _ syncer.OriginRenewer = (*Store)(nil)
+
+// RenewOrigin implements syncer.OriginRenewer: the push loop found a change
+// of this store's that the shared store took for another store's (proof):
+// the store draws a new incarnation, when it still writes under origin.
+func (s *Store) RenewOrigin(ctx context.Context, origin string, proof *syncer.OriginSharedError) error {
+	_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+		if s.Origin() != origin {
+			return nil, nil // renewed already
+		}
+		cur, err := tx.record(Key(proof.Key))
+		if err != nil {
+			return nil, err
+		}
+		tx.renewOrigin(s, origin, cur, fromSyncRecord(proof.Remote))
+		return nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("localcache: renew origin: %w", err)
+	}
+	return nil
+}

@@ -1010,6 +1010,57 @@ func testSyncCopyTakesNewOrigin(t *testing.T, newRemote func() syncer.Remote) {
 	}
 }
 
+// TestSyncCopyWriteParked: the copy writes k before it pulls anything, and
+// a wrote k once after the copy too: the copy's change has the op id and the
+// count of a's, and the shared store reports it already applied. The push
+// finds it nowhere in the shared store (its record is a's change, with
+// another change time): it parks the change rather than drop it, and the
+// store draws a new incarnation. The copy's next write reaches the shared
+// store. Before, the change was acked as applied, and lost.
+func TestSyncCopyWriteParked(t *testing.T) { forRemotes(t, testSyncCopyWriteParked) }
+
+func testSyncCopyWriteParked(t *testing.T, newRemote func() syncer.Remote) {
+	ctx := context.Background()
+	remote := newRemote()
+	a := newSyncNode(t, "a", remote, "g")
+	k := key("g", "k")
+	a.put(k, "1")
+	a.pushAll()
+	closeStore(t, a.store)
+	copied := t.TempDir()
+	copyDir(t, a.dir, copied)
+	a.open("g")
+	a.put(k, "a2")
+	a.pushAll()
+
+	c := &syncNode{t: t, dir: copied, node: "a", remote: remote, renews: true}
+	c.open("g")
+	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	c2 := c.put(k, "c2")
+	if r := remoteGet(t, remote, k); r.OpID != c2.OpID {
+		t.Fatalf("the copy's change is op %s, a's %s: want the same op id", c2.OpID, r.OpID)
+	}
+	if rep := c.pushAll(); rep.Parked != 1 || rep.AlreadyApplied != 0 {
+		t.Fatalf("the copy's push %+v: want c2 parked", rep)
+	}
+	var parked *ParkedError
+	if err := c.store.WaitSynced(ctx, c2.Seq); !errors.As(err, &parked) ||
+		!strings.Contains(err.Error(), "another store makes changes under this sidecar's origin") {
+		t.Fatalf("WaitSynced of c2: %v", err)
+	}
+	if c.store.OriginRenewals() != 1 || c.store.Origin() == a.store.Origin() {
+		t.Fatalf("the copy writes as %s after the push (%d renewals); a as %s", c.store.Origin(),
+			c.store.OriginRenewals(), a.store.Origin())
+	}
+	c3 := c.put(k, "c3")
+	if rep := c.pushAll(); rep.Pushed != 1 {
+		t.Fatalf("the copy's next push %+v: want c3 pushed", rep)
+	}
+	if r := remoteGet(t, remote, k); string(r.Value) != "c3" || r.OpID != c3.OpID {
+		t.Fatalf("remote holds %q (op %s), want the copy's c3 (op %s)", r.Value, r.OpID, c3.OpID)
+	}
+}
+
 // TestLostChangesForgotten: the lost changes WaitSynced reports are
 // forgotten with the rest of the call's (a batch gives way whole), and
 // when too many wait unasked the oldest go first, never a fresh one.

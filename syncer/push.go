@@ -885,7 +885,10 @@ func (s *Syncer) settle(ctx context.Context, ps *passState, b *batch, out outcom
 			u := b.units[unitIndex(b, p)]
 			switch res.Status {
 			case Applied, AlreadyApplied:
-				s.ackPart(ctx, ps, p, res)
+				if err := s.ackPart(ctx, ps, p, res, len(u.parts) == 1); err != nil {
+					s.originShared(ctx, ps, u, p, err) // applied.go
+					continue
+				}
 				s.finishUnit(ps, u)
 			case Conflict:
 				s.resolve(ctx, ps, u, []*part{p}, []Result{res})
@@ -962,17 +965,19 @@ func unitIndex(b *batch, p *part) int {
 	return -1
 }
 
-// ackPart acks p's entries after res (Applied or AlreadyApplied).
-func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result) {
+// ackPart acks p's entries after res (Applied or AlreadyApplied). With
+// mayPark, an AlreadyApplied change the remote holds nowhere is not acked:
+// the error to park it with is returned (ackApplied).
+func (s *Syncer) ackPart(ctx context.Context, ps *passState, p *part, res Result, mayPark bool) *OriginSharedError {
 	if res.Status == AlreadyApplied {
-		s.ackApplied(ctx, ps, p.key, p.entries, res.Remote, res.Exists, p.conflict)
-		return
+		return s.ackApplied(ctx, ps, p.key, p.entries, res.Remote, res.Exists, p.conflict, mayPark)
 	}
 	ps.acks = append(ps.acks, Ack{Key: p.key, Seqs: seqsOf(p.entries), Outcome: OutcomePushed, Remote: res.Remote, Conflict: p.conflict})
 	ps.rep.Pushed += len(p.entries)
 	if p.rebased && p.merged == nil {
 		s.retargetChecks(ps, p, res.Remote.Version)
 	}
+	return nil
 }
 
 // retargetChecks moves the checks of the version p's last entry made
@@ -996,43 +1001,31 @@ func (s *Syncer) retargetChecks(ps *passState, p *part, committed uint64) {
 
 // ackApplied acks entries of k that the remote already has (its record is
 // remote) with the decision made over them: decided, or else the one an
-// earlier attempt committed whose reply was lost (lostDecision).
+// earlier attempt committed whose reply was lost (lostDecision). Without a
+// decision it places them (applied.go): when the remote holds them nowhere
+// and mayPark, it acks nothing and returns the error to park them with;
+// otherwise it acks them anyway, with a warning.
 func (s *Syncer) ackApplied(ctx context.Context, ps *passState, k Key, entries []Entry, remote Record, exists bool,
-	decided *ConflictRecord) {
+	decided *ConflictRecord, mayPark bool) *OriginSharedError {
 	if decided == nil {
 		decided = s.lostDecision(ctx, k, entries, remote, exists)
 	}
-	renumbered := decided == nil && s.committedElsewhere(ctx, k, entries, remote, exists)
+	place := placedHere
+	if decided == nil {
+		place = s.placeApplied(ctx, k, entries, remote, exists)
+	}
+	if place == placedNowhere {
+		err := &OriginSharedError{Key: k, OpID: entries[len(entries)-1].OpID(), Remote: remote}
+		if mayPark {
+			return err
+		}
+		s.log.Warn("push: a change of an atomic batch was taken for another store's; it is acked", "err", err)
+		place = placedHere
+	}
 	ps.acks = append(ps.acks, Ack{Key: k, Seqs: seqsOf(entries), Outcome: OutcomeAlreadyApplied, Remote: remote, Conflict: decided,
-		Renumbered: renumbered})
+		Renumbered: place == placedElsewhere})
 	ps.rep.AlreadyApplied += len(entries)
-}
-
-// committedElsewhere reports whether the remote holds the last of entries,
-// a change it already has, at another version than the one the change made
-// locally: an earlier attempt rebased it onto the remote's record and
-// committed it, and the reply was lost. The remote record says where the
-// change is when it is the change's own; when its last change is another's
-// (made since), the remote's event at the change's local version does. A
-// failed read, or a remote that keeps no event there, is taken for the same
-// version: the local events stay, as before the check.
-func (s *Syncer) committedElsewhere(ctx context.Context, k Key, entries []Entry, remote Record, exists bool) bool {
-	last := entries[len(entries)-1].Record
-	if !exists || remote.OpID == last.OpID || remote.Version <= last.Version {
-		return false
-	}
-	s.mu.Lock()
-	s.stats.RemoteCalls++
-	s.mu.Unlock()
-	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
-	defer cancel()
-	evs, err := s.remote.Events(cctx, k, last.Version-1, 1)
-	if err != nil {
-		s.log.Warn("push: a change was already applied; where the remote holds it is unknown, so its local events stay",
-			"key", k.String(), "op", last.OpID, "version", last.Version, "err", err)
-		return false
-	}
-	return len(evs) == 1 && evs[0].ToVersion == last.Version && evs[0].OpID != last.OpID
+	return nil
 }
 
 // lostDecisionWindow is how long before a change's local time its decision
@@ -1123,7 +1116,7 @@ func (s *Syncer) judge(ctx context.Context, ps *passState, p *part, remote Recor
 	if covered > 0 {
 		// An earlier commit of these entries reached the remote, its reply
 		// did not: a decision it carried is in the remote's ledger only.
-		s.ackApplied(ctx, ps, p.key, p.entries[:covered], remote, exists, p.conflict)
+		s.ackApplied(ctx, ps, p.key, p.entries[:covered], remote, exists, p.conflict, false)
 		p.conflict, p.merged = nil, nil
 		p.entries = p.entries[covered:]
 	}
@@ -1250,7 +1243,7 @@ func (s *Syncer) resolve(ctx context.Context, ps *passState, u *unit, parts []*p
 				continue
 			}
 			if results[i].Status == AlreadyApplied {
-				s.ackPart(ctx, ps, p, results[i])
+				s.ackPart(ctx, ps, p, results[i], false)
 				continue
 			}
 			remote := results[i].Remote
@@ -1306,7 +1299,7 @@ func (s *Syncer) settleAtomic(ctx context.Context, ps *passState, u *unit, b *ba
 	if !conflict {
 		for i, p := range b.owner {
 			if !p.check {
-				s.ackPart(ctx, ps, p, results[i])
+				s.ackPart(ctx, ps, p, results[i], false)
 			}
 		}
 		s.finishUnit(ps, u)

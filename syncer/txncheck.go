@@ -62,7 +62,7 @@ func (s *Syncer) checkFailed(ctx context.Context, ps *passState, u *unit, b *bat
 	if applied {
 		for i, p := range b.owner {
 			if !p.check {
-				s.ackPart(ctx, ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote})
+				s.ackPart(ctx, ps, p, Result{Key: p.key, Status: AlreadyApplied, Exists: true, Remote: results[i].Remote}, false)
 			}
 		}
 		s.finishUnit(ps, u)

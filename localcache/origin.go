@@ -25,7 +25,9 @@ import (
 // the others is another one, under the same origin. The store then draws a
 // new incarnation, in the mutation that applies the record, and its later
 // changes are its own again. The changes it made under the old origin
-// before that stay as they are.
+// before that stay as they are; the push loop parks those the shared store
+// takes for the other store's, and asks for a new incarnation too
+// (syncer/applied.go, RenewOrigin).
 
 // originReused reports whether the remote record r of a state proves that
 // another store makes changes under origin (see above); cur is the local

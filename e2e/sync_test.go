@@ -260,28 +260,15 @@ func TestLostDataDirSameNodeID(t *testing.T) {
 	}
 }
 
-// TestRestoredDataDir: node-a's data dir is copied (a backup) after its
-// first write reached Firestore; node-a goes on to write versions 2 and 3,
-// and is lost. Its data dir is restored from the copy, given a new
-// incarnation with `new-incarnation`, and the sidecar writes the state
-// again before it can reach Firestore (so the write is made on version 1).
-// The write must reach Firestore: under the copied store's origin its op id
-// and vector clock entry would be version 2's, which Firestore holds
-// already, and it would be dropped.
-func TestRestoredDataDir(t *testing.T) {
-	fs := newShared(t)
-	ctx := context.Background()
-	a := startSidecar(t, fs.args("node-a", "g")...)
-	c := a.Client() // it dials again after each restart
-	put := func(i int) *client.Record {
-		t.Helper()
-		rec, err := c.Put(ctx, "g", "s", map[string]int{"i": i})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rec
-	}
-	copied := put(1).Origin
+// restoreOlderCopy runs node-a, copies its data dir (a backup) after its
+// first write of g/s reached Firestore, lets it write g/s twice more, loses
+// it, and restores the copy in its data dir. It returns the stopped sidecar,
+// a client of it, and the origin the copy was taken under.
+func restoreOlderCopy(t *testing.T, fs *shared) (a *sidecar, c *client.Client, copied string) {
+	t.Helper()
+	a = startSidecar(t, fs.args("node-a", "g")...)
+	c = a.Client() // it dials again after each restart
+	copied = putI(t, c, "g", "s", 1).Origin
 	fs.wantValue(t, "g", "s", 1, 1, copied)
 	if err := a.Signal(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -289,12 +276,33 @@ func TestRestoredDataDir(t *testing.T) {
 	backup := filepath.Join(shortTempDir(t), "data")
 	copyDataDir(t, a.DataDir, backup)
 	a.Start()
-	put(2)
-	put(3)
+	putI(t, c, "g", "s", 2)
+	putI(t, c, "g", "s", 3)
 	fs.wantValue(t, "g", "s", 3, 3, copied)
 	a.Kill()
-
 	copyDataDir(t, backup, a.DataDir)
+	return a, c, copied
+}
+
+// putI writes {i: i} to gov/state.
+func putI(t *testing.T, c *client.Client, gov, state string, i int) *client.Record {
+	t.Helper()
+	rec, err := c.Put(context.Background(), gov, state, map[string]int{"i": i})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// TestRestoredDataDir: node-a's data dir is restored from an older copy
+// (restoreOlderCopy), given a new incarnation with `new-incarnation`, and
+// the sidecar writes the state again before it can reach Firestore (so the
+// write is made on version 1). The write must reach Firestore: under the
+// copied store's origin its op id and vector clock entry would be version
+// 2's, which Firestore holds already.
+func TestRestoredDataDir(t *testing.T) {
+	fs := newShared(t)
+	a, c, copied := restoreOlderCopy(t, fs)
 	stdout, stderr, err := runBinary("new-incarnation", "--data-dir", a.DataDir)
 	var renewed map[string]string
 	if err == nil {
@@ -305,13 +313,55 @@ func TestRestoredDataDir(t *testing.T) {
 	}
 	a.Env = []string{"FIRESTORE_EMULATOR_HOST=127.0.0.1:1"} // nowhere: the write is made on version 1
 	a.Start()
-	if rec := put(100); rec.Origin != renewed["origin"] || rec.Version != 2 {
+	if rec := putI(t, c, "g", "s", 100); rec.Origin != renewed["origin"] || rec.Version != 2 {
 		t.Fatalf("the restored sidecar wrote v%d as %s, want v2 as %s", rec.Version, rec.Origin, renewed["origin"])
 	}
 	a.Kill()
 	a.Env = nil
 	a.Start()
 	fs.wantValue(t, "g", "s", 4, 100, renewed["origin"])
+}
+
+// TestRestoredDataDirUnrenewed: as TestRestoredDataDir, without
+// `new-incarnation`. The write, made under the copied origin, is what
+// Firestore holds as version 2: its push finds it there as another change
+// (another change time), parks it instead of dropping it as already
+// applied, and the sidecar draws a new incarnation; the write made again
+// reaches Firestore.
+func TestRestoredDataDirUnrenewed(t *testing.T) {
+	fs := newShared(t)
+	ctx := context.Background()
+	a, c, copied := restoreOlderCopy(t, fs)
+	a.SharesOrigin = true
+	a.Env = []string{"FIRESTORE_EMULATOR_HOST=127.0.0.1:1"}
+	a.Start()
+	lost := putI(t, c, "g", "s", 100)
+	if lost.Origin != copied {
+		t.Fatalf("the restored sidecar wrote as %s, want the copied origin %s", lost.Origin, copied)
+	}
+	a.Kill()
+	a.Env = nil
+	a.Start()
+	eventually(t, 30*time.Second, func() string {
+		failed, _, err := c.Failed(ctx, 0, 10)
+		if err != nil {
+			return err.Error()
+		}
+		if len(failed) != 1 || failed[0].State != "s" || failed[0].Version != lost.Version ||
+			!strings.Contains(failed[0].Reason, "another store makes changes under this sidecar's origin") {
+			return fmt.Sprintf("failed list: %+v", failed)
+		}
+		return ""
+	})
+	st, err := c.Stats(ctx)
+	if err != nil || st.Origin == copied {
+		t.Fatalf("the sidecar still writes as %s (%v)", copied, err)
+	}
+	again := putI(t, c, "g", "s", 100)
+	fs.wantValue(t, "g", "s", 4, 100, again.Origin)
+	if again.Origin != st.Origin {
+		t.Fatalf("the write made again went as %s, want %s", again.Origin, st.Origin)
+	}
 }
 
 // TestCopiedDataDirDrawsNewOrigin: as TestRestoredDataDir, but the restored
@@ -326,14 +376,7 @@ func TestCopiedDataDirDrawsNewOrigin(t *testing.T) {
 	ctx := context.Background()
 	a := startSidecar(t, fs.args("node-a", "g")...)
 	c := a.Client() // it dials again after each restart
-	put := func(gov, state string, i int) *client.Record {
-		t.Helper()
-		rec, err := c.Put(ctx, gov, state, map[string]int{"i": i})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rec
-	}
+	put := func(gov, state string, i int) *client.Record { t.Helper(); return putI(t, c, gov, state, i) }
 	copied := put("g", "s", 1).Origin
 	fs.wantValue(t, "g", "s", 1, 1, copied)
 	if err := a.Signal(syscall.SIGTERM, 30*time.Second); err != nil {

@@ -261,10 +261,11 @@ func TestLostDataDirSameNodeID(t *testing.T) {
 }
 
 // restoreOlderCopy runs node-a, copies its data dir (a backup) after its
-// first write of g/s reached Firestore, lets it write g/s twice more, loses
-// it, and restores the copy in its data dir. It returns the stopped sidecar,
-// a client of it, and the origin the copy was taken under.
-func restoreOlderCopy(t *testing.T, fs *shared) (a *sidecar, c *client.Client, copied string) {
+// first write of g/s ({i: 1}) reached Firestore, lets it go on (then, with
+// the origin the copy was taken under), loses it, and restores the copy in
+// its data dir. It returns the stopped sidecar, a client of it, and that
+// origin.
+func restoreOlderCopy(t *testing.T, fs *shared, then func(c *client.Client, copied string)) (a *sidecar, c *client.Client, copied string) {
 	t.Helper()
 	a = startSidecar(t, fs.args("node-a", "g")...)
 	c = a.Client() // it dials again after each restart
@@ -276,12 +277,20 @@ func restoreOlderCopy(t *testing.T, fs *shared) (a *sidecar, c *client.Client, c
 	backup := filepath.Join(shortTempDir(t), "data")
 	copyDataDir(t, a.DataDir, backup)
 	a.Start()
-	putI(t, c, "g", "s", 2)
-	putI(t, c, "g", "s", 3)
-	fs.wantValue(t, "g", "s", 3, 3, copied)
+	then(c, copied)
 	a.Kill()
 	copyDataDir(t, backup, a.DataDir)
 	return a, c, copied
+}
+
+// twiceMore writes g/s twice more ({i: 2}, {i: 3}) and waits for Firestore
+// to hold the second.
+func twiceMore(t *testing.T, fs *shared) func(c *client.Client, copied string) {
+	return func(c *client.Client, copied string) {
+		putI(t, c, "g", "s", 2)
+		putI(t, c, "g", "s", 3)
+		fs.wantValue(t, "g", "s", 3, 3, copied)
+	}
 }
 
 // putI writes {i: i} to gov/state.
@@ -302,7 +311,7 @@ func putI(t *testing.T, c *client.Client, gov, state string, i int) *client.Reco
 // 2's, which Firestore holds already.
 func TestRestoredDataDir(t *testing.T) {
 	fs := newShared(t)
-	a, c, copied := restoreOlderCopy(t, fs)
+	a, c, copied := restoreOlderCopy(t, fs, twiceMore(t, fs))
 	stdout, stderr, err := runBinary("new-incarnation", "--data-dir", a.DataDir)
 	var renewed map[string]string
 	if err == nil {
@@ -331,7 +340,7 @@ func TestRestoredDataDir(t *testing.T) {
 func TestRestoredDataDirUnrenewed(t *testing.T) {
 	fs := newShared(t)
 	ctx := context.Background()
-	a, c, copied := restoreOlderCopy(t, fs)
+	a, c, copied := restoreOlderCopy(t, fs, twiceMore(t, fs))
 	a.SharesOrigin = true
 	a.Env = []string{"FIRESTORE_EMULATOR_HOST=127.0.0.1:1"}
 	a.Start()
@@ -374,24 +383,12 @@ func TestRestoredDataDirUnrenewed(t *testing.T) {
 func TestCopiedDataDirDrawsNewOrigin(t *testing.T) {
 	fs := newShared(t)
 	ctx := context.Background()
-	a := startSidecar(t, fs.args("node-a", "g")...)
-	c := a.Client() // it dials again after each restart
-	put := func(gov, state string, i int) *client.Record { t.Helper(); return putI(t, c, gov, state, i) }
-	copied := put("g", "s", 1).Origin
-	fs.wantValue(t, "g", "s", 1, 1, copied)
-	if err := a.Signal(syscall.SIGTERM, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(shortTempDir(t), "data")
-	copyDataDir(t, a.DataDir, backup)
-	a.Start()
-	put("g", "s", 2)
-	put("h", "t", 1)
-	fs.wantValue(t, "g", "s", 2, 2, copied)
-	fs.wantValue(t, "h", "t", 1, 1, copied)
-	a.Kill()
-
-	copyDataDir(t, backup, a.DataDir)
+	a, c, copied := restoreOlderCopy(t, fs, func(c *client.Client, copied string) {
+		putI(t, c, "g", "s", 2)
+		putI(t, c, "h", "t", 1)
+		fs.wantValue(t, "g", "s", 2, 2, copied)
+		fs.wantValue(t, "h", "t", 1, 1, copied)
+	})
 	a.SharesOrigin = true
 	a.Start()
 	var renewed string
@@ -406,7 +403,7 @@ func TestCopiedDataDirDrawsNewOrigin(t *testing.T) {
 		renewed = st.Origin
 		return ""
 	})
-	if rec := put("h", "t", 100); rec.Origin != renewed {
+	if rec := putI(t, c, "h", "t", 100); rec.Origin != renewed {
 		t.Fatalf("the restored sidecar wrote as %s, want %s", rec.Origin, renewed)
 	}
 	fs.wantValue(t, "h", "t", 2, 100, renewed)

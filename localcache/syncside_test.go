@@ -914,6 +914,28 @@ func testSyncFreshStoreSameNodeID(t *testing.T, newRemote func() syncer.Remote) 
 	}
 }
 
+// copyMidway copies n's data dir (its store closed meanwhile) and returns
+// the copy's directory.
+func copyMidway(t *testing.T, n *syncNode) string {
+	t.Helper()
+	closeStore(t, n.store)
+	copied := t.TempDir()
+	copyDir(t, n.dir, copied)
+	n.open("g")
+	return copied
+}
+
+// openCopy opens a node on dir, a copy of node a's data dir, under a's
+// node id; mod sets its options first.
+func openCopy(t *testing.T, dir string, remote syncer.Remote, mod func(*syncNode)) *syncNode {
+	t.Helper()
+	c := &syncNode{t: t, dir: dir, node: "a", remote: remote}
+	mod(c)
+	c.open("g")
+	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	return c
+}
+
 // TestSyncRestoredCopy: a's data dir is copied while a write of k is
 // pending, and a goes on (it pushes that write and writes k again). The
 // copy, restored with a new incarnation, pushes its pending write, which
@@ -928,17 +950,12 @@ func testSyncRestoredCopy(t *testing.T, newRemote func() syncer.Remote) {
 	a.put(k, "1")
 	a.pushAll()
 	a.put(k, "2")
-	closeStore(t, a.store)
-	copied := t.TempDir()
-	copyDir(t, a.dir, copied)
-	a.open("g")
+	copied := copyMidway(t, a)
 	a.pushAll()
 	a.put(k, "3")
 	a.pushAll()
 
-	c := &syncNode{t: t, dir: copied, node: "a", remote: remote, newIncarnation: true}
-	c.open("g")
-	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	c := openCopy(t, copied, remote, func(c *syncNode) { c.newIncarnation = true })
 	if c.store.Origin() == a.store.Origin() {
 		t.Fatalf("the restored copy writes as %s, as a does", c.store.Origin())
 	}
@@ -974,17 +991,12 @@ func testSyncCopyTakesNewOrigin(t *testing.T, newRemote func() syncer.Remote) {
 	a.put(k, "1")
 	a.pushAll()
 	a.put(k, "2")
-	closeStore(t, a.store)
-	copied := t.TempDir()
-	copyDir(t, a.dir, copied)
-	a.open("g")
+	copied := copyMidway(t, a)
 	a.put(k, "3")
 	a.put(other, "o1") // a state the copy has never held
 	a.pushAll()
 
-	c := &syncNode{t: t, dir: copied, node: "a", remote: remote, renews: true}
-	c.open("g")
-	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	c := openCopy(t, copied, remote, func(c *syncNode) { c.renews = true })
 	c.pullAll()
 	if c.store.OriginRenewals() != 1 || c.store.Origin() == a.store.Origin() {
 		t.Fatalf("after its pull the copy writes as %s (%d renewals); a writes as %s", c.store.Origin(),
@@ -1026,16 +1038,11 @@ func testSyncCopyWriteParked(t *testing.T, newRemote func() syncer.Remote) {
 	k := key("g", "k")
 	a.put(k, "1")
 	a.pushAll()
-	closeStore(t, a.store)
-	copied := t.TempDir()
-	copyDir(t, a.dir, copied)
-	a.open("g")
+	copied := copyMidway(t, a)
 	a.put(k, "a2")
 	a.pushAll()
 
-	c := &syncNode{t: t, dir: copied, node: "a", remote: remote, renews: true}
-	c.open("g")
-	t.Cleanup(func() { _ = c.store.Close(context.Background()) })
+	c := openCopy(t, copied, remote, func(c *syncNode) { c.renews = true })
 	c2 := c.put(k, "c2")
 	if r := remoteGet(t, remote, k); r.OpID != c2.OpID {
 		t.Fatalf("the copy's change is op %s, a's %s: want the same op id", c2.OpID, r.OpID)

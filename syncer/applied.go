@@ -17,8 +17,9 @@ import (
 // not share): the remote record is the change itself, or the remote's
 // latest events hold it. A change found nowhere is another store's: it is
 // parked (OriginSharedError), and the journal draws a new incarnation
-// (OriginRenewer). Only a change acked alone is parked so; one of an atomic
-// batch is acked as before, with a warning.
+// (OriginRenewer). Only a change acked on its own is parked so; one acked
+// with others (of an atomic batch, or the first changes of a run whose
+// later ones are committed) is acked as before, with a warning.
 
 // placement is where the remote holds a change it reports as already
 // applied.

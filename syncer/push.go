@@ -1019,7 +1019,7 @@ func (s *Syncer) ackApplied(ctx context.Context, ps *passState, k Key, entries [
 		if mayPark {
 			return err
 		}
-		s.log.Warn("push: a change of an atomic batch was taken for another store's; it is acked", "err", err)
+		s.log.Warn("push: a change the shared store holds nowhere is acked with the changes it goes with", "err", err)
 		place = placedHere
 	}
 	ps.acks = append(ps.acks, Ack{Key: k, Seqs: seqsOf(entries), Outcome: OutcomeAlreadyApplied, Remote: remote, Conflict: decided,

@@ -27,7 +27,8 @@ type placement uint8
 
 const (
 	// placedHere: at the versions the change made locally, or unknown (the
-	// remote's events could not be read, or too many came after it).
+	// remote's events could not be read, or too many came after it, or too
+	// large ones).
 	placedHere placement = iota
 	// placedElsewhere: under other versions (a rebase whose reply was lost).
 	placedElsewhere
@@ -40,6 +41,10 @@ const (
 // applied: the latest ones of the state. A change not among them (of a
 // state with a longer history) is taken for placed here.
 const maxPlaceEvents = 2000
+
+// maxPlaceBytes bounds what those reads take (EventSize): 2,000 events of
+// large values would be gigabytes. Past it, the place is unknown too.
+const maxPlaceBytes = 32 << 20
 
 // placeApplied finds where the remote holds the last of entries, a change
 // of k it reports as already applied, with remote its record of k (see
@@ -72,7 +77,11 @@ func (s *Syncer) placeApplied(ctx context.Context, k Key, entries []Entry, remot
 	// lost reply was committed (below its base version, too, when its base
 	// was local versions that lost).
 	after := remote.Version - min(remote.Version, maxPlaceEvents)
+	read := 0 // EventSize of the events read
 	for from := after; from < remote.Version; {
+		if read > maxPlaceBytes {
+			return s.placeUnknown(k, last, fmt.Errorf("more than %d bytes of events after version %d", maxPlaceBytes, after))
+		}
 		evs, err := s.events(ctx, k, from, int(min(historyPage, remote.Version-from)))
 		if err != nil {
 			return s.placeUnknown(k, last, err)
@@ -81,6 +90,7 @@ func (s *Syncer) placeApplied(ctx context.Context, k Key, entries []Entry, remot
 			break
 		}
 		for _, e := range evs {
+			read += EventSize(e)
 			if e.OpID != last.OpID {
 				continue
 			}

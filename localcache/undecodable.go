@@ -95,16 +95,8 @@ func (s *Store) ForgetUndecodable(ctx context.Context, keys []syncer.Key) error 
 func (s *Store) DroppedUndecodable(ctx context.Context) (uint64, error) {
 	var n uint64
 	err := s.scan(ctx, func(txn *badger.Txn) error {
-		item, err := txn.Get(metaUndecDropped)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			n = 0
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
+		v, err := getValue(txn, metaUndecDropped)
+		if err != nil || v == nil {
 			return err
 		}
 		n, err = decodeUndecDropped(v)

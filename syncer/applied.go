@@ -118,12 +118,9 @@ func (s *Syncer) placeUnknown(k Key, last Record, err error) placement {
 	return placedHere
 }
 
-// events is one Events call, counted and bounded by CommitTimeout.
+// events is one Events call (remoteCall).
 func (s *Syncer) events(ctx context.Context, k Key, after uint64, limit int) ([]Event, error) {
-	s.mu.Lock()
-	s.stats.RemoteCalls++
-	s.mu.Unlock()
-	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	cctx, cancel := s.remoteCall(ctx)
 	defer cancel()
 	return s.remote.Events(cctx, k, after, limit)
 }

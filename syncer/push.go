@@ -1053,7 +1053,7 @@ func (s *Syncer) lostDecision(ctx context.Context, k Key, entries []Entry, remot
 		ops[e.Record.OpID] = true
 	}
 	from := time.Unix(0, entries[0].Record.UpdatedAt).Add(-lostDecisionWindow)
-	cctx, cancel := s.ledgerCall(ctx)
+	cctx, cancel := s.remoteCall(ctx)
 	defer cancel()
 	recs, err := s.remote.Conflicts(cctx, ConflictQuery{Governor: k.Governor, State: k.State, From: from})
 	var skipped *SkippedError

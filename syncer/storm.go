@@ -97,14 +97,14 @@ func (s *Syncer) logConflicts(ctx context.Context, records []*ConflictRecord) er
 	if len(recs) == 0 {
 		return nil
 	}
-	cctx, cancel := s.ledgerCall(ctx)
+	cctx, cancel := s.remoteCall(ctx)
 	defer cancel()
 	return s.remote.LogConflicts(cctx, recs)
 }
 
-// ledgerCall counts one call to the remote's ledger and bounds it by
-// CommitTimeout.
-func (s *Syncer) ledgerCall(ctx context.Context) (context.Context, context.CancelFunc) {
+// remoteCall counts one call to the remote besides Commit (its ledger,
+// its events) and bounds it by CommitTimeout.
+func (s *Syncer) remoteCall(ctx context.Context) (context.Context, context.CancelFunc) {
 	s.mu.Lock()
 	s.stats.RemoteCalls++
 	s.mu.Unlock()

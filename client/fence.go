@@ -12,7 +12,8 @@ import "github.com/tai-state/tai-state/sockapi/wire"
 // says FenceRejected. The details are in the *Error's Fence (errors.As):
 // the fence and the token it was judged against. A grant whose lease ran
 // out is still valid as long as the lock was not granted again: the token
-// decides, not the clock. On BatchPut the fence applies to every item.
+// decides, not the clock. On BatchPut the fence applies to every item; it
+// applies to Transition and Txn too.
 func WithFence(f Fence) WriteOption {
 	return func(o *writeOptions) { o.fence = &f }
 }

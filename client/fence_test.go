@@ -9,9 +9,9 @@ import (
 	"github.com/tai-state/tai-state/sockapi/wire"
 )
 
-// TestWithFence: fenced writes against the real server: a stale token is
-// rejected with ErrFenceRejected and the details; an invalid fence is
-// refused before it is sent.
+// TestWithFence: fenced writes (puts, deletes, batches and transitions)
+// against the real server: a stale token is rejected with ErrFenceRejected
+// and the details; an invalid fence is refused before it is sent.
 func TestWithFence(t *testing.T) {
 	s := startSidecar(t, nil, "")
 	c := client.New(s.path)
@@ -38,11 +38,22 @@ func TestWithFence(t *testing.T) {
 	check(err)
 	_, err = c.BatchPut(ctx, []wire.Item{{Governor: "g", State: "t", Value: wire.Raw{0x01}}}, f(2))
 	check(err)
+	if _, err := c.Transition(ctx, "g", "m", client.Transition{To: "open", Action: "create"}, f(3)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Transition(ctx, "g", "m", client.Transition{From: "open", To: "paid", Action: "pay"}, f(2))
+	check(err)
 	if _, err := c.BatchPut(ctx, []wire.Item{{Governor: "g", State: "t", Value: wire.Raw{0x01}}}, f(4)); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := s.store.FenceMark(ctx, "orders"); err != nil || m != 4 {
 		t.Fatalf("mark %d, %v", m, err)
+	}
+	if _, err := c.Transition(ctx, "g", "m", client.Transition{From: "open", To: "paid", Action: "pay"}, f(4)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Get(ctx, "g", "m"); err != nil || got.Version != 2 {
+		t.Fatalf("machine after the fenced transitions: %+v, %v", got, err)
 	}
 
 	for _, tc := range []struct {

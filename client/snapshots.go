@@ -36,13 +36,14 @@ type Transition struct {
 // the machine's data, kept as they are). It returns the new record's
 // metadata (no Value).
 //
-// opts: Actor, Reason, Synced and StrongWrite (the compare-and-set checked
-// against the shared store), as for Put; a transition's precondition is
-// t.From, so IfVersion and IfAbsent are refused.
+// opts: Actor, Reason, Synced, StrongWrite (the compare-and-set checked
+// against the shared store) and WithFence, as for Put; a transition's
+// precondition is t.From, so IfVersion and IfAbsent are refused.
 //
 // Errors: ErrWrongState when the machine is in another state (of
-// transitions racing from one state, exactly one succeeds); the errors of
-// Put.
+// transitions racing from one state, exactly one succeeds); ErrFenceRejected
+// for a stale fence, judged before the machine state when the sidecar has
+// seen the newer grant; the errors of Put.
 func (c *Client) Transition(ctx context.Context, gov, state string, t Transition, opts ...WriteOption) (*Record, error) {
 	if err := validKey(gov, state); err != nil {
 		return nil, err

@@ -545,3 +545,114 @@ func TestFenceRejectedChangeLeavesTheHistory(t *testing.T) {
 		wantLineage(t, a, k, "a1", "b2")
 	})
 }
+
+// TestFencedTransition: a transition carries its fence into its write, its
+// journal entry and the mark. A stale fence is rejected before the machine
+// state is judged (a holder that lost its lock is told so, not only that
+// the machine moved on) and changes nothing; the write checks it again in
+// its group; an invalid fence is refused.
+func TestFencedTransition(t *testing.T) {
+	ctx := context.Background()
+	s := openMem(t)
+	k := key("orders", "o1")
+	rec, err := s.Transition(ctx, Transition{Key: k, To: "open", Action: "create", Fence: fence("leader", 3)}, nil)
+	if err != nil || rec.Version != 1 {
+		t.Fatalf("fenced create: %+v, %v", rec, err)
+	}
+	wantMark(t, s, "leader", 3)
+	if js := mustJournal(t, s); len(js) != 1 || js[0].Fence != fence("leader", 3) {
+		t.Fatalf("journal %+v", js)
+	}
+
+	if err := s.ObserveFence(ctx, "leader", 4); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshotOf(t, s, k)
+	_, err = s.Transition(ctx, Transition{Key: k, From: "open", To: "paid", Action: "pay", Fence: fence("leader", 3)}, nil)
+	wantFenceRejected(t, err, k, fence("leader", 3), 4)
+	// From a machine state that is wrong too: the fence is judged first.
+	_, err = s.Transition(ctx, Transition{Key: k, From: "paid", To: "shipped", Action: "ship", Fence: fence("leader", 3)}, nil)
+	wantFenceRejected(t, err, k, fence("leader", 3), 4)
+	// A grant observed between the transition's read and its write: the
+	// write's own check rejects it.
+	raced := func(ctx context.Context, w Write) (Record, error) {
+		if err := s.ObserveFence(ctx, "leader", 5); err != nil {
+			return Record{}, err
+		}
+		return s.Write(ctx, w)
+	}
+	_, err = s.Transition(ctx, Transition{Key: k, From: "open", To: "paid", Action: "pay", Fence: fence("leader", 4)}, raced)
+	wantFenceRejected(t, err, k, fence("leader", 4), 5)
+	if after := snapshotOf(t, s, k); !reflect.DeepEqual(after, before) {
+		t.Fatalf("a rejected transition changed the store:\nbefore %+v\nafter  %+v", before, after)
+	}
+
+	rec, err = s.Transition(ctx, Transition{Key: k, From: "open", To: "paid", Action: "pay", Fence: fence("leader", 6)}, nil)
+	if err != nil || rec.Version != 2 {
+		t.Fatalf("transition under the current grant: %+v, %v", rec, err)
+	}
+	wantMark(t, s, "leader", 6)
+	if js := mustJournal(t, s); len(js) != 2 || js[1].Fence != fence("leader", 6) {
+		t.Fatalf("journal %+v", js)
+	}
+	if evs := mustEvents(t, s, k); len(evs) != 2 || evs[1].Action != "pay" {
+		t.Fatalf("events %+v", evs)
+	}
+
+	for _, f := range []Fence{{Resource: "a/b", Token: 1}, {Resource: "r"}, {Token: 2}} {
+		_, err := s.Transition(ctx, Transition{Key: k, From: "paid", To: "shipped", Action: "ship", Fence: f}, nil)
+		var fe *FieldError
+		if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "fence" {
+			t.Fatalf("fence %+v: %v, want an invalid fence field", f, err)
+		}
+	}
+}
+
+// TestFencedTransitionPushRejected: a transition the store accepted under a
+// fence the lock has since been granted past is rejected by the shared
+// store when pushed, like a put: parked with its rejection, and the store's
+// copy follows the new holder's machine.
+func TestFencedTransitionPushRejected(t *testing.T) {
+	fenceRemotes(t, func(t *testing.T, remote syncer.Remote, grant func(context.Context, string) (uint64, error)) {
+		ctx := context.Background()
+		t1, err := grant(ctx, "leader")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newSyncNode(t, "a", remote, "g")
+		b := newSyncNode(t, "b", remote, "g")
+		k := key("g", "m")
+		if _, err := a.store.Transition(ctx, Transition{Key: k, To: "open", Action: "create", Fence: fence("leader", t1)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		a.pushAll()
+		t2, err := grant(ctx, "leader")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.pullAll()
+		if _, err := b.store.Transition(ctx, Transition{Key: k, From: "open", To: "cancelled", Action: "cancel", Fence: fence("leader", t2)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		b.pushAll()
+
+		// a has not seen t2 nor b's transition: it accepts its own.
+		late, err := a.store.Transition(ctx, Transition{Key: k, From: "open", To: "paid", Action: "pay", Fence: fence("leader", t1)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep := a.pushAll(); rep.Parked != 1 {
+			t.Fatalf("a's push %+v: want the late transition parked", rep)
+		}
+		var fe *FenceRejectedError
+		if err := a.store.WaitSynced(ctx, late.Seq); !errors.As(err, &fe) || *fe != (FenceRejectedError{Resource: "leader", Token: t1, Current: t2}) {
+			t.Fatalf("WaitSynced of the late transition: %v", err)
+		}
+		if r := remoteGet(t, remote, k); string(r.Value) != string(msgpackOf("cancelled")) {
+			t.Fatalf("remote holds %q, want the new holder's machine", r.Value)
+		}
+		if got := a.get(k); string(got.Value) != string(msgpackOf("cancelled")) || got.Pending || got.Version != 2 {
+			t.Fatalf("a holds %q v%d pending=%v, want cancelled v2", got.Value, got.Version, got.Pending)
+		}
+	})
+}

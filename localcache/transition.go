@@ -83,6 +83,10 @@ type Transition struct {
 	// machine is created.
 	Value         []byte
 	Actor, Reason string
+	// Fence, when set, is the lock grant the transition is made under, as
+	// for Write: a stale one is rejected (*FenceRejectedError) here, before
+	// the machine state is judged, and again when it is pushed.
+	Fence Fence
 	// Confirm is the write's Write.Confirm (a sync transition).
 	Confirm bool
 }
@@ -99,13 +103,29 @@ type WriteFunc func(ctx context.Context, w Write) (Record, error)
 // from one machine state, exactly one succeeds; the others get a
 // *WrongStateError naming the state they find.
 //
+// A fenced transition is judged by its fence first: a token below the
+// store's mark is a *FenceRejectedError whatever the machine state, so a
+// holder that lost its lock learns so, not only that the machine moved
+// on. The write checks the fence again, in its group.
+//
 // It returns the new record, without its value. Errors: a *KeyError
-// holding a *FieldError (ErrInvalid, ErrTooLarge) for invalid input; a
-// *WrongStateError (ErrWrongState); a *VersionConflictError after
-// maxTransitionAttempts lost races; write's errors.
+// holding a *FieldError (ErrInvalid, ErrTooLarge) for invalid input or a
+// *FenceRejectedError (ErrFenceRejected); a *WrongStateError
+// (ErrWrongState); a *VersionConflictError after maxTransitionAttempts
+// lost races; write's errors.
 func (s *Store) Transition(ctx context.Context, t Transition, write WriteFunc) (Record, error) {
 	if err := checkTransition(t, s.opts.MaxValueSize); err != nil {
 		return Record{}, err
+	}
+	if !t.Fence.IsZero() {
+		mark, err := s.FenceMark(ctx, t.Fence.Resource)
+		if err != nil {
+			return Record{}, err
+		}
+		if t.Fence.Token < mark {
+			return Record{}, &KeyError{Op: "transition", Key: t.Key,
+				Err: &FenceRejectedError{Resource: t.Fence.Resource, Token: t.Fence.Token, Current: mark}}
+		}
 	}
 	if write == nil {
 		write = s.Write
@@ -157,7 +177,7 @@ func transitionWrite(t Transition, cur Record) (Write, error) {
 	default:
 		value = appendMsgpackString(nil, t.To)
 	}
-	w := Write{Key: t.Key, Value: value, Action: t.Action, Actor: t.Actor, Reason: t.Reason, Confirm: t.Confirm}
+	w := Write{Key: t.Key, Value: value, Action: t.Action, Actor: t.Actor, Reason: t.Reason, Fence: t.Fence, Confirm: t.Confirm}
 	if cur.Version == 0 {
 		w.IfAbsent = true
 	} else {
@@ -188,6 +208,9 @@ func checkTransition(t Transition, maxValue int) error {
 		return fail("action", ErrInvalid, "the transition's action is required")
 	}
 	if err := checkWriteAction(Write{Action: t.Action}); err != nil {
+		return &KeyError{Op: "transition", Key: t.Key, Err: err}
+	}
+	if err := checkFence(t.Fence); err != nil {
 		return &KeyError{Op: "transition", Key: t.Key, Err: err}
 	}
 	if len(t.Value) > maxValue {

@@ -8,11 +8,11 @@ import (
 	"github.com/tai-state/tai-state/sockapi/wire"
 )
 
-// Fenced writes: put, delete and batch_put may carry fence {resource,
-// token}, the lock grant the write is made under. The store rejects a stale
-// token (localcache/fence.go) and the push checks it again in the shared
-// store; both come back as FenceRejected, with the fence and the token it
-// was judged against (docs/decisions/0013-fenced-writes.md).
+// Fenced writes: put, delete, batch_put and transition may carry fence
+// {resource, token}, the lock grant the write is made under. The store
+// rejects a stale token (localcache/fence.go) and the push checks it again
+// in the shared store; both come back as FenceRejected, with the fence and
+// the token it was judged against (docs/decisions/0013-fenced-writes.md).
 
 // fenceLevel is the nesting level of the fence map (in the request map).
 const fenceLevel = 2

@@ -218,6 +218,59 @@ func TestFencedWrites(t *testing.T) {
 	expectFenceRejected(t, r, "a", wire.FenceRejection{Resource: "lock", Token: 5, Current: 6})
 }
 
+// TestFencedTransitions: a transition's fence is checked like a put's, by
+// the sidecar (before the machine state) and by the shared store (a sync or
+// strong transition it rejects gets FenceRejected with its token); a bad
+// fence is InvalidArgument.
+func TestFencedTransitions(t *testing.T) {
+	store := openLocalcache(t, "")
+	remote := memremote.New()
+	var mu sync.Mutex
+	lockTokens := map[string]uint64{"lock": 5}
+	remote.SetLockTokens(func(_ context.Context, resource string) (uint64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return lockTokens[resource], nil
+	})
+	ts := startServer(t, store, Options{Sync: newStoreSync(t, store, remote), SyncTimeout: 10 * time.Second})
+	c := ts.hello()
+	tr := func(from, to string, tok uint64, consistency string) wire.Response {
+		return c.call(wire.Request{Op: wire.OpTransition, Governor: "g", State: "m", FromState: from, ToState: to,
+			Action: "go-" + to, Fence: &wire.Fence{Resource: "lock", Token: tok}, Consistency: consistency})
+	}
+	r := tr("", "open", 5, wire.WriteSync)
+	if r.Error != nil || r.Record.Version != 1 || r.Record.Pending {
+		t.Fatalf("fenced sync transition: %+v %v", r.Record, r.Error)
+	}
+	// Below the token this sidecar has seen, from the right machine state
+	// or not.
+	expectFenceRejected(t, tr("open", "paid", 4, ""), "m", wire.FenceRejection{Resource: "lock", Token: 4, Current: 5})
+	expectFenceRejected(t, tr("paid", "shipped", 4, ""), "m", wire.FenceRejection{Resource: "lock", Token: 4, Current: 5})
+
+	// Granted again elsewhere: the shared store rejects what this sidecar
+	// accepts.
+	mu.Lock()
+	lockTokens["lock"] = 6
+	mu.Unlock()
+	rej := wire.FenceRejection{Resource: "lock", Token: 5, Current: 6}
+	expectFenceRejected(t, tr("open", "paid", 5, wire.WriteSync), "m", rej)
+	expectFenceRejected(t, tr("open", "paid", 5, wire.WriteStrong), "m", rej)
+	if rec, err := remote.Get(context.Background(), syncer.Key{Governor: "g", State: "m"}); err != nil || rec.Version != 1 {
+		t.Fatalf("remote g/m: %+v, %v", rec, err)
+	}
+	r = tr("open", "paid", 6, wire.WriteStrong)
+	if r.Error != nil || r.Record.Pending {
+		t.Fatalf("strong transition under the current grant: %+v %v", r.Record, r.Error)
+	}
+	if rec, err := remote.Get(context.Background(), syncer.Key{Governor: "g", State: "m"}); err != nil || string(rec.Value) != string(mustMarshal(t, "paid")) {
+		t.Fatalf("remote g/m: %+v, %v", rec, err)
+	}
+
+	r = c.call(wire.Request{Op: wire.OpTransition, Governor: "g", State: "m", FromState: "paid", ToState: "x",
+		Action: "go", Fence: &wire.Fence{Resource: "lock"}})
+	expectError(t, r, wire.CodeInvalidArgument, "fence.token")
+}
+
 // TestFenceObservesGrants: a lock granted through the sidecar raises the
 // store's mark at once, so the previous holder's late write is rejected
 // here though nothing was written under the new grant.

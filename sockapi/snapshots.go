@@ -105,29 +105,23 @@ func wireSnapshot(snap *localcache.Snapshot, value bool) *wire.Snapshot {
 
 // opTransition moves a state machine from from_state to to_state (see
 // localcache.Transition): one compare-and-set and its event, named by
-// action. Consistency as a put's: async (default), sync, or strong (the
-// compare-and-set checked against the shared store).
+// action. Consistency and fence as a put's: async (default), sync, or
+// strong (the compare-and-set checked against the shared store).
 func (c *conn) opTransition(es EventSourcing, req *wire.Request) {
 	k, e := checkKey("", req.Governor, req.State)
 	if e == nil {
 		e = checkTransitionFields(req, c.s.opts.MaxValue)
 	}
-	if e == nil {
-		e = checkMeta("actor", req.Actor)
-	}
-	if e == nil {
-		e = checkMeta("reason", req.Reason)
-	}
 	var m writeMode
 	if e == nil {
-		m, e = c.writeConsistency(req)
+		m, e = c.checkWrite(req) // actor, reason, fence, consistency
 	}
 	if e != nil {
 		c.replyError(req.ID, e)
 		return
 	}
 	t := localcache.Transition{Key: k, From: req.FromState, To: req.ToState, Action: req.Action,
-		Value: req.Value, Actor: req.Actor, Reason: req.Reason, Confirm: m.sync}
+		Value: req.Value, Actor: req.Actor, Reason: req.Reason, Fence: fenceOf(req.Fence), Confirm: m.sync}
 	var seq uint64
 	c.goWrite(req.ID, []localcache.Key{k}, c.writeReserve([]localcache.Key{k}, req), func() *wire.Response {
 		var strongErr *wire.Error
@@ -175,8 +169,6 @@ func checkTransitionFields(req *wire.Request, maxValue int) *wire.Error {
 			field = "if_absent"
 		}
 		return invalid(field, "a transition's precondition is its from_state: it takes no %s", field)
-	case req.Fence != nil:
-		return invalid("fence", "transitions take no fence")
 	case req.ToState == "":
 		return invalid("to_state", "to_state (the new machine state) is required")
 	case req.Action == "":

@@ -74,4 +74,13 @@ func TestCLISnapshotTransitionReplay(t *testing.T) {
 	if _, err := cli(t, sock, "transition", "orders", "o1", "--from", "paid", "--to", "b", "--action", "go", "--if-version", "1"); !errors.Is(err, client.ErrInvalidArgument) {
 		t.Errorf("transition with --if-version: %v", err)
 	}
+
+	// Under a lock grant: --fence, judged before the machine state.
+	cliRecord(t, sock, "transition", "orders", "o2", "--to", "open", "--action", "create", "--fence", "leader:2")
+	if _, err := cli(t, sock, "transition", "orders", "o2", "--from", "open", "--to", "paid", "--action", "pay", "--fence", "leader:1"); !errors.Is(err, client.ErrFenceRejected) {
+		t.Errorf("transition under a stale fence: %v", err)
+	}
+	if rec := cliRecord(t, sock, "transition", "orders", "o2", "--from", "open", "--to", "paid", "--action", "pay", "--fence", "leader:2"); rec["version"] != 2.0 {
+		t.Errorf("transition under the current fence: %v", rec)
+	}
 }

@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -184,4 +187,109 @@ func TestSnapshotTransitionStateAt(t *testing.T) {
 			t.Fatalf("Firestore event %+v: want a put", e)
 		}
 	}
+}
+
+// TestHistoryRetention: with history_keep_events in per_governor the
+// sidecar cuts old history by itself, at snapshots, once the changes are in
+// the shared store; /status counts what went; a local-only sidecar keeps
+// the events of its changes (they are still in its journal).
+func TestHistoryRetention(t *testing.T) {
+	config := func(t *testing.T) []string {
+		path := filepath.Join(shortTempDir(t), "tai.yaml")
+		body := "per_governor:\n  \"*\": {snapshot_every: 10, history_keep_events: 5}\n  audit: {history_keep_events: 0}\n"
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"--config", path, "--retention-every", "100ms", "--admin-addr", "127.0.0.1:0"}
+	}
+	fill := func(t *testing.T, c *client.Client, gov string, opts ...client.WriteOption) {
+		for i := range 25 {
+			if _, err := c.Put(context.Background(), gov, "s", i, opts...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	versions := func(t *testing.T, c *client.Client, gov string) []uint64 {
+		evs, _, err := c.Events(context.Background(), gov, client.EventsOptions{State: "s"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []uint64
+		for _, e := range evs {
+			out = append(out, e.Version)
+		}
+		return out
+	}
+	removed := func(t *testing.T, base string) uint64 {
+		_, body := httpGet(t, base+"/status")
+		var st struct {
+			Retention struct {
+				EventsRemoved uint64 `json:"events_removed"`
+			} `json:"history_retention"`
+		}
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			t.Fatalf("/status: %v\n%s", err, body)
+		}
+		return st.Retention.EventsRemoved
+	}
+
+	t.Run("shared", func(t *testing.T) {
+		fs := newShared(t)
+		s := startSidecar(t, append(fs.args("node-a", "hist", "audit"), config(t)...)...)
+		c := s.Client()
+		fill(t, c, "hist", client.Synced(0))
+		fill(t, c, "audit", client.Synced(0))
+		base := "http://" + adminAddr(t, s)
+		// Keep 5 of 25: the cut is snapshot 20, events 1 to 20 go.
+		eventually(t, 30*time.Second, func() string {
+			if n := removed(t, base); n != 20 {
+				return fmt.Sprintf("/status: %d events removed, want 20", n)
+			}
+			return ""
+		})
+		if got := versions(t, c, "hist"); !slices.Equal(got, []uint64{21, 22, 23, 24, 25}) {
+			t.Fatalf("events of hist/s %v, want 21..25", got)
+		}
+		if p, err := c.StateAtVersion(context.Background(), "hist", "s", 20); err != nil || p.Record.Version != 20 {
+			t.Fatalf("state at version 20 (the cut's snapshot): %+v, %v", p, err)
+		}
+		if n := len(versions(t, c, "audit")); n != 25 {
+			t.Fatalf("audit (history_keep_events 0) kept %d events, want 25", n)
+		}
+		if !regexp.MustCompile(`msg="history retention" .*governor=hist `).MatchString(s.Logs()) {
+			t.Fatalf("no retention log line:\n%s", s.Logs())
+		}
+		out, errOut, err := s.CLI("status", "--admin", strings.TrimPrefix(base, "http://"))
+		if err != nil || !regexp.MustCompile(`history retention: +20 events, 1 snapshots removed since start\n`).MatchString(out) {
+			t.Fatalf("status: %v\n%s%s", err, out, errOut)
+		}
+	})
+	t.Run("local-only", func(t *testing.T) {
+		s := startSidecar(t, config(t)...)
+		c := s.Client()
+		fill(t, c, "hist")
+		base := "http://" + adminAddr(t, s)
+		rounds := func() uint64 {
+			var st struct {
+				Retention struct {
+					Rounds uint64 `json:"rounds"`
+				} `json:"history_retention"`
+			}
+			_, body := httpGet(t, base+"/status")
+			if err := json.Unmarshal([]byte(body), &st); err != nil {
+				t.Fatal(err)
+			}
+			return st.Retention.Rounds
+		}
+		start := rounds()
+		eventually(t, 30*time.Second, func() string {
+			if n := rounds(); n < start+2 {
+				return fmt.Sprintf("%d retention rounds since the writes, want 2", n-start)
+			}
+			return ""
+		})
+		if n := len(versions(t, c, "hist")); n != 25 || removed(t, base) != 0 {
+			t.Fatalf("local only: %d events kept, %d removed; want every event kept", n, removed(t, base))
+		}
+	})
 }

@@ -56,6 +56,15 @@ type Options struct {
 	// path, for every local write: it must be fast and safe for concurrent
 	// use.
 	Snapshots func(governor string) (every, keep int)
+	// Retention, when set, gives each governor's history retention: every
+	// RetentionEvery, the store removes from each governor's history what a
+	// Cleanup with that MaxAge and KeepEvents would (retention.go). The zero
+	// Retention keeps a governor's history whole. Nil: the store removes
+	// nothing by itself. Called from the retention goroutine only.
+	Retention func(governor string) Retention
+	// RetentionEvery is how often the retention policies are applied. 0:
+	// DefaultRetentionEvery; negative: never.
+	RetentionEvery time.Duration
 	// LedgerMaxEntries and LedgerMaxAge bound the conflict ledger: the
 	// oldest entries beyond the count, and those older than the age, are
 	// dropped. 0: DefaultLedgerMaxEntries, DefaultLedgerMaxAge.
@@ -180,6 +189,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.CheckpointInterval <= 0 {
 		o.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if o.RetentionEvery == 0 {
+		o.RetentionEvery = DefaultRetentionEvery
 	}
 	if o.memTableSize == 0 {
 		o.memTableSize = memTableSize

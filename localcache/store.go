@@ -128,6 +128,8 @@ type Store struct {
 	lost map[uint64]lostChange
 	// snaps takes automatic snapshots (snapshot.go).
 	snaps snapshotter
+	// retain applies the history retention policies (retention.go).
+	retain retainer
 
 	// limits cut groups into Badger transactions (see txnLimits).
 	limits txnLimits
@@ -225,6 +227,7 @@ func Open(opts Options) (*Store, error) {
 	s.ckCancel = cancel
 	go s.checkpointLoop(ckCtx)
 	s.startSnapshots()
+	s.startRetention()
 	return s, nil
 }
 
@@ -339,6 +342,7 @@ func (s *Store) Close(ctx context.Context) error {
 }
 
 func (s *Store) close(ctx context.Context) error {
+	s.stopRetention()
 	s.stopSnapshots()
 	s.closed.Store(true)
 	s.closeMu.Lock()
@@ -802,6 +806,7 @@ func (s *Store) Stats() Stats {
 		WALSyncs:       s.walSyncs.Load(),
 		WALSyncTime:    time.Duration(s.walSyncNanos.Load()),
 		OriginRenewals: s.originRenewals.Load(),
+		Retention:      s.retentionStats(),
 	}
 	st.CacheHits, st.CacheMisses, st.CacheBytes = s.cache.stats()
 	if !s.opts.InMemory {

@@ -218,4 +218,7 @@ type Stats struct {
 	// was opened because another store made changes under its origin
 	// (origin.go): a copy of its data dir went on writing.
 	OriginRenewals uint64
+	// Retention counts what the history retention rounds did since the
+	// store was opened (retention.go).
+	Retention RetentionStats
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/observe"
 	"github.com/tai-state/tai-state/syncer"
+	"github.com/tai-state/tai-state/syncer/memremote"
 )
 
 func TestRegisterGauges(t *testing.T) {
@@ -114,5 +115,60 @@ func TestLogSyncs(t *testing.T) {
 	}
 	if bytes.Load() == 0 {
 		t.Fatal("the hook saw no bytes appended")
+	}
+}
+
+// TestRetentionMetrics: what the store's history retention removes is
+// counted in tai.history.retention.removed, by kind.
+func TestRetentionMetrics(t *testing.T) {
+	ctx := context.Background()
+	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "n1",
+		Snapshots:      func(string) (int, int) { return 0, 5 }, // snapshots by hand only
+		Retention:      func(string) localcache.Retention { return localcache.Retention{MaxAge: time.Nanosecond} },
+		RetentionEvery: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close(ctx)
+	k := localcache.Key{Governor: "g", State: "s"}
+	for i := range 3 {
+		if _, err := store.Write(ctx, localcache.Write{Key: k, Value: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			if _, _, err := store.Snapshot(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Events of changes still in the journal stay: push them.
+	push := syncer.New(store, memremote.New(), syncer.Options{})
+	for store.Depth() > 0 {
+		if _, err := push.SyncOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The cut is snapshot 3: events 1 to 3 and snapshot 2 go.
+	deadline := time.Now().Add(30 * time.Second)
+	for store.Stats().Retention.Events < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("retention removed nothing in 30 s: %+v", store.Stats().Retention)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	if err := observe.RegisterGauges(mp, observe.Sources{Store: store}); err != nil {
+		t.Fatal(err)
+	}
+	sums, _ := collect(t, reader)
+	for k, want := range map[string]int64{
+		"tai.history.retention.removed{kind=events}":    3,
+		"tai.history.retention.removed{kind=snapshots}": 1,
+		"tai.history.retention.errors{}":                0,
+	} {
+		if got, ok := sums[k]; !ok || got != want {
+			t.Errorf("%s = %d (reported: %v), want %d", k, got, ok, want)
+		}
 	}
 }

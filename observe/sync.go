@@ -129,6 +129,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	misses := counter("tai.cache.misses", "{read}", "Reads the hot read cache missed.")
 	ratio := fgauge("tai.cache.hit_ratio", "1", "Cache hits / (hits + misses) since start (0 before any read).")
 	cacheBytes := gauge("tai.cache.size", "By", "Bytes held by the hot read cache (estimate).")
+	retained := counter("tai.history.retention.removed", "{item}", "Removed by the history retention rounds (per_governor history_max_age, history_keep_events), by kind: events, snapshots.")
+	retentionErrors := counter("tai.history.retention.errors", "{cleanup}", "Cleanups of one governor's history by the retention rounds that failed (logged, retried next round).")
 	renewals := counter("tai.store.origin_renewals", "{incarnation}", "New incarnations drawn since start because another store made changes under this store's origin: a copy of its data dir went on writing.")
 
 	var (
@@ -171,6 +173,8 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	pendingAttr := metric.WithAttributes(attribute.String("reason", "pending"))
 	staleAttr := metric.WithAttributes(attribute.String("reason", "stale"))
 	undecodableAttr := metric.WithAttributes(attribute.String("reason", "undecodable"))
+	eventsAttr := metric.WithAttributes(attribute.String("kind", "events"))
+	snapshotsAttr := metric.WithAttributes(attribute.String("kind", "snapshots"))
 	_, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		st := src.Store.Stats()
 		o.ObserveInt64(depth, src.Store.Depth())
@@ -198,6 +202,9 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		o.ObserveFloat64(ratio, r)
 		o.ObserveInt64(cacheBytes, st.CacheBytes)
 		o.ObserveInt64(renewals, int64(st.OriginRenewals))
+		o.ObserveInt64(retained, int64(st.Retention.Events), eventsAttr)
+		o.ObserveInt64(retained, int64(st.Retention.Snapshots), snapshotsAttr)
+		o.ObserveInt64(retentionErrors, int64(st.Retention.Errors))
 		if src.Push != nil {
 			ps := src.Push()
 			o.ObserveInt64(passes, int64(ps.Passes))

@@ -466,10 +466,28 @@ type adminStatus struct {
 	// OriginRenewals counts the new incarnations drawn since start because
 	// another store made changes under this one's origin (a copied data
 	// dir): each is logged at error.
-	OriginRenewals uint64        `json:"origin_renewals"`
-	CacheHits      uint64        `json:"cache_hits"`
-	CacheMisses    uint64        `json:"cache_misses"`
-	SharedStore    *sharedStatus `json:"shared_store"` // nil: none configured
+	OriginRenewals uint64 `json:"origin_renewals"`
+	CacheHits      uint64 `json:"cache_hits"`
+	CacheMisses    uint64 `json:"cache_misses"`
+	// HistoryRetention is what the history retention rounds removed
+	// since start (per_governor history_max_age, history_keep_events).
+	HistoryRetention retentionStatus `json:"history_retention"`
+	SharedStore      *sharedStatus   `json:"shared_store"` // nil: none configured
+}
+
+type retentionStatus struct {
+	Rounds           uint64 `json:"rounds"`
+	EventsRemoved    uint64 `json:"events_removed"`
+	SnapshotsRemoved uint64 `json:"snapshots_removed"`
+	Errors           uint64 `json:"errors"`
+}
+
+// historyRetention is s's history retention, zero for a nil s.
+func (s *adminStatus) historyRetention() retentionStatus {
+	if s == nil {
+		return retentionStatus{}
+	}
+	return s.HistoryRetention
 }
 
 type sharedStatus struct {
@@ -507,6 +525,8 @@ func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
 		OriginRenewals: st.OriginRenewals,
 		CacheHits:      st.CacheHits,
 		CacheMisses:    st.CacheMisses,
+		HistoryRetention: retentionStatus{Rounds: st.Retention.Rounds, EventsRemoved: st.Retention.Events,
+			SnapshotsRemoved: st.Retention.Snapshots, Errors: st.Retention.Errors},
 	}
 	out.Ready, out.ReadyReason = s.ready()
 	if st.JournalDepth > 0 {

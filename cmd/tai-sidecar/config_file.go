@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -27,9 +28,11 @@ const perGovernorKey = "per_governor"
 
 // The keys of a per_governor entry.
 const (
-	govResolver      = "resolver"
-	govSnapshotEvery = "snapshot_every"
-	govSnapshotKeep  = "snapshot_keep"
+	govResolver          = "resolver"
+	govSnapshotEvery     = "snapshot_every"
+	govSnapshotKeep      = "snapshot_keep"
+	govHistoryMaxAge     = "history_max_age"
+	govHistoryKeepEvents = "history_keep_events"
 )
 
 // configFile is a parsed config file.
@@ -180,10 +183,8 @@ func (f *configFile) parseGovernors(m *yaml.Node) error {
 		}
 		where := fmt.Sprintf("%s.%s", perGovernorKey, name)
 		return eachKey(f, v, where+" settings", func(key string, k, v *yaml.Node) error {
-			switch key {
-			case govResolver, govSnapshotEvery, govSnapshotKeep:
-			default:
-				return f.errAt(k.Line, "%s: unknown key %q (want %s, %s or %s)", where, key, govResolver, govSnapshotEvery, govSnapshotKeep)
+			if !slices.Contains(govKeys, key) {
+				return f.errAt(k.Line, "%s: unknown key %q (want one of %s)", where, key, strings.Join(govKeys, ", "))
 			}
 			if isNull(v) {
 				return nil

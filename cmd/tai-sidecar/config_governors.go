@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tai-state/tai-state/conflict"
 	"github.com/tai-state/tai-state/localcache"
@@ -14,7 +16,7 @@ import (
 //
 //	per_governor:
 //	  "*":    {resolver: causal:version, snapshot_every: 100, snapshot_keep: 5}
-//	  orders: {resolver: merge, snapshot_every: 20}
+//	  orders: {resolver: merge, snapshot_every: 20, history_max_age: 720h}
 //
 // "*" is the entry of every governor without one; a field an entry leaves
 // out is "*"'s. The resolvers are the table --resolvers (TAI_RESOLVERS, the
@@ -57,6 +59,76 @@ func (c *SnapshotConfig) For(governor string) (every, keep int) {
 	return every, keep
 }
 
+// Bounds of the history retention settings.
+const (
+	maxHistoryKeepEvents = 1_000_000_000
+	minHistoryMaxAge     = time.Minute
+)
+
+// HistoryConfig says, per governor, what history the store's retention
+// rounds remove (localcache.Options.Retention): events older than MaxAge,
+// beyond the newest KeepEvents of each state, cut at snapshots. 0: no
+// bound of that kind; both 0: keep everything (the default).
+type HistoryConfig struct {
+	Default localcache.Retention // governors with no entry of their own ("*")
+	// Governors are the governors with an entry; a field the entry does
+	// not give is Default's.
+	Governors map[string]HistoryPolicy
+}
+
+// HistoryPolicy is a governor's entry: the fields it gives.
+type HistoryPolicy struct {
+	MaxAge     *time.Duration // nil: not given
+	KeepEvents *int
+}
+
+// For returns governor's retention. It only reads, so it is safe for
+// concurrent use.
+func (c *HistoryConfig) For(governor string) localcache.Retention {
+	if p, ok := c.Governors[governor]; ok {
+		return p.over(c.Default)
+	}
+	return c.Default
+}
+
+// over returns r with the fields p gives.
+func (p HistoryPolicy) over(r localcache.Retention) localcache.Retention {
+	if p.MaxAge != nil {
+		r.MaxAge = *p.MaxAge
+	}
+	if p.KeepEvents != nil {
+		r.KeepEvents = *p.KeepEvents
+	}
+	return r
+}
+
+// parseHistory reads entry e's history_max_age and history_keep_events.
+func parseHistory(f *configFile, name string, e *governorEntry) (HistoryPolicy, error) {
+	var p HistoryPolicy
+	if v, ok := e.fields[govHistoryMaxAge]; ok {
+		d, err := time.ParseDuration(v.text)
+		switch {
+		case err != nil:
+			err = errors.New("not a duration (e.g. 720h)")
+		case d != 0 && d < minHistoryMaxAge:
+			err = fmt.Errorf("must be 0 (no bound) or at least %v", minHistoryMaxAge)
+		}
+		if err != nil {
+			return p, f.errAt(v.line, "%s.%s.%s %q: %v", perGovernorKey, name, govHistoryMaxAge, v.text, err)
+		}
+		p.MaxAge = &d
+	}
+	if v, ok := e.fields[govHistoryKeepEvents]; ok {
+		n, err := parseInt(v.text, 0, maxHistoryKeepEvents)
+		if err != nil {
+			return p, f.errAt(v.line, "%s.%s.%s %q: %v", perGovernorKey, name, govHistoryKeepEvents, v.text, err)
+		}
+		keep := int(n)
+		p.KeepEvents = &keep
+	}
+	return p, nil
+}
+
 // governorSources says where each per-governor value came from, for
 // config print.
 type governorSources struct {
@@ -71,6 +143,7 @@ type governorSources struct {
 // every setting is parsed; resolvers is the --resolvers setting.
 func (c *Config) resolveGovernors(f *configFile, resolvers *setting) (*governorSources, error) {
 	c.Snapshots = SnapshotConfig{Every: defaultSnapshotEvery, Keep: defaultSnapshotKeep}
+	c.History = HistoryConfig{}
 	src := &governorSources{file: f, resolvers: resolvers}
 	if f == nil {
 		return src, nil
@@ -102,6 +175,18 @@ func (c *Config) resolveGovernors(f *configFile, resolvers *setting) (*governorS
 				c.Snapshots.Governors = make(map[string]SnapshotPolicy)
 			}
 			c.Snapshots.Governors[name] = p
+		}
+		h, err := parseHistory(f, name, e)
+		if err != nil {
+			return nil, err
+		}
+		if name == "*" {
+			c.History.Default = h.over(c.History.Default)
+		} else if h != (HistoryPolicy{}) {
+			if c.History.Governors == nil {
+				c.History.Governors = make(map[string]HistoryPolicy)
+			}
+			c.History.Governors[name] = h
 		}
 
 		v, ok := e.fields[govResolver]

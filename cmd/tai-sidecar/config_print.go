@@ -77,10 +77,13 @@ func (l *loaded) entries() (settings []string, values map[string]printed, govern
 	gov = make(map[string]map[string]printed)
 	for _, g := range governors {
 		every, keep := l.cfg.Snapshots.For(g)
+		r := l.cfg.History.For(g)
 		gov[g] = map[string]printed{
-			govResolver:      {l.cfg.Sync.Resolvers.For(g).String(), l.gov.source(g, govResolver)},
-			govSnapshotEvery: {every, l.gov.source(g, govSnapshotEvery)},
-			govSnapshotKeep:  {keep, l.gov.source(g, govSnapshotKeep)},
+			govResolver:          {l.cfg.Sync.Resolvers.For(g).String(), l.gov.source(g, govResolver)},
+			govSnapshotEvery:     {every, l.gov.source(g, govSnapshotEvery)},
+			govSnapshotKeep:      {keep, l.gov.source(g, govSnapshotKeep)},
+			govHistoryMaxAge:     {r.MaxAge.String(), l.gov.source(g, govHistoryMaxAge)},
+			govHistoryKeepEvents: {r.KeepEvents, l.gov.source(g, govHistoryKeepEvents)},
 		}
 	}
 	return settings, values, governors, gov
@@ -109,7 +112,7 @@ func (g *governorSources) source(governor, key string) string {
 	return "default"
 }
 
-var govKeys = []string{govResolver, govSnapshotEvery, govSnapshotKeep}
+var govKeys = []string{govResolver, govSnapshotEvery, govSnapshotKeep, govHistoryMaxAge, govHistoryKeepEvents}
 
 // yamlDoc is the configuration as a config file, each value's source in a
 // comment after it.

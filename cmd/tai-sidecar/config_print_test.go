@@ -10,8 +10,11 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tai-state/tai-state/localcache"
 )
 
 // printConfig runs `config print` and returns what it printed.
@@ -31,9 +34,9 @@ func TestConfigPrintRoundTrip(t *testing.T) {
 max_conns: 100
 allow_uids: [5, 6]
 per_governor:
-  "*": {snapshot_every: 50}
-  orders: {resolver: "merge", snapshot_keep: 9}
-  billing: {resolver: "causal:version"}
+  "*": {snapshot_every: 50, history_max_age: 720h}
+  orders: {resolver: "merge", snapshot_keep: 9, history_keep_events: 50}
+  billing: {resolver: "causal:version", history_max_age: 0}
 `)
 	args := []string{"--config", file, "--max-inflight", "7", "--idle-timeout", "90s", "--otlp-metrics"}
 	env := map[string]string{"TAI_MAX_BATCH": "20", "TAI_GOVERNORS": "a,b", "TAI_FIRESTORE_PROJECT": "p"}
@@ -65,9 +68,16 @@ per_governor:
 		if a, b := orig.Sync.Resolvers.For(g), again.Sync.Resolvers.For(g); a != b {
 			t.Errorf("resolver of %s: %v, printed and read back %v", g, a, b)
 		}
+		if a, b := orig.History.For(g), again.History.For(g); a != b {
+			t.Errorf("history retention of %s: %+v, printed and read back %+v", g, a, b)
+		}
+	}
+	if r := orig.History.For("orders"); r != (localcache.Retention{MaxAge: 720 * time.Hour, KeepEvents: 50}) {
+		t.Errorf("history retention of orders %+v", r)
 	}
 	// Entries are printed in full, so the maps differ in form only.
 	orig.Snapshots, again.Snapshots = SnapshotConfig{}, SnapshotConfig{}
+	orig.History, again.History = HistoryConfig{}, HistoryConfig{}
 	orig.Sync.Resolvers = again.Sync.Resolvers
 	if !reflect.DeepEqual(orig, again) {
 		t.Fatalf("printed and read back:\n%+v\nwant\n%+v", again, orig)

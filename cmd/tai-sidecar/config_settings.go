@@ -66,6 +66,8 @@ func (c *Config) settings() []*setting {
 		memoryLimitSetting(&c.MemoryLimit),
 		maxFrame,
 		durSetting("shutdown-timeout", "TAI_SHUTDOWN_TIMEOUT", 10*time.Second, time.Millisecond, 0, "how long shutdown waits for in-flight requests", &c.ShutdownTimeout),
+		durSetting("retention-every", "TAI_RETENTION_EVERY", localcache.DefaultRetentionEvery, 0, 0,
+			"how often the history retention of per_governor (history_max_age, history_keep_events) is applied; 0: never", &c.RetentionEvery),
 
 		// Access and limits: security.go.
 		maxConns,

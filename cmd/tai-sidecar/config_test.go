@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tai-state/tai-state/conflict"
+	"github.com/tai-state/tai-state/localcache"
 )
 
 // writeConfig writes a config file and returns its path.
@@ -264,6 +265,51 @@ func TestConfigPerGovernor(t *testing.T) {
 	}
 }
 
+// TestConfigHistoryRetention: history_max_age and history_keep_events per
+// governor, "*" the default and an entry's 0 lifting a bound "*" sets;
+// --retention-every; bad values are errors naming the line.
+func TestConfigHistoryRetention(t *testing.T) {
+	file := writeConfig(t, `per_governor:
+  "*": {history_max_age: 720h}
+  orders: {history_keep_events: 100}
+  audit: {history_max_age: 0}
+  carts: {history_max_age: 1h, history_keep_events: 10}
+`)
+	l := load(t, []string{"--config", file}, nil)
+	for g, want := range map[string]localcache.Retention{
+		"*":      {MaxAge: 720 * time.Hour},
+		"other":  {MaxAge: 720 * time.Hour},
+		"orders": {MaxAge: 720 * time.Hour, KeepEvents: 100},
+		"audit":  {},
+		"carts":  {MaxAge: time.Hour, KeepEvents: 10},
+	} {
+		if got := l.cfg.History.For(g); got != want {
+			t.Errorf("retention of %s: %+v, want %+v", g, got, want)
+		}
+	}
+	if l.cfg.RetentionEvery != localcache.DefaultRetentionEvery {
+		t.Errorf("retention every %v", l.cfg.RetentionEvery)
+	}
+	l = load(t, []string{"--config", file, "--retention-every", "0"}, nil)
+	if l.cfg.RetentionEvery != 0 {
+		t.Errorf("--retention-every 0: %v", l.cfg.RetentionEvery)
+	}
+	if l := load(t, nil, nil); !l.cfg.History.For("x").IsZero() {
+		t.Errorf("default retention %+v, want none", l.cfg.History.For("x"))
+	}
+	for _, bad := range []string{
+		"per_governor:\n  orders: {history_max_age: soon}\n",
+		"per_governor:\n  orders: {history_max_age: 5s}\n",
+		"per_governor:\n  orders: {history_keep_events: -1}\n",
+		"per_governor:\n  orders: {history_keep: 3}\n",
+	} {
+		_, err := parseServe([]string{"--config", writeConfig(t, bad)}, "", io.Discard, envMap(nil))
+		if err == nil || !strings.Contains(err.Error(), ":2: ") || exitCode(err) != 2 {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
+
 // TestExampleConfig: the example in docs/examples is a valid config file.
 func TestExampleConfig(t *testing.T) {
 	l := load(t, []string{"--config", "../../docs/examples/tai-sidecar.yaml"}, nil)
@@ -277,6 +323,12 @@ func TestExampleConfig(t *testing.T) {
 	}
 	if e, k := c.Snapshots.For("billing"); e != 100 || k != 10 {
 		t.Errorf("billing snapshots %d %d", e, k)
+	}
+	if r := c.History.For("orders"); r != (localcache.Retention{MaxAge: 2160 * time.Hour}) || c.RetentionEvery != 10*time.Minute {
+		t.Errorf("orders history retention %+v every %v", r, c.RetentionEvery)
+	}
+	if r := c.History.For("billing"); r != (localcache.Retention{KeepEvents: 1000}) {
+		t.Errorf("billing history retention %+v", r)
 	}
 	if got := c.Sync.Resolvers.String(); got != "*=causal:version,orders=merge:lww" {
 		t.Errorf("resolvers %s", got)

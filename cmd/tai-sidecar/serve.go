@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -41,6 +42,10 @@ type Config struct {
 	// Snapshots are the per-governor snapshot settings of the config
 	// file (config_governors.go); Snapshots.For is what the store takes.
 	Snapshots SnapshotConfig
+	// History is the per-governor history retention of the config file
+	// (config_governors.go), applied every RetentionEvery (0: never).
+	History        HistoryConfig
+	RetentionEvery time.Duration
 }
 
 // Validate reports the first combination of settings that cannot work.
@@ -132,7 +137,11 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		LedgerMaxAge:     c.Sync.LedgerMaxAge,
 		// Per-governor snapshot interval and retention (per_governor).
 		Snapshots: c.Snapshots.For,
-		OnLogSync: tel.logSyncs(),
+		// Per-governor history retention (per_governor), every
+		// --retention-every.
+		Retention:      c.History.For,
+		RetentionEvery: cmp.Or(c.RetentionEvery, -1),
+		OnLogSync:      tel.logSyncs(),
 	})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)

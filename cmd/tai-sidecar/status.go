@@ -70,6 +70,13 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 		w.line("origin", fmt.Sprintf("%s (new incarnations since start: %d; another store wrote under this "+
 			"sidecar's origin, a copy of its data dir: the log says more)", st.Origin, adm.OriginRenewals))
 	}
+	if r := adm.historyRetention(); r.Rounds > 0 {
+		line := fmt.Sprintf("%d events, %d snapshots removed since start", r.EventsRemoved, r.SnapshotsRemoved)
+		if r.Errors > 0 {
+			line += fmt.Sprintf(" (%d governor cleanups failed: the log says why)", r.Errors)
+		}
+		w.line("history retention", line)
+	}
 	hits, misses := st.CacheHits, st.CacheMisses
 	if n := hits + misses; n > 0 {
 		w.line("cache hit ratio", fmt.Sprintf("%.1f%% (%d hits, %d misses)", 100*float64(hits)/float64(n), hits, misses))

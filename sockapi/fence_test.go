@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,22 +143,29 @@ func expectFenceRejected(t *testing.T, r wire.Response, state string, want wire.
 	}
 }
 
+// fencedServerStore returns a store and a memremote whose lock "lock" was
+// last granted with token 5; grant(n) records a new grant, made through
+// another sidecar.
+func fencedServerStore(t *testing.T) (*localcache.Store, *memremote.Remote, func(token uint64)) {
+	remote := memremote.New()
+	var token atomic.Uint64
+	token.Store(5)
+	remote.SetLockTokens(func(_ context.Context, resource string) (uint64, error) {
+		if resource != "lock" {
+			return 0, nil
+		}
+		return token.Load(), nil
+	})
+	return openLocalcache(t, ""), remote, token.Store
+}
+
 // TestFencedWrites: writes under a stale fence are rejected by the sidecar
 // with FenceRejected and its details; a sync or strong write the shared
 // store rejects for its fence also gets FenceRejected (with the shared
 // store's token), and is on the failed list with that reason.
 func TestFencedWrites(t *testing.T) {
-	store := openLocalcache(t, "")
-	remote := memremote.New()
-	var mu sync.Mutex
-	lockTokens := map[string]uint64{"lock": 5}
-	remote.SetLockTokens(func(_ context.Context, resource string) (uint64, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return lockTokens[resource], nil
-	})
-	ts := startServer(t, store, Options{Sync: newStoreSync(t, store, remote), SyncTimeout: 10 * time.Second})
-	c := ts.hello()
+	store, remote, grant := fencedServerStore(t)
+	c := startServer(t, store, Options{Sync: newStoreSync(t, store, remote), SyncTimeout: 10 * time.Second}).hello()
 	v := mustMarshal(t, "v")
 	f := func(tok uint64) *wire.Fence { return &wire.Fence{Resource: "lock", Token: tok} }
 
@@ -181,9 +189,7 @@ func TestFencedWrites(t *testing.T) {
 
 	// The lock is granted again elsewhere (token 6): this sidecar has not
 	// seen it and accepts the write; the shared store rejects it.
-	mu.Lock()
-	lockTokens["lock"] = 6
-	mu.Unlock()
+	grant(6)
 	rej := wire.FenceRejection{Resource: "lock", Token: 5, Current: 6}
 	r = c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "a", Value: v, Fence: f(5), Consistency: "sync"})
 	expectFenceRejected(t, r, "a", rej)
@@ -223,17 +229,8 @@ func TestFencedWrites(t *testing.T) {
 // strong transition it rejects gets FenceRejected with its token); a bad
 // fence is InvalidArgument.
 func TestFencedTransitions(t *testing.T) {
-	store := openLocalcache(t, "")
-	remote := memremote.New()
-	var mu sync.Mutex
-	lockTokens := map[string]uint64{"lock": 5}
-	remote.SetLockTokens(func(_ context.Context, resource string) (uint64, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return lockTokens[resource], nil
-	})
-	ts := startServer(t, store, Options{Sync: newStoreSync(t, store, remote), SyncTimeout: 10 * time.Second})
-	c := ts.hello()
+	store, remote, grant := fencedServerStore(t)
+	c := startServer(t, store, Options{Sync: newStoreSync(t, store, remote), SyncTimeout: 10 * time.Second}).hello()
 	tr := func(from, to string, tok uint64, consistency string) wire.Response {
 		return c.call(wire.Request{Op: wire.OpTransition, Governor: "g", State: "m", FromState: from, ToState: to,
 			Action: "go-" + to, Fence: &wire.Fence{Resource: "lock", Token: tok}, Consistency: consistency})
@@ -249,9 +246,7 @@ func TestFencedTransitions(t *testing.T) {
 
 	// Granted again elsewhere: the shared store rejects what this sidecar
 	// accepts.
-	mu.Lock()
-	lockTokens["lock"] = 6
-	mu.Unlock()
+	grant(6)
 	rej := wire.FenceRejection{Resource: "lock", Token: 5, Current: 6}
 	expectFenceRejected(t, tr("open", "paid", 5, wire.WriteSync), "m", rej)
 	expectFenceRejected(t, tr("open", "paid", 5, wire.WriteStrong), "m", rej)

@@ -291,5 +291,14 @@ func TestHistoryRetention(t *testing.T) {
 		if n := len(versions(t, c, "hist")); n != 25 || removed(t, base) != 0 {
 			t.Fatalf("local only: %d events kept, %d removed; want every event kept", n, removed(t, base))
 		}
+		if n := strings.Count(s.Logs(), "history retention keeps the events of changes not yet in the shared store"); n != 1 {
+			t.Fatalf("the held-back line logged %d times, want once:\n%s", n, s.Logs())
+		}
+		// cleanup says why it removed nothing.
+		out, errOut, err := s.CLI("cleanup", "hist", "--keep-events", "5")
+		var rep struct{ Events, Held int }
+		if err != nil || json.Unmarshal([]byte(out), &rep) != nil || rep.Events != 0 || rep.Held != 1 {
+			t.Fatalf("cleanup on a local-only sidecar: %v\n%s%s", err, out, errOut)
+		}
 	})
 }

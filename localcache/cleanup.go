@@ -52,6 +52,11 @@ type CleanupReport struct {
 	Cleaned   int // states whose history was cut
 	Events    int // events removed
 	Snapshots int // snapshots removed (older than the cuts)
+	// Held counts the states whose cut stopped short of a snapshot the
+	// policy allows, because a change at or before it is still in the
+	// journal (not yet in the shared store; on a sidecar without one,
+	// every change stays there).
+	Held int
 	// Cuts lists the first MaxReportedProblems states cut.
 	Cuts []CleanupCut
 }
@@ -209,8 +214,14 @@ func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff i
 		pl, err = planCut(ctx, txn, k, p, cutoff, pending.low[k])
 		return err
 	})
-	if err != nil || pl.empty() {
+	if err != nil {
 		return err
+	}
+	if pl.held {
+		rep.Held++
+	}
+	if pl.empty() {
+		return nil
 	}
 	cut := pl.cut
 	if !p.DryRun {
@@ -293,6 +304,9 @@ type cutPlan struct {
 	cut   CleanupCut
 	snaps []uint64
 	marks bool // there are time marks to delete
+	// held: a newer snapshot than the cut's was allowed by the policy but
+	// not by a change still in the journal.
+	held bool
 }
 
 // empty reports whether the plan deletes nothing.
@@ -332,12 +346,13 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 	for ; i < len(snaps); i++ {
 		count[i], newest[i] = total, maxTime
 	}
-	c := -1
+	c, held := -1, false
 	for j := len(snaps) - 1; j >= 0 && c < 0; j-- {
 		switch {
-		case pending > 0 && snaps[j] >= pending:
 		case p.MaxAge > 0 && count[j] > 0 && newest[j] >= cutoff:
 		case p.KeepEvents > 0 && count[j] > total-p.KeepEvents:
+		case pending > 0 && snaps[j] >= pending:
+			held = true
 		default:
 			ok, err := cutBaseSound(txn, k, snaps[j])
 			if err != nil {
@@ -349,14 +364,15 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 		}
 	}
 	if c < 0 {
-		return cutPlan{}, nil
+		return cutPlan{held: held}, nil
 	}
 	base := snaps[c]
 	marks, _, err := keysUpTo(txn, kindMark, k, 0, base, 1)
 	if err != nil {
 		return cutPlan{}, err
 	}
-	return cutPlan{cut: CleanupCut{Key: k, Base: base, Events: count[c], Snapshots: c}, snaps: snaps[:c], marks: len(marks) > 0}, nil
+	return cutPlan{cut: CleanupCut{Key: k, Base: base, Events: count[c], Snapshots: c}, snaps: snaps[:c], marks: len(marks) > 0,
+		held: held}, nil
 }
 
 // keysUpTo returns at most limit keys of kind of k with versions from from

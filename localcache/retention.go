@@ -43,11 +43,15 @@ type retainer struct {
 	cancel                            context.CancelFunc
 	done                              chan struct{}
 	rounds, events, snapshots, errors atomic.Uint64
+	// held: the governors whose cut changes still in the journal held
+	// back, logged once each (the retention goroutine's own).
+	held map[string]bool
 }
 
 // startRetention starts the retention goroutine, when a policy is set.
 func (s *Store) startRetention() {
 	s.retain.done = make(chan struct{})
+	s.retain.held = make(map[string]bool)
 	if s.opts.Retention == nil || s.opts.RetentionEvery < 0 {
 		s.retain.cancel = func() {}
 		close(s.retain.done)
@@ -106,7 +110,12 @@ func (s *Store) retainOnce(ctx context.Context) error {
 				"events_removed", rep.Events)
 		case rep.Events > 0 || rep.Snapshots > 0:
 			s.log.Info("history retention", "governor", gov, "states_cut", rep.Cleaned, "events_removed", rep.Events,
-				"snapshots_removed", rep.Snapshots, "max_age", r.MaxAge, "keep_events", r.KeepEvents)
+				"snapshots_removed", rep.Snapshots, "states_held", rep.Held, "max_age", r.MaxAge, "keep_events", r.KeepEvents)
+		}
+		if rep.Held > 0 && !s.retain.held[gov] {
+			s.retain.held[gov] = true
+			s.log.Info("history retention keeps the events of changes not yet in the shared store (logged once per governor)",
+				"governor", gov, "states_held", rep.Held)
 		}
 	}
 	return nil

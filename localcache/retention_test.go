@@ -50,6 +50,15 @@ func TestRetentionRound(t *testing.T) {
 		}
 	}
 
+	// c's cut is held back by its changes in the journal, and says so.
+	rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: "c", KeepEvents: 5})
+	if err != nil || rep.Cleaned != 0 || rep.Events != 0 || rep.Held != 1 {
+		t.Fatalf("cleanup of c: %+v, %v; want nothing removed and 1 state held", rep, err)
+	}
+	if rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: "b", KeepEvents: 5}); err != nil || rep.Held != 0 || rep.Events != 50 {
+		t.Fatalf("cleanup of b: %+v, %v; want 50 events removed (cut at 50), none held", rep, err)
+	}
+
 	// A second round finds nothing more to remove.
 	if err := s.retainOnce(ctx); err != nil {
 		t.Fatal(err)

@@ -74,6 +74,10 @@ type CleanupReport struct {
 	Cleaned   int  `codec:"cleaned"`   // states whose history was cut
 	Events    int  `codec:"events"`    // events removed
 	Snapshots int  `codec:"snapshots"` // snapshots removed (older than the cuts)
+	// Held counts the states whose cut stopped short because a change is
+	// still waiting for the shared store (on a sidecar without one, every
+	// change waits: its cleanup removes nothing).
+	Held int `codec:"held"`
 	// Cuts lists the states cut (the first ones, when the list would not
 	// fit a frame).
 	Cuts []*CleanupCut `codec:"cuts,omitempty"`

@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -799,6 +800,19 @@ func (r *Record) Decode(v any) error {
 
 // Updated returns when this version was written, by the sidecar's clock.
 func (r *Record) Updated() time.Time { return time.Unix(0, r.UpdatedAt) }
+
+// Age returns how far behind the shared store a read's record may be: the
+// time since the sidecar last knew it held every change of the state's
+// governor (0 while it watches the governor live, and for a record read
+// from the shared store in the request). ok is false when the sidecar does
+// not know (no shared store, a governor not pulled yet) and for records
+// that writes return.
+func (r *Record) Age() (age time.Duration, ok bool) {
+	if r.AgeMS == nil {
+		return 0, false
+	}
+	return time.Duration(min(*r.AgeMS, uint64(math.MaxInt64/time.Millisecond))) * time.Millisecond, true
+}
 
 // WriteOption sets a precondition or change metadata on a write.
 type WriteOption func(*writeOptions)

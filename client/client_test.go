@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -992,5 +993,19 @@ func TestIdleConnectionRetired(t *testing.T) {
 		}
 		waitFor(t, "one connection open", func() bool { return s.openConns() == 1 })
 		c.Close()
+	}
+}
+
+// TestRecordAge: Age reads age_ms; a record without it (a write's, or a
+// read the sidecar could not date) has no age.
+func TestRecordAge(t *testing.T) {
+	if age, ok := (&Record{}).Age(); ok || age != 0 {
+		t.Fatalf("no age_ms: %v, %v", age, ok)
+	}
+	for ms, want := range map[uint64]time.Duration{0: 0, 1500: 1500 * time.Millisecond, math.MaxUint64: math.MaxInt64 / time.Millisecond * time.Millisecond} {
+		r := &Record{Record: wire.Record{AgeMS: &ms}}
+		if age, ok := r.Age(); !ok || age != want {
+			t.Errorf("age_ms %d: %v, %v; want %v", ms, age, ok, want)
+		}
 	}
 }

@@ -415,3 +415,45 @@ func TestSyncWriteLosesConflict(t *testing.T) {
 		return ""
 	})
 }
+
+// TestRecordAge: through the real binary and the Firestore emulator, a read
+// says how far behind the shared store its record may be: about nothing
+// while the sidecar watches the governor live, 0 for a record read from the
+// shared store; a local-only sidecar does not know, and says nothing.
+func TestRecordAge(t *testing.T) {
+	fs := newShared(t)
+	s := startSidecar(t, fs.args("node-a", "ages")...)
+	c := s.Client()
+	ctx := context.Background()
+	if _, err := c.Put(ctx, "ages", "k", 1, client.Synced(20*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// The watch goes live once it has delivered its first snapshot.
+	eventually(t, 30*time.Second, func() string {
+		rec, err := c.Get(ctx, "ages", "k")
+		if err != nil {
+			return err.Error()
+		}
+		if age, ok := rec.Age(); !ok || age > time.Second {
+			return fmt.Sprintf("age of a live governor's copy: %v (known %v)", age, ok)
+		}
+		return ""
+	})
+	rec, err := c.Get(ctx, "ages", "k", client.Strong())
+	if age, ok := rec.Age(); err != nil || !ok || age != 0 || rec.FromCache {
+		t.Fatalf("strong read: %+v, %v: age %v (known %v), want 0", rec, err, age, ok)
+	}
+	out, errOut, err := s.CLI("get", "ages", "k")
+	if err != nil || !strings.Contains(out, `"age_ms":`) {
+		t.Fatalf("CLI get: %v\n%s%s", err, out, errOut)
+	}
+
+	local := startSidecar(t)
+	lc := local.Client()
+	if _, err := lc.Put(ctx, "ages", "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := lc.Get(ctx, "ages", "k"); err != nil || rec.AgeMS != nil {
+		t.Fatalf("local-only get: %+v, %v; want no age", rec, err)
+	}
+}

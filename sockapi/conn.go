@@ -62,7 +62,9 @@ type conn struct {
 	reqSize int           // req's frame, header included (see takeSlot)
 	resp    wire.Response // inline replies
 	rec     wire.Record
+	age1    uint64 // rec's AgeMS
 	recs    []wire.Record
+	ages    []uint64 // recs' AgeMS
 	precs   []*wire.Record
 	keys    []localcache.Key
 	hello   bool

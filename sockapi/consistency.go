@@ -191,6 +191,39 @@ func (c *conn) freshWithin(k localcache.Key, d time.Duration) bool {
 	return !ok || !u.Undecodable(k)
 }
 
+// age is how far behind the shared store the local copy of k may be, in
+// milliseconds (wire.Record.AgeMS): the time since the sidecar last knew
+// it held every change of k's governor. ok is false when that is unknown:
+// no shared store, a governor not pulled yet, or a state whose shared-store
+// document does not decode.
+func (c *conn) age(k localcache.Key) (ms uint64, ok bool) {
+	sync := c.s.opts.Sync
+	if sync == nil {
+		return 0, false
+	}
+	t, ok := sync.FreshAt(k.Governor)
+	if !ok {
+		return 0, false
+	}
+	if u, isU := sync.(SyncUndecodable); isU && u.Undecodable(k) {
+		return 0, false
+	}
+	return uint64(max(time.Since(t), 0).Milliseconds()), true
+}
+
+// stampAge sets the AgeMS of rec, a read's record, to *buf: 0 for a record
+// read from the shared store in this request, else the age of the local
+// copy (left nil when unknown).
+func (c *conn) stampAge(rec *wire.Record, buf *uint64) {
+	if !rec.FromCache {
+		*buf, rec.AgeMS = 0, buf
+		return
+	}
+	if ms, ok := c.age(localcache.Key{Governor: rec.Governor, State: rec.State}); ok {
+		*buf, rec.AgeMS = ms, buf
+	}
+}
+
 // needsFetch reports whether a read of k at mode must ask the shared store
 // before answering (bounded and not fresh enough, or strong).
 func (c *conn) needsFetch(k localcache.Key, m readMode) bool {
@@ -338,6 +371,7 @@ func (c *conn) fetchGet(k localcache.Key, m readMode) *wire.Response {
 	toWire(rec, &r, true)
 	rec.FromCache = !fr.asked
 	rec.Stale = !fr.asked && m.level != readLocal
+	c.stampAge(rec, new(uint64))
 	return &wire.Response{Record: rec}
 }
 
@@ -409,6 +443,7 @@ func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.R
 		}
 	}
 	recs := make([]wire.Record, len(got))
+	ages := make([]uint64, len(got))
 	out := make([]*wire.Record, len(got))
 	for i, r := range got {
 		if r == nil {
@@ -419,6 +454,7 @@ func (c *conn) fetchBatch(keys []localcache.Key, only []int, m readMode) *wire.R
 			recs[i].FromCache = !results[i].asked
 			recs[i].Stale = !results[i].asked && m.level != readLocal
 		}
+		c.stampAge(&recs[i], &ages[i])
 		out[i] = &recs[i]
 	}
 	return &wire.Response{Records: out}

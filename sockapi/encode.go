@@ -127,7 +127,14 @@ func appendRecord(b []byte, r *wire.Record) []byte {
 	if r.SyncedAt != 0 {
 		n++
 	}
+	if r.AgeMS != nil {
+		n++
+	}
 	b = appendMapHeader(b, n)
+	if r.AgeMS != nil {
+		b = appendStr(b, "age_ms")
+		b = appendUint(b, *r.AgeMS)
+	}
 	b = appendStr(b, "change")
 	c := &r.Change
 	n = 1

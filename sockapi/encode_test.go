@@ -37,6 +37,7 @@ func TestEncoderMatchesCodec(t *testing.T) {
 	for _, u := range uints {
 		checkEncoding(t, &wire.Response{ID: u})
 		checkEncoding(t, &wire.Response{ID: 1, Record: &wire.Record{Version: u}})
+		checkEncoding(t, &wire.Response{ID: 1, Record: &wire.Record{AgeMS: &u}})
 		e := wire.Errorf(wire.CodeVersionConflict, "x")
 		e.Expected, e.Actual = &u, &u
 		checkEncoding(t, &wire.Response{ID: u, Error: e})
@@ -107,6 +108,10 @@ func randomResponse(rng *rand.Rand, val wire.Raw) *wire.Response {
 			SyncedAt: rng.Int64() >> rng.IntN(64) * int64(rng.IntN(2))}
 		if rng.IntN(2) == 0 {
 			r.Value = val
+		}
+		if rng.IntN(2) == 0 {
+			age := rng.Uint64() >> rng.IntN(64)
+			r.AgeMS = &age
 		}
 		return r
 	}

@@ -183,6 +183,7 @@ func (c *conn) opGet(req *wire.Request) {
 		return
 	}
 	toWire(&c.rec, &r, true)
+	c.stampAge(&c.rec, &c.age1)
 	c.resp = wire.Response{ID: req.ID, Record: &c.rec}
 	c.out.put(&c.resp, "value")
 	c.rec = wire.Record{} // do not pin the value
@@ -318,7 +319,7 @@ func (c *conn) opBatchGet(req *wire.Request) {
 		c.replyError(req.ID, e)
 		return
 	}
-	c.resp = wire.Response{ID: req.ID, Records: c.wireRecords(got, true)}
+	c.resp = wire.Response{ID: req.ID, Records: c.readRecords(got)}
 	c.out.put(&c.resp, "keys")
 	c.releaseRecords()
 }
@@ -506,7 +507,7 @@ func (c *conn) opList(req *wire.Request) {
 	for i := range recs {
 		ptrs[i] = &recs[i]
 	}
-	c.resp = wire.Response{ID: req.ID, Records: c.wireRecords(ptrs, true), Cursor: next}
+	c.resp = wire.Response{ID: req.ID, Records: c.readRecords(ptrs), Cursor: next}
 	c.out.put(&c.resp, "limit")
 	c.releaseRecords()
 }
@@ -554,23 +555,26 @@ func (c *conn) opStats(req *wire.Request) {
 	c.out.put(&c.resp, "")
 }
 
-// wireRecords converts store records into the connection's reusable reply
-// slices (valid until releaseRecords). nil entries stay nil.
-func (c *conn) wireRecords(rs []*localcache.Record, withValue bool) []*wire.Record {
+// readRecords converts the store records a local read returns into the
+// connection's reusable reply slices (valid until releaseRecords), each
+// with its age. nil entries stay nil.
+func (c *conn) readRecords(rs []*localcache.Record) []*wire.Record {
 	if len(rs) == 0 {
 		return nil
 	}
 	if cap(c.recs) < len(rs) {
 		c.recs = make([]wire.Record, len(rs))
 		c.precs = make([]*wire.Record, len(rs))
+		c.ages = make([]uint64, len(rs))
 	}
-	recs, out := c.recs[:len(rs)], c.precs[:len(rs)]
+	recs, out, ages := c.recs[:len(rs)], c.precs[:len(rs)], c.ages[:len(rs)]
 	for i, r := range rs {
 		if r == nil {
 			out[i] = nil
 			continue
 		}
-		toWire(&recs[i], r, withValue)
+		toWire(&recs[i], r, true)
+		c.stampAge(&recs[i], &ages[i])
 		out[i] = &recs[i]
 	}
 	return out

@@ -28,6 +28,7 @@ func (c *conn) strongGet(k localcache.Key, m readMode) *wire.Response {
 	rec := new(wire.Record)
 	toWire(rec, recs[0], true)
 	rec.FromCache = false
+	c.stampAge(rec, new(uint64))
 	return &wire.Response{Record: rec}
 }
 
@@ -43,11 +44,13 @@ func (c *conn) strongBatch(keys []localcache.Key, m readMode) *wire.Response {
 		return c.errorResponse(e)
 	}
 	wrecs := make([]wire.Record, len(recs))
+	ages := make([]uint64, len(recs))
 	out := make([]*wire.Record, len(recs))
 	for i, r := range recs {
 		if r != nil {
 			toWire(&wrecs[i], r, true)
 			wrecs[i].FromCache = false
+			c.stampAge(&wrecs[i], &ages[i])
 			out[i] = &wrecs[i]
 		}
 	}

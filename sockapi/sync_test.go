@@ -636,3 +636,69 @@ func TestReadUndecodable(t *testing.T) {
 		t.Fatalf("local hit: %+v, %d fetches", r.Error, sy.fetches.Load())
 	}
 }
+
+// TestRecordAge: read replies say how far behind the shared store their
+// record may be (age_ms): from the governor's freshness for the local copy,
+// 0 for a record read from the shared store in the request; absent when the
+// freshness is unknown, for a state whose shared-store document does not
+// decode, on a sidecar without a shared store, and in write replies.
+func TestRecordAge(t *testing.T) {
+	store := newFakeStore()
+	sy := newFakeSync(store)
+	ts := startServer(t, store, Options{Sync: sy})
+	c := ts.hello()
+	store.put("g", "a", "1")
+	store.put("g", "b", "2")
+	store.put("other", "x", "3")
+	sy.setRemote(t, "g", "r", "remote", 1)
+	sy.set(false, map[string]time.Time{"g": time.Now().Add(-90 * time.Second)})
+	// The freshness a reply reports is taken when it is made: between 90 s
+	// and the time the test has run since.
+	start := time.Now()
+	wantAge := func(what string, rec *wire.Record) {
+		t.Helper()
+		hi := uint64((90*time.Second + time.Since(start)).Milliseconds())
+		if rec == nil || rec.AgeMS == nil || *rec.AgeMS < 90_000 || *rec.AgeMS > hi {
+			t.Fatalf("%s: age %v, want 90 s or a little more", what, rec)
+		}
+	}
+	wantNoAge := func(what string, rec *wire.Record) {
+		t.Helper()
+		if rec == nil || rec.AgeMS != nil {
+			t.Fatalf("%s: %+v, want a record without age_ms", what, rec)
+		}
+	}
+
+	r := mustOK(t, c.call(getReq("g", "a", "", 0)))
+	wantAge("local get", r.Record)
+	r = mustOK(t, c.call(wire.Request{Op: wire.OpBatchGet, Keys: []wire.Key{{Governor: "g", State: "a"}, {Governor: "other", State: "x"}}}))
+	wantAge("batch_get g/a", r.Records[0])
+	wantNoAge("batch_get of a governor never pulled", r.Records[1])
+	r = mustOK(t, c.call(wire.Request{Op: wire.OpList, Governor: "g"}))
+	if len(r.Records) != 2 {
+		t.Fatalf("list %+v", r.Records)
+	}
+	for _, rec := range r.Records {
+		wantAge("list", rec)
+	}
+	// Read from the shared store in this request: 0.
+	for _, req := range []wire.Request{getReq("g", "r", "", 0), getReq("g", "r", wire.ReadStrong, 0), getReq("g", "r", wire.ReadBounded, 1000)} {
+		r = mustOK(t, c.call(req))
+		if r.Record.FromCache || r.Record.AgeMS == nil || *r.Record.AgeMS != 0 {
+			t.Fatalf("%s read of %s asking the shared store: %+v, want age 0", req.Consistency, req.State, r.Record)
+		}
+	}
+	// Live: 0.
+	sy.set(false, map[string]time.Time{"g": time.Now()})
+	if r = mustOK(t, c.call(getReq("g", "a", "", 0))); r.Record.AgeMS == nil || *r.Record.AgeMS > uint64(time.Since(start).Milliseconds()) {
+		t.Fatalf("age of a live governor's copy: %+v", r.Record)
+	}
+	// A state whose shared-store document does not decode: unknown.
+	sy.setBad(true, localcache.Key{Governor: "g", State: "b"})
+	wantNoAge("get of a state whose document does not decode", mustOK(t, c.call(getReq("g", "b", "", 0))).Record)
+	wantNoAge("put reply", mustOK(t, c.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "a", Value: mustMarshal(t, 1)})).Record)
+
+	local := startServer(t, newFakeStore(), Options{}).hello()
+	mustOK(t, local.call(wire.Request{Op: wire.OpPut, Governor: "g", State: "a", Value: mustMarshal(t, 1)}))
+	wantNoAge("get without a shared store", mustOK(t, local.call(getReq("g", "a", "", 0))).Record)
+}

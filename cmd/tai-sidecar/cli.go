@@ -472,6 +472,7 @@ type recordJSON struct {
 	FromCache bool            `json:"from_cache"`
 	Pending   bool            `json:"pending"`
 	SyncedAt  string          `json:"synced_at,omitempty"`
+	AgeMS     *uint64         `json:"age_ms,omitempty"`
 	Stale     bool            `json:"stale,omitempty"`
 	Remote    *bool           `json:"remote,omitempty"` // watch only
 }
@@ -501,6 +502,7 @@ func printRecordAs(out *json.Encoder, rec *client.Record, remote *bool) error {
 		},
 		FromCache: rec.FromCache,
 		Pending:   rec.Pending,
+		AgeMS:     rec.AgeMS,
 		Stale:     rec.Stale,
 		Remote:    remote,
 	}

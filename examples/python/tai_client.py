@@ -152,6 +152,7 @@ class Record:
     from_cache: bool = False
     pending: bool = False
     synced_at: int = 0  # Unix ns when the shared store committed it; 0 unknown
+    age_ms: int | None = None  # reads: how far behind the shared store it may be; None unknown
     stale: bool = False  # a bounded/strong read whose freshness was not confirmed
 
     @classmethod
@@ -170,6 +171,7 @@ class Record:
             from_cache=m.get("from_cache", False),
             pending=m.get("pending", False),
             synced_at=m.get("synced_at", 0),
+            age_ms=m.get("age_ms"),
             stale=m.get("stale", False),
         )
 

@@ -422,6 +422,13 @@ type Record struct {
 	// SyncedAt: when the shared store committed the version this sidecar
 	// last heard of (Unix ns); 0 unknown or never.
 	SyncedAt int64 `codec:"synced_at,omitempty"`
+	// AgeMS: how far behind the shared store this copy may be, in
+	// milliseconds: the time since the sidecar last knew it held every
+	// change of the state's governor (0 while it watches the governor
+	// live, and for a record read from the shared store in this request).
+	// Reads only; nil when unknown: no shared store, a governor not pulled
+	// yet, or a state whose shared-store document does not decode.
+	AgeMS *uint64 `codec:"age_ms,omitempty"`
 	// Stale: the read asked for freshness (bounded, strong) that could not
 	// be confirmed; the record is the local copy and may be behind.
 	Stale bool `codec:"stale,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -271,6 +272,13 @@ type Puller struct {
 	mu    sync.Mutex // guards locks, fresh, undecodable, checked and stats
 	locks map[string]*sync.Mutex
 	fresh map[string]freshness
+	// freshView is a copy of fresh, replaced whenever fresh changes, so
+	// that FreshAt, which every local read with a shared store calls,
+	// takes no lock.
+	freshView atomic.Pointer[map[string]freshness]
+	// anyUndecodable: undecodable is not empty (set with mu held), so
+	// that Undecodable takes no lock while it is.
+	anyUndecodable atomic.Bool
 	// undecodable holds, per key, the remote document the pull left out or
 	// Fetch met, that does not decode and is the key's latest one as far
 	// as the pull knows (see Undecodable); nil until loaded from keeper.
@@ -308,9 +316,11 @@ type freshness struct {
 // decoded. Undecodable names those states: a read of one must not take
 // FreshAt as proof that its local copy is current.
 func (p *Puller) FreshAt(governor string) (t time.Time, ok bool) {
-	p.mu.Lock()
-	f, ok := p.fresh[governor]
-	p.mu.Unlock()
+	view := p.freshView.Load()
+	if view == nil {
+		return time.Time{}, false
+	}
+	f, ok := (*view)[governor]
 	if !ok {
 		return time.Time{}, false
 	}
@@ -322,11 +332,19 @@ func (p *Puller) FreshAt(governor string) (t time.Time, ok bool) {
 
 func (p *Puller) setFresh(governor string, f freshness) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.setFreshLocked(governor, f)
+}
+
+// setFreshLocked records governor's freshness and publishes the new view
+// (with mu held).
+func (p *Puller) setFreshLocked(governor string, f freshness) {
 	if p.fresh == nil {
 		p.fresh = make(map[string]freshness)
 	}
 	p.fresh[governor] = f
-	p.mu.Unlock()
+	view := maps.Clone(p.fresh)
+	p.freshView.Store(&view)
 }
 
 // watchEnded records the end of watch id of governor, which was live:
@@ -337,7 +355,7 @@ func (p *Puller) watchEnded(governor string, id uint64, at time.Time) {
 	if f := p.fresh[governor]; f.live && f.watch != id {
 		return
 	}
-	p.fresh[governor] = freshness{at: at}
+	p.setFreshLocked(governor, freshness{at: at})
 }
 
 // notePolled records a complete poll of governor that started at start:
@@ -345,12 +363,9 @@ func (p *Puller) watchEnded(governor string, id uint64, at time.Time) {
 func (p *Puller) notePolled(governor string, start time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.fresh == nil {
-		p.fresh = make(map[string]freshness)
-	}
 	f, ok := p.fresh[governor]
 	if !ok || !f.live && start.After(f.at) {
-		p.fresh[governor] = freshness{at: start}
+		p.setFreshLocked(governor, freshness{at: start})
 	}
 }
 

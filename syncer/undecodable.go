@@ -58,6 +58,9 @@ type UndecodableKeeper interface {
 // it. With an UndecodableKeeper the set outlives a restart; it is read back
 // before the first pull, so FreshAt never vouches for a governor before it.
 func (p *Puller) Undecodable(key Key) *UndecodableError {
+	if !p.anyUndecodable.Load() {
+		return nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.undecodable[key]
@@ -103,6 +106,7 @@ func (p *Puller) loadUndecodableLocked(ctx context.Context) error {
 	}
 	p.mu.Lock()
 	p.undecodable = set
+	p.anyUndecodable.Store(len(set) > 0)
 	p.mu.Unlock()
 	return nil
 }
@@ -137,6 +141,7 @@ func (p *Puller) noteUndecodable(ctx context.Context, docs []*UndecodableError, 
 	for _, d := range fresh {
 		p.undecodable[d.Key] = d
 	}
+	p.anyUndecodable.Store(len(p.undecodable) > 0)
 	for _, d := range docs {
 		if p.undecodable[d.Key] != nil {
 			p.checkedLocked(d.Key, now) // met: there still
@@ -234,6 +239,7 @@ func (p *Puller) forgetLocked(ctx context.Context, keys []Key) {
 		delete(p.undecodable, k)
 		delete(p.checked, k)
 	}
+	p.anyUndecodable.Store(len(p.undecodable) > 0)
 	p.mu.Unlock()
 }
 

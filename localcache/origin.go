@@ -33,11 +33,15 @@ import (
 // another store makes changes under origin (see above); cur is the local
 // record of the state, nil when there is none.
 func originReused(origin string, cur, r *Record) bool {
-	var mine uint64
-	if cur != nil {
-		mine = cur.Clock.Vector[origin]
+	return r.Clock.Vector[origin] > originCount(origin, cur)
+}
+
+// originCount is how many changes of origin record r counts (0 for nil).
+func originCount(origin string, r *Record) uint64 {
+	if r == nil {
+		return 0
 	}
-	return r.Clock.Vector[origin] > mine
+	return r.Clock.Vector[origin]
 }
 
 // renewOrigin gives the store a new incarnation in tx (see above): was is
@@ -47,10 +51,7 @@ func originReused(origin string, cur, r *Record) bool {
 func (tx *mutTx) renewOrigin(s *Store, was string, cur, proof *Record) {
 	renewed := newOrigin(s.nodeID)
 	tx.set(metaOrigin, []byte(renewed))
-	var mine uint64
-	if cur != nil {
-		mine = cur.Clock.Vector[was]
-	}
+	mine := originCount(was, cur)
 	tx.after = append(tx.after, func() {
 		s.origin.Store(&renewed)
 		s.originRenewals.Add(1)
@@ -62,9 +63,6 @@ func (tx *mutTx) renewOrigin(s *Store, was string, cur, proof *Record) {
 			"remote_count", proof.Clock.Vector[was], "local_count", mine)
 	})
 }
-
-// OriginRenewals returns Stats().OriginRenewals without reading the rest.
-func (s *Store) OriginRenewals() uint64 { return s.originRenewals.Load() }
 
 var _ syncer.OriginRenewer = (*Store)(nil)
 

@@ -118,7 +118,7 @@ func (n *syncNode) pullAll() syncer.PullReport {
 	if err != nil {
 		n.t.Fatalf("%s: pull: %v", n.node, err)
 	}
-	if r := n.store.OriginRenewals(); r != 0 && !n.renews {
+	if r := n.store.Stats().OriginRenewals; r != 0 && !n.renews {
 		n.t.Fatalf("%s drew a new incarnation (%d): its origin was taken for another store's", n.node, r)
 	}
 	return rep
@@ -998,9 +998,9 @@ func testSyncCopyTakesNewOrigin(t *testing.T, newRemote func() syncer.Remote) {
 
 	c := openCopy(t, copied, remote, func(c *syncNode) { c.renews = true })
 	c.pullAll()
-	if c.store.OriginRenewals() != 1 || c.store.Origin() == a.store.Origin() {
+	if c.store.Stats().OriginRenewals != 1 || c.store.Origin() == a.store.Origin() {
 		t.Fatalf("after its pull the copy writes as %s (%d renewals); a writes as %s", c.store.Origin(),
-			c.store.OriginRenewals(), a.store.Origin())
+			c.store.Stats().OriginRenewals, a.store.Origin())
 	}
 	renewed := c.store.Origin()
 	nextMillisecond() // the copy's write is later: it wins
@@ -1055,9 +1055,9 @@ func testSyncCopyWriteParked(t *testing.T, newRemote func() syncer.Remote) {
 		!strings.Contains(err.Error(), "another store makes changes under this sidecar's origin") {
 		t.Fatalf("WaitSynced of c2: %v", err)
 	}
-	if c.store.OriginRenewals() != 1 || c.store.Origin() == a.store.Origin() {
+	if c.store.Stats().OriginRenewals != 1 || c.store.Origin() == a.store.Origin() {
 		t.Fatalf("the copy writes as %s after the push (%d renewals); a as %s", c.store.Origin(),
-			c.store.OriginRenewals(), a.store.Origin())
+			c.store.Stats().OriginRenewals, a.store.Origin())
 	}
 	c3 := c.put(k, "c3")
 	if rep := c.pushAll(); rep.Pushed != 1 {

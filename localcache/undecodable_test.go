@@ -133,12 +133,7 @@ func TestUndecodableDroppedAcrossRestart(t *testing.T) {
 	r := memremote.New()
 	writer := openMem(t, func(o *Options) { o.NodeID = "writer" })
 	mustPut(t, writer, key("g", "k1"), "k1")
-	p := syncer.New(writer, r, syncer.Options{})
-	for writer.Depth() > 0 {
-		if _, err := p.SyncOnce(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drain(t, writer, r)
 	for _, s := range []string{"bad1", "bad2", "bad3"} {
 		r.PutUndecodable(syncer.Key(key("g", s)), errors.New("version: a string (planted)"))
 	}

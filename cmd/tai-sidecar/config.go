@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -177,14 +176,8 @@ func loadConfig(cmd string, args []string, socket string, stderr io.Writer, gete
 	if extra != nil {
 		extra(fs)
 	}
-	if err := parseQuietly(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, &usageError{cmd + ": " + err.Error() + " (see tai-sidecar " + cmd + " -h)"}
-	}
-	if fs.NArg() > 0 {
-		return nil, &usageError{fmt.Sprintf("%s: unexpected argument %q", cmd, fs.Arg(0))}
+	if err := parseCommand(fs, cmd, args); err != nil {
+		return nil, err
 	}
 	bad := func(err error) error { return &usageError{cmd + ": " + err.Error()} }
 

@@ -41,14 +41,8 @@ func runNewIncarnation(args []string, stdout, stderr io.Writer, getenv func(stri
 	fset.SetOutput(stderr)
 	fset.Usage = func() { fmt.Fprint(stderr, newIncarnationUsage) }
 	dir := fset.String("data-dir", envOr(getenv, "TAI_DATA_DIR", "./tai-data"), "the data dir")
-	if err := parseQuietly(fset, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &usageError{"new-incarnation: " + err.Error() + " (see tai-sidecar new-incarnation -h)"}
-	}
-	if fset.NArg() > 0 {
-		return &usageError{fmt.Sprintf("new-incarnation: unexpected argument %q", fset.Arg(0))}
+	if err := parseCommand(fset, "new-incarnation", args); err != nil {
+		return err
 	}
 	b, err := os.ReadFile(filepath.Join(*dir, nodeIDFile))
 	if errors.Is(err, fs.ErrNotExist) {

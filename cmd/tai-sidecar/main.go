@@ -138,6 +138,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	return runCLI(ctx, *socket, rest, stdout, stderr)
 }
 
+// parseCommand parses the flags of command cmd, which takes no positional
+// argument: -h is flag.ErrHelp (its usage printed), a mistake or an
+// argument a one-line usage error naming the command.
+func parseCommand(fs *flag.FlagSet, cmd string, args []string) error {
+	if err := parseQuietly(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{cmd + ": " + err.Error() + " (see tai-sidecar " + cmd + " -h)"}
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("%s: unexpected argument %q", cmd, fs.Arg(0))}
+	}
+	return nil
+}
+
 // parseQuietly parses args into fs. On a mistake it prints nothing: the
 // caller reports the error in one line, which a page of usage would bury.
 // -h prints fs's usage and returns flag.ErrHelp.

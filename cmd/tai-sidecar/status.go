@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,14 +28,8 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 	fs.Usage = func() { fmt.Fprint(stderr, statusUsage) }
 	adminAddr := fs.String("admin", getenv("TAI_ADMIN_ADDR"), "the sidecar's admin endpoint (env TAI_ADMIN_ADDR)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the sidecar")
-	if err := parseQuietly(fs, args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &usageError{"status: " + err.Error() + " (see tai-sidecar status -h)"}
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Sprintf("status: unexpected argument %q", fs.Arg(0))}
+	if err := parseCommand(fs, "status", args); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

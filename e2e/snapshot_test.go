@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -265,40 +266,66 @@ func TestHistoryRetention(t *testing.T) {
 		}
 	})
 	t.Run("local-only", func(t *testing.T) {
-		s := startSidecar(t, config(t)...)
+		cfg := config(t)
+		s := startSidecar(t, cfg...)
 		c := s.Client()
 		fill(t, c, "hist")
 		base := "http://" + adminAddr(t, s)
-		rounds := func() uint64 {
-			var st struct {
-				Retention struct {
-					Rounds uint64 `json:"rounds"`
-				} `json:"history_retention"`
-			}
-			_, body := httpGet(t, base+"/status")
-			if err := json.Unmarshal([]byte(body), &st); err != nil {
-				t.Fatal(err)
-			}
-			return st.Retention.Rounds
-		}
-		start := rounds()
+		// Every change waits in the journal: the cut merges the entries
+		// of versions 1 to 20 into one change, keeps 20's event, and
+		// removes 1 to 19.
 		eventually(t, 30*time.Second, func() string {
-			if n := rounds(); n < start+2 {
-				return fmt.Sprintf("%d retention rounds since the writes, want 2", n-start)
+			if n := removed(t, base); n != 19 {
+				return fmt.Sprintf("/status: %d events removed, want 19", n)
 			}
 			return ""
 		})
-		if n := len(versions(t, c, "hist")); n != 25 || removed(t, base) != 0 {
-			t.Fatalf("local only: %d events kept, %d removed; want every event kept", n, removed(t, base))
+		if got := versions(t, c, "hist"); !slices.Equal(got, []uint64{20, 21, 22, 23, 24, 25}) {
+			t.Fatalf("events of hist/s %v, want 20..25", got)
 		}
-		if n := strings.Count(s.Logs(), "history retention keeps the events of changes not yet in the shared store"); n != 1 {
-			t.Fatalf("the held-back line logged %d times, want once:\n%s", n, s.Logs())
+		if !regexp.MustCompile(`msg="history retention" .*governor=hist .*journal_entries_merged=19 `).MatchString(s.Logs()) {
+			t.Fatalf("no retention log line with the merged entries:\n%s", s.Logs())
 		}
-		// cleanup says why it removed nothing.
+		if strings.Contains(s.Logs(), "history retention keeps the events of changes not yet in the shared store") {
+			t.Fatalf("the held-back line logged, though nothing was held:\n%s", s.Logs())
+		}
+		// Nothing more to do, and cleanup says so.
 		out, errOut, err := s.CLI("cleanup", "hist", "--keep-events", "5")
-		var rep struct{ Events, Held int }
-		if err != nil || json.Unmarshal([]byte(out), &rep) != nil || rep.Events != 0 || rep.Held != 1 {
-			t.Fatalf("cleanup on a local-only sidecar: %v\n%s%s", err, out, errOut)
+		var rep struct{ Events, Held, Merged int }
+		if err != nil || json.Unmarshal([]byte(out), &rep) != nil || rep != (struct{ Events, Held, Merged int }{}) {
+			t.Fatalf("cleanup after the retention: %v\n%s%s", err, out, errOut)
+		}
+		if out, errOut, err := s.CLI("validate", "hist"); err != nil {
+			t.Fatalf("validate: %v\n%s%s", err, out, errOut)
+		}
+
+		// Given a shared store, the sidecar pushes the merged journal:
+		// the record as written, with the events it still has.
+		if err := s.Signal(syscall.SIGTERM, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		fs := newShared(t)
+		args := fs.args("unused", "hist")
+		i := slices.Index(args, "--node-id") // the data dir's own
+		s.args = append(slices.Delete(args, i, i+2), cfg...)
+		s.Start()
+		if _, err := s.Client().Flush(context.Background(), 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		r, err := fs.get("hist", "s")
+		var v int
+		if err == nil {
+			err = wire.Unmarshal(r.Value, &v)
+		}
+		if err != nil || r.Version != 25 || v != 24 {
+			t.Fatalf("Firestore's hist/s: v%d %d (%v), want v25 24", r.Version, v, err)
+		}
+		var pushed []uint64
+		for _, e := range fs.events("hist", "s") {
+			pushed = append(pushed, e.ToVersion)
+		}
+		if !slices.Equal(pushed, []uint64{20, 21, 22, 23, 24, 25}) {
+			t.Fatalf("events in Firestore %v, want 20..25", pushed)
 		}
 	})
 }

@@ -29,6 +29,19 @@ import (
 // KeepEvents), and none of them is still waiting in the journal (the push
 // loop reads a change's event). A state without such a snapshot keeps all
 // its events: take a snapshot first (Snapshot) when a state has none.
+//
+// On a local-only store (Options.LocalOnly) every change waits in the
+// journal, so that rule alone would keep every event for good. There the
+// journal entries of a state up to S are merged instead: the entry of the
+// change that made S takes the base version of the first of them, and the
+// others leave the journal (mergeJournal). What a shared store configured
+// later receives is then one change from that base to S, with S's event,
+// then the later changes as they were made. S's event stays while its
+// change is in the journal (the cut removes the events below it); a later
+// cut removes it. Entries that cannot be merged hold the cut back as
+// before: a change of an atomic batch or transaction, a strong or fenced
+// write, a change whose writer waits for the shared store, or a run that
+// is not each change made on the one before.
 
 // CleanupPolicy says what Cleanup may remove.
 type CleanupPolicy struct {
@@ -54,9 +67,11 @@ type CleanupReport struct {
 	Snapshots int // snapshots removed (older than the cuts)
 	// Held counts the states whose cut stopped short of a snapshot the
 	// policy allows, because a change at or before it is still in the
-	// journal (not yet in the shared store; on a sidecar without one,
-	// every change stays there).
+	// journal (not yet in the shared store) and could not be merged.
 	Held int
+	// Merged counts the journal entries merged into later ones of their
+	// state (local-only stores: see the comment above).
+	Merged int
 	// Cuts lists the first MaxReportedProblems states cut.
 	Cuts []CleanupCut
 }
@@ -91,6 +106,9 @@ func (s *Store) Cleanup(ctx context.Context, p CleanupPolicy) (CleanupReport, er
 	}
 	var rep CleanupReport
 	pending := &pendingVersions{p: p, low: make(map[Key]uint64)}
+	if s.opts.LocalOnly {
+		pending.runs = make(map[Key]*journalRun)
+	}
 	cutoff := int64(0)
 	if p.MaxAge > 0 {
 		cutoff = s.opts.Now().Add(-p.MaxAge).UnixNano()
@@ -142,11 +160,47 @@ func checkCleanup(p CleanupPolicy) error {
 }
 
 // pendingVersions tracks, per state in a cleanup's scope, the lowest
-// version of a change still in the journal: its event must stay.
+// version of a change still in the journal (its event must stay) and, on a
+// local-only store, the run of its entries that may be merged.
 type pendingVersions struct {
 	p     CleanupPolicy
 	low   map[Key]uint64
 	after uint64 // the last journal seq read
+	// runs is nil when entries are never merged (a shared store's push
+	// loop reads the journal).
+	runs map[Key]*journalRun
+	// seqs counts the entries held in runs: at most maxRunSeqs.
+	seqs int
+	// last is the last entry read, not noted yet: whether it is a batch
+	// of its own shows in the entry after it.
+	last *JournalEntry
+}
+
+// journalRun is a state's journal entries from its first one, each made on
+// the one before, none of them unmergeable (mergeable): entry i made
+// version first+i.
+type journalRun struct {
+	first uint64
+	seqs  []uint64
+	// closed: an entry of the state that cannot join the run came after
+	// it (or the run reached maxRunSeqs).
+	closed bool
+}
+
+// top is the version the run's last entry made.
+func (r *journalRun) top() uint64 { return r.first + uint64(len(r.seqs)) - 1 }
+
+// maxRunSeqs bounds the journal entries one cleanup tracks for merging
+// (8 bytes each): a journal longer than that is merged over several.
+const maxRunSeqs = 1 << 20
+
+// mergeable reports whether j may be merged with the entries of its state
+// around it, judging its own fields: a single write (an atomic batch's
+// later entries name the first one's op id as their batch; see catchUp
+// for the first), neither strong nor fenced, with no checks, whose writer
+// does not wait for the shared store.
+func mergeable(j *JournalEntry) bool {
+	return j.BatchID == j.OpID && !j.Strict && !j.Confirm && j.Fence.IsZero() && len(j.Checks) == 0
 }
 
 // catchUp reads the journal entries added since its last call, in txn.
@@ -156,19 +210,71 @@ type pendingVersions struct {
 // pushed since an earlier call may stay in low: the cut is only more
 // careful.
 func (pv *pendingVersions) catchUp(txn *badger.Txn) error {
-	return seqsIn(txn, kindJournal, pv.after, math.MaxInt, func(_ *badger.Txn, seq uint64, v []byte) error {
+	err := seqsIn(txn, kindJournal, pv.after, math.MaxInt, func(_ *badger.Txn, seq uint64, v []byte) error {
 		j, err := decodeJournal(seq, v) // v is a copy: j's strings, which alias it, may become keys of low
 		if err != nil {
 			return fmt.Errorf("journal %d: %w", seq, err)
 		}
-		if j.Key.Governor == pv.p.Governor && (pv.p.State == "" || j.Key.State == pv.p.State) {
-			if low, ok := pv.low[j.Key]; !ok || j.Version < low {
-				pv.low[j.Key] = j.Version
-			}
+		if l := pv.last; l != nil {
+			pv.note(l, mergeable(l) && j.BatchID != l.OpID) // j is not l's batch's second write
 		}
+		pv.last = &j
 		pv.after = seq
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// An atomic batch's entries are committed together: a later call
+	// cannot find the rest of the last one's batch.
+	if l := pv.last; l != nil {
+		pv.note(l, mergeable(l))
+		pv.last = nil
+	}
+	return nil
+}
+
+// note records journal entry j, whose mergeability is known.
+func (pv *pendingVersions) note(j *JournalEntry, merge bool) {
+	if j.Key.Governor != pv.p.Governor || pv.p.State != "" && j.Key.State != pv.p.State {
+		return
+	}
+	if low, ok := pv.low[j.Key]; !ok || j.Version < low {
+		pv.low[j.Key] = j.Version
+	}
+	if pv.runs == nil {
+		return
+	}
+	r := pv.runs[j.Key]
+	switch {
+	case r == nil:
+		r = &journalRun{first: j.Version, closed: !merge}
+		pv.runs[j.Key] = r
+		if r.closed {
+			return
+		}
+	case r.closed:
+		return
+	case !merge || j.BaseVersion != r.top():
+		r.closed = true
+		return
+	}
+	if pv.seqs >= maxRunSeqs {
+		r.closed = true
+		return
+	}
+	r.seqs = append(r.seqs, j.Seq)
+	pv.seqs++
+}
+
+// mergeTop is the highest version k's journal entries may be merged up to
+// (0: none): the top of its run, which starts at its oldest change in the
+// journal.
+func (pv *pendingVersions) mergeTop(k Key) uint64 {
+	if r := pv.runs[k]; r != nil && len(r.seqs) > 0 && r.first == pv.low[k] {
+		return r.top()
+	}
+	return 0
 }
 
 // snapshotStates lists up to cleanupPage states of p's scope that have
@@ -211,7 +317,7 @@ func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff i
 			return err
 		}
 		var err error
-		pl, err = planCut(ctx, txn, k, p, cutoff, pending.low[k])
+		pl, err = planCut(ctx, txn, k, p, cutoff, pending.low[k], pending.mergeTop(k))
 		return err
 	})
 	if err != nil {
@@ -224,13 +330,29 @@ func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff i
 		return nil
 	}
 	cut := pl.cut
+	var merge []uint64 // the journal entries merged into the base's
+	if pl.keepBase {
+		r := pending.runs[k]
+		merge = r.seqs[:cut.Base-r.first+1]
+	}
 	if !p.DryRun {
+		// The entries are merged first: an event goes only once no
+		// journal entry names it.
+		n, err := s.mergeJournal(ctx, k, merge)
+		rep.Merged += n
+		if err != nil {
+			return err
+		}
 		// The keys go a chunk at a time, each read just before its
 		// mutation: a state with millions of events is never listed
 		// whole.
 		for _, kind := range []byte{kindEvent, kindMark} {
+			upTo := cut.Base
+			if kind == kindEvent && pl.keepBase {
+				upTo--
+			}
 			for from := uint64(0); ; {
-				keys, next, err := s.keysUpTo(ctx, kind, k, from, cut.Base, cleanupChunk)
+				keys, next, err := s.keysUpTo(ctx, kind, k, from, upTo, cleanupChunk)
 				if err != nil || len(keys) == 0 {
 					if err != nil {
 						return err
@@ -247,24 +369,98 @@ func (s *Store) cleanState(ctx context.Context, k Key, p CleanupPolicy, cutoff i
 			}
 		}
 		for lo := 0; lo < len(pl.snaps); lo += cleanupChunk {
-			keys := make([][]byte, 0, cleanupChunk)
-			for _, v := range pl.snaps[lo:min(lo+cleanupChunk, len(pl.snaps))] {
-				keys = append(keys, snapKey(k, v))
+			chunk := pl.snaps[lo:min(lo+cleanupChunk, len(pl.snaps))]
+			keys := make([][]byte, 0, 2*len(chunk))
+			for _, v := range chunk {
+				// With its entry in the outbox for the shared store, if
+				// it is still there (bootstrap.go).
+				keys = append(keys, snapKey(k, v), snapOutKey(k, v))
 			}
 			if err := s.deleteKeys(ctx, keys); err != nil {
 				return err
 			}
-			rep.Snapshots += len(keys)
+			rep.Snapshots += len(chunk)
 		}
 	} else {
 		rep.Events += cut.Events
 		rep.Snapshots += cut.Snapshots
+		rep.Merged += max(len(merge)-1, 0)
 	}
 	rep.Cleaned++
 	if len(rep.Cuts) < MaxReportedProblems {
 		rep.Cuts = append(rep.Cuts, cut)
 	}
 	return nil
+}
+
+// mergeJournal merges k's journal entries seqs (a run: see journalRun)
+// into the last one, which takes the first one's base version, and reports
+// how many left the journal. It goes a chunk at a time, each in one
+// mutation that merges the chunk's entries into the entry after them: the
+// journal in between is the same change history, merged less far. An entry
+// found changed since it was read (none is, on a local-only store) stops
+// the merge with an error, before its chunk.
+func (s *Store) mergeJournal(ctx context.Context, k Key, seqs []uint64) (int, error) {
+	merged := 0
+	for len(seqs) > 1 {
+		n := min(len(seqs)-1, cleanupChunk)
+		drop, keep := seqs[:n], seqs[n]
+		_, err := s.mutate(ctx, func(tx *mutTx) (any, error) {
+			var base, top uint64 // the first entry's base, the version the last one made
+			for i, seq := range append(drop[:n:n], keep) {
+				j, err := tx.journalEntry(seq)
+				if err != nil {
+					return nil, err
+				}
+				switch {
+				case j.Key != k || i > 0 && j.BaseVersion != top || !mergeable(&j):
+					return nil, fmt.Errorf("journal entry %d changed while it was merged", seq)
+				case i == 0:
+					base = j.BaseVersion
+				case seq == keep:
+					j.BaseVersion = base
+					tx.set(journalKey(seq), encodeJournal(&j))
+					continue
+				}
+				top = j.Version
+				tx.del(journalKey(seq))
+			}
+			cur, err := tx.record(k)
+			if err != nil {
+				return nil, err
+			}
+			if cur == nil || cur.journaled <= uint32(n) {
+				return nil, fmt.Errorf("%w: %s counts fewer journal entries than it has", errCorrupt, k)
+			}
+			rec := *cur
+			rec.journaled -= uint32(n)
+			tx.putRecord(cur, &rec)
+			tx.m.journal -= int64(n)
+			return nil, nil
+		})
+		if err != nil {
+			return merged, fmt.Errorf("merge journal entries: %w", err)
+		}
+		merged += n
+		seqs = seqs[n:]
+	}
+	return merged, nil
+}
+
+// journalEntry returns the journal entry seq (an error when there is none).
+func (tx *mutTx) journalEntry(seq uint64) (JournalEntry, error) {
+	v, err := tx.get(journalKey(seq))
+	if err != nil {
+		return JournalEntry{}, err
+	}
+	if v == nil {
+		return JournalEntry{}, fmt.Errorf("journal entry %d is gone", seq)
+	}
+	j, err := decodeJournal(seq, v)
+	if err != nil {
+		return JournalEntry{}, fmt.Errorf("journal %d: %w", seq, err)
+	}
+	return j, nil
 }
 
 // cutBaseSound reports whether k's snapshot at version is of the state's
@@ -304,6 +500,10 @@ type cutPlan struct {
 	cut   CleanupCut
 	snaps []uint64
 	marks bool // there are time marks to delete
+	// keepBase: the change that made the base is in the journal, where the
+	// entries of the state from the oldest one up to it are merged into its
+	// own (local-only stores); its event stays.
+	keepBase bool
 	// held: a newer snapshot than the cut's was allowed by the policy but
 	// not by a change still in the journal.
 	held bool
@@ -312,8 +512,10 @@ type cutPlan struct {
 // empty reports whether the plan deletes nothing.
 func (pl cutPlan) empty() bool { return pl.cut.Events == 0 && len(pl.snaps) == 0 && !pl.marks }
 
-// planCut finds k's cut (an empty plan: nothing to cut).
-func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutoff int64, pending uint64) (cutPlan, error) {
+// planCut finds k's cut (an empty plan: nothing to cut). pending is the
+// lowest version of k's changes in the journal (0: none), mergeTop the
+// highest one they may be merged up to (0: none).
+func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutoff int64, pending, mergeTop uint64) (cutPlan, error) {
 	snaps, err := snapshotVersions(txn, k)
 	if err != nil || len(snaps) == 0 {
 		return cutPlan{}, err
@@ -351,7 +553,7 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 		switch {
 		case p.MaxAge > 0 && count[j] > 0 && newest[j] >= cutoff:
 		case p.KeepEvents > 0 && count[j] > total-p.KeepEvents:
-		case pending > 0 && snaps[j] >= pending:
+		case pending > 0 && snaps[j] >= pending && snaps[j] > mergeTop:
 			held = true
 		default:
 			ok, err := cutBaseSound(txn, k, snaps[j])
@@ -371,8 +573,13 @@ func planCut(ctx context.Context, txn *badger.Txn, k Key, p CleanupPolicy, cutof
 	if err != nil {
 		return cutPlan{}, err
 	}
-	return cutPlan{cut: CleanupCut{Key: k, Base: base, Events: count[c], Snapshots: c}, snaps: snaps[:c], marks: len(marks) > 0,
-		held: held}, nil
+	keepBase := pending > 0 && base >= pending
+	events := count[c]
+	if keepBase {
+		events-- // the base's own, which a journal entry names
+	}
+	return cutPlan{cut: CleanupCut{Key: k, Base: base, Events: events, Snapshots: c}, snaps: snaps[:c], marks: len(marks) > 0,
+		keepBase: keepBase, held: held}, nil
 }
 
 // keysUpTo returns at most limit keys of kind of k with versions from from

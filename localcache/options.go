@@ -62,6 +62,13 @@ type Options struct {
 	// Retention keeps a governor's history whole. Nil: the store removes
 	// nothing by itself. Called from the retention goroutine only.
 	Retention func(governor string) Retention
+	// LocalOnly says that no shared store's push loop reads the journal
+	// (the sidecar has none configured). Cleanups, the retention's too,
+	// may then merge a state's journal entries up to the snapshot they cut
+	// at into one change (cleanup.go): without a push every change stays in
+	// the journal, and its event with it, so nothing could be cut. Do not
+	// set it on a store whose journal a syncer reads.
+	LocalOnly bool
 	// RetentionEvery is how often the retention policies are applied. 0:
 	// DefaultRetentionEvery; negative: never.
 	RetentionEvery time.Duration

@@ -108,9 +108,10 @@ func (s *Store) retainOnce(ctx context.Context) error {
 			s.retain.errors.Add(1)
 			s.log.Warn("history retention failed for a governor (retried next round)", "governor", gov, "err", err,
 				"events_removed", rep.Events)
-		case rep.Events > 0 || rep.Snapshots > 0:
+		case rep.Events > 0 || rep.Snapshots > 0 || rep.Merged > 0:
 			s.log.Info("history retention", "governor", gov, "states_cut", rep.Cleaned, "events_removed", rep.Events,
-				"snapshots_removed", rep.Snapshots, "states_held", rep.Held, "max_age", r.MaxAge, "keep_events", r.KeepEvents)
+				"snapshots_removed", rep.Snapshots, "journal_entries_merged", rep.Merged, "states_held", rep.Held,
+				"max_age", r.MaxAge, "keep_events", r.KeepEvents)
 		}
 		if rep.Held > 0 && !s.retain.held[gov] {
 			s.retain.held[gov] = true

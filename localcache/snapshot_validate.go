@@ -33,16 +33,22 @@ const (
 
 // firstGap reports the versions below a state's first event (which starts
 // from version from): when a snapshot at from is the base of the retained
-// history, those before it (GapRemoved); otherwise all of them
-// (GapElsewhere).
+// history, those before it (GapRemoved); when the base is the first
+// event's own version (a cut kept the event: its change was in the journal),
+// all of them (GapRemoved); otherwise all of them (GapElsewhere).
 func (v *validator) firstGap(from uint64) {
 	_, err := v.txn.Get(snapKey(v.key, from))
-	switch {
-	case err == nil && from > 1:
-		v.rep.gap(v.key, 0, from-1, GapRemoved)
-	case err != nil:
-		v.rep.gap(v.key, 0, from, GapElsewhere)
+	if err == nil {
+		if from > 1 {
+			v.rep.gap(v.key, 0, from-1, GapRemoved)
+		}
+		return
 	}
+	reason := GapElsewhere
+	if _, err := v.txn.Get(snapKey(v.key, from+1)); err == nil {
+		reason = GapRemoved
+	}
+	v.rep.gap(v.key, 0, from, reason)
 }
 
 // validateSnapshots checks the snapshots and time marks under the event

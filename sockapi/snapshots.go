@@ -248,7 +248,7 @@ func (c *conn) opCleanup(es EventSourcing, req *wire.Request) {
 			return c.errorResponse(c.historyError(wire.OpCleanup, k, err))
 		}
 		out := &wire.CleanupReport{DryRun: p.DryRun, States: rep.States, Cleaned: rep.Cleaned, Events: rep.Events,
-			Snapshots: rep.Snapshots, Held: rep.Held}
+			Snapshots: rep.Snapshots, Held: rep.Held, Merged: rep.Merged}
 		const entryOverhead = 96
 		budget := c.s.opts.MaxFrame - frameReserve
 		for _, cut := range rep.Cuts {

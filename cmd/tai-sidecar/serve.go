@@ -141,6 +141,9 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		// --retention-every.
 		Retention:      c.History.For,
 		RetentionEvery: cmp.Or(c.RetentionEvery, -1),
+		// Without a shared store no push reads the journal: retention
+		// may merge its entries (docs/operations.md).
+		LocalOnly: !c.Sync.Enabled(),
 		OnLogSync:      tel.logSyncs(),
 	})
 	if err != nil {

@@ -75,9 +75,11 @@ type CleanupReport struct {
 	Events    int  `codec:"events"`    // events removed
 	Snapshots int  `codec:"snapshots"` // snapshots removed (older than the cuts)
 	// Held counts the states whose cut stopped short because a change is
-	// still waiting for the shared store (on a sidecar without one, every
-	// change waits: its cleanup removes nothing).
+	// still waiting for the shared store.
 	Held int `codec:"held"`
+	// Merged counts the journal entries merged into later changes of their
+	// state (a sidecar without a shared store: see docs/protocol.md).
+	Merged int `codec:"merged"`
 	// Cuts lists the states cut (the first ones, when the list would not
 	// fit a frame).
 	Cuts []*CleanupCut `codec:"cuts,omitempty"`

@@ -289,8 +289,12 @@ func TestHistoryRetention(t *testing.T) {
 		if strings.Contains(s.Logs(), "history retention keeps the events of changes not yet in the shared store") {
 			t.Fatalf("the held-back line logged, though nothing was held:\n%s", s.Logs())
 		}
+		out, errOut, err := s.CLI("status", "--admin", strings.TrimPrefix(base, "http://"))
+		if err != nil || !regexp.MustCompile(`history retention: +19 events, 1 snapshots removed since start; 19 journal entries merged\n`).MatchString(out) {
+			t.Fatalf("status: %v\n%s%s", err, out, errOut)
+		}
 		// Nothing more to do, and cleanup says so.
-		out, errOut, err := s.CLI("cleanup", "hist", "--keep-events", "5")
+		out, errOut, err = s.CLI("cleanup", "hist", "--keep-events", "5")
 		var rep struct{ Events, Held, Merged int }
 		if err != nil || json.Unmarshal([]byte(out), &rep) != nil || rep != (struct{ Events, Held, Merged int }{}) {
 			t.Fatalf("cleanup after the retention: %v\n%s%s", err, out, errOut)

@@ -35,14 +35,15 @@ type RetentionStats struct {
 	Rounds    uint64 // rounds run (each over every governor with a policy)
 	Events    uint64 // events removed
 	Snapshots uint64 // snapshots removed (older than the cuts)
+	Merged    uint64 // journal entries merged into later ones (local-only stores: see Options.LocalOnly)
 	Errors    uint64 // cleanups of one governor that failed (logged; retried next round)
 }
 
 // retainer runs the retention rounds (Open starts it, Close stops it).
 type retainer struct {
-	cancel                            context.CancelFunc
-	done                              chan struct{}
-	rounds, events, snapshots, errors atomic.Uint64
+	cancel                                    context.CancelFunc
+	done                                      chan struct{}
+	rounds, events, snapshots, merged, errors atomic.Uint64
 	// held: the governors whose cut changes still in the journal held
 	// back, logged once each (the retention goroutine's own).
 	held map[string]bool
@@ -99,6 +100,7 @@ func (s *Store) retainOnce(ctx context.Context) error {
 		rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: gov, MaxAge: max(r.MaxAge, 0), KeepEvents: max(r.KeepEvents, 0)})
 		s.retain.events.Add(uint64(rep.Events))
 		s.retain.snapshots.Add(uint64(rep.Snapshots))
+		s.retain.merged.Add(uint64(rep.Merged))
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -127,6 +129,7 @@ func (s *Store) retentionStats() RetentionStats {
 		Rounds:    s.retain.rounds.Load(),
 		Events:    s.retain.events.Load(),
 		Snapshots: s.retain.snapshots.Load(),
+		Merged:    s.retain.merged.Load(),
 		Errors:    s.retain.errors.Load(),
 	}
 }

@@ -119,56 +119,78 @@ func TestLogSyncs(t *testing.T) {
 }
 
 // TestRetentionMetrics: what the store's history retention removes is
-// counted in tai.history.retention.removed, by kind.
+// counted in tai.history.retention.removed, by kind: with a shared store
+// once the changes are pushed, without one by merging the journal.
 func TestRetentionMetrics(t *testing.T) {
-	ctx := context.Background()
-	store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "n1",
-		Snapshots:      func(string) (int, int) { return 0, 5 }, // snapshots by hand only
-		Retention:      func(string) localcache.Retention { return localcache.Retention{MaxAge: time.Nanosecond} },
-		RetentionEvery: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close(ctx)
-	k := localcache.Key{Governor: "g", State: "s"}
-	for i := range 3 {
-		if _, err := store.Write(ctx, localcache.Write{Key: k, Value: []byte{byte(i)}}); err != nil {
-			t.Fatal(err)
-		}
-		if i > 0 {
-			if _, _, err := store.Snapshot(ctx, k); err != nil {
+	for _, tc := range []struct {
+		name      string
+		localOnly bool
+		want      map[string]int64
+	}{
+		// The cut is snapshot 3: events 1 to 3 and snapshot 2 go.
+		{"shared", false, map[string]int64{
+			"tai.history.retention.removed{kind=events}":          3,
+			"tai.history.retention.removed{kind=snapshots}":       1,
+			"tai.history.retention.removed{kind=journal_entries}": 0,
+			"tai.history.retention.errors{}":                      0,
+		}},
+		// Entries 1 and 2 merge into 3's, whose event stays.
+		{"local-only", true, map[string]int64{
+			"tai.history.retention.removed{kind=events}":          2,
+			"tai.history.retention.removed{kind=snapshots}":       1,
+			"tai.history.retention.removed{kind=journal_entries}": 2,
+			"tai.history.retention.errors{}":                      0,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			store, err := localcache.Open(localcache.Options{InMemory: true, NodeID: "n1", LocalOnly: tc.localOnly,
+				Snapshots:      func(string) (int, int) { return 0, 5 }, // snapshots by hand only
+				Retention:      func(string) localcache.Retention { return localcache.Retention{MaxAge: time.Nanosecond} },
+				RetentionEvery: time.Millisecond})
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-	}
-	// Events of changes still in the journal stay: push them.
-	push := syncer.New(store, memremote.New(), syncer.Options{})
-	for store.Depth() > 0 {
-		if _, err := push.SyncOnce(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The cut is snapshot 3: events 1 to 3 and snapshot 2 go.
-	deadline := time.Now().Add(30 * time.Second)
-	for store.Stats().Retention.Events < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("retention removed nothing in 30 s: %+v", store.Stats().Retention)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	if err := observe.RegisterGauges(mp, observe.Sources{Store: store}); err != nil {
-		t.Fatal(err)
-	}
-	sums, _ := collect(t, reader)
-	for k, want := range map[string]int64{
-		"tai.history.retention.removed{kind=events}":    3,
-		"tai.history.retention.removed{kind=snapshots}": 1,
-		"tai.history.retention.errors{}":                0,
-	} {
-		if got, ok := sums[k]; !ok || got != want {
-			t.Errorf("%s = %d (reported: %v), want %d", k, got, ok, want)
-		}
+			defer store.Close(ctx)
+			k := localcache.Key{Governor: "g", State: "s"}
+			for i := range 3 {
+				if _, err := store.Write(ctx, localcache.Write{Key: k, Value: []byte{byte(i)}}); err != nil {
+					t.Fatal(err)
+				}
+				if i > 0 {
+					if _, _, err := store.Snapshot(ctx, k); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if !tc.localOnly {
+				// Events of changes still in the journal stay: push them.
+				push := syncer.New(store, memremote.New(), syncer.Options{})
+				for store.Depth() > 0 {
+					if _, err := push.SyncOnce(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			want := uint64(tc.want["tai.history.retention.removed{kind=events}"])
+			deadline := time.Now().Add(30 * time.Second)
+			for store.Stats().Retention.Events < want {
+				if time.Now().After(deadline) {
+					t.Fatalf("retention removed too little in 30 s: %+v", store.Stats().Retention)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			reader := sdkmetric.NewManualReader()
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+			if err := observe.RegisterGauges(mp, observe.Sources{Store: store}); err != nil {
+				t.Fatal(err)
+			}
+			sums, _ := collect(t, reader)
+			for k, want := range tc.want {
+				if got, ok := sums[k]; !ok || got != want {
+					t.Errorf("%s = %d (reported: %v), want %d", k, got, ok, want)
+				}
+			}
+		})
 	}
 }

@@ -129,7 +129,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	misses := counter("tai.cache.misses", "{read}", "Reads the hot read cache missed.")
 	ratio := fgauge("tai.cache.hit_ratio", "1", "Cache hits / (hits + misses) since start (0 before any read).")
 	cacheBytes := gauge("tai.cache.size", "By", "Bytes held by the hot read cache (estimate).")
-	retained := counter("tai.history.retention.removed", "{item}", "Removed by the history retention rounds (per_governor history_max_age, history_keep_events), by kind: events, snapshots.")
+	retained := counter("tai.history.retention.removed", "{item}", "Removed by the history retention rounds (per_governor history_max_age, history_keep_events), by kind: events, snapshots, journal_entries (merged into later changes of their state on a sidecar without a shared store).")
 	retentionErrors := counter("tai.history.retention.errors", "{cleanup}", "Cleanups of one governor's history by the retention rounds that failed (logged, retried next round).")
 	renewals := counter("tai.store.origin_renewals", "{incarnation}", "New incarnations drawn since start because another store made changes under this store's origin: a copy of its data dir went on writing.")
 
@@ -175,6 +175,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 	undecodableAttr := metric.WithAttributes(attribute.String("reason", "undecodable"))
 	eventsAttr := metric.WithAttributes(attribute.String("kind", "events"))
 	snapshotsAttr := metric.WithAttributes(attribute.String("kind", "snapshots"))
+	journalAttr := metric.WithAttributes(attribute.String("kind", "journal_entries"))
 	_, err := m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		st := src.Store.Stats()
 		o.ObserveInt64(depth, src.Store.Depth())
@@ -204,6 +205,7 @@ func RegisterGauges(mp metric.MeterProvider, src Sources) error {
 		o.ObserveInt64(renewals, int64(st.OriginRenewals))
 		o.ObserveInt64(retained, int64(st.Retention.Events), eventsAttr)
 		o.ObserveInt64(retained, int64(st.Retention.Snapshots), snapshotsAttr)
+		o.ObserveInt64(retained, int64(st.Retention.Merged), journalAttr)
 		o.ObserveInt64(retentionErrors, int64(st.Retention.Errors))
 		if src.Push != nil {
 			ps := src.Push()

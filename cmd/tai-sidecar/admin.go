@@ -479,7 +479,10 @@ type retentionStatus struct {
 	Rounds           uint64 `json:"rounds"`
 	EventsRemoved    uint64 `json:"events_removed"`
 	SnapshotsRemoved uint64 `json:"snapshots_removed"`
-	Errors           uint64 `json:"errors"`
+	// JournalMerged: journal entries merged into later changes of their
+	// state (a sidecar without a shared store).
+	JournalMerged uint64 `json:"journal_entries_merged"`
+	Errors        uint64 `json:"errors"`
 }
 
 // historyRetention is s's history retention, zero for a nil s.
@@ -526,7 +529,7 @@ func (s *adminState) status(w http.ResponseWriter, r *http.Request) {
 		CacheHits:      st.CacheHits,
 		CacheMisses:    st.CacheMisses,
 		HistoryRetention: retentionStatus{Rounds: st.Retention.Rounds, EventsRemoved: st.Retention.Events,
-			SnapshotsRemoved: st.Retention.Snapshots, Errors: st.Retention.Errors},
+			SnapshotsRemoved: st.Retention.Snapshots, JournalMerged: st.Retention.Merged, Errors: st.Retention.Errors},
 	}
 	out.Ready, out.ReadyReason = s.ready()
 	if st.JournalDepth > 0 {

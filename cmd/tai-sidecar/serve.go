@@ -144,7 +144,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 		// Without a shared store no push reads the journal: retention
 		// may merge its entries (docs/operations.md).
 		LocalOnly: !c.Sync.Enabled(),
-		OnLogSync:      tel.logSyncs(),
+		OnLogSync: tel.logSyncs(),
 	})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)

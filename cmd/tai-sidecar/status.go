@@ -65,6 +65,9 @@ func runStatus(ctx context.Context, socket string, args []string, stdout, stderr
 	}
 	if r := adm.historyRetention(); r.Rounds > 0 {
 		line := fmt.Sprintf("%d events, %d snapshots removed since start", r.EventsRemoved, r.SnapshotsRemoved)
+		if r.JournalMerged > 0 {
+			line += fmt.Sprintf("; %d journal entries merged", r.JournalMerged)
+		}
 		if r.Errors > 0 {
 			line += fmt.Sprintf(" (%d governor cleanups failed: the log says why)", r.Errors)
 		}

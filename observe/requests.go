@@ -3,7 +3,9 @@ package observe
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -11,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tai-state/tai-state/sockapi/wire"
 )
@@ -29,18 +32,31 @@ const statusOK = "ok"
 // traceparent when it carries a valid one, with the op and the reply's
 // status (error code or "ok"); the counter tai.requests by op and status;
 // the histogram tai.request.duration (seconds) by op.
+//
+// It is on every request's path: with tracing off (a noop provider) no span
+// is started, and the attribute sets are read without a lock.
 type Requests struct {
-	tracer   trace.Tracer
+	tracer   trace.Tracer // nil: tracing off
 	requests metric.Int64Counter
 	latency  metric.Float64Histogram
 	prop     propagation.TraceContext
 
-	mu   sync.Mutex
-	sets map[[2]string]metric.MeasurementOption // op, status -> attributes
-	ops  map[string]metric.MeasurementOption
+	mu   sync.Mutex                                             // serializes the copies of the maps below
+	sets atomic.Pointer[map[[2]string]metric.MeasurementOption] // op, status -> attributes; copied on write
+	ops  atomic.Pointer[map[string]opOptions]                   // copied on write
 }
 
-// NewRequests returns a request observer that reports to tp and mp.
+// opOptions are the options of one op's measurements and spans.
+type opOptions struct {
+	latency metric.MeasurementOption
+	span    trace.SpanStartOption
+}
+
+// spanServer marks request spans as a server's.
+var spanServer = trace.WithSpanKind(trace.SpanKindServer)
+
+// NewRequests returns a request observer that reports to tp and mp. A nil
+// or noop tp turns tracing off.
 func NewRequests(tp trace.TracerProvider, mp metric.MeterProvider) (*Requests, error) {
 	m := mp.Meter(scope)
 	requests, err := m.Int64Counter("tai.requests", metric.WithUnit("{request}"),
@@ -54,13 +70,13 @@ func NewRequests(tp trace.TracerProvider, mp metric.MeterProvider) (*Requests, e
 	if err != nil {
 		return nil, fmt.Errorf("observe: %w", err)
 	}
-	return &Requests{
-		tracer:   tp.Tracer(scope),
-		requests: requests,
-		latency:  latency,
-		sets:     make(map[[2]string]metric.MeasurementOption),
-		ops:      make(map[string]metric.MeasurementOption),
-	}, nil
+	r := &Requests{requests: requests, latency: latency}
+	if _, noop := tp.(tracenoop.TracerProvider); tp != nil && !noop {
+		r.tracer = tp.Tracer(scope)
+	}
+	r.sets.Store(&map[[2]string]metric.MeasurementOption{})
+	r.ops.Store(&map[string]opOptions{})
+	return r, nil
 }
 
 // traceparent is a propagation.TextMapCarrier holding one traceparent.
@@ -79,28 +95,40 @@ func (traceparent) Keys() []string     { return []string{"traceparent"} }
 // ignored: the span starts a new trace.
 func (r *Requests) StartRequest(op, tp string) func(code wire.Code) {
 	start := time.Now()
+	oo := r.opOptions(op)
+	if r.tracer == nil {
+		return func(code wire.Code) { r.end(op, oo, start, code) }
+	}
 	ctx := context.Background()
 	if tp != "" {
 		ctx = r.prop.Extract(ctx, traceparent(tp))
 	}
-	_, span := r.tracer.Start(ctx, op, trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(start),
-		trace.WithAttributes(attrOp.String(op)))
+	_, span := r.tracer.Start(ctx, op, spanServer, oo.span)
 	return func(code wire.Code) {
-		status := string(code)
-		if status == "" {
-			status = statusOK
-		}
 		if span.IsRecording() {
-			span.SetAttributes(attrStatus.String(status))
+			span.SetAttributes(attrStatus.String(status(code)))
 			if serverFault(code) {
-				span.SetStatus(codes.Error, status)
+				span.SetStatus(codes.Error, status(code))
 			}
 		}
 		span.End()
-		ctx := context.Background()
-		r.requests.Add(ctx, 1, r.attrs(op, status))
-		r.latency.Record(ctx, time.Since(start).Seconds(), r.opAttrs(op))
+		r.end(op, oo, start, code)
 	}
+}
+
+// end counts a request answered with code and records its latency.
+func (r *Requests) end(op string, oo opOptions, start time.Time, code wire.Code) {
+	ctx := context.Background()
+	r.requests.Add(ctx, 1, r.attrs(op, status(code)))
+	r.latency.Record(ctx, time.Since(start).Seconds(), oo.latency)
+}
+
+// status is the status attribute of a reply with code.
+func status(code wire.Code) string {
+	if code == "" {
+		return statusOK
+	}
+	return string(code)
 }
 
 // serverFault tells the codes that mean the sidecar failed the request, as
@@ -113,23 +141,39 @@ func serverFault(c wire.Code) bool {
 // small fixed sets (ops and error codes), so the cache stays small.
 func (r *Requests) attrs(op, status string) metric.MeasurementOption {
 	k := [2]string{op, status}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	o, ok := r.sets[k]
-	if !ok {
-		o = metric.WithAttributeSet(attribute.NewSet(attrOp.String(op), attrStatus.String(status)))
-		r.sets[k] = o
+	if o, ok := (*r.sets.Load())[k]; ok {
+		return o
 	}
-	return o
+	return cacheOption(&r.mu, &r.sets, k, func() metric.MeasurementOption {
+		return metric.WithAttributeSet(attribute.NewSet(attrOp.String(op), attrStatus.String(status)))
+	})
 }
 
-func (r *Requests) opAttrs(op string) metric.MeasurementOption {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	o, ok := r.ops[op]
-	if !ok {
-		o = metric.WithAttributeSet(attribute.NewSet(attrOp.String(op)))
-		r.ops[op] = o
+// opOptions returns the cached options of op.
+func (r *Requests) opOptions(op string) opOptions {
+	if o, ok := (*r.ops.Load())[op]; ok {
+		return o
 	}
-	return o
+	return cacheOption(&r.mu, &r.ops, op, func() opOptions {
+		return opOptions{
+			latency: metric.WithAttributeSet(attribute.NewSet(attrOp.String(op))),
+			span:    trace.WithAttributes(attrOp.String(op)),
+		}
+	})
+}
+
+// cacheOption adds make's value under k to the copy-on-write map m (under
+// mu), unless another goroutine did first, and returns the value stored.
+func cacheOption[K comparable, V any](mu *sync.Mutex, m *atomic.Pointer[map[K]V], k K, make func() V) V {
+	mu.Lock()
+	defer mu.Unlock()
+	cur := *m.Load()
+	if v, ok := cur[k]; ok {
+		return v
+	}
+	next := maps.Clone(cur)
+	v := make()
+	next[k] = v
+	m.Store(&next)
+	return v
 }

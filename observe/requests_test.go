@@ -3,8 +3,10 @@ package observe_test
 import (
 	"bufio"
 	"context"
+	"maps"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/tai-state/tai-state/localcache"
 	"github.com/tai-state/tai-state/observe"
@@ -200,5 +203,87 @@ func TestRequestSpansContinueTraceparent(t *testing.T) {
 	}
 	if histOps != 3 {
 		t.Errorf("tai.request.duration has %d ops, want 3", histOps)
+	}
+}
+
+// BenchmarkStartRequest is what observing one request costs, with metrics
+// collected (as by the Prometheus endpoint) and tracing off (the noop
+// provider the sidecar uses without OTLP traces) or on.
+func BenchmarkStartRequest(b *testing.B) {
+	for _, tracing := range []bool{false, true} {
+		name := "traces=off"
+		var tp trace.TracerProvider = tracenoop.NewTracerProvider()
+		if tracing {
+			name = "traces=on"
+			tp = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(tracetest.NewSpanRecorder()))
+		}
+		b.Run(name, func(b *testing.B) {
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+			r, err := observe.NewRequests(tp, mp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					r.StartRequest("get", "")("")
+				}
+			})
+		})
+	}
+}
+
+// TestRequestMetricsWithoutTracing: with the noop tracer provider (no OTLP
+// traces) requests are still counted by op and status and timed by op,
+// from many goroutines at once (the attribute sets are cached as they
+// first appear).
+func TestRequestMetricsWithoutTracing(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	obs, err := observe.NewRequests(tracenoop.NewTracerProvider(), mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	codes := []wire.Code{"", wire.CodeNotFound, wire.CodeVersionConflict, ""}
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 100 {
+				op := []string{"get", "put"}[(g+i)%2]
+				obs.StartRequest(op, parent)(codes[i%len(codes)])
+			}
+		})
+	}
+	wg.Wait()
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	counts, timed := map[string]int64{}, map[string]uint64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					op, _ := p.Attributes.Value("tai.op")
+					st, _ := p.Attributes.Value("tai.status")
+					counts[op.AsString()+"/"+st.AsString()] += p.Value
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					op, _ := p.Attributes.Value("tai.op")
+					timed[op.AsString()] += p.Count
+				}
+			}
+		}
+	}
+	want := map[string]int64{"get/ok": 400, "get/NotFound": 200, "get/VersionConflict": 200,
+		"put/ok": 400, "put/NotFound": 200, "put/VersionConflict": 200}
+	if !maps.Equal(counts, want) {
+		t.Errorf("tai.requests %v, want %v", counts, want)
+	}
+	if timed["get"] != 800 || timed["put"] != 800 || len(timed) != 2 {
+		t.Errorf("tai.request.duration counts %v, want 800 each for get and put", timed)
 	}
 }

@@ -95,7 +95,7 @@ const (
 // Cleanup removes old history of one state or every state of a governor
 // under p (see the comment above). States are cut one at a time, each cut
 // in order from the oldest keys up (a crash in between leaves a history
-// that starts later, never a hole).
+// that starts later, never a hole). Cleanups run one at a time.
 //
 // Errors: an invalid governor or policy is a *FieldError wrapping
 // ErrInvalid (an invalid state: a *KeyError holding one); ErrClosed; ctx's
@@ -104,6 +104,8 @@ func (s *Store) Cleanup(ctx context.Context, p CleanupPolicy) (CleanupReport, er
 	if err := checkCleanup(p); err != nil {
 		return CleanupReport{}, err
 	}
+	s.cleanupMu.Lock()
+	defer s.cleanupMu.Unlock()
 	var rep CleanupReport
 	pending := &pendingVersions{p: p, low: make(map[Key]uint64)}
 	if s.opts.LocalOnly {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -349,5 +350,82 @@ func TestCleanupMergeCrash(t *testing.T) {
 	drain(t, s, remote)
 	if got, err := remote.Get(ctx, syncer.Key(k)); err != nil || got.Version != 2600 || string(got.Value) != "v2600" {
 		t.Fatalf("shared record %+v, %v", got, err)
+	}
+}
+
+// TestCleanupMergeConcurrent: cleanups with different policies (the
+// retention's and an operator's) run while states are written; none fails
+// on a journal another merged meanwhile, and every state's journal, count
+// and shared record come out right.
+func TestCleanupMergeConcurrent(t *testing.T) {
+	s := openMem(t, withSnapshots(10, 3), func(o *Options) { o.LocalOnly = true })
+	ctx := context.Background()
+	const states, writes = 8, 300
+	var writers, cleaners sync.WaitGroup
+	for i := range states {
+		writers.Go(func() {
+			k := key("g", fmt.Sprint("s", i))
+			for v := 1; v <= writes; v++ {
+				if _, err := s.Write(ctx, Write{Key: k, Value: []byte(fmt.Sprint("v", v))}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	var merged atomic.Int64
+	for _, keep := range []int{5, 40} {
+		cleaners.Go(func() {
+			for {
+				rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: "g", KeepEvents: keep})
+				if err != nil {
+					t.Errorf("cleanup keeping %d: %v", keep, err)
+					return
+				}
+				merged.Add(int64(rep.Merged))
+				select {
+				case <-done:
+					return
+				default:
+				}
+			}
+		})
+	}
+	writers.Wait()
+	close(done)
+	cleaners.Wait()
+	if merged.Load() == 0 {
+		t.Fatal("no journal entry was merged while the states were written")
+	}
+	waitSnapshots(t, s)
+	if _, err := s.Cleanup(ctx, CleanupPolicy{Governor: "g", KeepEvents: 5}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range states {
+		k := key("g", fmt.Sprint("s", i))
+		counted(t, s, k)
+		// One change from nothing to the oldest event kept (the cut's
+		// base), then one per version; snapshots come as the snapshotter
+		// catches up, so where the cut fell varies.
+		js, evs := journalOf(t, s, k), eventVersions(t, s, k)
+		ok := js[0].BaseVersion == 0 && js[0].Version == evs[0] && js[len(js)-1].Version == writes && len(js) == len(evs)
+		for i := 1; i < len(js); i++ {
+			ok = ok && js[i].BaseVersion == js[i-1].Version && js[i].Version == evs[i]
+		}
+		if !ok || evs[0] == 1 {
+			t.Fatalf("%s: journal spans %v, events %v", k, spans(js), evs)
+		}
+	}
+	if rv, err := s.Validate(ctx, "g", ""); err != nil || !rv.OK() {
+		t.Fatalf("validate: %+v, %v", rv, err)
+	}
+	remote := memremote.New()
+	drain(t, s, remote)
+	for i := range states {
+		k := key("g", fmt.Sprint("s", i))
+		if got, err := remote.Get(ctx, syncer.Key(k)); err != nil || got.Version != writes || string(got.Value) != fmt.Sprint("v", writes) {
+			t.Fatalf("shared %s: %+v, %v", k, got, err)
+		}
 	}
 }

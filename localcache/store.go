@@ -130,6 +130,9 @@ type Store struct {
 	snaps snapshotter
 	// retain applies the history retention policies (retention.go).
 	retain retainer
+	// cleanupMu runs one Cleanup at a time: a cleanup plans its merges of
+	// journal entries from the journal as it read it (cleanup.go).
+	cleanupMu sync.Mutex
 
 	// limits cut groups into Badger transactions (see txnLimits).
 	limits txnLimits

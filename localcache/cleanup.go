@@ -38,10 +38,16 @@ import (
 // later receives is then one change from that base to S, with S's event,
 // then the later changes as they were made. S's event stays while its
 // change is in the journal (the cut removes the events below it); a later
-// cut removes it. Entries that cannot be merged hold the cut back as
-// before: a change of an atomic batch or transaction, a strong or fenced
-// write, a change whose writer waits for the shared store, or a run that
-// is not each change made on the one before.
+// cut removes it.
+//
+// A merged change that was one of an atomic batch or transaction leaves it:
+// the rest of the batch reaches the shared store as a batch, without it
+// (its effect arrives with the state's later change), and a transaction
+// whose change leaves has its log entry settled as committed, as a push
+// would. A merged change's fence, strictness and checks go with it; the
+// entry it merges into keeps its own. Entries that hold the cut back as
+// before: a change whose writer waits for the shared store's outcome, and
+// a run that is not each change made on the one before.
 
 // CleanupPolicy says what Cleanup may remove.
 type CleanupPolicy struct {
@@ -173,14 +179,10 @@ type pendingVersions struct {
 	runs map[Key]*journalRun
 	// seqs counts the entries held in runs: at most maxRunSeqs.
 	seqs int
-	// last is the last entry read, not noted yet: whether it is a batch
-	// of its own shows in the entry after it.
-	last *JournalEntry
 }
 
 // journalRun is a state's journal entries from its first one, each made on
-// the one before, none of them unmergeable (mergeable): entry i made
-// version first+i.
+// the one before, all of them mergeable: entry i made version first+i.
 type journalRun struct {
 	first uint64
 	seqs  []uint64
@@ -197,13 +199,8 @@ func (r *journalRun) top() uint64 { return r.first + uint64(len(r.seqs)) - 1 }
 const maxRunSeqs = 1 << 20
 
 // mergeable reports whether j may be merged with the entries of its state
-// around it, judging its own fields: a single write (an atomic batch's
-// later entries name the first one's op id as their batch; see catchUp
-// for the first), neither strong nor fenced, with no checks, whose writer
-// does not wait for the shared store.
-func mergeable(j *JournalEntry) bool {
-	return j.BatchID == j.OpID && !j.Strict && !j.Confirm && j.Fence.IsZero() && len(j.Checks) == 0
-}
+// around it: its writer does not wait for the shared store's outcome.
+func mergeable(j *JournalEntry) bool { return !j.Confirm }
 
 // catchUp reads the journal entries added since its last call, in txn.
 // Each cut is planned in the transaction that caught up: a change written
@@ -212,32 +209,19 @@ func mergeable(j *JournalEntry) bool {
 // pushed since an earlier call may stay in low: the cut is only more
 // careful.
 func (pv *pendingVersions) catchUp(txn *badger.Txn) error {
-	err := seqsIn(txn, kindJournal, pv.after, math.MaxInt, func(_ *badger.Txn, seq uint64, v []byte) error {
+	return seqsIn(txn, kindJournal, pv.after, math.MaxInt, func(_ *badger.Txn, seq uint64, v []byte) error {
 		j, err := decodeJournal(seq, v) // v is a copy: j's strings, which alias it, may become keys of low
 		if err != nil {
 			return fmt.Errorf("journal %d: %w", seq, err)
 		}
-		if l := pv.last; l != nil {
-			pv.note(l, mergeable(l) && j.BatchID != l.OpID) // j is not l's batch's second write
-		}
-		pv.last = &j
+		pv.note(&j)
 		pv.after = seq
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	// An atomic batch's entries are committed together: a later call
-	// cannot find the rest of the last one's batch.
-	if l := pv.last; l != nil {
-		pv.note(l, mergeable(l))
-		pv.last = nil
-	}
-	return nil
 }
 
-// note records journal entry j, whose mergeability is known.
-func (pv *pendingVersions) note(j *JournalEntry, merge bool) {
+// note records journal entry j.
+func (pv *pendingVersions) note(j *JournalEntry) {
 	if j.Key.Governor != pv.p.Governor || pv.p.State != "" && j.Key.State != pv.p.State {
 		return
 	}
@@ -247,6 +231,7 @@ func (pv *pendingVersions) note(j *JournalEntry, merge bool) {
 	if pv.runs == nil {
 		return
 	}
+	merge := mergeable(j)
 	r := pv.runs[j.Key]
 	switch {
 	case r == nil:
@@ -426,6 +411,11 @@ func (s *Store) mergeJournal(ctx context.Context, k Key, seqs []uint64) (int, er
 				}
 				top = j.Version
 				tx.del(journalKey(seq))
+				if j.Strict { // a transaction's: settled as a push that applied it would
+					if err := tx.txSettle(j.BatchID, "", "", ""); err != nil {
+						return nil, err
+					}
+				}
 			}
 			cur, err := tx.record(k)
 			if err != nil {

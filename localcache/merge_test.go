@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 	"github.com/tai-state/tai-state/syncer/memremote"
 )
@@ -182,61 +185,115 @@ func TestCleanupMergesLocalJournal(t *testing.T) {
 	}
 }
 
-// TestCleanupMergeStopsAtUnmergeable: entries that cannot be merged (an
-// atomic batch's, a transaction's) hold the cut back below them; a state
-// whose run of mergeable entries reaches a snapshot is cut there.
-func TestCleanupMergeStopsAtUnmergeable(t *testing.T) {
+// txPushing counts the transactions marked on their way to the shared
+// store.
+func txPushing(t *testing.T, s *Store) int {
+	t.Helper()
+	if err := s.barrier(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err := s.db.View(func(tx *badger.Txn) error {
+		it := tx.NewIterator(badger.IteratorOptions{Prefix: []byte{kindTxPush}})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestCleanupMergesBatchesAndTransactions: changes of atomic batches and
+// of transactions merge like single writes; the rest of a batch stays one
+// in the journal and reaches the shared store whole, a transaction whose
+// change merged is settled as committed, and a change whose writer waits
+// for the shared store holds its state's cut back.
+func TestCleanupMergesBatchesAndTransactions(t *testing.T) {
 	s := openMem(t, withNow(newTickClock().Now), withSnapshots(10, 5), func(o *Options) { o.LocalOnly = true })
 	ctx := context.Background()
-	batched, mid, txn := key("g", "batched"), key("g", "mid"), key("g", "txn")
-	// batched: its first change is one of an atomic batch.
-	if _, err := s.WriteBatch(ctx, []Write{{Key: batched, Value: []byte("b1")}, {Key: key("h", "x"), Value: []byte("x")}}); err != nil {
+	batched, mid, txn, confirmed := key("g", "batched"), key("g", "mid"), key("g", "txn"), key("g", "confirmed")
+	hx, hy, hz := key("h", "x"), key("h", "y"), key("h", "z")
+	// batched: its first change is the first of an atomic batch.
+	if _, err := s.WriteBatch(ctx, []Write{{Key: batched, Value: []byte("v1")}, {Key: hx, Value: []byte("x")}}); err != nil {
 		t.Fatal(err)
 	}
 	fillVersions(t, s, batched, 2, 25)
-	// mid: version 15 is one of an atomic batch (its first write), so the
-	// run stops at 14: the cut is snapshot 10, and 20 is held back.
+	// mid: version 15 is the second write of an atomic batch.
 	fillVersions(t, s, mid, 1, 14)
-	if _, err := s.WriteBatch(ctx, []Write{{Key: mid, Value: []byte("v15")}, {Key: key("h", "y"), Value: []byte("y")}}); err != nil {
+	if _, err := s.WriteBatch(ctx, []Write{{Key: hy, Value: []byte("y")}, {Key: mid, Value: []byte("v15")}}); err != nil {
 		t.Fatal(err)
 	}
 	fillVersions(t, s, mid, 16, 25)
-	// txn: version 5 is a transaction's.
+	// txn: version 5 is a logged transaction's, with h/z.
 	fillVersions(t, s, txn, 1, 4)
-	if _, err := s.WriteTxn(ctx, Txn{Writes: []Write{{Key: txn, Value: []byte("v5")}}}); err != nil {
+	start := time.Now()
+	recs, err := s.WriteTxn(ctx, Txn{Writes: []Write{{Key: txn, Value: []byte("v5")}, {Key: hz, Value: []byte("z")}},
+		LogID: "t1", LogTime: start})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LogTxn(ctx, TxnLogEntry{ID: "t1", Time: start, Consistency: "async", Outcome: wire.TxnCommitted,
+		Attempts: 1, Ops: []TxnLogOp{{Op: "put", Key: txn, Version: recs[0].Version}}}); err != nil {
 		t.Fatal(err)
 	}
 	fillVersions(t, s, txn, 6, 25)
+	// confirmed: version 5's writer waits for the shared store.
+	fillVersions(t, s, confirmed, 1, 4)
+	if _, err := s.Write(ctx, Write{Key: confirmed, Value: []byte("v5"), Confirm: true}); err != nil {
+		t.Fatal(err)
+	}
+	fillVersions(t, s, confirmed, 6, 25)
 	waitSnapshots(t, s)
+	if n := txPushing(t, s); n != 1 {
+		t.Fatalf("%d transactions on their way before the cleanup, want 1", n)
+	}
 
 	rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: "g", KeepEvents: 5})
-	if err != nil || rep.States != 3 || rep.Held != 3 || rep.Cleaned != 1 || rep.Merged != 9 || rep.Events != 9 ||
-		len(rep.Cuts) != 1 || rep.Cuts[0].Key != mid || rep.Cuts[0].Base != 10 {
+	if err != nil || rep.States != 4 || rep.Held != 1 || rep.Cleaned != 3 || rep.Merged != 57 || rep.Events != 57 {
 		t.Fatalf("cleanup: %+v, %v", rep, err)
 	}
-	if n := len(journalOf(t, s, batched)); n != 25 || len(mustEvents(t, s, batched)) != 25 {
-		t.Fatalf("batched: %d journal entries, %d events; want 25 of each", n, len(mustEvents(t, s, batched)))
-	}
-	if n := len(journalOf(t, s, txn)); n != 25 || len(mustEvents(t, s, txn)) != 25 {
-		t.Fatalf("txn: %d journal entries; want 25", n)
-	}
-	js := journalOf(t, s, mid)
-	if len(js) != 16 || spans(js)[0] != [2]uint64{0, 10} || spans(js)[1] != [2]uint64{10, 11} {
-		t.Fatalf("mid: journal spans %v", spans(js))
-	}
 	for _, k := range []Key{batched, mid, txn} {
+		if js := journalOf(t, s, k); len(js) != 6 || spans(js)[0] != [2]uint64{0, 20} {
+			t.Fatalf("%s: journal spans %v", k, spans(js))
+		}
+	}
+	if n := len(journalOf(t, s, confirmed)); n != 25 || len(mustEvents(t, s, confirmed)) != 25 {
+		t.Fatalf("confirmed: %d journal entries; want 25, and its events", n)
+	}
+	// The other halves of the batches stay in the journal, alone.
+	for _, k := range []Key{hx, hy, hz} {
+		if js := journalOf(t, s, k); len(js) != 1 {
+			t.Fatalf("%s: %d journal entries, want 1", k, len(js))
+		}
 		counted(t, s, k)
+	}
+	for _, k := range []Key{batched, mid, txn, confirmed} {
+		counted(t, s, k)
+	}
+	if n := txPushing(t, s); n != 0 {
+		t.Fatalf("%d transactions still on their way after their change merged", n)
+	}
+	page, err := s.TxLog(ctx, TxLogQuery{})
+	if err != nil || len(page.Entries) != 1 || page.Entries[0].Outcome != wire.TxnCommitted {
+		t.Fatalf("txlog %+v, %v", page, err)
 	}
 	if rv, err := s.Validate(ctx, "g", ""); err != nil || !rv.OK() {
 		t.Fatalf("validate: %+v, %v", rv, err)
 	}
 
-	// The batch's other half is another governor's: pushed, everything
-	// arrives whole.
 	remote := memremote.New()
 	drain(t, s, remote)
-	for _, k := range []Key{batched, mid, txn} {
+	for _, k := range []Key{batched, mid, txn, confirmed} {
 		if got, err := remote.Get(ctx, syncer.Key(k)); err != nil || got.Version != 25 || string(got.Value) != "v25" {
+			t.Fatalf("shared %s: %+v, %v", k, got, err)
+		}
+	}
+	for k, v := range map[Key]string{hx: "x", hy: "y", hz: "z"} {
+		if got, err := remote.Get(ctx, syncer.Key(k)); err != nil || got.Version != 1 || string(got.Value) != v {
 			t.Fatalf("shared %s: %+v, %v", k, got, err)
 		}
 	}

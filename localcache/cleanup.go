@@ -195,8 +195,9 @@ type journalRun struct {
 func (r *journalRun) top() uint64 { return r.first + uint64(len(r.seqs)) - 1 }
 
 // maxRunSeqs bounds the journal entries one cleanup tracks for merging
-// (8 bytes each): a journal longer than that is merged over several.
-const maxRunSeqs = 1 << 20
+// (8 bytes each): a journal longer than that is merged over several. A
+// variable for tests.
+var maxRunSeqs = 1 << 20
 
 // mergeable reports whether j may be merged with the entries of its state
 // around it: its writer does not wait for the shared store's outcome.

@@ -486,3 +486,39 @@ func TestCleanupMergeConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestCleanupMergeOverRounds: a journal longer than one cleanup tracks is
+// merged over several, each taking in what it tracked; the states it did
+// not reach are held until a later one does.
+func TestCleanupMergeOverRounds(t *testing.T) {
+	defer func(n int) { maxRunSeqs = n }(maxRunSeqs)
+	maxRunSeqs = 50
+	s := openMem(t, withNow(newTickClock().Now), withSnapshots(10, 20), func(o *Options) { o.LocalOnly = true })
+	ctx := context.Background()
+	ks := []Key{key("g", "a"), key("g", "b"), key("g", "c")}
+	for _, k := range ks {
+		fillVersions(t, s, k, 1, 100)
+	}
+	rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: "g", KeepEvents: 5})
+	if err != nil || rep.Merged != 49 || rep.Held != 3 || len(rep.Cuts) != 1 || rep.Cuts[0] != (CleanupCut{Key: ks[0], Base: 50, Events: 49, Snapshots: 4}) {
+		t.Fatalf("first cleanup: %+v, %v; want a cut at 50 and every state held", rep, err)
+	}
+	rounds := 1
+	for ; rep.Held > 0 && rounds < 20; rounds++ {
+		if rep, err = s.Cleanup(ctx, CleanupPolicy{Governor: "g", KeepEvents: 5}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep.Held > 0 || rounds < 4 {
+		t.Fatalf("after %d cleanups: %+v", rounds, rep)
+	}
+	for _, k := range ks {
+		if js := journalOf(t, s, k); len(js) != 11 || spans(js)[0] != [2]uint64{0, 90} {
+			t.Fatalf("%s: journal spans %v", k, spans(js))
+		}
+		counted(t, s, k)
+	}
+	if rv, err := s.Validate(ctx, "g", ""); err != nil || !rv.OK() {
+		t.Fatalf("validate: %+v, %v", rv, err)
+	}
+}

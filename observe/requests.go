@@ -162,9 +162,9 @@ func (r *Requests) opOptions(op string) opOptions {
 	})
 }
 
-// cacheOption adds make's value under k to the copy-on-write map m (under
+// cacheOption adds build's value under k to the copy-on-write map m (under
 // mu), unless another goroutine did first, and returns the value stored.
-func cacheOption[K comparable, V any](mu *sync.Mutex, m *atomic.Pointer[map[K]V], k K, make func() V) V {
+func cacheOption[K comparable, V any](mu *sync.Mutex, m *atomic.Pointer[map[K]V], k K, build func() V) V {
 	mu.Lock()
 	defer mu.Unlock()
 	cur := *m.Load()
@@ -172,7 +172,7 @@ func cacheOption[K comparable, V any](mu *sync.Mutex, m *atomic.Pointer[map[K]V]
 		return v
 	}
 	next := maps.Clone(cur)
-	v := make()
+	v := build()
 	next[k] = v
 	m.Store(&next)
 	return v

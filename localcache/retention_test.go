@@ -1,8 +1,12 @@
 package localcache
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,9 +19,11 @@ import (
 func TestRetentionRound(t *testing.T) {
 	clock := newTickClock()
 	policies := map[string]Retention{"a": {KeepEvents: 25}, "b": {}, "c": {KeepEvents: 5}}
+	var logs syncBuffer
 	s := openMem(t, withNow(clock.Now), withSnapshots(10, 5), func(o *Options) {
 		o.Retention = func(gov string) Retention { return policies[gov] }
 		o.RetentionEvery = -1 // rounds run by hand here
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	})
 	ctx := context.Background()
 	a, b, c := key("a", "s"), key("b", "s"), key("c", "s")
@@ -66,6 +72,11 @@ func TestRetentionRound(t *testing.T) {
 	if st := s.Stats().Retention; st != (RetentionStats{Rounds: 2, Events: 30, Snapshots: 1}) {
 		t.Fatalf("stats after a second round %+v", st)
 	}
+	// c was held back in both rounds: said once.
+	if n := strings.Count(logs.String(), "history retention keeps the events of changes not yet in the shared store"); n != 1 ||
+		!strings.Contains(logs.String(), "governor=c states_held=1") {
+		t.Fatalf("the held-back line logged %d times, want once for c:\n%s", n, logs.String())
+	}
 }
 
 // TestRetentionLoop: the store applies the policies by itself every
@@ -95,4 +106,23 @@ func TestRetentionLoop(t *testing.T) {
 	if st := s.Stats().Retention; st.Events != 10 || st.Errors != 0 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// syncBuffer is a bytes.Buffer that the store's goroutines may log to at
+// once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -10,6 +10,10 @@ import (
 // TestCLI drives the binary's client commands against a real sidecar.
 func TestCLI(t *testing.T) {
 	sc := startSidecar(t)
+	// Local only and no retention: the sidecar says what that means.
+	if !strings.Contains(sc.Logs(), noRetentionLog) {
+		t.Errorf("no line saying the history and journal grow:\n%s", sc.Logs())
+	}
 
 	out, errOut, err := sc.CLI("put", "orders", "o-1", `{"status":"new","items":[1,2.5,"x"],"ok":true}`, "--actor", "alice", "--reason", "created")
 	if err != nil {

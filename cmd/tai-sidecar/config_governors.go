@@ -91,6 +91,20 @@ func (c *HistoryConfig) For(governor string) localcache.Retention {
 	return c.Default
 }
 
+// Bounded reports whether some governor's history has a bound: the
+// default's, or an entry's.
+func (c *HistoryConfig) Bounded() bool {
+	if !c.Default.IsZero() {
+		return true
+	}
+	for _, p := range c.Governors {
+		if !p.over(c.Default).IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
 // over returns r with the fields p gives.
 func (p HistoryPolicy) over(r localcache.Retention) localcache.Retention {
 	if p.MaxAge != nil {

@@ -294,8 +294,18 @@ func TestConfigHistoryRetention(t *testing.T) {
 	if l.cfg.RetentionEvery != 0 {
 		t.Errorf("--retention-every 0: %v", l.cfg.RetentionEvery)
 	}
-	if l := load(t, nil, nil); !l.cfg.History.For("x").IsZero() {
-		t.Errorf("default retention %+v, want none", l.cfg.History.For("x"))
+	if l := load(t, nil, nil); !l.cfg.History.For("x").IsZero() || l.cfg.History.Bounded() {
+		t.Errorf("default retention %+v (bounded %v), want none", l.cfg.History.For("x"), l.cfg.History.Bounded())
+	}
+	for body, bounded := range map[string]bool{
+		"per_governor:\n  audit: {history_max_age: 0}\n":                                                                   false,
+		"per_governor:\n  orders: {history_keep_events: 10}\n":                                                             true,
+		"per_governor:\n  \"*\": {history_keep_events: 5}\n  audit: {history_keep_events: 0}\n":                            true,
+		"per_governor:\n  \"*\": {history_keep_events: 5}\n  a: {history_keep_events: 0}\n  b: {history_keep_events: 0}\n": true,
+	} {
+		if l := load(t, []string{"--config", writeConfig(t, body)}, nil); l.cfg.History.Bounded() != bounded {
+			t.Errorf("%q: bounded %v, want %v", body, !bounded, bounded)
+		}
 	}
 	for _, bad := range []string{
 		"per_governor:\n  orders: {history_max_age: soon}\n",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -520,5 +521,107 @@ func TestCleanupMergeOverRounds(t *testing.T) {
 	}
 	if rv, err := s.Validate(ctx, "g", ""); err != nil || !rv.OK() {
 		t.Fatalf("validate: %+v, %v", rv, err)
+	}
+}
+
+// randomSeeds is how many seeds TestCleanupMergeRandom runs (more when
+// hunting).
+var randomSeeds = uint64(6)
+
+// TestCleanupMergeRandom: random writes (single, batched, transactions,
+// deletes, and on one state a few whose writer waits for the shared store)
+// over a few states, with snapshots taken by hand and cleanups of random
+// policies between them, on a local-only store; then a shared store gets
+// the journal. Every state's journal stays counted and valid, and the
+// shared store ends with the local records.
+func TestCleanupMergeRandom(t *testing.T) {
+	for seed := range randomSeeds {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 42))
+			s := openMem(t, withNow(newTickClock().Now), withSnapshots(0, 3), func(o *Options) { o.LocalOnly = true })
+			ctx := context.Background()
+			names := []string{"a", "b", "c", "d"}
+			merged := 0
+			pick := func() Key { return key("g", names[rng.IntN(len(names))]) }
+			for i := range 600 {
+				val := []byte(fmt.Sprint("v", i))
+				var err error
+				switch r := rng.IntN(20); {
+				case r < 12:
+					_, err = s.Write(ctx, Write{Key: pick(), Value: val})
+				case r < 14:
+					k1, k2 := pick(), pick()
+					if k1 == k2 {
+						continue
+					}
+					_, err = s.WriteBatch(ctx, []Write{{Key: k1, Value: val}, {Key: k2, Value: val}})
+				case r < 16:
+					k1, k2 := pick(), pick()
+					if k1 == k2 {
+						continue
+					}
+					_, err = s.WriteTxn(ctx, Txn{Writes: []Write{{Key: k1, Value: val}, {Key: k2, Value: val}},
+						LogID: fmt.Sprint("t", i), LogTime: time.Now()})
+				case r < 17:
+					k := pick()
+					if rec, gerr := s.Get(ctx, k); gerr == nil && !rec.Deleted {
+						_, err = s.Write(ctx, Write{Key: k, Delete: true})
+					}
+				case r < 18 && i < 100: // d only: such a write holds its state's cut back
+					_, err = s.Write(ctx, Write{Key: key("g", "d"), Value: val, Confirm: true})
+				case r < 19:
+					if _, _, serr := s.Snapshot(ctx, pick()); serr != nil && !errors.Is(serr, ErrNotFound) {
+						err = serr
+					}
+				default:
+					p := CleanupPolicy{Governor: "g", KeepEvents: 1 + rng.IntN(20), DryRun: rng.IntN(5) == 0}
+					var rep CleanupReport
+					rep, err = s.Cleanup(ctx, p)
+					if !p.DryRun {
+						merged += rep.Merged
+					}
+				}
+				if err != nil {
+					t.Fatalf("step %d: %v", i, err)
+				}
+			}
+			for _, n := range names {
+				k := key("g", n)
+				if _, err := s.Get(ctx, k); errors.Is(err, ErrNotFound) {
+					continue
+				}
+				counted(t, s, k)
+				js := journalOf(t, s, k)
+				for i := 1; i < len(js); i++ {
+					if js[i].BaseVersion != js[i-1].Version {
+						t.Fatalf("%s: journal spans %v", k, spans(js))
+					}
+				}
+			}
+			if rv, err := s.Validate(ctx, "g", ""); err != nil || !rv.OK() {
+				t.Fatalf("validate: %+v, %v", rv, err)
+			}
+			if merged == 0 {
+				t.Fatal("no cleanup merged anything")
+			}
+			t.Logf("%d journal entries merged; %d left", merged, len(mustJournal(t, s)))
+			remote := memremote.New()
+			drain(t, s, remote)
+			for _, n := range names {
+				k := key("g", n)
+				local, err := s.Get(ctx, k)
+				if errors.Is(err, ErrNotFound) {
+					continue
+				}
+				got, rerr := remote.Get(ctx, syncer.Key(k))
+				if err != nil || rerr != nil || got.Version != local.Version || got.Deleted != local.Deleted ||
+					string(got.Value) != string(local.Value) || local.Pending {
+					t.Fatalf("%s: local %+v (%v), shared %+v (%v)", k, local, err, got, rerr)
+				}
+			}
+			if n := txPushing(t, s); n != 0 {
+				t.Fatalf("%d transactions still on their way after the push", n)
+			}
+		})
 	}
 }

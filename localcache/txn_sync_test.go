@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
-
 	"github.com/tai-state/tai-state/sockapi/wire"
 	"github.com/tai-state/tai-state/syncer"
 )
@@ -438,19 +436,7 @@ func testTxnLogGaveWay(t *testing.T, newRemote func() syncer.Remote) {
 	if gw, err := a.store.TxLog(ctx, TxLogQuery{Outcome: wire.TxnGaveWay}); err != nil || len(gw.Entries) != 3 {
 		t.Errorf("txlog outcome gave_way: %d entries, %v", len(gw.Entries), err)
 	}
-	if err := a.store.barrier(ctx); err != nil {
-		t.Fatal(err)
-	}
-	left := 0
-	err = a.store.db.View(func(tx *badger.Txn) error {
-		it := tx.NewIterator(badger.IteratorOptions{Prefix: []byte{kindTxPush}})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			left++
-		}
-		return nil
-	})
-	if err != nil || left != 0 {
-		t.Fatalf("%d transactions still marked on their way to the shared store (%v)", left, err)
+	if left := txPushing(t, a.store); left != 0 {
+		t.Fatalf("%d transactions still marked on their way to the shared store", left)
 	}
 }

@@ -98,9 +98,10 @@ func (s *Store) retainOnce(ctx context.Context) error {
 			continue
 		}
 		rep, err := s.Cleanup(ctx, CleanupPolicy{Governor: gov, MaxAge: max(r.MaxAge, 0), KeepEvents: max(r.KeepEvents, 0)})
-		s.retain.events.Add(uint64(rep.Events))
+		// Events last: a reader that waits for them finds the others.
 		s.retain.snapshots.Add(uint64(rep.Snapshots))
 		s.retain.merged.Add(uint64(rep.Merged))
+		s.retain.events.Add(uint64(rep.Events))
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()

@@ -163,7 +163,7 @@ func serve(ctx context.Context, args []string, socket string, stdout, stderr io.
 	}
 	if loops == nil && (c.RetentionEvery == 0 || !c.History.Bounded()) {
 		// Nothing will ever leave the journal or the history.
-		log.Info("no history retention: without a shared store, the history and the journal grow with every write "+
+		log.Info("no history retention: without a shared store, the history and the journal grow with every write " +
 			"(bound them with per_governor history_max_age or history_keep_events, and --retention-every)")
 	}
 	if loops != nil {
